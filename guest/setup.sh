@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# FastVM setup: installs missing host packages and builds the guest (agent, kernel, root
+# filesystem) into a cache keyed by the hash of each part's inputs. Idempotent: a second run only
+# hashes a few files and exits.
+#
+#   guest/setup.sh                    install + build what is missing, with progress
+#   guest/setup.sh --quiet-if-cached  same, but print nothing when everything is cached
+#   guest/setup.sh --deps-only        install host packages only
+#
+# Output: $FASTVM_CACHE_DIR (default ~/.cache/fastvm)/guest.json naming the kernel, root
+# filesystem image and agent that the runtime boots.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${FASTVM_CACHE_DIR:-$HOME/.cache/fastvm}
+quiet=0 deps_only=0
+for arg in "$@"; do
+  case "$arg" in
+    --quiet-if-cached) quiet=1 ;;
+    --deps-only) deps_only=1 ;;
+    *) echo "setup: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+# Debian packages the host needs: QEMU, the kernel source and its build tools, the rootfs
+# builder, the static agent toolchain, and networking tools.
+host_packages=(qemu-system-x86 qemu-utils linux-source-6.1 mmdebstrap musl-tools e2fsprogs
+  build-essential bc flex bison libelf-dev libssl-dev xz-utils cpio nftables iproute2 curl)
+
+install_deps() {
+  local missing=()
+  for p in "${host_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "setup: installing ${missing[*]}"
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+install_deps
+[ "$deps_only" -eq 1 ] && exit 0
+
+kernel_hash=$(
+  { cat "$repo/guest/kernel/microvm.config" "$repo/guest/kernel/build.sh"
+    dpkg-query -W -f='${Version}' linux-source-6.1; } | sha256sum | cut -c1-16
+)
+base_hash=$(hash_of "$repo/guest/rootfs/packages.txt" "$repo/guest/rootfs/build-base.sh")
+agent_hash=$(hash_of "$repo"/agent/Makefile "$repo"/agent/src/*)
+overlay_hash=$(cd "$repo/guest/rootfs" && find overlay -type f | sort | xargs cat make-image.sh | sha256sum | cut -c1-16)
+image_hash=$(echo "$base_hash $agent_hash $overlay_hash" | sha256sum | cut -c1-16)
+disk_gib=10
+
+kernel=$cache/kernel/$kernel_hash/vmlinux
+base=$cache/rootfs-base/$base_hash/rootfs.tar
+agent=$cache/agent/$agent_hash/fastvm-agent
+image=$cache/image/$image_hash/rootfs.ext4
+manifest=$cache/guest.json
+
+if [ -f "$kernel" ] && [ -f "$image" ] && [ -f "$agent" ] && [ -f "$manifest" ] &&
+  grep -q "\"imageId\": \"$kernel_hash-$image_hash\"" "$manifest"; then
+  [ "$quiet" -eq 1 ] || echo "setup: guest image $kernel_hash-$image_hash is cached in $cache"
+  exit 0
+fi
+
+echo "setup: building the guest into $cache (first run takes ~6 minutes; later runs are cached)"
+started=$(date +%s)
+
+if [ ! -f "$agent" ]; then
+  echo "setup: [1/4] guest agent"
+  make -s -C "$repo/agent" >/dev/null
+  mkdir -p "$(dirname "$agent")"
+  cp "$repo/agent/build/fastvm-agent" "$agent.tmp" && mv "$agent.tmp" "$agent"
+else echo "setup: [1/4] guest agent (cached)"; fi
+
+if [ ! -f "$base" ]; then
+  echo "setup: [2/4] Debian root filesystem (mmdebstrap)"
+  mkdir -p "$(dirname "$base")"
+  bash "$repo/guest/rootfs/build-base.sh" "$base"
+else echo "setup: [2/4] Debian root filesystem (cached)"; fi
+
+if [ ! -f "$image" ]; then
+  echo "setup: [3/4] ext4 base image"
+  mkdir -p "$(dirname "$image")"
+  bash "$repo/guest/rootfs/make-image.sh" "$base" "$agent" "$disk_gib" "$image"
+else echo "setup: [3/4] ext4 base image (cached)"; fi
+
+if [ ! -f "$kernel" ]; then
+  echo "setup: [4/4] guest kernel (Linux 6.1 from linux-source-6.1)"
+  bash "$repo/guest/kernel/build.sh" "$cache/kernel/$kernel_hash.tmp"
+  rm -rf "$cache/kernel/$kernel_hash"
+  mv "$cache/kernel/$kernel_hash.tmp" "$cache/kernel/$kernel_hash"
+else echo "setup: [4/4] guest kernel (cached)"; fi
+
+cat > "$manifest.tmp" <<JSON
+{
+  "imageId": "$kernel_hash-$image_hash",
+  "kernel": "$kernel",
+  "rootfs": "$image",
+  "rootfsGiB": $disk_gib,
+  "agent": "$agent",
+  "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+}
+JSON
+mv "$manifest.tmp" "$manifest"
+echo "setup: guest ready in $(($(date +%s) - started)) s: $manifest"

@@ -1,0 +1,164 @@
+/**
+ * The runtime's public contract: what the server (or a test) needs from a VM runtime.
+ * `QemuRuntime` implements it with real QEMU microVMs; the server's tests also use a
+ * `FakeRuntime` (named as such) for HTTP-layer edge cases.
+ */
+
+export type MachineType = 'c1m2' | 'c2m4' | 'c4m8' | 'c8m16';
+
+export interface MachineSpec {
+  readonly name: MachineType;
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+}
+
+export const MACHINES: Readonly<Record<MachineType, MachineSpec>> = {
+  c1m2: { name: 'c1m2', vcpus: 1, memoryMiB: 2048 },
+  c2m4: { name: 'c2m4', vcpus: 2, memoryMiB: 4096 },
+  c4m8: { name: 'c4m8', vcpus: 4, memoryMiB: 8192 },
+  c8m16: { name: 'c8m16', vcpus: 8, memoryMiB: 16384 },
+};
+
+/** Default root disk size of a fresh VM, in GiB. */
+export const DEFAULT_DISK_GIB = 10;
+
+export function isMachineType(value: unknown): value is MachineType {
+  return typeof value === 'string' && Object.hasOwn(MACHINES, value);
+}
+
+/** Network identity of one VM (assigned by the server's network manager). */
+export interface VmNetwork {
+  /** Host tap device the VM's virtio-net is attached to. */
+  readonly tap: string;
+  readonly mac: string;
+  /** e.g. `fd12:3456::42/64` */
+  readonly ipv6?: string;
+  readonly ipv6Gateway?: string;
+  /** e.g. `10.100.0.42/16` */
+  readonly ipv4?: string;
+  readonly ipv4Gateway?: string;
+}
+
+export interface LaunchOptions {
+  /** Caller-chosen id; names the VM's working directory. [A-Za-z0-9-]{1,64} */
+  readonly id: string;
+  readonly machine: MachineType;
+  readonly diskGiB?: number;
+  readonly hostname?: string;
+  readonly network?: VmNetwork;
+}
+
+export interface RestoreOptions {
+  readonly id: string;
+  readonly snapshotId: string;
+  readonly hostname?: string;
+  readonly network?: VmNetwork;
+}
+
+export interface ExecRequest {
+  readonly argv: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  readonly stdin?: Uint8Array;
+  /** Kill the command's process group after this long. 0 or absent: no limit. */
+  readonly timeoutMs?: number;
+  /** Bytes kept per output stream; the rest is dropped and flagged. 0: unlimited. */
+  readonly capBytes?: number;
+  /** Aborting kills the command's process group. */
+  readonly signal?: AbortSignal;
+  readonly onStdout?: (chunk: Buffer) => void;
+  readonly onStderr?: (chunk: Buffer) => void;
+}
+
+export interface ExecResult {
+  readonly exitCode: number;
+  readonly stdout: Buffer;
+  readonly stderr: Buffer;
+  readonly timedOut: boolean;
+  readonly stdoutTruncated: boolean;
+  readonly stderrTruncated: boolean;
+  readonly durationMs: number;
+}
+
+export type VmState = 'running' | 'paused' | 'stopped';
+
+export interface VmInfo {
+  readonly id: string;
+  readonly machine: MachineType;
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+  readonly diskGiB: number;
+  readonly state: VmState;
+  readonly pid: number;
+  /** Snapshot this VM was restored from, if any. */
+  readonly snapshotId?: string;
+}
+
+export interface SnapshotInfo {
+  readonly id: string;
+  readonly vmId: string;
+  readonly machine: MachineType;
+  readonly diskGiB: number;
+  /** Time the VM was paused, in ms. */
+  readonly pauseMs: number;
+  readonly totalMs: number;
+}
+
+export interface AdoptResult {
+  /** VMs whose QEMU survived and are under supervision again. */
+  readonly adopted: string[];
+  /** VMs whose QEMU is gone; their resources have been released. */
+  readonly lost: string[];
+  /** VMs found on the host that nobody asked for; they were stopped and removed. */
+  readonly orphans: string[];
+}
+
+export interface Runtime {
+  /** Start a fresh VM (restored from the machine type's golden snapshot). */
+  launch(opts: LaunchOptions): Promise<VmInfo>;
+  /** Start a new VM from a snapshot; any number may run concurrently. */
+  restore(opts: RestoreOptions): Promise<VmInfo>;
+  /** Snapshot a running VM; it keeps running afterwards. */
+  snapshot(vmId: string, snapshotId: string): Promise<SnapshotInfo>;
+  exec(vmId: string, req: ExecRequest): Promise<ExecResult>;
+  /** Stop the VM and free everything it holds. Idempotent. */
+  destroy(vmId: string): Promise<void>;
+  /**
+   * Drop the user's reference to a snapshot. Its storage is freed once no VM or later snapshot
+   * depends on it. Idempotent.
+   */
+  deleteSnapshot(snapshotId: string): Promise<void>;
+  /** Whether a snapshot's files exist (used to reconcile after restarts). */
+  hasSnapshot(snapshotId: string): Promise<boolean>;
+  get(vmId: string): VmInfo | undefined;
+  /**
+   * After a restart: re-attach to the VMs in `vmIds` whose QEMU still runs, report the others as
+   * lost, and stop any other VM found on the host.
+   */
+  adopt(vmIds: readonly string[]): Promise<AdoptResult>;
+  /** Subscribe to unexpected VM exits (QEMU died). */
+  onExit(listener: (vmId: string, reason: string) => void): () => void;
+  /** Detach from all VMs without stopping them (server restart keeps VMs alive). */
+  detach(): Promise<void>;
+  /** Stop every VM (clean server shutdown when VMs should not survive). */
+  destroyAll(): Promise<void>;
+}
+
+/** Thrown for errors that are the caller's fault or a known state conflict. */
+export class RuntimeError extends Error {
+  constructor(
+    readonly code:
+      | 'not_found'
+      | 'not_running'
+      | 'snapshot_not_found'
+      | 'invalid_argument'
+      | 'agent_unavailable'
+      | 'qemu_failed'
+      | 'image_missing',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'RuntimeError';
+  }
+}
