@@ -1,0 +1,689 @@
+import './internal/polyfill.js';
+import {
+  APIError,
+  FastVMError,
+  SnapshotError,
+  SnapshotNotReadyError,
+  TimeoutError,
+  VMLaunchError,
+  VMNotReadyError,
+  ConnectionError,
+} from './core/errors.js';
+import {
+  Transport,
+  type ConnectionStats,
+  type TLSOptions,
+  type WireRequest,
+  type WireResponse,
+} from './core/transport.js';
+import {
+  asArray,
+  commandResultFromWire,
+  firewallToWire,
+  quotasFromWire,
+  snapshotFromWire,
+  vmFromWire,
+} from './internal/wire.js';
+import { backoffMs, readEnv, retryAfterMs, sleep } from './internal/utils.js';
+import type {
+  CommandResult,
+  FirewallPolicy,
+  MachineType,
+  OrgQuotaUsage,
+  PatchFirewallPolicy,
+  Snapshot,
+  SnapshotRef,
+  VM,
+  VMRef,
+} from './types.js';
+import { VERSION } from './version.js';
+
+/** The base URL used when neither the `baseUrl` option nor `FASTVM_BASE_URL` is set. */
+export const DEFAULT_BASE_URL = 'https://api.fastvm.org';
+/** Default client timeout in milliseconds (per call, and the wait budget of blocking calls). */
+export const DEFAULT_TIMEOUT_MS = 300_000;
+/** Default number of retries for retryable failures. */
+export const DEFAULT_MAX_RETRIES = 2;
+
+/** Options of the {@link FastVM} constructor. */
+export interface ClientOptions {
+  /** API key sent as `X-API-Key`. Defaults to `FASTVM_API_KEY`; required. */
+  apiKey?: string | undefined;
+  /** API base URL. Defaults to `FASTVM_BASE_URL`, then `https://api.fastvm.org`. An empty value counts as unset. */
+  baseUrl?: string | undefined;
+  /** Default timeout of every call in milliseconds, retries included (default 300 000). */
+  timeout?: number | undefined;
+  /** How many times a retryable failure is retried (default 2). */
+  maxRetries?: number | undefined;
+  /** Extra headers sent with every request. */
+  defaultHeaders?: Record<string, string> | undefined;
+  /** TLS settings for `https://` base URLs (e.g. a private CA). */
+  tls?: TLSOptions | undefined;
+}
+
+/** Options accepted by every call. */
+export interface RequestOptions {
+  /** Cancels the call; it then rejects with an {@link AbortError}. */
+  signal?: AbortSignal | undefined;
+  /** Time budget of this call in milliseconds, retries included (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.launch}. */
+export interface LaunchOptions extends RequestOptions {
+  /** Machine type (default `c1m2`). */
+  machine?: MachineType | undefined;
+  /** VM name; the server generates one when omitted. */
+  name?: string | undefined;
+  /** Disk size in GiB (default: the machine's default). */
+  diskGib?: number | undefined;
+  /** Public IPv6 ingress firewall policy. */
+  firewall?: FirewallPolicy | undefined;
+  /** User metadata (string → string). */
+  metadata?: Record<string, string> | undefined;
+  /** How long to wait for the VM to be `running`, in milliseconds (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.restore}. */
+export interface RestoreOptions extends RequestOptions {
+  /** VM name; the server generates one when omitted. */
+  name?: string | undefined;
+  /** Overrides the firewall policy captured in the snapshot. */
+  firewall?: FirewallPolicy | undefined;
+  /** User metadata (string → string). */
+  metadata?: Record<string, string> | undefined;
+  /** How long to wait for the VM to be `running`, in milliseconds (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.run}. */
+export interface RunOptions extends RequestOptions {
+  /** Server-side limit on the command's run time, in seconds. */
+  timeoutSec?: number | undefined;
+  /** Client-side transport timeout in milliseconds (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.snapshot}. */
+export interface SnapshotOptions extends RequestOptions {
+  /** Snapshot name; the server generates one when omitted or empty. */
+  name?: string | undefined;
+  /** How long to wait for the snapshot to be `ready`, in milliseconds (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+type Method = WireRequest['method'];
+
+interface CallOptions {
+  body?: unknown;
+  signal?: AbortSignal | undefined;
+  /** Absolute deadline (performance.now() clock). */
+  deadline: number;
+  /** Whether HTTP error responses may be retried (false for non-idempotent POSTs). */
+  retryHttp: boolean;
+}
+
+const VM_READY = new Set(['running']);
+const VM_TERMINAL = new Set(['error', 'stopped', 'deleting']);
+const SNAPSHOT_READY = new Set(['ready', 'active']);
+const SNAPSHOT_TERMINAL = new Set(['error', 'deleting', 'deleted']);
+const POLL_INITIAL_MS = 100;
+const POLL_MAX_MS = 1_000;
+
+/**
+ * Client for the FastVM API: launch, snapshot, restore and run commands in microVMs.
+ *
+ * All calls of one client share a single multiplexed HTTP/2 session (TLS with ALPN for `https://`,
+ * cleartext prior knowledge for `http://`), opened by {@link FastVM.warmup} or by the first call and
+ * reopened lazily if the server closes it. Servers that cannot speak HTTP/2 are reached over
+ * HTTP/1.1 keep-alive instead.
+ *
+ * `launch`, `restore` and `snapshot` block until the resource is ready.
+ *
+ * @example
+ * ```ts
+ * await using client = new FastVM(); // reads FASTVM_API_KEY / FASTVM_BASE_URL
+ * await client.warmup();
+ * const vm = await client.launch({ machine: 'c1m2' });
+ * const snap = await client.snapshot(vm, { name: 'my-snap' });
+ * const restored = await client.restore(snap);
+ * const result = await client.run(restored, 'echo hello');
+ * console.log(result.stdout); // hello
+ * ```
+ */
+export class FastVM {
+  /** The API base URL in use. */
+  readonly baseUrl: string;
+  /** Default time budget of each call, in milliseconds. */
+  readonly timeout: number;
+  /** Retries for retryable failures. */
+  readonly maxRetries: number;
+
+  readonly #apiKey: string;
+  readonly #transport: Transport;
+  readonly #headers: Record<string, string>;
+
+  /**
+   * Creates a client. Nothing is sent until {@link FastVM.warmup} or the first call.
+   *
+   * @param options - API key, base URL, timeout, retries; see {@link ClientOptions}.
+   * @throws {@link FastVMError} when no API key is given and `FASTVM_API_KEY` is unset or empty.
+   */
+  constructor(options: ClientOptions = {}) {
+    const apiKey = nonEmpty(options.apiKey) ?? readEnv('FASTVM_API_KEY');
+    if (apiKey === undefined) {
+      throw new FastVMError(
+        'No API key: set the FASTVM_API_KEY environment variable or pass it explicitly, as in new FastVM({ apiKey: "..." }).',
+      );
+    }
+    this.#apiKey = apiKey;
+    this.baseUrl = (
+      nonEmpty(options.baseUrl) ??
+      readEnv('FASTVM_BASE_URL') ??
+      DEFAULT_BASE_URL
+    ).replace(/\/+$/, '');
+    this.timeout = positive(options.timeout, 'timeout') ?? DEFAULT_TIMEOUT_MS;
+    const retries = options.maxRetries ?? DEFAULT_MAX_RETRIES;
+    if (!Number.isInteger(retries) || retries < 0)
+      throw new FastVMError(`maxRetries must be an integer >= 0, got ${retries}`);
+    this.maxRetries = retries;
+    this.#transport = new Transport(this.baseUrl, { tls: options.tls });
+    this.#headers = {
+      accept: 'application/json',
+      'user-agent': `fastvm-typescript/${VERSION} node/${typeof process === 'undefined' ? 'unknown' : process.version}`,
+      ...lowerKeys(options.defaultHeaders ?? {}),
+      'x-api-key': this.#apiKey,
+    };
+  }
+
+  /**
+   * Connection statistics: the negotiated protocol, how many sessions were opened, and request
+   * counters. With HTTP/2, `sessionsOpened` stays at 1 however many calls run, unless the server
+   * closed the session.
+   */
+  get stats(): ConnectionStats {
+    return this.#transport.stats;
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Connection lifecycle
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Opens the HTTP/2 session now and checks the server with `GET /healthz`, so that later calls
+   * pay no handshake. Optional: the first call connects on its own.
+   *
+   * @param options - Signal and timeout.
+   */
+  async warmup(options: RequestOptions = {}): Promise<void> {
+    const deadline = this.#deadline(options.timeout);
+    await this.#transport.connect(remaining(deadline), options.signal);
+    await this.#call('GET', '/healthz', { signal: options.signal, deadline, retryHttp: true });
+  }
+
+  /** Closes the session after in-flight calls finish. The client cannot be used afterwards. */
+  async close(): Promise<void> {
+    await this.#transport.close();
+  }
+
+  /** Closes the client at the end of an `await using` block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // VMs
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Launches a new microVM and waits until it is `running`.
+   *
+   * Sends `POST /v1/vms` once (never retried after the server answered, since launching is not
+   * idempotent), then polls `GET /v1/vms/{id}` with a short backoff unless the VM is already running.
+   *
+   * @param options - Machine type (default `c1m2`), name, disk size, firewall, metadata, wait timeout.
+   * @returns The running VM.
+   * @throws {@link VMLaunchError} if the VM ends in `error`, `stopped` or `deleting`.
+   * @throws {@link VMNotReadyError} if it is not running within `timeout`.
+   * @throws {@link QuotaExceededError} if the organisation's quota would be exceeded.
+   */
+  async launch(options: LaunchOptions = {}): Promise<VM> {
+    const body: Record<string, unknown> = { machineType: options.machine ?? 'c1m2' };
+    if (options.name !== undefined && options.name !== '') body['name'] = options.name;
+    if (options.diskGib !== undefined) body['diskGiB'] = options.diskGib;
+    if (options.firewall !== undefined) body['firewall'] = firewallToWire(options.firewall);
+    if (options.metadata !== undefined) body['metadata'] = options.metadata;
+    return this.#createVm(body, options);
+  }
+
+  /**
+   * Restores a new VM from a snapshot and waits until it is `running`.
+   *
+   * @param snapshot - Snapshot id (or name), or a {@link Snapshot}.
+   * @param options - Name, firewall override, metadata, wait timeout.
+   * @returns The running VM.
+   * @throws {@link VMLaunchError} if the VM ends in `error`, `stopped` or `deleting`.
+   * @throws {@link VMNotReadyError} if it is not running within `timeout`.
+   */
+  async restore(snapshot: SnapshotRef, options: RestoreOptions = {}): Promise<VM> {
+    const body: Record<string, unknown> = { snapshotId: idOf(snapshot, 'snapshot') };
+    if (options.name !== undefined && options.name !== '') body['name'] = options.name;
+    if (options.firewall !== undefined) body['firewall'] = firewallToWire(options.firewall);
+    if (options.metadata !== undefined) body['metadata'] = options.metadata;
+    return this.#createVm(body, options);
+  }
+
+  /**
+   * Fetches the current state of a VM.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Signal and timeout.
+   * @throws {@link NotFoundError} if there is no such VM.
+   */
+  async get(vm: VMRef, options: RequestOptions = {}): Promise<VM> {
+    return vmFromWire(await this.#get(`/v1/vms/${seg(vm, 'vm')}`, options));
+  }
+
+  /**
+   * Lists the organisation's VMs.
+   *
+   * @param options - Signal and timeout.
+   */
+  async list(options: RequestOptions = {}): Promise<VM[]> {
+    return asArray(await this.#get('/v1/vms', options)).map(vmFromWire);
+  }
+
+  /**
+   * Deletes a VM.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Signal and timeout.
+   */
+  async remove(vm: VMRef, options: RequestOptions = {}): Promise<void> {
+    await this.#idempotent('DELETE', `/v1/vms/${seg(vm, 'vm')}`, undefined, options);
+  }
+
+  /**
+   * Renames a VM.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param name - The new name.
+   * @param options - Signal and timeout.
+   * @returns The updated VM.
+   */
+  async rename(vm: VMRef, name: string, options: RequestOptions = {}): Promise<VM> {
+    return vmFromWire(
+      await this.#idempotent('PATCH', `/v1/vms/${seg(vm, 'vm')}`, { name }, options),
+    );
+  }
+
+  /**
+   * Replaces the VM's public IPv6 ingress firewall policy.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param policy - The new policy.
+   * @param options - Signal and timeout.
+   * @returns The updated VM.
+   */
+  async setFirewall(vm: VMRef, policy: FirewallPolicy, options: RequestOptions = {}): Promise<VM> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/firewall`;
+    return vmFromWire(await this.#idempotent('PUT', path, firewallToWire(policy), options));
+  }
+
+  /**
+   * Partially updates the VM's firewall: only the given fields change (`ingress: []` clears rules).
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param patch - Mode and/or ingress rules.
+   * @param options - Signal and timeout.
+   * @returns The updated VM.
+   */
+  async patchFirewall(
+    vm: VMRef,
+    patch: PatchFirewallPolicy,
+    options: RequestOptions = {},
+  ): Promise<VM> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/firewall`;
+    return vmFromWire(await this.#idempotent('PATCH', path, firewallToWire(patch), options));
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Commands
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Runs a command in a VM and returns its output once it exits.
+   *
+   * A string runs through the shell as `["sh", "-c", command]`; an array is the exact argv.
+   * The call is bound to the connection: if the client disconnects or `timeout` passes, the command
+   * is killed. Detach long-running work inside the VM (`nohup … &`, `tmux`). Never retried after the
+   * server answered, since a command is not idempotent.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param command - Shell command string, or argv array.
+   * @param options - `timeoutSec` (server-side limit), `timeout` (client-side, ms), signal.
+   * @returns Exit code, output, truncation flags and duration.
+   */
+  async run(
+    vm: VMRef,
+    command: string | readonly string[],
+    options: RunOptions = {},
+  ): Promise<CommandResult> {
+    const argv = typeof command === 'string' ? ['sh', '-c', command] : [...command];
+    if (argv.length === 0) throw new FastVMError('run: command must not be empty');
+    const body: Record<string, unknown> = { command: argv };
+    if (options.timeoutSec !== undefined) body['timeoutSec'] = options.timeoutSec;
+    const res = await this.#call('POST', `/v1/vms/${seg(vm, 'vm')}/exec`, {
+      body,
+      signal: options.signal,
+      deadline: this.#deadline(options.timeout),
+      retryHttp: false,
+    });
+    return commandResultFromWire(res);
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Snapshots
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Snapshots a running VM and waits until the snapshot is `ready`.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Name, wait timeout, signal.
+   * @returns The ready snapshot.
+   * @throws {@link SnapshotError} if the snapshot ends in `error`.
+   * @throws {@link SnapshotNotReadyError} if it is not ready within `timeout`.
+   */
+  async snapshot(vm: VMRef, options: SnapshotOptions = {}): Promise<Snapshot> {
+    const deadline = this.#deadline(options.timeout);
+    const body: Record<string, unknown> = { vmId: idOf(vm, 'vm') };
+    if (options.name !== undefined && options.name !== '') body['name'] = options.name;
+    const created = snapshotFromWire(
+      await this.#call('POST', '/v1/snapshots', {
+        body,
+        signal: options.signal,
+        deadline,
+        retryHttp: false,
+      }),
+    );
+    return this.#waitFor(created, {
+      ready: SNAPSHOT_READY,
+      terminal: SNAPSHOT_TERMINAL,
+      deadline,
+      signal: options.signal,
+      refresh: async (dl) =>
+        snapshotFromWire(
+          await this.#call('GET', `/v1/snapshots/${seg(created, 'snapshot')}`, {
+            ...dl,
+            retryHttp: true,
+          }),
+        ),
+      failed: (s) => new SnapshotError(s.id, s.status),
+      timedOut: (s) => new SnapshotNotReadyError(s.id, s.status, this.#budget(options.timeout)),
+    });
+  }
+
+  /**
+   * Fetches one snapshot.
+   *
+   * @param snapshot - Snapshot id (or name), or a {@link Snapshot}.
+   * @param options - Signal and timeout.
+   * @throws {@link NotFoundError} if there is no such snapshot.
+   */
+  async getSnapshot(snapshot: SnapshotRef, options: RequestOptions = {}): Promise<Snapshot> {
+    return snapshotFromWire(await this.#get(`/v1/snapshots/${seg(snapshot, 'snapshot')}`, options));
+  }
+
+  /**
+   * Lists the organisation's snapshots.
+   *
+   * @param options - Signal and timeout.
+   */
+  async listSnapshots(options: RequestOptions = {}): Promise<Snapshot[]> {
+    return asArray(await this.#get('/v1/snapshots', options)).map(snapshotFromWire);
+  }
+
+  /**
+   * Deletes a snapshot. VMs restored from it are not affected.
+   *
+   * @param snapshot - Snapshot id (or name), or a {@link Snapshot}.
+   * @param options - Signal and timeout.
+   */
+  async removeSnapshot(snapshot: SnapshotRef, options: RequestOptions = {}): Promise<void> {
+    await this.#idempotent(
+      'DELETE',
+      `/v1/snapshots/${seg(snapshot, 'snapshot')}`,
+      undefined,
+      options,
+    );
+  }
+
+  /**
+   * Renames a snapshot.
+   *
+   * @param snapshot - Snapshot id (or name), or a {@link Snapshot}.
+   * @param name - The new name.
+   * @param options - Signal and timeout.
+   * @returns The updated snapshot.
+   */
+  async renameSnapshot(
+    snapshot: SnapshotRef,
+    name: string,
+    options: RequestOptions = {},
+  ): Promise<Snapshot> {
+    const path = `/v1/snapshots/${seg(snapshot, 'snapshot')}`;
+    return snapshotFromWire(await this.#idempotent('PATCH', path, { name }, options));
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Quotas
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Fetches the organisation's quota limits and current usage.
+   *
+   * @param options - Signal and timeout.
+   */
+  async quotas(options: RequestOptions = {}): Promise<OrgQuotaUsage> {
+    return quotasFromWire(await this.#get('/v1/org/quotas', options));
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Internals
+  // ------------------------------------------------------------------------------------------------
+
+  async #createVm(
+    body: Record<string, unknown>,
+    options: LaunchOptions | RestoreOptions,
+  ): Promise<VM> {
+    const deadline = this.#deadline(options.timeout);
+    const created = vmFromWire(
+      await this.#call('POST', '/v1/vms', {
+        body,
+        signal: options.signal,
+        deadline,
+        retryHttp: false,
+      }),
+    );
+    return this.#waitFor(created, {
+      ready: VM_READY,
+      terminal: VM_TERMINAL,
+      deadline,
+      signal: options.signal,
+      refresh: async (dl) =>
+        vmFromWire(
+          await this.#call('GET', `/v1/vms/${seg(created, 'vm')}`, { ...dl, retryHttp: true }),
+        ),
+      failed: (vm) => new VMLaunchError(vm.id, vm.status),
+      timedOut: (vm) => new VMNotReadyError(vm.id, vm.status, this.#budget(options.timeout)),
+    });
+  }
+
+  /** Polls `refresh` (100 ms backoff growing to 1 s) until the status is ready or terminal. */
+  async #waitFor<T extends { status: string }>(
+    initial: T,
+    w: {
+      ready: Set<string>;
+      terminal: Set<string>;
+      deadline: number;
+      signal: AbortSignal | undefined;
+      refresh: (o: { deadline: number; signal: AbortSignal | undefined }) => Promise<T>;
+      failed: (last: T) => Error;
+      timedOut: (last: T) => Error;
+    },
+  ): Promise<T> {
+    let current = initial;
+    let delay = POLL_INITIAL_MS;
+    for (;;) {
+      if (w.ready.has(current.status)) return current;
+      if (w.terminal.has(current.status)) throw w.failed(current);
+      const left = remaining(w.deadline);
+      if (left <= 0) throw w.timedOut(current);
+      await sleep(Math.min(delay, left), w.signal);
+      delay = Math.min(delay * 1.5, POLL_MAX_MS);
+      if (remaining(w.deadline) <= 0) throw w.timedOut(current);
+      try {
+        current = await w.refresh({ deadline: w.deadline, signal: w.signal });
+      } catch (err) {
+        if (err instanceof TimeoutError && remaining(w.deadline) <= 0) throw w.timedOut(current);
+        throw err;
+      }
+    }
+  }
+
+  #get(path: string, options: RequestOptions): Promise<unknown> {
+    return this.#call('GET', path, {
+      signal: options.signal,
+      deadline: this.#deadline(options.timeout),
+      retryHttp: true,
+    });
+  }
+
+  #idempotent(
+    method: Method,
+    path: string,
+    body: unknown,
+    options: RequestOptions,
+  ): Promise<unknown> {
+    return this.#call(method, path, {
+      body,
+      signal: options.signal,
+      deadline: this.#deadline(options.timeout),
+      retryHttp: true,
+    });
+  }
+
+  #budget(timeout: number | undefined): number {
+    return positive(timeout, 'timeout') ?? this.timeout;
+  }
+
+  #deadline(timeout: number | undefined): number {
+    return performance.now() + this.#budget(timeout);
+  }
+
+  /**
+   * One API call with retries. HTTP errors are retried only when `retryHttp` (idempotent methods);
+   * connection failures are retried when the request never left the client, or for idempotent calls.
+   */
+  async #call(method: Method, path: string, o: CallOptions): Promise<unknown> {
+    const headers: Record<string, string> = { ...this.#headers };
+    let body: Buffer | undefined;
+    if (o.body !== undefined) {
+      body = Buffer.from(JSON.stringify(o.body));
+      headers['content-type'] = 'application/json';
+    }
+    for (let retries = 0; ; retries++) {
+      const left = remaining(o.deadline);
+      if (left <= 0) throw new TimeoutError(`request timed out (${method} ${path})`);
+      let res: WireResponse;
+      try {
+        res = await this.#transport.request({
+          method,
+          path,
+          headers,
+          body,
+          timeoutMs: left,
+          signal: o.signal,
+        });
+      } catch (err) {
+        const retryable = err instanceof ConnectionError && (!err.requestSent || o.retryHttp);
+        if (retryable && retries < this.maxRetries) {
+          const wait = backoffMs(retries);
+          if (wait < remaining(o.deadline)) {
+            await sleep(wait, o.signal);
+            continue;
+          }
+        }
+        throw err;
+      }
+      const parsed = parseBody(res);
+      if (res.status >= 200 && res.status < 300) return parsed;
+      const error = APIError.fromResponse(res.status, parsed, res.headers);
+      if (o.retryHttp && retries < this.maxRetries && shouldRetry(res, error)) {
+        const wait = retryAfterMs(res.headers) ?? backoffMs(retries);
+        if (wait < remaining(o.deadline)) {
+          await sleep(wait, o.signal);
+          continue;
+        }
+      }
+      throw error;
+    }
+  }
+}
+
+function shouldRetry(res: WireResponse, error: APIError): boolean {
+  const hint = res.headers['x-should-retry'];
+  if (hint === 'true') return true;
+  if (hint === 'false') return false;
+  if (error.name === 'QuotaExceededError') return false;
+  return res.status === 408 || res.status === 409 || res.status === 429 || res.status >= 500;
+}
+
+function parseBody(res: WireResponse): unknown {
+  if (res.body.length === 0) return undefined;
+  const text = res.body.toString('utf8');
+  const type = res.headers['content-type'] ?? '';
+  if (type.includes('json') || type === '') {
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      return text;
+    }
+  }
+  return text;
+}
+
+function remaining(deadline: number): number {
+  return deadline - performance.now();
+}
+
+function nonEmpty(v: string | undefined): string | undefined {
+  return v === undefined || v.trim() === '' ? undefined : v.trim();
+}
+
+function positive(v: number | undefined, what: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !(v > 0))
+    throw new FastVMError(`${what} must be a positive number of milliseconds, got ${v}`);
+  return v;
+}
+
+function lowerKeys(h: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(h).map(([k, v]) => [k.toLowerCase(), v]));
+}
+
+function idOf(ref: VMRef | SnapshotRef, what: string): string {
+  const id = typeof ref === 'string' ? ref : ref?.id;
+  if (typeof id !== 'string' || id === '')
+    throw new FastVMError(`${what}: expected an id, a name or an object with an id`);
+  return id;
+}
+
+/** The id as one percent-encoded path segment. */
+function seg(ref: VMRef | SnapshotRef, what: string): string {
+  const id = idOf(ref, what);
+  if (id === '.' || id === '..') throw new FastVMError(`${what}: '${id}' is not a valid id`);
+  return encodeURIComponent(id);
+}

@@ -1,0 +1,65 @@
+/**
+ * FastVM TypeScript SDK: launch, snapshot, restore and run commands in microVMs over one
+ * multiplexed HTTP/2 session.
+ *
+ * @example
+ * ```ts
+ * import { FastVM } from 'fastvm';
+ *
+ * await using client = new FastVM();
+ * const vm = await client.launch({ machine: 'c1m2' });
+ * const result = await client.run(vm, 'echo hello');
+ * ```
+ *
+ * @module
+ */
+export {
+  FastVM,
+  DEFAULT_BASE_URL,
+  DEFAULT_MAX_RETRIES,
+  DEFAULT_TIMEOUT_MS,
+  type ClientOptions,
+  type LaunchOptions,
+  type RequestOptions,
+  type RestoreOptions,
+  type RunOptions,
+  type SnapshotOptions,
+} from './client.js';
+export type { ConnectionStats, Protocol, TLSOptions } from './core/transport.js';
+export {
+  FastVMError,
+  APIError,
+  BadRequestError,
+  AuthenticationError,
+  PermissionDeniedError,
+  NotFoundError,
+  ConflictError,
+  UnprocessableEntityError,
+  QuotaExceededError,
+  RateLimitError,
+  InternalServerError,
+  ConnectionError,
+  TimeoutError,
+  AbortError,
+  VMLaunchError,
+  VMNotReadyError,
+  SnapshotError,
+  SnapshotNotReadyError,
+  type Headers,
+} from './core/errors.js';
+export type {
+  CommandResult,
+  FirewallPolicy,
+  FirewallRule,
+  MachineType,
+  OrgQuotaUsage,
+  OrgQuotaValues,
+  PatchFirewallPolicy,
+  Snapshot,
+  SnapshotRef,
+  SnapshotStatus,
+  VM,
+  VMRef,
+  VMStatus,
+} from './types.js';
+export { VERSION } from './version.js';

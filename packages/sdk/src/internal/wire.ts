@@ -1,0 +1,136 @@
+// Conversions between wire JSON (camelCase with `memoryMiB`/`diskGiB`) and the SDK's public types.
+// Tolerant on input: missing optional fields get neutral defaults, unknown fields are dropped.
+import type {
+  CommandResult,
+  FirewallPolicy,
+  FirewallRule,
+  OrgQuotaUsage,
+  OrgQuotaValues,
+  PatchFirewallPolicy,
+  Snapshot,
+  VM,
+} from '../types.js';
+
+type Json = Record<string, unknown>;
+
+function obj(v: unknown): Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Json) : {};
+}
+function str(v: unknown, fallback = ''): string {
+  return typeof v === 'string' ? v : fallback;
+}
+function num(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+}
+function optStr(v: unknown): string | null {
+  return typeof v === 'string' && v !== '' ? v : null;
+}
+
+export function firewallRuleFromWire(v: unknown): FirewallRule {
+  const r = obj(v);
+  const rule: FirewallRule = { protocol: str(r['protocol']), portStart: num(r['portStart']) };
+  if (typeof r['portEnd'] === 'number') rule.portEnd = r['portEnd'];
+  if (Array.isArray(r['sourceCidrs']))
+    rule.sourceCidrs = r['sourceCidrs'].filter((c) => typeof c === 'string');
+  if (typeof r['description'] === 'string') rule.description = r['description'];
+  return rule;
+}
+
+export function firewallFromWire(v: unknown): FirewallPolicy | null {
+  if (typeof v !== 'object' || v === null) return null;
+  const f = obj(v);
+  const policy: FirewallPolicy = { mode: str(f['mode']) };
+  if (Array.isArray(f['ingress'])) policy.ingress = f['ingress'].map(firewallRuleFromWire);
+  return policy;
+}
+
+function ruleToWire(r: FirewallRule): Json {
+  const out: Json = { protocol: r.protocol, portStart: r.portStart };
+  if (r.portEnd !== undefined) out['portEnd'] = r.portEnd;
+  if (r.sourceCidrs !== undefined) out['sourceCidrs'] = r.sourceCidrs;
+  if (r.description !== undefined) out['description'] = r.description;
+  return out;
+}
+
+export function firewallToWire(p: FirewallPolicy | PatchFirewallPolicy): Json {
+  const out: Json = {};
+  if (p.mode !== undefined) out['mode'] = p.mode;
+  if (p.ingress !== undefined) out['ingress'] = p.ingress.map(ruleToWire);
+  return out;
+}
+
+export function vmFromWire(v: unknown): VM {
+  const w = obj(v);
+  const metadata: Record<string, string> = {};
+  for (const [k, val] of Object.entries(obj(w['metadata'])))
+    if (typeof val === 'string') metadata[k] = val;
+  return {
+    id: str(w['id']),
+    name: str(w['name']),
+    orgId: str(w['orgId']),
+    machineName: str(w['machineName']),
+    cpu: num(w['cpu']),
+    memoryMib: num(w['memoryMiB'] ?? w['memoryMib']),
+    diskGib: num(w['diskGiB'] ?? w['diskGib']),
+    status: str(w['status']),
+    createdAt: str(w['createdAt']),
+    sourceName: str(w['sourceName']),
+    publicIpv6: optStr(w['publicIpv6']),
+    firewall: firewallFromWire(w['firewall']),
+    deletedAt: optStr(w['deletedAt']),
+    metadata,
+  };
+}
+
+export function snapshotFromWire(v: unknown): Snapshot {
+  const w = obj(v);
+  return {
+    id: str(w['id']),
+    name: str(w['name']),
+    orgId: str(w['orgId']),
+    vmId: str(w['vmId']),
+    status: str(w['status']),
+    createdAt: str(w['createdAt']),
+    firewall: firewallFromWire(w['firewall']),
+  };
+}
+
+export function commandResultFromWire(v: unknown): CommandResult {
+  const w = obj(v);
+  return {
+    exitCode: num(w['exitCode']),
+    stdout: str(w['stdout']),
+    stderr: str(w['stderr']),
+    timedOut: w['timedOut'] === true,
+    stdoutTruncated: w['stdoutTruncated'] === true,
+    stderrTruncated: w['stderrTruncated'] === true,
+    durationMs: num(w['durationMs']),
+  };
+}
+
+function quotaValuesFromWire(v: unknown): OrgQuotaValues {
+  const w = obj(v);
+  return {
+    vcpu: num(w['vcpu']),
+    memoryMib: num(w['memoryMiB'] ?? w['memoryMib']),
+    diskGib: num(w['diskGiB'] ?? w['diskGib']),
+    snapshotCount: num(w['snapshotCount']),
+  };
+}
+
+export function quotasFromWire(v: unknown): OrgQuotaUsage {
+  const w = obj(v);
+  return {
+    orgId: str(w['orgId']),
+    limits: quotaValuesFromWire(w['limits']),
+    usage: quotaValuesFromWire(w['usage']),
+  };
+}
+
+export function asArray(v: unknown): unknown[] {
+  if (Array.isArray(v)) return v;
+  // Tolerate an envelope such as {"data": [...]} / {"items": [...]}.
+  const w = obj(v);
+  for (const key of ['data', 'items', 'vms', 'snapshots']) if (Array.isArray(w[key])) return w[key];
+  return [];
+}

@@ -1,0 +1,155 @@
+/**
+ * Public data types returned and accepted by the SDK.
+ *
+ * Field names are camelCase. Sizes follow the seed SDK's idiom: `memoryMib` and `diskGib` (the wire
+ * spells them `memoryMiB` and `diskGiB`; the SDK converts in both directions).
+ *
+ * @module
+ */
+
+/** Machine type: `c{vCPUs}m{GiB RAM}`. The server may accept others besides the listed ones. */
+export type MachineType = 'c1m2' | 'c2m4' | 'c4m8' | 'c8m16' | (string & {});
+
+/**
+ * VM status. `provisioning` is transitional, `running` is ready, `error`/`stopped` are terminal
+ * failures; newer servers add `pausing`/`paused`/`resuming`. Unknown values mean "in transition".
+ */
+export type VMStatus =
+  | 'provisioning'
+  | 'running'
+  | 'stopped'
+  | 'deleting'
+  | 'error'
+  | 'pausing'
+  | 'paused'
+  | 'resuming'
+  | (string & {});
+
+/** Snapshot status: `creating`, then `ready` (some servers say `active`) or `error`. */
+export type SnapshotStatus = 'creating' | 'ready' | 'error' | (string & {});
+
+/** One ingress allow rule of a {@link FirewallPolicy}. */
+export interface FirewallRule {
+  /** `tcp` or `udp`. */
+  protocol: 'tcp' | 'udp' | (string & {});
+  /** First port of the range. */
+  portStart: number;
+  /** Last port of the range, inclusive; omit for a single port. */
+  portEnd?: number;
+  /** Allowed IPv6 source CIDRs; omitted or empty means any source. */
+  sourceCidrs?: string[];
+  /** Human-readable description. */
+  description?: string;
+}
+
+/** Public IPv6 ingress firewall policy of a VM. */
+export interface FirewallPolicy {
+  /** `open` allows all inbound traffic; `restricted` allows only the `ingress` rules. */
+  mode: 'open' | 'restricted' | (string & {});
+  /** Ingress allow rules (used in `restricted` mode). */
+  ingress?: FirewallRule[];
+}
+
+/** Partial firewall update: only the given fields change; `ingress: []` clears all rules. */
+export interface PatchFirewallPolicy {
+  /** New mode, or omit to keep the current one. */
+  mode?: FirewallPolicy['mode'];
+  /** New rule list, or omit to keep the current rules. */
+  ingress?: FirewallRule[];
+}
+
+/** A microVM. */
+export interface VM {
+  /** Unique VM identifier. */
+  id: string;
+  /** VM name. */
+  name: string;
+  /** Organisation id. */
+  orgId: string;
+  /** Machine type name, e.g. `c1m2` (empty if the server did not say). */
+  machineName: string;
+  /** Number of vCPUs. */
+  cpu: number;
+  /** Memory in MiB (wire: `memoryMiB`). */
+  memoryMib: number;
+  /** Disk size in GiB (wire: `diskGiB`). */
+  diskGib: number;
+  /** Current status. */
+  status: VMStatus;
+  /** ISO 8601 creation timestamp. */
+  createdAt: string;
+  /** Snapshot or image the VM was booted from (empty for a fresh boot). */
+  sourceName: string;
+  /** Public IPv6 address, if assigned. */
+  publicIpv6: string | null;
+  /** Firewall policy, if configured. */
+  firewall: FirewallPolicy | null;
+  /** Deletion timestamp, or `null`. */
+  deletedAt: string | null;
+  /** User metadata (string → string). */
+  metadata: Record<string, string>;
+}
+
+/** Result of {@link FastVM.run}. */
+export interface CommandResult {
+  /** Process exit code. */
+  exitCode: number;
+  /** Standard output (UTF-8). */
+  stdout: string;
+  /** Standard error (UTF-8). */
+  stderr: string;
+  /** Whether the server-side timeout (`timeoutSec`) killed the command. */
+  timedOut: boolean;
+  /** Whether stdout was cut at the server's cap. */
+  stdoutTruncated: boolean;
+  /** Whether stderr was cut at the server's cap. */
+  stderrTruncated: boolean;
+  /** Execution time in milliseconds, measured in the VM host. */
+  durationMs: number;
+}
+
+/** A snapshot of a VM, restorable any number of times. */
+export interface Snapshot {
+  /** Unique snapshot identifier. */
+  id: string;
+  /** Snapshot name. */
+  name: string;
+  /** Organisation id. */
+  orgId: string;
+  /** Id of the VM it was taken from. */
+  vmId: string;
+  /** Current status. */
+  status: SnapshotStatus;
+  /** ISO 8601 creation timestamp. */
+  createdAt: string;
+  /** Firewall policy captured from the source VM, if any. */
+  firewall: FirewallPolicy | null;
+}
+
+/** Quota values: limits or current usage. */
+export interface OrgQuotaValues {
+  /** Number of vCPUs. */
+  vcpu: number;
+  /** Memory in MiB. */
+  memoryMib: number;
+  /** Disk in GiB. */
+  diskGib: number;
+  /** Number of snapshots. */
+  snapshotCount: number;
+}
+
+/** Organisation quota limits and usage, from {@link FastVM.quotas}. */
+export interface OrgQuotaUsage {
+  /** Organisation id. */
+  orgId: string;
+  /** Maximum allowed resources. */
+  limits: OrgQuotaValues;
+  /** Currently consumed resources. */
+  usage: OrgQuotaValues;
+}
+
+/** A VM given by id (or name, which the server resolves) or as an object with an `id`. */
+export type VMRef = string | Pick<VM, 'id'>;
+
+/** A snapshot given by id (or name) or as an object with an `id`. */
+export type SnapshotRef = string | Pick<Snapshot, 'id'>;
