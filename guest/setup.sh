@@ -52,6 +52,7 @@ kernel_hash=$(
 base_hash=$(hash_of "$repo/guest/rootfs/packages.txt" "$repo/guest/rootfs/build-base.sh")
 agent_hash=$(hash_of "$repo"/agent/Makefile "$repo"/agent/src/*)
 overlay_hash=$(cd "$repo/guest/rootfs" && find overlay -type f | sort | xargs cat make-image.sh | sha256sum | cut -c1-16)
+shim_hash=$(hash_of "$repo/packages/runtime/native/memshim.c")
 image_hash=$(echo "$base_hash $agent_hash $overlay_hash" | sha256sum | cut -c1-16)
 disk_gib=10
 
@@ -59,9 +60,11 @@ kernel=$cache/kernel/$kernel_hash/vmlinux
 base=$cache/rootfs-base/$base_hash/rootfs.tar
 agent=$cache/agent/$agent_hash/fastvm-agent
 image=$cache/image/$image_hash/rootfs.ext4
+memshim=$cache/memshim/$shim_hash/fastvm-memshim.so
 manifest=$cache/guest.json
 
-if [ -f "$kernel" ] && [ -f "$image" ] && [ -f "$agent" ] && [ -f "$manifest" ] &&
+if [ -f "$kernel" ] && [ -f "$image" ] && [ -f "$agent" ] && [ -f "$memshim" ] && [ -f "$manifest" ] &&
+  grep -q "$memshim" "$manifest" &&
   grep -q "\"imageId\": \"$kernel_hash-$image_hash\"" "$manifest"; then
   [ "$quiet" -eq 1 ] || echo "setup: guest image $kernel_hash-$image_hash is cached in $cache"
   exit 0
@@ -76,6 +79,13 @@ if [ ! -f "$agent" ]; then
   mkdir -p "$(dirname "$agent")"
   cp "$repo/agent/build/fastvm-agent" "$agent.tmp" && mv "$agent.tmp" "$agent"
 else echo "setup: [1/4] guest agent (cached)"; fi
+
+if [ ! -f "$memshim" ]; then
+  echo "setup: [1/4] QEMU memory shim"
+  mkdir -p "$(dirname "$memshim")"
+  gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$memshim.tmp" "$repo/packages/runtime/native/memshim.c"
+  mv "$memshim.tmp" "$memshim"
+fi
 
 if [ ! -f "$base" ]; then
   echo "setup: [2/4] Debian root filesystem (mmdebstrap)"
@@ -103,6 +113,7 @@ cat > "$manifest.tmp" <<JSON
   "rootfs": "$image",
   "rootfsGiB": $disk_gib,
   "agent": "$agent",
+  "memshim": "$memshim",
   "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
 JSON

@@ -16,9 +16,9 @@ mmdebstrap --variant=minbase --include="$pkgs" \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
-  bookworm "$out.tmp" \
+  --format=tar bookworm "$out.tmp" \
   "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
   "deb $security bookworm-security main" 2>&1 | grep -E '^(E:|W:|I: (Retrieving|Extracting|Installing|Downloading))' | sed 's/^/rootfs: /' || true
-test -s "$out.tmp"
+test -f "$out.tmp" && test -s "$out.tmp"
 mv "$out.tmp" "$out"
 echo "rootfs: base tarball $(du -h "$out" | cut -f1)"

@@ -1,0 +1,8 @@
+export * from './types.js';
+export { QemuRuntime, createQemuRuntime } from './runtime.js';
+export type { QemuRuntimeOptions } from './runtime.js';
+export { QmpClient, QmpCommandError, QmpConnectionError } from './qmp.js';
+export type { QmpEvent, QmpState } from './qmp.js';
+export { AgentClient } from './agent-client.js';
+export { loadGuestImage, defaultCacheDir } from './qemu.js';
+export type { GuestImage, Accel } from './qemu.js';

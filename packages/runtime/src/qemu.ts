@@ -1,0 +1,223 @@
+/**
+ * QEMU command lines, the guest image manifest, and accelerator selection.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { MachineSpec } from './types.js';
+import { RuntimeError } from './types.js';
+
+export type Accel = 'kvm' | 'tcg';
+
+/** What `guest/setup.sh` built: the files every VM boots from. */
+export interface GuestImage {
+  readonly imageId: string;
+  readonly kernel: string;
+  readonly rootfs: string;
+  readonly rootfsGiB: number;
+  readonly agent: string;
+  readonly memshim: string;
+}
+
+export function defaultCacheDir(): string {
+  return process.env.FASTVM_CACHE_DIR || path.join(os.homedir(), '.cache', 'fastvm');
+}
+
+/** Load `guest.json` written by `guest/setup.sh`. */
+export function loadGuestImage(cacheDir = defaultCacheDir()): GuestImage {
+  const file = path.join(cacheDir, 'guest.json');
+  let raw: string;
+  try {
+    raw = fs.readFileSync(file, 'utf8');
+  } catch {
+    throw new RuntimeError(
+      'image_missing',
+      `no guest image at ${file}: run \`npm run setup\` to build it`,
+    );
+  }
+  const image = JSON.parse(raw) as GuestImage;
+  for (const f of [image.kernel, image.rootfs, image.memshim]) {
+    if (!f || !fs.existsSync(f)) {
+      throw new RuntimeError('image_missing', `guest file ${f} is missing: run \`npm run setup\``);
+    }
+  }
+  return image;
+}
+
+/** Host TSC frequency in kHz; the guest kernel needs it under TCG (`tsc_early_khz`). */
+export function hostTscKhz(): number {
+  const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  const m = /cpu MHz\s*:\s*([\d.]+)/.exec(cpuinfo);
+  return m ? Math.round(parseFloat(m[1]!) * 1000) : 2_000_000;
+}
+
+export function kernelCmdline(tscKhz: number): string {
+  return [
+    'console=ttyS0',
+    'quiet',
+    `tsc_early_khz=${tscKhz}`,
+    'root=/dev/vda',
+    'rw',
+    'rootfstype=ext4',
+    'rootflags=noinit_itable',
+    'init=/usr/local/sbin/fastvm-agent',
+    'panic=-1',
+    'mitigations=off',
+    'random.trust_cpu=on',
+  ].join(' ');
+}
+
+export interface QemuArgs {
+  readonly accel: Accel;
+  readonly machine: MachineSpec;
+  readonly image: GuestImage;
+  readonly cmdline: string;
+  /** Guest RAM file (mapped share=on; privately when the memshim is preloaded). */
+  readonly memPath: string;
+  readonly diskPath: string;
+  readonly qmpPath: string;
+  readonly agentPath: string;
+  readonly serialPath: string;
+  /** Tap device for virtio-net; without one the NIC sits on an empty hub. */
+  readonly tap?: string;
+  readonly mac: string;
+  readonly incoming: boolean;
+}
+
+/**
+ * The QEMU command line of a FastVM guest. Every VM (golden boot, launch, restore) gets the same
+ * device set, so migration state always matches: virtio-serial (agent), virtio-blk (root disk),
+ * virtio-net, virtio-rng.
+ */
+export function qemuArgs(a: QemuArgs): string[] {
+  const mem = `${a.machine.memoryMiB}M`;
+  const accel =
+    a.accel === 'kvm'
+      ? ['-accel', 'kvm', '-cpu', 'host']
+      : [
+          '-accel',
+          `tcg,thread=${a.machine.vcpus > 1 ? 'multi' : 'single'},tb-size=64`,
+          '-cpu',
+          'max',
+        ];
+  const net = a.tap
+    ? `tap,id=n0,ifname=${a.tap},script=no,downscript=no,vhost=off`
+    : 'hubport,id=n0,hubid=0';
+  const args = [
+    '-name',
+    path.basename(path.dirname(a.qmpPath)),
+    '-M',
+    'microvm,acpi=off,memory-backend=mem',
+    ...accel,
+    '-m',
+    mem,
+    '-smp',
+    String(a.machine.vcpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-object',
+    `memory-backend-file,id=mem,size=${mem},mem-path=${a.memPath},share=on`,
+    '-chardev',
+    `file,id=ser0,path=${a.serialPath},append=on`,
+    '-serial',
+    'chardev:ser0',
+    '-qmp',
+    `unix:${a.qmpPath},server=on,wait=off`,
+    '-device',
+    'virtio-serial-device',
+    '-chardev',
+    `socket,id=agent,path=${a.agentPath},server=on,wait=off`,
+    '-device',
+    'virtserialport,chardev=agent,name=fastvm.agent',
+    '-blockdev',
+    `driver=file,filename=${a.diskPath},node-name=file0,cache.direct=off`,
+    '-blockdev',
+    'driver=qcow2,file=file0,node-name=disk0',
+    '-device',
+    'virtio-blk-device,drive=disk0,id=vda',
+    '-netdev',
+    net,
+    '-device',
+    `virtio-net-device,netdev=n0,mac=${a.mac}`,
+    '-object',
+    'rng-random,id=rng0,filename=/dev/urandom',
+    '-device',
+    'virtio-rng-device,rng=rng0',
+    '-kernel',
+    a.image.kernel,
+    '-append',
+    a.cmdline,
+  ];
+  if (a.incoming) args.push('-incoming', 'defer');
+  return args;
+}
+
+/**
+ * Whether /dev/kvm really runs guests: boot the guest kernel under KVM with a short timeout and
+ * look for the kernel's first console output. Some hosts expose a /dev/kvm that hangs on an
+ * ordinary guest; those fall back to TCG.
+ */
+export async function probeKvm(
+  image: GuestImage,
+  workDir: string,
+  timeoutMs = 4000,
+): Promise<boolean> {
+  if (process.env.FASTVM_ACCEL === 'tcg') return false;
+  if (process.env.FASTVM_ACCEL === 'kvm') return true;
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    return false;
+  }
+  fs.mkdirSync(workDir, { recursive: true });
+  const serial = path.join(workDir, 'kvm-probe.log');
+  fs.rmSync(serial, { force: true });
+  const child = spawn(
+    'qemu-system-x86_64',
+    [
+      '-M',
+      'microvm,acpi=off',
+      '-accel',
+      'kvm',
+      '-cpu',
+      'host',
+      '-m',
+      '256M',
+      '-smp',
+      '1',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-no-reboot',
+      '-serial',
+      `file:${serial}`,
+      '-kernel',
+      image.kernel,
+      '-append',
+      'console=ttyS0 panic=-1 root=/dev/nonexistent',
+    ],
+    { stdio: 'ignore' },
+  );
+  const deadline = Date.now() + timeoutMs;
+  let ok = false;
+  while (Date.now() < deadline && child.exitCode === null) {
+    await new Promise((r) => setTimeout(r, 50));
+    try {
+      // "VFS: Cannot open root device" (or any panic) means the kernel booted to the end.
+      const out = fs.readFileSync(serial, 'utf8');
+      if (/Kernel panic|VFS:/.test(out)) {
+        ok = true;
+        break;
+      }
+    } catch {
+      /* not created yet */
+    }
+  }
+  child.kill('SIGKILL');
+  return ok;
+}

@@ -1,0 +1,919 @@
+/**
+ * QemuRuntime: real microVMs on QEMU `microvm`.
+ *
+ * Every VM, including a "fresh" launch, is a restore: each machine type is booted once into a
+ * cached golden snapshot, and new VMs restore it. See docs/ARCHITECTURE.md ("Runtime") for the
+ * memory and disk layering this file implements.
+ */
+import { execFile, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { AgentClient } from './agent-client.js';
+import { applyDelta, dumpDelta, findRamMapping, type Runs } from './memory.js';
+import {
+  type Accel,
+  type GuestImage,
+  hostTscKhz,
+  kernelCmdline,
+  loadGuestImage,
+  probeKvm,
+  qemuArgs,
+} from './qemu.js';
+import { QmpClient, type QmpEvent } from './qmp.js';
+import {
+  type AdoptResult,
+  DEFAULT_DISK_GIB,
+  type ExecRequest,
+  type ExecResult,
+  type LaunchOptions,
+  MACHINES,
+  type MachineSpec,
+  type MachineType,
+  type RestoreOptions,
+  type Runtime,
+  RuntimeError,
+  type SnapshotInfo,
+  type VmInfo,
+  type VmNetwork,
+} from './types.js';
+
+const execFileP = promisify(execFile);
+
+/** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
+const GOLDEN_FORMAT = 3;
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+export interface QemuRuntimeOptions {
+  /** Where VMs, snapshots and layers live (e.g. `~/.local/share/fastvm/runtime`). */
+  readonly dataDir: string;
+  /** Guest image; default: `guest.json` in the cache dir. */
+  readonly image?: GuestImage;
+  /** Force an accelerator instead of probing /dev/kvm. */
+  readonly accel?: Accel;
+  /** Machine types whose golden snapshot is built in the background at start. */
+  readonly prewarm?: readonly MachineType[];
+  readonly log?: (msg: string) => void;
+}
+
+interface DiskState {
+  /** Writable top layer. */
+  top: string;
+  /** QEMU node name of the top layer. */
+  topNode: string;
+  /** Read-only layers below the top, nearest first (the last one may be the raw base image). */
+  chain: string[];
+}
+
+/** `vms/<id>/vm.json`: enough to re-adopt or clean up a VM after a restart. */
+interface VmRecord {
+  id: string;
+  machine: MachineType;
+  diskGiB: number;
+  accel: Accel;
+  pid: number;
+  memBase: string;
+  disk: DiskState;
+  nodeCounter: number;
+  snapshotId?: string;
+  network?: VmNetwork;
+  createdAt: string;
+}
+
+/** `snapshots/<id>/snapshot.json`. */
+interface SnapshotRecord {
+  id: string;
+  vmId: string;
+  machine: MachineType;
+  diskGiB: number;
+  accel: Accel;
+  imageId: string;
+  cmdline: string;
+  memBase: string;
+  delta?: { path: string; runs: string; bytes: number };
+  /** Frozen disk layers, nearest first. */
+  disk: string[];
+  state: string;
+  /** The source was stopped when migrated: the restored VM needs `cont`. */
+  paused: boolean;
+  createdAt: string;
+}
+
+interface LiveVm {
+  record: VmRecord;
+  dir: string;
+  qmp: QmpClient;
+  agent: AgentClient;
+  exited: boolean;
+  destroying: boolean;
+  /** Serialises snapshots of one VM. */
+  busy: Promise<unknown>;
+}
+
+export async function createQemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime> {
+  const rt = new QemuRuntime(opts);
+  await rt.init();
+  return rt;
+}
+
+export class QemuRuntime implements Runtime {
+  readonly dataDir: string;
+  readonly #log: (msg: string) => void;
+  #image!: GuestImage;
+  #accel!: Accel;
+  #cmdline!: string;
+  readonly #vms = new Map<string, LiveVm>();
+  readonly #goldens = new Map<MachineType, Promise<SnapshotRecord>>();
+  readonly #events = new EventEmitter<{ exit: [string, string] }>();
+  readonly #opts: QemuRuntimeOptions;
+  /** Layer files created but not yet named by a record; the sweeper leaves them alone. */
+  readonly #pending = new Set<string>();
+
+  constructor(opts: QemuRuntimeOptions) {
+    this.#opts = opts;
+    this.dataDir = path.resolve(opts.dataDir);
+    this.#log = opts.log ?? (() => {});
+  }
+
+  get accel(): Accel {
+    return this.#accel;
+  }
+
+  get image(): GuestImage {
+    return this.#image;
+  }
+
+  /** Load the image, pick the accelerator, create directories, start prewarming goldens. */
+  async init(): Promise<void> {
+    this.#image = this.#opts.image ?? loadGuestImage();
+    fs.rmSync(path.join(this.dataDir, 'tmp'), { recursive: true, force: true });
+    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'tmp']) {
+      fs.mkdirSync(path.join(this.dataDir, d), { recursive: true });
+    }
+    this.#accel = this.#opts.accel ?? (await this.#probeAccel());
+    this.#cmdline = kernelCmdline(hostTscKhz());
+    this.#log(`runtime: accel=${this.#accel} image=${this.#image.imageId}`);
+    for (const m of this.#opts.prewarm ?? []) {
+      this.#golden(m).catch((err: unknown) =>
+        this.#log(`runtime: golden ${m} failed: ${String(err)}`),
+      );
+    }
+  }
+
+  async #probeAccel(): Promise<Accel> {
+    const cache = path.join(this.dataDir, 'accel.json');
+    try {
+      const c = JSON.parse(fs.readFileSync(cache, 'utf8')) as { kernel: string; accel: Accel };
+      if (c.kernel === this.#image.kernel && !process.env.FASTVM_ACCEL) return c.accel;
+    } catch {
+      /* no cached probe */
+    }
+    const accel: Accel = (await probeKvm(this.#image, path.join(this.dataDir, 'probe')))
+      ? 'kvm'
+      : 'tcg';
+    fs.writeFileSync(cache, JSON.stringify({ kernel: this.#image.kernel, accel }));
+    return accel;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Public API
+
+  async launch(opts: LaunchOptions): Promise<VmInfo> {
+    checkId(opts.id);
+    const spec = MACHINES[opts.machine];
+    if (!spec) throw new RuntimeError('invalid_argument', `unknown machine type ${opts.machine}`);
+    const diskGiB = opts.diskGiB ?? DEFAULT_DISK_GIB;
+    if (diskGiB < this.#image.rootfsGiB) {
+      throw new RuntimeError(
+        'invalid_argument',
+        `diskGiB must be at least ${this.#image.rootfsGiB}`,
+      );
+    }
+    const golden = await this.#golden(opts.machine);
+    const vm = await this.#restoreFrom(golden, opts.id, opts.hostname, opts.network, undefined);
+    if (diskGiB > golden.diskGiB) await this.#growDisk(vm, diskGiB);
+    return this.#info(vm);
+  }
+
+  async restore(opts: RestoreOptions): Promise<VmInfo> {
+    checkId(opts.id);
+    const snap = this.#readSnapshot(opts.snapshotId);
+    if (!snap)
+      throw new RuntimeError('snapshot_not_found', `snapshot ${opts.snapshotId} not found`);
+    const vm = await this.#restoreFrom(snap, opts.id, opts.hostname, opts.network, snap.id);
+    return this.#info(vm);
+  }
+
+  async snapshot(vmId: string, snapshotId: string): Promise<SnapshotInfo> {
+    checkId(snapshotId);
+    const vm = this.#live(vmId);
+    const run = vm.busy.then(() => this.#snapshot(vm, snapshotId));
+    vm.busy = run.catch(() => {});
+    return run;
+  }
+
+  async exec(vmId: string, req: ExecRequest): Promise<ExecResult> {
+    const vm = this.#live(vmId);
+    return vm.agent.exec(req);
+  }
+
+  async destroy(vmId: string): Promise<void> {
+    const vm = this.#vms.get(vmId);
+    if (vm) {
+      vm.destroying = true;
+      await this.#stopProcess(vm.record.pid, vm.qmp);
+      vm.agent.close();
+      vm.qmp.close();
+      this.#vms.delete(vmId);
+    } else {
+      const rec = this.#readVm(vmId);
+      if (rec) await this.#stopProcess(rec.pid);
+    }
+    fs.rmSync(this.#vmDir(vmId), { recursive: true, force: true });
+    this.#gc();
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    fs.rmSync(this.#snapDir(snapshotId), { recursive: true, force: true });
+    this.#gc();
+  }
+
+  async hasSnapshot(snapshotId: string): Promise<boolean> {
+    return this.#readSnapshot(snapshotId) !== undefined;
+  }
+
+  get(vmId: string): VmInfo | undefined {
+    const vm = this.#vms.get(vmId);
+    return vm ? this.#info(vm) : undefined;
+  }
+
+  /** Ids of the VMs this runtime supervises. */
+  list(): VmInfo[] {
+    return [...this.#vms.values()].map((vm) => this.#info(vm));
+  }
+
+  async adopt(vmIds: readonly string[]): Promise<AdoptResult> {
+    const wanted = new Set(vmIds);
+    const adopted: string[] = [];
+    const lost: string[] = [];
+    const orphans: string[] = [];
+    const onDisk = fs.readdirSync(path.join(this.dataDir, 'vms'));
+    for (const id of onDisk) {
+      if (this.#vms.has(id)) {
+        if (wanted.has(id)) adopted.push(id);
+        continue;
+      }
+      const rec = this.#readVm(id);
+      if (!wanted.has(id) || !rec) {
+        if (rec) await this.#stopProcess(rec.pid);
+        fs.rmSync(this.#vmDir(id), { recursive: true, force: true });
+        orphans.push(id);
+        continue;
+      }
+      if (!isQemuOf(rec.pid, id)) {
+        fs.rmSync(this.#vmDir(id), { recursive: true, force: true });
+        lost.push(id);
+        continue;
+      }
+      try {
+        const dir = this.#vmDir(id);
+        const qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 5000 });
+        const agent = await AgentClient.connect(path.join(dir, 'agent.sock'), {
+          timeoutMs: 10_000,
+        });
+        const vm: LiveVm = {
+          record: rec,
+          dir,
+          qmp,
+          agent,
+          exited: false,
+          destroying: false,
+          busy: Promise.resolve(),
+        };
+        this.#supervise(vm);
+        this.#vms.set(id, vm);
+        adopted.push(id);
+      } catch (err) {
+        this.#log(`runtime: cannot re-adopt ${id}: ${String(err)}`);
+        await this.#stopProcess(rec.pid);
+        fs.rmSync(this.#vmDir(id), { recursive: true, force: true });
+        lost.push(id);
+      }
+    }
+    for (const id of wanted) {
+      if (!onDisk.includes(id) && !this.#vms.has(id)) lost.push(id);
+    }
+    this.#gc();
+    return { adopted, lost, orphans };
+  }
+
+  onExit(listener: (vmId: string, reason: string) => void): () => void {
+    this.#events.on('exit', listener);
+    return () => this.#events.off('exit', listener);
+  }
+
+  async detach(): Promise<void> {
+    await Promise.allSettled([...this.#goldens.values()]);
+    for (const vm of this.#vms.values()) {
+      vm.destroying = true; // closing our connections is not an exit
+      vm.agent.close();
+      vm.qmp.close();
+    }
+    this.#vms.clear();
+  }
+
+  async destroyAll(): Promise<void> {
+    await Promise.allSettled([...this.#goldens.values()]);
+    await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id)));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Golden snapshots
+
+  #golden(machine: MachineType): Promise<SnapshotRecord> {
+    let p = this.#goldens.get(machine);
+    if (!p) {
+      p = this.#loadOrBuildGolden(machine);
+      this.#goldens.set(machine, p);
+      p.catch(() => this.#goldens.delete(machine));
+    }
+    return p;
+  }
+
+  async #loadOrBuildGolden(machine: MachineType): Promise<SnapshotRecord> {
+    const key = crypto
+      .createHash('sha256')
+      .update(
+        JSON.stringify([GOLDEN_FORMAT, this.#image.imageId, machine, this.#accel, this.#cmdline]),
+      )
+      .digest('hex')
+      .slice(0, 16);
+    const id = `golden-${machine}-${key}`;
+    const existing = this.#readSnapshot(id);
+    if (existing) return existing;
+    // Older goldens of this machine type are stale; their layers go once no VM uses them.
+    for (const d of fs.readdirSync(path.join(this.dataDir, 'snapshots'))) {
+      if (d.startsWith(`golden-${machine}-`))
+        fs.rmSync(this.#snapDir(d), { recursive: true, force: true });
+    }
+    const t0 = Date.now();
+    this.#log(`runtime: building golden snapshot for ${machine} (cold boot)`);
+    const rec = await this.#bootGolden(id, MACHINES[machine]);
+    this.#log(`runtime: golden ${machine} ready in ${Date.now() - t0} ms`);
+    this.#gc();
+    return rec;
+  }
+
+  /** Cold-boot the guest with RAM in a shared file, warm it up, and freeze it. */
+  async #bootGolden(id: string, spec: MachineSpec): Promise<SnapshotRecord> {
+    const work = path.join(this.dataDir, 'tmp', id);
+    fs.rmSync(work, { recursive: true, force: true });
+    fs.mkdirSync(work, { recursive: true });
+    const memPath = this.#layerPath('mem', '.mem');
+    const disk = this.#layerPath('disk', '.qcow2');
+    await qemuImgCreate(disk, this.#image.rootfs, 'raw', this.#image.rootfsGiB);
+    const args = qemuArgs({
+      accel: this.#accel,
+      machine: spec,
+      image: this.#image,
+      cmdline: this.#cmdline,
+      memPath,
+      diskPath: disk,
+      qmpPath: path.join(work, 'qmp.sock'),
+      agentPath: path.join(work, 'agent.sock'),
+      serialPath: path.join(work, 'serial.log'),
+      mac: '02:00:00:00:00:01',
+      incoming: false,
+    });
+    const pid = this.#spawnQemu(work, args, {});
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    try {
+      qmp = await QmpClient.connect(path.join(work, 'qmp.sock'), { timeoutMs: 10_000 });
+      agent = await AgentClient.connect(path.join(work, 'agent.sock'), { timeoutMs: 120_000 });
+      // Warm the guest's page cache with what users run first; forks share these pages.
+      const warm = await agent.exec({
+        argv: ['sh', '-c', 'python3 -c pass; curl --version >/dev/null; tmux -V >/dev/null; sync'],
+        timeoutMs: 60_000,
+      });
+      if (warm.exitCode !== 0) {
+        throw new RuntimeError('qemu_failed', `golden warm-up failed: ${warm.stderr.toString()}`);
+      }
+      const state = path.join(this.#snapDir(id), 'state.bin');
+      fs.mkdirSync(path.dirname(state), { recursive: true });
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'x-ignore-shared', state: true },
+          { capability: 'events', state: true },
+        ],
+      });
+      await migrateToFile(qmp, state);
+      await qmp.execute('quit').catch(() => {});
+      await waitExit(pid, 5000);
+      const rec: SnapshotRecord = {
+        id,
+        vmId: id,
+        machine: spec.name,
+        diskGiB: this.#image.rootfsGiB,
+        accel: this.#accel,
+        imageId: this.#image.imageId,
+        cmdline: this.#cmdline,
+        memBase: memPath,
+        disk: [disk, this.#image.rootfs],
+        state,
+        paused: false,
+        createdAt: new Date().toISOString(),
+      };
+      writeJsonAtomic(path.join(this.#snapDir(id), 'snapshot.json'), rec);
+      this.#settle(memPath, disk);
+      return rec;
+    } catch (err) {
+      fs.rmSync(this.#snapDir(id), { recursive: true, force: true });
+      this.#settle(memPath, disk);
+      throw err;
+    } finally {
+      agent?.close();
+      qmp?.close();
+      await this.#stopProcess(pid);
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Restore, snapshot
+
+  async #restoreFrom(
+    snap: SnapshotRecord,
+    id: string,
+    hostname: string | undefined,
+    network: VmNetwork | undefined,
+    snapshotId: string | undefined,
+  ): Promise<LiveVm> {
+    if (this.#vms.has(id) || fs.existsSync(this.#vmDir(id))) {
+      throw new RuntimeError('invalid_argument', `VM ${id} already exists`);
+    }
+    if (snap.accel !== this.#accel) {
+      throw new RuntimeError(
+        'invalid_argument',
+        `snapshot was taken under ${snap.accel}, this host runs ${this.#accel}`,
+      );
+    }
+    const spec = MACHINES[snap.machine];
+    const dir = this.#vmDir(id);
+    fs.mkdirSync(dir, { recursive: true });
+    const top = this.#layerPath('disk', '.qcow2');
+    let pid = 0;
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    try {
+      await qemuImgCreate(top, snap.disk[0]!, 'qcow2', snap.diskGiB);
+      const record: VmRecord = {
+        id,
+        machine: snap.machine,
+        diskGiB: snap.diskGiB,
+        accel: this.#accel,
+        pid: 0,
+        memBase: snap.memBase,
+        disk: { top, topNode: 'disk0', chain: snap.disk },
+        nodeCounter: 0,
+        ...(snapshotId ? { snapshotId } : {}),
+        ...(network ? { network } : {}),
+        createdAt: new Date().toISOString(),
+      };
+      writeJsonAtomic(path.join(dir, 'vm.json'), record);
+      this.#settle(top);
+      const args = qemuArgs({
+        accel: this.#accel,
+        machine: spec,
+        image: this.#image,
+        cmdline: snap.cmdline,
+        memPath: snap.memBase,
+        diskPath: top,
+        qmpPath: path.join(dir, 'qmp.sock'),
+        agentPath: path.join(dir, 'agent.sock'),
+        serialPath: path.join(dir, 'serial.log'),
+        tap: network?.tap,
+        mac: network?.mac ?? randomMac(),
+        incoming: true,
+      });
+      pid = this.#spawnQemu(dir, args, {
+        LD_PRELOAD: this.#image.memshim,
+        FASTVM_MEMSHIM_PATH: fs.realpathSync(snap.memBase),
+      });
+      record.pid = pid;
+      writeJsonAtomic(path.join(dir, 'vm.json'), record);
+      qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
+      // The agent socket exists as soon as QMP does; connecting early queues our HELLO, which the
+      // guest answers the moment it runs.
+      const agentP = AgentClient.connect(path.join(dir, 'agent.sock'), { timeoutMs: 30_000 });
+      agentP.catch(() => {});
+      if (snap.delta) {
+        const runs = JSON.parse(fs.readFileSync(snap.delta.runs, 'utf8')) as Runs;
+        const map = findRamMapping(pid, fs.realpathSync(snap.memBase), spec.memoryMiB << 20);
+        applyDelta(pid, map, snap.delta.path, runs);
+      }
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'x-ignore-shared', state: true },
+          { capability: 'events', state: true },
+        ],
+      });
+      const done = qmp.waitEvent('MIGRATION', { timeoutMs: 30_000, match: isMigrationEnd });
+      await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(snap.state)}` });
+      const ev = await done;
+      if (ev.data?.status !== 'completed') {
+        throw new RuntimeError(
+          'qemu_failed',
+          `restore of ${snap.id} failed: migration ${String(ev.data?.status)}`,
+        );
+      }
+      if (snap.paused) await qmp.execute('cont');
+      agent = await agentP;
+      await agent.setIdentity({
+        hostname: hostname ?? `vm-${id.slice(0, 8)}`,
+        machineId: crypto.randomBytes(16).toString('hex'),
+        clockNs: BigInt(Date.now()) * 1_000_000n,
+        entropy: crypto.randomBytes(64),
+        ...(network ? { net: [netLine(network)], routes: routeLines(network) } : {}),
+      });
+      const vm: LiveVm = {
+        record,
+        dir,
+        qmp,
+        agent,
+        exited: false,
+        destroying: false,
+        busy: Promise.resolve(),
+      };
+      this.#supervise(vm);
+      this.#vms.set(id, vm);
+      return vm;
+    } catch (err) {
+      agent?.close();
+      qmp?.close();
+      if (pid) await this.#stopProcess(pid);
+      fs.rmSync(dir, { recursive: true, force: true });
+      fs.rmSync(top, { force: true });
+      this.#settle(top);
+      throw wrap(err, `restore of ${snap.id} into ${id} failed`, dir);
+    }
+  }
+
+  async #snapshot(vm: LiveVm, snapshotId: string): Promise<SnapshotInfo> {
+    if (vm.exited) throw new RuntimeError('not_running', `VM ${vm.record.id} is not running`);
+    if (this.#readSnapshot(snapshotId)) {
+      throw new RuntimeError('invalid_argument', `snapshot ${snapshotId} already exists`);
+    }
+    const t0 = performance.now();
+    const rec = vm.record;
+    const spec = MACHINES[rec.machine];
+    const dir = this.#snapDir(snapshotId);
+    fs.mkdirSync(dir, { recursive: true });
+    const state = path.join(dir, 'state.bin');
+    const newTop = this.#layerPath('disk', '.qcow2');
+    const deltaPath = this.#layerPath('mem', '.delta');
+    const runsPath = deltaPath.replace(/\.delta$/, '.runs.json');
+    this.#pending.add(runsPath);
+    const node = `disk${rec.nodeCounter + 1}`;
+    await qemuImgCreate(newTop, rec.disk.top, 'qcow2', rec.diskGiB);
+    const map = findRamMapping(rec.pid, fs.realpathSync(rec.memBase), spec.memoryMiB << 20);
+    let pauseStart = 0;
+    let pauseMs = 0;
+    let delta: { runs: Runs; bytes: number };
+    try {
+      pauseStart = performance.now();
+      await vm.qmp.execute('stop');
+      // Freeze the disk: the VM continues on a new overlay, the old top becomes read-only.
+      await vm.qmp.execute('blockdev-snapshot-sync', {
+        'node-name': rec.disk.topNode,
+        'snapshot-file': newTop,
+        'snapshot-node-name': node,
+        format: 'qcow2',
+        mode: 'existing',
+      });
+      rec.disk = { top: newTop, topNode: node, chain: [rec.disk.top, ...rec.disk.chain] };
+      rec.nodeCounter += 1;
+      await migrateToFile(vm.qmp, state);
+      delta = dumpDelta(rec.pid, map, deltaPath);
+      await vm.qmp.execute('cont');
+      pauseMs = performance.now() - pauseStart;
+    } catch (err) {
+      if (pauseStart) await vm.qmp.execute('cont').catch(() => {});
+      fs.rmSync(dir, { recursive: true, force: true });
+      fs.rmSync(deltaPath, { force: true });
+      writeJsonAtomic(path.join(vm.dir, 'vm.json'), rec);
+      this.#settle(newTop, deltaPath, runsPath);
+      this.#gc();
+      throw wrap(err, `snapshot of ${rec.id} failed`, vm.dir);
+    }
+    writeJsonAtomic(path.join(vm.dir, 'vm.json'), rec);
+    fs.writeFileSync(runsPath, JSON.stringify(delta.runs));
+    const snap: SnapshotRecord = {
+      id: snapshotId,
+      vmId: rec.id,
+      machine: rec.machine,
+      diskGiB: rec.diskGiB,
+      accel: rec.accel,
+      imageId: this.#image.imageId,
+      cmdline: this.#cmdline,
+      memBase: rec.memBase,
+      delta: { path: deltaPath, runs: runsPath, bytes: delta.bytes },
+      disk: rec.disk.chain,
+      state,
+      paused: true,
+      createdAt: new Date().toISOString(),
+    };
+    writeJsonAtomic(path.join(dir, 'snapshot.json'), snap);
+    this.#settle(newTop, deltaPath, runsPath);
+    return {
+      id: snapshotId,
+      vmId: rec.id,
+      machine: rec.machine,
+      diskGiB: rec.diskGiB,
+      pauseMs,
+      totalMs: performance.now() - t0,
+    };
+  }
+
+  async #growDisk(vm: LiveVm, diskGiB: number): Promise<void> {
+    await vm.qmp.execute('block_resize', {
+      'node-name': vm.record.disk.topNode,
+      size: diskGiB * 2 ** 30,
+    });
+    const r = await vm.agent.exec({ argv: ['resize2fs', '/dev/vda'], timeoutMs: 60_000 });
+    if (r.exitCode !== 0) {
+      throw new RuntimeError('qemu_failed', `resize2fs failed: ${r.stderr.toString().trim()}`);
+    }
+    vm.record.diskGiB = diskGiB;
+    writeJsonAtomic(path.join(vm.dir, 'vm.json'), vm.record);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Processes
+
+  #spawnQemu(dir: string, args: string[], env: Record<string, string>): number {
+    const log = fs.openSync(path.join(dir, 'qemu.log'), 'a');
+    try {
+      // Detached, with no pipes to us: VMs outlive a restart of the server and are re-adopted.
+      const child = spawn('qemu-system-x86_64', args, {
+        detached: true,
+        stdio: ['ignore', log, log],
+        env: { ...process.env, ...env },
+      });
+      child.on('error', () => {});
+      child.unref();
+      if (!child.pid) throw new RuntimeError('qemu_failed', 'cannot start qemu-system-x86_64');
+      return child.pid;
+    } finally {
+      fs.closeSync(log);
+    }
+  }
+
+  #supervise(vm: LiveVm): void {
+    const onGone = (reason: string) => {
+      if (vm.exited) return;
+      vm.exited = true;
+      if (vm.destroying) return;
+      this.#log(`runtime: VM ${vm.record.id} exited unexpectedly: ${reason}`);
+      this.#events.emit('exit', vm.record.id, reason);
+    };
+    // QMP closes exactly when QEMU exits (or is killed).
+    vm.qmp.on('close', () => onGone('qemu exited'));
+    vm.qmp.on('event', (e: QmpEvent) => {
+      if (e.event === 'SHUTDOWN' || e.event === 'GUEST_PANICKED')
+        onGone(`guest ${e.event.toLowerCase()}`);
+    });
+  }
+
+  /** Soft (QMP quit) then hard (SIGKILL) stop of a QEMU process. */
+  async #stopProcess(pid: number, qmp?: QmpClient): Promise<void> {
+    if (!pid || !alive(pid)) return;
+    if (qmp && qmp.state === 'ready') {
+      await qmp.execute('quit', undefined, { timeoutMs: 1000 }).catch(() => {});
+      if (await waitExit(pid, 1000)) return;
+    }
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      return;
+    }
+    await waitExit(pid, 5000);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Storage
+
+  #vmDir(id: string): string {
+    return path.join(this.dataDir, 'vms', id);
+  }
+
+  #snapDir(id: string): string {
+    return path.join(this.dataDir, 'snapshots', id);
+  }
+
+  /** A new layer file path, protected from the sweeper until `#settle`. */
+  #layerPath(kind: 'disk' | 'mem', ext: string): string {
+    const p = path.join(this.dataDir, 'layers', kind, crypto.randomUUID() + ext);
+    this.#pending.add(p);
+    return p;
+  }
+
+  #settle(...paths: string[]): void {
+    for (const p of paths) this.#pending.delete(p);
+  }
+
+  #readVm(id: string): VmRecord | undefined {
+    return readJson<VmRecord>(path.join(this.#vmDir(id), 'vm.json'));
+  }
+
+  #readSnapshot(id: string): SnapshotRecord | undefined {
+    if (!ID_RE.test(id)) return undefined;
+    return readJson<SnapshotRecord>(path.join(this.#snapDir(id), 'snapshot.json'));
+  }
+
+  /**
+   * Mark and sweep: a layer file lives while a VM directory or a snapshot record names it.
+   * Deleting a snapshot therefore never breaks a fork or a later snapshot built on it.
+   */
+  #gc(): void {
+    const live = new Set<string>(this.#pending);
+    for (const id of fs.readdirSync(path.join(this.dataDir, 'vms'))) {
+      const rec = this.#readVm(id);
+      if (!rec) continue;
+      live.add(rec.memBase).add(rec.disk.top);
+      rec.disk.chain.forEach((l) => live.add(l));
+    }
+    for (const id of fs.readdirSync(path.join(this.dataDir, 'snapshots'))) {
+      const s = this.#readSnapshot(id);
+      if (!s) continue;
+      live.add(s.memBase);
+      s.disk.forEach((l) => live.add(l));
+      if (s.delta) live.add(s.delta.path).add(s.delta.runs);
+    }
+    for (const kind of ['disk', 'mem']) {
+      const dir = path.join(this.dataDir, 'layers', kind);
+      for (const f of fs.readdirSync(dir)) {
+        const p = path.join(dir, f);
+        if (!live.has(p)) fs.rmSync(p, { force: true });
+      }
+    }
+  }
+
+  #live(vmId: string): LiveVm {
+    const vm = this.#vms.get(vmId);
+    if (!vm) throw new RuntimeError('not_found', `VM ${vmId} not found`);
+    if (vm.exited) throw new RuntimeError('not_running', `VM ${vmId} is not running`);
+    return vm;
+  }
+
+  #info(vm: LiveVm): VmInfo {
+    const spec = MACHINES[vm.record.machine];
+    return {
+      id: vm.record.id,
+      machine: vm.record.machine,
+      vcpus: spec.vcpus,
+      memoryMiB: spec.memoryMiB,
+      diskGiB: vm.record.diskGiB,
+      state: vm.exited ? 'stopped' : 'running',
+      pid: vm.record.pid,
+      ...(vm.record.snapshotId ? { snapshotId: vm.record.snapshotId } : {}),
+    };
+  }
+}
+
+// -----------------------------------------------------------------------------------------------
+// Helpers
+
+function checkId(id: string): void {
+  if (!ID_RE.test(id))
+    throw new RuntimeError('invalid_argument', `invalid id ${JSON.stringify(id)}`);
+}
+
+function isMigrationEnd(e: QmpEvent): boolean {
+  const s = e.data?.status;
+  return s === 'completed' || s === 'failed' || s === 'cancelled';
+}
+
+/** Migrate device state (RAM is skipped: x-ignore-shared) into `file`. */
+async function migrateToFile(qmp: QmpClient, file: string): Promise<void> {
+  const done = qmp.waitEvent('MIGRATION', { timeoutMs: 60_000, match: isMigrationEnd });
+  await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(file)}` });
+  const ev = await done;
+  if (ev.data?.status !== 'completed') {
+    const info = await qmp
+      .execute<{ 'error-desc'?: string }>('query-migrate')
+      .catch((): { 'error-desc'?: string } => ({}));
+    throw new RuntimeError(
+      'qemu_failed',
+      `migration ${String(ev.data?.status)}: ${info['error-desc'] ?? ''}`,
+    );
+  }
+}
+
+async function qemuImgCreate(
+  file: string,
+  backing: string,
+  backingFmt: 'raw' | 'qcow2',
+  gib: number,
+) {
+  await execFileP('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-u',
+    '-F',
+    backingFmt,
+    '-b',
+    backing,
+    file,
+    `${gib}G`,
+  ]);
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+function randomMac(): string {
+  const b = crypto.randomBytes(5);
+  return ['02', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+function netLine(n: VmNetwork): string {
+  return ['eth0', n.mac, n.ipv6, n.ipv4].filter(Boolean).join(' ');
+}
+
+function routeLines(n: VmNetwork): string[] {
+  const r: string[] = [];
+  if (n.ipv6Gateway) r.push(`-6 default via ${n.ipv6Gateway} dev eth0`);
+  if (n.ipv4Gateway) r.push(`default via ${n.ipv4Gateway} dev eth0`);
+  return r;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // A zombie child is dead for our purposes.
+  try {
+    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `pid` is the QEMU process of VM `id` (and not a recycled pid). */
+function isQemuOf(pid: number, id: string): boolean {
+  try {
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const i = argv.indexOf('-name');
+    return alive(pid) && i >= 0 && argv[i + 1] === id;
+  } catch {
+    return false;
+  }
+}
+
+async function waitExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (!alive(pid)) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return !alive(pid);
+}
+
+function readJson<T>(file: string): T | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeJsonAtomic(file: string, value: unknown): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify(value, null, 2));
+  fs.renameSync(tmp, file);
+}
+
+function wrap(err: unknown, what: string, dir: string): Error {
+  if (err instanceof RuntimeError) return err;
+  let tail = '';
+  try {
+    tail = fs.readFileSync(path.join(dir, 'qemu.log'), 'utf8').slice(-500);
+  } catch {
+    /* no log */
+  }
+  return new RuntimeError(
+    'qemu_failed',
+    `${what}: ${String(err)}${tail ? `\nqemu: ${tail}` : ''}`,
+    {
+      cause: err,
+    },
+  );
+}
