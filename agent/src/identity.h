@@ -1,0 +1,30 @@
+/*
+ * IDENTITY: what a fresh VM or a fork needs to become itself: hostname, machine id, wall clock,
+ * entropy, network addresses and routes.
+ */
+#ifndef FASTVM_IDENTITY_H
+#define FASTVM_IDENTITY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct identity_opts {
+	/* Prefix for /etc/hostname, /etc/hosts and /etc/machine-id ("" in the guest); NULL: the
+	 * files are not touched. */
+	const char *root;
+	/* The ip(8) binary; NULL: the first of /sbin/ip, /usr/sbin/ip, /bin/ip, /usr/bin/ip;
+	 * "": net and route fields are validated but not applied. */
+	const char *ip;
+	/* Apply the machine-wide parts: sethostname(), clock_settime(), RNDADDENTROPY. */
+	bool kernel;
+};
+
+/*
+ * Validates every field of an IDENTITY payload, then applies them in tag order. Returns 0, or an
+ * errno value with a message naming the failing field ("hostname: ...") in err.
+ */
+int identity_apply(const struct identity_opts *o, const uint8_t *payload, uint32_t len, char *err,
+		   size_t errlen);
+
+#endif
