@@ -197,13 +197,17 @@ describe('HTTP/1.1 fallback', () => {
 });
 
 describe('process lifetime', () => {
-  it('an idle client that was never closed does not keep the process alive', async () => {
+  it.each([
+    ['an idle client that was never closed does not keep the process alive', ''],
+    ["close() settles even though the idle session is unref'd", 'await c.close();'],
+  ])('%s', async (_title, extra) => {
     const server = await new MockServer().start();
     server.handler = () => ({ body: wireVm() });
     const script = [
       "import { FastVM } from './packages/sdk/src/index.ts';",
       `const c = new FastVM({ apiKey: 'k', baseUrl: '${server.url}' });`,
       "await c.get('vm-1');",
+      extra,
       "console.log('done');",
     ].join('\n');
     const child = spawn(

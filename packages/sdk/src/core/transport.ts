@@ -171,6 +171,7 @@ export class Transport {
     const session = this.#session;
     this.#session = undefined;
     if (session && !session.destroyed) {
+      session.ref(); // an unref'd socket would let the process exit before close() settles
       await new Promise<void>((resolve) => {
         session.close(() => resolve());
         if (session.closed && session.destroyed) resolve();

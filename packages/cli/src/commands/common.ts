@@ -1,0 +1,94 @@
+// Helpers shared by the command groups.
+import type { Command } from 'commander';
+import type { FirewallPolicy, VM } from 'fastvm';
+import type { Context } from '../context.js';
+import { CliError } from '../errors.js';
+import { age, formatFirewall, keyValues, table, vmToJson } from '../output.js';
+import { parseRule } from '../rules.js';
+
+/** Adds a leaf subcommand whose action receives its arguments and an options object. */
+export function leaf(group: Command, spec: string, description: string): Command {
+  return group
+    .command(spec)
+    .description(description)
+    .storeOptionsAsProperties(false)
+    .passCommandToAction(false);
+}
+
+/** Parses a positive integer option value. */
+export function positiveInt(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value) || Number(value) <= 0)
+    throw new CliError(`${flag} must be a positive integer, got '${value}'`);
+  return Number(value);
+}
+
+/** Builds a firewall policy from `--mode` and repeatable `-r` values. */
+export function policyFrom(
+  mode: string | undefined,
+  rules: string[] | undefined,
+): FirewallPolicy | undefined {
+  if (mode === undefined && rules === undefined) return undefined;
+  const m = mode ?? 'restricted';
+  if (m !== 'open' && m !== 'restricted')
+    throw new CliError(`--mode must be 'open' or 'restricted', got '${m}'`);
+  const policy: FirewallPolicy = { mode: m };
+  if (rules !== undefined) policy.ingress = rules.map(parseRule);
+  return policy;
+}
+
+/** Colours a status word. */
+export function statusText(ctx: Context, status: string): string {
+  const c = ctx.colors;
+  if (status === 'running' || status === 'ready' || status === 'active') return c.green(status);
+  if (status === 'error' || status === 'stopped' || status === 'deleting') return c.red(status);
+  return c.yellow(status);
+}
+
+/** Prints one VM: a key/value block, or wire JSON. */
+export function printVm(ctx: Context, vm: VM): void {
+  if (ctx.json) {
+    ctx.out(`${JSON.stringify(vmToJson(vm), null, 2)}\n`);
+    return;
+  }
+  ctx.out(
+    keyValues([
+      ['ID', vm.id],
+      ['NAME', vm.name],
+      ['STATUS', statusText(ctx, vm.status)],
+      [
+        'MACHINE',
+        `${vm.machineName || '-'} (${vm.cpu} vCPU, ${vm.memoryMib} MiB, ${vm.diskGib} GiB disk)`,
+      ],
+      ['SOURCE', vm.sourceName || '-'],
+      ['IPV6', vm.publicIpv6 ?? '-'],
+      ['FIREWALL', formatFirewall(vm.firewall)],
+      ['CREATED', `${vm.createdAt} (${age(vm.createdAt)})`],
+    ]),
+  );
+}
+
+/** Prints VMs: a table, or a wire JSON array. */
+export function printVms(ctx: Context, vms: VM[]): void {
+  if (ctx.json) {
+    ctx.out(`${JSON.stringify(vms.map(vmToJson), null, 2)}\n`);
+    return;
+  }
+  if (vms.length === 0) {
+    ctx.out('No VMs.\n');
+    return;
+  }
+  ctx.out(
+    table(
+      ['ID', 'NAME', 'MACHINE', 'STATUS', 'IPV6', 'CREATED'],
+      vms.map((v) => [
+        v.id,
+        v.name,
+        v.machineName || '-',
+        statusText(ctx, v.status),
+        v.publicIpv6 ?? '-',
+        age(v.createdAt),
+      ]),
+    ),
+  );
+}

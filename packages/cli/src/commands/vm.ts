@@ -1,0 +1,128 @@
+// fastvm vm launch|list|get|rename|rm|exec
+import type { Command } from 'commander';
+import type { Context } from '../context.js';
+import { CliError } from '../errors.js';
+import { resultToJson } from '../output.js';
+import { leaf, policyFrom, positiveInt, printVm, printVms } from './common.js';
+import { collect } from '../rules.js';
+
+/** Registers the `vm` subcommands on `group`. */
+export function vmCommands(group: Command, ctx: Context, done: (code: number) => void): void {
+  group.description('Launch, inspect, run commands in and delete VMs');
+
+  leaf(group, 'launch', 'Launch a VM and wait until it is running')
+    .option('-m, --machine <type>', 'machine type: c1m2, c2m4, c4m8, c8m16', 'c1m2')
+    .option('-n, --name <name>', 'VM name (generated when omitted)')
+    .option('--disk-gib <n>', 'disk size in GiB')
+    .option('--mode <mode>', 'firewall mode: open or restricted')
+    .option(
+      '-r, --rule <rule>',
+      'firewall ingress rule PROTO:PORT[-END][@CIDR,...] (repeatable)',
+      collect,
+    )
+    .option('--timeout <sec>', 'seconds to wait for the VM to be running (default 300)')
+    .action(
+      async (o: {
+        machine: string;
+        name?: string;
+        diskGib?: string;
+        mode?: string;
+        rule?: string[];
+        timeout?: string;
+      }) => {
+        const diskGib = positiveInt(o.diskGib, '--disk-gib');
+        const firewall = policyFrom(o.mode, o.rule);
+        const waitSec = positiveInt(o.timeout, '--timeout');
+        const spin = ctx.spinner().start(`Launching ${o.machine} VM${o.name ? ` ${o.name}` : ''}…`);
+        try {
+          const vm = await ctx.client().launch({
+            machine: o.machine,
+            name: o.name,
+            diskGib,
+            firewall,
+            timeout: waitSec === undefined ? undefined : waitSec * 1000,
+          });
+          spin.stop(`✓ VM ${vm.name} is running (${spin.elapsed})`);
+          printVm(ctx, vm);
+        } finally {
+          spin.stop();
+        }
+        done(0);
+      },
+    );
+
+  leaf(group, 'list', 'List VMs').action(async () => {
+    printVms(ctx, await ctx.client().list());
+    done(0);
+  });
+  leaf(group, 'ls', 'Alias of list').action(async () => {
+    printVms(ctx, await ctx.client().list());
+    done(0);
+  });
+
+  leaf(group, 'get <vm>', 'Show a VM (by id or name)').action(async (ref: string) => {
+    printVm(ctx, await ctx.withRef('vm', ref, (id) => ctx.client().get(id)));
+    done(0);
+  });
+
+  leaf(group, 'rename <vm> <new-name>', 'Rename a VM').action(async (ref: string, name: string) => {
+    printVm(ctx, await ctx.withRef('vm', ref, (id) => ctx.client().rename(id, name)));
+    done(0);
+  });
+
+  leaf(group, 'rm <vm...>', 'Delete one or more VMs')
+    .option('-y, --yes', 'do not ask for confirmation')
+    .action(async (refs: string[], o: { yes?: boolean }) => {
+      if (
+        !o.yes &&
+        !(await ctx.confirm(
+          `Delete ${refs.length === 1 ? `VM ${refs[0]}` : `${refs.length} VMs`}?`,
+        ))
+      ) {
+        throw new CliError('aborted');
+      }
+      const deleted: Array<{ id: string; deleted: true }> = [];
+      for (const ref of refs) {
+        const id = await ctx.withRef('vm', ref, async (id) => {
+          await ctx.client().remove(id);
+          return id;
+        });
+        deleted.push({ id, deleted: true });
+        if (!ctx.json) ctx.out(`Deleted VM ${ref}\n`);
+      }
+      if (ctx.json)
+        ctx.out(`${JSON.stringify(deleted.length === 1 ? deleted[0] : deleted, null, 2)}\n`);
+      done(0);
+    });
+
+  leaf(group, 'exec <vm> <command...>', 'Run a command in a VM; exits with its exit code')
+    .option('--timeout <sec>', 'server-side limit on the command, in seconds')
+    .option('--argv', 'send the arguments as the exact argv instead of through sh -c')
+    .action(async (ref: string, words: string[], o: { timeout?: string; argv?: boolean }) => {
+      const timeoutSec = positiveInt(o.timeout, '--timeout');
+      const command = o.argv ? words : words.join(' ');
+      const client = ctx.client();
+      const transport =
+        timeoutSec === undefined ? undefined : Math.max(client.timeout, (timeoutSec + 30) * 1000);
+      const result = await ctx.withRef('vm', ref, (id) =>
+        client.run(id, command, { timeoutSec, timeout: transport }),
+      );
+      if (ctx.json) {
+        ctx.out(`${JSON.stringify(resultToJson(result), null, 2)}\n`);
+      } else {
+        ctx.out(result.stdout);
+        ctx.err(result.stderr);
+        if (result.stdoutTruncated)
+          ctx.err('fastvm: warning: stdout was truncated by the server\n');
+        if (result.stderrTruncated)
+          ctx.err('fastvm: warning: stderr was truncated by the server\n');
+        if (result.timedOut) ctx.err(`fastvm: command timed out after ${timeoutSec ?? '?'}s\n`);
+      }
+      done(result.timedOut ? 124 : exitStatus(result.exitCode));
+    });
+}
+
+/** A remote exit code as a process exit status (0..255; out-of-range values become 255). */
+export function exitStatus(code: number): number {
+  return Number.isInteger(code) && code >= 0 && code <= 255 ? code : 255;
+}
