@@ -511,7 +511,7 @@ export class QemuRuntime implements Runtime {
       agentP.catch(() => {});
       if (snap.delta) {
         const runs = JSON.parse(fs.readFileSync(snap.delta.runs, 'utf8')) as Runs;
-        const map = findRamMapping(pid, fs.realpathSync(snap.memBase), spec.memoryMiB << 20);
+        const map = findRamMapping(pid, fs.realpathSync(snap.memBase), spec.memoryMiB * 2 ** 20);
         applyDelta(pid, map, snap.delta.path, runs);
       }
       await qmp.execute('migrate-set-capabilities', {
@@ -578,7 +578,7 @@ export class QemuRuntime implements Runtime {
     this.#pending.add(runsPath);
     const node = `disk${rec.nodeCounter + 1}`;
     await qemuImgCreate(newTop, rec.disk.top, 'qcow2', rec.diskGiB);
-    const map = findRamMapping(rec.pid, fs.realpathSync(rec.memBase), spec.memoryMiB << 20);
+    const map = findRamMapping(rec.pid, fs.realpathSync(rec.memBase), spec.memoryMiB * 2 ** 20);
     let pauseStart = 0;
     let pauseMs = 0;
     let delta: { runs: Runs; bytes: number };

@@ -23,6 +23,8 @@ describe('runtime (real QEMU VMs)', () => {
 
   afterAll(async () => {
     await rt?.destroyAll();
+    // Stop anything a failed run of this file left behind in the test data dir.
+    await rt?.adopt([]);
   });
 
   it('snapshots a running VM that keeps running, and forks it 10 ways in isolation', async () => {
@@ -130,7 +132,7 @@ describe('runtime (real QEMU VMs)', () => {
     // A new owner asks for k1 only: k1 is adopted and works, k2 is an orphan and is stopped.
     const result = await rt.adopt([ids[0]!, `${PREFIX}-never-existed`]);
     expect(result.adopted).toEqual([ids[0]]);
-    expect(result.orphans).toEqual([ids[1]]);
+    expect(result.orphans.filter((id) => id.startsWith(PREFIX))).toEqual([ids[1]]);
     expect(result.lost).toEqual([`${PREFIX}-never-existed`]);
     expect((await sh(ids[0]!, 'cat /root/owner')).out).toBe(`${ids[0]}\n`);
     expect(qemuPids(`${PREFIX}-k2`)).toEqual([]);
