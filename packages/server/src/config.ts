@@ -1,0 +1,76 @@
+/**
+ * Server configuration from flags and environment, parsed once in `main.ts` and passed down
+ * (nothing reads the environment at import time). Flags win over environment variables.
+ * @module
+ */
+import os from 'node:os';
+import path from 'node:path';
+
+export interface ServeConfig {
+  host: string;
+  port: number;
+  dataDir: string;
+  /** `postgres://…`; SQLite at `<dataDir>/fastvm.db` when absent. */
+  databaseUrl?: string;
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  /** Use the in-memory FakeRuntime instead of QEMU (demos, SDK tests). */
+  fakeRuntime: boolean;
+  bootstrapKey?: string;
+  logLevel: string;
+  sqliteSynchronous?: 'NORMAL' | 'FULL';
+}
+
+export interface ServeFlags {
+  host?: string | undefined;
+  port?: string | undefined;
+  'data-dir'?: string | undefined;
+  'database-url'?: string | undefined;
+  'tls-cert'?: string | undefined;
+  'tls-key'?: string | undefined;
+  'fake-runtime'?: boolean | undefined;
+  'log-level'?: string | undefined;
+}
+
+type Env = Record<string, string | undefined>;
+
+/** `FASTVM_DATA_DIR`, else `$XDG_DATA_HOME/fastvm`, else `~/.local/share/fastvm`. */
+export function defaultDataDir(env: Env = process.env): string {
+  if (env.FASTVM_DATA_DIR) return path.resolve(env.FASTVM_DATA_DIR);
+  const base = env.XDG_DATA_HOME || path.join(os.homedir(), '.local', 'share');
+  return path.join(base, 'fastvm');
+}
+
+const truthy = (v: string | undefined): boolean => v !== undefined && /^(1|true|yes|on)$/i.test(v);
+
+/** Resolves `serve` settings; throws with a user-facing message on bad values. */
+export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): ServeConfig {
+  const portText = flags.port ?? env.FASTVM_PORT ?? '8080';
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port > 65535) throw new Error(`invalid port: ${portText}`);
+  const tlsCertFile = flags['tls-cert'] ?? env.FASTVM_TLS_CERT;
+  const tlsKeyFile = flags['tls-key'] ?? env.FASTVM_TLS_KEY;
+  if (Boolean(tlsCertFile) !== Boolean(tlsKeyFile)) {
+    throw new Error('--tls-cert and --tls-key must be given together');
+  }
+  const sync = env.FASTVM_SQLITE_SYNCHRONOUS?.toUpperCase();
+  if (sync !== undefined && sync !== 'NORMAL' && sync !== 'FULL') {
+    throw new Error('FASTVM_SQLITE_SYNCHRONOUS must be NORMAL or FULL');
+  }
+  const databaseUrl = flags['database-url'] ?? env.FASTVM_DATABASE_URL;
+  const config: ServeConfig = {
+    host: flags.host ?? env.FASTVM_HOST ?? '127.0.0.1',
+    port,
+    dataDir: flags['data-dir'] ? path.resolve(flags['data-dir']) : defaultDataDir(env),
+    fakeRuntime: flags['fake-runtime'] === true || truthy(env.FASTVM_FAKE_RUNTIME),
+    logLevel: flags['log-level'] ?? env.FASTVM_LOG_LEVEL ?? 'info',
+  };
+  if (databaseUrl) config.databaseUrl = databaseUrl;
+  if (tlsCertFile && tlsKeyFile) {
+    config.tlsCertFile = tlsCertFile;
+    config.tlsKeyFile = tlsKeyFile;
+  }
+  if (env.FASTVM_BOOTSTRAP_KEY) config.bootstrapKey = env.FASTVM_BOOTSTRAP_KEY;
+  if (sync) config.sqliteSynchronous = sync;
+  return config;
+}

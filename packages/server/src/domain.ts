@@ -1,0 +1,146 @@
+/**
+ * Domain types and constants shared by the store, the services and the HTTP layer.
+ * Nothing here knows about Fastify or SQL.
+ * @module
+ */
+
+/** VM lifecycle states as stored. `deleted` never leaves the server (deleted rows are hidden). */
+export type VmStatus = 'provisioning' | 'running' | 'stopped' | 'deleting' | 'error' | 'deleted';
+
+/** Snapshot states as stored; `deleting`/`deleted` rows are hidden from the API. */
+export type SnapshotStatus = 'creating' | 'ready' | 'error' | 'deleting' | 'deleted';
+
+/** VM states that hold runtime resources and therefore count against the org's quota. */
+export const VM_STATUSES_USING_QUOTA: readonly VmStatus[] = ['provisioning', 'running', 'deleting'];
+
+/** Snapshot states that count against `snapshotCount`. */
+export const SNAPSHOT_STATUSES_USING_QUOTA: readonly SnapshotStatus[] = ['creating', 'ready'];
+
+/** The API's machine catalogue (mirrors `MACHINES` in @fastvm/runtime: c{vCPUs}m{GiB}). */
+export const MACHINE_TYPES = {
+  c1m2: { vcpus: 1, memoryMiB: 2048 },
+  c2m4: { vcpus: 2, memoryMiB: 4096 },
+  c4m8: { vcpus: 4, memoryMiB: 8192 },
+  c8m16: { vcpus: 8, memoryMiB: 16384 },
+} as const;
+
+export type MachineTypeName = keyof typeof MACHINE_TYPES;
+
+export function isMachineTypeName(value: unknown): value is MachineTypeName {
+  return typeof value === 'string' && Object.hasOwn(MACHINE_TYPES, value);
+}
+
+/** Default and minimum root disk size in GiB (the base image is 10 GiB). */
+export const DEFAULT_DISK_GIB = 10;
+
+/** v1 firewall rule: public IPv6 ingress only. */
+export interface FirewallRule {
+  protocol: 'tcp' | 'udp';
+  portStart: number;
+  portEnd?: number;
+  sourceCidrs?: string[];
+  description?: string;
+}
+
+/** v1 firewall policy (`open` allows all inbound; `restricted` only the listed rules). */
+export interface FirewallPolicy {
+  mode: 'open' | 'restricted';
+  ingress: FirewallRule[];
+}
+
+/** Policy of a VM launched without one: everything closed (contract §3.8, PRE docs). */
+export function defaultFirewall(): FirewallPolicy {
+  return { mode: 'restricted', ingress: [] };
+}
+
+export type Metadata = Record<string, string>;
+
+/** The six quota dimensions reported by `GET /v1/org/quotas`. */
+export interface QuotaValues {
+  vcpu: number;
+  memoryMiB: number;
+  diskGiB: number;
+  snapshotCount: number;
+  volumeCount: number;
+  volumeGiB: number;
+}
+
+/** Limits applied to orgs without an explicit `quota_limits` row (overridable per org). */
+export const DEFAULT_QUOTA_LIMITS: Readonly<QuotaValues> = {
+  vcpu: 64,
+  memoryMiB: 131072,
+  diskGiB: 2048,
+  snapshotCount: 256,
+  volumeCount: 0,
+  volumeGiB: 0,
+};
+
+/** Wire names of quota dimensions in 429 bodies (contract §1.8). */
+export const QUOTA_DIMENSION_WIRE: Readonly<Record<keyof QuotaValues, string>> = {
+  vcpu: 'vcpu',
+  memoryMiB: 'memory_mib',
+  diskGiB: 'disk_gib',
+  snapshotCount: 'snapshot_count',
+  volumeCount: 'volume_count',
+  volumeGiB: 'volume_gib',
+};
+
+export interface OrgRecord {
+  id: string;
+  name: string;
+  createdAt: string;
+}
+
+export interface ApiKeyRecord {
+  id: string;
+  orgId: string;
+  name: string;
+  /** First characters of the key, kept to help humans tell keys apart. */
+  prefix: string;
+  createdAt: string;
+  revokedAt: string | null;
+}
+
+export interface VmRecord {
+  id: string;
+  orgId: string;
+  name: string;
+  machine: MachineTypeName;
+  cpu: number;
+  memoryMiB: number;
+  diskGiB: number;
+  status: VmStatus;
+  /** Why the VM is in `error`/`stopped`, if known. */
+  error: string | null;
+  sourceSnapshotId: string | null;
+  sourceName: string;
+  firewall: FirewallPolicy;
+  metadata: Metadata;
+  publicIpv6: string | null;
+  createdAt: string;
+  updatedAt: string;
+  deletedAt: string | null;
+}
+
+export interface SnapshotRecord {
+  id: string;
+  orgId: string;
+  vmId: string;
+  name: string;
+  status: SnapshotStatus;
+  error: string | null;
+  machine: MachineTypeName;
+  cpu: number;
+  memoryMiB: number;
+  diskGiB: number;
+  firewall: FirewallPolicy;
+  metadata: Metadata;
+  createdAt: string;
+  updatedAt: string;
+  deletedAt: string | null;
+}
+
+/** RFC 3339 UTC timestamp with milliseconds and `Z`. */
+export function nowIso(): string {
+  return new Date().toISOString();
+}

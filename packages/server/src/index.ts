@@ -1,0 +1,23 @@
+/**
+ * @fastvm/server: the FastVM v1 HTTP API.
+ *
+ * ```ts
+ * import { startServer } from '@fastvm/server';
+ * import { FakeRuntime } from '@fastvm/server/testing';
+ * const server = await startServer({ port: 0, dataDir, runtime: new FakeRuntime() });
+ * // server.url, server.bootstrapKey … await server.close();
+ * ```
+ * @module
+ */
+export { startServer } from './server.js';
+export type { ServerHandle, StartServerOptions } from './server.js';
+export { buildApp } from './app.js';
+export type { App, AppServices, BuildAppOptions } from './app.js';
+export { ApiError, ERROR_CATALOG } from './errors.js';
+export type { ErrorCode } from './errors.js';
+export { NoopNetworkManager } from './services/network.js';
+export type { NetworkManager, VmNetworkAttachment } from './services/network.js';
+export { openStore } from './store/index.js';
+export type { Store } from './store/index.js';
+export { DEFAULT_QUOTA_LIMITS } from './domain.js';
+export type { FirewallPolicy, FirewallRule, QuotaValues } from './domain.js';

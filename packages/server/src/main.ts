@@ -1,0 +1,292 @@
+/**
+ * `fastvm-server` process entry:
+ *
+ *   serve [--host H] [--port P] [--data-dir D] [--tls-cert F --tls-key F] [--fake-runtime]
+ *         [--database-url URL] [--log-level L]
+ *   orgs create NAME | orgs list
+ *   keys create --org ORG [--name N] | keys list [--org ORG] | keys revoke KEY_ID_OR_PREFIX
+ *   quotas set --org ORG [--vcpu N] [--memory-mib N] [--disk-gib N] [--snapshot-count N]
+ *              [--volume-count N] [--volume-gib N]      (N may be "default")
+ *   quotas get --org ORG
+ *
+ * Admin commands work on the same database as a running server (SQLite WAL allows it).
+ * Environment: FASTVM_HOST, FASTVM_PORT, FASTVM_DATA_DIR, FASTVM_DATABASE_URL,
+ * FASTVM_BOOTSTRAP_KEY, FASTVM_FAKE_RUNTIME=1, FASTVM_LOG_LEVEL, FASTVM_TLS_CERT/KEY.
+ * @module
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import type { Runtime } from '@fastvm/runtime';
+import { pino, type Logger } from 'pino';
+import { createApiKey, createOrg } from './auth.js';
+import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
+import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain.js';
+import { startServer } from './server.js';
+import { openStore, type QuotaOverrides, type Store } from './store/index.js';
+
+const USAGE = `usage: fastvm-server <command>
+
+  serve [--host H] [--port P] [--data-dir D] [--tls-cert F --tls-key F]
+        [--fake-runtime] [--database-url URL] [--log-level L]
+  orgs create NAME          create an org and print its first API key
+  orgs list
+  keys create --org ORG [--name N]
+  keys list [--org ORG]
+  keys revoke KEY_ID_OR_PREFIX
+  quotas set --org ORG [--vcpu N] [--memory-mib N] [--disk-gib N] [--snapshot-count N]
+             [--volume-count N] [--volume-gib N]     (N = a number or "default")
+  quotas get --org ORG
+
+Admin commands accept --data-dir and --database-url like serve.`;
+
+class UsageError extends Error {}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case 'orgs':
+    case 'keys':
+    case 'quotas':
+      return admin(command, rest);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      console.log(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      throw new UsageError(`unknown command: ${command}`);
+  }
+}
+
+// ---- serve ----------------------------------------------------------------------------------
+
+async function serve(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'data-dir': { type: 'string' },
+      'database-url': { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'fake-runtime': { type: 'boolean' },
+      'log-level': { type: 'string' },
+    },
+    strict: true,
+  });
+  const config = resolveServeConfig(values);
+  const logger = pino({ level: config.logLevel });
+  const runtime = await createRuntime(config, logger);
+  const tls =
+    config.tlsCertFile && config.tlsKeyFile
+      ? { cert: await fs.readFile(config.tlsCertFile), key: await fs.readFile(config.tlsKeyFile) }
+      : undefined;
+
+  const server = await startServer({
+    host: config.host,
+    port: config.port,
+    dataDir: config.dataDir,
+    runtime,
+    logger,
+    ...(tls ? { tls } : {}),
+    ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}),
+    ...(config.bootstrapKey ? { bootstrapKey: config.bootstrapKey } : {}),
+    ...(config.sqliteSynchronous ? { sqliteSynchronous: config.sqliteSynchronous } : {}),
+  });
+  if (server.bootstrapKeyGenerated) {
+    process.stdout.write(
+      `\nFastVM bootstrap API key (shown once; saved to ${server.bootstrapKeyFile}):\n\n    ${server.bootstrapKey}\n\n`,
+    );
+  }
+  process.stdout.write(
+    `FastVM API listening on ${server.url}${config.fakeRuntime ? ' (fake runtime: no real VMs)' : ''}\n`,
+  );
+
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting now');
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info({ signal }, 'shutting down');
+      server.close().then(resolve, (err: unknown) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      });
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  return 0;
+}
+
+/** The real QEMU runtime, or the FakeRuntime with state kept next to the database. */
+async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runtime> {
+  if (config.fakeRuntime) {
+    const { FakeRuntime } = await import('./testing/index.js');
+    await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    logger.warn('using the FakeRuntime: no real VMs are started');
+    return new FakeRuntime({ stateFile: path.join(config.dataDir, 'fake-runtime.json') });
+  }
+  let mod: Record<string, unknown>;
+  try {
+    mod = (await import('@fastvm/runtime')) as Record<string, unknown>;
+  } catch (err) {
+    throw new Error(
+      `cannot load @fastvm/runtime (${(err as Error).message}); use --fake-runtime for a demo`,
+      { cause: err },
+    );
+  }
+  const create = mod.createQemuRuntime;
+  if (typeof create !== 'function') {
+    throw new Error('@fastvm/runtime does not export createQemuRuntime; use --fake-runtime');
+  }
+  const factory = create as (opts: { dataDir: string; logger: Logger }) => Promise<Runtime>;
+  return factory({ dataDir: path.join(config.dataDir, 'runtime'), logger });
+}
+
+// ---- admin ----------------------------------------------------------------------------------
+
+async function admin(group: string, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      org: { type: 'string' },
+      name: { type: 'string' },
+      'data-dir': { type: 'string' },
+      'database-url': { type: 'string' },
+      vcpu: { type: 'string' },
+      'memory-mib': { type: 'string' },
+      'disk-gib': { type: 'string' },
+      'snapshot-count': { type: 'string' },
+      'volume-count': { type: 'string' },
+      'volume-gib': { type: 'string' },
+    },
+    strict: true,
+  });
+  const [verb, ...operands] = positionals;
+  const dataDir = values['data-dir'] ? path.resolve(values['data-dir']) : defaultDataDir();
+  await fs.mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const databaseUrl = values['database-url'] ?? process.env.FASTVM_DATABASE_URL;
+  const store = await openStore({ dataDir, ...(databaseUrl ? { databaseUrl } : {}) });
+  try {
+    const org = async (): Promise<{ id: string; name: string }> => {
+      if (!values.org) throw new UsageError('--org is required');
+      const found = await store.findOrg(values.org);
+      if (!found) throw new UsageError(`no org ${JSON.stringify(values.org)}`);
+      return found;
+    };
+    switch (`${group} ${verb ?? ''}`) {
+      case 'orgs create': {
+        const name = operands[0] ?? values.name;
+        if (!name) throw new UsageError('orgs create NAME');
+        if (await store.findOrg(name)) throw new UsageError(`org ${JSON.stringify(name)} exists`);
+        const created = await createOrg(store, name);
+        const { key } = await createApiKey(store, created.id, { name: 'default' });
+        console.log(`org ${created.name} ${created.id}`);
+        console.log(`api key (shown once): ${key}`);
+        return 0;
+      }
+      case 'orgs list':
+        for (const o of await store.listOrgs()) console.log(`${o.id}  ${o.name}  ${o.createdAt}`);
+        return 0;
+      case 'keys create': {
+        const o = await org();
+        const { key, record } = await createApiKey(store, o.id, { name: values.name ?? 'default' });
+        console.log(`key ${record.id} (${record.prefix}…) for org ${o.name}`);
+        console.log(`api key (shown once): ${key}`);
+        return 0;
+      }
+      case 'keys list': {
+        const orgId = values.org ? (await org()).id : undefined;
+        for (const k of await store.listApiKeys(orgId)) {
+          const state = k.revokedAt ? `revoked ${k.revokedAt}` : 'active';
+          console.log(`${k.id}  ${k.prefix}…  org=${k.orgId}  ${k.name}  ${state}`);
+        }
+        return 0;
+      }
+      case 'keys revoke': {
+        const target = operands[0];
+        if (!target) throw new UsageError('keys revoke KEY_ID_OR_PREFIX');
+        const n = await store.revokeApiKey(target, new Date().toISOString());
+        if (n === 0) throw new UsageError(`no active key ${JSON.stringify(target)}`);
+        console.log(`revoked ${n} key${n === 1 ? '' : 's'}`);
+        return 0;
+      }
+      case 'quotas set': {
+        const o = await org();
+        const overrides = parseQuotaFlags(values);
+        if (Object.keys(overrides).length === 0) throw new UsageError('give at least one limit');
+        await store.setQuotaOverrides(o.id, overrides);
+        await printQuotas(store, o.id);
+        return 0;
+      }
+      case 'quotas get':
+        await printQuotas(store, (await org()).id);
+        return 0;
+      default:
+        throw new UsageError(`unknown command: ${group} ${verb ?? ''}`.trim());
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+const QUOTA_FLAGS: ReadonlyArray<readonly [string, keyof QuotaValues]> = [
+  ['vcpu', 'vcpu'],
+  ['memory-mib', 'memoryMiB'],
+  ['disk-gib', 'diskGiB'],
+  ['snapshot-count', 'snapshotCount'],
+  ['volume-count', 'volumeCount'],
+  ['volume-gib', 'volumeGiB'],
+];
+
+function parseQuotaFlags(values: Record<string, unknown>): QuotaOverrides {
+  const out: QuotaOverrides = {};
+  for (const [flag, key] of QUOTA_FLAGS) {
+    const v = values[flag];
+    if (typeof v !== 'string') continue;
+    if (v === 'default') out[key] = null;
+    else if (/^\d+$/.test(v)) out[key] = Number(v);
+    else throw new UsageError(`--${flag} must be a non-negative integer or "default"`);
+  }
+  return out;
+}
+
+async function printQuotas(store: Store, orgId: string): Promise<void> {
+  const overrides = await store.getQuotaOverrides(orgId);
+  const usage = await store.getUsage(orgId);
+  for (const [flag, key] of QUOTA_FLAGS) {
+    const o = overrides[key];
+    const limit = o ?? DEFAULT_QUOTA_LIMITS[key];
+    console.log(
+      `${flag.padEnd(15)} ${String(usage[key]).padStart(7)} / ${limit}${o == null ? ' (default)' : ''}`,
+    );
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exit(code);
+  },
+  (err: unknown) => {
+    if (
+      err instanceof UsageError ||
+      (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
+    ) {
+      console.error(`fastvm-server: ${(err as Error).message}\n\n${USAGE}`);
+      process.exitCode = 2;
+    } else {
+      console.error(`fastvm-server: ${err instanceof Error ? err.message : String(err)}`);
+      process.exitCode = 1;
+    }
+  },
+);

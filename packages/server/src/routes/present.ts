@@ -1,0 +1,68 @@
+/**
+ * Records → wire objects (camelCase, contract §3). Optional fields that have no value are
+ * omitted rather than sent as null, except the ones the contract types as nullable.
+ * @module
+ */
+import type { FirewallPolicy, SnapshotRecord, VmRecord } from '../domain.js';
+import type { SnapshotView, VmView } from '../schemas.js';
+
+function presentFirewall(p: FirewallPolicy): VmView['firewall'] {
+  return { mode: p.mode, ingress: p.ingress.map((r) => ({ ...r })) };
+}
+
+export function presentVm(vm: VmRecord): VmView {
+  const view: VmView = {
+    id: vm.id,
+    name: vm.name,
+    orgId: vm.orgId,
+    status: vm.status as VmView['status'],
+    cpu: vm.cpu,
+    memoryMiB: vm.memoryMiB,
+    diskGiB: vm.diskGiB,
+    createdAt: vm.createdAt,
+    machineName: vm.machine,
+    sourceName: vm.sourceName,
+    publicIpv6: vm.publicIpv6,
+    deletedAt: vm.deletedAt,
+    metadata: { ...vm.metadata },
+    firewall: presentFirewall(vm.firewall),
+  };
+  if (vm.error && (vm.status === 'error' || vm.status === 'stopped')) view.statusMessage = vm.error;
+  return view;
+}
+
+export function presentSnapshot(s: SnapshotRecord): SnapshotView {
+  const view: SnapshotView = {
+    id: s.id,
+    name: s.name,
+    orgId: s.orgId,
+    vmId: s.vmId,
+    status: s.status as SnapshotView['status'],
+    createdAt: s.createdAt,
+    machineName: s.machine,
+    firewall: presentFirewall(s.firewall),
+    metadata: { ...s.metadata },
+  };
+  if (s.error && s.status === 'error') view.statusMessage = s.error;
+  return view;
+}
+
+/**
+ * Metadata filters from a parsed query string: `metadata.k=v` and `metadata[k]=v` (the Python
+ * client's bracket style). Repeated keys must all match.
+ */
+export function metadataFilters(query: Record<string, unknown>): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (const [rawKey, rawValue] of Object.entries(query)) {
+    let key: string | undefined;
+    if (rawKey.startsWith('metadata.')) key = rawKey.slice('metadata.'.length);
+    else {
+      const m = /^metadata\[(.*)\]$/s.exec(rawKey);
+      if (m) key = m[1];
+    }
+    if (key === undefined || key === '') continue;
+    const values = Array.isArray(rawValue) ? rawValue : [rawValue];
+    for (const v of values) if (typeof v === 'string') out.push([key, v]);
+  }
+  return out;
+}

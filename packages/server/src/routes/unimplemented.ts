@@ -1,0 +1,115 @@
+/**
+ * The rest of the contract's endpoint catalogue (§2), answered with 501 `not_implemented` until
+ * the issue that brings each feature lands. VM-scoped routes resolve the VM first, so another
+ * org's (or an unknown) VM is still a 404, exactly as on the implemented routes.
+ * @module
+ */
+import type { HTTPMethods } from 'fastify';
+import type { App, AppServices } from '../app.js';
+import { notImplemented } from '../errors.js';
+import { ErrorBody, IdParams } from '../schemas.js';
+import { requireAuth } from './util.js';
+
+/** [method, path, feature] of VM-scoped endpoints not implemented yet. */
+const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
+  ['POST', '/v1/vms/:id/pause', 'pause'],
+  ['POST', '/v1/vms/:id/resume', 'resume'],
+  ['POST', '/v1/vms/:id/ttl/refresh', 'VM TTL'],
+  ['POST', '/v1/vms/:id/console-token', 'the console'],
+  ['POST', '/v1/vms/:id/files/presign', 'file transfer'],
+  ['POST', '/v1/vms/:id/files/fetch', 'file transfer'],
+  ['GET', '/v1/vms/:id/services', 'services'],
+  ['POST', '/v1/vms/:id/services', 'services'],
+  ['PUT', '/v1/vms/:id/services/:serviceName', 'services'],
+  ['DELETE', '/v1/vms/:id/services/:serviceName', 'services'],
+  ['POST', '/v1/vms/:id/volumes', 'volumes'],
+  ['DELETE', '/v1/vms/:id/volumes/:volumeId', 'volumes'],
+  ['GET', '/v1/vms/:id/bucket-mounts', 'bucket mounts'],
+  ['POST', '/v1/vms/:id/bucket-mounts', 'bucket mounts'],
+  ['GET', '/v1/vms/:id/bucket-mounts/:bucketMountId', 'bucket mounts'],
+  ['PATCH', '/v1/vms/:id/bucket-mounts/:bucketMountId', 'bucket mounts'],
+  ['DELETE', '/v1/vms/:id/bucket-mounts/:bucketMountId', 'bucket mounts'],
+];
+
+/** [method, path, feature] of org-level endpoints not implemented yet. */
+const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
+  ['POST', '/v1/snapshot-imports', 'snapshot imports'],
+  ['GET', '/v1/snapshot-imports', 'snapshot imports'],
+  ['POST', '/v1/snapshot-imports/context-presign', 'snapshot imports'],
+  ['GET', '/v1/snapshot-imports/:id', 'snapshot imports'],
+  ['DELETE', '/v1/snapshot-imports/:id', 'snapshot imports'],
+  ['POST', '/v1/snapshot-imports/:id/cancel', 'snapshot imports'],
+  ['POST', '/v1/builds', 'builds'],
+  ['GET', '/v1/builds/:id', 'builds'],
+  ['POST', '/v1/build-contexts/presign', 'builds'],
+  ['GET', '/v1/volumes', 'volumes'],
+  ['POST', '/v1/volumes', 'volumes'],
+  ['GET', '/v1/volumes/:id', 'volumes'],
+  ['PATCH', '/v1/volumes/:id', 'volumes'],
+  ['DELETE', '/v1/volumes/:id', 'volumes'],
+  ['GET', '/v1/volumes/:id/attachments', 'volumes'],
+  ['GET', '/v1/me/ssh-keys', 'SSH keys'],
+  ['POST', '/v1/me/ssh-keys', 'SSH keys'],
+  ['DELETE', '/v1/me/ssh-keys/:fingerprint', 'SSH keys'],
+];
+
+const respond501 = { response: { 501: ErrorBody } };
+
+export default async function unimplementedRoutes(
+  app: App,
+  opts: { services: AppServices },
+): Promise<void> {
+  const { vms } = opts.services;
+
+  for (const [method, url, feature] of VM_SCOPED) {
+    app.route({
+      method,
+      url,
+      config: { summary: `${feature} (not implemented yet)`, tags: ['not implemented'] },
+      schema: { params: IdParams.loose(), ...respond501 },
+      handler: async (request) => {
+        const { orgId } = requireAuth(request);
+        await vms.get(orgId, request.params.id);
+        throw notImplemented(feature);
+      },
+    });
+  }
+
+  for (const [method, url, feature] of ORG_SCOPED) {
+    app.route({
+      method,
+      url,
+      config: { summary: `${feature} (not implemented yet)`, tags: ['not implemented'] },
+      schema: respond501,
+      handler: async (request) => {
+        requireAuth(request);
+        throw notImplemented(feature);
+      },
+    });
+  }
+
+  // Unauthenticated per the contract.
+  app.get(
+    '/v1/pricing',
+    {
+      config: { public: true, summary: 'pricing (not implemented yet)', tags: ['not implemented'] },
+      schema: respond501,
+    },
+    async () => {
+      throw notImplemented('pricing');
+    },
+  );
+
+  // PRE-era console WebSocket (capability token, no API key). The upgrade path is wired so the
+  // console can land here later; for now the socket is closed with an application code.
+  app.get(
+    '/v1/vms/:id/console/ws',
+    {
+      websocket: true,
+      config: { public: true, hidden: true },
+    },
+    (socket) => {
+      socket.close(4501, 'console is not implemented yet');
+    },
+  );
+}

@@ -1,0 +1,228 @@
+/**
+ * `/v1/vms`: launch/restore, list, get, update, delete, exec (buffered JSON or NDJSON stream)
+ * and the v1 firewall.
+ * @module
+ */
+import { PassThrough } from 'node:stream';
+import type { App, AppServices } from '../app.js';
+import {
+  DeleteResponse,
+  ErrorBody,
+  ExecBody,
+  ExecResult,
+  FirewallPatch,
+  FirewallPolicy,
+  IdParams,
+  LaunchVmBody,
+  ListVmsQuery,
+  UpdateVmBody,
+  Vm,
+} from '../schemas.js';
+import { metadataFilters, presentVm } from './present.js';
+import { requireAuth, wantsNdjson } from './util.js';
+
+/** Output kept per stream in the runtime while streaming (everything goes to the callbacks). */
+const STREAM_RESULT_CAP_BYTES = 64 * 1024;
+
+export default async function vmRoutes(
+  app: App,
+  opts: { services: AppServices; execBodyLimit: number },
+): Promise<void> {
+  const { vms } = opts.services;
+  const tags = ['vms'];
+
+  app.post(
+    '/v1/vms',
+    {
+      config: {
+        summary: 'Launch a VM, or restore one from a snapshot',
+        operationId: 'launchVm',
+        tags,
+      },
+      schema: { body: LaunchVmBody, response: { 201: Vm, 202: Vm, default: ErrorBody } },
+    },
+    async (request, reply) => {
+      const { orgId } = requireAuth(request);
+      const { vm, ready } = await vms.launch(orgId, request.body);
+      return reply.code(ready && vm.status === 'running' ? 201 : 202).send(presentVm(vm));
+    },
+  );
+
+  app.get(
+    '/v1/vms',
+    {
+      config: { summary: 'List VMs', operationId: 'listVms', tags },
+      schema: { querystring: ListVmsQuery, response: { 200: Vm.array(), default: ErrorBody } },
+    },
+    async (request) => {
+      const { orgId } = requireAuth(request);
+      const q = request.query as Record<string, unknown>;
+      const rawStatus = request.query.status;
+      const statuses =
+        rawStatus === undefined
+          ? undefined
+          : (Array.isArray(rawStatus) ? rawStatus : [rawStatus])
+              .flatMap((s) => s.split(','))
+              .map((s) => s.trim())
+              .filter((s) => s !== '');
+      const list = await vms.list(orgId, {
+        ...(statuses ? { statuses } : {}),
+        metadata: metadataFilters(q),
+      });
+      return list.map(presentVm);
+    },
+  );
+
+  app.get(
+    '/v1/vms/:id',
+    {
+      config: { summary: 'Get a VM', operationId: 'getVm', tags },
+      schema: { params: IdParams, response: { 200: Vm, default: ErrorBody } },
+    },
+    async (request) => {
+      const { orgId } = requireAuth(request);
+      return presentVm(await vms.get(orgId, request.params.id));
+    },
+  );
+
+  app.patch(
+    '/v1/vms/:id',
+    {
+      config: { summary: 'Rename a VM or replace its metadata', operationId: 'updateVm', tags },
+      schema: { params: IdParams, body: UpdateVmBody, response: { 200: Vm, default: ErrorBody } },
+    },
+    async (request) => {
+      const { orgId } = requireAuth(request);
+      const { name, metadata, ttl } = request.body;
+      return presentVm(
+        await vms.update(orgId, request.params.id, {
+          ...(name !== undefined ? { name } : {}),
+          ...(metadata !== undefined ? { metadata } : {}),
+          ...(ttl !== undefined ? { ttl } : {}),
+        }),
+      );
+    },
+  );
+
+  app.delete(
+    '/v1/vms/:id',
+    {
+      config: { summary: 'Delete a VM', operationId: 'deleteVm', tags },
+      schema: { params: IdParams, response: { 200: DeleteResponse, default: ErrorBody } },
+    },
+    async (request) => {
+      const { orgId } = requireAuth(request);
+      const { id } = await vms.delete(orgId, request.params.id);
+      return { id, deleted: true };
+    },
+  );
+
+  app.post(
+    '/v1/vms/:id/exec',
+    {
+      bodyLimit: opts.execBodyLimit,
+      config: {
+        summary: 'Run a command (JSON result, or NDJSON stream with Accept: application/x-ndjson)',
+        operationId: 'execVm',
+        tags,
+      },
+      schema: {
+        params: IdParams,
+        body: ExecBody,
+        response: { 200: ExecResult, default: ErrorBody },
+      },
+    },
+    async (request, reply) => {
+      const { orgId } = requireAuth(request);
+      const prepared = await vms.prepareExec(orgId, request.params.id, request.body);
+      // The command dies with the request: a client that disconnects kills it.
+      const abort = new AbortController();
+      let running = true;
+      reply.raw.once('close', () => {
+        if (running) abort.abort(new Error('client disconnected'));
+      });
+
+      if (!wantsNdjson(request)) {
+        const res = await vms
+          .runExec(prepared, { signal: abort.signal })
+          .finally(() => (running = false));
+        return {
+          exitCode: res.exitCode,
+          stdout: res.stdout.toString('utf8'),
+          stderr: res.stderr.toString('utf8'),
+          timedOut: res.timedOut,
+          durationMs: Math.round(res.durationMs),
+          stdoutTruncated: res.stdoutTruncated,
+          stderrTruncated: res.stderrTruncated,
+        };
+      }
+
+      const out = new PassThrough();
+      const emit = (event: Record<string, unknown>): void => {
+        if (!out.destroyed) out.write(JSON.stringify(event) + '\n');
+      };
+      vms
+        .runExec(prepared, {
+          signal: abort.signal,
+          capBytes: STREAM_RESULT_CAP_BYTES,
+          onStdout: (chunk) => emit({ t: 'o', d: chunk.toString('base64') }),
+          onStderr: (chunk) => emit({ t: 'e', d: chunk.toString('base64') }),
+        })
+        .then(
+          (res) => {
+            running = false;
+            // Exactly one final event; `c` only when non-zero, `to` only when timed out.
+            const exit: Record<string, unknown> = { t: 'x' };
+            if (res.exitCode !== 0) exit.c = res.exitCode;
+            if (res.timedOut) exit.to = true;
+            exit.ms = Math.round(res.durationMs);
+            emit(exit);
+            out.end();
+          },
+          (err: unknown) => {
+            running = false;
+            request.log.warn({ err }, 'streaming exec failed');
+            // The 200 is already on the wire: cut the stream so the client sees a failure
+            // instead of a made-up exit event.
+            out.destroy(err instanceof Error ? err : new Error(String(err)));
+          },
+        );
+      return (
+        reply
+          .code(200)
+          .header('content-type', 'application/x-ndjson')
+          .header('cache-control', 'no-store')
+          // A stream body; the response schema only describes the buffered (JSON) form.
+          .send(out as never)
+      );
+    },
+  );
+
+  app.put(
+    '/v1/vms/:id/firewall',
+    {
+      config: { summary: 'Replace the firewall policy', operationId: 'setFirewall', tags },
+      schema: { params: IdParams, body: FirewallPolicy, response: { 200: Vm, default: ErrorBody } },
+    },
+    async (request) => {
+      const { orgId } = requireAuth(request);
+      return presentVm(await vms.setFirewall(orgId, request.params.id, { replace: request.body }));
+    },
+  );
+
+  app.patch(
+    '/v1/vms/:id/firewall',
+    {
+      config: {
+        summary: 'Change the firewall mode and/or rules',
+        operationId: 'patchFirewall',
+        tags,
+      },
+      schema: { params: IdParams, body: FirewallPatch, response: { 200: Vm, default: ErrorBody } },
+    },
+    async (request) => {
+      const { orgId } = requireAuth(request);
+      return presentVm(await vms.setFirewall(orgId, request.params.id, { patch: request.body }));
+    },
+  );
+}

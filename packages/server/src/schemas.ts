@@ -1,0 +1,325 @@
+/**
+ * Request and response schemas of the v1 API (zod). They validate requests (through the
+ * validator compiler in `http/zod.ts`) and generate `/openapi.json`, so the document and the
+ * checks cannot disagree. Field names are the wire's camelCase (contract §3, §4).
+ * @module
+ */
+import net from 'node:net';
+import { z } from 'zod';
+
+// ---- shared pieces ------------------------------------------------------------------------------
+
+/** Metadata limits (contract §4.2.1). */
+export const METADATA_LIMITS = {
+  maxKeys: 256,
+  maxKeyBytes: 256,
+  maxValueBytes: 4096,
+  maxJsonBytes: 65536,
+} as const;
+
+const utf8Bytes = (s: string): number => Buffer.byteLength(s, 'utf8');
+
+export const Metadata = z
+  .record(z.string(), z.string())
+  .superRefine((m, ctx) => {
+    const keys = Object.keys(m);
+    if (keys.length > METADATA_LIMITS.maxKeys) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `at most ${METADATA_LIMITS.maxKeys} keys are allowed (got ${keys.length})`,
+      });
+      return;
+    }
+    for (const key of keys) {
+      const kb = utf8Bytes(key);
+      if (kb < 1 || kb > METADATA_LIMITS.maxKeyBytes) {
+        ctx.addIssue({
+          code: 'custom',
+          path: key === '' ? [] : [key],
+          message: `keys must be 1-${METADATA_LIMITS.maxKeyBytes} bytes`,
+        });
+        return;
+      }
+      if (utf8Bytes(m[key] ?? '') > METADATA_LIMITS.maxValueBytes) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message: `values must be at most ${METADATA_LIMITS.maxValueBytes} bytes`,
+        });
+        return;
+      }
+    }
+    if (utf8Bytes(JSON.stringify(m)) > METADATA_LIMITS.maxJsonBytes) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `metadata must be at most ${METADATA_LIMITS.maxJsonBytes} bytes of JSON`,
+      });
+    }
+  })
+  .meta({
+    id: 'Metadata',
+    description: 'String-to-string labels; filter lists with metadata.<key>=<value>.',
+  });
+
+/** Validates `addr/len` (or a bare address) as IPv6; IPv4 is rejected explicitly. */
+function checkIpv6Cidr(value: string): string | undefined {
+  const [addr = '', len, ...rest] = value.split('/');
+  if (rest.length > 0) return 'is not a CIDR';
+  if (net.isIPv4(addr)) {
+    return 'IPv4 CIDRs are not supported: the firewall filters public IPv6 ingress only';
+  }
+  if (!net.isIPv6(addr)) return 'is not an IPv6 CIDR';
+  if (len !== undefined && (!/^\d{1,3}$/.test(len) || Number(len) > 128)) {
+    return 'has an invalid prefix length (0-128)';
+  }
+  return undefined;
+}
+
+const Port = z.number().int().min(1).max(65535);
+
+export const FirewallRule = z
+  .object({
+    protocol: z.enum(['tcp', 'udp']),
+    portStart: Port,
+    portEnd: Port.nullish().describe('Inclusive end of the range; omit for a single port.'),
+    sourceCidrs: z
+      .array(
+        z.string().superRefine((v, ctx) => {
+          const problem = checkIpv6Cidr(v);
+          if (problem) ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} ${problem}` });
+        }),
+      )
+      .max(64)
+      .nullish()
+      .describe('IPv6 source CIDRs; empty or omitted means any (::/0).'),
+    description: z.string().max(256).nullish(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.portEnd !== undefined && r.portEnd !== null && r.portEnd < r.portStart) {
+      ctx.addIssue({ code: 'custom', path: ['portEnd'], message: 'must be >= portStart' });
+    }
+  })
+  .meta({ id: 'FirewallRule' });
+
+const Ingress = z.array(FirewallRule, {
+  error: 'must be an array of rules {protocol, portStart, portEnd?, sourceCidrs?, description?}',
+});
+
+export const FirewallPolicy = z
+  .object({
+    mode: z.enum(['open', 'restricted']),
+    ingress: Ingress.max(256).nullish(),
+  })
+  .meta({
+    id: 'FirewallPolicy',
+    description:
+      'v1 public IPv6 ingress policy: `open` allows all inbound; `restricted` only the listed rules.',
+  });
+
+export const FirewallPatch = z
+  .object({
+    mode: z.enum(['open', 'restricted']).optional(),
+    ingress: Ingress.max(256).nullish().describe('Replaces all rules; [] clears them.'),
+  })
+  .meta({ id: 'FirewallPatch' });
+
+const Name = z
+  .string()
+  .max(4096)
+  .nullish()
+  .describe('Normalised: trimmed, whitespace collapsed, truncated to 64 characters.');
+
+// ---- requests -----------------------------------------------------------------------------------
+
+export const IdParams = z.object({
+  id: z.string().describe('Id, or a name that is unique in the org.'),
+});
+
+export const LaunchVmBody = z
+  .object({
+    machineType: z
+      .string()
+      .optional()
+      .describe('c1m2, c2m4, c4m8 or c8m16; required unless snapshotId is given.'),
+    snapshotId: z.string().optional().describe('Restore from this snapshot (id or unique name).'),
+    name: Name,
+    diskGiB: z
+      .number()
+      .int()
+      .min(0)
+      .nullish()
+      .describe('Root disk size; 0 or omitted = 10 (minimum 10).'),
+    firewall: FirewallPolicy.nullish(),
+    metadata: Metadata.optional(),
+    envVars: z
+      .record(z.string(), z.string())
+      .optional()
+      .describe('Not supported yet (501 when non-empty).'),
+    ttl: z.unknown().optional().describe('Not supported yet (501 when set).'),
+    volumes: z.array(z.unknown()).optional().describe('Not supported yet (501 when non-empty).'),
+    bucketMounts: z
+      .array(z.unknown())
+      .optional()
+      .describe('Not supported yet (501 when non-empty).'),
+  })
+  .meta({ id: 'VmLaunchRequest' });
+
+export const ListVmsQuery = z
+  .looseObject({
+    status: z
+      .union([z.string(), z.array(z.string())])
+      .optional()
+      .describe('Only VMs in this status (comma-separated or repeated for several).'),
+  })
+  .describe('Also accepts metadata.<key>=<value> and metadata[<key>]=<value> (AND-ed).');
+
+export const UpdateVmBody = z
+  .object({
+    name: z.string().max(4096).optional(),
+    metadata: Metadata.optional().describe('Replaces the whole map; {} clears it.'),
+    ttl: z.unknown().optional().describe('Not supported yet (501 unless null).'),
+  })
+  .meta({ id: 'VmUpdateRequest' });
+
+export const ExecBody = z
+  .object({
+    command: z
+      .union([
+        z.array(z.string()).min(1),
+        z.string().describe('A string is run as ["sh", "-c", <string>].'),
+      ])
+      .describe('argv; the first element must be non-empty.'),
+    timeoutSec: z.number().int().positive().max(86400).nullish(),
+    stdin: z.string().nullish().describe('Base64 bytes written to the command stdin, then closed.'),
+  })
+  .meta({ id: 'ExecRequest' });
+
+export const CreateSnapshotBody = z
+  .object({
+    vmId: z.string().min(1).describe('Id or unique name of a running VM.'),
+    name: Name,
+    metadata: Metadata.optional(),
+  })
+  .meta({ id: 'SnapshotCreateRequest' });
+
+export const UpdateSnapshotBody = z
+  .object({
+    name: z.string().max(4096).optional(),
+    metadata: Metadata.optional(),
+  })
+  .meta({ id: 'SnapshotUpdateRequest' });
+
+export const ListSnapshotsQuery = z
+  .looseObject({})
+  .describe('Accepts metadata.<key>=<value> and metadata[<key>]=<value> (AND-ed).');
+
+// ---- responses ----------------------------------------------------------------------------------
+
+const Timestamp = z.string().describe('RFC 3339, UTC');
+
+const FirewallPolicyOut = z
+  .object({
+    mode: z.enum(['open', 'restricted']),
+    ingress: z.array(
+      z.object({
+        protocol: z.enum(['tcp', 'udp']),
+        portStart: z.number().int(),
+        portEnd: z.number().int().optional(),
+        sourceCidrs: z.array(z.string()).optional(),
+        description: z.string().optional(),
+      }),
+    ),
+  })
+  .meta({ id: 'FirewallPolicyView' });
+
+export const Vm = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    orgId: z.string(),
+    status: z
+      .enum(['provisioning', 'running', 'stopped', 'deleting', 'error'])
+      .describe('Clients treat unknown values as transitional.'),
+    cpu: z.number().int(),
+    memoryMiB: z.number().int(),
+    diskGiB: z.number().int(),
+    createdAt: Timestamp,
+    machineName: z.string(),
+    sourceName: z.string().describe('Snapshot name for restores; empty on a fresh boot.'),
+    publicIpv6: z.string().nullable(),
+    deletedAt: Timestamp.nullable(),
+    metadata: z.record(z.string(), z.string()),
+    firewall: FirewallPolicyOut,
+    statusMessage: z.string().optional().describe('Why the VM is stopped or in error, when known.'),
+  })
+  .meta({ id: 'Vm' });
+
+export const Snapshot = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    orgId: z.string(),
+    vmId: z.string(),
+    status: z.enum(['creating', 'ready', 'error']),
+    createdAt: Timestamp,
+    machineName: z.string(),
+    firewall: FirewallPolicyOut,
+    metadata: z.record(z.string(), z.string()),
+    statusMessage: z.string().optional(),
+  })
+  .meta({ id: 'Snapshot' });
+
+export const ExecResult = z
+  .object({
+    exitCode: z.number().int(),
+    stdout: z.string(),
+    stderr: z.string(),
+    timedOut: z.boolean(),
+    durationMs: z.number().int(),
+    stdoutTruncated: z.boolean(),
+    stderrTruncated: z.boolean(),
+  })
+  .meta({
+    id: 'ExecResult',
+    description:
+      'Buffered result (4 MiB cap per stream). With Accept: application/x-ndjson the response is ' +
+      'a stream of {"t":"o"|"e","d":<base64>} events and one final {"t":"x","c"?,"to"?,"ms"}.',
+  });
+
+export const DeleteResponse = z
+  .object({ id: z.string(), deleted: z.boolean() })
+  .meta({ id: 'DeleteResponse' });
+
+const QuotaValues = z
+  .object({
+    vcpu: z.number().int(),
+    memoryMiB: z.number().int(),
+    diskGiB: z.number().int(),
+    snapshotCount: z.number().int(),
+    volumeCount: z.number().int(),
+    volumeGiB: z.number().int(),
+  })
+  .meta({ id: 'QuotaValues' });
+
+export const OrgQuotas = z
+  .object({ orgId: z.string(), limits: QuotaValues, usage: QuotaValues })
+  .meta({ id: 'OrgQuotaUsage' });
+
+export const Health = z.object({ status: z.string() }).meta({ id: 'Health' });
+
+export const ErrorBody = z
+  .looseObject({
+    error: z.string(),
+    code: z.string().describe('Stable code from the error catalog.'),
+    field: z.string().optional().describe('Offending request field (400).'),
+    dimension: z.string().optional().describe('Exceeded quota dimension (429).'),
+  })
+  .meta({ id: 'Error' });
+
+export type LaunchVmInput = z.output<typeof LaunchVmBody>;
+export type ExecInput = z.output<typeof ExecBody>;
+export type FirewallPolicyInput = z.output<typeof FirewallPolicy>;
+export type FirewallPatchInput = z.output<typeof FirewallPatch>;
+export type VmView = z.input<typeof Vm>;
+export type SnapshotView = z.input<typeof Snapshot>;
+export type ExecResultView = z.input<typeof ExecResult>;

@@ -1,0 +1,175 @@
+/**
+ * `startServer`: opens the store, bootstraps the first API key, reconciles records with the
+ * runtime (re-adopting surviving VMs), builds the app and listens. `close()` shuts down
+ * gracefully; VMs keep running (`runtime.detach()`) and are adopted again at the next start.
+ * @module
+ */
+import fs from 'node:fs/promises';
+import type { Runtime } from '@fastvm/runtime';
+import { pino, type Logger } from 'pino';
+import { buildApp, type App } from './app.js';
+import { ensureBootstrapKey } from './auth.js';
+import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain.js';
+import { listen, type Listener } from './http/listener.js';
+import type { ServiceContext, ServiceSettings } from './services/context.js';
+import { NoopNetworkManager, type NetworkManager } from './services/network.js';
+import { recover, type RecoveryReport } from './services/recovery.js';
+import { SnapshotService } from './services/snapshot-service.js';
+import { TaskTracker } from './services/tasks.js';
+import { VmService } from './services/vm-service.js';
+import { openStore, type Store } from './store/index.js';
+
+export interface StartServerOptions {
+  /** Interface to bind (default 127.0.0.1). */
+  host?: string;
+  /** Port (default 8080; 0 = ephemeral). */
+  port?: number;
+  /** Where the database, bootstrap key and runtime state live. Created if missing. */
+  dataDir: string;
+  /** The VM runtime (`QemuRuntime`, or `FakeRuntime` in tests). */
+  runtime: Runtime;
+  /** Key for the default org on first start (otherwise one is generated). */
+  bootstrapKey?: string;
+  logger?: Logger;
+  /** Used when no `logger` is given (default `FASTVM_LOG_LEVEL` or `warn`). */
+  logLevel?: string;
+  /** Serve TLS (HTTP/2 + HTTP/1.1 by ALPN) instead of cleartext (HTTP/1.1 + h2c). */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** `postgres://…` to use PostgreSQL instead of `<dataDir>/fastvm.db`. */
+  databaseUrl?: string;
+  sqliteSynchronous?: 'NORMAL' | 'FULL';
+  /** Networking hooks (default: none; VMs get no public address). */
+  network?: NetworkManager;
+  /** How long a launch request waits before answering 202 (default 5000 ms). */
+  launchWaitMs?: number;
+  /** Server-wide default quota limits (per-org overrides still apply). */
+  quotaDefaults?: Partial<QuotaValues>;
+  maxDiskGiB?: number;
+  defaultExecTimeoutSec?: number;
+  /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
+  shutdownGraceMs?: number;
+}
+
+export interface ServerHandle {
+  /** Base URL, e.g. `http://127.0.0.1:41234`. */
+  url: string;
+  port: number;
+  /** The default org's bootstrap key when known ('' when neither created, given nor saved). */
+  bootstrapKey: string;
+  /** True when this start generated the bootstrap key (print it once). */
+  bootstrapKeyGenerated: boolean;
+  /** Path of the file holding a generated bootstrap key. */
+  bootstrapKeyFile: string;
+  app: App;
+  store: Store;
+  recovery: RecoveryReport;
+  /** Graceful: stop accepting, drain, detach from the runtime (VMs survive), close the DB. */
+  close(): Promise<void>;
+  /**
+   * Simulated crash for tests: drops connections and the DB handle without draining or
+   * detaching, leaving durable state exactly as a kill -9 would.
+   */
+  kill(): Promise<void>;
+}
+
+/** Starts a FastVM API server. */
+export async function startServer(opts: StartServerOptions): Promise<ServerHandle> {
+  const logger =
+    opts.logger ?? pino({ level: opts.logLevel ?? process.env.FASTVM_LOG_LEVEL ?? 'warn' });
+  await fs.mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+
+  const store = await openStore({
+    dataDir: opts.dataDir,
+    ...(opts.databaseUrl ? { databaseUrl: opts.databaseUrl } : {}),
+    ...(opts.sqliteSynchronous ? { sqliteSynchronous: opts.sqliteSynchronous } : {}),
+  });
+  const runtime = opts.runtime;
+  const network = opts.network ?? new NoopNetworkManager();
+  let unsubscribe: (() => void) | undefined;
+  try {
+    const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
+    if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
+
+    const settings: ServiceSettings = {
+      launchWaitMs: opts.launchWaitMs ?? 5000,
+      maxDiskGiB: opts.maxDiskGiB ?? 1024,
+      defaultExecTimeoutSec: opts.defaultExecTimeoutSec ?? 600,
+      execCapBytes: 4 * 1024 * 1024,
+      quotaDefaults: { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults },
+    };
+    const tasks = new TaskTracker();
+    const ctx: ServiceContext = { store, runtime, network, logger, tasks, settings };
+    const vms = new VmService(ctx);
+    const snapshots = new SnapshotService(ctx);
+
+    // Subscribe before adopting so exits during adoption are not missed.
+    unsubscribe = runtime.onExit((vmId, reason) => {
+      vms.onRuntimeExit(vmId, reason).catch((err: unknown) => {
+        logger.error({ err, vmId }, 'recording VM exit failed');
+      });
+    });
+    const recovery = await recover(store, runtime, network, logger);
+
+    let shuttingDown = false;
+    const { app, servers } = await buildApp({
+      services: { store, vms, snapshots },
+      logger,
+      isShuttingDown: () => shuttingDown,
+    });
+    let listener: Listener;
+    try {
+      listener = await listen(servers, {
+        host: opts.host ?? '127.0.0.1',
+        port: opts.port ?? 8080,
+        tls: opts.tls,
+        logger,
+      });
+    } catch (err) {
+      await app.close();
+      throw err;
+    }
+    const hostForUrl = listener.host.includes(':') ? `[${listener.host}]` : listener.host;
+    const url = `${listener.secure ? 'https' : 'http'}://${hostForUrl}:${listener.port}`;
+    logger.info({ url }, 'FastVM API listening');
+
+    let closing: Promise<void> | undefined;
+    const graceMs = opts.shutdownGraceMs ?? 30_000;
+    return {
+      url,
+      port: listener.port,
+      bootstrapKey: boot.key,
+      bootstrapKeyGenerated: boot.generated,
+      bootstrapKeyFile: boot.keyFile,
+      app,
+      store,
+      recovery,
+      close() {
+        closing ??= (async () => {
+          shuttingDown = true;
+          await listener.close(graceMs);
+          if (!(await tasks.drain(graceMs))) {
+            logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
+          }
+          await app.close();
+          unsubscribe?.();
+          await runtime.detach();
+          await network.close();
+          await store.close();
+          logger.info('FastVM API stopped');
+        })();
+        return closing;
+      },
+      async kill() {
+        shuttingDown = true;
+        listener.destroy();
+        unsubscribe?.();
+        await app.close().catch(() => {});
+        await store.close().catch(() => {});
+      },
+    };
+  } catch (err) {
+    unsubscribe?.();
+    await store.close().catch(() => {});
+    throw err;
+  }
+}

@@ -1,0 +1,32 @@
+/**
+ * Dependencies and settings shared by the services.
+ * @module
+ */
+import type { Runtime } from '@fastvm/runtime';
+import type { Logger } from 'pino';
+import type { QuotaValues } from '../domain.js';
+import type { Store } from '../store/index.js';
+import type { NetworkManager } from './network.js';
+import type { TaskTracker } from './tasks.js';
+
+export interface ServiceSettings {
+  /** How long `POST /v1/vms` waits for the runtime before answering 202 `provisioning`. */
+  launchWaitMs: number;
+  /** Largest `diskGiB` accepted at launch. */
+  maxDiskGiB: number;
+  /** Exec limit when the request gives no `timeoutSec`. */
+  defaultExecTimeoutSec: number;
+  /** Bytes kept per output stream in buffered exec (contract: 4 MiB). */
+  execCapBytes: number;
+  /** Limits for orgs without overrides. */
+  quotaDefaults: QuotaValues;
+}
+
+export interface ServiceContext {
+  store: Store;
+  runtime: Runtime;
+  network: NetworkManager;
+  logger: Logger;
+  tasks: TaskTracker;
+  settings: ServiceSettings;
+}

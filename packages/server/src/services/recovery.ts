@@ -1,0 +1,126 @@
+/**
+ * Startup reconciliation between the durable records and the runtime, run before the server
+ * accepts requests. After a crash (kill -9 at any point) or a clean restart:
+ *   - snapshots stuck `creating` → `error` (their quota is released);
+ *   - VMs stuck `provisioning` → `error`; the runtime stops what is left of them;
+ *   - VMs `running` are handed to `runtime.adopt`: survivors stay `running`, lost ones become
+ *     `stopped` with a reason, and VMs nobody asked for are stopped by the runtime;
+ *   - VMs stuck `deleting` are destroyed and hidden; snapshots stuck `deleting` are dropped;
+ *   - `ready` snapshots whose data the runtime no longer has → `error`.
+ * Quota usage needs no repair: it is always derived from these rows.
+ * @module
+ */
+import type { Runtime } from '@fastvm/runtime';
+import type { Logger } from 'pino';
+import { nowIso } from '../domain.js';
+import type { Store } from '../store/index.js';
+import type { NetworkManager } from './network.js';
+
+export interface RecoveryReport {
+  adopted: string[];
+  lost: string[];
+  orphans: string[];
+  interruptedLaunches: string[];
+  interruptedSnapshots: string[];
+  finishedDeletes: string[];
+  missingSnapshots: string[];
+}
+
+export async function recover(
+  store: Store,
+  runtime: Runtime,
+  network: NetworkManager,
+  logger: Logger,
+): Promise<RecoveryReport> {
+  const report: RecoveryReport = {
+    adopted: [],
+    lost: [],
+    orphans: [],
+    interruptedLaunches: [],
+    interruptedSnapshots: [],
+    finishedDeletes: [],
+    missingSnapshots: [],
+  };
+
+  for (const snap of await store.listSnapshotsByStatus(['creating'])) {
+    await store.updateSnapshot(
+      snap.id,
+      { status: 'error', error: 'server restarted while the snapshot was being created' },
+      ['creating'],
+    );
+    await runtime.deleteSnapshot(snap.id).catch(() => {});
+    report.interruptedSnapshots.push(snap.id);
+  }
+
+  for (const vm of await store.listVmsByStatus(['provisioning'])) {
+    await store.updateVm(
+      vm.id,
+      { status: 'error', error: 'server restarted while the VM was being launched' },
+      ['provisioning'],
+    );
+    report.interruptedLaunches.push(vm.id);
+  }
+
+  // Only running VMs are claimed; anything else the runtime finds (half-launched VMs, VMs
+  // being deleted) is an orphan and gets stopped by `adopt`.
+  const running = await store.listVmsByStatus(['running']);
+  const result = await runtime.adopt(running.map((vm) => vm.id));
+  report.adopted = [...result.adopted];
+  report.lost = [...result.lost];
+  report.orphans = [...result.orphans];
+  for (const id of result.lost) {
+    await store.updateVm(
+      id,
+      { status: 'stopped', error: 'VM process was gone when the server restarted' },
+      ['running'],
+    );
+    await network.release(id).catch(() => {});
+  }
+
+  for (const vm of await store.listVmsByStatus(['deleting'])) {
+    try {
+      await runtime.destroy(vm.id);
+      await network.release(vm.id).catch(() => {});
+      await store.updateVm(vm.id, { status: 'deleted', deletedAt: vm.deletedAt ?? nowIso() });
+      report.finishedDeletes.push(vm.id);
+    } catch (err) {
+      logger.warn({ err, vmId: vm.id }, 'could not finish deleting VM');
+    }
+  }
+  for (const snap of await store.listSnapshotsByStatus(['deleting'])) {
+    try {
+      await runtime.deleteSnapshot(snap.id);
+      await store.updateSnapshot(snap.id, { status: 'deleted' }, ['deleting']);
+    } catch (err) {
+      logger.warn({ err, snapshotId: snap.id }, 'could not drop snapshot');
+    }
+  }
+
+  for (const snap of await store.listSnapshotsByStatus(['ready'])) {
+    if (snap.deletedAt !== null) continue;
+    if (!(await runtime.hasSnapshot(snap.id))) {
+      await store.updateSnapshot(
+        snap.id,
+        { status: 'error', error: 'snapshot data is missing from the runtime' },
+        ['ready'],
+      );
+      report.missingSnapshots.push(snap.id);
+    }
+  }
+
+  const live = await store.listVmsByStatus(['running']);
+  await network.reconcile(live.map((vm) => ({ id: vm.id, firewall: vm.firewall })));
+
+  logger.info(
+    {
+      adopted: report.adopted.length,
+      lost: report.lost.length,
+      orphans: report.orphans.length,
+      interruptedLaunches: report.interruptedLaunches.length,
+      interruptedSnapshots: report.interruptedSnapshots.length,
+      missingSnapshots: report.missingSnapshots.length,
+    },
+    'recovered state',
+  );
+  return report;
+}

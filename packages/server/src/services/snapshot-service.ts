@@ -1,0 +1,144 @@
+/**
+ * Snapshots of running VMs. A snapshot records the VM's machine, disk and firewall so restores
+ * can inherit them; `snapshotCount` quota is reserved atomically with the row.
+ * @module
+ */
+import { randomUUID } from 'node:crypto';
+import { nowIso, type Metadata, type SnapshotRecord } from '../domain.js';
+import { ApiError, badRequest, conflict } from '../errors.js';
+import type { ServiceContext } from './context.js';
+import { normalizeName } from './names.js';
+import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.js';
+import { resolveSnapshot, resolveVm } from './resolve.js';
+import { describeError, toApiError } from './runtime-errors.js';
+
+export interface SnapshotListFilter {
+  metadata?: ReadonlyArray<readonly [string, string]>;
+}
+
+export class SnapshotService {
+  constructor(private readonly ctx: ServiceContext) {}
+
+  /**
+   * Snapshots a running VM and returns once the runtime has written it (status `ready`). On
+   * failure the row is left in `error` (not counted against quota) and the error is thrown.
+   */
+  async create(
+    orgId: string,
+    input: { vmId: string; name?: string | null | undefined; metadata?: Metadata | undefined },
+  ): Promise<SnapshotRecord> {
+    const { store, runtime, tasks, settings, logger } = this.ctx;
+    const vm = await resolveVm(store, orgId, input.vmId).catch((err: unknown) => {
+      if (err instanceof ApiError && err.code === 'not_found') {
+        throw new ApiError('not_found', 'vm not found', { field: 'vmId' });
+      }
+      throw err;
+    });
+    if (vm.status !== 'running') {
+      throw conflict(`VM is ${vm.status}; only running VMs can be snapshotted`, {
+        status: vm.status,
+      });
+    }
+    const now = nowIso();
+    const snap: SnapshotRecord = {
+      id: randomUUID(),
+      orgId,
+      vmId: vm.id,
+      name: normalizeName(input.name, `snapshot-${vm.id.slice(0, 8)}`),
+      status: 'creating',
+      error: null,
+      machine: vm.machine,
+      cpu: vm.cpu,
+      memoryMiB: vm.memoryMiB,
+      diskGiB: vm.diskGiB,
+      firewall: vm.firewall,
+      metadata: input.metadata ?? {},
+      createdAt: now,
+      updatedAt: now,
+      deletedAt: null,
+    };
+    await store.withOrgLock(orgId, async (tx) => {
+      const limits = effectiveLimits(settings.quotaDefaults, await tx.getQuotaOverrides());
+      const usage = await tx.getUsage();
+      const request = { snapshotCount: 1 };
+      const over = exceededDimension(limits, usage, request);
+      if (over) throw quotaExceededError(over, limits, usage, request);
+      await tx.insertSnapshot(snap);
+    });
+
+    const work = (async () => {
+      const started = Date.now();
+      try {
+        const info = await runtime.snapshot(vm.id, snap.id);
+        const ready = await store.updateSnapshot(snap.id, { status: 'ready' }, ['creating']);
+        logger.info(
+          { vmId: vm.id, snapshotId: snap.id, ms: Date.now() - started, pauseMs: info.pauseMs },
+          'snapshot ready',
+        );
+        return ready ?? { ...snap, status: 'ready' as const };
+      } catch (err) {
+        logger.warn({ err, vmId: vm.id, snapshotId: snap.id }, 'snapshot failed');
+        await store
+          .updateSnapshot(snap.id, { status: 'error', error: describeError(err) }, ['creating'])
+          .catch(() => {});
+        await runtime.deleteSnapshot(snap.id).catch(() => {});
+        throw toApiError(err, 'snapshot', { snapshotId: snap.id });
+      }
+    })();
+    // Tracked under the VM (a VM delete waits for it) and the snapshot (a snapshot delete too).
+    tasks.track(vm.id, work);
+    return tasks.track(snap.id, work);
+  }
+
+  get(orgId: string, ref: string): Promise<SnapshotRecord> {
+    return resolveSnapshot(this.ctx.store, orgId, ref);
+  }
+
+  async list(orgId: string, filter: SnapshotListFilter = {}): Promise<SnapshotRecord[]> {
+    const snaps = await this.ctx.store.listSnapshots(orgId);
+    return snaps.filter((s) =>
+      (filter.metadata ?? []).every(
+        ([k, v]) => Object.hasOwn(s.metadata, k) && s.metadata[k] === v,
+      ),
+    );
+  }
+
+  async update(
+    orgId: string,
+    ref: string,
+    patch: { name?: string | undefined; metadata?: Metadata | undefined },
+  ): Promise<SnapshotRecord> {
+    if (patch.name === undefined && patch.metadata === undefined) {
+      throw badRequest('give at least one of name or metadata', 'name');
+    }
+    const snap = await this.get(orgId, ref);
+    const updated = await this.ctx.store.updateSnapshot(snap.id, {
+      ...(patch.name !== undefined
+        ? { name: normalizeName(patch.name, `snapshot-${snap.vmId.slice(0, 8)}`) }
+        : {}),
+      ...(patch.metadata !== undefined ? { metadata: patch.metadata } : {}),
+    });
+    return updated ?? snap;
+  }
+
+  /**
+   * Hides the snapshot at once (releasing its quota), then asks the runtime to drop it. If the
+   * runtime call fails the row stays `deleting` and startup retries it.
+   */
+  async delete(orgId: string, ref: string): Promise<{ id: string }> {
+    const { store, runtime, tasks, logger } = this.ctx;
+    const snap = await this.get(orgId, ref);
+    await tasks.settled(snap.id);
+    await store.updateSnapshot(snap.id, { status: 'deleting', deletedAt: nowIso() });
+    try {
+      await runtime.deleteSnapshot(snap.id);
+      await store.updateSnapshot(snap.id, { status: 'deleted' });
+    } catch (err) {
+      logger.warn(
+        { err, snapshotId: snap.id },
+        'runtime could not delete snapshot; retried at startup',
+      );
+    }
+    return { id: snap.id };
+  }
+}

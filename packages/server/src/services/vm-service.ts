@@ -1,0 +1,395 @@
+/**
+ * VM lifecycle: launch/restore with atomic quota reservation, listing, updates, deletion, exec
+ * and firewall policy. No HTTP types here: routes translate requests into these calls.
+ * @module
+ */
+import { randomUUID } from 'node:crypto';
+import type { ExecResult } from '@fastvm/runtime';
+import {
+  DEFAULT_DISK_GIB,
+  MACHINE_TYPES,
+  defaultFirewall,
+  isMachineTypeName,
+  nowIso,
+  type FirewallPolicy,
+  type FirewallRule,
+  type MachineTypeName,
+  type Metadata,
+  type QuotaValues,
+  type VmRecord,
+} from '../domain.js';
+import { ApiError, badRequest, conflict, notImplemented } from '../errors.js';
+import type {
+  ExecInput,
+  FirewallPatchInput,
+  FirewallPolicyInput,
+  LaunchVmInput,
+} from '../schemas.js';
+import type { ServiceContext } from './context.js';
+import { hostnameFor, normalizeName } from './names.js';
+import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.js';
+import { resolveSnapshot, resolveVm } from './resolve.js';
+import { describeError, toApiError } from './runtime-errors.js';
+
+/** Outcome of a launch: `ready` → 201 (running), otherwise 202 (still provisioning). */
+export interface LaunchOutcome {
+  vm: VmRecord;
+  ready: boolean;
+}
+
+export interface VmListFilter {
+  statuses?: readonly string[];
+  metadata?: ReadonlyArray<readonly [string, string]>;
+}
+
+/** A validated exec request bound to a running VM (see `prepareExec`). */
+export interface PreparedExec {
+  vm: VmRecord;
+  argv: string[];
+  stdin?: Uint8Array;
+  timeoutMs: number;
+}
+
+export interface ExecStreams {
+  signal?: AbortSignal;
+  capBytes?: number;
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+}
+
+/** Converts a validated wire policy into the stored shape (absent optionals dropped). */
+export function toFirewallPolicy(input: FirewallPolicyInput): FirewallPolicy {
+  return { mode: input.mode, ingress: (input.ingress ?? []).map(toRule) };
+}
+
+function toRule(r: NonNullable<FirewallPolicyInput['ingress']>[number]): FirewallRule {
+  const rule: FirewallRule = { protocol: r.protocol, portStart: r.portStart };
+  if (r.portEnd !== undefined && r.portEnd !== null) rule.portEnd = r.portEnd;
+  if (r.sourceCidrs && r.sourceCidrs.length > 0) rule.sourceCidrs = [...r.sourceCidrs];
+  if (r.description !== undefined && r.description !== null) rule.description = r.description;
+  return rule;
+}
+
+export class VmService {
+  constructor(private readonly ctx: ServiceContext) {}
+
+  /**
+   * Launches a fresh VM (`machineType`) or restores one (`snapshotId`). Quota is checked and
+   * reserved (the VM row itself is the reservation) before the runtime is called. Waits up to
+   * `launchWaitMs` for the runtime; after that the launch finishes in the background and the
+   * VM is returned `provisioning`. A launch that fails leaves the VM in `error` (not counted
+   * against quota) and throws.
+   */
+  async launch(orgId: string, input: LaunchVmInput): Promise<LaunchOutcome> {
+    rejectUnsupportedLaunchFields(input);
+    const { store, settings } = this.ctx;
+    const id = randomUUID();
+
+    let machine: MachineTypeName;
+    let diskGiB: number;
+    let firewall: FirewallPolicy;
+    let sourceSnapshotId: string | null = null;
+    let sourceName = '';
+    if (input.snapshotId !== undefined) {
+      const snap = await resolveSnapshot(store, orgId, input.snapshotId).catch((err: unknown) => {
+        if (err instanceof ApiError && err.code === 'not_found') {
+          throw new ApiError('not_found', 'snapshot not found', { field: 'snapshotId' });
+        }
+        throw err;
+      });
+      if (snap.status !== 'ready') {
+        throw conflict(`snapshot is ${snap.status}, not ready`, { field: 'snapshotId' });
+      }
+      if (input.machineType !== undefined && input.machineType !== snap.machine) {
+        throw badRequest(
+          `a restore keeps the snapshot's machine type (${snap.machine}); omit machineType`,
+          'machineType',
+        );
+      }
+      const want = input.diskGiB ?? 0;
+      if (want !== 0 && want < snap.diskGiB) {
+        throw badRequest(`must be at least the snapshot's disk (${snap.diskGiB} GiB)`, 'diskGiB');
+      }
+      if (want > snap.diskGiB) {
+        // The runtime restores disks as they were; growing one on restore is not supported yet.
+        throw badRequest(
+          `growing the disk on restore is not supported; omit diskGiB or use ${snap.diskGiB}`,
+          'diskGiB',
+        );
+      }
+      machine = snap.machine;
+      diskGiB = snap.diskGiB;
+      firewall = input.firewall ? toFirewallPolicy(input.firewall) : snap.firewall;
+      sourceSnapshotId = snap.id;
+      sourceName = snap.name;
+    } else {
+      if (input.machineType === undefined) {
+        throw badRequest('machineType is required (or snapshotId to restore)', 'machineType');
+      }
+      if (!isMachineTypeName(input.machineType)) {
+        throw badRequest(
+          `unknown machine type ${JSON.stringify(input.machineType)}; use one of ${Object.keys(MACHINE_TYPES).join(', ')}`,
+          'machineType',
+        );
+      }
+      machine = input.machineType;
+      diskGiB = input.diskGiB ? input.diskGiB : DEFAULT_DISK_GIB;
+      if (diskGiB < DEFAULT_DISK_GIB || diskGiB > settings.maxDiskGiB) {
+        throw badRequest(
+          `must be between ${DEFAULT_DISK_GIB} and ${settings.maxDiskGiB} GiB`,
+          'diskGiB',
+        );
+      }
+      firewall = input.firewall ? toFirewallPolicy(input.firewall) : defaultFirewall();
+    }
+
+    const spec = MACHINE_TYPES[machine];
+    const now = nowIso();
+    const vm: VmRecord = {
+      id,
+      orgId,
+      name: normalizeName(input.name, `vm-${id.slice(0, 8)}`),
+      machine,
+      cpu: spec.vcpus,
+      memoryMiB: spec.memoryMiB,
+      diskGiB,
+      status: 'provisioning',
+      error: null,
+      sourceSnapshotId,
+      sourceName,
+      firewall,
+      metadata: input.metadata ?? {},
+      publicIpv6: null,
+      createdAt: now,
+      updatedAt: now,
+      deletedAt: null,
+    };
+    await this.reserve(
+      orgId,
+      { vcpu: vm.cpu, memoryMiB: vm.memoryMiB, diskGiB: vm.diskGiB },
+      (tx) => tx.insertVm(vm),
+    );
+
+    const boot = this.ctx.tasks.track(vm.id, this.boot(vm));
+    let timer: NodeJS.Timeout | undefined;
+    const waited = await Promise.race([
+      boot.then((ready) => ({ ready })),
+      new Promise<{ ready: null }>((resolve) => {
+        timer = setTimeout(() => resolve({ ready: null }), settings.launchWaitMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (waited.ready) return { vm: waited.ready, ready: true };
+    // Still booting: it continues in the background; failures are recorded on the row.
+    boot.catch(() => {});
+    return { vm, ready: false };
+  }
+
+  /** Checks `request` against the org's limits and runs `insert` in the same transaction. */
+  private async reserve(
+    orgId: string,
+    request: Partial<QuotaValues>,
+    insert: (tx: { insertVm(vm: VmRecord): Promise<void> }) => Promise<void>,
+  ): Promise<void> {
+    const { store, settings } = this.ctx;
+    await store.withOrgLock(orgId, async (tx) => {
+      const limits = effectiveLimits(settings.quotaDefaults, await tx.getQuotaOverrides());
+      const usage = await tx.getUsage();
+      const over = exceededDimension(limits, usage, request);
+      if (over) throw quotaExceededError(over, limits, usage, request);
+      await insert(tx);
+    });
+  }
+
+  /** Runs the runtime side of a launch and records the outcome on the row. */
+  private async boot(vm: VmRecord): Promise<VmRecord> {
+    const { runtime, network, store, logger } = this.ctx;
+    const log = logger.child({ vmId: vm.id });
+    try {
+      const net = await network.attach(vm.id, vm.firewall);
+      const common = {
+        id: vm.id,
+        hostname: hostnameFor(vm.name, vm.id),
+        ...(net.network ? { network: net.network } : {}),
+      };
+      const started = Date.now();
+      if (vm.sourceSnapshotId) {
+        await runtime.restore({ ...common, snapshotId: vm.sourceSnapshotId });
+      } else {
+        await runtime.launch({ ...common, machine: vm.machine, diskGiB: vm.diskGiB });
+      }
+      const updated = await store.updateVm(
+        vm.id,
+        { status: 'running', publicIpv6: net.publicIpv6 },
+        ['provisioning'],
+      );
+      log.info({ ms: Date.now() - started, restoredFrom: vm.sourceSnapshotId }, 'vm running');
+      // A delete that raced the boot owns the row now; it destroys the VM after this settles.
+      return updated ?? (await store.getVm(vm.orgId, vm.id)) ?? vm;
+    } catch (err) {
+      log.warn({ err }, 'vm launch failed');
+      await store
+        .updateVm(vm.id, { status: 'error', error: describeError(err) }, ['provisioning'])
+        .catch((e: unknown) => log.error({ err: e }, 'recording launch failure failed'));
+      await runtime.destroy(vm.id).catch(() => {});
+      await network.release(vm.id).catch(() => {});
+      throw toApiError(err, 'launch', { vmId: vm.id });
+    }
+  }
+
+  get(orgId: string, ref: string): Promise<VmRecord> {
+    return resolveVm(this.ctx.store, orgId, ref);
+  }
+
+  /** Live VMs of the org, filtered by status (any of) and metadata equality (all of). */
+  async list(orgId: string, filter: VmListFilter = {}): Promise<VmRecord[]> {
+    const vms = await this.ctx.store.listVms(orgId);
+    return vms.filter(
+      (vm) =>
+        (!filter.statuses || filter.statuses.includes(vm.status)) &&
+        (filter.metadata ?? []).every(
+          ([k, v]) => Object.hasOwn(vm.metadata, k) && vm.metadata[k] === v,
+        ),
+    );
+  }
+
+  /** Renames and/or replaces metadata. */
+  async update(
+    orgId: string,
+    ref: string,
+    patch: { name?: string; metadata?: Metadata; ttl?: unknown },
+  ): Promise<VmRecord> {
+    if (patch.ttl !== undefined && patch.ttl !== null) throw notImplemented('VM TTL');
+    if (patch.name === undefined && patch.metadata === undefined) {
+      if (patch.ttl === null) return this.get(orgId, ref);
+      throw badRequest('give at least one of name or metadata', 'name');
+    }
+    const vm = await this.get(orgId, ref);
+    const updated = await this.ctx.store.updateVm(vm.id, {
+      ...(patch.name !== undefined
+        ? { name: normalizeName(patch.name, `vm-${vm.id.slice(0, 8)}`) }
+        : {}),
+      ...(patch.metadata !== undefined ? { metadata: patch.metadata } : {}),
+    });
+    return updated ?? vm;
+  }
+
+  /**
+   * Deletes a VM: marks it `deleting`, waits for its in-flight launch/snapshot, destroys it in the
+   * runtime, then hides the row (which releases its quota). Idempotent while the row exists.
+   */
+  async delete(orgId: string, ref: string): Promise<{ id: string }> {
+    const { store, runtime, network, tasks, logger } = this.ctx;
+    const vm = await this.get(orgId, ref);
+    await store.updateVm(vm.id, { status: 'deleting' });
+    await tasks.settled(vm.id);
+    try {
+      await runtime.destroy(vm.id);
+    } catch (err) {
+      // The row stays `deleting` (still counted against quota); DELETE again or restart retries.
+      throw toApiError(err, 'delete', { vmId: vm.id });
+    }
+    await network.release(vm.id).catch((err: unknown) => {
+      logger.warn({ err, vmId: vm.id }, 'network release failed');
+    });
+    await store.updateVm(vm.id, { status: 'deleted', deletedAt: nowIso() });
+    logger.info({ vmId: vm.id }, 'vm deleted');
+    return { id: vm.id };
+  }
+
+  /** Validates an exec request against a running VM (before any response bytes are sent). */
+  async prepareExec(orgId: string, ref: string, input: ExecInput): Promise<PreparedExec> {
+    const argv = typeof input.command === 'string' ? ['sh', '-c', input.command] : input.command;
+    if (argv.length === 0 || argv[0] === '') {
+      throw badRequest('the first element of command must be a non-empty program', 'command');
+    }
+    let stdin: Uint8Array | undefined;
+    if (input.stdin !== undefined && input.stdin !== null) {
+      const compact = input.stdin.replace(/\s+/g, '');
+      if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(compact)) throw badRequest('must be base64', 'stdin');
+      stdin = Buffer.from(compact, 'base64');
+    }
+    const vm = await this.get(orgId, ref);
+    if (vm.status !== 'running') {
+      throw conflict(`VM is ${vm.status}, not running`, { status: vm.status });
+    }
+    const timeoutSec = input.timeoutSec ?? this.ctx.settings.defaultExecTimeoutSec;
+    return { vm, argv, ...(stdin ? { stdin } : {}), timeoutMs: timeoutSec * 1000 };
+  }
+
+  /** Runs a prepared exec; `signal` aborts (kills) the command. */
+  async runExec(prepared: PreparedExec, streams: ExecStreams = {}): Promise<ExecResult> {
+    try {
+      return await this.ctx.runtime.exec(prepared.vm.id, {
+        argv: prepared.argv,
+        timeoutMs: prepared.timeoutMs,
+        capBytes: streams.capBytes ?? this.ctx.settings.execCapBytes,
+        ...(prepared.stdin ? { stdin: prepared.stdin } : {}),
+        ...(streams.signal ? { signal: streams.signal } : {}),
+        ...(streams.onStdout ? { onStdout: streams.onStdout } : {}),
+        ...(streams.onStderr ? { onStderr: streams.onStderr } : {}),
+      });
+    } catch (err) {
+      throw toApiError(err, 'exec', { vmId: prepared.vm.id });
+    }
+  }
+
+  /** PUT (`replace`) or PATCH the VM's firewall policy, then tells the network manager. */
+  async setFirewall(
+    orgId: string,
+    ref: string,
+    change: { replace: FirewallPolicyInput } | { patch: FirewallPatchInput },
+  ): Promise<VmRecord> {
+    const vm = await this.get(orgId, ref);
+    let policy: FirewallPolicy;
+    if ('replace' in change) {
+      policy = toFirewallPolicy(change.replace);
+    } else {
+      const p = change.patch;
+      policy = {
+        mode: p.mode ?? vm.firewall.mode,
+        ingress:
+          p.ingress === undefined || p.ingress === null
+            ? vm.firewall.ingress
+            : toFirewallPolicy({ mode: 'open', ingress: p.ingress }).ingress,
+      };
+    }
+    const updated = (await this.ctx.store.updateVm(vm.id, { firewall: policy })) ?? vm;
+    if (updated.status === 'running' || updated.status === 'provisioning') {
+      await this.ctx.network.onFirewallChange(vm.id, policy);
+    }
+    return updated;
+  }
+
+  /** Limits and usage of the org's quota. */
+  async quotas(orgId: string): Promise<{ limits: QuotaValues; usage: QuotaValues }> {
+    const { store, settings } = this.ctx;
+    const [overrides, usage] = await Promise.all([
+      store.getQuotaOverrides(orgId),
+      store.getUsage(orgId),
+    ]);
+    return { limits: effectiveLimits(settings.quotaDefaults, overrides), usage };
+  }
+
+  /** Runtime reported that a VM's QEMU exited on its own: record it as stopped. */
+  async onRuntimeExit(vmId: string, reason: string): Promise<void> {
+    const { store, network, logger } = this.ctx;
+    const updated = await store.updateVm(
+      vmId,
+      { status: 'stopped', error: `VM exited unexpectedly: ${reason}` },
+      ['running'],
+    );
+    if (updated) {
+      logger.warn({ vmId, reason }, 'vm exited unexpectedly');
+      await network.release(vmId).catch(() => {});
+    }
+  }
+}
+
+function rejectUnsupportedLaunchFields(input: LaunchVmInput): void {
+  if (input.ttl !== undefined && input.ttl !== null) throw notImplemented('VM TTL');
+  if (input.envVars && Object.keys(input.envVars).length > 0) {
+    throw notImplemented('envVars at launch');
+  }
+  if (input.volumes && input.volumes.length > 0) throw notImplemented('volumes');
+  if (input.bucketMounts && input.bucketMounts.length > 0) throw notImplemented('bucket mounts');
+}

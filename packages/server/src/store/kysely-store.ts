@@ -1,0 +1,453 @@
+/**
+ * `Store` over Kysely. The SQL is dialect-neutral; `sqlite.ts` and `postgres.ts` only build the
+ * dialect and connection.
+ * @module
+ */
+import type { Kysely, Selectable, Transaction } from 'kysely';
+import {
+  SNAPSHOT_STATUSES_USING_QUOTA,
+  VM_STATUSES_USING_QUOTA,
+  nowIso,
+  type ApiKeyRecord,
+  type FirewallPolicy,
+  type MachineTypeName,
+  type Metadata,
+  type OrgRecord,
+  type QuotaValues,
+  type SnapshotRecord,
+  type SnapshotStatus,
+  type VmRecord,
+  type VmStatus,
+} from '../domain.js';
+import { migrateToLatest } from './migrations.js';
+import type { Database, SnapshotsTable, VmsTable } from './schema.js';
+import type { OrgTx, QuotaOverrides, SnapshotPatch, Store, VmPatch } from './store.js';
+
+type Db = Kysely<Database> | Transaction<Database>;
+
+/** Shared implementation; construct through `openSqliteStore` / `openPostgresStore`. */
+export class KyselyStore implements Store {
+  constructor(
+    readonly db: Kysely<Database>,
+    readonly dialect: 'sqlite' | 'postgres',
+    private readonly onClose?: () => Promise<void> | void,
+  ) {}
+
+  migrate(): Promise<string[]> {
+    return migrateToLatest(this.db);
+  }
+
+  async close(): Promise<void> {
+    await this.db.destroy();
+    await this.onClose?.();
+  }
+
+  // ---- orgs and keys ------------------------------------------------------------------------
+
+  async createOrg(org: OrgRecord): Promise<void> {
+    await this.db
+      .insertInto('orgs')
+      .values({ id: org.id, name: org.name, created_at: org.createdAt, updated_at: org.createdAt })
+      .execute();
+  }
+
+  async getOrg(id: string): Promise<OrgRecord | undefined> {
+    const row = await this.db
+      .selectFrom('orgs')
+      .selectAll()
+      .where('id', '=', id)
+      .executeTakeFirst();
+    return row && { id: row.id, name: row.name, createdAt: row.created_at };
+  }
+
+  async findOrg(idOrName: string): Promise<OrgRecord | undefined> {
+    const row = await this.db
+      .selectFrom('orgs')
+      .selectAll()
+      .where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)]))
+      .orderBy('created_at')
+      .executeTakeFirst();
+    return row && { id: row.id, name: row.name, createdAt: row.created_at };
+  }
+
+  async listOrgs(): Promise<OrgRecord[]> {
+    const rows = await this.db.selectFrom('orgs').selectAll().orderBy('created_at').execute();
+    return rows.map((r) => ({ id: r.id, name: r.name, createdAt: r.created_at }));
+  }
+
+  async insertApiKey(key: ApiKeyRecord, keyHash: string): Promise<void> {
+    await this.db
+      .insertInto('api_keys')
+      .values({
+        id: key.id,
+        org_id: key.orgId,
+        name: key.name,
+        key_hash: keyHash,
+        key_prefix: key.prefix,
+        created_at: key.createdAt,
+        revoked_at: key.revokedAt,
+      })
+      .execute();
+  }
+
+  async findActiveApiKey(keyHash: string): Promise<ApiKeyRecord | undefined> {
+    const row = await this.db
+      .selectFrom('api_keys')
+      .selectAll()
+      .where('key_hash', '=', keyHash)
+      .where('revoked_at', 'is', null)
+      .executeTakeFirst();
+    return row && toApiKey(row);
+  }
+
+  async listApiKeys(orgId?: string): Promise<ApiKeyRecord[]> {
+    let q = this.db.selectFrom('api_keys').selectAll().orderBy('created_at');
+    if (orgId !== undefined) q = q.where('org_id', '=', orgId);
+    return (await q.execute()).map(toApiKey);
+  }
+
+  async revokeApiKey(idOrPrefix: string, at: string): Promise<number> {
+    const res = await this.db
+      .updateTable('api_keys')
+      .set({ revoked_at: at })
+      .where((eb) => eb.or([eb('id', '=', idOrPrefix), eb('key_prefix', '=', idOrPrefix)]))
+      .where('revoked_at', 'is', null)
+      .executeTakeFirst();
+    return Number(res.numUpdatedRows);
+  }
+
+  async countActiveApiKeys(): Promise<number> {
+    const row = await this.db
+      .selectFrom('api_keys')
+      .select((eb) => eb.fn.countAll().as('n'))
+      .where('revoked_at', 'is', null)
+      .executeTakeFirstOrThrow();
+    return Number(row.n);
+  }
+
+  // ---- quotas -------------------------------------------------------------------------------
+
+  getQuotaOverrides(orgId: string): Promise<QuotaOverrides> {
+    return readQuotaOverrides(this.db, orgId);
+  }
+
+  async setQuotaOverrides(orgId: string, o: QuotaOverrides): Promise<void> {
+    const values = {
+      vcpu: o.vcpu,
+      memory_mib: o.memoryMiB,
+      disk_gib: o.diskGiB,
+      snapshot_count: o.snapshotCount,
+      volume_count: o.volumeCount,
+      volume_gib: o.volumeGiB,
+    };
+    // Only the dimensions named in `o` change; `null` resets one to the server default.
+    const set = Object.fromEntries(Object.entries(values).filter(([, v]) => v !== undefined));
+    const now = nowIso();
+    await this.db
+      .insertInto('quota_limits')
+      .values({ org_id: orgId, ...set, updated_at: now })
+      .onConflict((oc) => oc.column('org_id').doUpdateSet({ ...set, updated_at: now }))
+      .execute();
+  }
+
+  getUsage(orgId: string): Promise<QuotaValues> {
+    return readUsage(this.db, orgId);
+  }
+
+  async withOrgLock<T>(orgId: string, fn: (tx: OrgTx) => Promise<T>): Promise<T> {
+    return this.db.transaction().execute(async (trx) => {
+      // Writing the org row first takes SQLite's write lock (so no deferred-transaction upgrade
+      // can fail later) and a row lock in PostgreSQL; concurrent reservations queue here.
+      const res = await trx
+        .updateTable('orgs')
+        .set({ updated_at: nowIso() })
+        .where('id', '=', orgId)
+        .executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) throw new Error(`org ${orgId} does not exist`);
+      const tx: OrgTx = {
+        getQuotaOverrides: () => readQuotaOverrides(trx, orgId),
+        getUsage: () => readUsage(trx, orgId),
+        insertVm: async (vm) => {
+          await trx.insertInto('vms').values(fromVm(vm)).execute();
+        },
+        insertSnapshot: async (s) => {
+          await trx.insertInto('snapshots').values(fromSnapshot(s)).execute();
+        },
+      };
+      return fn(tx);
+    });
+  }
+
+  // ---- VMs ----------------------------------------------------------------------------------
+
+  async getVm(orgId: string, id: string): Promise<VmRecord | undefined> {
+    const row = await this.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('id', '=', id)
+      .where('deleted_at', 'is', null)
+      .executeTakeFirst();
+    return row && toVm(row);
+  }
+
+  async findVmsByName(orgId: string, name: string): Promise<VmRecord[]> {
+    const rows = await this.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('name', '=', name)
+      .where('deleted_at', 'is', null)
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toVm);
+  }
+
+  async listVms(orgId: string): Promise<VmRecord[]> {
+    const rows = await this.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('deleted_at', 'is', null)
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    return rows.map(toVm);
+  }
+
+  async updateVm(
+    id: string,
+    patch: VmPatch,
+    onlyIf?: readonly VmStatus[],
+  ): Promise<VmRecord | undefined> {
+    const set: Partial<VmsTable> = { updated_at: nowIso() };
+    if (patch.name !== undefined) set.name = patch.name;
+    if (patch.status !== undefined) set.status = patch.status;
+    if (patch.error !== undefined) set.error = patch.error;
+    if (patch.firewall !== undefined) set.firewall = JSON.stringify(patch.firewall);
+    if (patch.metadata !== undefined) set.metadata = JSON.stringify(patch.metadata);
+    if (patch.publicIpv6 !== undefined) set.public_ipv6 = patch.publicIpv6;
+    if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
+    let q = this.db.updateTable('vms').set(set).where('id', '=', id);
+    if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
+    const row = await q.returningAll().executeTakeFirst();
+    return row && toVm(row);
+  }
+
+  async listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]> {
+    const rows = await this.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('status', 'in', [...statuses])
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toVm);
+  }
+
+  // ---- snapshots ----------------------------------------------------------------------------
+
+  async getSnapshot(orgId: string, id: string): Promise<SnapshotRecord | undefined> {
+    const row = await this.db
+      .selectFrom('snapshots')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('id', '=', id)
+      .where('deleted_at', 'is', null)
+      .executeTakeFirst();
+    return row && toSnapshot(row);
+  }
+
+  async findSnapshotsByName(orgId: string, name: string): Promise<SnapshotRecord[]> {
+    const rows = await this.db
+      .selectFrom('snapshots')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('name', '=', name)
+      .where('deleted_at', 'is', null)
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toSnapshot);
+  }
+
+  async listSnapshots(orgId: string): Promise<SnapshotRecord[]> {
+    const rows = await this.db
+      .selectFrom('snapshots')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('deleted_at', 'is', null)
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    return rows.map(toSnapshot);
+  }
+
+  async updateSnapshot(
+    id: string,
+    patch: SnapshotPatch,
+    onlyIf?: readonly SnapshotStatus[],
+  ): Promise<SnapshotRecord | undefined> {
+    const set: Partial<SnapshotsTable> = { updated_at: nowIso() };
+    if (patch.name !== undefined) set.name = patch.name;
+    if (patch.status !== undefined) set.status = patch.status;
+    if (patch.error !== undefined) set.error = patch.error;
+    if (patch.metadata !== undefined) set.metadata = JSON.stringify(patch.metadata);
+    if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
+    let q = this.db.updateTable('snapshots').set(set).where('id', '=', id);
+    if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
+    const row = await q.returningAll().executeTakeFirst();
+    return row && toSnapshot(row);
+  }
+
+  async listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]> {
+    const rows = await this.db
+      .selectFrom('snapshots')
+      .selectAll()
+      .where('status', 'in', [...statuses])
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toSnapshot);
+  }
+}
+
+async function readQuotaOverrides(db: Db, orgId: string): Promise<QuotaOverrides> {
+  const row = await db
+    .selectFrom('quota_limits')
+    .selectAll()
+    .where('org_id', '=', orgId)
+    .executeTakeFirst();
+  if (!row) return {};
+  return {
+    vcpu: row.vcpu,
+    memoryMiB: row.memory_mib,
+    diskGiB: row.disk_gib,
+    snapshotCount: row.snapshot_count,
+    volumeCount: row.volume_count,
+    volumeGiB: row.volume_gib,
+  };
+}
+
+/** Usage is always derived from rows, never kept as a counter, so it cannot drift. */
+async function readUsage(db: Db, orgId: string): Promise<QuotaValues> {
+  const vm = await db
+    .selectFrom('vms')
+    .select((eb) => [
+      eb.fn.coalesce(eb.fn.sum<number>('cpu'), eb.lit(0)).as('vcpu'),
+      eb.fn.coalesce(eb.fn.sum<number>('memory_mib'), eb.lit(0)).as('memory'),
+      eb.fn.coalesce(eb.fn.sum<number>('disk_gib'), eb.lit(0)).as('disk'),
+    ])
+    .where('org_id', '=', orgId)
+    .where('deleted_at', 'is', null)
+    .where('status', 'in', [...VM_STATUSES_USING_QUOTA])
+    .executeTakeFirstOrThrow();
+  const snap = await db
+    .selectFrom('snapshots')
+    .select((eb) => eb.fn.countAll().as('n'))
+    .where('org_id', '=', orgId)
+    .where('deleted_at', 'is', null)
+    .where('status', 'in', [...SNAPSHOT_STATUSES_USING_QUOTA])
+    .executeTakeFirstOrThrow();
+  // PostgreSQL returns SUM/COUNT as bigint strings.
+  return {
+    vcpu: Number(vm.vcpu),
+    memoryMiB: Number(vm.memory),
+    diskGiB: Number(vm.disk),
+    snapshotCount: Number(snap.n),
+    volumeCount: 0,
+    volumeGiB: 0,
+  };
+}
+
+function toApiKey(row: Selectable<Database['api_keys']>): ApiKeyRecord {
+  return {
+    id: row.id,
+    orgId: row.org_id,
+    name: row.name,
+    prefix: row.key_prefix,
+    createdAt: row.created_at,
+    revokedAt: row.revoked_at,
+  };
+}
+
+function toVm(row: Selectable<VmsTable>): VmRecord {
+  return {
+    id: row.id,
+    orgId: row.org_id,
+    name: row.name,
+    machine: row.machine as MachineTypeName,
+    cpu: Number(row.cpu),
+    memoryMiB: Number(row.memory_mib),
+    diskGiB: Number(row.disk_gib),
+    status: row.status as VmStatus,
+    error: row.error,
+    sourceSnapshotId: row.source_snapshot_id,
+    sourceName: row.source_name,
+    firewall: JSON.parse(row.firewall) as FirewallPolicy,
+    metadata: JSON.parse(row.metadata) as Metadata,
+    publicIpv6: row.public_ipv6,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    deletedAt: row.deleted_at,
+  };
+}
+
+function fromVm(vm: VmRecord): VmsTable {
+  return {
+    id: vm.id,
+    org_id: vm.orgId,
+    name: vm.name,
+    machine: vm.machine,
+    cpu: vm.cpu,
+    memory_mib: vm.memoryMiB,
+    disk_gib: vm.diskGiB,
+    status: vm.status,
+    error: vm.error,
+    source_snapshot_id: vm.sourceSnapshotId,
+    source_name: vm.sourceName,
+    firewall: JSON.stringify(vm.firewall),
+    metadata: JSON.stringify(vm.metadata),
+    public_ipv6: vm.publicIpv6,
+    created_at: vm.createdAt,
+    updated_at: vm.updatedAt,
+    deleted_at: vm.deletedAt,
+  };
+}
+
+function toSnapshot(row: Selectable<SnapshotsTable>): SnapshotRecord {
+  return {
+    id: row.id,
+    orgId: row.org_id,
+    vmId: row.vm_id,
+    name: row.name,
+    status: row.status as SnapshotStatus,
+    error: row.error,
+    machine: row.machine as MachineTypeName,
+    cpu: Number(row.cpu),
+    memoryMiB: Number(row.memory_mib),
+    diskGiB: Number(row.disk_gib),
+    firewall: JSON.parse(row.firewall) as FirewallPolicy,
+    metadata: JSON.parse(row.metadata) as Metadata,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    deletedAt: row.deleted_at,
+  };
+}
+
+function fromSnapshot(s: SnapshotRecord): SnapshotsTable {
+  return {
+    id: s.id,
+    org_id: s.orgId,
+    vm_id: s.vmId,
+    name: s.name,
+    status: s.status,
+    error: s.error,
+    machine: s.machine,
+    cpu: s.cpu,
+    memory_mib: s.memoryMiB,
+    disk_gib: s.diskGiB,
+    firewall: JSON.stringify(s.firewall),
+    metadata: JSON.stringify(s.metadata),
+    created_at: s.createdAt,
+    updated_at: s.updatedAt,
+    deleted_at: s.deletedAt,
+  };
+}

@@ -1,0 +1,122 @@
+/**
+ * Versioned schema migrations, applied in name order by Kysely's `Migrator` at startup (and by
+ * the admin commands). Never edit a released migration; add a new one.
+ * @module
+ */
+import { Migrator, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- migrations run against an unknown schema */
+const migrations: Record<string, Migration> = {
+  '0001_initial': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('orgs')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('api_keys')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('org_id', 'text', (c) => c.notNull().references('orgs.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('key_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('key_prefix', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('revoked_at', 'text')
+        .execute();
+
+      await db.schema
+        .createTable('quota_limits')
+        .addColumn('org_id', 'text', (c) => c.primaryKey().references('orgs.id'))
+        .addColumn('vcpu', 'integer')
+        .addColumn('memory_mib', 'integer')
+        .addColumn('disk_gib', 'integer')
+        .addColumn('snapshot_count', 'integer')
+        .addColumn('volume_count', 'integer')
+        .addColumn('volume_gib', 'integer')
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('vms')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('org_id', 'text', (c) => c.notNull().references('orgs.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('machine', 'text', (c) => c.notNull())
+        .addColumn('cpu', 'integer', (c) => c.notNull())
+        .addColumn('memory_mib', 'integer', (c) => c.notNull())
+        .addColumn('disk_gib', 'integer', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('error', 'text')
+        .addColumn('source_snapshot_id', 'text')
+        .addColumn('source_name', 'text', (c) => c.notNull().defaultTo(''))
+        .addColumn('firewall', 'text', (c) => c.notNull())
+        .addColumn('metadata', 'text', (c) => c.notNull())
+        .addColumn('public_ipv6', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addColumn('deleted_at', 'text')
+        .execute();
+      await db.schema
+        .createIndex('vms_org_live')
+        .on('vms')
+        .columns(['org_id', 'deleted_at'])
+        .execute();
+      await db.schema.createIndex('vms_org_name').on('vms').columns(['org_id', 'name']).execute();
+      await db.schema.createIndex('vms_status').on('vms').column('status').execute();
+
+      await db.schema
+        .createTable('snapshots')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('org_id', 'text', (c) => c.notNull().references('orgs.id'))
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('error', 'text')
+        .addColumn('machine', 'text', (c) => c.notNull())
+        .addColumn('cpu', 'integer', (c) => c.notNull())
+        .addColumn('memory_mib', 'integer', (c) => c.notNull())
+        .addColumn('disk_gib', 'integer', (c) => c.notNull())
+        .addColumn('firewall', 'text', (c) => c.notNull())
+        .addColumn('metadata', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addColumn('deleted_at', 'text')
+        .execute();
+      await db.schema
+        .createIndex('snapshots_org_live')
+        .on('snapshots')
+        .columns(['org_id', 'deleted_at'])
+        .execute();
+      await db.schema
+        .createIndex('snapshots_org_name')
+        .on('snapshots')
+        .columns(['org_id', 'name'])
+        .execute();
+      await db.schema.createIndex('snapshots_status').on('snapshots').column('status').execute();
+    },
+  },
+};
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+const provider: MigrationProvider = {
+  async getMigrations() {
+    return migrations;
+  },
+};
+
+/** Applies pending migrations; returns the names applied. Throws if one fails. */
+export async function migrateToLatest<DB>(db: Kysely<DB>): Promise<string[]> {
+  const migrator = new Migrator({ db, provider });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    throw new Error(`database migration failed: ${String(error)}`, { cause: error });
+  }
+  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+}
+
+/** Names of all migrations this build knows, in order. */
+export const MIGRATION_NAMES: readonly string[] = Object.keys(migrations).sort();

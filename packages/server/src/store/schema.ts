@@ -1,0 +1,81 @@
+/**
+ * Kysely table types. Columns are portable between SQLite and PostgreSQL: ids and timestamps are
+ * text (RFC 3339 UTC), JSON documents are text, sizes are integers.
+ * @module
+ */
+export interface OrgsTable {
+  id: string;
+  name: string;
+  created_at: string;
+  /** Touched by every quota reservation: the row lock that serialises them (see `withOrgLock`). */
+  updated_at: string;
+}
+
+export interface ApiKeysTable {
+  id: string;
+  org_id: string;
+  name: string;
+  /** Hex SHA-256 of the whole key; the key itself is never stored. */
+  key_hash: string;
+  key_prefix: string;
+  created_at: string;
+  revoked_at: string | null;
+}
+
+/** Per-org overrides; a null column means "use the server default". */
+export interface QuotaLimitsTable {
+  org_id: string;
+  vcpu: number | null;
+  memory_mib: number | null;
+  disk_gib: number | null;
+  snapshot_count: number | null;
+  volume_count: number | null;
+  volume_gib: number | null;
+  updated_at: string;
+}
+
+export interface VmsTable {
+  id: string;
+  org_id: string;
+  name: string;
+  machine: string;
+  cpu: number;
+  memory_mib: number;
+  disk_gib: number;
+  status: string;
+  error: string | null;
+  source_snapshot_id: string | null;
+  source_name: string;
+  firewall: string;
+  metadata: string;
+  public_ipv6: string | null;
+  created_at: string;
+  updated_at: string;
+  deleted_at: string | null;
+}
+
+export interface SnapshotsTable {
+  id: string;
+  org_id: string;
+  vm_id: string;
+  name: string;
+  status: string;
+  error: string | null;
+  machine: string;
+  cpu: number;
+  memory_mib: number;
+  disk_gib: number;
+  firewall: string;
+  metadata: string;
+  created_at: string;
+  updated_at: string;
+  deleted_at: string | null;
+}
+
+export interface Database {
+  orgs: OrgsTable;
+  api_keys: ApiKeysTable;
+  quota_limits: QuotaLimitsTable;
+  vms: VmsTable;
+  snapshots: SnapshotsTable;
+}

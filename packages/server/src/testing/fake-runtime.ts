@@ -1,0 +1,504 @@
+/**
+ * FakeRuntime: an in-memory stand-in for `QemuRuntime`, for HTTP-layer tests, SDK tests and
+ * demos (`serve --fake-runtime`). It boots nothing. Delays and failures are configurable, and
+ * `exec` understands a handful of shell commands (`echo`, `printf`, `cat`, `sleep`, `exit N`,
+ * `true`, `false`, `head -c N /dev/zero`, `hostname`, `uname`) joined with `;`, `&&`, `||`, with
+ * `>&2` redirects. With `stateFile`, VMs and snapshots persist across processes, so a restarted
+ * server can re-adopt "surviving" VMs the way it re-adopts QEMU processes.
+ * @module
+ */
+import fs from 'node:fs';
+import type {
+  AdoptResult,
+  ExecRequest,
+  ExecResult,
+  LaunchOptions,
+  MachineType,
+  RestoreOptions,
+  Runtime,
+  SnapshotInfo,
+  VmInfo,
+} from '@fastvm/runtime';
+
+const MACHINES: Record<MachineType, { vcpus: number; memoryMiB: number }> = {
+  c1m2: { vcpus: 1, memoryMiB: 2048 },
+  c2m4: { vcpus: 2, memoryMiB: 4096 },
+  c4m8: { vcpus: 4, memoryMiB: 8192 },
+  c8m16: { vcpus: 8, memoryMiB: 16384 },
+};
+
+/** Error shaped like the runtime's `RuntimeError` (`name` + `code`), which the server maps. */
+export class FakeRuntimeError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'RuntimeError';
+  }
+}
+
+/** A failure to inject: an error to throw, or a function choosing one per call. */
+export type FakeFailure<A> = Error | ((arg: A) => Error | undefined);
+
+export interface FakeRuntimeOptions {
+  launchDelayMs?: number;
+  restoreDelayMs?: number;
+  snapshotDelayMs?: number;
+  destroyDelayMs?: number;
+  /** Persist VMs and snapshots to this JSON file (for multi-process tests and demos). */
+  stateFile?: string;
+}
+
+interface FakeVm {
+  info: VmInfo;
+  hostname: string;
+  /** Files written by `cat > path` would go here; kept for snapshot/restore fidelity. */
+  files: Record<string, string>;
+}
+
+interface PersistedState {
+  vms: FakeVm[];
+  snapshots: Array<SnapshotInfo & { files: Record<string, string>; hostname: string }>;
+}
+
+/** One call the fake received, for assertions. */
+export interface FakeCall {
+  method: string;
+  args: unknown[];
+}
+
+export class FakeRuntime implements Runtime {
+  launchDelayMs: number;
+  restoreDelayMs: number;
+  snapshotDelayMs: number;
+  destroyDelayMs: number;
+  failLaunch: FakeFailure<LaunchOptions> | undefined;
+  failRestore: FakeFailure<RestoreOptions> | undefined;
+  failSnapshot: FakeFailure<string> | undefined;
+  failExec: FakeFailure<ExecRequest> | undefined;
+  failDestroy: FakeFailure<string> | undefined;
+  /** Every call, oldest first. */
+  readonly calls: FakeCall[] = [];
+
+  private readonly vms = new Map<string, FakeVm>();
+  private readonly snapshots = new Map<
+    string,
+    SnapshotInfo & { files: Record<string, string>; hostname: string }
+  >();
+  private readonly exitListeners = new Set<(vmId: string, reason: string) => void>();
+  private nextPid = 40_000;
+  private readonly stateFile: string | undefined;
+
+  constructor(opts: FakeRuntimeOptions = {}) {
+    this.launchDelayMs = opts.launchDelayMs ?? 0;
+    this.restoreDelayMs = opts.restoreDelayMs ?? 0;
+    this.snapshotDelayMs = opts.snapshotDelayMs ?? 0;
+    this.destroyDelayMs = opts.destroyDelayMs ?? 0;
+    this.stateFile = opts.stateFile;
+    if (this.stateFile && fs.existsSync(this.stateFile)) {
+      const state = JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as PersistedState;
+      for (const vm of state.vms) this.vms.set(vm.info.id, vm);
+      for (const s of state.snapshots) this.snapshots.set(s.id, s);
+    }
+  }
+
+  async launch(opts: LaunchOptions): Promise<VmInfo> {
+    this.calls.push({ method: 'launch', args: [opts] });
+    await delay(this.launchDelayMs);
+    throwIf(this.failLaunch, opts);
+    if (!Object.hasOwn(MACHINES, opts.machine)) {
+      throw new FakeRuntimeError('invalid_argument', `unknown machine ${opts.machine}`);
+    }
+    this.assertFreeId(opts.id);
+    const spec = MACHINES[opts.machine];
+    const info: VmInfo = {
+      id: opts.id,
+      machine: opts.machine,
+      vcpus: spec.vcpus,
+      memoryMiB: spec.memoryMiB,
+      diskGiB: opts.diskGiB ?? 10,
+      state: 'running',
+      pid: this.nextPid++,
+    };
+    this.vms.set(opts.id, { info, hostname: opts.hostname ?? opts.id, files: {} });
+    this.persist();
+    return info;
+  }
+
+  async restore(opts: RestoreOptions): Promise<VmInfo> {
+    this.calls.push({ method: 'restore', args: [opts] });
+    await delay(this.restoreDelayMs);
+    throwIf(this.failRestore, opts);
+    const snap = this.snapshots.get(opts.snapshotId);
+    if (!snap) {
+      throw new FakeRuntimeError('snapshot_not_found', `snapshot ${opts.snapshotId} not found`);
+    }
+    this.assertFreeId(opts.id);
+    const spec = MACHINES[snap.machine];
+    const info: VmInfo = {
+      id: opts.id,
+      machine: snap.machine,
+      vcpus: spec.vcpus,
+      memoryMiB: spec.memoryMiB,
+      diskGiB: snap.diskGiB,
+      state: 'running',
+      pid: this.nextPid++,
+      snapshotId: snap.id,
+    };
+    this.vms.set(opts.id, {
+      info,
+      hostname: opts.hostname ?? snap.hostname,
+      files: { ...snap.files },
+    });
+    this.persist();
+    return info;
+  }
+
+  async snapshot(vmId: string, snapshotId: string): Promise<SnapshotInfo> {
+    this.calls.push({ method: 'snapshot', args: [vmId, snapshotId] });
+    const vm = this.requireRunning(vmId);
+    const started = Date.now();
+    await delay(this.snapshotDelayMs);
+    throwIf(this.failSnapshot, vmId);
+    const info: SnapshotInfo = {
+      id: snapshotId,
+      vmId,
+      machine: vm.info.machine,
+      diskGiB: vm.info.diskGiB,
+      pauseMs: Math.min(5, Date.now() - started),
+      totalMs: Date.now() - started,
+    };
+    this.snapshots.set(snapshotId, { ...info, files: { ...vm.files }, hostname: vm.hostname });
+    this.persist();
+    return info;
+  }
+
+  async exec(vmId: string, req: ExecRequest): Promise<ExecResult> {
+    this.calls.push({ method: 'exec', args: [vmId, { ...req, signal: undefined }] });
+    const vm = this.requireRunning(vmId);
+    throwIf(this.failExec, req);
+    const started = Date.now();
+    const cap = req.capBytes ?? 0;
+    const out = new Capture(cap, req.onStdout);
+    const err = new Capture(cap, req.onStderr);
+    const stop = new AbortController();
+    let timedOut = false;
+    const timer =
+      req.timeoutMs && req.timeoutMs > 0
+        ? setTimeout(() => {
+            timedOut = true;
+            stop.abort();
+          }, req.timeoutMs)
+        : undefined;
+    const onAbort = (): void => stop.abort();
+    req.signal?.addEventListener('abort', onAbort, { once: true });
+    if (req.signal?.aborted) stop.abort();
+    let exitCode: number;
+    try {
+      const shell = new MiniShell(
+        vm,
+        out,
+        err,
+        Buffer.from(req.stdin ?? new Uint8Array()),
+        stop.signal,
+      );
+      exitCode = await shell.runArgv([...req.argv]);
+      if (stop.signal.aborted) exitCode = 137;
+    } finally {
+      clearTimeout(timer);
+      req.signal?.removeEventListener('abort', onAbort);
+    }
+    return {
+      exitCode,
+      stdout: out.buffer(),
+      stderr: err.buffer(),
+      timedOut,
+      stdoutTruncated: out.truncated,
+      stderrTruncated: err.truncated,
+      durationMs: Date.now() - started,
+    };
+  }
+
+  async destroy(vmId: string): Promise<void> {
+    this.calls.push({ method: 'destroy', args: [vmId] });
+    await delay(this.destroyDelayMs);
+    throwIf(this.failDestroy, vmId);
+    this.vms.delete(vmId);
+    this.persist();
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    this.calls.push({ method: 'deleteSnapshot', args: [snapshotId] });
+    this.snapshots.delete(snapshotId);
+    this.persist();
+  }
+
+  async hasSnapshot(snapshotId: string): Promise<boolean> {
+    return this.snapshots.has(snapshotId);
+  }
+
+  get(vmId: string): VmInfo | undefined {
+    return this.vms.get(vmId)?.info;
+  }
+
+  async adopt(vmIds: readonly string[]): Promise<AdoptResult> {
+    this.calls.push({ method: 'adopt', args: [[...vmIds]] });
+    const wanted = new Set(vmIds);
+    const adopted = vmIds.filter((id) => this.vms.has(id));
+    const lost = vmIds.filter((id) => !this.vms.has(id));
+    const orphans = [...this.vms.keys()].filter((id) => !wanted.has(id));
+    for (const id of orphans) this.vms.delete(id);
+    this.persist();
+    return { adopted, lost, orphans };
+  }
+
+  onExit(listener: (vmId: string, reason: string) => void): () => void {
+    this.exitListeners.add(listener);
+    return () => this.exitListeners.delete(listener);
+  }
+
+  async detach(): Promise<void> {
+    this.calls.push({ method: 'detach', args: [] });
+  }
+
+  async destroyAll(): Promise<void> {
+    this.calls.push({ method: 'destroyAll', args: [] });
+    this.vms.clear();
+    this.persist();
+  }
+
+  // ---- test controls ----------------------------------------------------------------------
+
+  /** Simulates QEMU dying: the VM disappears and exit listeners are told. */
+  crash(vmId: string, reason = 'killed by signal 9'): void {
+    if (!this.vms.delete(vmId)) return;
+    this.persist();
+    for (const l of this.exitListeners) l(vmId, reason);
+  }
+
+  /** Simulates a VM lost while no server was watching (no exit event). */
+  forget(vmId: string): void {
+    this.vms.delete(vmId);
+    this.persist();
+  }
+
+  /** Simulates snapshot data vanishing from disk. */
+  forgetSnapshot(snapshotId: string): void {
+    this.snapshots.delete(snapshotId);
+    this.persist();
+  }
+
+  /** Ids of the VMs the fake currently runs. */
+  runningVmIds(): string[] {
+    return [...this.vms.keys()];
+  }
+
+  snapshotIds(): string[] {
+    return [...this.snapshots.keys()];
+  }
+
+  // ---- internals ---------------------------------------------------------------------------
+
+  private requireRunning(vmId: string): FakeVm {
+    const vm = this.vms.get(vmId);
+    if (!vm) throw new FakeRuntimeError('not_found', `VM ${vmId} is not running`);
+    return vm;
+  }
+
+  private assertFreeId(id: string): void {
+    if (this.vms.has(id)) throw new FakeRuntimeError('invalid_argument', `VM ${id} already exists`);
+  }
+
+  private persist(): void {
+    if (!this.stateFile) return;
+    const state: PersistedState = {
+      vms: [...this.vms.values()],
+      snapshots: [...this.snapshots.values()],
+    };
+    const tmp = `${this.stateFile}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify(state));
+    fs.renameSync(tmp, this.stateFile);
+  }
+}
+
+function throwIf<A>(failure: FakeFailure<A> | undefined, arg: A): void {
+  if (!failure) return;
+  const err = failure instanceof Error ? failure : failure(arg);
+  if (err) throw err;
+}
+
+function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  if (ms <= 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** Keeps at most `cap` bytes (0 = all) while passing every chunk to `sink`. */
+class Capture {
+  private readonly chunks: Buffer[] = [];
+  private kept = 0;
+  truncated = false;
+
+  constructor(
+    private readonly cap: number,
+    private readonly sink?: (chunk: Buffer) => void,
+  ) {}
+
+  write(data: string | Buffer): void {
+    const chunk = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    if (chunk.length === 0) return;
+    this.sink?.(chunk);
+    if (this.cap > 0 && this.kept + chunk.length > this.cap) {
+      const room = this.cap - this.kept;
+      if (room > 0) this.chunks.push(chunk.subarray(0, room));
+      this.kept = this.cap;
+      this.truncated = true;
+      return;
+    }
+    this.chunks.push(chunk);
+    this.kept += chunk.length;
+  }
+
+  buffer(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+}
+
+/** Just enough shell to exercise exec paths; not a real shell. */
+class MiniShell {
+  constructor(
+    private readonly vm: FakeVm,
+    private readonly out: Capture,
+    private readonly err: Capture,
+    private stdin: Buffer,
+    private readonly signal: AbortSignal,
+  ) {}
+
+  async runArgv(argv: string[]): Promise<number> {
+    const [cmd, ...args] = argv;
+    if ((cmd === 'sh' || cmd === 'bash' || cmd === '/bin/sh') && args[0] === '-c') {
+      return this.runScript(args[1] ?? '');
+    }
+    return this.runCommand(cmd ?? '', args, this.out);
+  }
+
+  private async runScript(script: string): Promise<number> {
+    let status = 0;
+    let skip = false;
+    for (const { words, op } of parseScript(script)) {
+      if (this.signal.aborted) return 137;
+      if (!skip && words.length > 0) {
+        let target = this.out;
+        const last = words[words.length - 1];
+        if (last === '>&2' || last === '1>&2') {
+          words.pop();
+          target = this.err;
+        }
+        const [cmd, ...args] = words;
+        if (cmd === 'exit') return Number(args[0] ?? status) & 0xff;
+        status = await this.runCommand(cmd ?? '', args, target);
+      }
+      skip = (op === '&&' && status !== 0) || (op === '||' && status === 0);
+    }
+    return status;
+  }
+
+  private async runCommand(cmd: string, args: string[], out: Capture): Promise<number> {
+    switch (cmd) {
+      case 'echo': {
+        const noNewline = args[0] === '-n';
+        const words = noNewline ? args.slice(1) : args;
+        out.write(words.join(' ') + (noNewline ? '' : '\n'));
+        return 0;
+      }
+      case 'printf':
+        out.write((args[0] ?? '').replace(/\\n/g, '\n').replace(/\\t/g, '\t'));
+        return 0;
+      case 'cat':
+        out.write(this.stdin);
+        this.stdin = Buffer.alloc(0);
+        return 0;
+      case 'sleep':
+        await delay(Number(args[0] ?? 0) * 1000, this.signal);
+        return this.signal.aborted ? 137 : 0;
+      case 'true':
+        return 0;
+      case 'false':
+        return 1;
+      case 'hostname':
+        out.write(this.vm.hostname + '\n');
+        return 0;
+      case 'uname':
+        out.write('Linux fastvm-fake 6.1.0 x86_64 GNU/Linux\n');
+        return 0;
+      case 'head':
+        if (args[0] === '-c' && (args[2] === '/dev/zero' || args[2] === '/dev/urandom')) {
+          let left = Number(args[1] ?? 0);
+          while (left > 0) {
+            const n = Math.min(left, 1 << 20);
+            out.write(Buffer.alloc(n, args[2] === '/dev/zero' ? 0 : 0x61));
+            left -= n;
+          }
+          return 0;
+        }
+        break;
+      case 'exit':
+        return Number(args[0] ?? 0) & 0xff;
+      default:
+        break;
+    }
+    this.err.write(`sh: 1: ${cmd}: not found\n`);
+    return 127;
+  }
+}
+
+/** Splits a script into commands at `;`, `&&`, `||` and newlines, honouring quotes. */
+function parseScript(script: string): Array<{ words: string[]; op: string }> {
+  const commands: Array<{ words: string[]; op: string }> = [];
+  let words: string[] = [];
+  let word = '';
+  let inWord = false;
+  let quote: '"' | "'" | null = null;
+  const endWord = (): void => {
+    if (inWord) words.push(word);
+    word = '';
+    inWord = false;
+  };
+  const endCommand = (op: string): void => {
+    endWord();
+    commands.push({ words, op });
+    words = [];
+  };
+  for (let i = 0; i < script.length; i++) {
+    const c = script[i] as string;
+    if (quote) {
+      if (c === quote) quote = null;
+      else word += c;
+      continue;
+    }
+    if (c === '"' || c === "'") {
+      quote = c;
+      inWord = true;
+    } else if (c === ';' || c === '\n') {
+      endCommand(';');
+    } else if ((c === '&' || c === '|') && script[i + 1] === c) {
+      endCommand(c + c);
+      i++;
+    } else if (c === ' ' || c === '\t') {
+      endWord();
+    } else {
+      word += c;
+      inWord = true;
+    }
+  }
+  endCommand(';');
+  return commands;
+}

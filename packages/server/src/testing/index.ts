@@ -1,0 +1,6 @@
+/**
+ * Test doubles shipped with the server (`@fastvm/server/testing`).
+ * @module
+ */
+export { FakeRuntime, FakeRuntimeError } from './fake-runtime.js';
+export type { FakeCall, FakeFailure, FakeRuntimeOptions } from './fake-runtime.js';
