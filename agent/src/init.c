@@ -1,10 +1,12 @@
 #include "init.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <net/if.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -86,6 +88,23 @@ static void hostname_from_file(void)
 		agent_log("sethostname: %s", strerror(errno));
 }
 
+/* Inherited descriptors (a test harness's IPC channel, say) must not leak into commands. */
+static void cloexec_inherited_fds(void)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	struct dirent *de;
+
+	if (!dir)
+		return;
+	while ((de = readdir(dir)) != NULL) {
+		int fd = atoi(de->d_name);
+
+		if (fd > STDERR_FILENO && fd != dirfd(dir))
+			(void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+	}
+	closedir(dir);
+}
+
 void ensure_std_fds(void)
 {
 	for (int fd = 0; fd <= 2; fd++) {
@@ -102,6 +121,7 @@ void ensure_std_fds(void)
 			close(n);
 		}
 	}
+	cloexec_inherited_fds();
 }
 
 void init_system(void)

@@ -10,7 +10,8 @@
 void init_system(void);
 
 /* Makes sure descriptors 0, 1 and 2 are open (on /dev/null if need be), so that no pipe or socket
- * the agent opens later can land on them. */
+ * the agent opens later can land on them, and marks every other inherited descriptor
+ * close-on-exec. */
 void ensure_std_fds(void);
 
 #endif
