@@ -148,8 +148,20 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
   if (typeof create !== 'function') {
     throw new Error('@fastvm/runtime does not export createQemuRuntime; use --fake-runtime');
   }
-  const factory = create as (opts: { dataDir: string; logger: Logger }) => Promise<Runtime>;
-  return factory({ dataDir: path.join(config.dataDir, 'runtime'), logger });
+  const factory = create as (opts: {
+    dataDir: string;
+    logger: Logger;
+    log: (msg: string) => void;
+    prewarm: string[];
+  }) => Promise<Runtime>;
+  const runtimeLogger = logger.child({ component: 'runtime' });
+  return factory({
+    dataDir: path.join(config.dataDir, 'runtime'),
+    logger: runtimeLogger,
+    log: (msg) => runtimeLogger.info(msg),
+    // The CLI's default machine: build its golden snapshot at start so first launches are fast.
+    prewarm: ['c1m2'],
+  });
 }
 
 // ---- admin ----------------------------------------------------------------------------------

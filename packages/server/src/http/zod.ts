@@ -47,7 +47,7 @@ export const zodValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema,
   return (data: unknown) => {
     // Body-less requests (Python sends Content-Type: application/json with no body) validate
     // as an empty object, so every body schema sees an object.
-    const input = httpPart === 'body' && data === undefined ? {} : data;
+    const input = httpPart === 'body' && (data === undefined || data === null) ? {} : data;
     const result = schema.safeParse(input);
     if (result.success) return { value: result.data };
     return { error: zodToApiError(result.error, httpPart ?? 'request') };

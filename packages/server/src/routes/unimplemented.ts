@@ -11,7 +11,7 @@ import { ErrorBody, IdParams } from '../schemas.js';
 import { requireAuth } from './util.js';
 
 /** [method, path, feature] of VM-scoped endpoints not implemented yet. */
-const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
+export const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
   ['POST', '/v1/vms/:id/pause', 'pause'],
   ['POST', '/v1/vms/:id/resume', 'resume'],
   ['POST', '/v1/vms/:id/ttl/refresh', 'VM TTL'],
@@ -32,7 +32,7 @@ const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
 ];
 
 /** [method, path, feature] of org-level endpoints not implemented yet. */
-const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
+export const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
   ['POST', '/v1/snapshot-imports', 'snapshot imports'],
   ['GET', '/v1/snapshot-imports', 'snapshot imports'],
   ['POST', '/v1/snapshot-imports/context-presign', 'snapshot imports'],

@@ -21,9 +21,6 @@ import {
 import { metadataFilters, presentVm } from './present.js';
 import { requireAuth, wantsNdjson } from './util.js';
 
-/** Output kept per stream in the runtime while streaming (everything goes to the callbacks). */
-const STREAM_RESULT_CAP_BYTES = 64 * 1024;
-
 export default async function vmRoutes(
   app: App,
   opts: { services: AppServices; execBodyLimit: number },
@@ -164,7 +161,8 @@ export default async function vmRoutes(
       vms
         .runExec(prepared, {
           signal: abort.signal,
-          capBytes: STREAM_RESULT_CAP_BYTES,
+          // No cap: the agent forwards every byte to the callbacks (contract: NDJSON is uncapped).
+          capBytes: 0,
           onStdout: (chunk) => emit({ t: 'o', d: chunk.toString('base64') }),
           onStderr: (chunk) => emit({ t: 'e', d: chunk.toString('base64') }),
         })
@@ -181,6 +179,7 @@ export default async function vmRoutes(
           },
           (err: unknown) => {
             running = false;
+            if (abort.signal.aborted) return; // client went away; the command was killed
             request.log.warn({ err }, 'streaming exec failed');
             // The 200 is already on the wire: cut the stream so the client sees a failure
             // instead of a made-up exit event.

@@ -329,6 +329,12 @@ export class VmService {
         ...(streams.onStderr ? { onStderr: streams.onStderr } : {}),
       });
     } catch (err) {
+      if (streams.signal?.aborted) {
+        // Nobody is listening any more; keep it out of the 5xx logs.
+        throw new ApiError('bad_request', 'exec aborted: the client disconnected', {}, false, {
+          cause: err,
+        });
+      }
       throw toApiError(err, 'exec', { vmId: prepared.vm.id });
     }
   }

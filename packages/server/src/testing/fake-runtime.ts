@@ -3,7 +3,8 @@
  * demos (`serve --fake-runtime`). It boots nothing. Delays and failures are configurable, and
  * `exec` understands a handful of shell commands (`echo`, `printf`, `cat`, `sleep`, `exit N`,
  * `true`, `false`, `head -c N /dev/zero`, `hostname`, `uname`) joined with `;`, `&&`, `||`, with
- * `>&2` redirects. With `stateFile`, VMs and snapshots persist across processes, so a restarted
+ * `>&2` redirects. Like the guest agent, `capBytes` limits what is both kept and streamed, a
+ * timeout resolves with `timedOut` (exit 137), and aborting the signal rejects. With `stateFile`, VMs and snapshots persist across processes, so a restarted
  * server can re-adopt "surviving" VMs the way it re-adopts QEMU processes.
  * @module
  */
@@ -341,7 +342,7 @@ function delay(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** Keeps at most `cap` bytes (0 = all) while passing every chunk to `sink`. */
+/** Keeps and forwards to `sink` at most `cap` bytes (0 = unlimited), flagging the rest. */
 class Capture {
   private readonly chunks: Buffer[] = [];
   private kept = 0;
@@ -353,18 +354,17 @@ class Capture {
   ) {}
 
   write(data: string | Buffer): void {
-    const chunk = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    let chunk = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
     if (chunk.length === 0) return;
-    this.sink?.(chunk);
+    // Like the guest agent: only the first `cap` bytes are kept *and* forwarded.
     if (this.cap > 0 && this.kept + chunk.length > this.cap) {
-      const room = this.cap - this.kept;
-      if (room > 0) this.chunks.push(chunk.subarray(0, room));
-      this.kept = this.cap;
       this.truncated = true;
-      return;
+      chunk = chunk.subarray(0, this.cap - this.kept);
+      if (chunk.length === 0) return;
     }
     this.chunks.push(chunk);
     this.kept += chunk.length;
+    this.sink?.(chunk);
   }
 
   buffer(): Buffer {
