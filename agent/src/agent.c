@@ -298,31 +298,29 @@ static void serve(struct agent *a)
 
 static void parse_args(int argc, char **argv, struct options *o)
 {
+	/* As init, the kernel passes unknown boot parameters as arguments: never exit over them. */
+	bool init = getpid() == 1;
+
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i];
 		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
 
-		if (strcmp(arg, "--version") == 0) {
+		if (strcmp(arg, "--unix") == 0 && val) {
+			o->unix_path = argv[++i];
+		} else if (strcmp(arg, "--root") == 0 && val) {
+			o->root = argv[++i];
+		} else if (strcmp(arg, "--ip") == 0 && val) {
+			o->ip = argv[++i];
+		} else if (strcmp(arg, "--stall-ms") == 0 && val) {
+			o->stall_ms = strtoll(argv[++i], NULL, 10);
+		} else if (init) {
+			continue;
+		} else if (strcmp(arg, "--version") == 0) {
 			printf("fastvm-agent %s (protocol %u)\n", AGENT_VERSION, PROTOCOL_VERSION);
 			exit(0);
 		} else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
 			usage(stdout);
 			exit(0);
-		} else if (strcmp(arg, "--unix") == 0 && val) {
-			o->unix_path = val;
-			i++;
-		} else if (strcmp(arg, "--root") == 0 && val) {
-			o->root = val;
-			i++;
-		} else if (strcmp(arg, "--ip") == 0 && val) {
-			o->ip = val;
-			i++;
-		} else if (strcmp(arg, "--stall-ms") == 0 && val) {
-			o->stall_ms = strtoll(val, NULL, 10);
-			i++;
-		} else if (getpid() == 1) {
-			/* The kernel passes unknown boot parameters to init: ignore them. */
-			continue;
 		} else {
 			usage(stderr);
 			exit(2);

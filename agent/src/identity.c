@@ -209,12 +209,22 @@ static int parse(struct identity *id, const uint8_t *p, uint32_t len, char *err,
 
 /* ---- files ---- */
 
+/* Appends "127.0.1.1\tNAME\n". Returns 0 or -1 (ENOMEM). */
+static int append_hosts_line(struct buf *out, const char *name)
+{
+	if (buf_append(out, "127.0.1.1\t", 10) < 0 || buf_append(out, name, strlen(name)) < 0 ||
+	    buf_append(out, "\n", 1) < 0)
+		return -1;
+	return 0;
+}
+
 /* Points 127.0.1.1 at the new hostname in /etc/hosts. Best effort: failures are only logged. */
 static void update_hosts(const char *root, const char *name)
 {
 	char path[PATH_MAX], old[16384];
 	struct buf out = {0};
 	bool found = false;
+	int rc = 0;
 	ssize_t n;
 
 	snprintf(path, sizeof(path), "%s/etc/hosts", root);
@@ -229,30 +239,23 @@ static void update_hosts(const char *root, const char *name)
 	}
 	if (n < 0)
 		old[0] = '\0';
-	for (char *line = old; *line;) {
+	for (char *line = old; *line && rc == 0;) {
 		char *nl = strchr(line, '\n');
 		size_t ll = nl ? (size_t)(nl - line) : strlen(line);
 
 		if (ll >= 9 && strncmp(line, "127.0.1.1", 9) == 0 &&
 		    (ll == 9 || line[9] == ' ' || line[9] == '\t')) {
-			if (!found) {
-				buf_append(&out, "127.0.1.1\t", 10);
-				buf_append(&out, name, strlen(name));
-				buf_append(&out, "\n", 1);
-			}
+			if (!found)
+				rc = append_hosts_line(&out, name);
 			found = true; /* later duplicates are dropped */
-		} else {
-			buf_append(&out, line, ll);
-			buf_append(&out, "\n", 1);
+		} else if (buf_append(&out, line, ll) < 0 || buf_append(&out, "\n", 1) < 0) {
+			rc = -1;
 		}
 		line += ll + (nl ? 1 : 0);
 	}
-	if (!found) {
-		buf_append(&out, "127.0.1.1\t", 10);
-		buf_append(&out, name, strlen(name));
-		buf_append(&out, "\n", 1);
-	}
-	if (out.data && write_file_atomic(path, out.data, out.len, 0644) < 0)
+	if (rc == 0 && !found)
+		rc = append_hosts_line(&out, name);
+	if (rc < 0 || write_file_atomic(path, out.data, out.len, 0644) < 0)
 		agent_log("/etc/hosts: %s", strerror(errno));
 	buf_free(&out);
 }
