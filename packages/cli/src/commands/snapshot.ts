@@ -83,16 +83,19 @@ export function snapshotCommands(group: Command, ctx: Context, done: (code: numb
   leaf(group, 'rm <snapshot...>', 'Delete one or more snapshots')
     .option('-y, --yes', 'do not ask for confirmation')
     .action(async (refs: string[], o: { yes?: boolean }) => {
-      const what = refs.length === 1 ? `snapshot ${refs[0]}` : `${refs.length} snapshots`;
+      const snaps = [];
+      for (const ref of refs)
+        snaps.push(await ctx.withRef('snapshot', ref, (id) => ctx.client().getSnapshot(id)));
+      const what =
+        snaps.length === 1
+          ? `snapshot ${snaps[0]!.name} (${snaps[0]!.id})`
+          : `${snaps.length} snapshots (${snaps.map((s) => s.name).join(', ')})`;
       if (!o.yes && !(await ctx.confirm(`Delete ${what}?`))) throw new CliError('aborted');
       const deleted: Array<{ id: string; deleted: true }> = [];
-      for (const ref of refs) {
-        const id = await ctx.withRef('snapshot', ref, async (id) => {
-          await ctx.client().removeSnapshot(id);
-          return id;
-        });
-        deleted.push({ id, deleted: true });
-        if (!ctx.json) ctx.out(`Deleted snapshot ${ref}\n`);
+      for (const snap of snaps) {
+        await ctx.client().removeSnapshot(snap.id);
+        deleted.push({ id: snap.id, deleted: true });
+        if (!ctx.json) ctx.out(`Deleted snapshot ${snap.name} (${snap.id})\n`);
       }
       if (ctx.json)
         ctx.out(`${JSON.stringify(deleted.length === 1 ? deleted[0] : deleted, null, 2)}\n`);

@@ -73,22 +73,18 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
   leaf(group, 'rm <vm...>', 'Delete one or more VMs')
     .option('-y, --yes', 'do not ask for confirmation')
     .action(async (refs: string[], o: { yes?: boolean }) => {
-      if (
-        !o.yes &&
-        !(await ctx.confirm(
-          `Delete ${refs.length === 1 ? `VM ${refs[0]}` : `${refs.length} VMs`}?`,
-        ))
-      ) {
-        throw new CliError('aborted');
-      }
+      const vms = [];
+      for (const ref of refs) vms.push(await ctx.withRef('vm', ref, (id) => ctx.client().get(id)));
+      const what =
+        vms.length === 1
+          ? `VM ${vms[0]!.name} (${vms[0]!.id})`
+          : `${vms.length} VMs (${vms.map((v) => v.name).join(', ')})`;
+      if (!o.yes && !(await ctx.confirm(`Delete ${what}?`))) throw new CliError('aborted');
       const deleted: Array<{ id: string; deleted: true }> = [];
-      for (const ref of refs) {
-        const id = await ctx.withRef('vm', ref, async (id) => {
-          await ctx.client().remove(id);
-          return id;
-        });
-        deleted.push({ id, deleted: true });
-        if (!ctx.json) ctx.out(`Deleted VM ${ref}\n`);
+      for (const vm of vms) {
+        await ctx.client().remove(vm.id);
+        deleted.push({ id: vm.id, deleted: true });
+        if (!ctx.json) ctx.out(`Deleted VM ${vm.name} (${vm.id})\n`);
       }
       if (ctx.json)
         ctx.out(`${JSON.stringify(deleted.length === 1 ? deleted[0] : deleted, null, 2)}\n`);
