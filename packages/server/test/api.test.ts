@@ -37,7 +37,7 @@ describe.each(TRANSPORTS)('health, auth, errors and 501s over %s', (transport) =
 
   it('rejects missing, unknown and malformed credentials with 401', async () => {
     for (const headers of [
-      {},
+      {} as Record<string, string>,
       { 'x-api-key': 'fvm_nope' },
       { authorization: 'Bearer fvm_nope' },
       { authorization: 'Basic abc' },
