@@ -348,10 +348,13 @@ int main(int argc, char **argv)
 	}
 	/* Writes to a closed socket must fail with EPIPE, not kill the agent. */
 	signal(SIGPIPE, SIG_IGN);
-	/* Room for many commands' pipes. */
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+	/* Room for many commands' pipes (commands get the inherited limit back). */
+	if (getrlimit(RLIMIT_NOFILE, &a.nofile) == 0 && a.nofile.rlim_cur < a.nofile.rlim_max) {
+		rl = a.nofile;
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
+	} else {
+		a.nofile.rlim_cur = RLIM_INFINITY; /* nothing to restore */
 	}
 
 	if (opts.unix_path) {

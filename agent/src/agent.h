@@ -6,6 +6,7 @@
 #define FASTVM_AGENT_H
 
 #include <poll.h>
+#include <sys/resource.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -26,6 +27,7 @@ struct agent {
 	unsigned nreqs;
 	struct identity_opts identity;
 	uint8_t *scratch;          /* FRAME_MAX_CHUNK bytes for reading command output */
+	struct rlimit nofile;      /* RLIMIT_NOFILE as inherited, restored for commands */
 	struct pollfd *pfds;       /* poll set, rebuilt every iteration */
 	int pfds_cap;
 };

@@ -310,10 +310,13 @@ static int null_stdin(void)
  * gets exactly stdin, stdout and stderr.
  */
 static void __attribute__((noreturn))
-child_exec(const struct exec_spec *s, int in_fd, int out_fd, int err_fd, int status_fd)
+child_exec(const struct agent *a, const struct exec_spec *s, int in_fd, int out_fd, int err_fd,
+	   int status_fd)
 {
 	setsid();
 	child_reset_signals();
+	if (a->nofile.rlim_cur != RLIM_INFINITY)
+		(void)setrlimit(RLIMIT_NOFILE, &a->nofile);
 	if (in_fd < 0)
 		in_fd = null_stdin();
 	if (in_fd < 0 || dup2(in_fd, STDIN_FILENO) < 0 || dup2(out_fd, STDOUT_FILENO) < 0 ||
@@ -478,7 +481,7 @@ void exec_start(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t l
 	if (pid < 0)
 		goto fail;
 	if (pid == 0)
-		child_exec(&s, in[0], out[1], err[1], st[1]);
+		child_exec(a, &s, in[0], out[1], err[1], st[1]);
 
 	close(out[1]);
 	close(err[1]);

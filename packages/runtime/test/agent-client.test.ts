@@ -39,9 +39,20 @@ interface RunningAgent {
   readonly log: () => string;
 }
 
-async function startAgent(name: string, extra: string[] = []): Promise<RunningAgent> {
+async function startAgent(
+  name: string,
+  extra: string[] = [],
+  softNofile?: number,
+): Promise<RunningAgent> {
   const sock = path.join(tmp, `${name}.sock`);
-  const proc = spawn(agentBin, ['--unix', sock, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const args = ['--unix', sock, ...extra];
+  const stdio: ['ignore', 'ignore', 'pipe'] = ['ignore', 'ignore', 'pipe'];
+  // With softNofile, start it with a lower soft RLIMIT_NOFILE (the shell execs the agent).
+  const proc = softNofile
+    ? spawn('sh', ['-c', `ulimit -Sn ${softNofile} && exec "$0" "$@"`, agentBin, ...args], {
+        stdio,
+      })
+    : spawn(agentBin, args, { stdio });
   agents.add(proc);
   let log = '';
   proc.stderr!.on('data', (d: Buffer) => (log += d.toString()));
@@ -178,7 +189,7 @@ describe('AgentClient with the agent in --unix mode', () => {
   let client: AgentClient;
 
   beforeAll(async () => {
-    agent = await startAgent('main');
+    agent = await startAgent('main', [], 256);
     // Connecting right after spawn also exercises the retry while the socket does not exist.
     client = await AgentClient.connect(agent.sock, { timeoutMs: 5000 });
   });
@@ -397,6 +408,12 @@ describe('AgentClient with the agent in --unix mode', () => {
     );
     const home = await client.exec({ argv: ['pwd'] });
     expect(home.stdout.toString()).toBe(fs.existsSync('/root') ? '/root\n' : '/\n');
+  });
+
+  it('gives commands the file descriptor limit the agent inherited', async () => {
+    // The agent raised its own soft limit to serve many commands, but not theirs.
+    const r = await client.exec({ argv: ['sh', '-c', 'ulimit -Sn'] });
+    expect(r.stdout.toString()).toBe('256\n');
   });
 
   it('passes only stdin, stdout and stderr to the command', async () => {
