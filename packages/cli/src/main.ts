@@ -156,8 +156,9 @@ export async function main(argv: string[], io: IO): Promise<number> {
     if (group.commands.length > 0)
       group.on('command:*', (operands: string[] = []) => (unknown = operands[0] ?? ''));
 
-    const args = name === 'vm' ? protectExecArgs(rest.slice(1)) : rest.slice(1);
-    if (help) args.push('--help');
+    const given = rest.slice(1);
+    if (help) given.splice(given.length > 0 && !given[0]!.startsWith('-') ? 1 : 0, 0, '--help');
+    const args = name === 'vm' ? protectExecArgs(given) : given;
     const hasSubcommands = group.commands.length > 0;
     if (
       hasSubcommands &&
@@ -221,5 +222,12 @@ export function processIO(): IO {
 
 /** Entry point used by `bin/fastvm.js`. */
 export function run(argv: string[]): Promise<number> {
+  // `fastvm vm list | head -1`: a closed pipe ends the output quietly instead of crashing.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw err;
+    });
+  }
   return main(argv, processIO());
 }

@@ -91,7 +91,11 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
       done(0);
     });
 
-  leaf(group, 'exec <vm> <command...>', 'Run a command in a VM; exits with its exit code')
+  leaf(
+    group,
+    'exec <vm> <command...>',
+    'Run a command in a VM (words after <vm> form one sh -c command); exits with its exit code',
+  )
     .option('--timeout <sec>', 'server-side limit on the command, in seconds')
     .option('--argv', 'send the arguments as the exact argv instead of through sh -c')
     .action(async (ref: string, words: string[], o: { timeout?: string; argv?: boolean }) => {
