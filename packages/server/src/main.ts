@@ -133,7 +133,13 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
     const { FakeRuntime } = await import('./testing/index.js');
     await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
     logger.warn('using the FakeRuntime: no real VMs are started');
-    return new FakeRuntime({ stateFile: path.join(config.dataDir, 'fake-runtime.json') });
+    // Test knobs for crash tests: make launches/snapshots slow enough to kill the server mid-way.
+    const ms = (name: string): number => Number(process.env[name] ?? 0) || 0;
+    return new FakeRuntime({
+      stateFile: path.join(config.dataDir, 'fake-runtime.json'),
+      launchDelayMs: ms('FASTVM_FAKE_LAUNCH_DELAY_MS'),
+      snapshotDelayMs: ms('FASTVM_FAKE_SNAPSHOT_DELAY_MS'),
+    });
   }
   let mod: Record<string, unknown>;
   try {

@@ -1,0 +1,178 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs/promises';
+import http from 'node:http';
+import http2 from 'node:http2';
+import https from 'node:https';
+import net from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { makeDataDir, startTestServer, type TestServer } from './helpers.js';
+
+/** Opens a WebSocket and resolves with the close code and reason the server sent. */
+function wsClose(
+  url: string,
+  opts: WebSocket.ClientOptions = {},
+): Promise<{ code: number; reason: string }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, opts);
+    ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+    ws.on('error', reject);
+  });
+}
+
+describe('cleartext listener: HTTP/1.1, h2c and WebSocket on one port', () => {
+  let t: TestServer;
+  beforeAll(async () => {
+    t = await startTestServer();
+  });
+  afterAll(async () => {
+    await t.cleanup();
+  });
+
+  it('speaks HTTP/1.1 and h2c prior knowledge on the same port', async () => {
+    const h1 = await new Promise<string>((resolve, reject) => {
+      http
+        .get(`${t.url}/healthz`, (res) => resolve(`${res.httpVersion} ${res.statusCode}`))
+        .on('error', reject);
+    });
+    expect(h1).toBe('1.1 200');
+
+    const session = http2.connect(t.url);
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = session.request({ ':path': '/healthz' });
+      req.on('response', (h) => resolve(Number(h[':status'])));
+      req.on('error', reject);
+      req.resume();
+    });
+    session.close();
+    expect(status).toBe(200);
+  });
+
+  it('handles a client that sends the HTTP/2 preface one byte at a time', async () => {
+    const port = new URL(t.url).port;
+    const sock = net.connect(Number(port), '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+    for (const byte of preface) {
+      sock.write(Buffer.from([byte]));
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    // An empty SETTINGS frame; the server answers with its own SETTINGS frame (type 0x4).
+    sock.write(Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]));
+    const reply = await new Promise<Buffer>((resolve) => sock.once('data', resolve));
+    expect(reply[3]).toBe(4);
+    sock.destroy();
+  });
+
+  it('routes WebSocket upgrades over HTTP/1.1 to the app', async () => {
+    const wsUrl = t.url.replace('http://', 'ws://') + '/v1/vms/some-vm/console/ws?session=abc';
+    const closed = await wsClose(wsUrl);
+    expect(closed).toEqual({ code: 4501, reason: 'console is not implemented yet' });
+  });
+
+  it('closes promptly with idle HTTP/1.1 keep-alive and HTTP/2 sessions open', async () => {
+    const own = await startTestServer();
+    const agent = new http.Agent({ keepAlive: true });
+    await new Promise<void>((resolve, reject) => {
+      http
+        .get(`${own.url}/healthz`, { agent }, (res) => {
+          res.resume();
+          res.on('end', resolve);
+        })
+        .on('error', reject);
+    });
+    const session = http2.connect(own.url);
+    session.on('error', () => {});
+    await new Promise<void>((resolve) => {
+      const req = session.request({ ':path': '/healthz' });
+      req.resume();
+      req.on('end', resolve);
+    });
+    const started = Date.now();
+    await own.cleanup();
+    expect(Date.now() - started).toBeLessThan(1500);
+    agent.destroy();
+  });
+});
+
+describe('TLS listener: HTTP/2 and HTTP/1.1 by ALPN', () => {
+  let t: TestServer;
+  let certDir: string;
+  let cert: Buffer;
+
+  beforeAll(async () => {
+    certDir = await makeDataDir();
+    const keyFile = path.join(certDir, 'key.pem');
+    const certFile = path.join(certDir, 'cert.pem');
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        keyFile,
+        '-out',
+        certFile,
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      ],
+      { stdio: 'ignore' },
+    );
+    cert = await fs.readFile(certFile);
+    t = await startTestServer({ tls: { cert, key: await fs.readFile(keyFile) } });
+  });
+  afterAll(async () => {
+    await t.cleanup();
+    await fs.rm(certDir, { recursive: true, force: true });
+  });
+
+  it('serves https:// URLs', () => {
+    expect(t.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+  });
+
+  it('negotiates h2 via ALPN', async () => {
+    const session = http2.connect(t.url, { ca: cert });
+    const { status, alpn } = await new Promise<{ status: number; alpn: string | undefined }>(
+      (resolve, reject) => {
+        const req = session.request({ ':path': '/v1/vms', 'x-api-key': t.key });
+        req.on('response', (h) =>
+          resolve({ status: Number(h[':status']), alpn: session.alpnProtocol }),
+        );
+        req.on('error', reject);
+        req.resume();
+      },
+    );
+    session.close();
+    expect(status).toBe(200);
+    expect(alpn).toBe('h2');
+  });
+
+  it('falls back to HTTP/1.1 for clients without h2', async () => {
+    const version = await new Promise<string>((resolve, reject) => {
+      https
+        .get(`${t.url}/healthz`, { ca: cert }, (res) => {
+          res.resume();
+          resolve(res.httpVersion);
+        })
+        .on('error', reject);
+    });
+    expect(version).toBe('1.1');
+  });
+
+  it('upgrades WebSockets over TLS', async () => {
+    const closed = await wsClose(t.url.replace('https://', 'wss://') + '/v1/vms/x/console/ws', {
+      ca: cert,
+    });
+    expect(closed.code).toBe(4501);
+  });
+});
