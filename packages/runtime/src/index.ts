@@ -6,3 +6,11 @@ export type { QmpEvent, QmpState } from './qmp.js';
 export { AgentClient } from './agent-client.js';
 export { loadGuestImage, defaultCacheDir } from './qemu.js';
 export type { GuestImage, Accel } from './qemu.js';
+export { NetworkManager, probeNetworking, publicIpv6, validatePolicy } from './network.js';
+export type {
+  FirewallPolicy,
+  FirewallRule,
+  NetworkManagerOptions,
+  NetworkProbe,
+  ReconcileResult,
+} from './network.js';

@@ -1,0 +1,1036 @@
+/**
+ * Host side of VM networking: a bridge with the VMs' gateway addresses, one tap per VM, and
+ * nftables for NAT, isolation, anti-spoofing and each VM's ingress firewall.
+ *
+ * ```
+ *   internet / host ── (routing, IPv4 NAT) ── bridge fvbr0  <prefix>::1/64, 10.213.0.1/16
+ *                                              ├── tap fvt… ── VM A  (port isolated)
+ *                                              └── tap fvt… ── VM B  (port isolated)
+ * ```
+ *
+ * nftables objects (all created and removed here):
+ * - `inet fastvm_<bridge>`: VM → host input allow-list, VM ↔ VM drop, IPv4 masquerade, and the
+ *   *reply mark*: conntrack runs in the inet hooks, which mark packets of established/related
+ *   connections that leave through the bridge.
+ * - `netdev fastvm_<bridge>_<tap>` per VM: an `ingress` chain (frames from the VM: only its own
+ *   MAC/IPv6/IPv4 source) and an `egress` chain (frames into the VM: the firewall policy). The
+ *   egress chain sees every path into the VM — routed, host-originated or bridged — but conntrack
+ *   is not available in the netdev family (`ct state` there fails with EPROTO), so replies to the
+ *   VM's own connections are recognised by the reply mark.
+ *
+ * Allocations (tap, MAC, addresses) are persisted in `<stateDir>/network.json`, so no two live VMs
+ * ever share an address across restarts; `reconcile` removes what crashed runs left behind.
+ * @module
+ */
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { VmNetwork } from './types.js';
+
+/** One ingress rule of a VM's firewall (the API's v1 shape). */
+export interface FirewallRule {
+  readonly protocol: 'tcp' | 'udp';
+  readonly portStart: number;
+  /** Inclusive end of a port range; absent for a single port. */
+  readonly portEnd?: number;
+  /** IPv6 source prefixes; absent or empty means any source. */
+  readonly sourceCidrs?: readonly string[];
+  readonly description?: string;
+}
+
+/** `open` admits everything; `restricted` only the rules (plus replies and essential ICMPv6). */
+export interface FirewallPolicy {
+  readonly mode: 'open' | 'restricted';
+  readonly ingress: readonly FirewallRule[];
+}
+
+export interface NetworkManagerOptions {
+  /** Directory for `network.json` (allocations, the chosen prefix, changed sysctls). */
+  readonly stateDir: string;
+  /** Bridge name (default `fvbr0`). */
+  readonly bridge?: string;
+  /** The VMs' IPv6 /64, e.g. `2001:db8:1:2::/64`. Default: a random ULA /64, chosen once. */
+  readonly ipv6Prefix?: string;
+  /** Private IPv4 subnet, NATed on the way out (default `10.213.0.0/16`). */
+  readonly ipv4Subnet?: string;
+  /** Start of every tap name (default `fvt`); the rest is a hash of the VM id. */
+  readonly tapPrefix?: string;
+  /** Host TCP ports VMs may connect to (default none). */
+  readonly hostTcpPorts?: readonly number[];
+  /** Packet-mark bit that flags replies to a VM's own connections (default `0x01000000`). */
+  readonly replyMark?: number;
+  readonly log?: (msg: string) => void;
+}
+
+export interface NetworkProbe {
+  readonly available: boolean;
+  /** Why networking is unavailable (absent when available). */
+  readonly reason?: string;
+}
+
+export interface ReconcileResult {
+  /** Allocations of VMs that are not live any more, now released. */
+  readonly released: string[];
+  /** Taps and nft tables found on the host that nothing owned, now removed. */
+  readonly removedTaps: string[];
+  readonly removedTables: string[];
+}
+
+const STATE_VERSION = 1;
+const DEFAULT_BRIDGE = 'fvbr0';
+const DEFAULT_IPV4_SUBNET = '10.213.0.0/16';
+const DEFAULT_TAP_PREFIX = 'fvt';
+const DEFAULT_REPLY_MARK = 0x01000000;
+const IFNAME_MAX = 15;
+const CMD_TIMEOUT_MS = 15_000;
+
+interface Allocation {
+  tap: string;
+  mac: string;
+  /** Bare addresses (no prefix length). */
+  ipv6: string;
+  ipv4: string;
+}
+
+interface State {
+  version: number;
+  /** Set when the prefix was generated (not configured), so it stays the same across restarts. */
+  generatedIpv6Prefix?: string;
+  vms: Record<string, Allocation>;
+  /** Original values of the global sysctls this manager changed (restored at teardown). */
+  sysctls: Record<string, string>;
+}
+
+/**
+ * Whether this host can give VMs networking: CAP_NET_ADMIN, `/dev/net/tun`, `ip`, `bridge` and
+ * `nft`, and an nftables that accepts netdev egress chains (Linux ≥ 5.16).
+ */
+export async function probeNetworking(): Promise<NetworkProbe> {
+  if (process.platform !== 'linux') return { available: false, reason: 'not Linux' };
+  if (!hasNetAdmin()) {
+    return { available: false, reason: 'needs root (CAP_NET_ADMIN) to create taps and bridges' };
+  }
+  try {
+    fs.accessSync('/dev/net/tun', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    return { available: false, reason: '/dev/net/tun is missing or not accessible' };
+  }
+  for (const [tool, args] of [
+    ['ip', ['-V']],
+    ['bridge', ['-V']],
+    ['nft', ['--version']],
+  ] as const) {
+    try {
+      await run(tool, args);
+    } catch (err) {
+      return { available: false, reason: `${tool} is not usable: ${errText(err)}` };
+    }
+  }
+  try {
+    // A dry run (nothing is committed) of the kind of chain every VM gets.
+    await run('nft', ['-c', '-f', '-'], {
+      input:
+        'table netdev fastvm_probe {\n' +
+        '  chain e { type filter hook egress device "lo" priority filter; policy accept; }\n' +
+        '}\n',
+    });
+  } catch (err) {
+    return {
+      available: false,
+      reason: `nftables cannot filter on device egress (needs Linux >= 5.16): ${errText(err)}`,
+    };
+  }
+  return { available: true };
+}
+
+function hasNetAdmin(): boolean {
+  try {
+    const status = fs.readFileSync('/proc/self/status', 'utf8');
+    const eff = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1];
+    if (eff !== undefined) return (BigInt(`0x${eff}`) & (1n << 12n)) !== 0n;
+  } catch {
+    // fall through
+  }
+  return process.getuid?.() === 0;
+}
+
+/** The address a VM is reachable at, without prefix length (`publicIpv6` in the API). */
+export function publicIpv6(n: VmNetwork | undefined): string | null {
+  return n?.ipv6 ? (n.ipv6.split('/')[0] ?? null) : null;
+}
+
+/**
+ * Bridge, taps and nftables for VMs. Create with `NetworkManager.create`; when the host cannot
+ * do networking, `available` is false, `reason` says why, and the other methods throw.
+ */
+export class NetworkManager {
+  readonly bridge: string;
+  readonly ipv6Prefix: string;
+  readonly ipv6Gateway: string;
+  readonly ipv4Subnet: string;
+  readonly ipv4Gateway: string;
+
+  readonly #statePath: string;
+  readonly #tapPrefix: string;
+  readonly #hostTable: string;
+  readonly #vmTablePrefix: string;
+  readonly #mark: number;
+  readonly #log: (msg: string) => void;
+  readonly #v6: Cidr6;
+  readonly #v4: Cidr4;
+  #hostTcpPorts: number[];
+  #state: State;
+  #lock: Promise<unknown> = Promise.resolve();
+  readonly #fwQueues = new Map<string, Promise<unknown>>();
+
+  private constructor(
+    readonly available: boolean,
+    readonly reason: string | undefined,
+    opts: NetworkManagerOptions,
+    state: State,
+    v6: Cidr6,
+    v4: Cidr4,
+  ) {
+    this.bridge = opts.bridge ?? DEFAULT_BRIDGE;
+    this.#statePath = path.join(opts.stateDir, 'network.json');
+    this.#tapPrefix = opts.tapPrefix ?? DEFAULT_TAP_PREFIX;
+    this.#hostTable = `fastvm_${this.bridge}`;
+    this.#vmTablePrefix = `fastvm_${this.bridge}_`;
+    this.#mark = opts.replyMark ?? DEFAULT_REPLY_MARK;
+    this.#log = opts.log ?? (() => {});
+    this.#hostTcpPorts = [...(opts.hostTcpPorts ?? [])];
+    this.#state = state;
+    this.#v6 = v6;
+    this.#v4 = v4;
+    this.ipv6Prefix = `${formatIpv6(v6.base)}/64`;
+    this.ipv6Gateway = formatIpv6(v6.base + 1n);
+    this.ipv4Subnet = `${formatIpv4(v4.base)}/${v4.len}`;
+    this.ipv4Gateway = formatIpv4(v4.base + 1);
+  }
+
+  /**
+   * Probes the host and, when it can, sets up the bridge, its addresses, forwarding and the host
+   * nft table (idempotent: a restart with live VMs keeps their taps). Throws only for invalid
+   * options or a failed setup on a capable host.
+   */
+  static async create(opts: NetworkManagerOptions): Promise<NetworkManager> {
+    validateOptions(opts);
+    const statePath = path.join(opts.stateDir, 'network.json');
+    const state = loadState(statePath);
+    let prefix = opts.ipv6Prefix;
+    if (!prefix) {
+      state.generatedIpv6Prefix ??= randomUlaPrefix();
+      prefix = state.generatedIpv6Prefix;
+    }
+    const v6 = parseCidr6(prefix, 'ipv6Prefix');
+    if (v6.len !== 64) throw new Error(`ipv6Prefix must be a /64, got ${prefix}`);
+    const v4 = parseCidr4(opts.ipv4Subnet ?? DEFAULT_IPV4_SUBNET, 'ipv4Subnet');
+    if (v4.len > 29) throw new Error(`ipv4Subnet must be /29 or larger, got /${v4.len}`);
+
+    const probe = await probeNetworking();
+    const nm = new NetworkManager(probe.available, probe.reason, opts, state, v6, v4);
+    if (!probe.available) return nm;
+    fs.mkdirSync(opts.stateDir, { recursive: true });
+    nm.#save();
+    await nm.#exclusive(() => nm.#setupHost());
+    return nm;
+  }
+
+  /** The network of a VM that has one. */
+  get(vmId: string): VmNetwork | undefined {
+    const a = this.#state.vms[vmId];
+    return a ? this.#toVmNetwork(a) : undefined;
+  }
+
+  /** Ids of the VMs that hold an allocation. */
+  allocated(): string[] {
+    return Object.keys(this.#state.vms);
+  }
+
+  /**
+   * Gives a VM a tap on the bridge, a unique MAC, IPv6 and IPv4, anti-spoofing and a closed
+   * firewall (`restricted` with no rules) until `applyFirewall`. Idempotent per VM id.
+   */
+  allocate(vmId: string): Promise<VmNetwork> {
+    this.#requireAvailable();
+    return this.#exclusive(async () => {
+      let a = this.#state.vms[vmId];
+      if (!a) {
+        a = this.#newAllocation(vmId);
+        // Recorded before anything is created, so a crash in between leaves nothing unowned.
+        this.#state.vms[vmId] = a;
+        this.#save();
+      }
+      try {
+        await this.#createTap(a);
+      } catch (err) {
+        await this.#removeVm(a).catch(() => {});
+        delete this.#state.vms[vmId];
+        this.#save();
+        throw err;
+      }
+      return this.#toVmNetwork(a);
+    });
+  }
+
+  /**
+   * Replaces the VM's ingress firewall in one nft transaction (in effect when this resolves).
+   * Calls for one VM are applied in order.
+   */
+  applyFirewall(vmId: string, policy: FirewallPolicy): Promise<void> {
+    this.#requireAvailable();
+    const script = (a: Allocation): string => this.#firewallScript(a, policy);
+    // Validate before queueing so a bad policy fails fast and never reaches nft.
+    validatePolicy(policy);
+    const prev = this.#fwQueues.get(vmId) ?? Promise.resolve();
+    const next = prev
+      .catch(() => {})
+      .then(async () => {
+        const a = this.#state.vms[vmId];
+        if (!a) throw new Error(`VM ${vmId} has no network allocation`);
+        await nft(script(a));
+      });
+    this.#fwQueues.set(vmId, next);
+    void next
+      .finally(() => {
+        if (this.#fwQueues.get(vmId) === next) this.#fwQueues.delete(vmId);
+      })
+      .catch(() => {});
+    return next;
+  }
+
+  /** Removes the VM's tap, nft table and neighbour entries and frees its addresses. Idempotent. */
+  release(vmId: string): Promise<void> {
+    if (!this.available) return Promise.resolve();
+    return this.#exclusive(async () => {
+      const a = this.#state.vms[vmId];
+      if (!a) return;
+      await this.#fwQueues.get(vmId)?.catch(() => {});
+      await this.#removeVm(a);
+      delete this.#state.vms[vmId];
+      this.#save();
+    });
+  }
+
+  /**
+   * Packets dropped so far for a VM: `spoofed` frames it sent with a foreign source (its ingress
+   * chain), `firewall` packets its policy kept out since the last `applyFirewall` (its egress
+   * chain). For diagnostics and tests.
+   */
+  async dropCounters(vmId: string): Promise<{ spoofed: number; firewall: number }> {
+    this.#requireAvailable();
+    const a = this.#state.vms[vmId];
+    if (!a) throw new Error(`VM ${vmId} has no network allocation`);
+    const out = JSON.parse(
+      await run('nft', ['-j', 'list', 'table', 'netdev', this.#vmTable(a)]),
+    ) as {
+      nftables: Array<{ rule?: { chain: string; expr: Array<Record<string, unknown>> } }>;
+    };
+    const sum = { spoofed: 0, firewall: 0 };
+    for (const { rule } of out.nftables) {
+      if (!rule || !rule.expr.some((e) => 'drop' in e)) continue;
+      const c = rule.expr.find((e) => 'counter' in e)?.counter as { packets?: number } | undefined;
+      if (rule.chain === 'ingress') sum.spoofed += c?.packets ?? 0;
+      else if (rule.chain === 'egress') sum.firewall += c?.packets ?? 0;
+    }
+    return sum;
+  }
+
+  /** Replaces the set of host TCP ports VMs may connect to (e.g. a file-transfer endpoint). */
+  setHostTcpPorts(ports: readonly number[]): Promise<void> {
+    this.#requireAvailable();
+    for (const p of ports) checkPort(p, 'host port');
+    return this.#exclusive(async () => {
+      this.#hostTcpPorts = [...new Set(ports)];
+      const elems = this.#hostTcpPorts.length
+        ? `add element inet ${this.#hostTable} host_tcp { ${this.#hostTcpPorts.join(', ')} }\n`
+        : '';
+      await nft(`flush set inet ${this.#hostTable} host_tcp\n${elems}`);
+    });
+  }
+
+  /**
+   * After a restart: releases the allocations of VMs not in `liveVmIds`, removes taps on the
+   * bridge and per-VM nft tables that no allocation owns, and re-creates missing taps and
+   * anti-spoofing for the live ones (their firewall is left closed if it was missing; the caller
+   * re-applies policies).
+   */
+  reconcile(liveVmIds: readonly string[]): Promise<ReconcileResult> {
+    this.#requireAvailable();
+    const live = new Set(liveVmIds);
+    return this.#exclusive(async () => {
+      const released: string[] = [];
+      for (const [id, a] of Object.entries(this.#state.vms)) {
+        if (live.has(id)) continue;
+        await this.#removeVm(a);
+        delete this.#state.vms[id];
+        released.push(id);
+      }
+      this.#save();
+      const owned = new Set(Object.values(this.#state.vms).map((a) => a.tap));
+
+      const removedTaps: string[] = [];
+      for (const tap of await this.#bridgePorts()) {
+        if (owned.has(tap)) continue;
+        await run('ip', ['link', 'del', tap]).catch(() => {});
+        removedTaps.push(tap);
+      }
+      const removedTables: string[] = [];
+      for (const t of await listNftTables()) {
+        if (t.family !== 'netdev' || !t.name.startsWith(this.#vmTablePrefix)) continue;
+        if (owned.has(t.name.slice(this.#vmTablePrefix.length))) continue;
+        await nft(`delete table netdev ${t.name}\n`).catch(() => {});
+        removedTables.push(t.name);
+      }
+      await this.#dropStaleNeighbours();
+      const tables = new Set((await listNftTables()).map((t) => `${t.family} ${t.name}`));
+      for (const a of Object.values(this.#state.vms)) {
+        const hadTable = tables.has(`netdev ${this.#vmTable(a)}`);
+        await this.#createTap(a, hadTable);
+      }
+      if (released.length || removedTaps.length || removedTables.length) {
+        this.#log(
+          `network: reconciled: released ${released.length}, removed ${removedTaps.length} taps, ${removedTables.length} tables`,
+        );
+      }
+      return { released, removedTaps, removedTables };
+    });
+  }
+
+  /**
+   * Clean stop while VMs may keep running (their QEMU survives a server restart): keeps the
+   * bridge and what live allocations use; when no VM holds an allocation, removes everything
+   * like `shutdown`.
+   */
+  async close(): Promise<void> {
+    if (!this.available) return;
+    if (Object.keys(this.#state.vms).length === 0) await this.shutdown();
+  }
+
+  /**
+   * Removes everything this manager created: every tap and per-VM table, the bridge, the host
+   * table, and restores the forwarding sysctls it changed (unless another FastVM bridge still
+   * uses them). Allocations are forgotten. Use when the VMs are stopped too.
+   */
+  shutdown(): Promise<void> {
+    if (!this.available) return Promise.resolve();
+    return this.#exclusive(async () => {
+      for (const a of Object.values(this.#state.vms)) await this.#removeVm(a).catch(() => {});
+      this.#state.vms = {};
+      for (const tap of await this.#bridgePorts().catch(() => [])) {
+        await run('ip', ['link', 'del', tap]).catch(() => {});
+      }
+      for (const t of await listNftTables().catch(() => [])) {
+        if (t.family === 'netdev' && t.name.startsWith(this.#vmTablePrefix)) {
+          await nft(`delete table netdev ${t.name}\n`).catch(() => {});
+        }
+      }
+      await nft(`delete table inet ${this.#hostTable}\n`).catch(() => {});
+      await run('ip', ['link', 'del', this.bridge]).catch(() => {});
+      const others = (await listNftTables().catch(() => [])).some(
+        (t) => t.family === 'inet' && t.name.startsWith('fastvm_'),
+      );
+      if (!others) {
+        for (const [key, value] of Object.entries(this.#state.sysctls)) {
+          writeSysctl(key, value);
+        }
+        this.#state.sysctls = {};
+      }
+      this.#save();
+      this.#log(`network: removed bridge ${this.bridge} and its nft tables`);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Host setup
+
+  async #setupHost(): Promise<void> {
+    await this.#checkRouteOverlaps();
+    const exists = await run('ip', ['-j', 'link', 'show', 'dev', this.bridge])
+      .then((out) => JSON.parse(out) as Array<{ linkinfo?: { info_kind?: string } }>)
+      .catch(() => []);
+    if (exists.length === 0) {
+      await run('ip', [
+        'link',
+        'add',
+        this.bridge,
+        'address',
+        this.#bridgeMac(),
+        'type',
+        'bridge',
+        'mcast_snooping',
+        '0',
+      ]);
+    }
+    // The gateway address must be usable at once (no DAD), and the bridge never takes RAs.
+    for (const [k, v] of [
+      ['accept_dad', '0'],
+      ['accept_ra', '0'],
+      ['autoconf', '0'],
+    ] as const) {
+      writeSysctl(`net/ipv6/conf/${this.bridge}/${k}`, v);
+    }
+    await ipBatch([
+      `addr replace ${this.ipv6Gateway}/64 dev ${this.bridge} nodad`,
+      `addr replace ${this.ipv4Gateway}/${this.#v4.len} dev ${this.bridge}`,
+      `link set ${this.bridge} up`,
+    ]);
+    await this.#enableForwarding();
+    await nft(this.#hostTableScript());
+    this.#log(
+      `network: bridge ${this.bridge} ${this.ipv6Prefix} (gateway ${this.ipv6Gateway}), ${this.ipv4Subnet} NAT`,
+    );
+  }
+
+  /**
+   * Refuses subnets another interface routes as specifically (they would shadow each other);
+   * a broader route (say 10.0.0.0/8 on a VPN) only gets a warning, as ours carves out of it.
+   */
+  async #checkRouteOverlaps(): Promise<void> {
+    const check = (
+      r: RouteJson,
+      c: { len: number },
+      overlaps: boolean,
+      ours: string,
+      what: string,
+    ): void => {
+      if (!overlaps) return;
+      const msg = `${what} ${ours} overlaps route ${r.dst} on ${r.dev ?? '?'}`;
+      if (c.len >= (what === 'IPv6 prefix' ? 64 : this.#v4.len)) {
+        throw new Error(`${msg}; configure another one`);
+      }
+      this.#log(`network: warning: ${msg}; VM addresses take precedence there`);
+    };
+    const routes6 = JSON.parse(await run('ip', ['-j', '-6', 'route', 'show'])) as RouteJson[];
+    for (const r of routes6) {
+      if (r.dev === this.bridge || !r.dst || r.dst === 'default' || !r.dst.includes(':')) continue;
+      const c = parseCidr6(r.dst.includes('/') ? r.dst : `${r.dst}/128`, 'route');
+      if (c.len < 8) continue;
+      check(r, c, cidr6Overlap(c, this.#v6), this.ipv6Prefix, 'IPv6 prefix');
+    }
+    const routes4 = JSON.parse(await run('ip', ['-j', '-4', 'route', 'show'])) as RouteJson[];
+    for (const r of routes4) {
+      if (r.dev === this.bridge || !r.dst || r.dst === 'default') continue;
+      const c = parseCidr4(r.dst.includes('/') ? r.dst : `${r.dst}/32`, 'route');
+      check(r, c, cidr4Overlap(c, this.#v4), this.ipv4Subnet, 'IPv4 subnet');
+    }
+  }
+
+  async #enableForwarding(): Promise<void> {
+    const set = (key: string, value: string): void => {
+      const old = readSysctl(key);
+      if (old === undefined || old === value) return;
+      this.#state.sysctls[key] ??= old;
+      writeSysctl(key, value);
+    };
+    // Turning on IPv6 forwarding makes interfaces with accept_ra=1 ignore router advertisements;
+    // those that learned routes from RAs keep accepting them (accept_ra=2).
+    const raRoutes = JSON.parse(
+      await run('ip', ['-j', '-6', 'route', 'show', 'proto', 'ra']).catch(() => '[]'),
+    ) as RouteJson[];
+    for (const dev of new Set(raRoutes.map((r) => r.dev).filter(Boolean))) {
+      if (readSysctl(`net/ipv6/conf/${dev}/accept_ra`) === '1') {
+        set(`net/ipv6/conf/${dev}/accept_ra`, '2');
+      }
+    }
+    set('net/ipv6/conf/all/forwarding', '1');
+    set('net/ipv4/ip_forward', '1');
+    this.#save();
+  }
+
+  #hostTableScript(): string {
+    const br = this.bridge;
+    const t = this.#hostTable;
+    const bit = hex32(this.#mark);
+    const clear = hex32(~this.#mark >>> 0);
+    const ports = this.#hostTcpPorts.length
+      ? `elements = { ${this.#hostTcpPorts.join(', ')} }`
+      : '';
+    return `table inet ${t} {}
+delete table inet ${t}
+table inet ${t} {
+  set host_tcp { type inet_service; ${ports} }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "${br}" jump from_vms
+  }
+  chain from_vms {
+    ct state established,related accept
+    ct state invalid drop
+    icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept
+    icmp type { echo-request, destination-unreachable, time-exceeded } accept
+    tcp dport @host_tcp accept
+    meta l4proto tcp reject with tcp reset
+    drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "${br}" oifname "${br}" drop
+    oifname "${br}" meta mark set meta mark & ${clear}
+    oifname "${br}" ct state established,related meta mark set meta mark | ${bit}
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    oifname "${br}" meta mark set meta mark & ${clear}
+    oifname "${br}" ct state established,related meta mark set meta mark | ${bit}
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr ${this.ipv4Subnet} oifname != "${br}" masquerade
+  }
+}
+`;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Per VM
+
+  #newAllocation(vmId: string): Allocation {
+    const used = Object.values(this.#state.vms);
+    const taps = new Set(used.map((a) => a.tap));
+    const macs = new Set([...used.map((a) => a.mac), this.#bridgeMac()]);
+    const v6s = new Set(used.map((a) => a.ipv6));
+    const v4s = new Set(used.map((a) => a.ipv4));
+
+    const room = IFNAME_MAX - this.#tapPrefix.length;
+    let tap = '';
+    for (let salt = 0; !tap || taps.has(tap); salt++) {
+      const h = crypto.createHash('sha256').update(`${vmId}:${salt}`).digest('hex');
+      tap = this.#tapPrefix + h.slice(0, room);
+    }
+    let mac = '';
+    while (!mac || macs.has(mac)) mac = randomMac();
+    let ipv6 = '';
+    while (!ipv6 || v6s.has(ipv6)) {
+      const iid = crypto.randomBytes(8).readBigUInt64BE();
+      if (iid < 2n) continue; // ::0 is the subnet-router anycast, ::1 the gateway
+      ipv6 = formatIpv6(this.#v6.base | iid);
+    }
+    const hosts = 2 ** (32 - this.#v4.len);
+    let ipv4 = '';
+    // .0 network, .1 gateway, last = broadcast.
+    for (let i = 2; i < hosts - 1; i++) {
+      const candidate = formatIpv4(this.#v4.base + i);
+      if (!v4s.has(candidate)) {
+        ipv4 = candidate;
+        break;
+      }
+    }
+    if (!ipv4) throw new Error(`IPv4 subnet ${this.ipv4Subnet} is full`);
+    return { tap, mac, ipv6, ipv4 };
+  }
+
+  /** Creates (or completes) the VM's tap, its bridge port settings and its anti-spoof chain. */
+  async #createTap(a: Allocation, keepFirewall = false): Promise<void> {
+    const links = await run('ip', ['-j', 'link', 'show', 'dev', a.tap])
+      .then((out) => JSON.parse(out) as unknown[])
+      .catch(() => []);
+    if (links.length === 0) await run('ip', ['tuntap', 'add', 'dev', a.tap, 'mode', 'tap']);
+    await ipBatch([
+      `link set dev ${a.tap} master ${this.bridge}`,
+      `link set dev ${a.tap} up`,
+      // Static neighbours: the host never asks, and no VM can claim another's address.
+      `neigh replace ${a.ipv6} lladdr ${a.mac} dev ${this.bridge} nud permanent`,
+      `neigh replace ${a.ipv4} lladdr ${a.mac} dev ${this.bridge} nud permanent`,
+    ]);
+    await bridgeBatch([
+      // Isolated ports cannot talk to each other; no flooding of unknown unicast into VMs.
+      `link set dev ${a.tap} isolated on learning off flood off`,
+      `fdb replace ${a.mac} dev ${a.tap} master static`,
+    ]);
+    await nft(this.#vmTableScript(a, keepFirewall));
+  }
+
+  async #removeVm(a: Allocation): Promise<void> {
+    await nft(`delete table netdev ${this.#vmTable(a)}\n`).catch(() => {});
+    await ipBatch(
+      [
+        `neigh del ${a.ipv6} dev ${this.bridge}`,
+        `neigh del ${a.ipv4} dev ${this.bridge}`,
+        `link del dev ${a.tap}`,
+      ],
+      true,
+    ).catch(() => {});
+    const still = await run('ip', ['-j', 'link', 'show', 'dev', a.tap])
+      .then((out) => (JSON.parse(out) as unknown[]).length > 0)
+      .catch(() => false);
+    if (still) throw new Error(`could not remove tap ${a.tap}`);
+  }
+
+  /**
+   * The VM's table: `ingress` (from the VM) enforces its own source MAC/IPv4/IPv6; `egress`
+   * (into the VM) holds the firewall, closed until `applyFirewall` unless `keepFirewall`.
+   */
+  #vmTableScript(a: Allocation, keepFirewall: boolean): string {
+    const t = this.#vmTable(a);
+    const dev = `device "${a.tap}" priority filter; policy drop;`;
+    const target = ipv6Hex(parseIpv6(a.ipv6));
+    const lines = [
+      `table netdev ${t} {`,
+      `  chain ingress { type filter hook ingress ${dev} }`,
+      `  chain egress { type filter hook egress ${dev} }`,
+      `}`,
+      `flush chain netdev ${t} ingress`,
+      `table netdev ${t} {`,
+      `  chain ingress {`,
+      `    ether saddr != ${a.mac} counter drop`,
+      `    arp htype 1 arp ptype ip arp saddr ether ${a.mac} arp saddr ip ${a.ipv4} accept`,
+      `    ip saddr ${a.ipv4} accept`,
+      `    icmpv6 type { nd-router-advert, nd-redirect } counter drop`,
+      // A neighbour advertisement may only announce the VM's own address (or its link-local).
+      `    icmpv6 type nd-neighbor-advert @th,64,128 != ${target} @th,64,64 != 0xfe80000000000000 counter drop`,
+      `    ip6 saddr { ${a.ipv6}, fe80::/64 } accept`,
+      `    ip6 saddr :: meta l4proto ipv6-icmp accept`,
+      `    counter drop`,
+      `  }`,
+      `}`,
+    ];
+    if (!keepFirewall) {
+      lines.push(this.#firewallScript(a, { mode: 'restricted', ingress: [] }));
+    }
+    return `${lines.join('\n')}\n`;
+  }
+
+  #firewallScript(a: Allocation, policy: FirewallPolicy): string {
+    const t = this.#vmTable(a);
+    const rules = [
+      // Unicast frames for other MACs never enter this VM (defence against flooding).
+      `ether daddr != ${a.mac} ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop`,
+      `meta protocol arp accept`,
+      `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept`,
+      // Replies to the VM's own connections (and ICMP errors about them), marked by conntrack.
+      `meta mark & ${hex32(this.#mark)} == ${hex32(this.#mark)} accept`,
+    ];
+    if (policy.mode === 'open') {
+      rules.push('accept');
+    } else {
+      for (const r of policy.ingress) {
+        const ports =
+          r.portEnd && r.portEnd !== r.portStart ? `${r.portStart}-${r.portEnd}` : `${r.portStart}`;
+        const src = r.sourceCidrs?.length
+          ? `ip6 saddr { ${r.sourceCidrs.map(normalizeCidr6).join(', ')} } `
+          : '';
+        rules.push(`${src}${r.protocol} dport ${ports} accept`);
+      }
+      rules.push('counter drop');
+    }
+    return [
+      `table netdev ${t} {`,
+      `  chain egress { type filter hook egress device "${a.tap}" priority filter; policy drop; }`,
+      `}`,
+      `flush chain netdev ${t} egress`,
+      `table netdev ${t} {`,
+      `  chain egress {`,
+      ...rules.map((r) => `    ${r}`),
+      `  }`,
+      `}`,
+      '',
+    ].join('\n');
+  }
+
+  async #dropStaleNeighbours(): Promise<void> {
+    const mine = new Set(Object.values(this.#state.vms).flatMap((a) => [a.ipv6, a.ipv4]));
+    const neigh = JSON.parse(
+      await run('ip', ['-j', 'neigh', 'show', 'dev', this.bridge, 'nud', 'permanent']).catch(
+        () => '[]',
+      ),
+    ) as Array<{ dst?: string }>;
+    for (const n of neigh) {
+      if (!n.dst || mine.has(n.dst)) continue;
+      await run('ip', ['neigh', 'del', n.dst, 'dev', this.bridge]).catch(() => {});
+    }
+  }
+
+  async #bridgePorts(): Promise<string[]> {
+    const out = await run('ip', ['-j', 'link', 'show', 'master', this.bridge]).catch(() => '[]');
+    return (JSON.parse(out || '[]') as Array<{ ifname: string }>).map((l) => l.ifname);
+  }
+
+  #vmTable(a: Allocation): string {
+    return `${this.#vmTablePrefix}${a.tap}`;
+  }
+
+  #toVmNetwork(a: Allocation): VmNetwork {
+    return {
+      tap: a.tap,
+      mac: a.mac,
+      ipv6: `${a.ipv6}/64`,
+      ipv6Gateway: this.ipv6Gateway,
+      ipv4: `${a.ipv4}/${this.#v4.len}`,
+      ipv4Gateway: this.ipv4Gateway,
+    };
+  }
+
+  /** Stable per bridge name, so guests' neighbour caches stay valid across restarts. */
+  #bridgeMac(): string {
+    const h = crypto.createHash('sha256').update(`fastvm-bridge:${this.bridge}`).digest();
+    return ['02', ...[...h.subarray(0, 5)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
+  }
+
+  #requireAvailable(): void {
+    if (!this.available) throw new Error(`VM networking is unavailable: ${this.reason}`);
+  }
+
+  #save(): void {
+    const tmp = `${this.#statePath}.tmp`;
+    fs.writeFileSync(tmp, `${JSON.stringify(this.#state, null, 2)}\n`);
+    fs.renameSync(tmp, this.#statePath);
+  }
+
+  /** Serialises state changes (allocation, release, reconcile, teardown). */
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.#lock.then(fn, fn);
+    this.#lock = p.catch(() => {});
+    return p;
+  }
+}
+
+// -----------------------------------------------------------------------------------------------
+// Validation
+
+function validateOptions(opts: NetworkManagerOptions): void {
+  const bridge = opts.bridge ?? DEFAULT_BRIDGE;
+  if (!/^[A-Za-z0-9_-]{1,15}$/.test(bridge)) throw new Error(`invalid bridge name ${bridge}`);
+  const prefix = opts.tapPrefix ?? DEFAULT_TAP_PREFIX;
+  if (!/^[A-Za-z][A-Za-z0-9]{0,7}$/.test(prefix)) {
+    throw new Error(`tapPrefix must be 1-8 letters/digits, got ${prefix}`);
+  }
+  const mark = opts.replyMark ?? DEFAULT_REPLY_MARK;
+  if (!Number.isInteger(mark) || mark <= 0 || mark > 0xffffffff || (mark & (mark - 1)) !== 0) {
+    throw new Error('replyMark must be a single bit');
+  }
+  for (const p of opts.hostTcpPorts ?? []) checkPort(p, 'host port');
+}
+
+/** Throws on anything that could not be expressed safely as nft rules. */
+export function validatePolicy(policy: FirewallPolicy): void {
+  if (policy.mode !== 'open' && policy.mode !== 'restricted') {
+    throw new Error(`invalid firewall mode ${String(policy.mode)}`);
+  }
+  if (!Array.isArray(policy.ingress)) throw new Error('firewall ingress must be an array');
+  for (const r of policy.ingress) {
+    if (r.protocol !== 'tcp' && r.protocol !== 'udp') {
+      throw new Error(`invalid protocol ${String(r.protocol)}`);
+    }
+    checkPort(r.portStart, 'portStart');
+    if (r.portEnd !== undefined && r.portEnd !== null) {
+      checkPort(r.portEnd, 'portEnd');
+      if (r.portEnd < r.portStart) throw new Error('portEnd must be >= portStart');
+    }
+    for (const c of r.sourceCidrs ?? []) normalizeCidr6(c);
+  }
+}
+
+function checkPort(p: unknown, what: string): void {
+  if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) {
+    throw new Error(`${what} must be an integer 1-65535, got ${String(p)}`);
+  }
+}
+
+/** `addr` or `addr/len` (IPv6 only) → the masked `network/len` nft expects. */
+function normalizeCidr6(cidr: string): string {
+  const [addr = '', len] = cidr.split('/');
+  if (net.isIPv4(addr)) throw new Error(`IPv4 source CIDRs are not supported: ${cidr}`);
+  const c = parseCidr6(len === undefined ? `${addr}/128` : cidr, 'sourceCidrs');
+  return `${formatIpv6(c.base)}/${c.len}`;
+}
+
+// -----------------------------------------------------------------------------------------------
+// Addresses
+
+interface Cidr6 {
+  base: bigint;
+  len: number;
+}
+interface Cidr4 {
+  base: number;
+  len: number;
+}
+
+const MASK128 = (1n << 128n) - 1n;
+
+/** Parses an IPv6 address (any valid textual form, including an embedded IPv4 tail). */
+export function parseIpv6(addr: string): bigint {
+  if (!net.isIPv6(addr)) throw new Error(`not an IPv6 address: ${addr}`);
+  let text = addr.split('%')[0]!;
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (v4) {
+    const n = parseIpv4(v4[1]!);
+    text = `${text.slice(0, -v4[1]!.length)}${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`;
+  }
+  const [head = '', tail] = text.split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups =
+    tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  return groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n);
+}
+
+/** Canonical (RFC 5952) text of an IPv6 address. */
+export function formatIpv6(v: bigint): string {
+  const groups: string[] = [];
+  for (let i = 7; i >= 0; i--) groups.push(((v >> BigInt(i * 16)) & 0xffffn).toString(16));
+  // The WHATWG URL parser serialises IPv6 hosts in canonical compressed form.
+  return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1);
+}
+
+function ipv6Hex(v: bigint): string {
+  return `0x${v.toString(16).padStart(32, '0')}`;
+}
+
+function parseCidr6(cidr: string, what: string): Cidr6 {
+  const [addr = '', lenText, ...rest] = cidr.split('/');
+  const len = Number(lenText);
+  if (rest.length || lenText === undefined || !/^\d{1,3}$/.test(lenText) || len > 128) {
+    throw new Error(`${what}: invalid IPv6 CIDR ${cidr}`);
+  }
+  if (!net.isIPv6(addr)) throw new Error(`${what}: invalid IPv6 CIDR ${cidr}`);
+  const mask = len === 0 ? 0n : (MASK128 << BigInt(128 - len)) & MASK128;
+  return { base: parseIpv6(addr) & mask, len };
+}
+
+function cidr6Overlap(a: Cidr6, b: Cidr6): boolean {
+  const len = Math.min(a.len, b.len);
+  const mask = len === 0 ? 0n : (MASK128 << BigInt(128 - len)) & MASK128;
+  return (a.base & mask) === (b.base & mask);
+}
+
+function parseIpv4(addr: string): number {
+  if (!net.isIPv4(addr)) throw new Error(`not an IPv4 address: ${addr}`);
+  return addr.split('.').reduce((acc, o) => ((acc << 8) | Number(o)) >>> 0, 0);
+}
+
+function formatIpv4(n: number): string {
+  return [24, 16, 8, 0].map((s) => (n >>> s) & 0xff).join('.');
+}
+
+function parseCidr4(cidr: string, what: string): Cidr4 {
+  const [addr = '', lenText, ...rest] = cidr.split('/');
+  const len = Number(lenText);
+  if (rest.length || lenText === undefined || !/^\d{1,2}$/.test(lenText) || len > 32) {
+    throw new Error(`${what}: invalid IPv4 CIDR ${cidr}`);
+  }
+  const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+  return { base: (parseIpv4(addr) & mask) >>> 0, len };
+}
+
+function cidr4Overlap(a: Cidr4, b: Cidr4): boolean {
+  const len = Math.min(a.len, b.len);
+  const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+  return (a.base & mask) >>> 0 === (b.base & mask) >>> 0;
+}
+
+/** `fdXX:XXXX:XXXX::/64`: a unique local prefix with a random 40-bit global id (RFC 4193). */
+function randomUlaPrefix(): string {
+  const b = crypto.randomBytes(5);
+  const v = (0xfdn << 120n) | (BigInt(`0x${b.toString('hex')}`) << 80n);
+  return `${formatIpv6(v)}/64`;
+}
+
+function randomMac(): string {
+  // Locally administered, unicast.
+  const b = crypto.randomBytes(5);
+  return ['02', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+function hex32(n: number): string {
+  return `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
+}
+
+// -----------------------------------------------------------------------------------------------
+// State, sysctls, commands
+
+function loadState(file: string): State {
+  try {
+    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as State;
+    if (s.version !== STATE_VERSION) throw new Error(`unsupported version ${s.version}`);
+    return { ...s, vms: s.vms ?? {}, sysctls: s.sysctls ?? {} };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      return { version: STATE_VERSION, vms: {}, sysctls: {} };
+    }
+    throw new Error(`cannot read ${file}: ${errText(err)}`, { cause: err });
+  }
+}
+
+/** `key` is the path under /proc/sys (`net/ipv4/ip_forward`), which keeps dotted names intact. */
+function sysctlPath(key: string): string {
+  return path.join('/proc/sys', key);
+}
+
+function readSysctl(key: string): string | undefined {
+  try {
+    return fs.readFileSync(sysctlPath(key), 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+function writeSysctl(key: string, value: string): void {
+  try {
+    fs.writeFileSync(sysctlPath(key), value);
+  } catch {
+    // The interface is gone, or the key does not exist on this kernel.
+  }
+}
+
+interface RouteJson {
+  dst?: string;
+  dev?: string;
+}
+
+interface NftTable {
+  family: string;
+  name: string;
+}
+
+async function listNftTables(): Promise<NftTable[]> {
+  const out = JSON.parse(await run('nft', ['-j', 'list', 'tables'])) as {
+    nftables: Array<{ table?: NftTable }>;
+  };
+  return out.nftables.flatMap((e) => (e.table ? [e.table] : []));
+}
+
+/** Runs an nft script as one transaction (all of it applies, or none). */
+function nft(script: string): Promise<string> {
+  return run('nft', ['-f', '-'], { input: script });
+}
+
+/** Several `ip` commands in one process; `force` keeps going past failures. */
+function ipBatch(lines: readonly string[], force = false): Promise<string> {
+  return run('ip', [...(force ? ['-force'] : []), '-batch', '-'], {
+    input: `${lines.join('\n')}\n`,
+  });
+}
+
+function bridgeBatch(lines: readonly string[]): Promise<string> {
+  return run('bridge', ['-batch', '-'], { input: `${lines.join('\n')}\n` });
+}
+
+function run(cmd: string, args: readonly string[], opts: { input?: string } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], timeout: CMD_TIMEOUT_MS });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      if (code === 0) {
+        resolve(Buffer.concat(out).toString());
+        return;
+      }
+      const why = Buffer.concat(err).toString().trim() || `exit ${code ?? signal}`;
+      const shown = opts.input ? `\n--- input ---\n${opts.input}` : '';
+      reject(new Error(`${cmd} ${args.join(' ')}: ${why}${shown}`));
+    });
+    child.stdin.on('error', () => {});
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message.split('\n')[0]! : String(err);
+}
