@@ -186,7 +186,7 @@ static void process_input(struct agent *a)
 
 /* ---- signals ---- */
 
-static int make_signalfd(bool pid1)
+static int make_signalfd(void)
 {
 	sigset_t set;
 
@@ -194,16 +194,15 @@ static int make_signalfd(bool pid1)
 	sigaddset(&set, SIGCHLD);
 	sigaddset(&set, SIGIO);
 	/*
-	 * Blocked (not ignored) so that a command that is signalled between fork() and its own
-	 * signal reset still gets the signal. As PID 1 the kernel drops these anyway, since init
-	 * has no handler for them; in test mode they end the agent cleanly.
+	 * Blocked and read from the signalfd rather than set to SIG_IGN, so that a command
+	 * signalled between fork() and its own signal reset still gets the signal. As PID 1 they
+	 * are read and ignored; in test mode they end the agent cleanly.
 	 */
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return -1;
-	(void)pid1;
 	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
@@ -375,7 +374,7 @@ int main(int argc, char **argv)
 		if (!a.scratch)
 			a.scratch = malloc(FRAME_MAX_CHUNK);
 		if (a.sfd < 0)
-			a.sfd = make_signalfd(a.pid1);
+			a.sfd = make_signalfd();
 		if (a.scratch && a.sfd >= 0) {
 			serve(&a);
 			agent_log("main loop failed; restarting it");
