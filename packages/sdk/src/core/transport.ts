@@ -192,7 +192,12 @@ export class Transport {
     timeoutMs: number,
     signal?: AbortSignal,
   ): Promise<http2.ClientHttp2Session | undefined> {
-    for (;;) {
+    for (let attempt = 0; ; attempt++) {
+      if (attempt === 3) {
+        throw new ConnectionError(`${this.#url.origin} keeps closing new HTTP/2 sessions`, {
+          requestSent: false,
+        });
+      }
       const s = this.#session;
       if (s && !s.closed && !s.destroyed) return s;
       if (this.#isHttp1()) return undefined;
