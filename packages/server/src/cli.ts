@@ -1,5 +1,5 @@
 /**
- * `fastvm-server` process entry:
+ * The `fastvm-server` command line (process entry: `main.ts`):
  *
  *   serve [--host H] [--port P] [--data-dir D] [--tls-cert F --tls-key F] [--fake-runtime]
  *         [--database-url URL] [--log-level L]
@@ -40,9 +40,40 @@ const USAGE = `usage: fastvm-server <command>
 
 Admin commands accept --data-dir and --database-url like serve.`;
 
+/** Where command output goes (tests capture it). */
+export interface CliIo {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+const processIo: CliIo = {
+  out: (line) => process.stdout.write(line + '\n'),
+  err: (line) => process.stderr.write(line + '\n'),
+};
+
 class UsageError extends Error {}
 
-async function main(argv: string[]): Promise<number> {
+/**
+ * Runs one command; resolves with the exit status (2 for usage errors). `serve` resolves only
+ * after a SIGTERM/SIGINT-triggered graceful shutdown.
+ */
+export async function runCli(argv: string[], io: CliIo = processIo): Promise<number> {
+  try {
+    return await dispatch(argv, io);
+  } catch (err) {
+    if (
+      err instanceof UsageError ||
+      (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
+    ) {
+      io.err(`fastvm-server: ${(err as Error).message}\n\n${USAGE}`);
+      return 2;
+    }
+    io.err(`fastvm-server: ${err instanceof Error ? err.message : String(err)}`);
+    return 1;
+  }
+}
+
+async function dispatch(argv: string[], io: CliIo): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'serve':
@@ -50,12 +81,12 @@ async function main(argv: string[]): Promise<number> {
     case 'orgs':
     case 'keys':
     case 'quotas':
-      return admin(command, rest);
+      return admin(command, rest, io);
     case undefined:
     case 'help':
     case '--help':
     case '-h':
-      console.log(USAGE);
+      io.out(USAGE);
       return command === undefined ? 2 : 0;
     default:
       throw new UsageError(`unknown command: ${command}`);
@@ -172,7 +203,7 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
 
 // ---- admin ----------------------------------------------------------------------------------
 
-async function admin(group: string, args: string[]): Promise<number> {
+async function admin(group: string, args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -209,25 +240,25 @@ async function admin(group: string, args: string[]): Promise<number> {
         if (await store.findOrg(name)) throw new UsageError(`org ${JSON.stringify(name)} exists`);
         const created = await createOrg(store, name);
         const { key } = await createApiKey(store, created.id, { name: 'default' });
-        console.log(`org ${created.name} ${created.id}`);
-        console.log(`api key (shown once): ${key}`);
+        io.out(`org ${created.name} ${created.id}`);
+        io.out(`api key (shown once): ${key}`);
         return 0;
       }
       case 'orgs list':
-        for (const o of await store.listOrgs()) console.log(`${o.id}  ${o.name}  ${o.createdAt}`);
+        for (const o of await store.listOrgs()) io.out(`${o.id}  ${o.name}  ${o.createdAt}`);
         return 0;
       case 'keys create': {
         const o = await org();
         const { key, record } = await createApiKey(store, o.id, { name: values.name ?? 'default' });
-        console.log(`key ${record.id} (${record.prefix}…) for org ${o.name}`);
-        console.log(`api key (shown once): ${key}`);
+        io.out(`key ${record.id} (${record.prefix}…) for org ${o.name}`);
+        io.out(`api key (shown once): ${key}`);
         return 0;
       }
       case 'keys list': {
         const orgId = values.org ? (await org()).id : undefined;
         for (const k of await store.listApiKeys(orgId)) {
           const state = k.revokedAt ? `revoked ${k.revokedAt}` : 'active';
-          console.log(`${k.id}  ${k.prefix}…  org=${k.orgId}  ${k.name}  ${state}`);
+          io.out(`${k.id}  ${k.prefix}…  org=${k.orgId}  ${k.name}  ${state}`);
         }
         return 0;
       }
@@ -236,7 +267,7 @@ async function admin(group: string, args: string[]): Promise<number> {
         if (!target) throw new UsageError('keys revoke KEY_ID_OR_PREFIX');
         const n = await store.revokeApiKey(target, new Date().toISOString());
         if (n === 0) throw new UsageError(`no active key ${JSON.stringify(target)}`);
-        console.log(`revoked ${n} key${n === 1 ? '' : 's'}`);
+        io.out(`revoked ${n} key${n === 1 ? '' : 's'}`);
         return 0;
       }
       case 'quotas set': {
@@ -244,11 +275,11 @@ async function admin(group: string, args: string[]): Promise<number> {
         const overrides = parseQuotaFlags(values);
         if (Object.keys(overrides).length === 0) throw new UsageError('give at least one limit');
         await store.setQuotaOverrides(o.id, overrides);
-        await printQuotas(store, o.id);
+        await printQuotas(store, o.id, io);
         return 0;
       }
       case 'quotas get':
-        await printQuotas(store, (await org()).id);
+        await printQuotas(store, (await org()).id, io);
         return 0;
       default:
         throw new UsageError(`unknown command: ${group} ${verb ?? ''}`.trim());
@@ -279,32 +310,14 @@ function parseQuotaFlags(values: Record<string, unknown>): QuotaOverrides {
   return out;
 }
 
-async function printQuotas(store: Store, orgId: string): Promise<void> {
+async function printQuotas(store: Store, orgId: string, io: CliIo): Promise<void> {
   const overrides = await store.getQuotaOverrides(orgId);
   const usage = await store.getUsage(orgId);
   for (const [flag, key] of QUOTA_FLAGS) {
     const o = overrides[key];
     const limit = o ?? DEFAULT_QUOTA_LIMITS[key];
-    console.log(
+    io.out(
       `${flag.padEnd(15)} ${String(usage[key]).padStart(7)} / ${limit}${o == null ? ' (default)' : ''}`,
     );
   }
 }
-
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exit(code);
-  },
-  (err: unknown) => {
-    if (
-      err instanceof UsageError ||
-      (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
-    ) {
-      console.error(`fastvm-server: ${(err as Error).message}\n\n${USAGE}`);
-      process.exitCode = 2;
-    } else {
-      console.error(`fastvm-server: ${err instanceof Error ? err.message : String(err)}`);
-      process.exitCode = 1;
-    }
-  },
-);

@@ -1,0 +1,155 @@
+/**
+ * The real `NetworkManager` seam (see `network.ts`): VMs get a tap on the host bridge, a public
+ * IPv6 address and NATed IPv4, and their firewall policy is enforced by nftables, all through
+ * `@fastvm/runtime`'s host `NetworkManager`. `createNetworkManager` falls back to the no-op
+ * manager (VMs without public networking, `publicIpv6: null`) when networking is switched off or
+ * the host cannot do it, and says why.
+ *
+ * Environment (read in `main.ts` through `networkSettingsFromEnv`):
+ * - `FASTVM_NETWORK=off` — no networking;
+ * - `FASTVM_IPV6_PREFIX` — the VMs' /64 (default: a random ULA /64 chosen once and kept in
+ *   `<dataDir>/network/network.json`);
+ * - `FASTVM_IPV4_SUBNET` — private IPv4 subnet, NATed outbound (default 10.213.0.0/16);
+ * - `FASTVM_BRIDGE` — bridge name (default `fvbr0`);
+ * - `FASTVM_HOST_TCP_PORTS` — comma-separated host TCP ports VMs may connect to (default none;
+ *   the API port stays unreachable from VMs).
+ * @module
+ */
+import path from 'node:path';
+import { NetworkManager as HostNetwork, publicIpv6 } from '@fastvm/runtime';
+import type { Logger } from 'pino';
+import type { FirewallPolicy } from '../domain.js';
+import { NoopNetworkManager, type NetworkManager, type VmNetworkAttachment } from './network.js';
+
+export interface NetworkSettings {
+  enabled: boolean;
+  ipv6Prefix?: string;
+  ipv4Subnet?: string;
+  bridge?: string;
+  hostTcpPorts?: number[];
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Parses the `FASTVM_NETWORK*` variables; throws with a user-facing message on bad values. */
+export function networkSettingsFromEnv(env: Env = process.env): NetworkSettings {
+  const mode = env.FASTVM_NETWORK?.trim().toLowerCase();
+  if (mode !== undefined && mode !== '' && !/^(on|off|auto|0|1|true|false|yes|no)$/.test(mode)) {
+    throw new Error(`FASTVM_NETWORK must be on, off or auto, got ${env.FASTVM_NETWORK}`);
+  }
+  const settings: NetworkSettings = { enabled: !/^(off|0|false|no)$/.test(mode ?? '') };
+  if (env.FASTVM_IPV6_PREFIX) settings.ipv6Prefix = env.FASTVM_IPV6_PREFIX.trim();
+  if (env.FASTVM_IPV4_SUBNET) settings.ipv4Subnet = env.FASTVM_IPV4_SUBNET.trim();
+  if (env.FASTVM_BRIDGE) settings.bridge = env.FASTVM_BRIDGE.trim();
+  if (env.FASTVM_HOST_TCP_PORTS) {
+    settings.hostTcpPorts = env.FASTVM_HOST_TCP_PORTS.split(',')
+      .map((p) => p.trim())
+      .filter(Boolean)
+      .map((p) => {
+        const n = Number(p);
+        if (!/^\d+$/.test(p) || n < 1 || n > 65535) {
+          throw new Error(`FASTVM_HOST_TCP_PORTS: invalid port ${p}`);
+        }
+        return n;
+      });
+  }
+  return settings;
+}
+
+/** Adapts the runtime's host network manager to the server's hooks. */
+export class HostNetworkManager implements NetworkManager {
+  constructor(
+    readonly host: HostNetwork,
+    private readonly logger: Logger,
+  ) {}
+
+  async attach(vmId: string, firewall: FirewallPolicy): Promise<VmNetworkAttachment> {
+    const network = await this.host.allocate(vmId);
+    try {
+      // Before the VM runs, so it is never reachable under a policy it was not given.
+      await this.host.applyFirewall(vmId, firewall);
+    } catch (err) {
+      await this.host.release(vmId).catch(() => {});
+      throw err;
+    }
+    return { network, publicIpv6: publicIpv6(network) };
+  }
+
+  async onFirewallChange(vmId: string, policy: FirewallPolicy): Promise<void> {
+    // A VM launched while networking was off has no tap; its stored policy applies later.
+    if (this.host.get(vmId)) await this.host.applyFirewall(vmId, policy);
+  }
+
+  release(vmId: string): Promise<void> {
+    return this.host.release(vmId);
+  }
+
+  async reconcile(live: ReadonlyArray<{ id: string; firewall: FirewallPolicy }>): Promise<void> {
+    const result = await this.host.reconcile(live.map((vm) => vm.id));
+    for (const vm of live) {
+      if (!this.host.get(vm.id)) continue;
+      await this.host.applyFirewall(vm.id, vm.firewall).catch((err: unknown) => {
+        this.logger.error({ err, vmId: vm.id }, 'could not re-apply firewall policy');
+      });
+    }
+    this.logger.info(
+      {
+        live: live.length,
+        released: result.released.length,
+        removedTaps: result.removedTaps.length,
+        removedTables: result.removedTables.length,
+      },
+      'network reconciled',
+    );
+  }
+
+  close(): Promise<void> {
+    // VMs survive a server restart, so their taps and rules stay; with none left, the bridge
+    // and host rules go too.
+    return this.host.close();
+  }
+}
+
+export interface CreatedNetwork {
+  network: NetworkManager;
+  /** One line for the start-up banner: what VMs get, or why they get no networking. */
+  summary: string;
+}
+
+/** The host network manager, or the no-op one (with the reason) when off or unavailable. */
+export async function createNetworkManager(opts: {
+  dataDir: string;
+  logger: Logger;
+  settings: NetworkSettings;
+}): Promise<CreatedNetwork> {
+  const { logger, settings } = opts;
+  const without = (why: string): CreatedNetwork => {
+    const summary = `networking off: ${why}; VMs run without public IPv6 (publicIpv6: null)`;
+    logger.warn(summary);
+    return { network: new NoopNetworkManager(), summary };
+  };
+  if (!settings.enabled) return without('FASTVM_NETWORK=off');
+  let host: HostNetwork;
+  try {
+    host = await HostNetwork.create({
+      stateDir: path.join(opts.dataDir, 'network'),
+      ...(settings.bridge ? { bridge: settings.bridge } : {}),
+      ...(settings.ipv6Prefix ? { ipv6Prefix: settings.ipv6Prefix } : {}),
+      ...(settings.ipv4Subnet ? { ipv4Subnet: settings.ipv4Subnet } : {}),
+      ...(settings.hostTcpPorts ? { hostTcpPorts: settings.hostTcpPorts } : {}),
+      log: (msg) => logger.info(msg),
+    });
+  } catch (err) {
+    throw new Error(
+      `VM network setup failed: ${(err as Error).message.split('\n')[0]} ` +
+        '(FASTVM_NETWORK=off runs VMs without networking)',
+      { cause: err },
+    );
+  }
+  if (!host.available) return without(host.reason ?? 'unavailable');
+  const summary =
+    `networking: bridge ${host.bridge}, IPv6 ${host.ipv6Prefix} (gateway ${host.ipv6Gateway}), ` +
+    `IPv4 ${host.ipv4Subnet} NAT`;
+  logger.info(summary);
+  return { network: new HostNetworkManager(host, logger), summary };
+}

@@ -1,0 +1,219 @@
+/**
+ * Networking through the API with real QEMU VMs (issue #7): `publicIpv6`, the firewall policy
+ * enforced at launch, `PATCH /firewall` taking effect within a second, restores inheriting the
+ * snapshot's policy with their own address, cleanup on delete, and a restart that keeps a live
+ * VM's network and policy. A routed network namespace stands in for the internet.
+ * (The full isolation/anti-spoofing matrix is in packages/runtime/test/network.test.ts.)
+ */
+import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createQemuRuntime, defaultCacheDir, type QemuRuntime } from '@fastvm/runtime';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startServer, type ServerHandle } from '../src/index.js';
+import { createNetworkManager, type NetworkSettings } from '../src/services/host-network.js';
+import { TestClient } from './helpers.js';
+
+function skipReason(): string | undefined {
+  if (process.getuid?.() !== 0) return 'needs root';
+  if (!fs.existsSync('/dev/net/tun')) return 'needs /dev/net/tun';
+  return undefined;
+}
+const SKIP = skipReason();
+const TAG = crypto.randomBytes(2).toString('hex');
+const NS = `fvsnet-${TAG}`;
+const VETH = `fvsi${TAG}`;
+// The namespace's prefix: a random ULA /64, routed through the host.
+const NS_PREFIX = `fd${crypto.randomBytes(7).toString('hex').replace(/(..)(....)(....)(....)/, '$1:$2:$3:$4')}`;
+const NS_HOST = `${NS_PREFIX}::1`;
+const NS_ADDR = `${NS_PREFIX}::2`;
+const RUNTIME_DIR = process.env.FASTVM_TEST_DATA_DIR || path.join(defaultCacheDir(), 'test-runtime');
+
+function run(cmd: string, args: string[]): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { encoding: 'utf8', timeout: 20_000 }, (err, stdout) => {
+      resolve({ code: err ? 1 : 0, out: stdout });
+    });
+  });
+}
+
+/** HTTP status of `http://[addr]:port/` fetched from the namespace; `000` when nothing answers. */
+async function fromInternet(addr: string, port: number, timeoutS = 1): Promise<string> {
+  const r = await run('ip', [
+    ...['netns', 'exec', NS, 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}'],
+    ...['--connect-timeout', String(timeoutS), '-m', String(timeoutS + 2)],
+    `http://[${addr}]:${port}/`,
+  ]);
+  return /^\d{3}$/.test(r.out) ? r.out : '000';
+}
+
+describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${SKIP}` : ''}`, () => {
+  let dataDir: string;
+  let runtime: QemuRuntime;
+  let server: ServerHandle | undefined;
+  let api: TestClient;
+  const settings: NetworkSettings = {
+    enabled: true,
+    bridge: `fvbs${TAG}`,
+    ipv4Subnet: `10.215.${crypto.randomBytes(1)[0]!}.0/24`,
+  };
+
+  async function start(): Promise<void> {
+    runtime = await createQemuRuntime({ dataDir: RUNTIME_DIR });
+    const { network } = await createNetworkManager({
+      dataDir,
+      logger: (await import('pino')).pino({ level: 'silent' }),
+      settings,
+    });
+    server = await startServer({
+      port: 0,
+      dataDir,
+      runtime,
+      network,
+      logLevel: 'silent',
+      shutdownGraceMs: 2000,
+      launchWaitMs: 60_000,
+    });
+    api = new TestClient(server.url, server.bootstrapKey);
+  }
+
+  const exec = async (vm: string, command: string) => {
+    const r = await api.post(`/v1/vms/${vm}/exec`, { command, timeoutSec: 30 });
+    expect(r.status).toBe(200);
+    return r.body as { exitCode: number; stdout: string };
+  };
+
+  beforeAll(async () => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fvsnet-'));
+    await run('ip', ['netns', 'add', NS]);
+    await run('ip', ['link', 'add', VETH, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', NS]);
+    await run('ip', ['addr', 'add', `${NS_HOST}/64`, 'dev', VETH, 'nodad']);
+    await run('ip', ['link', 'set', VETH, 'up']);
+    await run('ip', ['-n', NS, 'addr', 'add', `${NS_ADDR}/64`, 'dev', 'eth0', 'nodad']);
+    await run('ip', ['-n', NS, 'link', 'set', 'eth0', 'up']);
+    await run('ip', ['-n', NS, 'link', 'set', 'lo', 'up']);
+    const r = await run('ip', ['-n', NS, '-6', 'route', 'add', 'default', 'via', NS_HOST]);
+    expect(r.code).toBe(0);
+    await start();
+  });
+
+  afterAll(async () => {
+    if (server) {
+      for (const vm of (await api.get('/v1/vms')).body?.data ?? []) {
+        await api.del(`/v1/vms/${(vm as { id: string }).id}`).catch(() => {});
+      }
+      await server.close().catch(() => {});
+    }
+    await runtime?.destroyAll().catch(() => {});
+    // Leftovers if a test failed midway: everything below is named after this run's tag.
+    const links = await run('ip', ['-j', 'link', 'show', 'master', settings.bridge!]);
+    for (const l of JSON.parse(links.out || '[]') as Array<{ ifname: string }>) {
+      await run('ip', ['link', 'del', l.ifname]);
+    }
+    const tables = await run('nft', ['-j', 'list', 'tables']);
+    for (const t of (JSON.parse(tables.out || '{"nftables":[]}') as {
+      nftables: Array<{ table?: { family: string; name: string } }>;
+    }).nftables) {
+      if (t.table?.name.startsWith(`fastvm_${settings.bridge}`)) {
+        await run('nft', ['delete', 'table', t.table.family, t.table.name]);
+      }
+    }
+    await run('ip', ['link', 'del', settings.bridge!]);
+    await run('ip', ['link', 'del', VETH]);
+    await run('ip', ['netns', 'del', NS]);
+    if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('enforces the launch policy, applies PATCH within a second, restores inherit the policy', async () => {
+    const launched = await api.post('/v1/vms', {
+      machineType: 'c1m2',
+      name: `net-${TAG}`,
+      firewall: { mode: 'restricted', ingress: [{ protocol: 'tcp', portStart: 8080 }] },
+    });
+    expect(launched.status).toBe(201);
+    const vm = launched.body as { id: string; publicIpv6: string | null };
+    expect(vm.publicIpv6).toMatch(/:/);
+    expect(vm.publicIpv6).not.toContain('/');
+
+    const up = await exec(
+      vm.id,
+      'cd /tmp && for p in 8080 8081; do nohup python3 -m http.server --bind :: $p >/dev/null 2>&1 & done; ' +
+        'for i in $(seq 150); do curl -s -o /dev/null localhost:8080 && curl -s -o /dev/null localhost:8081 && exit 0; sleep 0.1; done; exit 1',
+    );
+    expect(up.exitCode).toBe(0);
+    const ip = vm.publicIpv6!;
+    expect(await Promise.all([fromInternet(ip, 8080), fromInternet(ip, 8081)])).toEqual([
+      '200',
+      '000',
+    ]);
+
+    const t0 = performance.now();
+    const patched = await api.patch(`/v1/vms/${vm.id}/firewall`, {
+      ingress: [
+        { protocol: 'tcp', portStart: 8080 },
+        { protocol: 'tcp', portStart: 8081 },
+      ],
+    });
+    expect(patched.status).toBe(200);
+    let code = '000';
+    while (code !== '200' && performance.now() - t0 < 1000) code = await fromInternet(ip, 8081, 0.3);
+    expect(code).toBe('200');
+    console.log(`PATCH /firewall → port answering: ${(performance.now() - t0).toFixed(0)} ms`);
+
+    // IPv4 source CIDRs are refused (the firewall filters public IPv6).
+    const bad = await api.put(`/v1/vms/${vm.id}/firewall`, {
+      mode: 'restricted',
+      ingress: [{ protocol: 'tcp', portStart: 22, sourceCidrs: ['10.0.0.0/8'] }],
+    });
+    expect(bad.status).toBe(400);
+
+    // Snapshot under "8080 only"; the restore inherits that, with its own address.
+    await api.put(`/v1/vms/${vm.id}/firewall`, {
+      mode: 'restricted',
+      ingress: [{ protocol: 'tcp', portStart: 8080 }],
+    });
+    const snap = await api.post('/v1/snapshots', { vmId: vm.id, name: `snap-${TAG}` });
+    expect(snap.status).toBe(201);
+    const fork = await api.post('/v1/vms', { snapshotId: (snap.body as { id: string }).id });
+    expect(fork.status).toBe(201);
+    const f = fork.body as { id: string; publicIpv6: string; firewall: { ingress: unknown[] } };
+    expect(f.publicIpv6).toMatch(/:/);
+    expect(f.publicIpv6).not.toBe(ip);
+    expect(f.firewall.ingress).toHaveLength(1);
+    expect(
+      await Promise.all([fromInternet(f.publicIpv6, 8080), fromInternet(f.publicIpv6, 8081)]),
+    ).toEqual(['200', '000']);
+
+    // Deleting a VM removes its tap.
+    const before = (await run('ip', ['-j', 'link', 'show', 'master', settings.bridge!])).out;
+    expect((JSON.parse(before) as unknown[]).length).toBe(2);
+    expect((await api.del(`/v1/vms/${f.id}`)).status).toBe(200);
+    const after = (await run('ip', ['-j', 'link', 'show', 'master', settings.bridge!])).out;
+    expect((JSON.parse(after) as unknown[]).length).toBe(1);
+    expect(await fromInternet(f.publicIpv6, 8080)).toBe('000');
+    await api.del(`/v1/snapshots/${(snap.body as { id: string }).id}`);
+  });
+
+  it('a restart keeps a live VM reachable under its policy; shutdown without VMs removes the bridge', async () => {
+    const vm = ((await api.get('/v1/vms')).body as { data: Array<{ id: string; publicIpv6: string }> })
+      .data[0]!;
+    await server!.close();
+    server = undefined;
+    await start();
+    const again = (await api.get(`/v1/vms/${vm.id}`)).body as { status: string; publicIpv6: string };
+    expect(again.status).toBe('running');
+    expect(again.publicIpv6).toBe(vm.publicIpv6);
+    expect(
+      await Promise.all([fromInternet(vm.publicIpv6, 8080), fromInternet(vm.publicIpv6, 8081)]),
+    ).toEqual(['200', '000']);
+
+    expect((await api.del(`/v1/vms/${vm.id}`)).status).toBe(200);
+    await server!.close();
+    server = undefined;
+    expect((await run('ip', ['link', 'show', settings.bridge!])).code).not.toBe(0);
+    const tables = (await run('nft', ['list', 'tables'])).out;
+    expect(tables).not.toContain(settings.bridge!);
+  });
+});
