@@ -257,6 +257,7 @@ export class NetworkManager {
     this.#requireAvailable();
     return this.#exclusive(async () => {
       let a = this.#state.vms[vmId];
+      const fresh = !a;
       if (!a) {
         a = this.#newAllocation(vmId);
         // Recorded before anything is created, so a crash in between leaves nothing unowned.
@@ -264,7 +265,8 @@ export class NetworkManager {
         this.#save();
       }
       try {
-        await this.#createTap(a);
+        // An existing allocation keeps its firewall (this is a retry, not a new VM).
+        await this.#createTap(a, { fresh, keepFirewall: !fresh });
       } catch (err) {
         await this.#removeVm(a).catch(() => {});
         delete this.#state.vms[vmId];
@@ -385,10 +387,8 @@ export class NetworkManager {
         removedTables.push(t.name);
       }
       await this.#dropStaleNeighbours();
-      const tables = new Set((await listNftTables()).map((t) => `${t.family} ${t.name}`));
       for (const a of Object.values(this.#state.vms)) {
-        const hadTable = tables.has(`netdev ${this.#vmTable(a)}`);
-        await this.#createTap(a, hadTable);
+        await this.#createTap(a, { keepFirewall: true });
       }
       if (released.length || removedTaps.length || removedTables.length) {
         this.#log(
@@ -622,25 +622,43 @@ table inet ${t} {
     return { tap, mac, ipv6, ipv4 };
   }
 
-  /** Creates (or completes) the VM's tap, its bridge port settings and its anti-spoof chain. */
-  async #createTap(a: Allocation, keepFirewall = false): Promise<void> {
-    const links = await run('ip', ['-j', 'link', 'show', 'dev', a.tap])
-      .then((out) => JSON.parse(out) as unknown[])
-      .catch(() => []);
-    if (links.length === 0) await run('ip', ['tuntap', 'add', 'dev', a.tap, 'mode', 'tap']);
-    await ipBatch([
+  /**
+   * Creates (or completes) the VM's tap, its bridge port settings and its anti-spoof chain.
+   * `fresh`: the tap is new, so it is created in the same `ip` batch (one process less).
+   */
+  async #createTap(
+    a: Allocation,
+    opts: { fresh?: boolean; keepFirewall?: boolean } = {},
+  ): Promise<void> {
+    const attach = [
       `link set dev ${a.tap} master ${this.bridge}`,
       `link set dev ${a.tap} up`,
       // Static neighbours: the host never asks, and no VM can claim another's address.
       `neigh replace ${a.ipv6} lladdr ${a.mac} dev ${this.bridge} nud permanent`,
       `neigh replace ${a.ipv4} lladdr ${a.mac} dev ${this.bridge} nud permanent`,
-    ]);
+    ];
+    const ensureThenAttach = async (): Promise<void> => {
+      const links = await run('ip', ['-j', 'link', 'show', 'dev', a.tap])
+        .then((out) => JSON.parse(out) as unknown[])
+        .catch(() => []);
+      if (links.length === 0) await run('ip', ['tuntap', 'add', 'dev', a.tap, 'mode', 'tap']);
+      await ipBatch(attach);
+    };
+    if (opts.fresh) {
+      await ipBatch([`tuntap add dev ${a.tap} mode tap`, ...attach]).catch(ensureThenAttach);
+    } else {
+      await ensureThenAttach();
+    }
     await bridgeBatch([
       // Isolated ports cannot talk to each other; no flooding of unknown unicast into VMs.
       `link set dev ${a.tap} isolated on learning off flood off`,
       `fdb replace ${a.mac} dev ${a.tap} master static`,
     ]);
-    await nft(this.#vmTableScript(a, keepFirewall));
+    // A firewall is only kept if there is one (else the VM starts closed).
+    const keep =
+      opts.keepFirewall === true &&
+      (await listNftTables()).some((t) => t.family === 'netdev' && t.name === this.#vmTable(a));
+    await nft(this.#vmTableScript(a, keep));
   }
 
   async #removeVm(a: Allocation): Promise<void> {

@@ -3,6 +3,7 @@
  * nftables firewall, isolation and anti-spoofing. A network namespace, routed by the host,
  * stands in for the internet; nothing else is ever sent traffic.
  */
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -10,7 +11,14 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NetworkManager, publicIpv6, type FirewallPolicy } from '../src/network.js';
+import {
+  NetworkManager,
+  formatIpv6,
+  parseIpv6,
+  publicIpv6,
+  validatePolicy,
+  type FirewallPolicy,
+} from '../src/network.js';
 import type { QemuRuntime } from '../src/runtime.js';
 import type { VmNetwork } from '../src/types.js';
 import { testRuntime, text, uid } from './helpers.js';
@@ -274,5 +282,118 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
     expect(links).not.toContain(`fvbt${TAG}`);
     const tables = await sh('nft', ['list', 'tables']);
     expect(tables).not.toContain(`fvbt${TAG}`);
+  });
+});
+
+describe('network helpers (no privileges needed)', () => {
+  it('parses and formats IPv6 addresses canonically', () => {
+    for (const [text, canon] of [
+      ['fd00::1', 'fd00::1'],
+      ['FD00:0:0:0:0:0:0:1', 'fd00::1'],
+      ['2001:db8:0:0:1:0:0:1', '2001:db8::1:0:0:1'],
+      ['::ffff:10.1.2.3', '::ffff:a01:203'],
+      ['::', '::'],
+    ] as const) {
+      expect(formatIpv6(parseIpv6(text))).toBe(canon);
+    }
+    expect(() => parseIpv6('10.0.0.1')).toThrow();
+  });
+
+  it('rejects policies nft could not express safely', () => {
+    const rule = (r: object): FirewallPolicy => ({
+      mode: 'restricted',
+      ingress: [{ protocol: 'tcp', portStart: 80, ...r }],
+    });
+    expect(() => validatePolicy(rule({}))).not.toThrow();
+    expect(() => validatePolicy(rule({ sourceCidrs: ['2001:db8::/32', 'fd00::5'] }))).not.toThrow();
+    expect(() => validatePolicy(rule({ sourceCidrs: ['10.0.0.0/8'] }))).toThrow(/IPv4/);
+    expect(() => validatePolicy(rule({ sourceCidrs: ['fd00::/129'] }))).toThrow();
+    expect(() => validatePolicy(rule({ sourceCidrs: ['fd00::1 } accept; drop'] }))).toThrow();
+    expect(() => validatePolicy(rule({ portStart: 0 }))).toThrow();
+    expect(() => validatePolicy(rule({ portEnd: 79 }))).toThrow();
+    expect(() => validatePolicy(rule({ protocol: 'icmp' }))).toThrow();
+    expect(() => validatePolicy({ mode: 'closed' } as never)).toThrow();
+  });
+});
+
+describe.skipIf(SKIP)(`host network state (no VMs)${SKIP ? ` — skipped: ${SKIP}` : ''}`, () => {
+  const tag = crypto.randomBytes(2).toString('hex');
+  const bridge = `fvbr${tag}`;
+  let stateDir: string;
+
+  beforeAll(() => {
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fvnet-'));
+  });
+
+  afterAll(async () => {
+    // Whatever a failed test left: a manager over the same state removes it all.
+    const nm = await NetworkManager.create({ stateDir, bridge, tapPrefix: `fr${tag}` }).catch(
+      () => undefined,
+    );
+    await nm?.shutdown();
+    await sh('ip', ['link', 'del', `fr${tag}stray`]).catch(() => {});
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it('reconciles after a crash: frees dead VMs and strays, keeps live ones with their firewall', async () => {
+    const opts = { stateDir, bridge, tapPrefix: `fr${tag}`, ipv4Subnet: '10.216.0.0/24' };
+    const first = await NetworkManager.create(opts);
+    const live = await first.allocate('live');
+    const dead = await first.allocate('dead');
+    await first.applyFirewall('live', restricted(8080));
+    expect(new Set([live.mac, dead.mac]).size).toBe(2);
+    expect(live.ipv4).not.toBe(dead.ipv4);
+    // Leftovers nothing owns: a tap on the bridge and a per-VM table.
+    const stray = `fr${tag}stray`;
+    await sh('ip', ['tuntap', 'add', 'dev', stray, 'mode', 'tap']);
+    await sh('ip', ['link', 'set', stray, 'master', bridge]);
+    await sh('nft', ['add', 'table', 'netdev', `fastvm_${bridge}_${stray}`]);
+
+    // "Crash": a new manager over the same state, without any shutdown.
+    const second = await NetworkManager.create(opts);
+    expect(second.ipv6Prefix).toBe(first.ipv6Prefix); // the generated prefix is kept
+    expect(second.get('live')).toEqual(live);
+    const r = await second.reconcile(['live']);
+    expect(r.released).toEqual(['dead']);
+    expect(r.removedTaps).toEqual([stray]);
+    expect(r.removedTables).toEqual([`fastvm_${bridge}_${stray}`]);
+    const links = await sh('ip', ['-br', 'link']);
+    expect(links).toContain(live.tap);
+    expect(links).not.toContain(dead.tap);
+    const table = await sh('nft', ['list', 'table', 'netdev', `fastvm_${bridge}_${live.tap}`]);
+    expect(table).toContain('tcp dport 8080 accept');
+    // A new VM never gets a live VM's addresses.
+    const next = await second.allocate('next');
+    expect([next.mac, next.ipv6, next.ipv4]).not.toContain(live.mac);
+    expect(next.ipv6).not.toBe(live.ipv6);
+    expect(next.ipv4).not.toBe(live.ipv4);
+
+    // close() with live VMs keeps everything; shutdown() removes it all.
+    await second.close();
+    expect(await sh('ip', ['-br', 'link'])).toContain(live.tap);
+    await second.shutdown();
+    const after = await sh('ip', ['-br', 'link']);
+    expect(after).not.toContain(bridge);
+    expect(after).not.toContain(`fr${tag}`);
+    expect(await sh('nft', ['list', 'tables'])).not.toContain(bridge);
+  });
+
+  it('without CAP_NET_ADMIN it reports unavailable with a reason', async () => {
+    const script =
+      "import('./src/network.ts').then(async (m) => { const nm = await m.NetworkManager.create(" +
+      `{ stateDir: ${JSON.stringify(stateDir)}, bridge: 'fvnever${tag}' }); ` +
+      'console.log(JSON.stringify({ available: nm.available, reason: nm.reason })); })';
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(
+        'setpriv',
+        ['--bounding-set', '-net_admin', process.execPath, '--import', 'tsx', '-e', script],
+        { cwd: path.resolve(import.meta.dirname, '..'), encoding: 'utf8', timeout: 60_000 },
+        (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve(stdout)),
+      ),
+    );
+    const res = JSON.parse(out.trim().split('\n').pop()!) as { available: boolean; reason: string };
+    expect(res.available).toBe(false);
+    expect(res.reason).toMatch(/CAP_NET_ADMIN/);
+    expect(await sh('ip', ['-br', 'link'])).not.toContain(`fvnever${tag}`);
   });
 });

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createQemuRuntime, defaultCacheDir, type QemuRuntime } from '@fastvm/runtime';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type ServerHandle } from '../src/index.js';
 import { createNetworkManager, type NetworkSettings } from '../src/services/host-network.js';
@@ -26,10 +27,15 @@ const TAG = crypto.randomBytes(2).toString('hex');
 const NS = `fvsnet-${TAG}`;
 const VETH = `fvsi${TAG}`;
 // The namespace's prefix: a random ULA /64, routed through the host.
-const NS_PREFIX = `fd${crypto.randomBytes(7).toString('hex').replace(/(..)(....)(....)(....)/, '$1:$2:$3:$4')}`;
+const NS_PREFIX = `fd${crypto
+  .randomBytes(7)
+  .toString('hex')
+  .replace(/(..)(....)(....)(....)/, '$1:$2:$3:$4')}`;
 const NS_HOST = `${NS_PREFIX}::1`;
 const NS_ADDR = `${NS_PREFIX}::2`;
-const RUNTIME_DIR = process.env.FASTVM_TEST_DATA_DIR || path.join(defaultCacheDir(), 'test-runtime');
+// A runtime data dir of its own: the server's recovery stops every VM in it that it does not
+// own, so it must not share one with other test files. Kept across runs for the golden snapshot.
+const RUNTIME_DIR = path.join(defaultCacheDir(), 'test-server-network');
 
 function run(cmd: string, args: string[]): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {
@@ -64,7 +70,7 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
     runtime = await createQemuRuntime({ dataDir: RUNTIME_DIR });
     const { network } = await createNetworkManager({
       dataDir,
-      logger: (await import('pino')).pino({ level: 'silent' }),
+      logger: pino({ level: 'silent' }),
       settings,
     });
     server = await startServer({
@@ -96,12 +102,16 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
     await run('ip', ['-n', NS, 'link', 'set', 'lo', 'up']);
     const r = await run('ip', ['-n', NS, '-6', 'route', 'add', 'default', 'via', NS_HOST]);
     expect(r.code).toBe(0);
+    // Build (or load) the golden snapshot before the clock of any test starts.
+    const warm = await createQemuRuntime({ dataDir: RUNTIME_DIR });
+    await warm.launch({ id: `warm-${TAG}`, machine: 'c1m2' });
+    await warm.destroyAll();
     await start();
   });
 
   afterAll(async () => {
     if (server) {
-      for (const vm of (await api.get('/v1/vms')).body?.data ?? []) {
+      for (const vm of (await api.get('/v1/vms')).body ?? []) {
         await api.del(`/v1/vms/${(vm as { id: string }).id}`).catch(() => {});
       }
       await server.close().catch(() => {});
@@ -113,9 +123,11 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
       await run('ip', ['link', 'del', l.ifname]);
     }
     const tables = await run('nft', ['-j', 'list', 'tables']);
-    for (const t of (JSON.parse(tables.out || '{"nftables":[]}') as {
-      nftables: Array<{ table?: { family: string; name: string } }>;
-    }).nftables) {
+    for (const t of (
+      JSON.parse(tables.out || '{"nftables":[]}') as {
+        nftables: Array<{ table?: { family: string; name: string } }>;
+      }
+    ).nftables) {
       if (t.table?.name.startsWith(`fastvm_${settings.bridge}`)) {
         await run('nft', ['delete', 'table', t.table.family, t.table.name]);
       }
@@ -158,7 +170,8 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
     });
     expect(patched.status).toBe(200);
     let code = '000';
-    while (code !== '200' && performance.now() - t0 < 1000) code = await fromInternet(ip, 8081, 0.3);
+    while (code !== '200' && performance.now() - t0 < 1000)
+      code = await fromInternet(ip, 8081, 0.3);
     expect(code).toBe('200');
     console.log(`PATCH /firewall → port answering: ${(performance.now() - t0).toFixed(0)} ms`);
 
@@ -197,12 +210,14 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
   });
 
   it('a restart keeps a live VM reachable under its policy; shutdown without VMs removes the bridge', async () => {
-    const vm = ((await api.get('/v1/vms')).body as { data: Array<{ id: string; publicIpv6: string }> })
-      .data[0]!;
+    const vm = ((await api.get('/v1/vms')).body as Array<{ id: string; publicIpv6: string }>)[0]!;
     await server!.close();
     server = undefined;
     await start();
-    const again = (await api.get(`/v1/vms/${vm.id}`)).body as { status: string; publicIpv6: string };
+    const again = (await api.get(`/v1/vms/${vm.id}`)).body as {
+      status: string;
+      publicIpv6: string;
+    };
     expect(again.status).toBe('running');
     expect(again.publicIpv6).toBe(vm.publicIpv6);
     expect(
