@@ -14,7 +14,13 @@ import { createQemuRuntime, defaultCacheDir, type QemuRuntime } from '@fastvm/ru
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type ServerHandle } from '../src/index.js';
-import { createNetworkManager, type NetworkSettings } from '../src/services/host-network.js';
+import {
+  HostNetworkManager,
+  createNetworkManager,
+  networkSettingsFromEnv,
+  type NetworkSettings,
+} from '../src/services/host-network.js';
+import type { FirewallPolicy } from '../src/domain.js';
 import { TestClient } from './helpers.js';
 
 function skipReason(): string | undefined {
@@ -230,5 +236,67 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
     expect((await run('ip', ['link', 'show', settings.bridge!])).code).not.toBe(0);
     const tables = (await run('nft', ['list', 'tables'])).out;
     expect(tables).not.toContain(settings.bridge!);
+  });
+});
+
+describe('network adapter (no VMs)', () => {
+  it('reads FASTVM_NETWORK* settings', () => {
+    expect(networkSettingsFromEnv({})).toEqual({ enabled: true });
+    expect(networkSettingsFromEnv({ FASTVM_NETWORK: 'off' }).enabled).toBe(false);
+    expect(
+      networkSettingsFromEnv({
+        FASTVM_IPV6_PREFIX: '2001:db8:1::/64',
+        FASTVM_IPV4_SUBNET: '10.9.0.0/16',
+        FASTVM_BRIDGE: 'br9',
+        FASTVM_HOST_TCP_PORTS: '9000, 9001',
+      }),
+    ).toEqual({
+      enabled: true,
+      ipv6Prefix: '2001:db8:1::/64',
+      ipv4Subnet: '10.9.0.0/16',
+      bridge: 'br9',
+      hostTcpPorts: [9000, 9001],
+    });
+    expect(() => networkSettingsFromEnv({ FASTVM_HOST_TCP_PORTS: '80,x' })).toThrow(/invalid port/);
+    expect(() => networkSettingsFromEnv({ FASTVM_NETWORK: 'maybe' })).toThrow();
+  });
+
+  it('FASTVM_NETWORK=off gives VMs no network and says so', async () => {
+    const { network, summary } = await createNetworkManager({
+      dataDir: os.tmpdir(),
+      logger: pino({ level: 'silent' }),
+      settings: { enabled: false },
+    });
+    expect(summary).toMatch(/networking off: FASTVM_NETWORK=off/);
+    expect(await network.attach('x', { mode: 'restricted', ingress: [] })).toEqual({
+      publicIpv6: null,
+    });
+  });
+
+  it('a policy changed while the VM is still being attached is the one applied', async () => {
+    const applied: FirewallPolicy[] = [];
+    let allocated = false;
+    let releaseAllocate!: () => void;
+    const net = { tap: 't', mac: '02:00:00:00:00:02', ipv6: 'fd00::5/64' };
+    const host = {
+      allocate: () =>
+        new Promise((resolve) => {
+          releaseAllocate = () => {
+            allocated = true;
+            resolve(net);
+          };
+        }),
+      applyFirewall: async (_id: string, p: FirewallPolicy) => void applied.push(p),
+      get: () => (allocated ? net : undefined),
+      release: async () => {},
+    };
+    const adapter = new HostNetworkManager(host as never, pino({ level: 'silent' }));
+    const launchPolicy: FirewallPolicy = { mode: 'restricted', ingress: [] };
+    const patched: FirewallPolicy = { mode: 'open', ingress: [] };
+    const attaching = adapter.attach('vm', launchPolicy);
+    await adapter.onFirewallChange('vm', patched); // no tap yet
+    releaseAllocate();
+    expect(await attaching).toEqual({ network: net, publicIpv6: 'fd00::5' });
+    expect(applied).toEqual([patched]);
   });
 });

@@ -58,6 +58,12 @@ export function networkSettingsFromEnv(env: Env = process.env): NetworkSettings 
 
 /** Adapts the runtime's host network manager to the server's hooks. */
 export class HostNetworkManager implements NetworkManager {
+  /**
+   * Policies changed while a VM was being attached: a PUT/PATCH that lands before `allocate`
+   * finds no tap yet, and the policy `attach` was given is older than the stored one.
+   */
+  private readonly latest = new Map<string, FirewallPolicy>();
+
   constructor(
     readonly host: HostNetwork,
     private readonly logger: Logger,
@@ -66,8 +72,9 @@ export class HostNetworkManager implements NetworkManager {
   async attach(vmId: string, firewall: FirewallPolicy): Promise<VmNetworkAttachment> {
     const network = await this.host.allocate(vmId);
     try {
-      // Before the VM runs, so it is never reachable under a policy it was not given.
-      await this.host.applyFirewall(vmId, firewall);
+      // Before the VM runs, so it is never reachable under a policy it was not given. Applies
+      // are queued per VM in call order, so a later change is never overtaken by this one.
+      await this.host.applyFirewall(vmId, this.latest.get(vmId) ?? firewall);
     } catch (err) {
       await this.host.release(vmId).catch(() => {});
       throw err;
@@ -76,11 +83,13 @@ export class HostNetworkManager implements NetworkManager {
   }
 
   async onFirewallChange(vmId: string, policy: FirewallPolicy): Promise<void> {
-    // A VM launched while networking was off has no tap; its stored policy applies later.
+    this.latest.set(vmId, policy);
+    // No tap yet (still launching, or launched while networking was off): `attach` applies it.
     if (this.host.get(vmId)) await this.host.applyFirewall(vmId, policy);
   }
 
   release(vmId: string): Promise<void> {
+    this.latest.delete(vmId);
     return this.host.release(vmId);
   }
 
