@@ -8,6 +8,7 @@
  *   quotas set --org ORG [--vcpu N] [--memory-mib N] [--disk-gib N] [--snapshot-count N]
  *              [--volume-count N] [--volume-gib N]      (N may be "default")
  *   quotas get --org ORG
+ *   openapi
  *
  * Admin commands work on the same database as a running server (SQLite WAL allows it).
  * Environment: FASTVM_HOST, FASTVM_PORT, FASTVM_DATA_DIR, FASTVM_DATABASE_URL,
@@ -19,6 +20,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Runtime } from '@fastvm/runtime';
 import { pino, type Logger } from 'pino';
+import { buildApp, type AppServices } from './app.js';
 import { createApiKey, createOrg } from './auth.js';
 import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
 import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain.js';
@@ -37,6 +39,7 @@ const USAGE = `usage: fastvm-server <command>
   quotas set --org ORG [--vcpu N] [--memory-mib N] [--disk-gib N] [--snapshot-count N]
              [--volume-count N] [--volume-gib N]     (N = a number or "default")
   quotas get --org ORG
+  openapi                   print the OpenAPI document (as served at /openapi.json)
 
 Admin commands accept --data-dir and --database-url like serve.`;
 
@@ -78,6 +81,9 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
   switch (command) {
     case 'serve':
       return serve(rest);
+    case 'openapi':
+      io.out(JSON.stringify(await openApiDocument(), null, 2));
+      return 0;
     case 'orgs':
     case 'keys':
     case 'quotas':
@@ -199,6 +205,18 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
     // The CLI's default machine: build its golden snapshot at start so first launches are fast.
     prewarm: ['c1m2'],
   });
+}
+
+/** Builds the app with inert services just to read its route schemas. */
+async function openApiDocument(): Promise<unknown> {
+  const inert = {} as AppServices;
+  const { app } = await buildApp({ services: inert, logger: pino({ level: 'silent' }) });
+  try {
+    const res = await app.inject({ method: 'GET', url: '/openapi.json' });
+    return res.json();
+  } finally {
+    await app.close();
+  }
 }
 
 // ---- admin ----------------------------------------------------------------------------------

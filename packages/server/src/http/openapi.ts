@@ -124,11 +124,14 @@ export function buildOpenApi(routes: readonly RouteDoc[]): Record<string, unknow
   };
 }
 
+/** Points `$defs` refs at components and drops zod's implicit safe-integer bounds. */
 function rewriteRefs(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(rewriteRefs);
   if (value && typeof value === 'object') {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
+      if (k === 'minimum' && v === Number.MIN_SAFE_INTEGER) continue;
+      if (k === 'maximum' && v === Number.MAX_SAFE_INTEGER) continue;
       out[k] =
         k === '$ref' && typeof v === 'string'
           ? v.replace(/^#\/\$defs\//, '#/components/schemas/')
