@@ -366,7 +366,13 @@ export class NetworkManager {
       const released: string[] = [];
       for (const [id, a] of Object.entries(this.#state.vms)) {
         if (live.has(id)) continue;
-        await this.#removeVm(a);
+        try {
+          await this.#removeVm(a);
+        } catch (err) {
+          // Kept on record (its addresses stay taken) and retried at the next reconcile.
+          this.#log(`network: cannot release ${id}: ${errText(err)}`);
+          continue;
+        }
         delete this.#state.vms[id];
         released.push(id);
       }
@@ -387,8 +393,8 @@ export class NetworkManager {
         removedTables.push(t.name);
       }
       await this.#dropStaleNeighbours();
-      for (const a of Object.values(this.#state.vms)) {
-        await this.#createTap(a, { keepFirewall: true });
+      for (const [id, a] of Object.entries(this.#state.vms)) {
+        if (live.has(id)) await this.#createTap(a, { keepFirewall: true });
       }
       if (released.length || removedTaps.length || removedTables.length) {
         this.#log(
