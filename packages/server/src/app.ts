@@ -63,6 +63,7 @@ export interface AppServices {
   snapshots: SnapshotService;
 }
 
+/** Inputs of `buildApp`. */
 export interface BuildAppOptions {
   services: AppServices;
   logger: Logger;
@@ -74,6 +75,7 @@ export interface BuildAppOptions {
   isShuttingDown?: () => boolean;
 }
 
+/** A ready (not listening) app and the protocol servers bound to it. */
 export interface BuiltApp {
   app: App;
   /** The HTTP/1.1 and HTTP/2 servers the app is bound to (see `http/listener.ts`). */
@@ -82,6 +84,10 @@ export interface BuiltApp {
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/**
+ * Builds and readies the Fastify app. It does not listen: `http/listener.ts` feeds it
+ * connections (see `startServer`); tests of pure routing can use `app.inject()`.
+ */
 export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   let servers: ProtocolServers | undefined;
   const app = Fastify({

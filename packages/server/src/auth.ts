@@ -24,6 +24,7 @@ declare module 'fastify' {
   }
 }
 
+/** Every generated key starts with this. */
 export const API_KEY_PREFIX = 'fvm_';
 const SHOWN_PREFIX_CHARS = 12;
 
@@ -63,6 +64,7 @@ export async function createOrg(store: Store, name: string): Promise<OrgRecord> 
   return org;
 }
 
+/** Outcome of `ensureBootstrapKey`. */
 export interface BootstrapResult {
   /** The bootstrap key if known (created now, given, or read back from the key file). */
   key: string;

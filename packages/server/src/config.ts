@@ -6,6 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 
+/** Resolved `serve` settings. */
 export interface ServeConfig {
   host: string;
   port: number;
@@ -21,6 +22,7 @@ export interface ServeConfig {
   sqliteSynchronous?: 'NORMAL' | 'FULL';
 }
 
+/** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
 export interface ServeFlags {
   host?: string | undefined;
   port?: string | undefined;

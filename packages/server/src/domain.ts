@@ -24,8 +24,10 @@ export const MACHINE_TYPES = {
   c8m16: { vcpus: 8, memoryMiB: 16384 },
 } as const;
 
+/** `c1m2` | `c2m4` | `c4m8` | `c8m16`. */
 export type MachineTypeName = keyof typeof MACHINE_TYPES;
 
+/** Whether `value` names a machine type of the catalogue. */
 export function isMachineTypeName(value: unknown): value is MachineTypeName {
   return typeof value === 'string' && Object.hasOwn(MACHINE_TYPES, value);
 }
@@ -53,6 +55,7 @@ export function defaultFirewall(): FirewallPolicy {
   return { mode: 'restricted', ingress: [] };
 }
 
+/** User labels on VMs and snapshots (limits in `schemas.ts`). */
 export type Metadata = Record<string, string>;
 
 /** The six quota dimensions reported by `GET /v1/org/quotas`. */
@@ -85,12 +88,14 @@ export const QUOTA_DIMENSION_WIRE: Readonly<Record<keyof QuotaValues, string>> =
   volumeGiB: 'volume_gib',
 };
 
+/** An organisation: the unit of ownership and quota. */
 export interface OrgRecord {
   id: string;
   name: string;
   createdAt: string;
 }
 
+/** An API key as stored (the key itself is only kept hashed). */
 export interface ApiKeyRecord {
   id: string;
   orgId: string;
@@ -101,6 +106,7 @@ export interface ApiKeyRecord {
   revokedAt: string | null;
 }
 
+/** A VM row. `deletedAt` set means deleted (hidden from the API). */
 export interface VmRecord {
   id: string;
   orgId: string;
@@ -122,6 +128,7 @@ export interface VmRecord {
   deletedAt: string | null;
 }
 
+/** A snapshot row; carries what a restore inherits (machine, disk, firewall). */
 export interface SnapshotRecord {
   id: string;
   orgId: string;

@@ -31,6 +31,7 @@ export const ERROR_CATALOG = {
   unavailable: 503,
 } as const;
 
+/** One of the stable error codes. */
 export type ErrorCode = keyof typeof ERROR_CATALOG;
 
 /** Extra fields merged into the error body (`field`, `dimension`, `vmId`, …). */
@@ -66,14 +67,17 @@ export function badRequest(message: string, field?: string): ApiError {
   return new ApiError('bad_request', message, field === undefined ? {} : { field });
 }
 
+/** 404 `<what> not found`. */
 export function notFound(what: string): ApiError {
   return new ApiError('not_found', `${what} not found`);
 }
 
+/** 409 `conflict` (deterministic, so never retried). */
 export function conflict(message: string, details: ErrorDetails = {}): ApiError {
   return new ApiError('conflict', message, details);
 }
 
+/** 501 `<feature> is not implemented yet`. */
 export function notImplemented(feature: string): ApiError {
   return new ApiError('not_implemented', `${feature} is not implemented yet`);
 }

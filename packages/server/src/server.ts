@@ -19,6 +19,7 @@ import { TaskTracker } from './services/tasks.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 
+/** Options of `startServer`. */
 export interface StartServerOptions {
   /** Interface to bind (default 127.0.0.1). */
   host?: string;
@@ -50,6 +51,7 @@ export interface StartServerOptions {
   shutdownGraceMs?: number;
 }
 
+/** A running server. */
 export interface ServerHandle {
   /** Base URL, e.g. `http://127.0.0.1:41234`. */
   url: string;

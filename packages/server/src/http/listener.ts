@@ -42,6 +42,7 @@ export function createProtocolServers(handler: RequestHandler): ProtocolServers 
   return { h1, h2 };
 }
 
+/** Where and how to listen. */
 export interface ListenOptions {
   host: string;
   port: number;
@@ -49,6 +50,7 @@ export interface ListenOptions {
   logger: Logger;
 }
 
+/** A listening port (see `listen`). */
 export interface Listener {
   readonly host: string;
   readonly port: number;

@@ -28,6 +28,7 @@ const STATUS_TEXT: Record<string, string> = {
   default: 'Error',
 };
 
+/** The OpenAPI 3.1 document for `routes`. */
 export function buildOpenApi(routes: readonly RouteDoc[]): Record<string, unknown> {
   const components: Record<string, JsonSchema> = {};
 

@@ -43,6 +43,7 @@ export function zodToApiError(error: z.ZodError, part: string): ApiError {
   );
 }
 
+/** Validates request parts with their zod schema; failures become 400 `bad_request`. */
 export const zodValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => {
   return (data: unknown) => {
     // Body-less requests (Python sends Content-Type: application/json with no body) validate
@@ -54,6 +55,7 @@ export const zodValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema,
   };
 };
 
+/** Serialises replies with `JSON.stringify` (response schemas only document). */
 export const jsonSerializerCompiler: FastifySerializerCompiler<unknown> = () => {
   return (data: unknown) => JSON.stringify(data);
 };

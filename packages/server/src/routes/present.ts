@@ -10,6 +10,7 @@ function presentFirewall(p: FirewallPolicy): VmView['firewall'] {
   return { mode: p.mode, ingress: p.ingress.map((r) => ({ ...r })) };
 }
 
+/** The contract's `Vm` (§3.1). */
 export function presentVm(vm: VmRecord): VmView {
   const view: VmView = {
     id: vm.id,
@@ -31,6 +32,7 @@ export function presentVm(vm: VmRecord): VmView {
   return view;
 }
 
+/** The contract's `Snapshot` (§3.6). */
 export function presentSnapshot(s: SnapshotRecord): SnapshotView {
   const view: SnapshotView = {
     id: s.id,

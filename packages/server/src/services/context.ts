@@ -9,6 +9,7 @@ import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 import type { TaskTracker } from './tasks.js';
 
+/** Tunables of the services (defaults in `startServer`). */
 export interface ServiceSettings {
   /** How long `POST /v1/vms` waits for the runtime before answering 202 `provisioning`. */
   launchWaitMs: number;
@@ -22,6 +23,7 @@ export interface ServiceSettings {
   quotaDefaults: QuotaValues;
 }
 
+/** Everything a service needs, built once by `startServer`. */
 export interface ServiceContext {
   store: Store;
   runtime: Runtime;

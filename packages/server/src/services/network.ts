@@ -15,6 +15,10 @@ export interface VmNetworkAttachment {
   publicIpv6: string | null;
 }
 
+/**
+ * Networking hooks the VM service calls. Implementations must be idempotent: recovery and
+ * failure paths may call `release` for VMs that never had networking.
+ */
 export interface NetworkManager {
   /** Allocates networking for a VM about to boot (before `Runtime.launch/restore`). */
   attach(vmId: string, firewall: FirewallPolicy): Promise<VmNetworkAttachment>;

@@ -16,6 +16,7 @@ import { nowIso } from '../domain.js';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 
+/** What `recover` found and did (ids), also returned by `startServer`. */
 export interface RecoveryReport {
   adopted: string[];
   lost: string[];
@@ -26,6 +27,7 @@ export interface RecoveryReport {
   missingSnapshots: string[];
 }
 
+/** Reconciles records with the runtime at startup; see the module comment. */
 export async function recover(
   store: Store,
   runtime: Runtime,

@@ -9,12 +9,14 @@ import type { SnapshotRecord, VmRecord } from '../domain.js';
 import { ApiError, notFound } from '../errors.js';
 import type { Store } from '../store/index.js';
 
+/** A live VM of the org by id or unique name; 404 / 409 `ambiguous_name` otherwise. */
 export async function resolveVm(store: Store, orgId: string, ref: string): Promise<VmRecord> {
   const byId = await store.getVm(orgId, ref);
   if (byId) return byId;
   return pickOne(await store.findVmsByName(orgId, ref), 'vm', ref);
 }
 
+/** A live snapshot of the org by id or unique name; 404 / 409 `ambiguous_name` otherwise. */
 export async function resolveSnapshot(
   store: Store,
   orgId: string,

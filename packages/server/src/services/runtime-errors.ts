@@ -6,10 +6,12 @@
  */
 import { ApiError, type ErrorDetails } from '../errors.js';
 
+/** The shape of `RuntimeError` from @fastvm/runtime. */
 export interface RuntimeErrorLike extends Error {
   code: string;
 }
 
+/** Whether `err` looks like a `RuntimeError`. */
 export function isRuntimeError(err: unknown): err is RuntimeErrorLike {
   return (
     err instanceof Error &&

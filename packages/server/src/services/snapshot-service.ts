@@ -12,10 +12,12 @@ import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.
 import { resolveSnapshot, resolveVm } from './resolve.js';
 import { describeError, toApiError } from './runtime-errors.js';
 
+/** Filters for `SnapshotService.list`. */
 export interface SnapshotListFilter {
   metadata?: ReadonlyArray<readonly [string, string]>;
 }
 
+/** Snapshot operations, org-scoped. */
 export class SnapshotService {
   constructor(private readonly ctx: ServiceContext) {}
 

@@ -37,6 +37,7 @@ export interface LaunchOutcome {
   ready: boolean;
 }
 
+/** Filters for `VmService.list`. */
 export interface VmListFilter {
   statuses?: readonly string[];
   metadata?: ReadonlyArray<readonly [string, string]>;
@@ -50,6 +51,7 @@ export interface PreparedExec {
   timeoutMs: number;
 }
 
+/** Cancellation and streaming options of `VmService.runExec`. */
 export interface ExecStreams {
   signal?: AbortSignal;
   capBytes?: number;
@@ -70,6 +72,7 @@ function toRule(r: NonNullable<FirewallPolicyInput['ingress']>[number]): Firewal
   return rule;
 }
 
+/** VM operations, org-scoped: every method takes the caller's org id first. */
 export class VmService {
   constructor(private readonly ctx: ServiceContext) {}
 

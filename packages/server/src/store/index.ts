@@ -13,6 +13,7 @@ export { openSqliteStore } from './sqlite.js';
 export { openPostgresStore } from './postgres.js';
 export { MIGRATION_NAMES } from './migrations.js';
 
+/** Options of `openStore`. */
 export interface OpenStoreOptions {
   dataDir: string;
   /** `postgres://…` / `postgresql://…`; otherwise SQLite at `<dataDir>/fastvm.db`. */

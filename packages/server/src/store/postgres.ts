@@ -7,6 +7,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import type { Database as Schema } from './schema.js';
 import { KyselyStore } from './kysely-store.js';
 
+/** Options of `openPostgresStore`. */
 export interface PostgresStoreOptions {
   connectionString: string;
   /** Pool size (default 10). */

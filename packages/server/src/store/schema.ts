@@ -11,6 +11,7 @@ export interface OrgsTable {
   updated_at: string;
 }
 
+/** API keys (hashed). */
 export interface ApiKeysTable {
   id: string;
   org_id: string;
@@ -34,6 +35,7 @@ export interface QuotaLimitsTable {
   updated_at: string;
 }
 
+/** VMs, soft-deleted (`deleted_at`). */
 export interface VmsTable {
   id: string;
   org_id: string;
@@ -54,6 +56,7 @@ export interface VmsTable {
   deleted_at: string | null;
 }
 
+/** Snapshots, soft-deleted (`deleted_at`). */
 export interface SnapshotsTable {
   id: string;
   org_id: string;
@@ -72,6 +75,7 @@ export interface SnapshotsTable {
   deleted_at: string | null;
 }
 
+/** All tables, for `Kysely<Database>`. */
 export interface Database {
   orgs: OrgsTable;
   api_keys: ApiKeysTable;

@@ -7,6 +7,7 @@ import { Kysely, SqliteDialect } from 'kysely';
 import type { Database as Schema } from './schema.js';
 import { KyselyStore } from './kysely-store.js';
 
+/** Options of `openSqliteStore`. */
 export interface SqliteStoreOptions {
   /** Database file, or `:memory:`. */
   path: string;

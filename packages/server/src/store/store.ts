@@ -35,6 +35,7 @@ export interface OrgTx {
   insertSnapshot(snapshot: SnapshotRecord): Promise<void>;
 }
 
+/** Durable state; see the module comment. */
 export interface Store {
   readonly dialect: 'sqlite' | 'postgres';
   /** Applies pending migrations; returns their names. */

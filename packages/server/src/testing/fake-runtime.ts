@@ -42,6 +42,7 @@ export class FakeRuntimeError extends Error {
 /** A failure to inject: an error to throw, or a function choosing one per call. */
 export type FakeFailure<A> = Error | ((arg: A) => Error | undefined);
 
+/** Initial delays and persistence of a `FakeRuntime`. */
 export interface FakeRuntimeOptions {
   launchDelayMs?: number;
   restoreDelayMs?: number;
@@ -69,6 +70,10 @@ export interface FakeCall {
   args: unknown[];
 }
 
+/**
+ * A fake `Runtime`: no VMs are booted. Public fields (`launchDelayMs`, `failLaunch`, …) can be
+ * changed at any time to shape the next calls; `calls` records every call.
+ */
 export class FakeRuntime implements Runtime {
   launchDelayMs: number;
   restoreDelayMs: number;
