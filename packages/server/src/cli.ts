@@ -12,7 +12,9 @@
  *
  * Admin commands work on the same database as a running server (SQLite WAL allows it).
  * Environment: FASTVM_HOST, FASTVM_PORT, FASTVM_DATA_DIR, FASTVM_DATABASE_URL,
- * FASTVM_BOOTSTRAP_KEY, FASTVM_FAKE_RUNTIME=1, FASTVM_LOG_LEVEL, FASTVM_TLS_CERT/KEY.
+ * FASTVM_BOOTSTRAP_KEY, FASTVM_FAKE_RUNTIME=1, FASTVM_LOG_LEVEL, FASTVM_TLS_CERT/KEY;
+ * VM networking: FASTVM_NETWORK=off, FASTVM_IPV6_PREFIX, FASTVM_IPV4_SUBNET, FASTVM_BRIDGE,
+ * FASTVM_HOST_TCP_PORTS (see services/host-network.ts).
  * @module
  */
 import fs from 'node:fs/promises';
@@ -25,6 +27,7 @@ import { createApiKey, createOrg } from './auth.js';
 import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
 import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain.js';
 import { startServer } from './server.js';
+import { createNetworkManager, networkSettingsFromEnv } from './services/host-network.js';
 import { openStore, type QuotaOverrides, type Store } from './store/index.js';
 
 const USAGE = `usage: fastvm-server <command>
@@ -119,6 +122,14 @@ async function serve(args: string[]): Promise<number> {
   const config = resolveServeConfig(values);
   const logger = pino({ level: config.logLevel });
   const runtime = await createRuntime(config, logger);
+  // VM networking (taps, public IPv6, firewall) only with real VMs.
+  const net = config.fakeRuntime
+    ? undefined
+    : await createNetworkManager({
+        dataDir: config.dataDir,
+        logger,
+        settings: networkSettingsFromEnv(),
+      });
   const tls =
     config.tlsCertFile && config.tlsKeyFile
       ? { cert: await fs.readFile(config.tlsCertFile), key: await fs.readFile(config.tlsKeyFile) }
@@ -134,6 +145,7 @@ async function serve(args: string[]): Promise<number> {
     ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}),
     ...(config.bootstrapKey ? { bootstrapKey: config.bootstrapKey } : {}),
     ...(config.sqliteSynchronous ? { sqliteSynchronous: config.sqliteSynchronous } : {}),
+    ...(net ? { network: net.network } : {}),
   });
   if (server.bootstrapKeyGenerated) {
     process.stdout.write(
@@ -143,6 +155,7 @@ async function serve(args: string[]): Promise<number> {
   process.stdout.write(
     `FastVM API listening on ${server.url}${config.fakeRuntime ? ' (fake runtime: no real VMs)' : ''}\n`,
   );
+  if (net) process.stdout.write(`${net.summary}\n`);
 
   await new Promise<void>((resolve) => {
     let stopping = false;
