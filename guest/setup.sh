@@ -52,7 +52,7 @@ kernel_hash=$(
 base_hash=$(hash_of "$repo/guest/rootfs/packages.txt" "$repo/guest/rootfs/build-base.sh")
 agent_hash=$(hash_of "$repo"/agent/Makefile "$repo"/agent/src/*)
 overlay_hash=$(cd "$repo/guest/rootfs" && find overlay -type f | sort | xargs cat make-image.sh | sha256sum | cut -c1-16)
-shim_hash=$(hash_of "$repo/packages/runtime/native/memshim.c")
+shim_hash=$(hash_of "$repo"/packages/runtime/native/*.c)
 image_hash=$(echo "$base_hash $agent_hash $overlay_hash" | sha256sum | cut -c1-16)
 disk_gib=10
 
@@ -60,7 +60,8 @@ kernel=$cache/kernel/$kernel_hash/vmlinux
 base=$cache/rootfs-base/$base_hash/rootfs.tar
 agent=$cache/agent/$agent_hash/fastvm-agent
 image=$cache/image/$image_hash/rootfs.ext4
-memshim=$cache/memshim/$shim_hash/fastvm-memshim.so
+memshim=$cache/native/$shim_hash/fastvm-memshim.so
+memdelta=$cache/native/$shim_hash/fastvm-memdelta
 manifest=$cache/guest.json
 
 if [ -f "$kernel" ] && [ -f "$image" ] && [ -f "$agent" ] && [ -f "$memshim" ] && [ -f "$manifest" ] &&
@@ -80,11 +81,13 @@ if [ ! -f "$agent" ]; then
   cp "$repo/agent/build/fastvm-agent" "$agent.tmp" && mv "$agent.tmp" "$agent"
 else echo "setup: [1/4] guest agent (cached)"; fi
 
-if [ ! -f "$memshim" ]; then
-  echo "setup: [1/4] QEMU memory shim"
+if [ ! -f "$memshim" ] || [ ! -f "$memdelta" ]; then
+  echo "setup: [1/4] host helpers (memshim, memdelta)"
   mkdir -p "$(dirname "$memshim")"
-  gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$memshim.tmp" "$repo/packages/runtime/native/memshim.c"
+  gcc -shared -fPIC -O2 -Wall -Wextra -Werror -pthread -o "$memshim.tmp" "$repo/packages/runtime/native/memshim.c"
+  gcc -O2 -Wall -Wextra -Werror -o "$memdelta.tmp" "$repo/packages/runtime/native/memdelta.c"
   mv "$memshim.tmp" "$memshim"
+  mv "$memdelta.tmp" "$memdelta"
 fi
 
 if [ ! -f "$base" ]; then
@@ -114,6 +117,7 @@ cat > "$manifest.tmp" <<JSON
   "rootfsGiB": $disk_gib,
   "agent": "$agent",
   "memshim": "$memshim",
+  "memdelta": "$memdelta",
   "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
 JSON

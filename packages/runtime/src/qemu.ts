@@ -18,6 +18,7 @@ export interface GuestImage {
   readonly rootfsGiB: number;
   readonly agent: string;
   readonly memshim: string;
+  readonly memdelta: string;
 }
 
 export function defaultCacheDir(): string {
@@ -37,7 +38,7 @@ export function loadGuestImage(cacheDir = defaultCacheDir()): GuestImage {
     );
   }
   const image = JSON.parse(raw) as GuestImage;
-  for (const f of [image.kernel, image.rootfs, image.memshim]) {
+  for (const f of [image.kernel, image.rootfs, image.memshim, image.memdelta]) {
     if (!f || !fs.existsSync(f)) {
       throw new RuntimeError('image_missing', `guest file ${f} is missing: run \`npm run setup\``);
     }

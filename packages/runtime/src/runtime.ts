@@ -9,13 +9,15 @@ import { execFile, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { AgentClient } from './agent-client.js';
-import { applyDelta, dumpDelta, findRamMapping, type Runs } from './memory.js';
+import { applyDelta, dumpDelta, findRamMapping, flattenDelta } from './memory.js';
 import {
   type Accel,
   type GuestImage,
+  defaultCacheDir,
   hostTscKhz,
   kernelCmdline,
   loadGuestImage,
@@ -45,10 +47,20 @@ const execFileP = promisify(execFile);
 /** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
 const GOLDEN_FORMAT = 3;
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+/**
+ * A restore of a snapshot whose delta is larger than this waits for the background flatten, so
+ * that forks share the flattened pages instead of each copying the delta.
+ */
+const FLATTEN_WAIT_BYTES = 32 * 2 ** 20;
 
 export interface QemuRuntimeOptions {
-  /** Where VMs, snapshots and layers live (e.g. `~/.local/share/fastvm/runtime`). */
+  /**
+   * Where VMs, snapshots and layers live (e.g. `~/.local/share/fastvm/runtime`). One runtime at a
+   * time owns a data dir (a lock file holds the owner's pid).
+   */
   readonly dataDir: string;
+  /** Shared, immutable cache of golden snapshots. Default: `<cache dir>/golden`. */
+  readonly goldenDir?: string;
   /** Guest image; default: `guest.json` in the cache dir. */
   readonly image?: GuestImage;
   /** Force an accelerator instead of probing /dev/kvm. */
@@ -92,7 +104,7 @@ interface SnapshotRecord {
   imageId: string;
   cmdline: string;
   memBase: string;
-  delta?: { path: string; runs: string; bytes: number };
+  delta?: { path: string; bytes: number };
   /** Frozen disk layers, nearest first. */
   disk: string[];
   state: string;
@@ -120,6 +132,7 @@ export async function createQemuRuntime(opts: QemuRuntimeOptions): Promise<QemuR
 
 export class QemuRuntime implements Runtime {
   readonly dataDir: string;
+  readonly goldenDir: string;
   readonly #log: (msg: string) => void;
   #image!: GuestImage;
   #accel!: Accel;
@@ -128,12 +141,18 @@ export class QemuRuntime implements Runtime {
   readonly #goldens = new Map<MachineType, Promise<SnapshotRecord>>();
   readonly #events = new EventEmitter<{ exit: [string, string] }>();
   readonly #opts: QemuRuntimeOptions;
+  #locked = false;
   /** Layer files created but not yet named by a record; the sweeper leaves them alone. */
   readonly #pending = new Set<string>();
+  /** Layer files a restore is reading right now (path -> users); also kept by the sweeper. */
+  readonly #pins = new Map<string, number>();
+  /** Background flattens of snapshot deltas into standalone base files, by snapshot id. */
+  readonly #flattening = new Map<string, Promise<void>>();
 
   constructor(opts: QemuRuntimeOptions) {
     this.#opts = opts;
     this.dataDir = path.resolve(opts.dataDir);
+    this.goldenDir = path.resolve(opts.goldenDir ?? path.join(defaultCacheDir(), 'golden'));
     this.#log = opts.log ?? (() => {});
   }
 
@@ -148,10 +167,11 @@ export class QemuRuntime implements Runtime {
   /** Load the image, pick the accelerator, create directories, start prewarming goldens. */
   async init(): Promise<void> {
     this.#image = this.#opts.image ?? loadGuestImage();
-    fs.rmSync(path.join(this.dataDir, 'tmp'), { recursive: true, force: true });
-    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'tmp']) {
+    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem']) {
       fs.mkdirSync(path.join(this.dataDir, d), { recursive: true });
     }
+    fs.mkdirSync(this.goldenDir, { recursive: true });
+    this.#lock();
     this.#accel = this.#opts.accel ?? (await this.#probeAccel());
     this.#cmdline = kernelCmdline(hostTscKhz());
     this.#log(`runtime: accel=${this.#accel} image=${this.#image.imageId}`);
@@ -163,18 +183,50 @@ export class QemuRuntime implements Runtime {
   }
 
   async #probeAccel(): Promise<Accel> {
-    const cache = path.join(this.dataDir, 'accel.json');
+    // Cached next to the goldens: the answer depends on the host and kernel, not the data dir.
+    const cache = path.join(this.goldenDir, 'accel.json');
     try {
       const c = JSON.parse(fs.readFileSync(cache, 'utf8')) as { kernel: string; accel: Accel };
       if (c.kernel === this.#image.kernel && !process.env.FASTVM_ACCEL) return c.accel;
     } catch {
       /* no cached probe */
     }
-    const accel: Accel = (await probeKvm(this.#image, path.join(this.dataDir, 'probe')))
+    const accel: Accel = (await probeKvm(this.#image, path.join(this.goldenDir, 'probe')))
       ? 'kvm'
       : 'tcg';
     fs.writeFileSync(cache, JSON.stringify({ kernel: this.#image.kernel, accel }));
     return accel;
+  }
+
+  /**
+   * Take the data dir: two runtimes sweeping the same layers would delete each other's files. A
+   * lock left by a dead process (kill -9) is taken over.
+   */
+  #lock(): void {
+    const file = path.join(this.dataDir, 'runtime.lock');
+    for (;;) {
+      try {
+        fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
+        this.#locked = true;
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+      const owner = parseInt(fs.readFileSync(file, 'utf8'), 10);
+      if (owner > 0 && owner !== process.pid && alive(owner)) {
+        throw new RuntimeError(
+          'invalid_argument',
+          `data dir ${this.dataDir} is in use by pid ${owner}`,
+        );
+      }
+      fs.rmSync(file, { force: true });
+    }
+  }
+
+  #unlock(): void {
+    if (!this.#locked) return;
+    this.#locked = false;
+    fs.rmSync(path.join(this.dataDir, 'runtime.lock'), { force: true });
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -199,11 +251,24 @@ export class QemuRuntime implements Runtime {
 
   async restore(opts: RestoreOptions): Promise<VmInfo> {
     checkId(opts.id);
-    const snap = this.#readSnapshot(opts.snapshotId);
-    if (!snap)
+    let snap = this.#readSnapshot(opts.snapshotId);
+    if (!snap) {
       throw new RuntimeError('snapshot_not_found', `snapshot ${opts.snapshotId} not found`);
-    const vm = await this.#restoreFrom(snap, opts.id, opts.hostname, opts.network, snap.id);
-    return this.#info(vm);
+    }
+    const flattening = this.#flattening.get(snap.id);
+    if (flattening && (snap.delta?.bytes ?? 0) > FLATTEN_WAIT_BYTES) {
+      await flattening;
+      snap = this.#readSnapshot(opts.snapshotId) ?? snap;
+    }
+    const pinned = [snap.memBase, snap.state, ...snap.disk];
+    if (snap.delta) pinned.push(snap.delta.path);
+    this.#pin(pinned, 1);
+    try {
+      const vm = await this.#restoreFrom(snap, opts.id, opts.hostname, opts.network, snap.id);
+      return this.#info(vm);
+    } finally {
+      this.#pin(pinned, -1);
+    }
   }
 
   async snapshot(vmId: string, snapshotId: string): Promise<SnapshotInfo> {
@@ -315,18 +380,20 @@ export class QemuRuntime implements Runtime {
   }
 
   async detach(): Promise<void> {
-    await Promise.allSettled([...this.#goldens.values()]);
+    await Promise.allSettled([...this.#goldens.values(), ...this.#flattening.values()]);
     for (const vm of this.#vms.values()) {
       vm.destroying = true; // closing our connections is not an exit
       vm.agent.close();
       vm.qmp.close();
     }
     this.#vms.clear();
+    this.#unlock();
   }
 
   async destroyAll(): Promise<void> {
-    await Promise.allSettled([...this.#goldens.values()]);
+    await Promise.allSettled([...this.#goldens.values(), ...this.#flattening.values()]);
     await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id)));
+    this.#unlock();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -351,36 +418,41 @@ export class QemuRuntime implements Runtime {
       .digest('hex')
       .slice(0, 16);
     const id = `golden-${machine}-${key}`;
-    const existing = this.#readSnapshot(id);
+    const dir = path.join(this.goldenDir, id);
+    const existing = readJson<SnapshotRecord>(path.join(dir, 'snapshot.json'));
     if (existing) return existing;
-    // Older goldens of this machine type are stale; their layers go once no VM uses them.
-    for (const d of fs.readdirSync(path.join(this.dataDir, 'snapshots'))) {
-      if (d.startsWith(`golden-${machine}-`))
-        fs.rmSync(this.#snapDir(d), { recursive: true, force: true });
-    }
     const t0 = Date.now();
     this.#log(`runtime: building golden snapshot for ${machine} (cold boot)`);
     const rec = await this.#bootGolden(id, MACHINES[machine]);
     this.#log(`runtime: golden ${machine} ready in ${Date.now() - t0} ms`);
-    this.#gc();
     return rec;
   }
 
-  /** Cold-boot the guest with RAM in a shared file, warm it up, and freeze it. */
+  /**
+   * Cold-boot the guest with RAM in a shared file, warm it up, and freeze it into
+   * `<goldenDir>/<id>/`. Goldens are an immutable cache shared by every runtime on the host (like
+   * the guest image): built in a private directory and renamed into place, never swept.
+   */
   async #bootGolden(id: string, spec: MachineSpec): Promise<SnapshotRecord> {
-    const work = path.join(this.dataDir, 'tmp', id);
-    fs.rmSync(work, { recursive: true, force: true });
+    const final = path.join(this.goldenDir, id);
+    const work = path.join(
+      this.goldenDir,
+      `.build-${id}-${process.pid}-${crypto.randomUUID().slice(0, 8)}`,
+    );
     fs.mkdirSync(work, { recursive: true });
-    const memPath = this.#layerPath('mem', '.mem');
-    const disk = this.#layerPath('disk', '.qcow2');
-    await qemuImgCreate(disk, this.#image.rootfs, 'raw', this.#image.rootfsGiB);
+    const at = (dir: string) => ({
+      mem: path.join(dir, 'mem'),
+      disk: path.join(dir, 'disk.qcow2'),
+      state: path.join(dir, 'state.bin'),
+    });
+    await qemuImgCreate(at(work).disk, this.#image.rootfs, 'raw', this.#image.rootfsGiB);
     const args = qemuArgs({
       accel: this.#accel,
       machine: spec,
       image: this.#image,
       cmdline: this.#cmdline,
-      memPath,
-      diskPath: disk,
+      memPath: at(work).mem,
+      diskPath: at(work).disk,
       qmpPath: path.join(work, 'qmp.sock'),
       agentPath: path.join(work, 'agent.sock'),
       serialPath: path.join(work, 'serial.log'),
@@ -401,17 +473,16 @@ export class QemuRuntime implements Runtime {
       if (warm.exitCode !== 0) {
         throw new RuntimeError('qemu_failed', `golden warm-up failed: ${warm.stderr.toString()}`);
       }
-      const state = path.join(this.#snapDir(id), 'state.bin');
-      fs.mkdirSync(path.dirname(state), { recursive: true });
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'x-ignore-shared', state: true },
           { capability: 'events', state: true },
         ],
       });
-      await migrateToFile(qmp, state);
+      await migrateToFile(qmp, at(work).state);
       await qmp.execute('quit').catch(() => {});
       await waitExit(pid, 5000);
+      for (const f of ['qmp.sock', 'agent.sock']) fs.rmSync(path.join(work, f), { force: true });
       const rec: SnapshotRecord = {
         id,
         vmId: id,
@@ -420,24 +491,30 @@ export class QemuRuntime implements Runtime {
         accel: this.#accel,
         imageId: this.#image.imageId,
         cmdline: this.#cmdline,
-        memBase: memPath,
-        disk: [disk, this.#image.rootfs],
-        state,
+        memBase: at(final).mem,
+        disk: [at(final).disk, this.#image.rootfs],
+        state: at(final).state,
         paused: false,
         createdAt: new Date().toISOString(),
       };
-      writeJsonAtomic(path.join(this.#snapDir(id), 'snapshot.json'), rec);
-      this.#settle(memPath, disk);
+      writeJsonAtomic(path.join(work, 'snapshot.json'), rec);
+      try {
+        fs.renameSync(work, final);
+      } catch {
+        // Another runtime finished the same golden first; use that one.
+        fs.rmSync(work, { recursive: true, force: true });
+        const other = readJson<SnapshotRecord>(path.join(final, 'snapshot.json'));
+        if (!other) throw new RuntimeError('qemu_failed', `golden ${id} is unreadable`);
+        return other;
+      }
       return rec;
     } catch (err) {
-      fs.rmSync(this.#snapDir(id), { recursive: true, force: true });
-      this.#settle(memPath, disk);
+      fs.rmSync(work, { recursive: true, force: true });
       throw err;
     } finally {
       agent?.close();
       qmp?.close();
       await this.#stopProcess(pid);
-      fs.rmSync(work, { recursive: true, force: true });
     }
   }
 
@@ -464,11 +541,13 @@ export class QemuRuntime implements Runtime {
     const dir = this.#vmDir(id);
     fs.mkdirSync(dir, { recursive: true });
     const top = this.#layerPath('disk', '.qcow2');
+    const phases = phaseTimer();
     let pid = 0;
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
     try {
       await qemuImgCreate(top, snap.disk[0]!, 'qcow2', snap.diskGiB);
+      phases('overlay');
       const record: VmRecord = {
         id,
         machine: snap.machine,
@@ -501,18 +580,21 @@ export class QemuRuntime implements Runtime {
       pid = this.#spawnQemu(dir, args, {
         LD_PRELOAD: this.#image.memshim,
         FASTVM_MEMSHIM_PATH: fs.realpathSync(snap.memBase),
+        FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
       });
       record.pid = pid;
       writeJsonAtomic(path.join(dir, 'vm.json'), record);
+      phases('spawn');
       qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
+      phases('qmp');
       // The agent socket exists as soon as QMP does; connecting early queues our HELLO, which the
       // guest answers the moment it runs.
       const agentP = AgentClient.connect(path.join(dir, 'agent.sock'), { timeoutMs: 30_000 });
       agentP.catch(() => {});
       if (snap.delta) {
-        const runs = JSON.parse(fs.readFileSync(snap.delta.runs, 'utf8')) as Runs;
         const map = findRamMapping(pid, fs.realpathSync(snap.memBase), spec.memoryMiB * 2 ** 20);
-        applyDelta(pid, map, snap.delta.path, runs);
+        await applyDelta(this.#image.memdelta, pid, map, snap.delta.path);
+        phases('delta');
       }
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
@@ -529,8 +611,10 @@ export class QemuRuntime implements Runtime {
           `restore of ${snap.id} failed: migration ${String(ev.data?.status)}`,
         );
       }
+      phases('migrate');
       if (snap.paused) await qmp.execute('cont');
       agent = await agentP;
+      phases('agent');
       await agent.setIdentity({
         hostname: hostname ?? `vm-${id.slice(0, 8)}`,
         machineId: crypto.randomBytes(16).toString('hex'),
@@ -538,6 +622,8 @@ export class QemuRuntime implements Runtime {
         entropy: crypto.randomBytes(64),
         ...(network ? { net: [netLine(network)], routes: routeLines(network) } : {}),
       });
+      phases('identity');
+      this.#log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
       const vm: LiveVm = {
         record,
         dir,
@@ -574,14 +660,13 @@ export class QemuRuntime implements Runtime {
     const state = path.join(dir, 'state.bin');
     const newTop = this.#layerPath('disk', '.qcow2');
     const deltaPath = this.#layerPath('mem', '.delta');
-    const runsPath = deltaPath.replace(/\.delta$/, '.runs.json');
-    this.#pending.add(runsPath);
     const node = `disk${rec.nodeCounter + 1}`;
     await qemuImgCreate(newTop, rec.disk.top, 'qcow2', rec.diskGiB);
     const map = findRamMapping(rec.pid, fs.realpathSync(rec.memBase), spec.memoryMiB * 2 ** 20);
     let pauseStart = 0;
     let pauseMs = 0;
-    let delta: { runs: Runs; bytes: number };
+    let delta: { runs: number; bytes: number };
+    let frozen: { pid: number; release(): void } | undefined;
     try {
       pauseStart = performance.now();
       await vm.qmp.execute('stop');
@@ -596,20 +681,24 @@ export class QemuRuntime implements Runtime {
       rec.disk = { top: newTop, topNode: node, chain: [rec.disk.top, ...rec.disk.chain] };
       rec.nodeCounter += 1;
       await migrateToFile(vm.qmp, state);
-      delta = dumpDelta(rec.pid, map, deltaPath);
+      // Freeze memory: a copy-on-write copy of the process (forked by the memshim) keeps the
+      // RAM as it is now, and the VM runs on while the changed pages are copied out of the copy.
+      frozen = await memshimFork(path.join(vm.dir, 'memshim.sock'));
       await vm.qmp.execute('cont');
       pauseMs = performance.now() - pauseStart;
+      delta = await dumpDelta(this.#image.memdelta, frozen.pid, map, deltaPath);
     } catch (err) {
-      if (pauseStart) await vm.qmp.execute('cont').catch(() => {});
+      if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
       fs.rmSync(dir, { recursive: true, force: true });
       fs.rmSync(deltaPath, { force: true });
       writeJsonAtomic(path.join(vm.dir, 'vm.json'), rec);
-      this.#settle(newTop, deltaPath, runsPath);
+      this.#settle(newTop, deltaPath);
       this.#gc();
       throw wrap(err, `snapshot of ${rec.id} failed`, vm.dir);
+    } finally {
+      frozen?.release();
     }
     writeJsonAtomic(path.join(vm.dir, 'vm.json'), rec);
-    fs.writeFileSync(runsPath, JSON.stringify(delta.runs));
     const snap: SnapshotRecord = {
       id: snapshotId,
       vmId: rec.id,
@@ -619,14 +708,15 @@ export class QemuRuntime implements Runtime {
       imageId: this.#image.imageId,
       cmdline: this.#cmdline,
       memBase: rec.memBase,
-      delta: { path: deltaPath, runs: runsPath, bytes: delta.bytes },
+      delta: { path: deltaPath, bytes: delta.bytes },
       disk: rec.disk.chain,
       state,
       paused: true,
       createdAt: new Date().toISOString(),
     };
     writeJsonAtomic(path.join(dir, 'snapshot.json'), snap);
-    this.#settle(newTop, deltaPath, runsPath);
+    this.#settle(newTop, deltaPath);
+    this.#startFlatten(snap);
     return {
       id: snapshotId,
       vmId: rec.id,
@@ -724,6 +814,46 @@ export class QemuRuntime implements Runtime {
     for (const p of paths) this.#pending.delete(p);
   }
 
+  #pin(paths: string[], delta: 1 | -1): void {
+    for (const p of paths) {
+      const n = (this.#pins.get(p) ?? 0) + delta;
+      if (n > 0) this.#pins.set(p, n);
+      else this.#pins.delete(p);
+    }
+  }
+
+  /**
+   * Merge a snapshot's delta into a standalone base file in the background, then point the
+   * snapshot at it: later restores map it directly and share its pages instead of each copying the
+   * delta into private memory.
+   */
+  #startFlatten(snap: SnapshotRecord): void {
+    const delta = snap.delta;
+    if (!delta) return;
+    const out = this.#layerPath('mem', '.mem');
+    const job = (async () => {
+      const t0 = performance.now();
+      await flattenDelta(this.#image.memdelta, snap.memBase, delta.path, out);
+      const current = this.#readSnapshot(snap.id);
+      if (!current?.delta) return; // deleted meanwhile; the sweeper removes `out`
+      const { delta: _merged, ...rest } = current;
+      writeJsonAtomic(path.join(this.#snapDir(snap.id), 'snapshot.json'), {
+        ...rest,
+        memBase: out,
+      });
+      this.#log(
+        `runtime: flattened ${snap.id} (${delta.bytes >> 20} MiB delta) in ${(performance.now() - t0).toFixed(0)} ms`,
+      );
+    })()
+      .catch((err: unknown) => this.#log(`runtime: flatten of ${snap.id} failed: ${String(err)}`))
+      .finally(() => {
+        this.#settle(out);
+        this.#flattening.delete(snap.id);
+        this.#gc();
+      });
+    this.#flattening.set(snap.id, job);
+  }
+
   #readVm(id: string): VmRecord | undefined {
     return readJson<VmRecord>(path.join(this.#vmDir(id), 'vm.json'));
   }
@@ -738,7 +868,7 @@ export class QemuRuntime implements Runtime {
    * Deleting a snapshot therefore never breaks a fork or a later snapshot built on it.
    */
   #gc(): void {
-    const live = new Set<string>(this.#pending);
+    const live = new Set<string>([...this.#pending, ...this.#pins.keys()]);
     for (const id of fs.readdirSync(path.join(this.dataDir, 'vms'))) {
       const rec = this.#readVm(id);
       if (!rec) continue;
@@ -750,7 +880,7 @@ export class QemuRuntime implements Runtime {
       if (!s) continue;
       live.add(s.memBase);
       s.disk.forEach((l) => live.add(l));
-      if (s.delta) live.add(s.delta.path).add(s.delta.runs);
+      if (s.delta) live.add(s.delta.path);
     }
     for (const kind of ['disk', 'mem']) {
       const dir = path.join(this.dataDir, 'layers', kind);
@@ -785,6 +915,45 @@ export class QemuRuntime implements Runtime {
 
 // -----------------------------------------------------------------------------------------------
 // Helpers
+
+/** Records the time since the previous mark under a name; `summary()` lists them. */
+function phaseTimer(): ((name: string) => void) & { summary(): string } {
+  let last = performance.now();
+  const parts: string[] = [];
+  const mark = (name: string) => {
+    const now = performance.now();
+    parts.push(`${name} ${(now - last).toFixed(1)}`);
+    last = now;
+  };
+  return Object.assign(mark, { summary: () => parts.join(', ') + ' ms' });
+}
+
+/**
+ * Ask a VM's memshim for a frozen copy-on-write copy of the QEMU process. The copy lives until
+ * `release()` hangs up (or this process dies), then the memshim kills and reaps it.
+ */
+function memshimFork(ctl: string): Promise<{ pid: number; release(): void }> {
+  return new Promise((resolve, reject) => {
+    const sock = net.createConnection(ctl);
+    sock.setTimeout(5000, () => sock.destroy(new Error('memshim did not answer within 5 s')));
+    let out = '';
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write('fork\n'));
+    sock.on('data', (d: string) => {
+      out += d;
+      if (!out.includes('\n')) return;
+      sock.setTimeout(0);
+      const pid = parseInt(out, 10);
+      if (pid > 0) resolve({ pid, release: () => sock.destroy() });
+      else {
+        sock.destroy();
+        reject(new RuntimeError('qemu_failed', `memshim fork failed (${JSON.stringify(out)})`));
+      }
+    });
+    sock.on('error', reject);
+    sock.on('close', () => reject(new RuntimeError('qemu_failed', 'memshim hung up')));
+  });
+}
 
 function checkId(id: string): void {
   if (!ID_RE.test(id))

@@ -3,7 +3,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { QemuRuntime } from '../src/runtime.js';
-import { testRuntime, text, uid } from './helpers.js';
+import { disposeRuntime, testRuntime, text, uid } from './helpers.js';
 
 describe('guest (real QEMU VM)', () => {
   let rt: QemuRuntime;
@@ -15,7 +15,7 @@ describe('guest (real QEMU VM)', () => {
   });
 
   afterAll(async () => {
-    await rt?.destroyAll();
+    await disposeRuntime(rt);
   });
 
   const run = async (argv: string[], extra: Record<string, unknown> = {}) =>

@@ -8,18 +8,32 @@ import { createQemuRuntime, type QemuRuntime } from '../src/runtime.js';
 import type { ExecResult } from '../src/types.js';
 
 /**
- * One runtime data dir for all test files: golden snapshots are cached there across files and
- * runs (they are keyed by image, machine and accelerator). Tests remove every VM and snapshot
- * they create.
+ * A runtime on a fresh temporary data dir. Golden snapshots come from the shared golden cache
+ * (`~/.cache/fastvm/golden`), so only the first test file of a new image pays for a cold boot.
+ * When the test process exits, any VM still running is killed and the data dir removed, so a
+ * failing test leaves nothing behind.
  */
-export const TEST_DATA_DIR =
-  process.env.FASTVM_TEST_DATA_DIR || path.join(defaultCacheDir(), 'test-runtime');
-
-export async function testRuntime(): Promise<QemuRuntime> {
-  return createQemuRuntime({
-    dataDir: TEST_DATA_DIR,
+export async function testRuntime(dataDir = tempDataDir()): Promise<QemuRuntime> {
+  const rt = await createQemuRuntime({
+    dataDir,
     log: (m) => process.env.DEBUG && console.log(m),
   });
+  process.once('exit', () => {
+    for (const vm of rt.list()) {
+      try {
+        process.kill(vm.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+  return rt;
+}
+
+export function tempDataDir(): string {
+  fs.mkdirSync(path.join(defaultCacheDir(), 'test'), { recursive: true });
+  return fs.mkdtempSync(path.join(defaultCacheDir(), 'test', 'rt-'));
 }
 
 export function uid(prefix = 't'): string {
@@ -61,4 +75,11 @@ export function strayFiles(dataDir: string): string[] {
     }
   }
   return stray;
+}
+
+/** Stop every VM of a test runtime and remove its data dir. */
+export async function disposeRuntime(rt: QemuRuntime | undefined): Promise<void> {
+  if (!rt) return;
+  await rt.destroyAll();
+  fs.rmSync(rt.dataDir, { recursive: true, force: true });
 }

@@ -21,7 +21,7 @@ import {
 } from '../src/network.js';
 import type { QemuRuntime } from '../src/runtime.js';
 import type { VmNetwork } from '../src/types.js';
-import { testRuntime, text, uid } from './helpers.js';
+import { disposeRuntime, testRuntime, text, uid } from './helpers.js';
 import { createInternet, otherInPrefix, sh, url, type Internet } from './netns.js';
 
 function skipReason(): string | undefined {
@@ -95,6 +95,7 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
 
   afterAll(async () => {
     for (const id of vms.keys()) await rt?.destroy(id).catch(() => {});
+    await disposeRuntime(rt).catch(() => {});
     await nm?.shutdown().catch(() => {});
     await inet?.destroy().catch(() => {});
     await new Promise((resolve) => hostServer?.close(resolve));

@@ -7,7 +7,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { QemuRuntime } from '../src/runtime.js';
-import { TEST_DATA_DIR, qemuPids, strayFiles, testRuntime, text, uid } from './helpers.js';
+import {
+  disposeRuntime,
+  qemuPids,
+  strayFiles,
+  tempDataDir,
+  testRuntime,
+  text,
+  uid,
+} from './helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const PREFIX = uid('rt');
@@ -22,9 +30,7 @@ describe('runtime (real QEMU VMs)', () => {
   });
 
   afterAll(async () => {
-    await rt?.destroyAll();
-    // Stop anything a failed run of this file left behind in the test data dir.
-    await rt?.adopt([]);
+    await disposeRuntime(rt);
   });
 
   it('snapshots a running VM that keeps running, and forks it 10 ways in isolation', async () => {
@@ -107,14 +113,15 @@ describe('runtime (real QEMU VMs)', () => {
     );
     for (let d = 0; d <= 4; d++) await rt.destroy(`${PREFIX}-g${d}`);
     await rt.deleteSnapshot(`${PREFIX}-d4`);
-    expect(strayFiles(TEST_DATA_DIR)).toEqual([]);
+    expect(strayFiles(rt.dataDir)).toEqual([]);
   });
 
   it('re-adopts VMs after the owning process is killed with SIGKILL, leaving no orphans', async () => {
     const ids = [`${PREFIX}-k1`, `${PREFIX}-k2`];
+    const ownerDir = tempDataDir();
     const owner = spawn(
       process.execPath,
-      ['--import', 'tsx', path.join(here, 'fixtures', 'owner.ts'), TEST_DATA_DIR, ...ids],
+      ['--import', 'tsx', path.join(here, 'fixtures', 'owner.ts'), ownerDir, ...ids],
       { stdio: ['ignore', 'pipe', 'inherit'] },
     );
     let out = '';
@@ -129,18 +136,21 @@ describe('runtime (real QEMU VMs)', () => {
     await new Promise((r) => owner.once('exit', r));
     expect(qemuPids(PREFIX).length).toBe(2);
 
-    // A new owner asks for k1 only: k1 is adopted and works, k2 is an orphan and is stopped.
-    const result = await rt.adopt([ids[0]!, `${PREFIX}-never-existed`]);
+    // A new owner of the same data dir asks for k1 only: k1 is adopted and works, k2 is an orphan
+    // and is stopped.
+    const next = await testRuntime(ownerDir);
+    const result = await next.adopt([ids[0]!, `${PREFIX}-never-existed`]);
     expect(result.adopted).toEqual([ids[0]]);
-    expect(result.orphans.filter((id) => id.startsWith(PREFIX))).toEqual([ids[1]]);
+    expect(result.orphans).toEqual([ids[1]]);
     expect(result.lost).toEqual([`${PREFIX}-never-existed`]);
-    expect((await sh(ids[0]!, 'cat /root/owner')).out).toBe(`${ids[0]}\n`);
+    const r = await next.exec(ids[0]!, { argv: ['cat', '/root/owner'] });
+    expect(r.stdout.toString()).toBe(`${ids[0]}\n`);
     expect(qemuPids(`${PREFIX}-k2`)).toEqual([]);
-    await rt.destroy(ids[0]!);
+    await next.destroyAll();
     expect(qemuPids(PREFIX)).toEqual([]);
-    expect(
-      fs.readdirSync(path.join(TEST_DATA_DIR, 'vms')).filter((d) => d.startsWith(PREFIX)),
-    ).toEqual([]);
+    expect(fs.readdirSync(path.join(ownerDir, 'vms'))).toEqual([]);
+    expect(strayFiles(ownerDir)).toEqual([]);
+    await disposeRuntime(next);
   });
 
   it('launches with a larger disk and grows the filesystem', async () => {
@@ -154,6 +164,6 @@ describe('runtime (real QEMU VMs)', () => {
 
   it('leaves no process or layer behind', async () => {
     expect(qemuPids(PREFIX)).toEqual([]);
-    expect(strayFiles(TEST_DATA_DIR)).toEqual([]);
+    expect(strayFiles(rt.dataDir)).toEqual([]);
   });
 });
