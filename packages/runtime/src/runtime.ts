@@ -24,7 +24,7 @@ import {
   probeKvm,
   qemuArgs,
 } from './qemu.js';
-import { QmpClient, type QmpEvent } from './qmp.js';
+import { QmpClient, QmpCommandError, type QmpEvent } from './qmp.js';
 import {
   type AdoptResult,
   DEFAULT_DISK_GIB,
@@ -684,7 +684,7 @@ export class QemuRuntime implements Runtime {
       // Freeze memory: a copy-on-write copy of the process (forked by the memshim) keeps the
       // RAM as it is now, and the VM runs on while the changed pages are copied out of the copy.
       frozen = await memshimFork(path.join(vm.dir, 'memshim.sock'));
-      await vm.qmp.execute('cont');
+      await resume(vm.qmp);
       pauseMs = performance.now() - pauseStart;
       delta = await dumpDelta(this.#image.memdelta, frozen.pid, map, deltaPath);
     } catch (err) {
@@ -963,6 +963,24 @@ function checkId(id: string): void {
 function isMigrationEnd(e: QmpEvent): boolean {
   const s = e.data?.status;
   return s === 'completed' || s === 'failed' || s === 'cancelled';
+}
+
+/**
+ * `cont` after an outgoing migration. QEMU emits the `completed` event a moment before it leaves
+ * the finish-migrate run state, and refuses `cont` until then.
+ */
+async function resume(qmp: QmpClient): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await qmp.execute('cont');
+      return;
+    } catch (err) {
+      if (!(err instanceof QmpCommandError) || !/not finalized/.test(err.message) || attempt > 500) {
+        throw err;
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
 }
 
 /** Migrate device state (RAM is skipped: x-ignore-shared) into `file`. */
