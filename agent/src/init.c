@@ -88,6 +88,29 @@ static void hostname_from_file(void)
 		agent_log("sethostname: %s", strerror(errno));
 }
 
+/*
+ * The identity files a restored VM rewrites on every launch (/etc/hostname, /etc/hosts,
+ * /etc/machine-id) are symlinks into /run/fastvm in the image: tmpfs writes cost far less than
+ * ext4's journalled ones, which matters under emulation. Seed them from the image's defaults.
+ */
+static void seed_identity_files(void)
+{
+	static const char *const names[] = {"hostname", "hosts", "machine-id"};
+	char src[128], dst[128], data[4096];
+
+	if (ensure_dir("/run/fastvm", 0755) < 0)
+		return;
+	for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+		snprintf(src, sizeof(src), "/usr/local/share/fastvm/%s", names[i]);
+		snprintf(dst, sizeof(dst), "/run/fastvm/%s", names[i]);
+		if (access(dst, F_OK) == 0)
+			continue;
+		ssize_t n = read_small_file(src, data, sizeof(data));
+		if (n >= 0 && write_file_atomic(dst, data, (size_t)n, 0644) < 0)
+			agent_log("seed %s: %s", dst, strerror(errno));
+	}
+}
+
 /* Inherited descriptors (a test harness's IPC channel, say) must not leak into commands. */
 static void cloexec_inherited_fds(void)
 {
@@ -146,5 +169,6 @@ void init_system(void)
 	mount_fs("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777");
 	mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | MS_NOEXEC, NULL);
 	loopback_up();
+	seed_identity_files();
 	hostname_from_file();
 }

@@ -96,8 +96,16 @@ ssize_t read_small_file(const char *path, char *buf, size_t size)
 
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
-	char tmp[4096];
+	char tmp[4096], target[4096];
 	int fd, saved;
+	ssize_t n;
+
+	/* Write through an absolute symlink (e.g. /etc/hostname -> /run/fastvm/hostname). */
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n > 0 && target[0] == '/') {
+		target[n] = '\0';
+		path = target;
+	}
 
 	if (snprintf(tmp, sizeof(tmp), "%s.fastvm-tmp", path) >= (int)sizeof(tmp)) {
 		errno = ENAMETOOLONG;

@@ -11,7 +11,9 @@ tar -xf "$base" -C "$stage"
 install -D -m 0755 "$agent" "$stage/usr/local/sbin/fastvm-agent"
 cp -a "$here/overlay/." "$stage/"
 ln -sf /proc/self/mounts "$stage/etc/mtab"
-: > "$stage/etc/machine-id"
+# Identity files live on tmpfs (the agent seeds /run/fastvm from /usr/local/share/fastvm at boot
+# and rewrites them for every new VM).
+for f in hostname hosts machine-id; do ln -sfn "/run/fastvm/$f" "$stage/etc/$f"; done
 rm -f "$out.tmp"
 truncate -s "${gib}G" "$out.tmp"
 # One inode per 32 KiB; inode tables are zeroed by the discard of the sparse file, so the guest
