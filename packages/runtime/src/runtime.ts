@@ -167,7 +167,7 @@ export class QemuRuntime implements Runtime {
   /** Load the image, pick the accelerator, create directories, start prewarming goldens. */
   async init(): Promise<void> {
     this.#image = this.#opts.image ?? loadGuestImage();
-    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem']) {
+    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'templates']) {
       fs.mkdirSync(path.join(this.dataDir, d), { recursive: true });
     }
     fs.mkdirSync(this.goldenDir, { recursive: true });
@@ -546,7 +546,7 @@ export class QemuRuntime implements Runtime {
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
     try {
-      await qemuImgCreate(top, snap.disk[0]!, 'qcow2', snap.diskGiB);
+      await this.#newOverlay(top, snap.disk[0]!, snap.diskGiB);
       phases('overlay');
       const record: VmRecord = {
         id,
@@ -661,7 +661,7 @@ export class QemuRuntime implements Runtime {
     const newTop = this.#layerPath('disk', '.qcow2');
     const deltaPath = this.#layerPath('mem', '.delta');
     const node = `disk${rec.nodeCounter + 1}`;
-    await qemuImgCreate(newTop, rec.disk.top, 'qcow2', rec.diskGiB);
+    await this.#newOverlay(newTop, rec.disk.top, rec.diskGiB);
     const map = findRamMapping(rec.pid, fs.realpathSync(rec.memBase), spec.memoryMiB * 2 ** 20);
     let pauseStart = 0;
     let pauseMs = 0;
@@ -803,6 +803,24 @@ export class QemuRuntime implements Runtime {
     return path.join(this.dataDir, 'snapshots', id);
   }
 
+  /**
+   * Create a qcow2 overlay on `backing` (a qcow2 layer). The first overlay on a layer is made by
+   * qemu-img and kept as a template; later ones are a copy of it (~1 ms instead of ~15 ms).
+   */
+  async #newOverlay(file: string, backing: string, gib: number): Promise<void> {
+    const tmpl = path.join(
+      this.dataDir,
+      'templates',
+      `${path.basename(backing, '.qcow2')}-${crypto.createHash('sha256').update(backing).digest('hex').slice(0, 8)}-${gib}.qcow2`,
+    );
+    if (!fs.existsSync(tmpl)) {
+      const tmp = `${tmpl}.${crypto.randomUUID()}`;
+      await qemuImgCreate(tmp, backing, 'qcow2', gib);
+      fs.renameSync(tmp, tmpl);
+    }
+    fs.copyFileSync(tmpl, file);
+  }
+
   /** A new layer file path, protected from the sweeper until `#settle`. */
   #layerPath(kind: 'disk' | 'mem', ext: string): string {
     const p = path.join(this.dataDir, 'layers', kind, crypto.randomUUID() + ext);
@@ -881,6 +899,18 @@ export class QemuRuntime implements Runtime {
       live.add(s.memBase);
       s.disk.forEach((l) => live.add(l));
       if (s.delta) live.add(s.delta.path);
+    }
+    // Overlay templates go with the layer they are made for (goldens' layers are never swept).
+    const templates = path.join(this.dataDir, 'templates');
+    for (const f of fs.readdirSync(templates)) {
+      const layer = path.join(
+        this.dataDir,
+        'layers',
+        'disk',
+        `${f.split('-').slice(0, 5).join('-')}.qcow2`,
+      );
+      const golden = f.startsWith('disk-');
+      if (!golden && !live.has(layer)) fs.rmSync(path.join(templates, f), { force: true });
     }
     for (const kind of ['disk', 'mem']) {
       const dir = path.join(this.dataDir, 'layers', kind);
@@ -975,7 +1005,11 @@ async function resume(qmp: QmpClient): Promise<void> {
       await qmp.execute('cont');
       return;
     } catch (err) {
-      if (!(err instanceof QmpCommandError) || !/not finalized/.test(err.message) || attempt > 500) {
+      if (
+        !(err instanceof QmpCommandError) ||
+        !/not finalized/.test(err.message) ||
+        attempt > 500
+      ) {
         throw err;
       }
       await new Promise((r) => setTimeout(r, 1));
