@@ -12,7 +12,7 @@
  *
  *   agent.c     main(), the loop, and request dispatch
  *   link.c      the host stream: port/socket, framing buffers, reconnects
- *   exec.c      EXEC and SIGNAL
+ *   exec.c      EXEC, SIGNAL, STDIN, RESIZE, FLOW (commands, pipes and ptys)
  *   identity.c  IDENTITY
  *   init.c      PID 1 duties: mounts, loopback, hostname
  *   proto.c     frame and TLV parsing
@@ -153,6 +153,15 @@ static void dispatch(struct agent *a, const struct frame *f)
 	case MSG_SIGNAL:
 		exec_signal(a, f->id, f->payload, f->len);
 		break;
+	case MSG_STDIN:
+		exec_stdin(a, f->id, f->payload, f->len);
+		break;
+	case MSG_RESIZE:
+		exec_resize(a, f->id, f->payload, f->len);
+		break;
+	case MSG_FLOW:
+		exec_flow(a, f->id, f->payload, f->len);
+		break;
 	case MSG_IDENTITY:
 		rc = identity_apply(&a->identity, f->payload, f->len, err, sizeof(err));
 		if (rc == 0)
@@ -257,6 +266,8 @@ static int64_t min_timeout(int64_t a, int64_t b)
 /* Serves until something unrecoverable happens (then the caller sets things up again). */
 static void serve(struct agent *a)
 {
+	uint32_t session = a->link.session;
+
 	for (;;) {
 		int64_t now = now_ms();
 		bool backlog = link_backlogged(&a->link);
@@ -292,6 +303,10 @@ static void serve(struct agent *a)
 		exec_check_timeouts(a, now);
 		if (link_tick(&a->link, now))
 			process_input(a);
+		if (a->link.session != session) {
+			session = a->link.session;
+			exec_session_changed(a);
+		}
 	}
 }
 

@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -21,6 +23,11 @@ extern char **environ;
 /* Most argv and env entries in one EXEC. */
 #define EXEC_MAX_STRINGS 16384
 #define DEFAULT_CWD "/root"
+/* Most streamed input (STDIN frames) queued for one command; more is refused with ENOBUFS. */
+#define STDIN_MAX_PENDING (1024u * 1024u)
+/* Terminal size when the pty field gives 0. */
+#define PTY_DEFAULT_ROWS 24
+#define PTY_DEFAULT_COLS 80
 
 static char *const default_env[] = {
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -42,9 +49,15 @@ struct exec_req {
 	int status;          /* read end of the exec status pipe */
 	int out_pfd[2];      /* indexes in the current poll set, or -1 */
 	int in_pfd;
-	uint8_t *stdin_data; /* what is left to feed to stdin */
-	size_t stdin_len;
-	size_t stdin_off;
+	struct buf stdin_buf; /* input not yet written to `in` */
+	bool stdin_eof;      /* close `in` once stdin_buf is written */
+	bool stdin_stream;   /* STDIN frames are accepted (stdin_open or pty) */
+	/*
+	 * With a pty, out[OUT_STDOUT] is the master and `in` a duplicate of it (so closing either
+	 * keeps the other usable); out[OUT_STDERR] is -1. Closing both hangs the terminal up.
+	 */
+	bool pty;
+	bool paused;         /* FLOW 0: output is not read until FLOW 1 */
 	uint32_t cap;        /* bytes forwarded per stream; 0 = everything */
 	uint64_t forwarded[2];
 	bool truncated[2];
@@ -65,6 +78,9 @@ struct exec_spec {
 	const uint8_t *stdin_data; /* borrowed from the frame */
 	uint32_t stdin_len;
 	bool has_stdin;
+	bool stdin_open; /* keep stdin open for STDIN frames */
+	bool pty;
+	uint16_t rows, cols;
 	uint32_t timeout_ms;
 	uint32_t cap;
 };
@@ -178,6 +194,9 @@ static int spec_parse(struct exec_spec *s, const uint8_t *p, uint32_t len, char 
 		else if ((tag == EXEC_TIMEOUT_MS || tag == EXEC_CAP) && n != 4) {
 			snprintf(err, errlen, "%s must be a u32", tag == EXEC_CAP ? "cap" : "timeout_ms");
 			return EINVAL;
+		} else if (tag == EXEC_PTY && n != 4) {
+			snprintf(err, errlen, "pty must be rows (u16) then cols (u16)");
+			return EINVAL;
 		}
 	}
 	if (rc < 0) {
@@ -240,6 +259,14 @@ static int spec_parse(struct exec_spec *s, const uint8_t *p, uint32_t len, char 
 			break;
 		case EXEC_CAP:
 			s->cap = get_u32(v);
+			break;
+		case EXEC_PTY:
+			s->pty = true;
+			s->rows = (uint16_t)(v[0] | v[1] << 8);
+			s->cols = (uint16_t)(v[2] | v[3] << 8);
+			break;
+		case EXEC_STDIN_OPEN:
+			s->stdin_open = true;
 			break;
 		default:
 			break; /* unknown tags are ignored */
@@ -314,6 +341,10 @@ child_exec(const struct agent *a, const struct exec_spec *s, int in_fd, int out_
 	   int status_fd)
 {
 	setsid();
+	/* With a pty, in_fd is its slave: make it the new session's controlling terminal. */
+	if (s->pty && ioctl(in_fd, TIOCSCTTY, 0) < 0)
+		child_fail(status_fd, errno, "fastvm-agent: cannot set the controlling terminal: %s\n",
+			   strerror(errno));
 	child_reset_signals();
 	if (a->nofile.rlim_cur != RLIM_INFINITY)
 		(void)setrlimit(RLIMIT_NOFILE, &a->nofile);
@@ -350,24 +381,27 @@ static void close_fd(int *fd)
 static void close_stdin(struct exec_req *r)
 {
 	close_fd(&r->in);
-	free(r->stdin_data);
-	r->stdin_data = NULL;
-	r->stdin_len = r->stdin_off = 0;
+	buf_free(&r->stdin_buf);
 }
 
-/* Feeds stdin as far as the pipe takes it now; closes it when done or unwanted (EPIPE). */
+/*
+ * Feeds stdin as far as the pipe (or pty) takes it now; closes it once everything is written
+ * and EOF was asked for, or when the command no longer reads it (EPIPE, EIO).
+ */
 static void pump_stdin(struct exec_req *r)
 {
 	while (r->in >= 0) {
+		size_t pending = buf_pending(&r->stdin_buf);
 		ssize_t n;
 
-		if (r->stdin_off == r->stdin_len) {
-			close_stdin(r);
+		if (pending == 0) {
+			if (r->stdin_eof)
+				close_stdin(r);
 			return;
 		}
-		n = write(r->in, r->stdin_data + r->stdin_off, r->stdin_len - r->stdin_off);
+		n = write(r->in, buf_head(&r->stdin_buf), pending);
 		if (n > 0) {
-			r->stdin_off += (size_t)n;
+			buf_consume(&r->stdin_buf, (size_t)n);
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -376,6 +410,17 @@ static void pump_stdin(struct exec_req *r)
 			return;
 		close_stdin(r); /* EPIPE: the command closed its stdin */
 	}
+}
+
+/*
+ * Hangs up r's terminal: closes every descriptor of the pty master, so the kernel sends SIGHUP
+ * (and SIGCONT) to the session leader and the foreground process group, and the slave reads EOF.
+ * What the command writes afterwards is lost.
+ */
+static void pty_hangup(struct exec_req *r)
+{
+	close_fd(&r->out[OUT_STDOUT]);
+	close_stdin(r);
 }
 
 /* Forwards output, honouring the per-stream cap (bytes beyond it are dropped and flagged). */
@@ -433,11 +478,44 @@ static void drain_output(struct agent *a, struct exec_req *r, int stream)
 
 /* ---- lifecycle ---- */
 
+/*
+ * Opens a pty pair for a command: the master (non-blocking, for the agent) and the slave (for
+ * the child's stdio), both close-on-exec, with the given window size and IUTF8 set (the default
+ * locale is UTF-8, so erase works on whole characters). 0 or -1 with errno set.
+ */
+static int open_pty(const struct exec_spec *s, int *master, int *slave)
+{
+	struct winsize ws = {
+	    .ws_row = s->rows ? s->rows : PTY_DEFAULT_ROWS,
+	    .ws_col = s->cols ? s->cols : PTY_DEFAULT_COLS,
+	};
+	struct termios t;
+	char name[64];
+
+	*master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (*master < 0)
+		return -1;
+	if (grantpt(*master) < 0 || unlockpt(*master) < 0 ||
+	    ptsname_r(*master, name, sizeof(name)) != 0)
+		return -1;
+	*slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (*slave < 0)
+		return -1;
+	if (ioctl(*master, TIOCSWINSZ, &ws) < 0 || set_nonblock(*master, true) < 0)
+		return -1;
+	if (tcgetattr(*slave, &t) == 0) {
+		t.c_iflag |= IUTF8;
+		(void)tcsetattr(*slave, TCSANOW, &t);
+	}
+	return 0;
+}
+
 void exec_start(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t len)
 {
 	struct exec_spec s;
 	struct exec_req *r = NULL;
 	int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, st[2] = {-1, -1};
+	int master = -1, slave = -1;
 	char msg[256];
 	uint8_t started[4];
 	int rc, saved;
@@ -462,37 +540,56 @@ void exec_start(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t l
 	if (!r)
 		goto fail;
 	r->out[0] = r->out[1] = r->in = r->status = -1;
-	if (s.has_stdin && s.stdin_len > 0) {
-		r->stdin_data = malloc(s.stdin_len);
-		if (!r->stdin_data)
+	if (s.has_stdin && buf_append(&r->stdin_buf, s.stdin_data, s.stdin_len) < 0)
+		goto fail;
+	if (pipe2(st, O_CLOEXEC) < 0 || set_nonblock(st[0], true) < 0)
+		goto fail;
+	if (s.pty) {
+		if (open_pty(&s, &master, &slave) < 0)
 			goto fail;
-		memcpy(r->stdin_data, s.stdin_data, s.stdin_len);
-		r->stdin_len = s.stdin_len;
+		/* The agent writes input through a duplicate of the master (see struct exec_req). */
+		in[1] = fcntl(master, F_DUPFD_CLOEXEC, 3);
+		if (in[1] < 0)
+			goto fail;
+	} else {
+		if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 ||
+		    ((s.has_stdin || s.stdin_open) && pipe2(in, O_CLOEXEC) < 0))
+			goto fail;
+		if (set_nonblock(out[0], true) < 0 || set_nonblock(err[0], true) < 0 ||
+		    (in[1] >= 0 && set_nonblock(in[1], true) < 0))
+			goto fail;
 	}
-	if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(st, O_CLOEXEC) < 0 ||
-	    (s.has_stdin && pipe2(in, O_CLOEXEC) < 0))
-		goto fail;
-	if (set_nonblock(out[0], true) < 0 || set_nonblock(err[0], true) < 0 ||
-	    set_nonblock(st[0], true) < 0 || (in[1] >= 0 && set_nonblock(in[1], true) < 0))
-		goto fail;
 
 	r->start_ns = now_ns();
 	pid = fork();
 	if (pid < 0)
 		goto fail;
-	if (pid == 0)
+	if (pid == 0) {
+		if (s.pty)
+			child_exec(a, &s, slave, slave, slave, st[1]);
 		child_exec(a, &s, in[0], out[1], err[1], st[1]);
+	}
 
-	close(out[1]);
-	close(err[1]);
 	close(st[1]);
-	if (in[0] >= 0)
-		close(in[0]);
 	r->id = id;
 	r->session = a->link.session;
 	r->pid = pid;
-	r->out[OUT_STDOUT] = out[0];
-	r->out[OUT_STDERR] = err[0];
+	if (s.pty) {
+		close(slave);
+		r->out[OUT_STDOUT] = master;
+		r->pty = true;
+		r->stdin_stream = true;
+	} else {
+		close(out[1]);
+		close(err[1]);
+		if (in[0] >= 0)
+			close(in[0]);
+		r->out[OUT_STDOUT] = out[0];
+		r->out[OUT_STDERR] = err[0];
+		r->stdin_stream = s.stdin_open;
+		/* A fixed stdin (no stdin_open) is closed once written. */
+		r->stdin_eof = !s.stdin_open;
+	}
 	r->in = in[1];
 	r->status = st[0];
 	r->out_pfd[0] = r->out_pfd[1] = r->in_pfd = -1;
@@ -517,8 +614,10 @@ fail:
 		close_fd(&in[i]);
 		close_fd(&st[i]);
 	}
+	close_fd(&master);
+	close_fd(&slave);
 	if (r)
-		free(r->stdin_data);
+		buf_free(&r->stdin_buf);
 	free(r);
 	spec_free(&s);
 	agent_error(a, id, (uint32_t)saved, "exec: cannot start the command: %s", strerror(saved));
@@ -601,18 +700,98 @@ void exec_signal(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t 
 	/* An unknown id has finished already (its EXIT is on the way): nothing to do. */
 }
 
+void exec_stdin(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	struct exec_req *r = find_req(a, id);
+
+	if (!r)
+		return; /* finished (its EXIT is on the way) or unknown */
+	if (!r->stdin_stream) {
+		agent_error(a, id, EBADF, "stdin: request %u was started without stdin_open or pty", id);
+		return;
+	}
+	if (r->in < 0 || r->stdin_eof)
+		return; /* the command closed its stdin, or EOF was sent already: dropped */
+	if (len == 0) {
+		r->stdin_eof = true;
+		pump_stdin(r);
+		if (r->pty)
+			pty_hangup(r);
+		return;
+	}
+	if (buf_pending(&r->stdin_buf) + len > STDIN_MAX_PENDING) {
+		agent_error(a, id, ENOBUFS, "stdin: over %u bytes queued; %u bytes dropped",
+			    STDIN_MAX_PENDING, len);
+		return;
+	}
+	if (buf_append(&r->stdin_buf, payload, len) < 0) {
+		agent_error(a, id, ENOMEM, "stdin: out of memory; %u bytes dropped", len);
+		return;
+	}
+	pump_stdin(r);
+}
+
+void exec_resize(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	struct exec_req *r;
+	struct winsize ws = {0};
+	int fd;
+
+	if (len != 4) {
+		agent_error(a, id, EINVAL, "resize: payload must be rows (u16) then cols (u16)");
+		return;
+	}
+	r = find_req(a, id);
+	if (!r)
+		return;
+	if (!r->pty) {
+		agent_error(a, id, ENOTTY, "resize: request %u has no pty", id);
+		return;
+	}
+	fd = r->out[OUT_STDOUT] >= 0 ? r->out[OUT_STDOUT] : r->in;
+	if (fd < 0)
+		return; /* hung up */
+	ws.ws_row = (unsigned short)(payload[0] | payload[1] << 8);
+	ws.ws_col = (unsigned short)(payload[2] | payload[3] << 8);
+	/* The kernel sends SIGWINCH to the terminal's foreground process group. */
+	if (ioctl(fd, TIOCSWINSZ, &ws) < 0)
+		agent_error(a, id, (uint32_t)errno, "resize: %s", strerror(errno));
+}
+
+void exec_flow(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	struct exec_req *r;
+
+	if (len != 1 || payload[0] > 1) {
+		agent_error(a, id, EINVAL, "flow: payload must be one byte, 0 (stop) or 1 (go)");
+		return;
+	}
+	r = find_req(a, id);
+	if (r)
+		r->paused = payload[0] == 0;
+}
+
+void exec_session_changed(struct agent *a)
+{
+	for (struct exec_req *r = a->reqs; r; r = r->next) {
+		if (r->pty && r->session != a->link.session &&
+		    (r->out[OUT_STDOUT] >= 0 || r->in >= 0))
+			pty_hangup(r);
+	}
+}
+
 void exec_add_pollfds(struct agent *a, struct pollfd *pfds, int *n, bool want_output)
 {
 	for (struct exec_req *r = a->reqs; r; r = r->next) {
 		for (int s = 0; s < 2; s++) {
 			r->out_pfd[s] = -1;
-			if (want_output && r->out[s] >= 0) {
+			if (want_output && !r->paused && r->out[s] >= 0) {
 				r->out_pfd[s] = *n;
 				pfds[(*n)++] = (struct pollfd){.fd = r->out[s], .events = POLLIN};
 			}
 		}
 		r->in_pfd = -1;
-		if (r->in >= 0) {
+		if (r->in >= 0 && buf_pending(&r->stdin_buf) > 0) {
 			r->in_pfd = *n;
 			pfds[(*n)++] = (struct pollfd){.fd = r->in, .events = POLLOUT};
 		}

@@ -24,6 +24,9 @@ enum msg_type {
 	MSG_PING = 0x02,
 	MSG_EXEC = 0x10,
 	MSG_SIGNAL = 0x11,
+	MSG_STDIN = 0x12,
+	MSG_RESIZE = 0x13,
+	MSG_FLOW = 0x14,
 	MSG_IDENTITY = 0x20,
 	MSG_SHUTDOWN = 0x21,
 
@@ -44,6 +47,8 @@ enum exec_tag {
 	EXEC_STDIN = 4,
 	EXEC_TIMEOUT_MS = 5,
 	EXEC_CAP = 6,
+	EXEC_PTY = 7,
+	EXEC_STDIN_OPEN = 8,
 };
 
 enum identity_tag {

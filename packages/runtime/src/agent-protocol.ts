@@ -20,6 +20,12 @@ export const MsgType = {
   Ping: 0x02,
   Exec: 0x10,
   Signal: 0x11,
+  /** Input for a running request (empty payload: EOF; for a pty, hang up). */
+  Stdin: 0x12,
+  /** New window size of a request's pty: rows (u16), cols (u16). */
+  Resize: 0x13,
+  /** Stop (0) or resume (1) reading a request's output. */
+  Flow: 0x14,
   Identity: 0x20,
   Shutdown: 0x21,
   HelloAck: 0x81,
@@ -41,6 +47,10 @@ export const ExecTag = {
   Stdin: 4,
   TimeoutMs: 5,
   Cap: 6,
+  /** Run on a new pty: rows (u16), cols (u16); 0 = 24 × 80. */
+  Pty: 7,
+  /** Keep stdin open for STDIN frames (value ignored). */
+  StdinOpen: 8,
 } as const;
 
 /** IDENTITY payload tags. */
@@ -117,6 +127,14 @@ export function decodeTlv(payload: Buffer): Array<{ tag: number; value: Buffer }
 export function u32(n: number): Buffer {
   const b = Buffer.allocUnsafe(4);
   b.writeUInt32LE(n >>> 0, 0);
+  return b;
+}
+
+/** rows (u16), cols (u16): the payload of RESIZE and the value of the EXEC `pty` field. */
+export function winsize(rows: number, cols: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt16LE(rows, 0);
+  b.writeUInt16LE(cols, 2);
   return b;
 }
 
