@@ -92,6 +92,8 @@ interface VmRecord {
   snapshotId?: string;
   network?: VmNetwork;
   createdAt: string;
+  /** Stopped by `pause()` (QMP `stop`); kept so a restarted server adopts it still paused. */
+  paused?: boolean;
 }
 
 /** `snapshots/<id>/snapshot.json`. */
@@ -345,9 +347,12 @@ export class QemuRuntime implements Runtime {
       try {
         const dir = this.#vmDir(id);
         const qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 5000 });
+        // A paused guest cannot answer the agent's HELLO: let it run for the handshake.
+        if (rec.paused) await qmp.execute('cont');
         const agent = await AgentClient.connect(path.join(dir, 'agent.sock'), {
           timeoutMs: 10_000,
         });
+        if (rec.paused) await qmp.execute('stop');
         const vm: LiveVm = {
           record: rec,
           dir,
@@ -372,6 +377,42 @@ export class QemuRuntime implements Runtime {
     }
     this.#gc();
     return { adopted, lost, orphans };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Pause / resume (QMP stop / cont). The QEMU process and the guest's memory stay; a stopped
+  // vCPU uses no host CPU. The state is recorded in vm.json, so adoption keeps a paused VM paused.
+
+  async pause(vmId: string): Promise<void> {
+    const vm = this.#vms.get(vmId);
+    if (!vm || vm.exited) throw new RuntimeError('not_found', `VM ${vmId} is not running`);
+    const run = vm.busy.then(async () => {
+      if (vm.record.paused) return;
+      await vm.qmp.execute('stop');
+      vm.record.paused = true;
+      writeJsonAtomic(path.join(vm.dir, 'vm.json'), vm.record);
+    });
+    vm.busy = run.catch(() => {});
+    return run;
+  }
+
+  async resume(vmId: string): Promise<void> {
+    const vm = this.#vms.get(vmId);
+    if (!vm || vm.exited) throw new RuntimeError('not_found', `VM ${vmId} is not running`);
+    const run = vm.busy.then(async () => {
+      if (!vm.record.paused) return;
+      await vm.qmp.execute('cont');
+      vm.record.paused = false;
+      writeJsonAtomic(path.join(vm.dir, 'vm.json'), vm.record);
+      // The guest clock stood still while stopped; set it again (best effort).
+      await vm.agent
+        .setIdentity({ clockNs: BigInt(Date.now()) * 1_000_000n }, { timeoutMs: 5000 })
+        .catch((err: unknown) =>
+          this.#log(`runtime: clock sync of ${vmId} failed: ${String(err)}`),
+        );
+    });
+    vm.busy = run.catch(() => {});
+    return run;
   }
 
   onExit(listener: (vmId: string, reason: string) => void): () => void {
@@ -925,6 +966,7 @@ export class QemuRuntime implements Runtime {
     const vm = this.#vms.get(vmId);
     if (!vm) throw new RuntimeError('not_found', `VM ${vmId} not found`);
     if (vm.exited) throw new RuntimeError('not_running', `VM ${vmId} is not running`);
+    if (vm.record.paused) throw new RuntimeError('not_running', `VM ${vmId} is paused`);
     return vm;
   }
 
@@ -936,7 +978,7 @@ export class QemuRuntime implements Runtime {
       vcpus: spec.vcpus,
       memoryMiB: spec.memoryMiB,
       diskGiB: vm.record.diskGiB,
-      state: vm.exited ? 'stopped' : 'running',
+      state: vm.exited ? 'stopped' : vm.record.paused ? 'paused' : 'running',
       pid: vm.record.pid,
       ...(vm.record.snapshotId ? { snapshotId: vm.record.snapshotId } : {}),
     };

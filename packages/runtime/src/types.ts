@@ -121,6 +121,13 @@ export interface Runtime {
   /** Snapshot a running VM; it keeps running afterwards. */
   snapshot(vmId: string, snapshotId: string): Promise<SnapshotInfo>;
   exec(vmId: string, req: ExecRequest): Promise<ExecResult>;
+  /**
+   * Stop the VM's vCPUs (memory, processes and devices are kept; no host CPU is used). `exec`
+   * and `snapshot` fail with `not_running` until `resume`. Idempotent; survives `adopt`.
+   */
+  pause(vmId: string): Promise<void>;
+  /** Continue a paused VM (and re-sync its clock). Idempotent. */
+  resume(vmId: string): Promise<void>;
   /** Stop the VM and free everything it holds. Idempotent. */
   destroy(vmId: string): Promise<void>;
   /**

@@ -3,7 +3,9 @@
  * demos (`serve --fake-runtime`). It boots nothing. Delays and failures are configurable, and
  * `exec` understands a handful of shell commands (`echo`, `printf`, `cat`, `sleep`, `exit N`,
  * `true`, `false`, `head -c N /dev/zero`, `hostname`, `uname`) joined with `;`, `&&`, `||`, with
- * `>&2` redirects. Like the guest agent, `capBytes` limits what is both kept and streamed, a
+ * `>&2` redirects, plus an in-memory file system for the file-transfer commands (`cat > F`,
+ * `cat >> F`, `cat F`, `mv`, `rm -f`, `test -e|-d|-f`, `mkdir -p`, `"$1"` positional parameters).
+ * `pause`/`resume` flip the VM's state; a paused VM refuses `exec` and `snapshot`. Like the guest agent, `capBytes` limits what is both kept and streamed, a
  * timeout resolves with `timedOut` (exit 137), and aborting the signal rejects. With `stateFile`, VMs and snapshots persist across processes, so a restarted
  * server can re-adopt "surviving" VMs the way it re-adopts QEMU processes.
  * @module
@@ -55,8 +57,10 @@ export interface FakeRuntimeOptions {
 interface FakeVm {
   info: VmInfo;
   hostname: string;
-  /** Files written by `cat > path` would go here; kept for snapshot/restore fidelity. */
+  /** Files written by `cat > path` (base64 contents); kept for snapshot/restore fidelity. */
   files: Record<string, string>;
+  /** Directories made by `mkdir -p` (besides the parents of files). */
+  dirs?: string[];
 }
 
 interface PersistedState {
@@ -226,6 +230,22 @@ export class FakeRuntime implements Runtime {
     };
   }
 
+  async pause(vmId: string): Promise<void> {
+    this.calls.push({ method: 'pause', args: [vmId] });
+    const vm = this.vms.get(vmId);
+    if (!vm) throw new FakeRuntimeError('not_found', `VM ${vmId} is not running`);
+    vm.info = { ...vm.info, state: 'paused' };
+    this.persist();
+  }
+
+  async resume(vmId: string): Promise<void> {
+    this.calls.push({ method: 'resume', args: [vmId] });
+    const vm = this.vms.get(vmId);
+    if (!vm) throw new FakeRuntimeError('not_found', `VM ${vmId} is not running`);
+    vm.info = { ...vm.info, state: 'running' };
+    this.persist();
+  }
+
   async destroy(vmId: string): Promise<void> {
     this.calls.push({ method: 'destroy', args: [vmId] });
     await delay(this.destroyDelayMs);
@@ -309,7 +329,20 @@ export class FakeRuntime implements Runtime {
   private requireRunning(vmId: string): FakeVm {
     const vm = this.vms.get(vmId);
     if (!vm) throw new FakeRuntimeError('not_found', `VM ${vmId} is not running`);
+    if (vm.info.state === 'paused')
+      throw new FakeRuntimeError('not_running', `VM ${vmId} is paused`);
     return vm;
+  }
+
+  /** Test control: a file's bytes in a fake VM (undefined when absent). */
+  readFile(vmId: string, path: string): Buffer | undefined {
+    const data = this.vms.get(vmId)?.files[path];
+    return data === undefined ? undefined : Buffer.from(data, 'base64');
+  }
+
+  /** Test control: paths of the files in a fake VM. */
+  listFiles(vmId: string): string[] {
+    return Object.keys(this.vms.get(vmId)?.files ?? {});
   }
 
   private assertFreeId(id: string): void {
@@ -390,16 +423,20 @@ class MiniShell {
   async runArgv(argv: string[]): Promise<number> {
     const [cmd, ...args] = argv;
     if ((cmd === 'sh' || cmd === 'bash' || cmd === '/bin/sh') && args[0] === '-c') {
-      return this.runScript(args[1] ?? '');
+      // `sh -c SCRIPT NAME ARG1 ARG2…`: $0 = NAME, $1 = ARG1, …
+      return this.runScript(args[1] ?? '', args.slice(2));
     }
     return this.runCommand(cmd ?? '', args, this.out);
   }
 
-  private async runScript(script: string): Promise<number> {
+  private async runScript(script: string, params: string[] = []): Promise<number> {
     let status = 0;
     let skip = false;
-    for (const { words, op } of parseScript(script)) {
+    for (const { words: raw, op } of parseScript(script)) {
       if (this.signal.aborted) return 137;
+      const words = raw.map((w) =>
+        w.replace(/\$(\d)/g, (_m, d: string) => params[Number(d)] ?? ''),
+      );
       if (!skip && words.length > 0) {
         let target = this.out;
         const last = words[words.length - 1];
@@ -407,9 +444,14 @@ class MiniShell {
           words.pop();
           target = this.err;
         }
-        const [cmd, ...args] = words;
-        if (cmd === 'exit') return Number(args[0] ?? status) & 0xff;
-        status = await this.runCommand(cmd ?? '', args, target);
+        const redirect = words.findIndex((w) => w === '>' || w === '>>');
+        if (redirect > 0 && words[0] === 'cat' && words[redirect + 1] !== undefined) {
+          status = this.writeFile(words[redirect + 1]!, words[redirect] === '>>');
+        } else {
+          const [cmd, ...args] = words;
+          if (cmd === 'exit') return Number(args[0] ?? status) & 0xff;
+          status = await this.runCommand(cmd ?? '', args, target);
+        }
       }
       skip = (op === '&&' && status !== 0) || (op === '||' && status === 0);
     }
@@ -427,9 +469,56 @@ class MiniShell {
       case 'printf':
         out.write((args[0] ?? '').replace(/\\n/g, '\n').replace(/\\t/g, '\t'));
         return 0;
-      case 'cat':
-        out.write(this.stdin);
-        this.stdin = Buffer.alloc(0);
+      case 'cat': {
+        const files = args.filter((a) => a !== '--');
+        if (files.length === 0) {
+          out.write(this.stdin);
+          this.stdin = Buffer.alloc(0);
+          return 0;
+        }
+        for (const f of files) {
+          const data = this.vm.files[f];
+          if (data === undefined) {
+            this.err.write(
+              `cat: ${f}: ${this.isDir(f) ? 'Is a directory' : 'No such file or directory'}\n`,
+            );
+            return 1;
+          }
+          out.write(Buffer.from(data, 'base64'));
+        }
+        return 0;
+      }
+      case 'test':
+      case '[': {
+        const [flag, f = ''] = args;
+        if (flag === '-e') return this.vm.files[f] !== undefined || this.isDir(f) ? 0 : 1;
+        if (flag === '-d') return this.isDir(f) ? 0 : 1;
+        if (flag === '-f') return this.vm.files[f] !== undefined ? 0 : 1;
+        return 2;
+      }
+      case 'mkdir': {
+        for (const d of args.filter((a) => !a.startsWith('-'))) {
+          (this.vm.dirs ??= []).push(d.replace(/\/+$/, ''));
+        }
+        return 0;
+      }
+      case 'mv': {
+        const [from, to] = args.filter((a) => !a.startsWith('-'));
+        const data = from === undefined ? undefined : this.vm.files[from];
+        if (data === undefined || to === undefined) {
+          this.err.write(`mv: cannot stat '${from ?? ''}': No such file or directory\n`);
+          return 1;
+        }
+        if (this.isDir(to)) {
+          this.err.write(`mv: cannot overwrite directory '${to}'\n`);
+          return 1;
+        }
+        delete this.vm.files[from!];
+        this.vm.files[to] = data;
+        return 0;
+      }
+      case 'rm':
+        for (const f of args.filter((a) => !a.startsWith('-'))) delete this.vm.files[f];
         return 0;
       case 'sleep':
         await delay(Number(args[0] ?? 0) * 1000, this.signal);
@@ -463,6 +552,34 @@ class MiniShell {
     this.err.write(`sh: 1: ${cmd}: not found\n`);
     return 127;
   }
+
+  private isDir(p: string): boolean {
+    return isDirOf(this.vm, p);
+  }
+
+  /** `cat > file` / `cat >> file`: stdin into the fake file system. */
+  private writeFile(file: string, append: boolean): number {
+    const parent = file.slice(0, file.lastIndexOf('/'));
+    if (!file.startsWith('/') || !this.isDir(parent) || this.isDir(file)) {
+      this.err.write(
+        `sh: 1: cannot create ${file}: ${this.isDir(file) ? 'Is a directory' : 'Directory nonexistent'}\n`,
+      );
+      return 2;
+    }
+    const before =
+      append && this.vm.files[file] ? Buffer.from(this.vm.files[file], 'base64') : Buffer.alloc(0);
+    this.vm.files[file] = Buffer.concat([before, this.stdin]).toString('base64');
+    this.stdin = Buffer.alloc(0);
+    return 0;
+  }
+}
+
+/** Whether `dir` is a directory of the fake file system (`/`, made by mkdir, or a file's parent). */
+function isDirOf(vm: FakeVm, dir: string): boolean {
+  const d = dir.replace(/\/+$/, '');
+  if (d === '' || ['/tmp', '/root', '/var/tmp', '/home'].includes(d)) return true;
+  if (vm.dirs?.some((x) => x === d || x.startsWith(d + '/'))) return true;
+  return Object.keys(vm.files).some((f) => f.startsWith(d + '/'));
 }
 
 /** Splits a script into commands at `;`, `&&`, `||` and newlines, honouring quotes. */
