@@ -19,7 +19,7 @@ while IFS= read -r line; do
   case "$line" in CONFIG_*=y) grep -qx "$line" .config || { echo "kernel: $line did not stick" >&2; exit 1; } ;; esac
 done < "$here/microvm.config"
 echo "kernel: compiling with $(nproc) jobs (takes ~5 minutes on 2 cores)"
-make ARCH=x86_64 -j"$(nproc)" vmlinux 2>&1 | awk '/^  (CC|LD|AR)/ { n++; if (n % 200 == 0) printf "kernel: %d objects\n", n } /error/ { print }'
+make ARCH=x86_64 -j"$(nproc)" vmlinux 2>&1 | awk '/^  (CC|LD|AR)/ { n++; if (n % 200 == 0) { printf "kernel: %d objects compiled (of ~1500)\n", n; fflush() } } /error/ { print; fflush() }'
 test -f vmlinux
 mkdir -p "$out"
 strip -o "$out/vmlinux" vmlinux

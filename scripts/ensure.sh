@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Make a fresh clone runnable: npm dependencies (if missing or stale), host packages and the guest
+# image (guest/setup.sh, cached). Used by `npm start`, `npm test` and `npm run bench`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+bash guest/setup.sh --quiet-if-cached
