@@ -26,10 +26,17 @@ import {
   scanHelloAck,
   u32,
   u64,
+  winsize,
   type Frame,
   type Tlv,
 } from './agent-protocol.js';
-import { RuntimeError, type ExecRequest, type ExecResult } from './types.js';
+import {
+  RuntimeError,
+  type ExecRequest,
+  type ExecResult,
+  type PtyExit,
+  type PtySession,
+} from './types.js';
 
 /** Connection state: `idle` before connect(), `ready` after the handshake, `closed` for good. */
 export type AgentClientState = 'idle' | 'connecting' | 'ready' | 'closed';
@@ -61,6 +68,45 @@ export interface AgentRequestOptions {
   readonly timeoutMs?: number;
 }
 
+/** A command started with `spawn`: interactive input, pty size, flow control. */
+export interface SpawnRequest {
+  readonly argv: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  /**
+   * Run on a new pseudo-terminal of this size: it is the command's controlling terminal and its
+   * stdin, stdout and stderr, so all output arrives through `onStdout`. Input is always open.
+   */
+  readonly pty?: { readonly rows: number; readonly cols: number };
+  /** Without a pty: keep stdin open for `write()` until `end()` (default: /dev/null). */
+  readonly stdinOpen?: boolean;
+  /** Input written first (to the pty, or the stdin pipe). */
+  readonly stdin?: Uint8Array;
+  readonly timeoutMs?: number;
+  readonly capBytes?: number;
+  readonly onStdout: (chunk: Buffer) => void;
+  readonly onStderr?: (chunk: Buffer) => void;
+  /**
+   * The agent refused something for this running command (input over its 1 MiB queue, a
+   * resize); the command keeps running.
+   */
+  readonly onError?: (err: AgentError) => void;
+}
+
+/** How a spawned command ended. */
+export interface ProcessExit extends PtyExit {
+  readonly timedOut: boolean;
+}
+
+/** A running command started by `AgentClient.spawn`. */
+export interface AgentProcess extends PtySession {
+  readonly exited: Promise<ProcessExit>;
+  /** EOF on stdin; with a pty, hangs the terminal up instead (SIGHUP to its session). */
+  end(): void;
+  /** Sends a signal to the command's process group. */
+  kill(signal?: number): void;
+}
+
 /** Events of an AgentClient. */
 export interface AgentClientEvents {
   /** The connection is gone (closed by us, by the agent, or lost); fired once. */
@@ -89,6 +135,9 @@ const DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000;
 const EXEC_TIMEOUT_GRACE_MS = 10_000;
 const SIGKILL = 9;
 const U32_MAX = 0xffff_ffff;
+const U16_MAX = 0xffff;
+/** How long `AgentProcess.close()` waits after the hangup before SIGKILL. */
+const DEFAULT_CLOSE_GRACE_MS = 2000;
 
 interface Pending {
   onFrame(frame: Frame): void;
@@ -159,8 +208,25 @@ function checkU32(name: string, v: number | undefined): number {
   return v;
 }
 
+function checkWinsize(rows: number, cols: number): Buffer {
+  for (const [name, v] of [
+    ['rows', rows],
+    ['cols', cols],
+  ] as const) {
+    if (!Number.isInteger(v) || v < 1 || v > U16_MAX) {
+      throw invalid(`${name} must be an integer between 1 and ${U16_MAX}`);
+    }
+  }
+  return winsize(rows, cols);
+}
+
 /** Encodes an EXEC payload, validating what the agent would reject. */
-function execPayload(req: ExecRequest): Buffer {
+function execPayload(
+  req: Omit<ExecRequest, 'onStdout' | 'onStderr' | 'signal'> & {
+    readonly pty?: { readonly rows: number; readonly cols: number };
+    readonly stdinOpen?: boolean;
+  },
+): Buffer {
   if (!Array.isArray(req.argv) || req.argv.length === 0) throw invalid('argv must not be empty');
   if (req.argv.some((a) => typeof a !== 'string' || hasNul(a))) {
     throw invalid('argv entries must be strings without NUL bytes');
@@ -188,6 +254,8 @@ function execPayload(req: ExecRequest): Buffer {
   const cap = checkU32('capBytes', req.capBytes);
   if (timeoutMs > 0) records.push([ExecTag.TimeoutMs, u32(timeoutMs)]);
   if (cap > 0) records.push([ExecTag.Cap, u32(cap)]);
+  if (req.pty) records.push([ExecTag.Pty, checkWinsize(req.pty.rows, req.pty.cols)]);
+  else if (req.stdinOpen) records.push([ExecTag.StdinOpen, Buffer.alloc(0)]);
   const payload = encodeTlv(records);
   if (payload.length > MAX_PAYLOAD) {
     throw invalid(
@@ -387,6 +455,161 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
             giveUp(unavailable(`exec: no exit status from the agent ${limit} ms after the start`)),
           limit,
         );
+      }
+      this.#send(MsgType.Exec, id, payload);
+    });
+  }
+
+  /**
+   * Starts a command and resolves once it runs (STARTED), with a handle to feed its input,
+   * resize its pty, pause its output and wait for its exit. With `pty`, the command gets a new
+   * pseudo-terminal as controlling terminal (an interactive shell); otherwise `stdinOpen` keeps
+   * a stdin pipe open for `write()`. Output goes to the callbacks as it arrives; while
+   * `pauseOutput()` is in effect the agent stops reading it, so the command blocks once the
+   * pty/pipe buffer is full.
+   *
+   * @throws RuntimeError `invalid_argument` for a malformed request, `agent_unavailable` if the
+   *   connection is lost; AgentError if the agent refuses to start it. `exited` rejects with
+   *   `agent_unavailable` when the connection is lost while the command runs.
+   */
+  spawn(req: SpawnRequest): Promise<AgentProcess> {
+    let payload: Buffer;
+    try {
+      payload = execPayload(req);
+      this.#ensureReady('exec');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const streaming = Boolean(req.pty) || req.stdinOpen === true;
+    return new Promise<AgentProcess>((resolveStart, rejectStart) => {
+      const id = this.#allocId();
+      let started = false;
+      let done = false;
+      let ended = false;
+      let killTimer: NodeJS.Timeout | undefined;
+      let backstop: NodeJS.Timeout | undefined;
+      let resolveExit!: (e: ProcessExit) => void;
+      let rejectExit!: (err: unknown) => void;
+      const exited = new Promise<ProcessExit>((res, rej) => {
+        resolveExit = res;
+        rejectExit = rej;
+      });
+      exited.catch(() => {}); // the caller may only look at it later
+
+      const finish = (err: unknown, result?: ProcessExit): void => {
+        if (done) return;
+        done = true;
+        this.#pending.delete(id);
+        clearTimeout(killTimer);
+        clearTimeout(backstop);
+        if (!started) rejectStart(err);
+        else if (result) resolveExit(result);
+        else rejectExit(err);
+      };
+      const live = (): boolean => started && !done && this.#state === 'ready';
+      const deliver = (cb: ((chunk: Buffer) => void) | undefined, chunk: Buffer): void => {
+        if (!cb) return;
+        try {
+          cb(chunk);
+        } catch (err) {
+          this.#trySend(MsgType.Signal, id, u32(SIGKILL));
+          finish(err);
+        }
+      };
+      const requireStream = (what: string): void => {
+        if (!streaming) throw invalid(`${what}: the command was started without pty or stdinOpen`);
+      };
+
+      let pid = 0;
+      const proc: AgentProcess = {
+        get pid() {
+          return pid;
+        },
+        exited,
+        write: (data) => {
+          requireStream('write');
+          if (!live() || ended) return;
+          const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : Buffer.from(data);
+          for (let off = 0; off < bytes.length; off += MAX_CHUNK) {
+            this.#send(MsgType.Stdin, id, bytes.subarray(off, off + MAX_CHUNK));
+          }
+        },
+        end: () => {
+          requireStream('end');
+          if (!live() || ended) return;
+          ended = true;
+          this.#send(MsgType.Stdin, id, Buffer.alloc(0));
+        },
+        resize: (rows, cols) => {
+          if (!req.pty) throw invalid('resize: the command has no pty');
+          const ws = checkWinsize(rows, cols);
+          if (live()) this.#send(MsgType.Resize, id, ws);
+        },
+        kill: (sig = SIGKILL) => {
+          if (!Number.isInteger(sig) || sig < 1 || sig > 64) throw invalid(`bad signal ${sig}`);
+          if (live()) this.#send(MsgType.Signal, id, u32(sig));
+        },
+        pauseOutput: () => {
+          if (live()) this.#send(MsgType.Flow, id, Buffer.from([0]));
+        },
+        resumeOutput: () => {
+          if (live()) this.#send(MsgType.Flow, id, Buffer.from([1]));
+        },
+        close: (graceMs = DEFAULT_CLOSE_GRACE_MS) => {
+          if (!live()) return;
+          if (streaming) proc.end();
+          else proc.kill(1);
+          if (killTimer === undefined && !done) {
+            killTimer = setTimeout(() => proc.kill(SIGKILL), graceMs);
+            killTimer.unref();
+          }
+        },
+      };
+
+      this.#pending.set(id, {
+        onFrame: (f) => {
+          switch (f.type) {
+            case MsgType.Started:
+              if (started) break;
+              started = true;
+              pid = f.payload.length >= 4 ? f.payload.readUInt32LE(0) : 0;
+              resolveStart(proc);
+              break;
+            case MsgType.Stdout:
+              deliver(req.onStdout, f.payload);
+              break;
+            case MsgType.Stderr:
+              deliver(req.onStderr, f.payload);
+              break;
+            case MsgType.Exit: {
+              const exit = decodeExit(f.payload);
+              finish(undefined, {
+                exitCode: exit.exitCode,
+                signal: exit.signal,
+                timedOut: exit.timedOut,
+                durationMs: exit.durationMs,
+              });
+              break;
+            }
+            case MsgType.Error: {
+              const e = decodeError(f.payload);
+              const err = new AgentError(e.code, started ? 'input' : 'exec', e.message);
+              if (!started) finish(err);
+              else req.onError?.(err);
+              break;
+            }
+            default:
+              break;
+          }
+        },
+        fail: (err) => finish(err),
+      });
+      if (req.timeoutMs) {
+        const limit = req.timeoutMs + EXEC_TIMEOUT_GRACE_MS;
+        backstop = setTimeout(() => {
+          this.#trySend(MsgType.Signal, id, u32(SIGKILL));
+          finish(unavailable(`exec: no exit status from the agent ${limit} ms after the start`));
+        }, limit);
       }
       this.#send(MsgType.Exec, id, payload);
     });

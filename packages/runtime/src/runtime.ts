@@ -34,6 +34,8 @@ import {
   MACHINES,
   type MachineSpec,
   type MachineType,
+  type PtyRequest,
+  type PtySession,
   type RestoreOptions,
   type Runtime,
   RuntimeError,
@@ -284,6 +286,19 @@ export class QemuRuntime implements Runtime {
   async exec(vmId: string, req: ExecRequest): Promise<ExecResult> {
     const vm = this.#live(vmId);
     return vm.agent.exec(req);
+  }
+
+  /** An interactive command on a new pty in the guest (the console); see `Runtime.openPty`. */
+  async openPty(vmId: string, req: PtyRequest): Promise<PtySession> {
+    const vm = this.#live(vmId);
+    return vm.agent.spawn({
+      argv: req.argv,
+      ...(req.env ? { env: req.env } : {}),
+      ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
+      pty: { rows: req.rows, cols: req.cols },
+      onStdout: req.onData,
+      ...(req.onError ? { onError: req.onError } : {}),
+    });
   }
 
   async destroy(vmId: string): Promise<void> {

@@ -80,6 +80,48 @@ export interface ExecResult {
   readonly durationMs: number;
 }
 
+/** An interactive command on a new pseudo-terminal in the guest (see `Runtime.openPty`). */
+export interface PtyRequest {
+  readonly argv: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  /** Initial window size (1–65535 each). */
+  readonly rows: number;
+  readonly cols: number;
+  /** Terminal output (the command's stdout and stderr, as the terminal renders them). */
+  readonly onData: (chunk: Buffer) => void;
+  /** Input or a resize was refused (e.g. over 1 MiB of input queued); the session goes on. */
+  readonly onError?: (err: Error) => void;
+}
+
+/** How a pty session's main process ended. */
+export interface PtyExit {
+  /** Exit status, or 128 + signal if it was killed. */
+  readonly exitCode: number;
+  /** Signal that killed it, 0 if none. */
+  readonly signal: number;
+  readonly durationMs: number;
+}
+
+/** A running pty session. Calls after the exit are ignored. */
+export interface PtySession {
+  readonly pid: number;
+  /** Resolves when the main process exits; rejects if the VM or its agent goes away first. */
+  readonly exited: Promise<PtyExit>;
+  /** Terminal input (keystrokes); strings are sent as UTF-8. */
+  write(data: Uint8Array | string): void;
+  /** New window size; the guest kernel sends SIGWINCH to the foreground job. */
+  resize(rows: number, cols: number): void;
+  /** Stops reading output until `resumeOutput` (backpressure; the guest's writers block). */
+  pauseOutput(): void;
+  resumeOutput(): void;
+  /**
+   * Hangs the terminal up (SIGHUP to its session, as when a terminal window closes) and kills
+   * the process group if the main process has not exited `graceMs` (default 2000) later.
+   */
+  close(graceMs?: number): void;
+}
+
 export type VmState = 'running' | 'paused' | 'stopped';
 
 export interface VmInfo {
@@ -138,6 +180,11 @@ export interface Runtime {
   /** Whether a snapshot's files exist (used to reconcile after restarts). */
   hasSnapshot(snapshotId: string): Promise<boolean>;
   get(vmId: string): VmInfo | undefined;
+  /**
+   * Start an interactive command (e.g. a login shell) on a new pseudo-terminal in a running VM.
+   * Resolves once it runs. @throws RuntimeError `not_found` / `not_running`.
+   */
+  openPty(vmId: string, req: PtyRequest): Promise<PtySession>;
   /**
    * After a restart: re-attach to the VMs in `vmIds` whose QEMU still runs, report the others as
    * lost, and stop any other VM found on the host.

@@ -17,11 +17,14 @@ import type {
   ExecResult,
   LaunchOptions,
   MachineType,
+  PtyRequest,
+  PtySession,
   RestoreOptions,
   Runtime,
   SnapshotInfo,
   VmInfo,
 } from '@fastvm/runtime';
+import { FakePty } from './fake-pty.js';
 
 const MACHINES: Record<MachineType, { vcpus: number; memoryMiB: number }> = {
   c1m2: { vcpus: 1, memoryMiB: 2048 },
@@ -98,6 +101,8 @@ export class FakeRuntime implements Runtime {
   >();
   private readonly exitListeners = new Set<(vmId: string, reason: string) => void>();
   private nextPid = 40_000;
+  /** Console shells by VM (see `openPty`, `FakePty`). */
+  readonly ptys = new Map<string, FakePty[]>();
   private readonly stateFile: string | undefined;
 
   constructor(opts: FakeRuntimeOptions = {}) {
@@ -251,6 +256,7 @@ export class FakeRuntime implements Runtime {
     await delay(this.destroyDelayMs);
     throwIf(this.failDestroy, vmId);
     this.vms.delete(vmId);
+    this.dropPtys(vmId);
     this.persist();
   }
 
@@ -266,6 +272,26 @@ export class FakeRuntime implements Runtime {
 
   get(vmId: string): VmInfo | undefined {
     return this.vms.get(vmId)?.info;
+  }
+
+  /** A `FakePty` shell (prompt, echo, `tty`, `stty size`, `exit N`); see fake-pty.ts. */
+  async openPty(vmId: string, req: PtyRequest): Promise<PtySession> {
+    this.calls.push({
+      method: 'openPty',
+      args: [vmId, { argv: [...req.argv], env: req.env, rows: req.rows, cols: req.cols }],
+    });
+    const vm = this.requireRunning(vmId);
+    const pty = new FakePty(req, this.nextPid++, vm.hostname);
+    this.ptys.set(vmId, [...(this.ptys.get(vmId) ?? []), pty]);
+    return pty;
+  }
+
+  /** Console shells of a VM: their `exited` rejects as if the agent connection were lost. */
+  private dropPtys(vmId: string): void {
+    for (const pty of this.ptys.get(vmId) ?? []) {
+      pty.drop(new FakeRuntimeError('agent_unavailable', `VM ${vmId} went away`));
+    }
+    this.ptys.delete(vmId);
   }
 
   async adopt(vmIds: readonly string[]): Promise<AdoptResult> {
@@ -299,6 +325,7 @@ export class FakeRuntime implements Runtime {
   /** Simulates QEMU dying: the VM disappears and exit listeners are told. */
   crash(vmId: string, reason = 'killed by signal 9'): void {
     if (!this.vms.delete(vmId)) return;
+    this.dropPtys(vmId);
     this.persist();
     for (const l of this.exitListeners) l(vmId, reason);
   }

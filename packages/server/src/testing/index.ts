@@ -3,4 +3,5 @@
  * @module
  */
 export { FakeRuntime, FakeRuntimeError } from './fake-runtime.js';
+export { FakePty } from './fake-pty.js';
 export type { FakeCall, FakeFailure, FakeRuntimeOptions } from './fake-runtime.js';
