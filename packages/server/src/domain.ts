@@ -5,13 +5,46 @@
  */
 
 /** VM lifecycle states as stored. `deleted` never leaves the server (deleted rows are hidden). */
-export type VmStatus = 'provisioning' | 'running' | 'stopped' | 'deleting' | 'error' | 'deleted';
+export type VmStatus =
+  | 'provisioning'
+  | 'running'
+  | 'pausing'
+  | 'paused'
+  | 'resuming'
+  | 'stopped'
+  | 'deleting'
+  | 'error'
+  | 'deleted';
 
 /** Snapshot states as stored; `deleting`/`deleted` rows are hidden from the API. */
 export type SnapshotStatus = 'creating' | 'ready' | 'error' | 'deleting' | 'deleted';
 
 /** VM states that hold runtime resources and therefore count against the org's quota. */
-export const VM_STATUSES_USING_QUOTA: readonly VmStatus[] = ['provisioning', 'running', 'deleting'];
+export const VM_STATUSES_USING_QUOTA: readonly VmStatus[] = [
+  'provisioning',
+  'running',
+  'pausing',
+  'resuming',
+  'deleting',
+];
+
+/**
+ * A paused VM gives its vCPUs back (they are stopped and use no host CPU) but keeps counting
+ * against `memoryMiB` and `diskGiB`: its QEMU process still holds the guest's RAM and its disk.
+ */
+export const VM_STATUSES_USING_MEMORY_AND_DISK: readonly VmStatus[] = [
+  ...VM_STATUSES_USING_QUOTA,
+  'paused',
+];
+
+/** A VM's time to live: when it runs out the VM is paused or deleted (contract §3.9). */
+export interface VmTtl {
+  seconds: number;
+  action: 'pause' | 'delete';
+}
+
+/** Longest TTL accepted (one year, contract §3.9). */
+export const MAX_TTL_SECONDS = 31_536_000;
 
 /** Snapshot states that count against `snapshotCount`. */
 export const SNAPSHOT_STATUSES_USING_QUOTA: readonly SnapshotStatus[] = ['creating', 'ready'];
@@ -126,6 +159,14 @@ export interface VmRecord {
   createdAt: string;
   updatedAt: string;
   deletedAt: string | null;
+  /** Time to live, if set (optional in records built by older code; the store always sets it). */
+  ttl?: VmTtl | null;
+  /** When the TTL runs out (epoch ms); set only while running with a TTL. */
+  expiresAtMs?: number | null;
+  /** TTL left when it was paused (ms); applied at the next resume. */
+  ttlRemainingMs?: number | null;
+  /** When the VM was last paused; null while not paused. */
+  pausedAt?: string | null;
 }
 
 /** A snapshot row; carries what a restore inherits (machine, disk, firewall). */

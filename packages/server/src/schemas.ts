@@ -6,6 +6,7 @@
  */
 import net from 'node:net';
 import { z } from 'zod';
+import { MAX_TTL_SECONDS } from './domain.js';
 
 // ---- shared pieces ------------------------------------------------------------------------------
 
@@ -129,6 +130,18 @@ const Name = z
   .nullish()
   .describe('Normalised: trimmed, whitespace collapsed, truncated to 64 characters.');
 
+/** Time to live (contract §3.9). */
+export const Ttl = z
+  .object({
+    seconds: z.number().int().min(1).max(MAX_TTL_SECONDS),
+    action: z.enum(['pause', 'delete']),
+  })
+  .meta({
+    id: 'VmTtl',
+    description:
+      'When a running VM has run `seconds` (since launch, resume or ttl/refresh) it is paused or deleted.',
+  });
+
 // ---- requests -----------------------------------------------------------------------------------
 
 export const IdParams = z.object({
@@ -155,7 +168,7 @@ export const LaunchVmBody = z
       .record(z.string(), z.string())
       .optional()
       .describe('Not supported yet (501 when non-empty).'),
-    ttl: z.unknown().optional().describe('Not supported yet (501 when set).'),
+    ttl: Ttl.nullish(),
     volumes: z.array(z.unknown()).optional().describe('Not supported yet (501 when non-empty).'),
     bucketMounts: z
       .array(z.unknown())
@@ -177,7 +190,7 @@ export const UpdateVmBody = z
   .object({
     name: z.string().max(4096).optional(),
     metadata: Metadata.optional().describe('Replaces the whole map; {} clears it.'),
-    ttl: z.unknown().optional().describe('Not supported yet (501 unless null).'),
+    ttl: Ttl.nullish().describe('Sets the TTL and restarts its countdown; null removes it.'),
   })
   .meta({ id: 'VmUpdateRequest' });
 
@@ -193,6 +206,24 @@ export const ExecBody = z
     stdin: z.string().nullish().describe('Base64 bytes written to the command stdin, then closed.'),
   })
   .meta({ id: 'ExecRequest' });
+
+export const FilePresignBody = z
+  .object({
+    path: z
+      .string()
+      .max(4096)
+      .optional()
+      .describe('Guest path the transfer is for; only names the staging object.'),
+  })
+  .meta({ id: 'FilePresignRequest' });
+
+export const FileFetchBody = z
+  .object({
+    url: z.string().min(1).max(8192).describe('A downloadUrl minted by files/presign for this VM.'),
+    path: z.string().min(1).max(4096).describe('Absolute guest path; created or overwritten.'),
+    timeoutSec: z.number().int().min(0).max(86400).nullish().describe('0 or omitted: default.'),
+  })
+  .meta({ id: 'FileFetchRequest' });
 
 export const CreateSnapshotBody = z
   .object({
@@ -238,7 +269,16 @@ export const Vm = z
     name: z.string(),
     orgId: z.string(),
     status: z
-      .enum(['provisioning', 'running', 'stopped', 'deleting', 'error'])
+      .enum([
+        'provisioning',
+        'running',
+        'pausing',
+        'paused',
+        'resuming',
+        'stopped',
+        'deleting',
+        'error',
+      ])
       .describe('Clients treat unknown values as transitional.'),
     cpu: z.number().int(),
     memoryMiB: z.number().int(),
@@ -251,6 +291,18 @@ export const Vm = z
     metadata: z.record(z.string(), z.string()),
     firewall: FirewallPolicyOut,
     statusMessage: z.string().optional().describe('Why the VM is stopped or in error, when known.'),
+    ttl: z.object({ seconds: z.number().int(), action: z.enum(['pause', 'delete']) }).nullable(),
+    expiresAtMs: z
+      .number()
+      .int()
+      .optional()
+      .describe('When the TTL runs out (epoch ms); only while running.'),
+    ttlRemainingMs: z
+      .number()
+      .int()
+      .optional()
+      .describe('TTL left, applied at the next resume; only while paused.'),
+    pausedAt: Timestamp.nullable(),
   })
   .meta({ id: 'Vm' });
 
@@ -286,6 +338,15 @@ export const ExecResult = z
       'a stream of {"t":"o"|"e","d":<base64>} events and one final {"t":"x","c"?,"to"?,"ms"}.',
   });
 
+export const FilePresignResponse = z
+  .object({
+    uploadUrl: z.string().describe('PUT the bytes here (no API key; the URL is the credential).'),
+    downloadUrl: z.string().describe('GET the same object; also the url for files/fetch.'),
+    expiresInSec: z.number().int(),
+    maxUploadBytes: z.number().int().describe("The VM's disk size in bytes."),
+  })
+  .meta({ id: 'FilePresignResponse' });
+
 export const DeleteResponse = z
   .object({ id: z.string(), deleted: z.boolean() })
   .meta({ id: 'DeleteResponse' });
@@ -317,6 +378,7 @@ export const ErrorBody = z
   .meta({ id: 'Error' });
 
 export type LaunchVmInput = z.output<typeof LaunchVmBody>;
+export type TtlInput = z.output<typeof Ttl>;
 export type ExecInput = z.output<typeof ExecBody>;
 export type FirewallPolicyInput = z.output<typeof FirewallPolicy>;
 export type FirewallPatchInput = z.output<typeof FirewallPatch>;

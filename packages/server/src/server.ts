@@ -14,8 +14,10 @@ import { listen, type Listener } from './http/listener.js';
 import type { ServiceContext, ServiceSettings } from './services/context.js';
 import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
+import { LifecycleService } from './services/lifecycle.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { TaskTracker } from './services/tasks.js';
+import { TtlScheduler } from './services/ttl.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 
@@ -88,6 +90,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   const runtime = opts.runtime;
   const network = opts.network ?? new NoopNetworkManager();
   let unsubscribe: (() => void) | undefined;
+  let ttl: TtlScheduler | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -103,6 +106,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     const ctx: ServiceContext = { store, runtime, network, logger, tasks, settings };
     const vms = new VmService(ctx);
     const snapshots = new SnapshotService(ctx);
+    const lifecycle = new LifecycleService(ctx, vms);
+    ttl = new TtlScheduler((orgId, vmId) => lifecycle.expire(orgId, vmId), logger);
+    ctx.expiry = ttl;
 
     // Subscribe before adopting so exits during adoption are not missed.
     unsubscribe = runtime.onExit((vmId, reason) => {
@@ -111,10 +117,12 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       });
     });
     const recovery = await recover(store, runtime, network, logger);
+    // TTL expiries are stored on the rows: re-arm them (ones that passed meanwhile fire now).
+    for (const vm of await store.listVmsByStatus(['running'])) ttl.watch(vm);
 
     let shuttingDown = false;
     const { app, servers } = await buildApp({
-      services: { store, vms, snapshots },
+      services: { store, vms, snapshots, lifecycle },
       logger,
       isShuttingDown: () => shuttingDown,
     });
@@ -148,6 +156,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       close() {
         closing ??= (async () => {
           shuttingDown = true;
+          await ttl?.stop();
           await listener.close(graceMs);
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
@@ -163,6 +172,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       async kill() {
         shuttingDown = true;
+        void ttl?.stop();
         listener.destroy();
         unsubscribe?.();
         await app.close().catch(() => {});
@@ -171,6 +181,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     };
   } catch (err) {
     unsubscribe?.();
+    await ttl?.stop();
     await store.close().catch(() => {});
     throw err;
   }

@@ -27,8 +27,17 @@ export function presentVm(vm: VmRecord): VmView {
     deletedAt: vm.deletedAt,
     metadata: { ...vm.metadata },
     firewall: presentFirewall(vm.firewall),
+    ttl: vm.ttl ? { seconds: vm.ttl.seconds, action: vm.ttl.action } : null,
+    pausedAt: vm.pausedAt ?? null,
   };
   if (vm.error && (vm.status === 'error' || vm.status === 'stopped')) view.statusMessage = vm.error;
+  // Contract §3.1: expiresAtMs only while running, ttlRemainingMs only while paused.
+  if (vm.ttl && vm.status === 'running' && typeof vm.expiresAtMs === 'number') {
+    view.expiresAtMs = vm.expiresAtMs;
+  }
+  if (vm.ttl && vm.status === 'paused' && typeof vm.ttlRemainingMs === 'number') {
+    view.ttlRemainingMs = vm.ttlRemainingMs;
+  }
   return view;
 }
 

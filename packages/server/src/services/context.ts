@@ -8,6 +8,7 @@ import type { QuotaValues } from '../domain.js';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 import type { TaskTracker } from './tasks.js';
+import type { ExpiryWatcher } from './ttl.js';
 
 /** Tunables of the services (defaults in `startServer`). */
 export interface ServiceSettings {
@@ -31,4 +32,6 @@ export interface ServiceContext {
   logger: Logger;
   tasks: TaskTracker;
   settings: ServiceSettings;
+  /** Told about every VM whose status or TTL changed (the TTL scheduler); optional in tests. */
+  expiry?: ExpiryWatcher;
 }

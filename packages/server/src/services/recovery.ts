@@ -12,7 +12,7 @@
  */
 import type { Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import { nowIso } from '../domain.js';
+import { nowIso, type VmStatus } from '../domain.js';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 
@@ -63,9 +63,10 @@ export async function recover(
     report.interruptedLaunches.push(vm.id);
   }
 
-  // Only running VMs are claimed; anything else the runtime finds (half-launched VMs, VMs
-  // being deleted) is an orphan and gets stopped by `adopt`.
-  const running = await store.listVmsByStatus(['running']);
+  // Only running (and paused) VMs are claimed; anything else the runtime finds (half-launched
+  // VMs, VMs being deleted) is an orphan and gets stopped by `adopt`.
+  const live: readonly VmStatus[] = ['running', 'pausing', 'paused', 'resuming'];
+  const running = await store.listVmsByStatus(live);
   const result = await runtime.adopt(running.map((vm) => vm.id));
   report.adopted = [...result.adopted];
   report.lost = [...result.lost];
@@ -74,9 +75,39 @@ export async function recover(
     await store.updateVm(
       id,
       { status: 'stopped', error: 'VM process was gone when the server restarted' },
-      ['running'],
+      live,
     );
     await network.release(id).catch(() => {});
+  }
+  // A pause or resume cut short by the restart: the runtime knows where the VM ended up.
+  for (const vm of running) {
+    if (vm.status !== 'pausing' && vm.status !== 'resuming') continue;
+    const state = runtime.get(vm.id)?.state;
+    if (state === 'paused') {
+      await store.updateVm(
+        vm.id,
+        {
+          status: 'paused',
+          pausedAt: vm.pausedAt ?? nowIso(),
+          expiresAtMs: null,
+          ttlRemainingMs: vm.ttl ? (vm.ttlRemainingMs ?? vm.ttl.seconds * 1000) : null,
+        },
+        [vm.status],
+      );
+    } else if (state === 'running') {
+      await store.updateVm(
+        vm.id,
+        {
+          status: 'running',
+          pausedAt: null,
+          ttlRemainingMs: null,
+          expiresAtMs: vm.ttl
+            ? (vm.expiresAtMs ?? Date.now() + (vm.ttlRemainingMs ?? vm.ttl.seconds * 1000))
+            : null,
+        },
+        [vm.status],
+      );
+    }
   }
 
   for (const vm of await store.listVmsByStatus(['deleting'])) {
@@ -110,8 +141,8 @@ export async function recover(
     }
   }
 
-  const live = await store.listVmsByStatus(['running']);
-  await network.reconcile(live.map((vm) => ({ id: vm.id, firewall: vm.firewall })));
+  const alive = await store.listVmsByStatus(live);
+  await network.reconcile(alive.map((vm) => ({ id: vm.id, firewall: vm.firewall })));
 
   logger.info(
     {

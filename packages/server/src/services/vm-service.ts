@@ -24,7 +24,9 @@ import type {
   FirewallPatchInput,
   FirewallPolicyInput,
   LaunchVmInput,
+  TtlInput,
 } from '../schemas.js';
+import type { VmPatch } from '../store/index.js';
 import type { ServiceContext } from './context.js';
 import { hostnameFor, normalizeName } from './names.js';
 import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.js';
@@ -166,6 +168,10 @@ export class VmService {
       createdAt: now,
       updatedAt: now,
       deletedAt: null,
+      ttl: input.ttl ? { seconds: input.ttl.seconds, action: input.ttl.action } : null,
+      expiresAtMs: null,
+      ttlRemainingMs: null,
+      pausedAt: null,
     };
     await this.reserve(
       orgId,
@@ -220,11 +226,19 @@ export class VmService {
       } else {
         await runtime.launch({ ...common, machine: vm.machine, diskGiB: vm.diskGiB });
       }
+      // A TTL counts running time: it starts now (and a PATCH made meanwhile is kept).
+      const current = await store.getVm(vm.orgId, vm.id);
+      const ttl = current ? current.ttl : vm.ttl;
       const updated = await store.updateVm(
         vm.id,
-        { status: 'running', publicIpv6: net.publicIpv6 },
+        {
+          status: 'running',
+          publicIpv6: net.publicIpv6,
+          expiresAtMs: ttl ? Date.now() + ttl.seconds * 1000 : null,
+        },
         ['provisioning'],
       );
+      if (updated) this.ctx.expiry?.watch(updated);
       log.info({ ms: Date.now() - started, restoredFrom: vm.sourceSnapshotId }, 'vm running');
       // A delete that raced the boot owns the row now; it destroys the VM after this settles.
       return updated ?? (await store.getVm(vm.orgId, vm.id)) ?? vm;
@@ -255,24 +269,35 @@ export class VmService {
     );
   }
 
-  /** Renames and/or replaces metadata. */
+  /**
+   * Renames, replaces metadata and/or sets the TTL. A TTL object restarts the countdown (from
+   * now while running; as the time left at the next resume while paused); `null` removes it.
+   */
   async update(
     orgId: string,
     ref: string,
-    patch: { name?: string; metadata?: Metadata; ttl?: unknown },
+    patch: { name?: string; metadata?: Metadata; ttl?: TtlInput | null },
   ): Promise<VmRecord> {
-    if (patch.ttl !== undefined && patch.ttl !== null) throw notImplemented('VM TTL');
-    if (patch.name === undefined && patch.metadata === undefined) {
-      if (patch.ttl === null) return this.get(orgId, ref);
-      throw badRequest('give at least one of name or metadata', 'name');
+    if (patch.name === undefined && patch.metadata === undefined && patch.ttl === undefined) {
+      throw badRequest('give at least one of name, metadata or ttl', 'name');
     }
     const vm = await this.get(orgId, ref);
-    const updated = await this.ctx.store.updateVm(vm.id, {
+    const change: VmPatch = {
       ...(patch.name !== undefined
         ? { name: normalizeName(patch.name, `vm-${vm.id.slice(0, 8)}`) }
         : {}),
       ...(patch.metadata !== undefined ? { metadata: patch.metadata } : {}),
-    });
+    };
+    if (patch.ttl === null) {
+      Object.assign(change, { ttl: null, expiresAtMs: null, ttlRemainingMs: null });
+    } else if (patch.ttl !== undefined) {
+      const ms = patch.ttl.seconds * 1000;
+      change.ttl = { seconds: patch.ttl.seconds, action: patch.ttl.action };
+      if (vm.status === 'running') change.expiresAtMs = Date.now() + ms;
+      else if (vm.status === 'paused') change.ttlRemainingMs = ms;
+    }
+    const updated = await this.ctx.store.updateVm(vm.id, change);
+    if (updated && patch.ttl !== undefined) this.ctx.expiry?.watch(updated);
     return updated ?? vm;
   }
 
@@ -294,7 +319,8 @@ export class VmService {
     await network.release(vm.id).catch((err: unknown) => {
       logger.warn({ err, vmId: vm.id }, 'network release failed');
     });
-    await store.updateVm(vm.id, { status: 'deleted', deletedAt: nowIso() });
+    const deleted = await store.updateVm(vm.id, { status: 'deleted', deletedAt: nowIso() });
+    if (deleted) this.ctx.expiry?.watch(deleted);
     logger.info({ vmId: vm.id }, 'vm deleted');
     return { id: vm.id };
   }
@@ -363,7 +389,8 @@ export class VmService {
       };
     }
     const updated = (await this.ctx.store.updateVm(vm.id, { firewall: policy })) ?? vm;
-    if (updated.status === 'running' || updated.status === 'provisioning') {
+    // Paused VMs keep their tap and rules, so a change applies to them too.
+    if (['running', 'provisioning', 'pausing', 'paused', 'resuming'].includes(updated.status)) {
       await this.ctx.network.onFirewallChange(vm.id, policy);
     }
     return updated;
@@ -384,10 +411,11 @@ export class VmService {
     const { store, network, logger } = this.ctx;
     const updated = await store.updateVm(
       vmId,
-      { status: 'stopped', error: `VM exited unexpectedly: ${reason}` },
-      ['running'],
+      { status: 'stopped', error: `VM exited unexpectedly: ${reason}`, expiresAtMs: null },
+      ['running', 'pausing', 'paused', 'resuming'],
     );
     if (updated) {
+      this.ctx.expiry?.watch(updated);
       logger.warn({ vmId, reason }, 'vm exited unexpectedly');
       await network.release(vmId).catch(() => {});
     }
@@ -395,7 +423,6 @@ export class VmService {
 }
 
 function rejectUnsupportedLaunchFields(input: LaunchVmInput): void {
-  if (input.ttl !== undefined && input.ttl !== null) throw notImplemented('VM TTL');
   if (input.envVars && Object.keys(input.envVars).length > 0) {
     throw notImplemented('envVars at launch');
   }

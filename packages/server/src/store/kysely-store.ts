@@ -6,6 +6,7 @@
 import type { Kysely, Selectable, Transaction } from 'kysely';
 import {
   SNAPSHOT_STATUSES_USING_QUOTA,
+  VM_STATUSES_USING_MEMORY_AND_DISK,
   VM_STATUSES_USING_QUOTA,
   nowIso,
   type ApiKeyRecord,
@@ -18,6 +19,7 @@ import {
   type SnapshotStatus,
   type VmRecord,
   type VmStatus,
+  type VmTtl,
 } from '../domain.js';
 import { migrateToLatest } from './migrations.js';
 import type { Database, SnapshotsTable, VmsTable } from './schema.js';
@@ -173,6 +175,7 @@ export class KyselyStore implements Store {
         insertSnapshot: async (s) => {
           await trx.insertInto('snapshots').values(fromSnapshot(s)).execute();
         },
+        updateVm: (id, patch, onlyIf) => updateVmRow(trx, id, patch, onlyIf),
       };
       return fn(tx);
     });
@@ -215,23 +218,12 @@ export class KyselyStore implements Store {
     return rows.map(toVm);
   }
 
-  async updateVm(
+  updateVm(
     id: string,
     patch: VmPatch,
     onlyIf?: readonly VmStatus[],
   ): Promise<VmRecord | undefined> {
-    const set: Partial<VmsTable> = { updated_at: nowIso() };
-    if (patch.name !== undefined) set.name = patch.name;
-    if (patch.status !== undefined) set.status = patch.status;
-    if (patch.error !== undefined) set.error = patch.error;
-    if (patch.firewall !== undefined) set.firewall = JSON.stringify(patch.firewall);
-    if (patch.metadata !== undefined) set.metadata = JSON.stringify(patch.metadata);
-    if (patch.publicIpv6 !== undefined) set.public_ipv6 = patch.publicIpv6;
-    if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
-    let q = this.db.updateTable('vms').set(set).where('id', '=', id);
-    if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
-    const row = await q.returningAll().executeTakeFirst();
-    return row && toVm(row);
+    return updateVmRow(this.db, id, patch, onlyIf);
   }
 
   async listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]> {
@@ -309,6 +301,33 @@ export class KyselyStore implements Store {
   }
 }
 
+async function updateVmRow(
+  db: Db,
+  id: string,
+  patch: VmPatch,
+  onlyIf?: readonly VmStatus[],
+): Promise<VmRecord | undefined> {
+  const set: Partial<VmsTable> = { updated_at: nowIso() };
+  if (patch.name !== undefined) set.name = patch.name;
+  if (patch.status !== undefined) set.status = patch.status;
+  if (patch.error !== undefined) set.error = patch.error;
+  if (patch.firewall !== undefined) set.firewall = JSON.stringify(patch.firewall);
+  if (patch.metadata !== undefined) set.metadata = JSON.stringify(patch.metadata);
+  if (patch.publicIpv6 !== undefined) set.public_ipv6 = patch.publicIpv6;
+  if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
+  if (patch.ttl !== undefined) {
+    set.ttl_seconds = patch.ttl?.seconds ?? null;
+    set.ttl_action = patch.ttl?.action ?? null;
+  }
+  if (patch.expiresAtMs !== undefined) set.expires_at_ms = patch.expiresAtMs;
+  if (patch.ttlRemainingMs !== undefined) set.ttl_remaining_ms = patch.ttlRemainingMs;
+  if (patch.pausedAt !== undefined) set.paused_at = patch.pausedAt;
+  let q = db.updateTable('vms').set(set).where('id', '=', id);
+  if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
+  const row = await q.returningAll().executeTakeFirst();
+  return row && toVm(row);
+}
+
 async function readQuotaOverrides(db: Db, orgId: string): Promise<QuotaOverrides> {
   const row = await db
     .selectFrom('quota_limits')
@@ -328,16 +347,23 @@ async function readQuotaOverrides(db: Db, orgId: string): Promise<QuotaOverrides
 
 /** Usage is always derived from rows, never kept as a counter, so it cannot drift. */
 async function readUsage(db: Db, orgId: string): Promise<QuotaValues> {
+  const cpu = await db
+    .selectFrom('vms')
+    .select((eb) => eb.fn.coalesce(eb.fn.sum<number>('cpu'), eb.lit(0)).as('vcpu'))
+    .where('org_id', '=', orgId)
+    .where('deleted_at', 'is', null)
+    .where('status', 'in', [...VM_STATUSES_USING_QUOTA])
+    .executeTakeFirstOrThrow();
+  // Paused VMs release their vCPUs but keep memory and disk (see domain.ts).
   const vm = await db
     .selectFrom('vms')
     .select((eb) => [
-      eb.fn.coalesce(eb.fn.sum<number>('cpu'), eb.lit(0)).as('vcpu'),
       eb.fn.coalesce(eb.fn.sum<number>('memory_mib'), eb.lit(0)).as('memory'),
       eb.fn.coalesce(eb.fn.sum<number>('disk_gib'), eb.lit(0)).as('disk'),
     ])
     .where('org_id', '=', orgId)
     .where('deleted_at', 'is', null)
-    .where('status', 'in', [...VM_STATUSES_USING_QUOTA])
+    .where('status', 'in', [...VM_STATUSES_USING_MEMORY_AND_DISK])
     .executeTakeFirstOrThrow();
   const snap = await db
     .selectFrom('snapshots')
@@ -348,7 +374,7 @@ async function readUsage(db: Db, orgId: string): Promise<QuotaValues> {
     .executeTakeFirstOrThrow();
   // PostgreSQL returns SUM/COUNT as bigint strings.
   return {
-    vcpu: Number(vm.vcpu),
+    vcpu: Number(cpu.vcpu),
     memoryMiB: Number(vm.memory),
     diskGiB: Number(vm.disk),
     snapshotCount: Number(snap.n),
@@ -387,6 +413,13 @@ function toVm(row: Selectable<VmsTable>): VmRecord {
     createdAt: row.created_at,
     updatedAt: row.updated_at,
     deletedAt: row.deleted_at,
+    ttl:
+      row.ttl_seconds !== null && row.ttl_action !== null
+        ? { seconds: Number(row.ttl_seconds), action: row.ttl_action as VmTtl['action'] }
+        : null,
+    expiresAtMs: row.expires_at_ms === null ? null : Number(row.expires_at_ms),
+    ttlRemainingMs: row.ttl_remaining_ms === null ? null : Number(row.ttl_remaining_ms),
+    pausedAt: row.paused_at,
   };
 }
 
@@ -409,6 +442,11 @@ function fromVm(vm: VmRecord): VmsTable {
     created_at: vm.createdAt,
     updated_at: vm.updatedAt,
     deleted_at: vm.deletedAt,
+    ttl_seconds: vm.ttl?.seconds ?? null,
+    ttl_action: vm.ttl?.action ?? null,
+    expires_at_ms: vm.expiresAtMs ?? null,
+    ttl_remaining_ms: vm.ttlRemainingMs ?? null,
+    paused_at: vm.pausedAt ?? null,
   };
 }
 

@@ -99,6 +99,17 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('snapshots_status').on('snapshots').column('status').execute();
     },
   },
+  // Pause/resume and TTL (issue 8).
+  '0002_pause_ttl': {
+    async up(db: Kysely<any>): Promise<void> {
+      // One column per statement: SQLite's ALTER TABLE adds one at a time.
+      await db.schema.alterTable('vms').addColumn('ttl_seconds', 'integer').execute();
+      await db.schema.alterTable('vms').addColumn('ttl_action', 'text').execute();
+      await db.schema.alterTable('vms').addColumn('expires_at_ms', 'bigint').execute();
+      await db.schema.alterTable('vms').addColumn('ttl_remaining_ms', 'bigint').execute();
+      await db.schema.alterTable('vms').addColumn('paused_at', 'text').execute();
+    },
+  },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 

@@ -54,6 +54,13 @@ export interface VmsTable {
   created_at: string;
   updated_at: string;
   deleted_at: string | null;
+  /** TTL (migration 0002); both null when none. */
+  ttl_seconds: number | null;
+  ttl_action: string | null;
+  /** Epoch ms (bigint: PostgreSQL returns it as a string). */
+  expires_at_ms: number | string | null;
+  ttl_remaining_ms: number | string | null;
+  paused_at: string | null;
 }
 
 /** Snapshots, soft-deleted (`deleted_at`). */

@@ -16,7 +16,20 @@ import type {
 
 /** Fields of a VM row that may change after insert. */
 export type VmPatch = Partial<
-  Pick<VmRecord, 'name' | 'status' | 'error' | 'firewall' | 'metadata' | 'publicIpv6' | 'deletedAt'>
+  Pick<
+    VmRecord,
+    | 'name'
+    | 'status'
+    | 'error'
+    | 'firewall'
+    | 'metadata'
+    | 'publicIpv6'
+    | 'deletedAt'
+    | 'ttl'
+    | 'expiresAtMs'
+    | 'ttlRemainingMs'
+    | 'pausedAt'
+  >
 >;
 
 /** Fields of a snapshot row that may change after insert. */
@@ -33,6 +46,8 @@ export interface OrgTx {
   getUsage(): Promise<QuotaValues>;
   insertVm(vm: VmRecord): Promise<void>;
   insertSnapshot(snapshot: SnapshotRecord): Promise<void>;
+  /** `Store.updateVm` inside the lock (e.g. a resume that re-acquires quota). */
+  updateVm(id: string, patch: VmPatch, onlyIf?: readonly VmStatus[]): Promise<VmRecord | undefined>;
 }
 
 /** Durable state; see the module comment. */
