@@ -12,12 +12,11 @@ import { ensureBootstrapKey } from './auth.js';
 import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain.js';
 import { listen, type Listener } from './http/listener.js';
 import type { ServiceContext, ServiceSettings } from './services/context.js';
+import { ConsoleService } from './services/console.js';
 import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
-import { LifecycleService } from './services/lifecycle.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { TaskTracker } from './services/tasks.js';
-import { TtlScheduler } from './services/ttl.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 
@@ -49,6 +48,8 @@ export interface StartServerOptions {
   quotaDefaults?: Partial<QuotaValues>;
   maxDiskGiB?: number;
   defaultExecTimeoutSec?: number;
+  /** Lifetime of console tokens, in seconds (default 60). */
+  consoleTokenTtlSec?: number;
   /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
   shutdownGraceMs?: number;
 }
@@ -90,7 +91,6 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   const runtime = opts.runtime;
   const network = opts.network ?? new NoopNetworkManager();
   let unsubscribe: (() => void) | undefined;
-  let ttl: TtlScheduler | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -106,9 +106,10 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     const ctx: ServiceContext = { store, runtime, network, logger, tasks, settings };
     const vms = new VmService(ctx);
     const snapshots = new SnapshotService(ctx);
-    const lifecycle = new LifecycleService(ctx, vms);
-    ttl = new TtlScheduler((orgId, vmId) => lifecycle.expire(orgId, vmId), logger);
-    ctx.expiry = ttl;
+    const consoles = new ConsoleService(
+      { store, runtime, logger },
+      opts.consoleTokenTtlSec ? { tokenTtlSec: opts.consoleTokenTtlSec } : {},
+    );
 
     // Subscribe before adopting so exits during adoption are not missed.
     unsubscribe = runtime.onExit((vmId, reason) => {
@@ -117,12 +118,10 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       });
     });
     const recovery = await recover(store, runtime, network, logger);
-    // TTL expiries are stored on the rows: re-arm them (ones that passed meanwhile fire now).
-    for (const vm of await store.listVmsByStatus(['running'])) ttl.watch(vm);
 
     let shuttingDown = false;
     const { app, servers } = await buildApp({
-      services: { store, vms, snapshots, lifecycle },
+      services: { store, vms, snapshots, consoles },
       logger,
       isShuttingDown: () => shuttingDown,
     });
@@ -156,7 +155,6 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       close() {
         closing ??= (async () => {
           shuttingDown = true;
-          await ttl?.stop();
           await listener.close(graceMs);
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
@@ -172,7 +170,6 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       async kill() {
         shuttingDown = true;
-        void ttl?.stop();
         listener.destroy();
         unsubscribe?.();
         await app.close().catch(() => {});
@@ -181,7 +178,6 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     };
   } catch (err) {
     unsubscribe?.();
-    await ttl?.stop();
     await store.close().catch(() => {});
     throw err;
   }

@@ -9,13 +9,47 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { makeDataDir, startTestServer, type TestServer } from './helpers.js';
 
-/** Opens a WebSocket and resolves with the close code and reason the server sent. */
-function wsClose(
-  url: string,
+/** POSTs over HTTP/1.1 (https with `ca`) and resolves with the JSON reply. */
+function post(url: string, key: string, ca?: Buffer): Promise<Record<string, string>> {
+  return new Promise((resolve, reject) => {
+    const body = JSON.stringify({ machineType: 'c1m2' });
+    const req = (url.startsWith('https:') ? https : http).request(
+      url,
+      {
+        method: 'POST',
+        headers: { 'x-api-key': key, 'content-type': 'application/json' },
+        ...(ca ? { ca } : {}),
+      },
+      (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve(JSON.parse(text) as Record<string, string>));
+      },
+    );
+    req.on('error', reject);
+    req.end(url.endsWith('/v1/vms') ? body : undefined);
+  });
+}
+
+/**
+ * A console session through the listener: launch a (fake) VM, get a token, upgrade to a
+ * WebSocket, wait for the prompt, `exit 7`; resolves with the close code and reason.
+ */
+async function consoleSession(
+  t: TestServer,
   opts: WebSocket.ClientOptions = {},
 ): Promise<{ code: number; reason: string }> {
+  const ca = opts.ca as Buffer | undefined;
+  const vm = await post(`${t.url}/v1/vms`, t.key, ca);
+  const tok = await post(`${t.url}/v1/vms/${vm.id}/console-token`, t.key, ca);
+  const url = `${t.url.replace(/^http/, 'ws')}${tok.websocketPath}?session=${tok.token}`;
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, opts);
+    let out = '';
+    ws.on('message', (data: Buffer) => {
+      out += data.toString();
+      if (out.endsWith('$ ')) ws.send('exit 7\r');
+    });
     ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
     ws.on('error', reject);
   });
@@ -66,9 +100,8 @@ describe('cleartext listener: HTTP/1.1, h2c and WebSocket on one port', () => {
   });
 
   it('routes WebSocket upgrades over HTTP/1.1 to the app', async () => {
-    const wsUrl = t.url.replace('http://', 'ws://') + '/v1/vms/some-vm/console/ws?session=abc';
-    const closed = await wsClose(wsUrl);
-    expect(closed).toEqual({ code: 4501, reason: 'console is not implemented yet' });
+    const closed = await consoleSession(t);
+    expect(closed).toEqual({ code: 1000, reason: '{"type":"exit","exitCode":7}' });
   });
 
   it('closes promptly with idle HTTP/1.1 keep-alive and HTTP/2 sessions open', async () => {
@@ -170,9 +203,7 @@ describe('TLS listener: HTTP/2 and HTTP/1.1 by ALPN', () => {
   });
 
   it('upgrades WebSockets over TLS', async () => {
-    const closed = await wsClose(t.url.replace('https://', 'wss://') + '/v1/vms/x/console/ws', {
-      ca: cert,
-    });
-    expect(closed.code).toBe(4501);
+    const closed = await consoleSession(t, { ca: cert });
+    expect(closed).toEqual({ code: 1000, reason: '{"type":"exit","exitCode":7}' });
   });
 });

@@ -12,7 +12,9 @@ import { requireAuth } from './util.js';
 
 /** [method, path, feature] of VM-scoped endpoints not implemented yet. */
 export const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
-  ['POST', '/v1/vms/:id/console-token', 'the console'],
+  ['POST', '/v1/vms/:id/pause', 'pause'],
+  ['POST', '/v1/vms/:id/resume', 'resume'],
+  ['POST', '/v1/vms/:id/ttl/refresh', 'VM TTL'],
   ['POST', '/v1/vms/:id/files/presign', 'file transfer'],
   ['POST', '/v1/vms/:id/files/fetch', 'file transfer'],
   ['GET', '/v1/vms/:id/services', 'services'],
@@ -94,19 +96,6 @@ export default async function unimplementedRoutes(
     },
     async () => {
       throw notImplemented('pricing');
-    },
-  );
-
-  // PRE-era console WebSocket (capability token, no API key). The upgrade path is wired so the
-  // console can land here later; for now the socket is closed with an application code.
-  app.get(
-    '/v1/vms/:id/console/ws',
-    {
-      websocket: true,
-      config: { public: true, hidden: true },
-    },
-    (socket) => {
-      socket.close(4501, 'console is not implemented yet');
     },
   );
 }
