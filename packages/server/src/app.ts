@@ -26,11 +26,13 @@ import {
 import { buildOpenApi, type RouteDoc } from './http/openapi.js';
 import { jsonSerializerCompiler, zodValidatorCompiler, type ZodTypeProvider } from './http/zod.js';
 import healthRoutes from './routes/health.js';
+import lifecycleRoutes from './routes/lifecycle.js';
 import consoleRoutes from './routes/console.js';
 import orgRoutes from './routes/org.js';
 import snapshotRoutes from './routes/snapshots.js';
 import unimplementedRoutes from './routes/unimplemented.js';
 import vmRoutes from './routes/vms.js';
+import type { LifecycleService } from './services/lifecycle.js';
 import type { ConsoleService } from './services/console.js';
 import type { SnapshotService } from './services/snapshot-service.js';
 import type { VmService } from './services/vm-service.js';
@@ -65,6 +67,7 @@ export interface AppServices {
   snapshots: SnapshotService;
   /** Console tokens and WebSocket sessions. */
   consoles: ConsoleService;
+  lifecycle: LifecycleService;
 }
 
 /** Inputs of `buildApp`. */
@@ -159,6 +162,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(healthRoutes);
   await app.register(vmRoutes, pluginOpts);
   await app.register(consoleRoutes, pluginOpts);
+  await app.register(lifecycleRoutes, pluginOpts);
   await app.register(snapshotRoutes, pluginOpts);
   await app.register(orgRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);

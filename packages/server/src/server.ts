@@ -15,8 +15,10 @@ import type { ServiceContext, ServiceSettings } from './services/context.js';
 import { ConsoleService } from './services/console.js';
 import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
+import { LifecycleService } from './services/lifecycle.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { TaskTracker } from './services/tasks.js';
+import { TtlScheduler } from './services/ttl.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 
@@ -91,6 +93,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   const runtime = opts.runtime;
   const network = opts.network ?? new NoopNetworkManager();
   let unsubscribe: (() => void) | undefined;
+  let ttl: TtlScheduler | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -110,6 +113,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       { store, runtime, logger },
       opts.consoleTokenTtlSec ? { tokenTtlSec: opts.consoleTokenTtlSec } : {},
     );
+    const lifecycle = new LifecycleService(ctx, vms);
+    ttl = new TtlScheduler((orgId, vmId) => lifecycle.expire(orgId, vmId), logger);
+    ctx.expiry = ttl;
 
     // Subscribe before adopting so exits during adoption are not missed.
     unsubscribe = runtime.onExit((vmId, reason) => {
@@ -118,10 +124,12 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       });
     });
     const recovery = await recover(store, runtime, network, logger);
+    // TTL expiries are stored on the rows: re-arm them (ones that passed meanwhile fire now).
+    for (const vm of await store.listVmsByStatus(['running'])) ttl.watch(vm);
 
     let shuttingDown = false;
     const { app, servers } = await buildApp({
-      services: { store, vms, snapshots, consoles },
+      services: { store, vms, snapshots, lifecycle, consoles },
       logger,
       isShuttingDown: () => shuttingDown,
     });
@@ -155,6 +163,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       close() {
         closing ??= (async () => {
           shuttingDown = true;
+          await ttl?.stop();
           await listener.close(graceMs);
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
@@ -170,6 +179,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       async kill() {
         shuttingDown = true;
+        void ttl?.stop();
         listener.destroy();
         unsubscribe?.();
         await app.close().catch(() => {});
@@ -178,6 +188,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     };
   } catch (err) {
     unsubscribe?.();
+    await ttl?.stop();
     await store.close().catch(() => {});
     throw err;
   }
