@@ -26,12 +26,15 @@ import {
 import { buildOpenApi, type RouteDoc } from './http/openapi.js';
 import { jsonSerializerCompiler, zodValidatorCompiler, type ZodTypeProvider } from './http/zod.js';
 import healthRoutes from './routes/health.js';
+import fileRoutes from './routes/files.js';
 import lifecycleRoutes from './routes/lifecycle.js';
+import { handleStorage } from './routes/storage.js';
 import consoleRoutes from './routes/console.js';
 import orgRoutes from './routes/org.js';
 import snapshotRoutes from './routes/snapshots.js';
 import unimplementedRoutes from './routes/unimplemented.js';
 import vmRoutes from './routes/vms.js';
+import { STORAGE_PREFIX, type FileService } from './services/files.js';
 import type { LifecycleService } from './services/lifecycle.js';
 import type { ConsoleService } from './services/console.js';
 import type { SnapshotService } from './services/snapshot-service.js';
@@ -68,6 +71,8 @@ export interface AppServices {
   /** Console tokens and WebSocket sessions. */
   consoles: ConsoleService;
   lifecycle: LifecycleService;
+  /** Presigned file transfer; its `/storage/` URLs are served before Fastify sees them. */
+  files: FileService;
 }
 
 /** Inputs of `buildApp`. */
@@ -103,7 +108,14 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
     // Both protocol servers route into Fastify; `app.server` is the HTTP/1.1 one, which also
     // receives WebSocket upgrades.
     serverFactory: (handler) => {
-      servers = createProtocolServers(handler as unknown as RequestHandler);
+      const fastify = handler as unknown as RequestHandler;
+      const files = opts.services.files as FileService | undefined;
+      // Storage URLs stream their bodies to disk, so they bypass Fastify's body parsing.
+      servers = createProtocolServers((req, res) =>
+        files && req.url?.startsWith(STORAGE_PREFIX)
+          ? handleStorage(files, opts.logger, req, res)
+          : fastify(req, res),
+      );
       return servers.h1;
     },
     genReqId: (req) => {
@@ -163,6 +175,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(vmRoutes, pluginOpts);
   await app.register(consoleRoutes, pluginOpts);
   await app.register(lifecycleRoutes, pluginOpts);
+  await app.register(fileRoutes, pluginOpts);
   await app.register(snapshotRoutes, pluginOpts);
   await app.register(orgRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);

@@ -14,7 +14,9 @@
  * Environment: FASTVM_HOST, FASTVM_PORT, FASTVM_DATA_DIR, FASTVM_DATABASE_URL,
  * FASTVM_BOOTSTRAP_KEY, FASTVM_FAKE_RUNTIME=1, FASTVM_LOG_LEVEL, FASTVM_TLS_CERT/KEY;
  * VM networking: FASTVM_NETWORK=off, FASTVM_IPV6_PREFIX, FASTVM_IPV4_SUBNET, FASTVM_BRIDGE,
- * FASTVM_HOST_TCP_PORTS (see services/host-network.ts).
+ * FASTVM_HOST_TCP_PORTS (see services/host-network.ts). File transfer: FASTVM_STORAGE_PORT (port of the
+ * storage listener VMs reach on their gateway; default any free port), FASTVM_STORAGE_URL (base of
+ * presigned URLs when clients and VMs should use another address; see services/files.ts).
  * @module
  */
 import fs from 'node:fs/promises';
@@ -146,6 +148,7 @@ async function serve(args: string[]): Promise<number> {
     ...(config.bootstrapKey ? { bootstrapKey: config.bootstrapKey } : {}),
     ...(config.sqliteSynchronous ? { sqliteSynchronous: config.sqliteSynchronous } : {}),
     ...(net ? { network: net.network } : {}),
+    storage: storageSettingsFromEnv(),
   });
   if (server.bootstrapKeyGenerated) {
     process.stdout.write(
@@ -175,6 +178,26 @@ async function serve(args: string[]): Promise<number> {
     process.once('SIGINT', stop);
   });
   return 0;
+}
+
+/** `FASTVM_STORAGE_PORT` / `FASTVM_STORAGE_URL`; throws with a user-facing message. */
+function storageSettingsFromEnv(env = process.env): { port?: number; publicBaseUrl?: string } {
+  const out: { port?: number; publicBaseUrl?: string } = {};
+  const port = env.FASTVM_STORAGE_PORT?.trim();
+  if (port) {
+    if (!/^\d+$/.test(port) || Number(port) > 65535) {
+      throw new Error(`FASTVM_STORAGE_PORT: invalid port ${port}`);
+    }
+    out.port = Number(port);
+  }
+  const url = env.FASTVM_STORAGE_URL?.trim();
+  if (url) {
+    if (!/^https?:\/\/[^/]+\/?$/.test(url)) {
+      throw new Error(`FASTVM_STORAGE_URL must be http(s)://host[:port], got ${url}`);
+    }
+    out.publicBaseUrl = url;
+  }
+  return out;
 }
 
 /** The real QEMU runtime, or the FakeRuntime with state kept next to the database. */

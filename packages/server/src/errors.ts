@@ -11,6 +11,8 @@ export const ERROR_CATALOG = {
   bad_request: 400,
   /** Missing, unknown or revoked API key. */
   unauthorized: 401,
+  /** A presigned storage URL with a wrong signature, expired, or for another VM. */
+  forbidden: 403,
   /** Unknown route, or an id/name that does not exist in the caller's org. */
   not_found: 404,
   /** The request conflicts with the object's state (e.g. exec on a VM that is not running). */

@@ -15,6 +15,8 @@ import type { ServiceContext, ServiceSettings } from './services/context.js';
 import { ConsoleService } from './services/console.js';
 import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
+import { startStorageListener, type StorageListener } from './routes/storage.js';
+import { FileService } from './services/files.js';
 import { LifecycleService } from './services/lifecycle.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { TaskTracker } from './services/tasks.js';
@@ -52,6 +54,13 @@ export interface StartServerOptions {
   defaultExecTimeoutSec?: number;
   /** Lifetime of console tokens, in seconds (default 60). */
   consoleTokenTtlSec?: number;
+  /**
+   * File transfer (`files/presign`, `/storage/…`). `port`: the guest-facing storage listener on
+   * the VM bridge's gateway addresses, started when VMs have networking (default 0 = any free
+   * port; it is added to the ports VMs may reach). `publicBaseUrl`: base of presigned URLs
+   * (default: that listener, else the origin the client called). `urlTtlSec`: URL lifetime.
+   */
+  storage?: { port?: number; publicBaseUrl?: string; urlTtlSec?: number; objectTtlMs?: number };
   /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
   shutdownGraceMs?: number;
 }
@@ -91,9 +100,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     ...(opts.sqliteSynchronous ? { sqliteSynchronous: opts.sqliteSynchronous } : {}),
   });
   const runtime = opts.runtime;
-  const network = opts.network ?? new NoopNetworkManager();
+  const network: NetworkManager = opts.network ?? new NoopNetworkManager();
   let unsubscribe: (() => void) | undefined;
   let ttl: TtlScheduler | undefined;
+  let files: FileService | undefined;
+  let storageListener: StorageListener | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -116,6 +127,13 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     const lifecycle = new LifecycleService(ctx, vms);
     ttl = new TtlScheduler((orgId, vmId) => lifecycle.expire(orgId, vmId), logger);
     ctx.expiry = ttl;
+    files = await FileService.create(ctx, {
+      dataDir: opts.dataDir,
+      ...(opts.storage?.publicBaseUrl ? { publicBaseUrl: opts.storage.publicBaseUrl } : {}),
+      ...(opts.storage?.urlTtlSec ? { urlTtlSec: opts.storage.urlTtlSec } : {}),
+      ...(opts.storage?.objectTtlMs ? { objectTtlMs: opts.storage.objectTtlMs } : {}),
+    });
+    ctx.staging = files;
 
     // Subscribe before adopting so exits during adoption are not missed.
     unsubscribe = runtime.onExit((vmId, reason) => {
@@ -129,7 +147,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
 
     let shuttingDown = false;
     const { app, servers } = await buildApp({
-      services: { store, vms, snapshots, lifecycle, consoles },
+      services: { store, vms, snapshots, lifecycle, consoles, files },
       logger,
       isShuttingDown: () => shuttingDown,
     });
@@ -144,6 +162,25 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     } catch (err) {
       await app.close();
       throw err;
+    }
+    // Guests reach the storage URLs through their gateway, on a port of its own (the API port
+    // stays closed to them).
+    if (network.gateways && network.gateways.length > 0) {
+      try {
+        storageListener = await startStorageListener(
+          files,
+          logger,
+          network.gateways,
+          opts.storage?.port ?? 0,
+        );
+        await network.allowHostTcpPort?.(storageListener.port);
+        files.publicBaseUrl ??= storageListener.baseUrl;
+        logger.info({ url: storageListener.baseUrl }, 'file-transfer storage listening for VMs');
+      } catch (err) {
+        listener.destroy();
+        await app.close();
+        throw err;
+      }
     }
     const hostForUrl = listener.host.includes(':') ? `[${listener.host}]` : listener.host;
     const url = `${listener.secure ? 'https' : 'http'}://${hostForUrl}:${listener.port}`;
@@ -164,7 +201,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         closing ??= (async () => {
           shuttingDown = true;
           await ttl?.stop();
-          await listener.close(graceMs);
+          await Promise.all([listener.close(graceMs), storageListener?.close()]);
+          files?.close();
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
           }
@@ -180,6 +218,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       async kill() {
         shuttingDown = true;
         void ttl?.stop();
+        files?.close();
+        void storageListener?.close();
         listener.destroy();
         unsubscribe?.();
         await app.close().catch(() => {});
@@ -189,6 +229,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   } catch (err) {
     unsubscribe?.();
     await ttl?.stop();
+    files?.close();
+    await storageListener?.close();
     await store.close().catch(() => {});
     throw err;
   }

@@ -12,8 +12,6 @@ import { requireAuth } from './util.js';
 
 /** [method, path, feature] of VM-scoped endpoints not implemented yet. */
 export const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
-  ['POST', '/v1/vms/:id/files/presign', 'file transfer'],
-  ['POST', '/v1/vms/:id/files/fetch', 'file transfer'],
   ['GET', '/v1/vms/:id/services', 'services'],
   ['POST', '/v1/vms/:id/services', 'services'],
   ['PUT', '/v1/vms/:id/services/:serviceName', 'services'],

@@ -34,4 +34,6 @@ export interface ServiceContext {
   settings: ServiceSettings;
   /** Told about every VM whose status or TTL changed (the TTL scheduler); optional in tests. */
   expiry?: ExpiryWatcher;
+  /** File-transfer staging; a deleted VM's objects are dropped (see `files.ts`). */
+  staging?: { dropVm(vmId: string): Promise<void> };
 }

@@ -63,11 +63,25 @@ export class HostNetworkManager implements NetworkManager {
    * finds no tap yet, and the policy `attach` was given is older than the stored one.
    */
   private readonly latest = new Map<string, FirewallPolicy>();
+  /** Host TCP ports open to VMs: the configured ones plus those added by `allowHostTcpPort`. */
+  private readonly hostPorts: Set<number>;
 
   constructor(
     readonly host: HostNetwork,
     private readonly logger: Logger,
-  ) {}
+    configuredHostTcpPorts: readonly number[] = [],
+  ) {
+    this.hostPorts = new Set(configuredHostTcpPorts);
+  }
+
+  get gateways(): readonly string[] {
+    return [this.host.ipv4Gateway, this.host.ipv6Gateway];
+  }
+
+  async allowHostTcpPort(port: number): Promise<void> {
+    this.hostPorts.add(port);
+    await this.host.setHostTcpPorts([...this.hostPorts]);
+  }
 
   async attach(vmId: string, firewall: FirewallPolicy): Promise<VmNetworkAttachment> {
     const network = await this.host.allocate(vmId);
@@ -160,5 +174,8 @@ export async function createNetworkManager(opts: {
     `networking: bridge ${host.bridge}, IPv6 ${host.ipv6Prefix} (gateway ${host.ipv6Gateway}), ` +
     `IPv4 ${host.ipv4Subnet} NAT`;
   logger.info(summary);
-  return { network: new HostNetworkManager(host, logger), summary };
+  return {
+    network: new HostNetworkManager(host, logger, settings.hostTcpPorts ?? []),
+    summary,
+  };
 }

@@ -32,6 +32,10 @@ export interface NetworkManager {
    */
   reconcile(live: ReadonlyArray<{ id: string; firewall: FirewallPolicy }>): Promise<void>;
   close(): Promise<void>;
+  /** Host addresses VMs reach the host at (the bridge gateways); absent without networking. */
+  readonly gateways?: readonly string[];
+  /** Lets VMs connect to this host TCP port too (the file-transfer storage listener). */
+  allowHostTcpPort?(port: number): Promise<void>;
 }
 
 /** No networking: every hook is a no-op and VMs get no public address. */

@@ -319,6 +319,7 @@ export class VmService {
     await network.release(vm.id).catch((err: unknown) => {
       logger.warn({ err, vmId: vm.id }, 'network release failed');
     });
+    await this.ctx.staging?.dropVm(vm.id).catch(() => {});
     const deleted = await store.updateVm(vm.id, { status: 'deleted', deletedAt: nowIso() });
     if (deleted) this.ctx.expiry?.watch(deleted);
     logger.info({ vmId: vm.id }, 'vm deleted');

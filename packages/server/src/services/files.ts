@@ -1,0 +1,381 @@
+/**
+ * File transfer (contract §4.3, §6): presigned staging objects and `files/fetch`.
+ *
+ * - **Staging objects** live in `<dataDir>/staging/<vmId>.<key>`. `presign` mints a random key
+ *   for a VM and two URLs naming the same object, `<base>/storage/<vmId>.<key>?exp=&max=&sig=`,
+ *   where `sig` = HMAC-SHA256 (key in `<dataDir>/storage.key`, created once, mode 0600) over the
+ *   object name, the expiry and the size limit. The URL is the credential: no API key. A wrong or
+ *   missing signature, an expired URL, or (for `files/fetch`) another VM's object is refused.
+ * - **PUT** streams the body into a temp file and renames it into place when complete, so a
+ *   failed or aborted upload leaves nothing (and an earlier object stays intact). Bodies over
+ *   `max` (the VM's disk size) are refused with 413, by `Content-Length` before reading or as soon
+ *   as a chunked body passes the limit. **GET** streams the bytes (200, no redirect, no
+ *   `Content-Encoding`).
+ * - **GC**: objects and stray temp files older than `objectTtlMs` (a day) are removed by a timer,
+ *   and all of a VM's objects when the VM is deleted.
+ * - **files/fetch** writes an object into the guest through the agent, in chunks of just under
+ *   1 MiB (the agent's frame limit): `cat > tmp`, `cat >> tmp` …, then `mv -fT tmp path`; any
+ *   failure removes the temp file, so the destination is either the old file or the complete new
+ *   one. This needs no guest networking, so it works the same with `FASTVM_NETWORK=off` and with
+ *   the fake runtime; under TCG it moves ~6–7 MB/s, as fast as a guest `curl` from the host.
+ * @module
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { VmRecord } from '../domain.js';
+import { ApiError, badRequest, conflict } from '../errors.js';
+import type { ServiceContext } from './context.js';
+import { toApiError } from './runtime-errors.js';
+
+/** URL path prefix of the storage endpoints (on the API listener and the guest listener). */
+export const STORAGE_PREFIX = '/storage/';
+const OBJECT_RE = /^([A-Za-z0-9][A-Za-z0-9_-]{0,63})\.([0-9a-f]{32})$/;
+/** Agent exec requests carry at most 1 MiB including argv; leave room for the paths. */
+const CHUNK_BYTES = 1024 * 1024 - 16 * 1024;
+
+/** Options of `FileService`. */
+export interface FileServiceOptions {
+  /** Staging objects and the signing key go below this directory. */
+  dataDir: string;
+  /** Lifetime of presigned URLs (default 3600 s). */
+  urlTtlSec?: number;
+  /** Objects older than this are garbage-collected (default one day). */
+  objectTtlMs?: number;
+  /** How often the GC runs (default 10 min). */
+  gcIntervalMs?: number;
+  /**
+   * Base URL put into presigned URLs (scheme://host[:port]); when undefined the presign route
+   * uses the origin the client called (see `routes/files.ts`).
+   */
+  publicBaseUrl?: string;
+}
+
+/** A verified storage URL. */
+export interface StorageGrant {
+  object: string;
+  vmId: string;
+  maxBytes: number;
+  expiresAtSec: number;
+}
+
+/** What `files/fetch` answers (the contract's ExecResult). */
+export interface FetchResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+  durationMs: number;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+}
+
+/** 403 `forbidden` for storage capability problems. */
+function forbidden(message: string): ApiError {
+  return new ApiError('forbidden', message);
+}
+
+/** See the module comment. */
+export class FileService {
+  readonly stagingDir: string;
+  readonly urlTtlSec: number;
+  readonly objectTtlMs: number;
+  /** Fixed base URL for presigned URLs, if configured (or set once the guest listener runs). */
+  publicBaseUrl: string | undefined;
+  readonly #secret: Buffer;
+  #gcTimer: NodeJS.Timeout | undefined;
+
+  private constructor(
+    private readonly ctx: ServiceContext,
+    opts: FileServiceOptions,
+    secret: Buffer,
+  ) {
+    this.stagingDir = path.join(opts.dataDir, 'staging');
+    this.urlTtlSec = opts.urlTtlSec ?? 3600;
+    this.objectTtlMs = opts.objectTtlMs ?? 24 * 3600 * 1000;
+    this.publicBaseUrl = opts.publicBaseUrl?.replace(/\/+$/, '');
+    this.#secret = secret;
+    const every = opts.gcIntervalMs ?? 10 * 60 * 1000;
+    this.#gcTimer = setInterval(() => void this.gc().catch(() => {}), every);
+    this.#gcTimer.unref();
+  }
+
+  /** Creates the staging directory and the signing key (kept across restarts). */
+  static async create(ctx: ServiceContext, opts: FileServiceOptions): Promise<FileService> {
+    await fsp.mkdir(path.join(opts.dataDir, 'staging'), { recursive: true, mode: 0o700 });
+    const keyFile = path.join(opts.dataDir, 'storage.key');
+    let secret: Buffer;
+    try {
+      secret = await fsp.readFile(keyFile);
+    } catch {
+      secret = crypto.randomBytes(32);
+      try {
+        await fsp.writeFile(keyFile, secret, { mode: 0o600, flag: 'wx' });
+      } catch {
+        secret = await fsp.readFile(keyFile); // another process won the race
+      }
+    }
+    if (secret.length < 32) throw new Error(`${keyFile} is too short to be a signing key`);
+    const service = new FileService(ctx, opts, secret);
+    await service.gc().catch(() => {});
+    return service;
+  }
+
+  close(): void {
+    clearInterval(this.#gcTimer);
+  }
+
+  // ---- presign ---------------------------------------------------------------------------------
+
+  /** Mints upload/download URLs for a new staging object of `vm` (contract §3.5). */
+  presign(
+    vm: VmRecord,
+    baseUrl: string,
+  ): { uploadUrl: string; downloadUrl: string; expiresInSec: number; maxUploadBytes: number } {
+    const object = `${vm.id}.${crypto.randomBytes(16).toString('hex')}`;
+    const maxUploadBytes = vm.diskGiB * 2 ** 30;
+    const url = this.sign(object, Math.floor(Date.now() / 1000) + this.urlTtlSec, maxUploadBytes);
+    const full = `${(this.publicBaseUrl ?? baseUrl).replace(/\/+$/, '')}${url}`;
+    return {
+      uploadUrl: full,
+      downloadUrl: full,
+      expiresInSec: this.urlTtlSec,
+      maxUploadBytes,
+    };
+  }
+
+  /** `/storage/<object>?exp=…&max=…&sig=…` (exported for tests that forge or expire URLs). */
+  sign(object: string, expiresAtSec: number, maxBytes: number): string {
+    const sig = this.#mac(object, expiresAtSec, maxBytes);
+    return `${STORAGE_PREFIX}${object}?exp=${expiresAtSec}&max=${maxBytes}&sig=${sig}`;
+  }
+
+  #mac(object: string, exp: number, max: number): string {
+    return crypto
+      .createHmac('sha256', this.#secret)
+      .update(`fastvm-storage-v1\n${object}\n${exp}\n${max}`)
+      .digest('base64url');
+  }
+
+  /**
+   * Checks a storage request target (`/storage/<object>?…`, any base); throws 403 for a bad or
+   * missing signature or an expired URL, 400 for something that is not a storage URL at all.
+   */
+  verify(target: string): StorageGrant {
+    const q = target.indexOf('?');
+    const pathname = q < 0 ? target : target.slice(0, q);
+    const at = pathname.lastIndexOf(STORAGE_PREFIX);
+    const object = at < 0 ? '' : decodeURIComponent(pathname.slice(at + STORAGE_PREFIX.length));
+    const m = OBJECT_RE.exec(object);
+    if (!m) throw badRequest('not a storage URL of this server (expected /storage/<object>)');
+    const params = new URLSearchParams(q < 0 ? '' : target.slice(q + 1));
+    const exp = Number(params.get('exp'));
+    const max = Number(params.get('max'));
+    const sig = params.get('sig') ?? '';
+    if (!sig || !Number.isSafeInteger(exp) || !Number.isSafeInteger(max) || max < 0) {
+      throw forbidden('storage URL is not signed (exp, max and sig are required)');
+    }
+    const want = Buffer.from(this.#mac(object, exp, max));
+    const got = Buffer.from(sig);
+    if (want.length !== got.length || !crypto.timingSafeEqual(want, got)) {
+      throw forbidden('storage URL signature does not match (use the URL files/presign returned)');
+    }
+    if (exp * 1000 < Date.now()) {
+      throw forbidden(
+        `storage URL expired at ${new Date(exp * 1000).toISOString()}; presign a new one`,
+      );
+    }
+    return { object, vmId: m[1]!, maxBytes: max, expiresAtSec: exp };
+  }
+
+  /** The object's file, for GET. Undefined when nothing was uploaded. */
+  async stat(grant: StorageGrant): Promise<{ file: string; size: number } | undefined> {
+    const file = path.join(this.stagingDir, grant.object);
+    try {
+      const st = await fsp.stat(file);
+      return st.isFile() ? { file, size: st.size } : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Streams an upload into the object (temp file + rename). Throws 413 when the body passes
+   * `grant.maxBytes`; any failure removes the temp file and keeps the previous object.
+   */
+  async store(grant: StorageGrant, body: Readable, declaredLength?: number): Promise<number> {
+    if (declaredLength !== undefined && declaredLength > grant.maxBytes) {
+      throw tooLarge(declaredLength, grant.maxBytes);
+    }
+    const final = path.join(this.stagingDir, grant.object);
+    const tmp = path.join(
+      this.stagingDir,
+      `.tmp-${grant.object}-${crypto.randomBytes(6).toString('hex')}`,
+    );
+    let bytes = 0;
+    const limit = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        bytes += chunk.length;
+        if (bytes > grant.maxBytes) done(tooLarge(bytes, grant.maxBytes));
+        else done(null, chunk);
+      },
+    });
+    try {
+      await pipeline(body, limit, fs.createWriteStream(tmp, { mode: 0o600 }));
+      if (declaredLength !== undefined && bytes !== declaredLength) {
+        throw badRequest(`body ended after ${bytes} of ${declaredLength} bytes`);
+      }
+      await fsp.rename(tmp, final);
+      return bytes;
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  // ---- fetch into the guest ---------------------------------------------------------------------
+
+  /**
+   * `files/fetch`: writes the object named by `url` (one of this VM's presigned URLs) to `dest`
+   * in the guest. Guest-side failures (no such directory, disk full…) come back as a non-zero
+   * `exitCode` with the guest's stderr, like exec.
+   */
+  async fetch(
+    vm: VmRecord,
+    input: { url: string; path: string; timeoutSec?: number | null | undefined },
+    signal?: AbortSignal,
+  ): Promise<FetchResult> {
+    const dest = input.path;
+    if (!dest.startsWith('/') || dest.endsWith('/') || dest.includes('\0')) {
+      throw badRequest('must be an absolute file path (not ending in /)', 'path');
+    }
+    let target: string;
+    try {
+      const u = new URL(input.url);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('scheme');
+      target = u.pathname + u.search;
+    } catch {
+      throw badRequest('must be a downloadUrl returned by files/presign', 'url');
+    }
+    let grant: StorageGrant;
+    try {
+      grant = this.verify(target);
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 'bad_request') {
+        throw badRequest('is not a URL minted by this server (files/presign)', 'url');
+      }
+      throw err;
+    }
+    if (grant.vmId !== vm.id) throw forbidden('this storage URL belongs to another VM');
+    if (vm.status !== 'running') {
+      throw conflict(`VM is ${vm.status}, not running`, { status: vm.status });
+    }
+    const obj = await this.stat(grant);
+    if (!obj) throw conflict('nothing has been uploaded to this URL yet (PUT it first)');
+
+    const { runtime, settings } = this.ctx;
+    const started = performance.now();
+    const timeoutMs = (input.timeoutSec || settings.defaultExecTimeoutSec) * 1000;
+    const deadline = started + timeoutMs;
+    const tmp = `${dest}.fastvm-${crypto.randomBytes(4).toString('hex')}.part`;
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    const result = (exitCode: number, timedOut = false): FetchResult => ({
+      exitCode,
+      stdout: Buffer.concat(stdout).toString('utf8'),
+      stderr: Buffer.concat(stderr).toString('utf8'),
+      timedOut,
+      durationMs: Math.round(performance.now() - started),
+      stdoutTruncated: false,
+      stderrTruncated: false,
+    });
+    const cleanup = (): Promise<unknown> =>
+      runtime
+        .exec(vm.id, { argv: ['rm', '-f', '--', tmp], timeoutMs: 30_000 })
+        .catch(() => undefined);
+
+    const fh = await fsp.open(obj.file, 'r');
+    try {
+      let offset = 0;
+      for (let first = true; first || offset < obj.size; first = false) {
+        const n = Math.min(CHUNK_BYTES, obj.size - offset);
+        const chunk = Buffer.alloc(n);
+        if (n > 0) {
+          const { bytesRead } = await fh.read(chunk, 0, n, offset);
+          if (bytesRead !== n) throw new Error('staging object shrank while being read');
+        }
+        offset += n;
+        const last = offset >= obj.size;
+        const script =
+          (first ? 'cat > "$1"' : 'cat >> "$1"') + (last ? ' && mv -fT -- "$1" "$2"' : '');
+        const left = deadline - performance.now();
+        if (left <= 0) {
+          await cleanup();
+          return result(124, true);
+        }
+        let r;
+        try {
+          r = await runtime.exec(vm.id, {
+            argv: ['sh', '-c', script, 'fastvm-fetch', tmp, dest],
+            stdin: chunk,
+            timeoutMs: Math.ceil(left),
+            ...(signal ? { signal } : {}),
+          });
+        } catch (err) {
+          await cleanup();
+          throw toApiError(err, 'fetch', { vmId: vm.id });
+        }
+        stdout.push(r.stdout);
+        stderr.push(r.stderr);
+        if (r.timedOut || r.exitCode !== 0) {
+          await cleanup();
+          return result(r.exitCode, r.timedOut);
+        }
+      }
+      return result(0);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  // ---- garbage collection ----------------------------------------------------------------------
+
+  /** Removes objects (and stray temp files) older than `objectTtlMs`. */
+  async gc(now = Date.now()): Promise<number> {
+    let removed = 0;
+    for (const name of await fsp.readdir(this.stagingDir).catch(() => [] as string[])) {
+      const file = path.join(this.stagingDir, name);
+      try {
+        const st = await fsp.stat(file);
+        if (now - st.mtimeMs > this.objectTtlMs) {
+          await fsp.rm(file, { force: true });
+          removed++;
+        }
+      } catch {
+        /* raced with a rename or another GC */
+      }
+    }
+    return removed;
+  }
+
+  /** Removes every object of a VM (it was deleted). */
+  async dropVm(vmId: string): Promise<void> {
+    for (const name of await fsp.readdir(this.stagingDir).catch(() => [] as string[])) {
+      const object = name.startsWith('.tmp-') ? name.slice(5) : name;
+      if (object.startsWith(`${vmId}.`)) {
+        await fsp.rm(path.join(this.stagingDir, name), { force: true }).catch(() => {});
+      }
+    }
+  }
+}
+
+function tooLarge(bytes: number, max: number): ApiError {
+  return new ApiError(
+    'payload_too_large',
+    `upload is larger than this URL allows (${bytes} > maxUploadBytes ${max}, the VM's disk size)`,
+    { maxUploadBytes: max },
+  );
+}
