@@ -1,6 +1,8 @@
 import './internal/polyfill.js';
+import fsp from 'node:fs/promises';
 import {
   APIError,
+  FileTransferError,
   FastVMError,
   SnapshotError,
   SnapshotNotReadyError,
@@ -24,17 +26,29 @@ import {
   snapshotFromWire,
   vmFromWire,
 } from './internal/wire.js';
+import {
+  downloadDirectory,
+  downloadFile,
+  remoteKind,
+  uploadDirectory,
+  uploadFile,
+  type ExecOps,
+} from './internal/files.js';
 import { backoffMs, readEnv, retryAfterMs, sleep } from './internal/utils.js';
 import type {
   CommandResult,
+  ExecEvent,
   FirewallPolicy,
   MachineType,
   OrgQuotaUsage,
   PatchFirewallPolicy,
   Snapshot,
   SnapshotRef,
+  TransferProgress,
+  TransferResult,
   VM,
   VMRef,
+  VMTtl,
 } from './types.js';
 import { VERSION } from './version.js';
 
@@ -81,8 +95,30 @@ export interface LaunchOptions extends RequestOptions {
   firewall?: FirewallPolicy | undefined;
   /** User metadata (string → string). */
   metadata?: Record<string, string> | undefined;
+  /** Time to live: after `seconds` of running the VM is paused or deleted. */
+  ttl?: VMTtl | undefined;
   /** How long to wait for the VM to be `running`, in milliseconds (default: the client's `timeout`). */
   timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.stream}. */
+export interface StreamOptions {
+  /** Cancels the command: the request is reset and the server kills it. */
+  signal?: AbortSignal | undefined;
+  /** Server-side limit on the command's run time, in seconds. */
+  timeoutSec?: number | undefined;
+  /** Bytes written to the command's stdin (then closed); strings are sent as UTF-8. */
+  stdin?: Buffer | Uint8Array | string | undefined;
+  /** How long to wait for the server to start answering, in ms (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.upload} and {@link FastVM.download}. */
+export interface TransferOptions {
+  /** Called as bytes move (at least once at the start and once at the end). */
+  onProgress?: ((progress: TransferProgress) => void) | undefined;
+  /** Cancels the transfer; nothing is left at the destination. */
+  signal?: AbortSignal | undefined;
 }
 
 /** Options of {@link FastVM.restore}. */
@@ -254,6 +290,7 @@ export class FastVM {
     if (options.diskGib !== undefined) body['diskGiB'] = options.diskGib;
     if (options.firewall !== undefined) body['firewall'] = firewallToWire(options.firewall);
     if (options.metadata !== undefined) body['metadata'] = options.metadata;
+    if (options.ttl !== undefined) body['ttl'] = { ...options.ttl };
     return this.#createVm(body, options);
   }
 
@@ -381,6 +418,220 @@ export class FastVM {
       retryHttp: false,
     });
     return commandResultFromWire(res);
+  }
+
+  /**
+   * Runs a command and yields its output as it is produced (NDJSON streaming exec), then exactly
+   * one `exit` event. There is no output cap. Breaking out of the loop, or aborting `signal`,
+   * resets the request and the server kills the command.
+   *
+   * @example
+   * ```ts
+   * for await (const ev of client.stream(vm, 'for i in 1 2 3; do echo $i; sleep 1; done')) {
+   *   if (ev.type === 'stdout') process.stdout.write(ev.data);
+   *   else if (ev.type === 'exit') console.log('exit', ev.exitCode);
+   * }
+   * ```
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param command - Shell command string (run as `sh -c`), or argv array.
+   * @param options - `timeoutSec` (server-side), `stdin`, signal.
+   * @throws {@link APIError} when the server refuses the command (before any event).
+   * @throws {@link ConnectionError} when the stream breaks before the exit event.
+   */
+  async *stream(
+    vm: VMRef,
+    command: string | readonly string[],
+    options: StreamOptions = {},
+  ): AsyncGenerator<ExecEvent, void, undefined> {
+    const argv = typeof command === 'string' ? ['sh', '-c', command] : [...command];
+    if (argv.length === 0) throw new FastVMError('stream: command must not be empty');
+    const body: Record<string, unknown> = { command: argv };
+    if (options.timeoutSec !== undefined) body['timeoutSec'] = options.timeoutSec;
+    if (options.stdin !== undefined) body['stdin'] = Buffer.from(options.stdin).toString('base64');
+    const res = await this.#transport.stream({
+      method: 'POST',
+      path: `/v1/vms/${seg(vm, 'vm')}/exec`,
+      headers: {
+        ...this.#headers,
+        accept: 'application/x-ndjson',
+        'content-type': 'application/json',
+      },
+      body: Buffer.from(JSON.stringify(body)),
+      timeoutMs: this.#budget(options.timeout),
+      signal: options.signal,
+    });
+    if (res.status < 200 || res.status >= 300) {
+      const chunks: Buffer[] = [];
+      for await (const c of res.body) chunks.push(c);
+      const parsed = parseBody({
+        status: res.status,
+        headers: res.headers,
+        body: Buffer.concat(chunks),
+      });
+      throw APIError.fromResponse(res.status, parsed, res.headers);
+    }
+    let rest = '';
+    const decoder = new TextDecoder();
+    for await (const chunk of res.body) {
+      rest += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = rest.indexOf('\n')) >= 0) {
+        const line = rest.slice(0, nl).trim();
+        rest = rest.slice(nl + 1);
+        if (line === '') continue;
+        const ev = execEventFromWire(line);
+        if (!ev) continue;
+        yield ev;
+        if (ev.type === 'exit') {
+          res.cancel();
+          return;
+        }
+      }
+    }
+    const last = rest.trim() === '' ? undefined : execEventFromWire(rest.trim());
+    if (last) {
+      yield last;
+      if (last.type === 'exit') return;
+    }
+    throw new ConnectionError('the exec stream ended before the exit event');
+  }
+
+  /**
+   * Uploads a local file or directory into a VM, streaming (never holding the whole file in memory).
+   *
+   * A file goes to `remotePath` (or into it, when it is an existing directory or ends in `/`). A
+   * directory's contents go into `remotePath` (created; existing files are merged). The bytes travel
+   * as exec stdin in ~1 MiB chunks into a temp file that is renamed (or unpacked) only once complete,
+   * so a failed upload leaves nothing at the destination. Works without VM networking.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param localPath - Local file or directory.
+   * @param remotePath - Absolute path in the VM.
+   * @param options - `onProgress`, signal.
+   * @throws {@link FileTransferError} when the local path is missing or a command in the VM fails.
+   */
+  async upload(
+    vm: VMRef,
+    localPath: string,
+    remotePath: string,
+    options: TransferOptions = {},
+  ): Promise<TransferResult> {
+    const started = performance.now();
+    const st = await fsp.stat(localPath).catch((err: NodeJS.ErrnoException) => {
+      throw new FileTransferError(
+        `upload: ${localPath}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`,
+        {
+          code: err.code ?? 'EIO',
+        },
+      );
+    });
+    if (!st.isFile() && !st.isDirectory()) {
+      throw new FileTransferError(`upload: ${localPath} is not a regular file or a directory`);
+    }
+    const ops = this.#execOps(vm, options);
+    const r = st.isDirectory()
+      ? await uploadDirectory(ops, localPath, remotePath)
+      : await uploadFile(ops, localPath, remotePath, st.size);
+    return {
+      kind: st.isDirectory() ? 'directory' : 'file',
+      ...r,
+      durationMs: Math.round(performance.now() - started),
+    };
+  }
+
+  /**
+   * Downloads a file or directory from a VM, streaming (NDJSON exec of `cat` or `tar`).
+   *
+   * A file goes to `localPath` (or into it, when it is an existing directory; parent directories
+   * are created). A directory's contents go into `localPath` (created; existing files are kept
+   * unless the VM has a file of the same name). Data lands in a temp file or directory next to the
+   * destination, renamed into place only when complete. Works without VM networking.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param remotePath - Absolute path in the VM.
+   * @param localPath - Local destination.
+   * @param options - `onProgress`, signal.
+   * @throws {@link FileTransferError} (`code: 'ENOENT'`) when the remote path does not exist.
+   */
+  async download(
+    vm: VMRef,
+    remotePath: string,
+    localPath: string,
+    options: TransferOptions = {},
+  ): Promise<TransferResult> {
+    const started = performance.now();
+    if (!remotePath.startsWith('/') || remotePath.includes('\0')) {
+      throw new FileTransferError(
+        `download: the path in the VM must be absolute, got '${remotePath}'`,
+      );
+    }
+    const ops = this.#execOps(vm, options);
+    const kind = await remoteKind(ops, remotePath);
+    if (kind === 'missing') {
+      throw new FileTransferError(`download: ${remotePath}: no such file or directory in the VM`, {
+        code: 'ENOENT',
+      });
+    }
+    const r =
+      kind === 'directory'
+        ? await downloadDirectory(ops, remotePath, localPath)
+        : await downloadFile(ops, remotePath, localPath);
+    return { kind, ...r, durationMs: Math.round(performance.now() - started) };
+  }
+
+  /**
+   * Pauses a running VM: its vCPUs stop (memory, processes and disk are kept) and its vCPU quota is
+   * released. Pausing a paused VM returns it unchanged.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Signal and timeout.
+   * @returns The paused VM.
+   */
+  async pause(vm: VMRef, options: RequestOptions = {}): Promise<VM> {
+    return vmFromWire(
+      await this.#idempotent('POST', `/v1/vms/${seg(vm, 'vm')}/pause`, undefined, options),
+    );
+  }
+
+  /**
+   * Resumes a paused VM (re-acquiring its vCPU quota). Resuming a running VM returns it unchanged.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Signal and timeout.
+   * @returns The running VM.
+   * @throws {@link QuotaExceededError} when the organisation's vCPU quota is used up.
+   */
+  async resume(vm: VMRef, options: RequestOptions = {}): Promise<VM> {
+    return vmFromWire(
+      await this.#idempotent('POST', `/v1/vms/${seg(vm, 'vm')}/resume`, undefined, options),
+    );
+  }
+
+  /**
+   * Restarts the VM's TTL countdown (while paused: the full TTL applies at the next resume).
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Signal and timeout.
+   * @returns The updated VM.
+   * @throws {@link ConflictError} when the VM has no TTL.
+   */
+  async refreshTtl(vm: VMRef, options: RequestOptions = {}): Promise<VM> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/ttl/refresh`;
+    return vmFromWire(await this.#idempotent('POST', path, undefined, options));
+  }
+
+  /**
+   * Sets (and restarts) or removes (`null`) the VM's TTL.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param ttl - The new TTL, or `null` to remove it.
+   * @param options - Signal and timeout.
+   * @returns The updated VM.
+   */
+  async setTtl(vm: VMRef, ttl: VMTtl | null, options: RequestOptions = {}): Promise<VM> {
+    const body = { ttl: ttl === null ? null : { seconds: ttl.seconds, action: ttl.action } };
+    return vmFromWire(await this.#idempotent('PATCH', `/v1/vms/${seg(vm, 'vm')}`, body, options));
   }
 
   // ------------------------------------------------------------------------------------------------
@@ -553,6 +804,28 @@ export class FastVM {
     }
   }
 
+  /** Exec primitives for the transfer helpers (`internal/files.ts`). */
+  #execOps(vm: VMRef, options: TransferOptions): ExecOps {
+    const path = `/v1/vms/${seg(vm, 'vm')}/exec`;
+    return {
+      run: async (argv, stdin) => {
+        const body: Record<string, unknown> = { command: argv, timeoutSec: 600 };
+        if (stdin !== undefined) body['stdin'] = stdin.toString('base64');
+        return commandResultFromWire(
+          await this.#call('POST', path, {
+            body,
+            signal: options.signal,
+            deadline: this.#deadline(Math.max(this.timeout, 630_000)),
+            retryHttp: false,
+          }),
+        );
+      },
+      stream: (argv) => this.stream(vm, argv, { signal: options.signal }),
+      signal: options.signal,
+      onProgress: options.onProgress,
+    };
+  }
+
   #get(path: string, options: RequestOptions): Promise<unknown> {
     return this.#call('GET', path, {
       signal: options.signal,
@@ -639,6 +912,34 @@ function shouldRetry(res: WireResponse, error: APIError): boolean {
   if (hint === 'false') return false;
   if (error.name === 'QuotaExceededError') return false;
   return res.status === 408 || res.status === 409 || res.status === 429 || res.status >= 500;
+}
+
+/** One NDJSON exec event (contract §4.2.10); undefined for lines it does not understand. */
+function execEventFromWire(line: string): ExecEvent | undefined {
+  let ev: Record<string, unknown>;
+  try {
+    ev = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    throw new ConnectionError(
+      `the exec stream sent a line that is not JSON: ${line.slice(0, 200)}`,
+    );
+  }
+  const data = (): Buffer => Buffer.from(typeof ev['d'] === 'string' ? ev['d'] : '', 'base64');
+  switch (ev['t']) {
+    case 'o':
+      return { type: 'stdout', data: data() };
+    case 'e':
+      return { type: 'stderr', data: data() };
+    case 'x':
+      return {
+        type: 'exit',
+        exitCode: typeof ev['c'] === 'number' ? ev['c'] : 0,
+        timedOut: ev['to'] === true,
+        durationMs: typeof ev['ms'] === 'number' ? ev['ms'] : 0,
+      };
+    default:
+      return undefined;
+  }
 }
 
 function parseBody(res: WireResponse): unknown {

@@ -22,6 +22,8 @@ export {
   type LaunchOptions,
   type RequestOptions,
   type RestoreOptions,
+  type StreamOptions,
+  type TransferOptions,
   type RunOptions,
   type SnapshotOptions,
 } from './client.js';
@@ -45,10 +47,12 @@ export {
   VMNotReadyError,
   SnapshotError,
   SnapshotNotReadyError,
+  FileTransferError,
   type Headers,
 } from './core/errors.js';
 export type {
   CommandResult,
+  ExecEvent,
   FirewallPolicy,
   FirewallRule,
   MachineType,
@@ -58,7 +62,10 @@ export type {
   Snapshot,
   SnapshotRef,
   SnapshotStatus,
+  TransferProgress,
+  TransferResult,
   VM,
+  VMTtl,
   VMRef,
   VMStatus,
 } from './types.js';

@@ -88,6 +88,48 @@ export interface VM {
   deletedAt: string | null;
   /** User metadata (string → string). */
   metadata: Record<string, string>;
+  /** Time to live, or `null` when the VM has none. */
+  ttl: VMTtl | null;
+  /** When the TTL runs out (epoch ms); set only while `running` with a TTL. */
+  expiresAt: number | null;
+  /** TTL left (ms), applied at the next resume; set only while `paused`. */
+  ttlRemainingMs: number | null;
+  /** When the VM was paused (ISO 8601), or `null`. */
+  pausedAt: string | null;
+}
+
+/** A VM's time to live: after `seconds` of running it is paused or deleted. */
+export interface VMTtl {
+  /** Running time allowed, 1 to 31 536 000 (one year). */
+  seconds: number;
+  /** What happens when it runs out. */
+  action: 'pause' | 'delete';
+}
+
+/** One event of {@link FastVM.stream}: output as it is produced, then exactly one `exit`. */
+export type ExecEvent =
+  | { type: 'stdout'; data: Buffer }
+  | { type: 'stderr'; data: Buffer }
+  | { type: 'exit'; exitCode: number; timedOut: boolean; durationMs: number };
+
+/** Progress of {@link FastVM.upload} / {@link FastVM.download}. */
+export interface TransferProgress {
+  /** Bytes moved so far (for directories: bytes of the tar stream). */
+  bytes: number;
+  /** Expected total, when known (for directories an estimate of the tar stream's size). */
+  total: number | undefined;
+}
+
+/** Result of {@link FastVM.upload} / {@link FastVM.download}. */
+export interface TransferResult {
+  /** `file` or `directory`. */
+  kind: 'file' | 'directory';
+  /** Bytes moved (for directories: bytes of the tar stream). */
+  bytes: number;
+  /** Where the data ended up (a remote path for uploads, a local path for downloads). */
+  destination: string;
+  /** Wall time in milliseconds. */
+  durationMs: number;
 }
 
 /** Result of {@link FastVM.run}. */

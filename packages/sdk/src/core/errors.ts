@@ -255,6 +255,35 @@ export class SnapshotNotReadyError extends TimeoutError {
   }
 }
 
+/**
+ * An upload or download failed: the local or remote path is missing or unusable, a size limit was
+ * hit, or a command in the VM failed. Nothing is left at the destination. `exitCode`/`stderr` come
+ * from the failed command in the VM, when there was one.
+ */
+export class FileTransferError extends FastVMError {
+  override name = 'FileTransferError';
+  /** Exit code of the failed command in the VM, if any. */
+  readonly exitCode: number | undefined;
+  /** Its standard error, if any. */
+  readonly stderr: string | undefined;
+  /** `ENOENT` when the source does not exist. */
+  readonly code: string | undefined;
+
+  /**
+   * @param message - What failed.
+   * @param details - Exit code and stderr of the failed command, an error code, the cause.
+   */
+  constructor(
+    message: string,
+    details: { exitCode?: number; stderr?: string; code?: string; cause?: unknown } = {},
+  ) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.exitCode = details.exitCode;
+    this.stderr = details.stderr;
+    this.code = details.code;
+  }
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }

@@ -63,6 +63,16 @@ export interface WireResponse {
   body: Buffer;
 }
 
+/** @internal A response whose body is read as it arrives (see `Transport.stream`). */
+export interface StreamResponse {
+  status: number;
+  headers: Headers;
+  /** Body chunks as they arrive. Breaking out of the loop cancels the request. */
+  body: AsyncIterable<Buffer>;
+  /** Cancels the request (the server sees the stream reset or the connection closed). */
+  cancel(): void;
+}
+
 const CONNECT_ERROR_CODES = new Set([
   'ECONNREFUSED',
   'ENOTFOUND',
@@ -161,6 +171,149 @@ export class Transport {
         throw err;
       }
     }
+  }
+
+  /**
+   * Sends one request and resolves once the response headers arrive; the body is then read as a
+   * stream. `timeoutMs` bounds connecting and waiting for the headers only; reading the body has no
+   * time limit (abort `signal` to stop). Rejects with SDK errors only.
+   */
+  async stream(req: WireRequest): Promise<StreamResponse> {
+    this.#assertOpen();
+    if (req.signal?.aborted) throw abortError(req.signal);
+    const started = performance.now();
+    let session: http2.ClientHttp2Session | undefined;
+    if (!this.#isHttp1()) session = await this.#ensureSession(req.timeoutMs, req.signal);
+    const remaining = Math.max(1, req.timeoutMs - (performance.now() - started));
+    return new Promise<StreamResponse>((resolve, reject) => {
+      let readable: NodeJS.ReadableStream & { destroy(err?: Error): void };
+      let settled = false;
+      let ended = false;
+      const done = (): void => {
+        if (ended) return;
+        ended = true;
+        req.signal?.removeEventListener('abort', onAbort);
+        this.#end(session);
+      };
+      const fail = (err: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        done();
+        reject(err);
+      };
+      let cancel: () => void = () => undefined;
+      const onAbort = (): void => {
+        cancel();
+        fail(abortError(req.signal!));
+      };
+      const timer = setTimeout(() => {
+        cancel();
+        fail(
+          new TimeoutError(
+            `no response after ${Math.round(remaining)} ms (${req.method} ${req.path})`,
+          ),
+        );
+      }, remaining);
+      req.signal?.addEventListener('abort', onAbort, { once: true });
+      const respond = (status: number, headers: Headers): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        const signal = req.signal;
+        const what = `${req.method} ${req.path}`;
+        async function* iterate(): AsyncGenerator<Buffer> {
+          let complete = false;
+          try {
+            for await (const chunk of readable as AsyncIterable<Buffer>) yield chunk;
+            complete = true;
+          } catch (err) {
+            if (signal?.aborted) throw abortError(signal);
+            throw new ConnectionError(`the response stream broke (${what}): ${messageOf(err)}`, {
+              cause: err,
+            });
+          } finally {
+            if (!complete) cancel();
+            done();
+          }
+        }
+        resolve({ status, headers, body: iterate(), cancel });
+      };
+      this.#begin(session);
+      if (session) {
+        let stream: http2.ClientHttp2Stream;
+        try {
+          stream = session.request(
+            { ':method': req.method, ':path': this.#prefix + req.path, ...req.headers },
+            { endStream: req.body === undefined },
+          );
+        } catch (err) {
+          if (this.#session === session) this.#session = undefined;
+          fail(
+            new ConnectionError(`HTTP/2 session unusable: ${messageOf(err)}`, {
+              cause: err,
+              requestSent: false,
+            }),
+          );
+          return;
+        }
+        readable = stream;
+        cancel = () => {
+          if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
+        };
+        stream.on('response', (h) => respond(Number(h[':status']), normaliseHeaders(h)));
+        stream.on('error', (err) =>
+          fail(
+            new ConnectionError(
+              `HTTP/2 stream failed (${req.method} ${req.path}): ${messageOf(err)}`,
+              { cause: err },
+            ),
+          ),
+        );
+        stream.on('close', () => {
+          if (!settled)
+            fail(
+              new ConnectionError(
+                `HTTP/2 stream closed before the response (${req.method} ${req.path})`,
+              ),
+            );
+        });
+        if (req.body !== undefined) stream.end(req.body);
+        return;
+      }
+      const mod = this.#secure ? https : http;
+      const headers: Record<string, string> = { ...req.headers };
+      if (req.body !== undefined) headers['content-length'] = String(req.body.length);
+      const r = mod.request({
+        agent: this.#agent,
+        host: this.#host,
+        port: this.#port,
+        method: req.method,
+        path: this.#prefix + req.path,
+        headers,
+        ...(this.#secure && !net.isIP(this.#host) ? { servername: this.#host } : {}),
+      });
+      cancel = () => r.destroy();
+      r.on('socket', (sock: net.Socket) => {
+        if (!this.#h1Sockets.has(sock)) {
+          this.#h1Sockets.add(sock);
+          this.#sessionsOpened++;
+        }
+      });
+      r.on('response', (res) => {
+        readable = res;
+        respond(res.statusCode ?? 0, normaliseHeaders(res.headers));
+      });
+      r.on('error', (err) =>
+        fail(
+          new ConnectionError(
+            `HTTP/1.1 request failed (${req.method} ${req.path}): ${messageOf(err)}`,
+            { cause: err },
+          ),
+        ),
+      );
+      r.end(req.body);
+    });
   }
 
   /** Closes the connection gracefully (in-flight requests finish first). Idempotent. */

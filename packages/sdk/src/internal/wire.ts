@@ -9,6 +9,7 @@ import type {
   PatchFirewallPolicy,
   Snapshot,
   VM,
+  VMTtl,
 } from '../types.js';
 
 type Json = Record<string, unknown>;
@@ -79,7 +80,18 @@ export function vmFromWire(v: unknown): VM {
     firewall: firewallFromWire(w['firewall']),
     deletedAt: optStr(w['deletedAt']),
     metadata,
+    ttl: ttlFromWire(w['ttl']),
+    expiresAt: typeof w['expiresAtMs'] === 'number' ? w['expiresAtMs'] : null,
+    ttlRemainingMs: typeof w['ttlRemainingMs'] === 'number' ? w['ttlRemainingMs'] : null,
+    pausedAt: optStr(w['pausedAt']),
   };
+}
+
+export function ttlFromWire(v: unknown): VMTtl | null {
+  if (typeof v !== 'object' || v === null) return null;
+  const t = obj(v);
+  if (typeof t['seconds'] !== 'number') return null;
+  return { seconds: t['seconds'], action: t['action'] === 'delete' ? 'delete' : 'pause' };
 }
 
 export function snapshotFromWire(v: unknown): Snapshot {
