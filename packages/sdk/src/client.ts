@@ -1,4 +1,5 @@
 import './internal/polyfill.js';
+import { consoleUrl, openConsole, type ConsoleSession } from './console.js';
 import fsp from 'node:fs/promises';
 import {
   APIError,
@@ -141,6 +142,14 @@ export interface RunOptions extends RequestOptions {
   timeout?: number | undefined;
 }
 
+/** Options of {@link FastVM.console}. */
+export interface ConsoleOptions extends RequestOptions {
+  /** Initial terminal width (with `rows`; default: the server's 80 × 24). */
+  cols?: number | undefined;
+  /** Initial terminal height. */
+  rows?: number | undefined;
+}
+
 /** Options of {@link FastVM.snapshot}. */
 export interface SnapshotOptions extends RequestOptions {
   /** Snapshot name; the server generates one when omitted or empty. */
@@ -199,6 +208,7 @@ export class FastVM {
   readonly #apiKey: string;
   readonly #transport: Transport;
   readonly #headers: Record<string, string>;
+  readonly #tls: TLSOptions | undefined;
 
   /**
    * Creates a client. Nothing is sent until {@link FastVM.warmup} or the first call.
@@ -225,6 +235,7 @@ export class FastVM {
       throw new FastVMError(`maxRetries must be an integer >= 0, got ${retries}`);
     this.maxRetries = retries;
     this.#transport = new Transport(this.baseUrl, { tls: options.tls });
+    this.#tls = options.tls;
     this.#headers = {
       accept: 'application/json',
       'user-agent': `fastvm-typescript/${VERSION} node/${typeof process === 'undefined' ? 'unknown' : process.version}`,
@@ -418,6 +429,40 @@ export class FastVM {
       retryHttp: false,
     });
     return commandResultFromWire(res);
+  }
+
+  /**
+   * Opens an interactive console: a login shell on a pseudo-terminal in the VM.
+   *
+   * Gets a single-use console token (`POST /v1/vms/{id}/console-token`), then connects to the
+   * console WebSocket with it (over HTTP/1.1, on its own connection). The session ends when the
+   * shell exits (`exited` then carries its exit status), when {@link ConsoleSession.close} is
+   * called (the shell is hung up), or when the connection or the VM goes away.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Initial size (`cols` and `rows`), signal, timeout (token and handshake).
+   * @returns The open session.
+   * @throws {@link ConflictError} if the VM is not running; {@link NotFoundError} if there is no such VM.
+   */
+  async console(vm: VMRef, options: ConsoleOptions = {}): Promise<ConsoleSession> {
+    const deadline = this.#deadline(options.timeout);
+    const token = (await this.#call('POST', `/v1/vms/${seg(vm, 'vm')}/console-token`, {
+      signal: options.signal,
+      deadline,
+      retryHttp: true,
+    })) as { token?: unknown; websocketPath?: unknown } | undefined;
+    if (typeof token?.token !== 'string' || typeof token.websocketPath !== 'string') {
+      throw new FastVMError('console: the server returned no console token');
+    }
+    const url = consoleUrl(this.baseUrl, token.websocketPath, token.token, options);
+    return openConsole(url, {
+      headers: { 'user-agent': this.#headers['user-agent']! },
+      tls: this.#tls,
+      timeoutMs: remaining(deadline),
+      signal: options.signal,
+      cols: options.cols,
+      rows: options.rows,
+    });
   }
 
   /**

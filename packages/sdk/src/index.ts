@@ -19,6 +19,7 @@ export {
   DEFAULT_MAX_RETRIES,
   DEFAULT_TIMEOUT_MS,
   type ClientOptions,
+  type ConsoleOptions,
   type LaunchOptions,
   type RequestOptions,
   type RestoreOptions,
@@ -28,6 +29,7 @@ export {
   type SnapshotOptions,
 } from './client.js';
 export type { ConnectionStats, Protocol, TLSOptions } from './core/transport.js';
+export { ConsoleSession, type ConsoleEvents, type ConsoleExit } from './console.js';
 export {
   FastVMError,
   APIError,
