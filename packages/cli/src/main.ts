@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline';
 import { Command } from 'commander';
 import { FastVMError, VERSION as SDK_VERSION } from 'fastvm';
 import { configCommands } from './commands/config.js';
+import { cpCommand } from './commands/cp.js';
 import { firewallCommands } from './commands/firewall.js';
 import { quotaCommand } from './commands/quota.js';
 import { snapshotCommands } from './commands/snapshot.js';
@@ -15,6 +16,7 @@ type GroupBuilder = (group: Command, ctx: Context, done: (code: number) => void)
 
 const GROUPS: Record<string, GroupBuilder> = {
   vm: vmCommands,
+  cp: cpCommand,
   snapshot: snapshotCommands,
   firewall: firewallCommands,
   quota: quotaCommand,
@@ -26,7 +28,8 @@ const HELP = `FastVM command-line tool: launch, snapshot, restore and run comman
 Usage: fastvm [global options] <command> <subcommand> [options]
 
 Commands:
-  vm        launch | list | get | rename | rm | exec
+  vm        launch | list | get | rename | rm | exec | pause | resume | ttl
+  cp        copy files and directories: cp <local> <vm>:<path>, cp <vm>:<path> <local>
   snapshot  create | list | get | rename | rm | restore
   firewall  get | set | patch
   quota     show quota limits and usage
@@ -47,6 +50,8 @@ tcp:443@2001:db8::/32.
 Examples:
   fastvm vm launch -m c2m4 -n dev
   fastvm vm exec dev -- uname -a
+  fastvm vm launch -n tmp --ttl 30m:delete
+  fastvm cp ./src dev:/root/src && fastvm cp dev:/root/out.tar .
   fastvm snapshot create dev -n base && fastvm snapshot restore base -n dev2
   fastvm firewall set dev --mode restricted -r tcp:22 -r tcp:8080-8090@2001:db8::/32
   fastvm vm list --json | jq -r '.[].id'

@@ -118,7 +118,11 @@ export function vmToJson(vm: VM): Record<string, unknown> {
     metadata: vm.metadata,
     createdAt: vm.createdAt,
     deletedAt: vm.deletedAt,
+    ttl: vm.ttl,
+    pausedAt: vm.pausedAt,
   };
+  if (vm.expiresAt !== null) out['expiresAtMs'] = vm.expiresAt;
+  if (vm.ttlRemainingMs !== null) out['ttlRemainingMs'] = vm.ttlRemainingMs;
   return out;
 }
 
@@ -213,5 +217,72 @@ export class Spinner {
   #draw(): void {
     const frame = FRAMES[this.#frame++ % FRAMES.length]!;
     this.#out.write(`\r\x1b[2K${frame} ${this.#text} ${this.elapsed}`);
+  }
+}
+
+/** `1.5 KiB`, `22.4 MiB`, `3.1 GiB`. */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${Math.round(v)} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+/**
+ * A one-line progress bar on stderr: label, percentage, bar, bytes and rate. Draws nothing unless
+ * the stream is a TTY (at most ten redraws a second); without a known total it shows bytes only.
+ */
+export class ProgressBar {
+  readonly #out: Out;
+  readonly #enabled: boolean;
+  readonly #label: string;
+  readonly #started = performance.now();
+  #lastDraw = 0;
+  #stopped = false;
+
+  /**
+   * @param out - Where to draw (stderr).
+   * @param label - What is being copied.
+   */
+  constructor(out: Out, label: string) {
+    this.#out = out;
+    this.#enabled = out.isTTY === true;
+    this.#label = label.length > 30 ? `…${label.slice(-29)}` : label;
+  }
+
+  /** Redraws with the bytes moved so far. */
+  update(bytes: number, total: number | undefined): void {
+    if (!this.#enabled || this.#stopped) return;
+    const now = performance.now();
+    const final = total !== undefined && bytes >= total;
+    if (!final && now - this.#lastDraw < 100) return;
+    this.#lastDraw = now;
+    const secs = (now - this.#started) / 1000;
+    const rate = secs > 0.2 ? `  ${formatBytes(bytes / secs)}/s` : '';
+    let line: string;
+    if (total !== undefined && total > 0) {
+      const frac = Math.min(1, bytes / total);
+      const width = 24;
+      const full = Math.round(frac * width);
+      line =
+        `${this.#label}  ${String(Math.floor(frac * 100)).padStart(3)}% ` +
+        `[${'#'.repeat(full)}${'-'.repeat(width - full)}]  ` +
+        `${formatBytes(bytes)} / ${formatBytes(total)}${rate}`;
+    } else {
+      line = `${this.#label}  ${formatBytes(bytes)}${rate}`;
+    }
+    this.#out.write(`\r\x1b[2K${line}`);
+  }
+
+  /** Clears the line; prints `finalLine` (TTY only) when given. */
+  stop(finalLine?: string): void {
+    if (!this.#enabled || this.#stopped) return;
+    this.#stopped = true;
+    this.#out.write('\r\x1b[2K');
+    if (finalLine) this.#out.write(`${finalLine}\n`);
   }
 }

@@ -63,9 +63,33 @@ export function printVm(ctx: Context, vm: VM): void {
       ['SOURCE', vm.sourceName || '-'],
       ['IPV6', vm.publicIpv6 ?? '-'],
       ['FIREWALL', formatFirewall(vm.firewall)],
+      ['TTL', formatTtl(vm)],
+      ...(vm.pausedAt
+        ? [['PAUSED', `${vm.pausedAt} (${age(vm.pausedAt)})`] as [string, string]]
+        : []),
       ['CREATED', `${vm.createdAt} (${age(vm.createdAt)})`],
     ]),
   );
+}
+
+/** `10m, then pause (4m 12s left)` or `-`. */
+export function formatTtl(vm: VM, now = Date.now()): string {
+  if (!vm.ttl) return '-';
+  const left =
+    vm.expiresAt !== null
+      ? Math.max(0, vm.expiresAt - now)
+      : vm.ttlRemainingMs !== null
+        ? vm.ttlRemainingMs
+        : undefined;
+  const dur = (ms: number): string => {
+    const s = Math.round(ms / 1000);
+    if (s < 60) return `${s}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+    return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  };
+  const tail =
+    left === undefined ? '' : ` (${dur(left)} left${vm.expiresAt === null ? ' when resumed' : ''})`;
+  return `${dur(vm.ttl.seconds * 1000)}, then ${vm.ttl.action}${tail}`;
 }
 
 /** Prints VMs: a table, or a wire JSON array. */

@@ -1,5 +1,6 @@
-// fastvm vm launch|list|get|rename|rm|exec
+// fastvm vm launch|list|get|rename|rm|exec|pause|resume|ttl
 import type { Command } from 'commander';
+import type { ExecEvent, VMTtl } from 'fastvm';
 import type { Context } from '../context.js';
 import { CliError } from '../errors.js';
 import { resultToJson } from '../output.js';
@@ -21,6 +22,10 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
       collect,
     )
     .option('--timeout <sec>', 'seconds to wait for the VM to be running (default 300)')
+    .option(
+      '--ttl <ttl>',
+      'time to live DURATION[:pause|delete], e.g. 30s:pause, 2h:delete (default action pause)',
+    )
     .action(
       async (o: {
         machine: string;
@@ -29,7 +34,9 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
         mode?: string;
         rule?: string[];
         timeout?: string;
+        ttl?: string;
       }) => {
+        const ttl = o.ttl === undefined ? undefined : parseTtl(o.ttl);
         const diskGib = positiveInt(o.diskGib, '--disk-gib');
         const firewall = policyFrom(o.mode, o.rule);
         const waitSec = positiveInt(o.timeout, '--timeout');
@@ -40,6 +47,7 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
             name: o.name,
             diskGib,
             firewall,
+            ttl,
             timeout: waitSec === undefined ? undefined : waitSec * 1000,
           });
           spin.stop(`✓ VM ${vm.name} is running (${spin.elapsed})`);
@@ -94,32 +102,102 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
   leaf(
     group,
     'exec <vm> <command...>',
-    'Run a command in a VM (words after <vm> form one sh -c command); exits with its exit code',
+    'Run a command in a VM (words after <vm> form one sh -c command); output streams as it is\n' +
+      'produced; exits with its exit code',
   )
     .option('--timeout <sec>', 'server-side limit on the command, in seconds')
     .option('--argv', 'send the arguments as the exact argv instead of through sh -c')
-    .action(async (ref: string, words: string[], o: { timeout?: string; argv?: boolean }) => {
-      const timeoutSec = positiveInt(o.timeout, '--timeout');
-      const command = o.argv ? words : words.join(' ');
-      const client = ctx.client();
-      const transport =
-        timeoutSec === undefined ? undefined : Math.max(client.timeout, (timeoutSec + 30) * 1000);
-      const result = await ctx.withRef('vm', ref, (id) =>
-        client.run(id, command, { timeoutSec, timeout: transport }),
-      );
-      if (ctx.json) {
-        ctx.out(`${JSON.stringify(resultToJson(result), null, 2)}\n`);
-      } else {
-        ctx.out(result.stdout);
-        ctx.err(result.stderr);
-        if (result.stdoutTruncated)
-          ctx.err('fastvm: warning: stdout was truncated by the server\n');
-        if (result.stderrTruncated)
-          ctx.err('fastvm: warning: stderr was truncated by the server\n');
-        if (result.timedOut) ctx.err(`fastvm: command timed out after ${timeoutSec ?? '?'}s\n`);
-      }
-      done(result.timedOut ? 124 : exitStatus(result.exitCode));
-    });
+    .option('--no-stream', 'wait for the command to finish and print its output at once')
+    .action(
+      async (
+        ref: string,
+        words: string[],
+        o: { timeout?: string; argv?: boolean; stream?: boolean },
+      ) => {
+        const timeoutSec = positiveInt(o.timeout, '--timeout');
+        const command = o.argv ? words : words.join(' ');
+        const client = ctx.client();
+        if (o.stream !== false && !ctx.json) {
+          // Streaming (NDJSON): output is written as it arrives; the first event (or error)
+          // decides whether the VM reference needs resolving.
+          const open = async (id: string) => {
+            const events = client.stream(id, command, { timeoutSec });
+            return { events, first: await events.next() };
+          };
+          const { events, first } = await ctx.withRef('vm', ref, open);
+          let exit: Extract<ExecEvent, { type: 'exit' }> | undefined;
+          const handle = (ev: ExecEvent): void => {
+            if (ev.type === 'stdout') ctx.out(ev.data);
+            else if (ev.type === 'stderr') ctx.err(ev.data);
+            else exit = ev;
+          };
+          if (!first.done) handle(first.value);
+          for await (const ev of events) handle(ev);
+          if (!exit) throw new CliError('the command stream ended without an exit status');
+          if (exit.timedOut) ctx.err(`fastvm: command timed out after ${timeoutSec ?? '?'}s\n`);
+          done(exit.timedOut ? 124 : exitStatus(exit.exitCode));
+          return;
+        }
+        const transport =
+          timeoutSec === undefined ? undefined : Math.max(client.timeout, (timeoutSec + 30) * 1000);
+        const result = await ctx.withRef('vm', ref, (id) =>
+          client.run(id, command, { timeoutSec, timeout: transport }),
+        );
+        if (ctx.json) {
+          ctx.out(`${JSON.stringify(resultToJson(result), null, 2)}\n`);
+        } else {
+          ctx.out(result.stdout);
+          ctx.err(result.stderr);
+          if (result.stdoutTruncated)
+            ctx.err('fastvm: warning: stdout was truncated by the server\n');
+          if (result.stderrTruncated)
+            ctx.err('fastvm: warning: stderr was truncated by the server\n');
+          if (result.timedOut) ctx.err(`fastvm: command timed out after ${timeoutSec ?? '?'}s\n`);
+        }
+        done(result.timedOut ? 124 : exitStatus(result.exitCode));
+      },
+    );
+
+  leaf(group, 'pause <vm>', 'Pause a VM (memory and processes kept; vCPU quota released)').action(
+    async (ref: string) => {
+      printVm(ctx, await ctx.withRef('vm', ref, (id) => ctx.client().pause(id)));
+      done(0);
+    },
+  );
+
+  leaf(group, 'resume <vm>', 'Resume a paused VM').action(async (ref: string) => {
+    printVm(ctx, await ctx.withRef('vm', ref, (id) => ctx.client().resume(id)));
+    done(0);
+  });
+
+  leaf(
+    group,
+    'ttl <vm> <ttl>',
+    "Set a VM's time to live (DURATION[:pause|delete], e.g. 10m:pause), 'refresh' it, or 'off'",
+  ).action(async (ref: string, spec: string) => {
+    const client = ctx.client();
+    const vm = await ctx.withRef('vm', ref, (id) =>
+      spec === 'refresh'
+        ? client.refreshTtl(id)
+        : client.setTtl(id, spec === 'off' ? null : parseTtl(spec)),
+    );
+    printVm(ctx, vm);
+    done(0);
+  });
+}
+
+const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+
+/** `30`, `30s`, `10m:pause`, `2h:delete`, `1d` → a TTL (action defaults to pause). */
+export function parseTtl(spec: string): VMTtl {
+  const m = /^(\d+)([smhd]?)(?::(pause|delete))?$/.exec(spec.trim());
+  const seconds = m ? Number(m[1]) * UNIT_SECONDS[m[2] || 's']! : NaN;
+  if (!m || !(seconds >= 1) || seconds > 31_536_000) {
+    throw new CliError(
+      `--ttl must be DURATION[:pause|delete] with DURATION like 30s, 10m, 2h or 1d (1 s to 365 d), got '${spec}'`,
+    );
+  }
+  return { seconds, action: (m[3] as VMTtl['action'] | undefined) ?? 'pause' };
 }
 
 /** A remote exit code as a process exit status (0..255; out-of-range values become 255). */
