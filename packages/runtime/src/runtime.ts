@@ -23,6 +23,7 @@ import {
   loadGuestImage,
   probeKvm,
   qemuArgs,
+  qemuBinary,
 } from './qemu.js';
 import { QmpClient, QmpCommandError, type QmpEvent } from './qmp.js';
 import {
@@ -803,7 +804,7 @@ export class QemuRuntime implements Runtime {
     const log = fs.openSync(path.join(dir, 'qemu.log'), 'a');
     try {
       // Detached, with no pipes to us: VMs outlive a restart of the server and are re-adopted.
-      const child = spawn('qemu-system-x86_64', args, {
+      const child = spawn(qemuBinary(this.#accel), args, {
         detached: true,
         stdio: ['ignore', log, log],
         env: { ...process.env, ...env },

@@ -48,7 +48,9 @@ export function text(r: ExecResult): { out: string; err: string; code: number } 
 export function qemuPids(prefix: string): number[] {
   let out = '';
   try {
-    out = execFileSync('pgrep', ['-f', `qemu-system-x86_64 -name ${prefix}`], { encoding: 'utf8' });
+    out = execFileSync('pgrep', ['-f', `qemu-system-x86_64(-microvm)? -name ${prefix}`], {
+      encoding: 'utf8',
+    });
   } catch {
     return [];
   }
