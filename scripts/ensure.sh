@@ -2,6 +2,9 @@
 # Make a fresh clone runnable: npm dependencies (if missing or stale), host packages and the guest
 # image (guest/setup.sh, cached). Used by `npm start`, `npm test` and `npm run bench`.
 set -euo pipefail
+# Native addons (better-sqlite3) build against the system Node's headers: npm cannot download
+# them here.
+if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then export npm_config_nodedir=/usr; fi
 cd "$(dirname "$0")/.."
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm dependencies"
