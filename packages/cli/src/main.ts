@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline';
 import { Command } from 'commander';
 import { FastVMError, VERSION as SDK_VERSION } from 'fastvm';
 import { configCommands } from './commands/config.js';
+import { consoleCommand } from './commands/console.js';
 import { cpCommand } from './commands/cp.js';
 import { firewallCommands } from './commands/firewall.js';
 import { quotaCommand } from './commands/quota.js';
@@ -17,6 +18,7 @@ type GroupBuilder = (group: Command, ctx: Context, done: (code: number) => void)
 const GROUPS: Record<string, GroupBuilder> = {
   vm: vmCommands,
   cp: cpCommand,
+  console: consoleCommand,
   snapshot: snapshotCommands,
   firewall: firewallCommands,
   quota: quotaCommand,
@@ -28,8 +30,9 @@ const HELP = `FastVM command-line tool: launch, snapshot, restore and run comman
 Usage: fastvm [global options] <command> <subcommand> [options]
 
 Commands:
-  vm        launch | list | get | rename | rm | exec | pause | resume | ttl
+  vm        launch | list | get | rename | rm | exec | console | pause | resume | ttl
   cp        copy files and directories: cp <local> <vm>:<path>, cp <vm>:<path> <local>
+  console   an interactive shell in a VM (same as vm console; Ctrl-] disconnects)
   snapshot  create | list | get | rename | rm | restore
   firewall  get | set | patch
   quota     show quota limits and usage
@@ -50,6 +53,7 @@ tcp:443@2001:db8::/32.
 Examples:
   fastvm vm launch -m c2m4 -n dev
   fastvm vm exec dev -- uname -a
+  fastvm console dev
   fastvm vm launch -n tmp --ttl 30m:delete
   fastvm cp ./src dev:/root/src && fastvm cp dev:/root/out.tar .
   fastvm snapshot create dev -n base && fastvm snapshot restore base -n dev2

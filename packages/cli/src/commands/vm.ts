@@ -1,9 +1,10 @@
-// fastvm vm launch|list|get|rename|rm|exec|pause|resume|ttl
+// fastvm vm launch|list|get|rename|rm|exec|console|pause|resume|ttl
 import type { Command } from 'commander';
 import type { ExecEvent, VMTtl } from 'fastvm';
 import type { Context } from '../context.js';
 import { CliError } from '../errors.js';
 import { resultToJson } from '../output.js';
+import { addConsoleCommand } from './console.js';
 import { leaf, policyFrom, positiveInt, printVm, printVms } from './common.js';
 import { collect } from '../rules.js';
 
@@ -184,6 +185,8 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
     printVm(ctx, vm);
     done(0);
   });
+
+  addConsoleCommand(group, ctx, done);
 }
 
 const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
