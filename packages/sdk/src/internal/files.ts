@@ -234,44 +234,50 @@ export async function downloadDirectory(
   }
 }
 
-/** Writes a streaming exec's stdout to `out` (with backpressure); returns the exit event. */
+/**
+ * Writes a streaming exec's stdout to `out` (with backpressure); returns the exit event. If `out`
+ * closes early (a local `tar -x` exits once it has read the end-of-archive blocks and leaves the
+ * padding unread), the rest of the output is drained and dropped; the tar's own exit status decides.
+ */
 async function pump(
   events: AsyncIterable<ExecEvent>,
-  out: NodeJS.WritableStream,
+  out: NodeJS.WritableStream & { destroyed?: boolean },
   onBytes: (n: number) => void,
 ): Promise<{ exitCode: number; stderr: string; timedOut: boolean }> {
   const stderr: Buffer[] = [];
   let outError: Error | undefined;
-  const onError = (err: Error): void => {
-    outError = err;
+  let closed = false;
+  const onError = (err: NodeJS.ErrnoException): void => {
+    if (err.code === 'EPIPE') closed = true;
+    else outError = err;
+  };
+  const onClose = (): void => {
+    closed = true;
   };
   out.on('error', onError);
+  out.on('close', onClose);
   try {
     for await (const ev of events) {
       if (outError) throw outError;
       if (ev.type === 'stdout') {
-        if (!out.write(ev.data)) {
-          await new Promise<void>((resolve, reject) => {
-            const cleanup = (): void => {
-              out.off('drain', onDrain);
-              out.off('error', onErr);
-            };
-            const onDrain = (): void => {
-              cleanup();
+        if (!closed && !out.destroyed && !out.write(ev.data)) {
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              out.off('drain', done);
+              out.off('close', done);
+              out.off('error', done);
               resolve();
             };
-            const onErr = (err: Error): void => {
-              cleanup();
-              reject(err);
-            };
-            out.once('drain', onDrain);
-            out.once('error', onErr);
+            out.on('drain', done);
+            out.on('close', done);
+            out.on('error', done);
           });
         }
         onBytes(ev.data.length);
       } else if (ev.type === 'stderr') {
         if (stderr.length < 256) stderr.push(ev.data);
       } else {
+        if (outError) throw outError;
         return {
           exitCode: ev.exitCode,
           timedOut: ev.timedOut,
@@ -281,14 +287,25 @@ async function pump(
     }
   } finally {
     out.off('error', onError);
+    out.off('close', onClose);
   }
   throw new FileTransferError('the command stream ended without an exit status');
 }
 
-function closeStream(s: NodeJS.WritableStream): Promise<void> {
+/** Ends a writable and waits until it is flushed (or already closed). */
+function closeStream(s: NodeJS.WritableStream & { destroyed?: boolean }): Promise<void> {
+  if (s.destroyed) return Promise.resolve();
   return new Promise((resolve, reject) => {
-    s.once('error', reject);
-    s.end(() => resolve());
+    const onError = (err: NodeJS.ErrnoException): void => {
+      if (err.code === 'EPIPE') resolve();
+      else reject(err);
+    };
+    s.once('error', onError);
+    s.once('close', () => resolve());
+    s.end(() => {
+      s.off('error', onError);
+      resolve();
+    });
   });
 }
 
