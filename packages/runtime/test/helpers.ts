@@ -19,16 +19,30 @@ export async function testRuntime(dataDir = tempDataDir()): Promise<QemuRuntime>
     log: (m) => process.env.DEBUG && console.log(m),
   });
   process.once('exit', () => {
-    for (const vm of rt.list()) {
-      try {
-        process.kill(vm.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
+    killVmsIn(dataDir);
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
   return rt;
+}
+
+/** SIGKILL every QEMU recorded in a data dir (synchronous, for exit handlers). */
+function killVmsIn(dataDir: string): void {
+  let ids: string[] = [];
+  try {
+    ids = fs.readdirSync(path.join(dataDir, 'vms'));
+  } catch {
+    return;
+  }
+  for (const id of ids) {
+    try {
+      const rec = JSON.parse(fs.readFileSync(path.join(dataDir, 'vms', id, 'vm.json'), 'utf8')) as {
+        pid: number;
+      };
+      if (rec.pid > 0) process.kill(rec.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
 }
 
 export function tempDataDir(): string {
@@ -79,9 +93,15 @@ export function strayFiles(dataDir: string): string[] {
   return stray;
 }
 
-/** Stop every VM of a test runtime and remove its data dir. */
+/**
+ * Stop every VM of a test runtime and remove its data dir — also VMs the runtime no longer tracks
+ * because a server detached it (a graceful server close keeps VMs running, by design).
+ */
 export async function disposeRuntime(rt: QemuRuntime | undefined): Promise<void> {
   if (!rt) return;
   await rt.destroyAll();
+  const sweeper = await createQemuRuntime({ dataDir: rt.dataDir });
+  await sweeper.adopt([]);
+  await sweeper.destroyAll();
   fs.rmSync(rt.dataDir, { recursive: true, force: true });
 }
