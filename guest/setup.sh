@@ -71,43 +71,43 @@ if [ -f "$kernel" ] && [ -f "$image" ] && [ -f "$agent" ] && [ -f "$memshim" ] &
   exit 0
 fi
 
-echo "setup: building the guest into $cache (first run takes ~6 minutes; later runs are cached)"
+echo "setup: building the guest into $cache (first run takes ~8-10 minutes on 2 cores, mostly the kernel; later runs are cached)"
 started=$(date +%s)
 
 if [ ! -f "$agent" ]; then
-  echo "setup: [1/4] guest agent"
+  echo "setup: [1/5] guest agent"
   make -s -C "$repo/agent" >/dev/null
   mkdir -p "$(dirname "$agent")"
   cp "$repo/agent/build/fastvm-agent" "$agent.tmp" && mv "$agent.tmp" "$agent"
-else echo "setup: [1/4] guest agent (cached)"; fi
+else echo "setup: [1/5] guest agent (cached)"; fi
 
 if [ ! -f "$memshim" ] || [ ! -f "$memdelta" ]; then
-  echo "setup: [1/4] host helpers (memshim, memdelta)"
+  echo "setup: [2/5] host helpers (memshim, memdelta)"
   mkdir -p "$(dirname "$memshim")"
   gcc -shared -fPIC -O2 -Wall -Wextra -Werror -pthread -o "$memshim.tmp" "$repo/packages/runtime/native/memshim.c"
   gcc -O2 -Wall -Wextra -Werror -o "$memdelta.tmp" "$repo/packages/runtime/native/memdelta.c"
   mv "$memshim.tmp" "$memshim"
   mv "$memdelta.tmp" "$memdelta"
-fi
+else echo "setup: [2/5] host helpers (cached)"; fi
 
 if [ ! -f "$base" ]; then
-  echo "setup: [2/4] Debian root filesystem (mmdebstrap)"
+  echo "setup: [3/5] Debian root filesystem (mmdebstrap)"
   mkdir -p "$(dirname "$base")"
   bash "$repo/guest/rootfs/build-base.sh" "$base"
-else echo "setup: [2/4] Debian root filesystem (cached)"; fi
+else echo "setup: [3/5] Debian root filesystem (cached)"; fi
 
 if [ ! -f "$image" ]; then
-  echo "setup: [3/4] ext4 base image"
+  echo "setup: [4/5] ext4 base image"
   mkdir -p "$(dirname "$image")"
   bash "$repo/guest/rootfs/make-image.sh" "$base" "$agent" "$disk_gib" "$image"
-else echo "setup: [3/4] ext4 base image (cached)"; fi
+else echo "setup: [4/5] ext4 base image (cached)"; fi
 
 if [ ! -f "$kernel" ]; then
-  echo "setup: [4/4] guest kernel (Linux 6.1 from linux-source-6.1)"
+  echo "setup: [5/5] guest kernel (Linux 6.1 from linux-source-6.1)"
   bash "$repo/guest/kernel/build.sh" "$cache/kernel/$kernel_hash.tmp"
   rm -rf "$cache/kernel/$kernel_hash"
   mv "$cache/kernel/$kernel_hash.tmp" "$cache/kernel/$kernel_hash"
-else echo "setup: [4/4] guest kernel (cached)"; fi
+else echo "setup: [5/5] guest kernel (cached)"; fi
 
 cat > "$manifest.tmp" <<JSON
 {
