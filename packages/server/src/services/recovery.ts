@@ -3,8 +3,9 @@
  * accepts requests. After a crash (kill -9 at any point) or a clean restart:
  *   - snapshots stuck `creating` → `error` (their quota is released);
  *   - VMs stuck `provisioning` → `error`; the runtime stops what is left of them;
- *   - VMs `running` are handed to `runtime.adopt`: survivors stay `running`, lost ones become
- *     `stopped` with a reason, and VMs nobody asked for are stopped by the runtime;
+ *   - VMs `running` or paused (`pausing`/`paused`/`resuming`) are handed to `runtime.adopt`:
+ *     survivors keep their state (a pause or resume cut short ends where the runtime says the VM
+ *     is), lost ones become `stopped` with a reason, and VMs nobody asked for are stopped;
  *   - VMs stuck `deleting` are destroyed and hidden; snapshots stuck `deleting` are dropped;
  *   - `ready` snapshots whose data the runtime no longer has → `error`.
  * Quota usage needs no repair: it is always derived from these rows.
