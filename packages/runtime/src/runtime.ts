@@ -363,8 +363,11 @@ export class QemuRuntime implements Runtime {
       try {
         const dir = this.#vmDir(id);
         const qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 5000 });
-        // A paused guest cannot answer the agent's HELLO: let it run for the handshake.
-        if (rec.paused) await qmp.execute('cont');
+        // A stopped guest cannot answer the agent's HELLO: let it run for the handshake. vm.json
+        // decides what it is afterwards, so a VM left stopped by a crash in the middle of a
+        // snapshot (or of a pause that was not recorded yet) runs again.
+        const status = await qmp.execute<{ running: boolean }>('query-status');
+        if (rec.paused || !status.running) await qmp.execute('cont');
         const agent = await AgentClient.connect(path.join(dir, 'agent.sock'), {
           timeoutMs: 10_000,
         });
