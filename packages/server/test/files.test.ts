@@ -150,6 +150,7 @@ describe('file transfer (FakeRuntime)', () => {
     expect((await raw('GET', p.downloadUrl as string)).status).toBe(404); // nothing uploaded yet
     expect((await raw('DELETE', p.uploadUrl as string)).status).toBe(405);
     expect((await raw('GET', `${t.url}/storage/nonsense`)).status).toBe(400);
+    expect((await raw('GET', `${t.url}/storage/%E0%A4%A`)).status).toBe(400);
   });
 
   it('enforces the size limit (413) by Content-Length and while streaming; aborts leave nothing', async () => {

@@ -168,7 +168,12 @@ export class FileService {
     const q = target.indexOf('?');
     const pathname = q < 0 ? target : target.slice(0, q);
     const at = pathname.lastIndexOf(STORAGE_PREFIX);
-    const object = at < 0 ? '' : decodeURIComponent(pathname.slice(at + STORAGE_PREFIX.length));
+    let object = '';
+    try {
+      object = at < 0 ? '' : decodeURIComponent(pathname.slice(at + STORAGE_PREFIX.length));
+    } catch {
+      /* malformed escape: not one of ours */
+    }
     const m = OBJECT_RE.exec(object);
     if (!m) throw badRequest('not a storage URL of this server (expected /storage/<object>)');
     const params = new URLSearchParams(q < 0 ? '' : target.slice(q + 1));
