@@ -75,7 +75,9 @@ export class HostNetworkManager implements NetworkManager {
   }
 
   get gateways(): readonly string[] {
-    return [this.host.ipv4Gateway, this.host.ipv6Gateway];
+    return [this.host.ipv4Gateway, this.host.ipv6Gateway].filter(
+      (a): a is string => typeof a === 'string' && a !== '',
+    );
   }
 
   async allowHostTcpPort(port: number): Promise<void> {
