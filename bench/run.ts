@@ -1,0 +1,783 @@
+/**
+ * FastVM benchmarks: `npm run bench [-- --quick] [-- --only restore,launch,...]`.
+ *
+ * Runs every scenario of issue #6 through the real stack (runtime, server, SDK) on a temporary
+ * runtime data dir, with the baselines (cold boot, plain QEMU migration) measured in the same run,
+ * prints a table and writes bench/results/latest.{json,md}. See bench/README.md.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { MACHINES, createQemuRuntime, defaultCacheDir, type QemuRuntime } from '@fastvm/runtime';
+import { startServer, type ServerHandle } from '@fastvm/server';
+import { FastVM } from 'fastvm';
+import { hostTscKhz, kernelCmdline } from '../packages/runtime/src/qemu.js';
+import { createVm, loadH1, loadH2, startApiServer, type ApiServer } from './api.js';
+import { coldBoot, plainRestore, plainSnapshot, type DirectEnv } from './direct.js';
+import { buildReport, printReport, writeReport } from './report.js';
+import { Recorder } from './stats.js';
+import {
+  cmdlineMentions,
+  cpuMs,
+  gitRevision,
+  hostInfo,
+  killHard,
+  memAvailableMiB,
+  now,
+  processMemMiB,
+  sleep,
+} from './sys.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '..');
+
+const GROUPS = ['restore', 'launch', 'snapshot', 'plain', 'fanout', 'exec', 'api'] as const;
+type Group = (typeof GROUPS)[number];
+
+const { values: argv } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    out: { type: 'string', default: path.join(here, 'results') },
+    fanout: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
+if (argv.help) {
+  console.log(
+    `usage: npm run bench -- [--quick] [--only ${GROUPS.join(',')}] [--out DIR]\n` +
+      'Writes DIR/latest.json and DIR/latest.md (default bench/results).',
+  );
+  process.exit(0);
+}
+const quick = argv.quick ?? false;
+const only = new Set<Group>(
+  (argv.only ? argv.only.split(',') : GROUPS).map((g) => {
+    if (!(GROUPS as readonly string[]).includes(g)) throw new Error(`unknown group ${g}`);
+    return g as Group;
+  }),
+);
+
+/** Sample counts: the full run, and a quick one that finishes in a few minutes. */
+const N = quick
+  ? {
+      restore: 8,
+      restoreUnflat: 3,
+      gen2Small: 3,
+      launch: 8,
+      cold: 3,
+      snapVms: 1,
+      snapPer: 5,
+      restore256: 5,
+      plain: 3,
+      fanout: [
+        [10, 2],
+        [50, 1],
+      ] as [number, number][],
+      exec: 100,
+      apiSeconds: 3,
+    }
+  : {
+      restore: 20,
+      restoreUnflat: 10,
+      gen2Small: 5,
+      launch: 20,
+      cold: 8,
+      snapVms: 2,
+      snapPer: 5,
+      restore256: 10,
+      plain: 8,
+      fanout: [
+        [10, 5],
+        [50, 3],
+        [100, 1],
+      ] as [number, number][],
+      exec: 500,
+      apiSeconds: 10,
+    };
+
+if (argv.fanout) {
+  N.fanout = argv.fanout.split(',').map((p) => {
+    const m = /^(\d+)x(\d+)$/.exec(p.trim());
+    if (!m) throw new Error(`--fanout: expected SIZExRUNS, got ${p}`);
+    return [Number(m[1]), Number(m[2])];
+  });
+}
+
+const DIRTY_FILE = '/dev/shm/bench-dirty';
+/**
+ * Shell command that changes `mib` MiB of guest memory: a tmpfs file of random bytes (1 MiB of
+ * /dev/urandom written `mib` times by python3: ~3.5x faster under TCG than
+ * `head -c NM /dev/urandom`, which is the fallback).
+ */
+const dirtyCmd = (mib: number) =>
+  `python3 -c 'import os\ns = os.urandom(1 << 20)\nwith open("${DIRTY_FILE}", "wb") as f:\n  for _ in range(${mib}): f.write(s)' ` +
+  `|| head -c ${mib}M /dev/urandom > ${DIRTY_FILE}`;
+
+// -------------------------------------------------------------------------------------------------
+// Cleanup: every VM and process we start is killed even on failure or Ctrl-C.
+
+fs.mkdirSync(defaultCacheDir(), { recursive: true });
+const benchRoot = fs.mkdtempSync(path.join(defaultCacheDir(), 'bench-'));
+const runtimes = new Set<QemuRuntime>();
+const directPids = new Set<number>();
+const apiServers = new Set<ApiServer>();
+const servers = new Set<ServerHandle>();
+let reaped = false;
+
+/** Last resort, synchronous: kill everything of ours and remove the bench dir. */
+function reapSync(): void {
+  if (reaped) return;
+  reaped = true;
+  for (const rt of runtimes) for (const vm of rt.list()) killHard(vm.pid);
+  for (const pid of directPids) killHard(pid);
+  for (const s of apiServers) s.child.kill('SIGKILL');
+  // Anything else whose command line names our private dir (e.g. a VM of a detached runtime, or
+  // the memshim's frozen copy of a QEMU process).
+  for (const entry of fs.readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (pid > 1 && pid !== process.pid && cmdlineMentions(pid, benchRoot)) killHard(pid);
+  }
+  fs.rmSync(benchRoot, { recursive: true, force: true });
+}
+
+async function gracefulCleanup(): Promise<void> {
+  for (const s of servers) await s.close().catch(() => {});
+  for (const s of apiServers) await s.close().catch(() => {});
+  for (const rt of runtimes) await rt.destroyAll().catch(() => {});
+}
+
+process.on('exit', reapSync);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    console.error(`\nbench: ${sig}, stopping every VM and removing ${benchRoot}`);
+    void Promise.race([gracefulCleanup(), sleep(15_000)]).finally(() => {
+      reapSync();
+      process.exit(130);
+    });
+  });
+}
+
+// -------------------------------------------------------------------------------------------------
+
+const rec = new Recorder();
+const errors: string[] = [];
+const info: string[] = [];
+/** Restore phases the runtime logs, by VM id. */
+const restorePhases = new Map<string, Record<string, number>>();
+/** Background flatten durations the runtime logs, by snapshot id. */
+const flattenMs = new Map<string, number>();
+const flattenFailed = new Map<string, string>();
+
+function runtimeLog(msg: string): void {
+  if (process.env.DEBUG) console.log(`  [rt] ${msg}`);
+  let m = /^runtime: restored (\S+) from (\S+): (.*) ms$/.exec(msg);
+  if (m) {
+    const phases: Record<string, number> = {};
+    for (const part of m[3]!.split(', ')) {
+      const [k, v] = part.split(' ');
+      if (k && v && Number.isFinite(Number(v))) phases[k] = Number(v);
+    }
+    restorePhases.set(m[1]!, phases);
+    return;
+  }
+  m = /^runtime: flattened (\S+) \(.*\) in (\d+) ms/.exec(msg);
+  if (m) {
+    flattenMs.set(m[1]!, Number(m[2]));
+    return;
+  }
+  m = /^runtime: flatten of (\S+) failed: (.*)$/.exec(msg);
+  if (m) {
+    flattenFailed.set(m[1]!, m[2]!);
+    return;
+  }
+  if (/golden/.test(msg)) {
+    info.push(msg);
+    console.log(`  ${msg}`);
+  }
+}
+
+const log = (s: string) => console.log(s);
+let rt: QemuRuntime;
+let env: DirectEnv;
+
+async function firstCmd(r: QemuRuntime, id: string): Promise<void> {
+  const res = await r.exec(id, { argv: ['true'], timeoutMs: 60_000 });
+  if (res.exitCode !== 0) throw new Error(`true in ${id} exited ${res.exitCode}`);
+}
+
+async function sh(id: string, script: string, timeoutMs = 600_000): Promise<string> {
+  const res = await rt.exec(id, { argv: ['sh', '-c', script], timeoutMs });
+  if (res.exitCode !== 0) {
+    throw new Error(`${script} in ${id} exited ${res.exitCode}: ${res.stderr.toString()}`);
+  }
+  return res.stdout.toString();
+}
+
+/** Dirty `mib` MiB of guest memory (a tmpfs file of random bytes); returns the time it took. */
+async function dirty(id: string, mib: number): Promise<number> {
+  const t0 = now();
+  await sh(id, dirtyCmd(mib));
+  return now() - t0;
+}
+
+function snapshotJson(snapId: string): { delta?: { bytes: number } } | undefined {
+  try {
+    return JSON.parse(
+      fs.readFileSync(path.join(rt.dataDir, 'snapshots', snapId, 'snapshot.json'), 'utf8'),
+    ) as { delta?: { bytes: number } };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Wait until the runtime's background flatten of a snapshot is done (its record no longer names
+ * a delta), so that it does not compete with the next measurement for the CPU.
+ */
+async function waitFlatten(snapId: string, timeoutMs = 300_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (flattenMs.has(snapId)) return;
+    if (flattenFailed.has(snapId)) {
+      throw new Error(`flatten of ${snapId} failed: ${flattenFailed.get(snapId)}`);
+    }
+    const s = snapshotJson(snapId);
+    if (!s || !s.delta) return;
+    await sleep(20);
+  }
+  throw new Error(`flatten of ${snapId} did not finish in ${timeoutMs} ms`);
+}
+
+/** restore → first `true` answered; destroys the VM unless `keep`. */
+async function restoreSample(
+  snapId: string,
+  id: string,
+  keep = false,
+): Promise<{ readyMs: number; firstCmdMs: number; pid: number }> {
+  const t0 = now();
+  const vm = await rt.restore({ id, snapshotId: snapId });
+  const t1 = now();
+  await firstCmd(rt, id);
+  const t2 = now();
+  if (!keep) await rt.destroy(id);
+  return { readyMs: t1 - t0, firstCmdMs: t2 - t0, pid: vm.pid };
+}
+
+function phasesOf(id: string): Record<string, number> | undefined {
+  const p = restorePhases.get(id);
+  restorePhases.delete(id);
+  return p;
+}
+
+async function destroyAllVms(): Promise<void> {
+  await Promise.allSettled(rt.list().map((vm) => rt.destroy(vm.id)));
+}
+
+/** A flattened snapshot of a freshly launched, idle c1m2 VM: the source of restores and forks. */
+const BASE_SNAP = 'base-c1m2';
+let baseSnapReady = false;
+async function ensureBaseSnapshot(): Promise<string> {
+  if (baseSnapReady) return BASE_SNAP;
+  await rt.launch({ id: 'base-src', machine: 'c1m2' });
+  await firstCmd(rt, 'base-src');
+  await rt.snapshot('base-src', BASE_SNAP);
+  await rt.destroy('base-src');
+  await waitFlatten(BASE_SNAP);
+  baseSnapReady = true;
+  return BASE_SNAP;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Scenarios
+
+/** restore_2g, restore_8g (interleaved), unflattened restores, second-generation snapshots. */
+async function groupRestore(): Promise<void> {
+  const snap2 = await ensureBaseSnapshot();
+  // 8 GiB: c4m8 (4 vCPUs, multi-threaded TCG on our 2 cores): the only 8 GiB machine type.
+  await rt.launch({ id: 'r8-src', machine: 'c4m8' });
+  await firstCmd(rt, 'r8-src');
+  await rt.snapshot('r8-src', 'r8-snap');
+  await rt.destroy('r8-src');
+  await waitFlatten('r8-snap');
+
+  // Restores right after a snapshot, before the background flatten merged its delta.
+  await rt.launch({ id: 'ru-src', machine: 'c1m2' });
+  await firstCmd(rt, 'ru-src');
+  for (let i = 0; i < N.restoreUnflat; i++) {
+    const sid = `ru-snap-${i}`;
+    await rt.snapshot('ru-src', sid);
+    const deltaMiB = (snapshotJson(sid)?.delta?.bytes ?? 0) / 2 ** 20;
+    const s = await restoreSample(sid, `ru-${i}`);
+    rec.add('restore_2g_unflattened', 'ms', s.firstCmdMs);
+    const ph = phasesOf(`ru-${i}`);
+    if (ph) rec.addPhases('restore_2g_unflattened', ph);
+    rec.note(
+      'restore_2g_unflattened',
+      `restore started right after the snapshot (delta ~${deltaMiB.toFixed(0)} MiB applied, flatten running)`,
+    );
+    await waitFlatten(sid);
+    await rt.deleteSnapshot(sid);
+  }
+  await rt.destroy('ru-src');
+
+  for (let i = 0; i < N.restore; i++) {
+    for (const [name, snap, gen2] of [
+      ['restore_2g', snap2, 'snapshot_gen2'],
+      ['restore_8g', 'r8-snap', 'snapshot_gen2_8g'],
+    ] as const) {
+      const id = `${name === 'restore_2g' ? 'r2' : 'r8'}-${i}`;
+      const s = await restoreSample(snap, id, true);
+      rec.add(name, 'ms', s.firstCmdMs);
+      rec.add(`${name}_ready`, 'ms', s.readyMs);
+      const ph = phasesOf(id);
+      if (ph) rec.addPhases(name, ph);
+      if (i < N.gen2Small) {
+        // Snapshot of a restored VM that changed (almost) nothing: cost must not follow RAM size.
+        const sid = `${id}-g2`;
+        const inf = await rt.snapshot(id, sid);
+        await firstCmd(rt, id); // the source resumed
+        const delta = snapshotJson(sid)?.delta?.bytes;
+        rec.add(`${gen2}_0`, 'ms', inf.pauseMs);
+        rec.add(`${gen2}_total_0`, 'ms', inf.totalMs);
+        if (delta !== undefined) rec.add(`${gen2}_total_0_delta`, 'MiB', delta / 2 ** 20);
+        await waitFlatten(sid);
+        await rt.deleteSnapshot(sid);
+      }
+      await rt.destroy(id);
+    }
+  }
+  rec.note('restore_2g', 'c1m2 (1 vCPU, 2 GiB): restore() + first `true` answered');
+  rec.note('restore_8g', 'c4m8 (4 vCPUs, 8 GiB, MTTCG on 2 cores): restore() + first `true`');
+  rec.note('snapshot_gen2_8g_0', 'pause, snapshot of a restored c4m8 VM, ~0 MiB changed');
+  await rt.deleteSnapshot('r8-snap');
+}
+
+/** launch (golden restore + identity) vs cold boot of the same guest, interleaved. */
+async function groupLaunch(): Promise<void> {
+  const every = Math.max(1, Math.floor(N.launch / N.cold));
+  let cold = 0;
+  const coldSample = async () => {
+    const c = await coldBoot(env, MACHINES.c1m2, `cold-${cold++}`);
+    rec.add('cold_boot', 'ms', c.readyMs);
+    rec.add('cold_boot_first_cmd', 'ms', c.firstCmdMs);
+  };
+  for (let i = 0; i < N.launch; i++) {
+    const id = `l-${i}`;
+    const t0 = now();
+    await rt.launch({ id, machine: 'c1m2' });
+    const t1 = now();
+    await firstCmd(rt, id);
+    const t2 = now();
+    await rt.destroy(id);
+    rec.add('launch', 'ms', t2 - t0);
+    rec.add('launch_ready', 'ms', t1 - t0);
+    const ph = phasesOf(id);
+    if (ph) rec.addPhases('launch', ph);
+    if (i % every === 0 && cold < N.cold) await coldSample();
+  }
+  while (cold < N.cold) await coldSample();
+  rec.note('launch', 'launch() of c1m2 (golden restore + identity) + first `true` answered');
+  rec.note('cold_boot', 'own QEMU, same command line, kernel boot to agent HELLO answered');
+}
+
+/** Snapshot pause/total of running VMs with 0, 64, 256 MiB changed, and of restored VMs. */
+async function groupSnapshot(): Promise<void> {
+  const series = async (
+    label: string,
+    mib: number,
+    start: (id: string) => Promise<void>,
+    pauseName: string,
+    totalName: string,
+    keepAs?: string,
+  ) => {
+    for (let v = 0; v < N.snapVms; v++) {
+      const id = `${label}-${v}`;
+      await start(id);
+      await firstCmd(rt, id);
+      if (mib > 0) rec.add(`dirty_${mib}`, 'ms', await dirty(id, mib));
+      for (let k = 0; k < N.snapPer; k++) {
+        const sid = `${id}-k${k}`;
+        const inf = await rt.snapshot(id, sid);
+        const delta = snapshotJson(sid)?.delta?.bytes;
+        const t = now();
+        await firstCmd(rt, id); // the source resumed and answers
+        rec.add('snapshot_resume_first_cmd', 'ms', now() - t);
+        rec.add(pauseName, 'ms', inf.pauseMs);
+        rec.add(totalName, 'ms', inf.totalMs);
+        if (delta !== undefined) rec.add(`${totalName}_delta`, 'MiB', delta / 2 ** 20);
+        await waitFlatten(sid);
+        const f = flattenMs.get(sid);
+        if (f !== undefined) rec.add(`flatten_${label}`, 'ms', f);
+        await rt.deleteSnapshot(sid);
+      }
+      if (keepAs && v === 0) {
+        await rt.snapshot(id, keepAs);
+        await waitFlatten(keepAs);
+      }
+      await rt.destroy(id);
+    }
+  };
+  const launch = async (id: string) => {
+    await rt.launch({ id, machine: 'c1m2' });
+  };
+  await series('s0', 0, launch, 'snapshot_pause_0', 'snapshot_total_0');
+  await series('s64', 64, launch, 'snapshot_pause_64', 'snapshot_total_64');
+  await series('s256', 256, launch, 'snapshot_pause_256', 'snapshot_total_256', SNAP_256);
+  snap256Ready = true;
+  const base = await ensureBaseSnapshot();
+  await series(
+    'g2',
+    256,
+    async (id) => {
+      await rt.restore({ id, snapshotId: base });
+    },
+    'snapshot_gen2_256',
+    'snapshot_gen2_total_256',
+  );
+  rec.note('snapshot_pause_0', 'launched c1m2, nothing changed; pause = stop → cont');
+  rec.note('snapshot_gen2_256', 'VM restored from a snapshot, then 256 MiB changed');
+  rec.note(
+    'snapshot_resume_first_cmd',
+    'after snapshot() returns, the source answers `true` (it resumed)',
+  );
+}
+
+const SNAP_256 = 'snap-256';
+let snap256Ready = false;
+
+/** Our restore vs the plain QEMU way (whole RAM migrated to a file), 256 MiB changed. */
+async function groupPlain(): Promise<void> {
+  if (!snap256Ready) {
+    await rt.launch({ id: 'p-src', machine: 'c1m2' });
+    await firstCmd(rt, 'p-src');
+    rec.add('dirty_256', 'ms', await dirty('p-src', 256));
+    await rt.snapshot('p-src', SNAP_256);
+    await rt.destroy('p-src');
+    await waitFlatten(SNAP_256);
+    snap256Ready = true;
+  }
+  const plain = await plainSnapshot(env, MACHINES.c1m2, dirtyCmd(256));
+  try {
+    rec.add('plain_save_256', 'ms', plain.saveMs);
+    rec.note(
+      'plain_save_256',
+      `migrate of the whole RAM to a file (${(plain.stateBytes / 2 ** 20).toFixed(0)} MiB)`,
+    );
+    const n = Math.max(N.plain, N.restore256);
+    for (let i = 0; i < n; i++) {
+      if (i < N.restore256) {
+        const id = `r256-${i}`;
+        const s = await restoreSample(SNAP_256, id, true);
+        const mem = processMemMiB(s.pid);
+        await rt.destroy(id);
+        rec.add('restore_256', 'ms', s.firstCmdMs);
+        rec.add('restore_256_pss', 'MiB', mem.pss);
+        const ph = phasesOf(id);
+        if (ph) rec.addPhases('restore_256', ph);
+      }
+      if (i < N.plain) {
+        const p = await plainRestore(env, plain, `pr-${i}`);
+        rec.add('plain_restore_256', 'ms', p.firstCmdMs);
+        rec.add('plain_restore_256_pss', 'MiB', p.pssMiB);
+      }
+    }
+  } finally {
+    fs.rmSync(plain.dir, { recursive: true, force: true });
+  }
+  await rt.deleteSnapshot(SNAP_256);
+  snap256Ready = false;
+  rec.note('restore_256', 'FastVM restore of a c1m2 snapshot with 256 MiB changed + first `true`');
+  rec.note(
+    'plain_restore_256',
+    'plain QEMU: memory-backend-ram, -incoming "exec:cat file" (whole RAM) + first `true`',
+  );
+  rec.note('restore_256_pss', 'PSS of the restored QEMU after its first command');
+}
+
+/** N concurrent restores of one snapshot, each running `true`; memory per fork. */
+async function groupFanout(): Promise<void> {
+  const snap = await ensureBaseSnapshot();
+  let run = 0;
+  for (const [n, runs] of N.fanout) {
+    for (let r = 0; r < runs; r++) {
+      await destroyAllVms();
+      await sleep(1500); // let the previous run's teardown settle
+      const ids = Array.from({ length: n }, (_, i) => `f${run}-${i}`);
+      run++;
+      const memBefore = memAvailableMiB();
+      const t0 = now();
+      const each: number[] = [];
+      const results = await Promise.allSettled(
+        ids.map(async (id) => {
+          await rt.restore({ id, snapshotId: snap });
+          await firstCmd(rt, id);
+          each.push(now() - t0);
+        }),
+      );
+      const allMs = now() - t0;
+      const failed: PromiseSettledResult<unknown>[] = results.filter(
+        (x) => x.status === 'rejected',
+      );
+      const ok = n - failed.length;
+      // Idle a moment, then measure what the forks hold (and the CPU they burn while idle).
+      const cpu0 = ids.map((id) => cpuMs(rt.get(id)?.pid));
+      await sleep(2000);
+      const cpu1 = ids.map((id) => cpuMs(rt.get(id)?.pid));
+      const idleCpu = cpu1.reduce((a, c, i) => a + (c - cpu0[i]! || 0), 0) / 2000;
+      const memAfter = memAvailableMiB();
+      let pss = 0;
+      let rss = 0;
+      for (const id of ids) {
+        const vm = rt.get(id);
+        if (!vm) continue;
+        try {
+          const m = processMemMiB(vm.pid);
+          pss += m.pss;
+          rss += m.rss;
+          rec.add('fanout_pss_per_fork', 'MiB', m.pss);
+        } catch {
+          /* exited */
+        }
+      }
+      const name = n === 100 ? 'fanout_100_idle' : `fanout_${n}_all`;
+      let again = '';
+      if (n >= 100) {
+        // Still alive and answering after idling.
+        const t1 = now();
+        const second = await Promise.allSettled(
+          ids.filter((id) => rt.get(id)).map((id) => firstCmd(rt, id)),
+        );
+        const bad = second.filter((x) => x.status === 'rejected').length;
+        again = `; ${second.length - bad}/${n} answered again after idling, in ${(now() - t1).toFixed(0)} ms`;
+        if (bad) failed.push(...second.filter((x) => x.status === 'rejected'));
+      }
+      if (failed.length === 0) rec.add(name, 'ms', allMs);
+      else {
+        const why = (failed[0] as PromiseRejectedResult).reason as unknown;
+        errors.push(`${name}: ${failed.length}/${n} forks failed (first: ${String(why)})`);
+      }
+      if (n === 10) for (const e of each) rec.add('fanout_10_each', 'ms', e);
+      const drop = memBefore - memAfter;
+      if (ok > 0 && drop > 0) rec.add('fanout_mem_per_fork', 'MiB', drop / ok);
+      else if (ok > 0) {
+        info.push(
+          `fanout ${n}: MemAvailable rose by ${(-drop).toFixed(0)} MiB (other users freed memory); run not counted in fanout_mem_per_fork`,
+        );
+      }
+      if (ok > 0) {
+        rec.add('fanout_rss_per_fork', 'MiB', rss / ok);
+      }
+      rec.note(
+        name,
+        `${n} concurrent restores of one c1m2 snapshot, time until all answered \`true\`; ${failed.length} failed` +
+          `; idle CPU ${(idleCpu * 100).toFixed(0)}% of a core for all ${ok}` +
+          again,
+      );
+      log(
+        `  fanout ${n}: all answered in ${allMs.toFixed(0)} ms, ${failed.length} failed, ` +
+          `MemAvailable ${(memAfter - memBefore).toFixed(0)} MiB, PSS ${pss.toFixed(0)} MiB, ` +
+          `idle CPU ${(idleCpu * 100).toFixed(0)}% of a core${again}`,
+      );
+      await destroyAllVms();
+    }
+  }
+  rec.note(
+    'fanout_mem_per_fork',
+    'drop of /proc/meminfo MemAvailable per fork, 2 s after all answered (other users of the host add noise)',
+  );
+  rec.note(
+    'fanout_pss_per_fork',
+    'PSS of each fork QEMU process (smaps_rollup), shared pages split',
+  );
+}
+
+/** `run(vm, "true")` through the SDK (HTTP/2) vs the runtime's agent client, same VM. */
+async function groupExec(): Promise<void> {
+  const rt2 = await createQemuRuntime({ dataDir: path.join(benchRoot, 'srv-rt'), log: runtimeLog });
+  runtimes.add(rt2);
+  const key = 'fvm_' + crypto.randomBytes(24).toString('base64url');
+  const server = await startServer({
+    dataDir: path.join(benchRoot, 'srv'),
+    runtime: rt2,
+    bootstrapKey: key,
+    port: 0,
+    logLevel: 'silent',
+    shutdownGraceMs: 2000,
+  });
+  servers.add(server);
+  const client = new FastVM({ apiKey: key, baseUrl: server.url, maxRetries: 0 });
+  let vmId: string | undefined;
+  let pid = 0;
+  try {
+    await client.warmup();
+    const vm = await client.launch({ machine: 'c1m2', timeout: 300_000 });
+    vmId = vm.id;
+    pid = rt2.get(vm.id)?.pid ?? 0;
+    const viaSdk = async () => {
+      const t = now();
+      const r = await client.run(vm, 'true');
+      if (r.exitCode !== 0) throw new Error(`sdk run exited ${r.exitCode}`);
+      return now() - t;
+    };
+    const viaAgent = async () => {
+      const t = now();
+      const r = await rt2.exec(vm.id, { argv: ['sh', '-c', 'true'], timeoutMs: 60_000 });
+      if (r.exitCode !== 0) throw new Error(`agent exec exited ${r.exitCode}`);
+      return now() - t;
+    };
+    for (let i = 0; i < 20; i++) {
+      await viaSdk();
+      await viaAgent();
+    }
+    // Alternate blocks so that a burst of noise hits both series alike.
+    const block = 50;
+    for (let done = 0; done < N.exec; done += block) {
+      const k = Math.min(block, N.exec - done);
+      for (let i = 0; i < k; i++) rec.add('exec_sdk', 'ms', await viaSdk());
+      for (let i = 0; i < k; i++) rec.add('exec_agent', 'ms', await viaAgent());
+    }
+    const st = client.stats;
+    rec.note(
+      'exec_sdk',
+      `SDK run(vm, "true") → real server → QemuRuntime; protocol ${String(st.protocol)}, ${st.sessionsOpened} session(s)`,
+    );
+    rec.note('exec_agent', 'runtime exec(["sh","-c","true"]) over the agent socket, same VM');
+  } finally {
+    if (vmId) await client.remove(vmId).catch((e: unknown) => errors.push(`exec: ${String(e)}`));
+    await client.close().catch(() => {});
+    await server.close().catch(() => {});
+    servers.delete(server);
+    if (pid) killHard(pid); // normally gone already (removed above)
+    runtimes.delete(rt2);
+  }
+}
+
+/** GET /v1/vms/{id} throughput, HTTP/2 vs HTTP/1.1 (FakeRuntime server in a child process). */
+async function groupApi(): Promise<void> {
+  const dir = path.join(benchRoot, 'api');
+  fs.mkdirSync(dir, { recursive: true });
+  const srv = await startApiServer(dir);
+  apiServers.add(srv);
+  try {
+    const vmId = await createVm(srv);
+    const h2 = await loadH2(srv, vmId, 64, N.apiSeconds);
+    for (const c of h2.perSecond) rec.add('api_h2_rps', 'req/s', c);
+    rec.add('api_h2_server_cpu_per_req', 'ms', h2.serverCpuMsPerReq);
+    rec.add('api_h2_client_cpu_per_req', 'ms', h2.clientCpuMsPerReq);
+    rec.note(
+      'api_h2_rps',
+      `FakeRuntime server (child process); 64 streams on ${h2.sessions} HTTP/2 connection; ` +
+        `${h2.total} requests in ${h2.seconds} s, ${h2.errors} errors; samples = 1-s windows`,
+    );
+    const h1 = await loadH1(srv, vmId, 64, N.apiSeconds);
+    for (const c of h1.perSecond) rec.add('api_h1_rps', 'req/s', c);
+    rec.add('api_h1_server_cpu_per_req', 'ms', h1.serverCpuMsPerReq);
+    rec.add('api_h1_client_cpu_per_req', 'ms', h1.clientCpuMsPerReq);
+    rec.note(
+      'api_h1_rps',
+      `FakeRuntime server (child process); 64 keep-alive sockets (${h1.sessions} opened); ` +
+        `${h1.total} requests in ${h1.seconds} s, ${h1.errors} errors; samples = 1-s windows`,
+    );
+    rec.note(
+      'api_h2_server_cpu_per_req',
+      'CPU time of the server process per request (utime+stime / requests): less load-sensitive than req/s',
+    );
+    if (h2.errors || h1.errors) errors.push(`api: ${h2.errors} h2 / ${h1.errors} h1 errors`);
+  } finally {
+    await srv.close();
+    apiServers.delete(srv);
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+
+async function main(): Promise<number> {
+  const started = now();
+  const startDate = new Date();
+  const loadStart = os.loadavg();
+  const otherQemu = fs
+    .readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p) && cmdlineMentions(Number(p), 'qemu-system')).length;
+  log(
+    `FastVM bench (${quick ? 'quick' : 'full'}) in ${benchRoot}; load ${loadStart.map((l) => l.toFixed(2)).join(' ')}, ` +
+      `${otherQemu} other QEMU processes running`,
+  );
+  rt = await createQemuRuntime({ dataDir: path.join(benchRoot, 'rt'), log: runtimeLog });
+  runtimes.add(rt);
+  env = {
+    image: rt.image,
+    accel: rt.accel,
+    cmdline: kernelCmdline(hostTscKhz()),
+    root: path.join(benchRoot, 'direct'),
+    track: (pid, live) => (live ? directPids.add(pid) : directPids.delete(pid)),
+  };
+  fs.mkdirSync(env.root, { recursive: true });
+
+  // Warm-up (not measured): builds missing golden snapshots, warms the page cache.
+  const machines: ('c1m2' | 'c4m8')[] = only.has('restore') ? ['c1m2', 'c4m8'] : ['c1m2'];
+  for (const m of machines) {
+    const t = now();
+    await rt.launch({ id: `warm-${m}`, machine: m });
+    await firstCmd(rt, `warm-${m}`);
+    await rt.destroy(`warm-${m}`);
+    log(`  warm-up ${m}: ${(now() - t).toFixed(0)} ms`);
+  }
+
+  const groups: Record<Group, () => Promise<void>> = {
+    restore: groupRestore,
+    launch: groupLaunch,
+    snapshot: groupSnapshot,
+    plain: groupPlain,
+    fanout: groupFanout,
+    exec: groupExec,
+    api: groupApi,
+  };
+  for (const g of GROUPS) {
+    if (!only.has(g)) continue;
+    const t = now();
+    log(`> ${g}`);
+    try {
+      await groups[g]();
+    } catch (err) {
+      errors.push(`${g}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      console.error(`  ${g} failed: ${String(err)}`);
+    } finally {
+      await destroyAllVms();
+    }
+    log(`  ${g} done in ${((now() - t) / 1000).toFixed(1)} s`);
+  }
+  await rt.destroyAll();
+  runtimes.delete(rt);
+
+  const report = buildReport({
+    rec,
+    date: startDate.toISOString(),
+    revision: gitRevision(repo),
+    machine: { ...hostInfo(), accel: rt.accel },
+    quick,
+    groups: [...only],
+    durationS: (now() - started) / 1000,
+    load: { start: loadStart, end: os.loadavg(), otherQemuAtStart: otherQemu },
+    errors,
+    info,
+  });
+  printReport(report);
+  const files = writeReport(report, argv.out!);
+  log(`\nwrote ${files.join(', ')}`);
+  return errors.length ? 1 : 0;
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (err) {
+  console.error(err);
+} finally {
+  await gracefulCleanup();
+  reapSync();
+}
+process.exit(code);
