@@ -178,13 +178,27 @@ export class QemuRuntime implements Runtime {
     fs.mkdirSync(this.goldenDir, { recursive: true });
     this.#lock();
     this.#accel = this.#opts.accel ?? (await this.#probeAccel());
-    this.#cmdline = kernelCmdline(hostTscKhz());
+    this.#cmdline = kernelCmdline(this.#tscKhz());
     this.#log(`runtime: accel=${this.#accel} image=${this.#image.imageId}`);
     for (const m of this.#opts.prewarm ?? []) {
       this.#golden(m).catch((err: unknown) =>
         this.#log(`runtime: golden ${m} failed: ${String(err)}`),
       );
     }
+  }
+
+  /**
+   * The host TSC frequency for the kernel command line, read once and kept next to the goldens:
+   * the command line is part of a golden's key, and `cpu MHz` can drift on hosts that scale
+   * their clock, which would otherwise trigger needless golden rebuilds.
+   */
+  #tscKhz(): number {
+    const file = path.join(this.goldenDir, 'tsc.json');
+    const cached = readJson<{ khz: number }>(file);
+    if (cached && cached.khz > 0) return cached.khz;
+    const khz = hostTscKhz();
+    writeJsonAtomic(file, { khz });
+    return khz;
   }
 
   async #probeAccel(): Promise<Accel> {
