@@ -93,7 +93,7 @@ export class QmpClient extends EventEmitter<QmpEvents> {
           });
         }
         await sleep(delay);
-        delay = Math.min(delay * 2, 20);
+        delay = Math.min(delay * 2, 2); // QEMU takes ~30 ms to listen: poll finely
       }
     }
     const socket = this.#socket;
