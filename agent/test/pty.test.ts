@@ -5,25 +5,20 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { RawConn, execPayload } from './raw-conn.js';
 import {
   ExecTag,
-  FrameDecoder,
   MsgType,
   decodeError,
   decodeExit,
-  decodeHelloAck,
-  encodeFrame,
-  encodeTlv,
   u32,
   winsize,
-  type Frame,
   type Tlv,
 } from '../../packages/runtime/src/agent-protocol.js';
 
@@ -38,77 +33,8 @@ let tmp = '';
 let proc: ChildProcess | undefined;
 let sock = '';
 
-/** A raw connection that collects every frame the agent sends. */
-class Conn {
-  readonly #frames: Frame[] = [];
-  readonly #decoder = new FrameDecoder();
-  #wake: (() => void) | undefined;
-  closed = false;
-
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.#frames.push(...this.#decoder.push(chunk));
-      this.#wake?.();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.#wake?.();
-    });
-    socket.on('error', () => {});
-  }
-
-  static async open(): Promise<Conn> {
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      try {
-        const socket = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.createConnection(sock);
-          s.once('connect', () => resolve(s));
-          s.once('error', reject);
-        });
-        const c = new Conn(socket);
-        const nonce = crypto.randomBytes(8);
-        c.send(MsgType.Hello, 0, nonce);
-        await c.next(
-          (f) => f.type === MsgType.HelloAck && decodeHelloAck(f.payload).nonce.equals(nonce),
-        );
-        return c;
-      } catch (err) {
-        if (Date.now() > deadline) throw err;
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
-  }
-
-  send(type: number, id: number, payload?: Uint8Array): void {
-    this.socket.write(encodeFrame(type, id, payload));
-  }
-
-  /** Waits for (and removes) the first frame matching pred. */
-  async next(pred: (f: Frame) => boolean, timeoutMs = 5000): Promise<Frame> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.#frames.findIndex(pred);
-      if (i >= 0) return this.#frames.splice(i, 1)[0]!;
-      const left = deadline - Date.now();
-      if (left <= 0 || this.closed) throw new Error('no matching frame');
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-    }
-  }
-
-  /** Frames of request id received so far (removed). */
-  take(id: number): Frame[] {
-    const mine = this.#frames.filter((f) => f.id === id);
-    this.#frames.splice(0, this.#frames.length, ...this.#frames.filter((f) => f.id !== id));
-    return mine;
-  }
-
+/** The shared raw connection, with helpers for interactive commands. */
+class Conn extends RawConn {
   /** Collects STDOUT of id until `text` has appeared in it. */
   async stdoutUntil(id: number, text: string, timeoutMs = 5000): Promise<string> {
     let out = '';
@@ -148,14 +74,13 @@ class Conn {
     this.send(MsgType.Ping, id, Buffer.from('sync'));
     await this.next((f) => f.id === id && f.type === MsgType.Pong);
   }
-
-  close(): void {
-    this.socket.destroy();
-  }
 }
 
-function exec(argv: string[], extra: Tlv[] = []): Buffer {
-  return encodeTlv([...argv.map((a): Tlv => [ExecTag.Argv, a]), ...extra]);
+/** A connection to this file's agent, past the HELLO handshake. */
+async function connect(): Promise<Conn> {
+  const c = await Conn.open(sock, 5000);
+  await c.hello();
+  return c;
 }
 
 const pty = (rows: number, cols: number): Tlv => [ExecTag.Pty, winsize(rows, cols)];
@@ -196,11 +121,11 @@ afterAll(async () => {
 
 describe('EXEC on a pty', () => {
   it('is the controlling terminal and stdin/stdout/stderr, with the given size', async () => {
-    const c = await Conn.open();
+    const c = await connect();
     const script =
       'tty; stty size; test -t 0 && test -t 1 && test -t 2 && echo all-ttys; ' +
       'echo to-stderr >&2; ps -o tty= -p $$ | tr -d " "';
-    c.send(MsgType.Exec, 1, exec(['sh', '-c', script], [pty(33, 101)]));
+    c.send(MsgType.Exec, 1, execPayload(['sh', '-c', script], [pty(33, 101)]));
     const r = await c.exit(1);
     expect(r.code).toBe(0);
     expect(r.err).toBe(''); // a pty has one output stream: everything arrives as STDOUT
@@ -212,8 +137,8 @@ describe('EXEC on a pty', () => {
   });
 
   it('defaults to 24 × 80 and runs input typed through STDIN', async () => {
-    const c = await Conn.open();
-    c.send(MsgType.Exec, 2, exec(['sh'], [pty(0, 0)]));
+    const c = await connect();
+    c.send(MsgType.Exec, 2, execPayload(['sh'], [pty(0, 0)]));
     await c.next((f) => f.id === 2 && f.type === MsgType.Started);
     c.send(MsgType.Stdin, 2, Buffer.from('stty size; exit 5\n'));
     const r = await c.exit(2);
@@ -223,10 +148,10 @@ describe('EXEC on a pty', () => {
   });
 
   it('RESIZE sets the window size and the foreground job gets SIGWINCH', async () => {
-    const c = await Conn.open();
+    const c = await connect();
     const script =
       'trap \'echo "winch $(stty size)"\' WINCH; echo ready; while :; do sleep 0.02; done';
-    c.send(MsgType.Exec, 3, exec(['sh', '-c', script], [pty(24, 80)]));
+    c.send(MsgType.Exec, 3, execPayload(['sh', '-c', script], [pty(24, 80)]));
     await c.stdoutUntil(3, 'ready');
     c.send(MsgType.Resize, 3, winsize(50, 132));
     expect(await c.stdoutUntil(3, 'winch 50 132')).toContain('winch 50 132');
@@ -236,8 +161,8 @@ describe('EXEC on a pty', () => {
   });
 
   it('an empty STDIN hangs the terminal up: the session leader gets SIGHUP', async () => {
-    const c = await Conn.open();
-    c.send(MsgType.Exec, 4, exec(['sleep', '30'], [pty(24, 80)]));
+    const c = await connect();
+    c.send(MsgType.Exec, 4, execPayload(['sleep', '30'], [pty(24, 80)]));
     await c.next((f) => f.id === 4 && f.type === MsgType.Started);
     c.send(MsgType.Stdin, 4, Buffer.alloc(0));
     const r = await c.exit(4);
@@ -246,12 +171,12 @@ describe('EXEC on a pty', () => {
   });
 
   it('a new host session hangs up the ptys of the previous one', async () => {
-    const first = await Conn.open();
-    first.send(MsgType.Exec, 5, exec(['sleep', '30'], [pty(24, 80)]));
+    const first = await connect();
+    first.send(MsgType.Exec, 5, execPayload(['sleep', '30'], [pty(24, 80)]));
     const started = await first.next((f) => f.id === 5 && f.type === MsgType.Started);
     const pid = started.payload.readUInt32LE(0);
     expect(alive(pid)).toBe(true);
-    const second = await Conn.open(); // replaces the first connection, then HELLO
+    const second = await connect(); // replaces the first connection, then HELLO
     const deadline = Date.now() + 3000;
     while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     expect(alive(pid)).toBe(false);
@@ -261,10 +186,10 @@ describe('EXEC on a pty', () => {
   });
 
   it('refuses a malformed pty field and RESIZE payload; RESIZE needs a pty', async () => {
-    const c = await Conn.open();
-    c.send(MsgType.Exec, 10, exec(['true'], [[ExecTag.Pty, Buffer.from([24, 0])]]));
+    const c = await connect();
+    c.send(MsgType.Exec, 10, execPayload(['true'], [[ExecTag.Pty, Buffer.from([24, 0])]]));
     await expectError(c, 10, EINVAL, /pty must be rows/);
-    c.send(MsgType.Exec, 11, exec(['sleep', '30']));
+    c.send(MsgType.Exec, 11, execPayload(['sleep', '30']));
     await c.next((f) => f.id === 11 && f.type === MsgType.Started);
     c.send(MsgType.Resize, 11, Buffer.from([1, 2, 3]));
     await expectError(c, 11, EINVAL, /rows \(u16\) then cols/);
@@ -288,11 +213,11 @@ describe('EXEC on a pty', () => {
 
 describe('EXEC with stdin_open', () => {
   it('feeds STDIN frames to a pipe until an empty one closes it', async () => {
-    const c = await Conn.open();
+    const c = await connect();
     c.send(
       MsgType.Exec,
       20,
-      exec(['sh', '-c', 'cat; echo eof'], [[ExecTag.Stdin, 'first '], stdinOpen]),
+      execPayload(['sh', '-c', 'cat; echo eof'], [[ExecTag.Stdin, 'first '], stdinOpen]),
     );
     await c.next((f) => f.id === 20 && f.type === MsgType.Started);
     c.send(MsgType.Stdin, 20, Buffer.from('second '));
@@ -306,8 +231,8 @@ describe('EXEC with stdin_open', () => {
   });
 
   it('refuses input beyond 1 MiB queued with ENOBUFS and keeps the command', async () => {
-    const c = await Conn.open();
-    c.send(MsgType.Exec, 21, exec(['sleep', '30'], [stdinOpen]));
+    const c = await connect();
+    c.send(MsgType.Exec, 21, execPayload(['sleep', '30'], [stdinOpen]));
     await c.next((f) => f.id === 21 && f.type === MsgType.Started);
     const chunk = Buffer.alloc(64 * 1024, 0x61);
     for (let i = 0; i < 20; i++) c.send(MsgType.Stdin, 21, chunk); // sleep never reads
@@ -320,8 +245,8 @@ describe('EXEC with stdin_open', () => {
 
 describe('FLOW', () => {
   it('stops reading output (the command blocks) until resumed', async () => {
-    const c = await Conn.open();
-    c.send(MsgType.Exec, 30, exec(['cat'], [stdinOpen]));
+    const c = await connect();
+    c.send(MsgType.Exec, 30, execPayload(['cat'], [stdinOpen]));
     await c.next((f) => f.id === 30 && f.type === MsgType.Started);
     c.send(MsgType.Flow, 30, Buffer.from([0]));
     const input = crypto.randomBytes(512 * 1024);

@@ -5,25 +5,21 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { RawConn as BaseConn, execPayload } from './raw-conn.js';
 import {
   ExecTag,
-  FrameDecoder,
   MsgType,
   decodeError,
   decodeExit,
-  decodeHelloAck,
   encodeFrame,
   encodeTlv,
   u32,
-  type Frame,
-  type Tlv,
 } from '../../packages/runtime/src/agent-protocol.js';
 
 const agentDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -34,97 +30,14 @@ const EEXIST = 17;
 let tmp = '';
 const agents = new Set<ChildProcess>();
 
-/** A raw connection that collects every frame the agent sends. */
-class RawConn {
-  readonly #frames: Frame[] = [];
-  readonly #decoder = new FrameDecoder();
-  #wake: (() => void) | undefined;
-  closed = false;
-
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.#frames.push(...this.#decoder.push(chunk));
-      this.#wake?.();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.#wake?.();
-    });
-    socket.on('error', () => {});
-  }
-
-  static async open(sock: string): Promise<RawConn> {
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      try {
-        const socket = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.createConnection(sock);
-          s.once('connect', () => resolve(s));
-          s.once('error', reject);
-        });
-        return new RawConn(socket);
-      } catch (err) {
-        if (Date.now() > deadline) throw err;
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
-  }
-
-  send(type: number, id: number, payload?: Uint8Array): void {
-    this.socket.write(encodeFrame(type, id, payload));
-  }
-
-  write(bytes: Uint8Array): void {
-    this.socket.write(bytes);
-  }
-
-  /** Waits for (and removes) the first frame matching pred. */
-  async next(pred: (f: Frame) => boolean, timeoutMs = 3000): Promise<Frame> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.#frames.findIndex(pred);
-      if (i >= 0) return this.#frames.splice(i, 1)[0]!;
-      const left = deadline - Date.now();
-      if (left <= 0 || this.closed) throw new Error('no matching frame');
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-    }
-  }
-
-  /** Every frame received so far (and forgets them). */
-  drain(): Frame[] {
-    return this.#frames.splice(0);
-  }
-
-  /** Sends HELLO and waits for its ACK. */
-  async hello(): Promise<void> {
-    const nonce = crypto.randomBytes(8);
-    this.send(MsgType.Hello, 0, nonce);
-    const ack = await this.next(
-      (f) => f.type === MsgType.HelloAck && decodeHelloAck(f.payload).nonce.equals(nonce),
-    );
-    expect(decodeHelloAck(ack.payload).version).toBe(1);
-  }
-
+/** The shared raw connection, with a PING round trip. */
+class RawConn extends BaseConn {
   async ping(id: number): Promise<void> {
     this.send(MsgType.Ping, id, Buffer.from(`p${id}`));
     const pong = await this.next((f) => f.id === id);
     expect(pong.type).toBe(MsgType.Pong);
     expect(pong.payload.toString()).toBe(`p${id}`);
   }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-function execPayload(argv: string[], extra: Tlv[] = []): Buffer {
-  return encodeTlv([...argv.map((a): Tlv => [ExecTag.Argv, a]), ...extra]);
 }
 
 async function expectError(c: RawConn, id: number, code: number, text: RegExp): Promise<void> {
