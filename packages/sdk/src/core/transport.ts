@@ -243,18 +243,9 @@ export class Transport {
       if (session) {
         let stream: http2.ClientHttp2Stream;
         try {
-          stream = session.request(
-            { ':method': req.method, ':path': this.#prefix + req.path, ...req.headers },
-            { endStream: req.body === undefined },
-          );
+          stream = this.#openStream(session, req);
         } catch (err) {
-          if (this.#session === session) this.#session = undefined;
-          fail(
-            new ConnectionError(`HTTP/2 session unusable: ${messageOf(err)}`, {
-              cause: err,
-              requestSent: false,
-            }),
-          );
+          fail(err as ConnectionError);
           return;
         }
         readable = stream;
@@ -473,6 +464,25 @@ export class Transport {
     for (const s of [session, this.#session]) if (s && !s.destroyed) s.unref();
   }
 
+  /**
+   * Open a stream for `req`; a session that refuses one is dropped (the next call opens a new
+   * one) and the failure is a ConnectionError marked as never sent.
+   */
+  #openStream(session: http2.ClientHttp2Session, req: WireRequest): http2.ClientHttp2Stream {
+    try {
+      return session.request(
+        { ':method': req.method, ':path': this.#prefix + req.path, ...req.headers },
+        { endStream: req.body === undefined },
+      );
+    } catch (err) {
+      if (this.#session === session) this.#session = undefined;
+      throw new ConnectionError(`HTTP/2 session unusable: ${messageOf(err)}`, {
+        cause: err,
+        requestSent: false,
+      });
+    }
+  }
+
   #h2Request(
     session: http2.ClientHttp2Session,
     req: WireRequest,
@@ -481,18 +491,9 @@ export class Transport {
     return new Promise<WireResponse>((resolve, reject) => {
       let stream: http2.ClientHttp2Stream;
       try {
-        stream = session.request(
-          { ':method': req.method, ':path': this.#prefix + req.path, ...req.headers },
-          { endStream: req.body === undefined },
-        );
+        stream = this.#openStream(session, req);
       } catch (err) {
-        if (this.#session === session) this.#session = undefined;
-        reject(
-          new ConnectionError(`HTTP/2 session unusable: ${messageOf(err)}`, {
-            cause: err,
-            requestSent: false,
-          }),
-        );
+        reject(err as ConnectionError);
         return;
       }
       this.#begin(session);
