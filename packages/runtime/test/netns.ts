@@ -11,6 +11,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { formatIpv6, parseIpv6 } from '../src/network.js';
 
+/** Why network tests cannot run here (not root, no /dev/net/tun), or undefined when they can. */
+export function networkSkipReason(): string | undefined {
+  if (process.getuid?.() !== 0) return 'needs root';
+  if (!fs.existsSync('/dev/net/tun')) return 'needs /dev/net/tun';
+  return undefined;
+}
+
 export interface Internet {
   readonly ns: string;
   /** Host end of the veth. */

@@ -22,14 +22,16 @@ import {
 import type { QemuRuntime } from '../src/runtime.js';
 import type { VmNetwork } from '../src/types.js';
 import { disposeRuntime, testRuntime, text, uid } from './helpers.js';
-import { createInternet, otherInPrefix, sh, url, type Internet } from './netns.js';
+import {
+  createInternet,
+  networkSkipReason,
+  otherInPrefix,
+  sh,
+  url,
+  type Internet,
+} from './netns.js';
 
-function skipReason(): string | undefined {
-  if (process.getuid?.() !== 0) return 'needs root';
-  if (!fs.existsSync('/dev/net/tun')) return 'needs /dev/net/tun';
-  return undefined;
-}
-const SKIP = skipReason();
+const SKIP = networkSkipReason();
 
 const TAG = crypto.randomBytes(2).toString('hex');
 const V4_THIRD = crypto.randomBytes(1)[0]!;

@@ -22,13 +22,9 @@ import {
 } from '../src/services/host-network.js';
 import type { FirewallPolicy } from '../src/domain.js';
 import { TestClient } from './helpers.js';
+import { networkSkipReason } from '../../runtime/test/netns.js';
 
-function skipReason(): string | undefined {
-  if (process.getuid?.() !== 0) return 'needs root';
-  if (!fs.existsSync('/dev/net/tun')) return 'needs /dev/net/tun';
-  return undefined;
-}
-const SKIP = skipReason();
+const SKIP = networkSkipReason();
 const TAG = crypto.randomBytes(2).toString('hex');
 const NS = `fvsnet-${TAG}`;
 const VETH = `fvsi${TAG}`;
