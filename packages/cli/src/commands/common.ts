@@ -15,6 +15,32 @@ export function leaf(group: Command, spec: string, description: string): Command
     .passCommandToAction(false);
 }
 
+/**
+ * Deletes already-resolved VMs or snapshots after one confirmation (unless `yes`), printing a
+ * line per object, or with `--json` the API's `{id, deleted}` (an array for several).
+ */
+export async function removeAll(
+  ctx: Context,
+  items: ReadonlyArray<{ id: string; name: string }>,
+  kind: { one: string; many: string },
+  yes: boolean | undefined,
+  remove: (id: string) => Promise<void>,
+): Promise<void> {
+  const what =
+    items.length === 1
+      ? `${kind.one} ${items[0]!.name} (${items[0]!.id})`
+      : `${items.length} ${kind.many} (${items.map((i) => i.name).join(', ')})`;
+  if (!yes && !(await ctx.confirm(`Delete ${what}?`))) throw new CliError('aborted');
+  const deleted: Array<{ id: string; deleted: true }> = [];
+  for (const item of items) {
+    await remove(item.id);
+    deleted.push({ id: item.id, deleted: true });
+    if (!ctx.json) ctx.out(`Deleted ${kind.one} ${item.name} (${item.id})\n`);
+  }
+  if (ctx.json)
+    ctx.out(`${JSON.stringify(deleted.length === 1 ? deleted[0] : deleted, null, 2)}\n`);
+}
+
 /** Parses a positive integer option value. */
 export function positiveInt(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;

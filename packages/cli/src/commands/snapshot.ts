@@ -2,9 +2,8 @@
 import type { Command } from 'commander';
 import type { Snapshot } from 'fastvm';
 import type { Context } from '../context.js';
-import { CliError } from '../errors.js';
 import { age, formatFirewall, keyValues, snapshotToJson, table } from '../output.js';
-import { leaf, policyFrom, positiveInt, printVm, statusText } from './common.js';
+import { leaf, policyFrom, positiveInt, printVm, removeAll, statusText } from './common.js';
 import { collect } from '../rules.js';
 
 function printSnapshot(ctx: Context, s: Snapshot): void {
@@ -86,19 +85,9 @@ export function snapshotCommands(group: Command, ctx: Context, done: (code: numb
       const snaps = [];
       for (const ref of refs)
         snaps.push(await ctx.withRef('snapshot', ref, (id) => ctx.client().getSnapshot(id)));
-      const what =
-        snaps.length === 1
-          ? `snapshot ${snaps[0]!.name} (${snaps[0]!.id})`
-          : `${snaps.length} snapshots (${snaps.map((s) => s.name).join(', ')})`;
-      if (!o.yes && !(await ctx.confirm(`Delete ${what}?`))) throw new CliError('aborted');
-      const deleted: Array<{ id: string; deleted: true }> = [];
-      for (const snap of snaps) {
-        await ctx.client().removeSnapshot(snap.id);
-        deleted.push({ id: snap.id, deleted: true });
-        if (!ctx.json) ctx.out(`Deleted snapshot ${snap.name} (${snap.id})\n`);
-      }
-      if (ctx.json)
-        ctx.out(`${JSON.stringify(deleted.length === 1 ? deleted[0] : deleted, null, 2)}\n`);
+      await removeAll(ctx, snaps, { one: 'snapshot', many: 'snapshots' }, o.yes, (id) =>
+        ctx.client().removeSnapshot(id),
+      );
       done(0);
     });
 

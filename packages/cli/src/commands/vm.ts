@@ -5,7 +5,7 @@ import type { Context } from '../context.js';
 import { CliError } from '../errors.js';
 import { resultToJson } from '../output.js';
 import { addConsoleCommand } from './console.js';
-import { leaf, policyFrom, positiveInt, printVm, printVms } from './common.js';
+import { leaf, policyFrom, positiveInt, printVm, printVms, removeAll } from './common.js';
 import { collect } from '../rules.js';
 
 /** Registers the `vm` subcommands on `group`. */
@@ -84,19 +84,7 @@ export function vmCommands(group: Command, ctx: Context, done: (code: number) =>
     .action(async (refs: string[], o: { yes?: boolean }) => {
       const vms = [];
       for (const ref of refs) vms.push(await ctx.withRef('vm', ref, (id) => ctx.client().get(id)));
-      const what =
-        vms.length === 1
-          ? `VM ${vms[0]!.name} (${vms[0]!.id})`
-          : `${vms.length} VMs (${vms.map((v) => v.name).join(', ')})`;
-      if (!o.yes && !(await ctx.confirm(`Delete ${what}?`))) throw new CliError('aborted');
-      const deleted: Array<{ id: string; deleted: true }> = [];
-      for (const vm of vms) {
-        await ctx.client().remove(vm.id);
-        deleted.push({ id: vm.id, deleted: true });
-        if (!ctx.json) ctx.out(`Deleted VM ${vm.name} (${vm.id})\n`);
-      }
-      if (ctx.json)
-        ctx.out(`${JSON.stringify(deleted.length === 1 ? deleted[0] : deleted, null, 2)}\n`);
+      await removeAll(ctx, vms, { one: 'VM', many: 'VMs' }, o.yes, (id) => ctx.client().remove(id));
       done(0);
     });
 
