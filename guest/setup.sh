@@ -27,17 +27,61 @@ done
 host_packages=(qemu-system-x86 qemu-utils linux-source-6.1 mmdebstrap musl-tools e2fsprogs
   build-essential bc flex bison libelf-dev libssl-dev xz-utils cpio nftables iproute2 curl)
 
+# QEMU comes from bookworm-backports, pinned to 10.0.x (with the SeaBIOS it needs): its TCG keys translated code by physical
+# address (position-independent translation blocks), so a command's shared libraries are
+# translated once per VM instead of once per process (ASLR maps them elsewhere every time). A
+# warm `true` in a guest takes ~12 ms instead of ~35 ms. Bookworm's QEMU 7.2 still works (the
+# runtime keys its golden snapshots by QEMU version) if the backport cannot be installed.
+qemu_packages=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils)
+qemu_pin='1:10.0.*'
+backports_list=/etc/apt/sources.list.d/fastvm-bookworm-backports.sources
+backports_pref=/etc/apt/preferences.d/fastvm-qemu
+
+is_bookworm() { grep -qs '^VERSION_CODENAME=bookworm' /etc/os-release; }
+
+# Writes the backports source and the version pin; prints "changed" when it wrote something.
+add_backports() {
+  local sudo=$1 wrote=
+  if ! grep -qsr 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+      'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
+      $sudo tee "$backports_list" >/dev/null
+    wrote=1
+  fi
+  local pref
+  pref=$(printf '%s\n' "Package: ${qemu_packages[*]}" "Pin: version $qemu_pin" 'Pin-Priority: 990' '' \
+    'Package: seabios' 'Pin: release n=bookworm-backports' 'Pin-Priority: 990')
+  if [ "$(cat "$backports_pref" 2>/dev/null)" != "$pref" ]; then
+    printf '%s\n' "$pref" | $sudo tee "$backports_pref" >/dev/null
+    wrote=1
+  fi
+  [ -z "$wrote" ] || echo changed
+}
+
 install_deps() {
-  local missing=()
+  local missing=() sudo= updated=0
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
   for p in "${host_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
+  if is_bookworm; then
+    [ -z "$(add_backports "$sudo")" ] || { $sudo apt-get update -qq; updated=1; }
+    # shellcheck disable=SC2053 # $qemu_pin is a glob on purpose
+    for p in "${qemu_packages[@]}"; do
+      [[ "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)" == $qemu_pin ]] || missing+=("$p" seabios)
+    done
+  fi
   [ ${#missing[@]} -eq 0 ] && return 0
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "setup: installing ${missing[*]}"
-  local sudo=
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$updated" -eq 1 ] || $sudo apt-get update -qq
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    # The backport may be gone from the mirror: install the rest with bookworm's QEMU.
+    echo "setup: warning: QEMU $qemu_pin from bookworm-backports could not be installed; using bookworm's" >&2
+    $sudo rm -f "$backports_pref"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  echo "setup: $(qemu-system-x86_64 --version | head -1)"
 }
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }

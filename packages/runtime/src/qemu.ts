@@ -1,7 +1,7 @@
 /**
  * QEMU command lines, the guest image manifest, and accelerator selection.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -76,6 +76,15 @@ export function kernelCmdline(tscKhz: number): string {
 export function qemuBinary(accel: Accel): string {
   const microvm = '/usr/bin/qemu-system-x86_64-microvm';
   return accel === 'kvm' && fs.existsSync(microvm) ? microvm : 'qemu-system-x86_64';
+}
+
+/**
+ * The version line of a QEMU binary (`QEMU emulator version 10.0.2 (Debian ...)`). Goldens and
+ * snapshots are keyed by it: a migration stream is only loaded by the QEMU that wrote it.
+ */
+export function qemuVersion(binary: string): string {
+  const out = execFileSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  return out.split('\n')[0]!.trim();
 }
 
 export interface QemuArgs {

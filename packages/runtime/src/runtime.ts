@@ -24,6 +24,7 @@ import {
   probeKvm,
   qemuArgs,
   qemuBinary,
+  qemuVersion,
 } from './qemu.js';
 import { QmpClient, QmpCommandError, type QmpEvent } from './qmp.js';
 import {
@@ -56,6 +57,10 @@ const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
  */
 const FLATTEN_WAIT_BYTES = 32 * 2 ** 20;
 
+/** A pooled VM runs these after its restore (the server runs string commands with `sh -c`). */
+const POOL_WARMUP: readonly string[][] = [['true'], ['sh', '-c', 'true']];
+const POOL_FILL_DELAY_MS = 200;
+
 export interface QemuRuntimeOptions {
   /**
    * Where VMs, snapshots and layers live (e.g. `~/.local/share/fastvm/runtime`). One runtime at a
@@ -70,6 +75,13 @@ export interface QemuRuntimeOptions {
   readonly accel?: Accel;
   /** Machine types whose golden snapshot is built in the background at start. */
   readonly prewarm?: readonly MachineType[];
+  /**
+   * Warm pool: how many VMs per machine type to keep restored from the golden snapshot, warmed
+   * up (one command run, so the guest's hot paths are translated) and waiting, for `launch()` to
+   * hand out. A type's pool fills after its first launch (prewarmed types: at start). Costs
+   * ~30 MiB of host memory per waiting VM. Default 0 (off).
+   */
+  readonly pool?: number;
   readonly log?: (msg: string) => void;
 }
 
@@ -95,6 +107,8 @@ interface VmRecord {
   snapshotId?: string;
   network?: VmNetwork;
   createdAt: string;
+  /** QEMU's `-name` when it differs from the id (a VM handed out by the warm pool). */
+  qemuName?: string;
   /** Stopped by `pause()` (QMP `stop`); kept so a restarted server adopts it still paused. */
   paused?: boolean;
 }
@@ -106,6 +120,8 @@ interface SnapshotRecord {
   machine: MachineType;
   diskGiB: number;
   accel: Accel;
+  /** `qemu --version` of the QEMU that wrote the state (absent in records before it was kept). */
+  qemu?: string;
   imageId: string;
   cmdline: string;
   memBase: string;
@@ -141,6 +157,7 @@ export class QemuRuntime implements Runtime {
   readonly #log: (msg: string) => void;
   #image!: GuestImage;
   #accel!: Accel;
+  #qemu!: string;
   #cmdline!: string;
   readonly #vms = new Map<string, LiveVm>();
   readonly #goldens = new Map<MachineType, Promise<SnapshotRecord>>();
@@ -153,6 +170,10 @@ export class QemuRuntime implements Runtime {
   readonly #pins = new Map<string, number>();
   /** Background flattens of snapshot deltas into standalone base files, by snapshot id. */
   readonly #flattening = new Map<string, Promise<void>>();
+  /** Warm pool: waiting VMs by machine type, and the fill running for a type. */
+  readonly #pool = new Map<MachineType, LiveVm[]>();
+  readonly #poolFills = new Map<MachineType, Promise<void>>();
+  #closing = false;
 
   constructor(opts: QemuRuntimeOptions) {
     this.#opts = opts;
@@ -179,10 +200,12 @@ export class QemuRuntime implements Runtime {
     this.#lock();
     this.#accel = this.#opts.accel ?? (await this.#probeAccel());
     this.#cmdline = kernelCmdline(this.#tscKhz());
-    this.#log(`runtime: accel=${this.#accel} image=${this.#image.imageId}`);
+    this.#qemu = qemuVersion(qemuBinary(this.#accel));
+    this.#log(`runtime: accel=${this.#accel} image=${this.#image.imageId} ${this.#qemu}`);
     for (const m of this.#opts.prewarm ?? []) {
-      this.#golden(m).catch((err: unknown) =>
-        this.#log(`runtime: golden ${m} failed: ${String(err)}`),
+      this.#golden(m).then(
+        () => this.#fillPool(m),
+        (err: unknown) => this.#log(`runtime: golden ${m} failed: ${String(err)}`),
       );
     }
   }
@@ -263,7 +286,10 @@ export class QemuRuntime implements Runtime {
       );
     }
     const golden = await this.#golden(opts.machine);
-    const vm = await this.#restoreFrom(golden, opts.id, opts.hostname, opts.network, undefined);
+    const vm =
+      (await this.#takePooled(opts.machine, opts.id, opts.hostname, opts.network)) ??
+      (await this.#restoreFrom(golden, opts.id, opts.hostname, opts.network, undefined));
+    this.#fillPool(opts.machine);
     if (diskGiB > golden.diskGiB) await this.#growDisk(vm, diskGiB);
     return this.#info(vm);
   }
@@ -346,6 +372,11 @@ export class QemuRuntime implements Runtime {
     return vm ? this.#info(vm) : undefined;
   }
 
+  /** How many warm VMs of a machine type are waiting in the pool. */
+  poolReady(machine: MachineType): number {
+    return (this.#pool.get(machine) ?? []).filter((vm) => !vm.exited).length;
+  }
+
   /** Ids of the VMs this runtime supervises. */
   list(): VmInfo[] {
     return [...this.#vms.values()].map((vm) => this.#info(vm));
@@ -369,7 +400,7 @@ export class QemuRuntime implements Runtime {
         orphans.push(id);
         continue;
       }
-      if (!isQemuOf(rec.pid, id)) {
+      if (!isQemuOf(rec.pid, rec.qemuName ?? id)) {
         fs.rmSync(this.#vmDir(id), { recursive: true, force: true });
         lost.push(id);
         continue;
@@ -454,6 +485,7 @@ export class QemuRuntime implements Runtime {
   }
 
   async detach(): Promise<void> {
+    await this.#drainPool();
     await Promise.allSettled([...this.#goldens.values(), ...this.#flattening.values()]);
     for (const vm of this.#vms.values()) {
       vm.destroying = true; // closing our connections is not an exit
@@ -465,9 +497,127 @@ export class QemuRuntime implements Runtime {
   }
 
   async destroyAll(): Promise<void> {
+    await this.#drainPool();
     await Promise.allSettled([...this.#goldens.values(), ...this.#flattening.values()]);
     await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id)));
     this.#unlock();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Warm pool. A pooled VM is an ordinary restore of the golden snapshot (its own overlay, its dir
+  // under vms/ so the sweeper and adoption see it) that is not registered as a VM. After the
+  // restore it runs the commands a user's VM runs first, which makes QEMU translate the guest
+  // code they need: a restored VM starts with an empty translation cache, and that, not QEMU
+  // or the migration, is most of a cold launch under TCG. Its NIC sits on QEMU hub 0; launch()
+  // plugs the VM's tap into that hub, renames the dir and gives the VM its identity.
+
+  /** Starts filling the pool of a machine type in the background, unless it is full or filling. */
+  #fillPool(machine: MachineType): void {
+    const size = this.#opts.pool ?? 0;
+    if (size <= 0 || this.#closing || this.#poolFills.has(machine)) return;
+    const list = this.#pool.get(machine) ?? [];
+    this.#pool.set(machine, list);
+    if (list.length >= size) return;
+    const fill = (async () => {
+      // Let the launch that triggered the fill have the CPU for its first commands.
+      await new Promise((r) => setTimeout(r, POOL_FILL_DELAY_MS));
+      while (!this.#closing && list.filter((v) => !v.exited).length < size) {
+        const golden = await this.#golden(machine);
+        const id = `pool-${machine}-${crypto.randomBytes(6).toString('hex')}`;
+        const vm = await this.#restoreFrom(golden, id, undefined, undefined, undefined, true);
+        vm.qmp.on('close', () => (vm.exited = true));
+        try {
+          for (const argv of POOL_WARMUP) await vm.agent.exec({ argv, timeoutMs: 30_000 });
+        } catch (err) {
+          await this.#discard(vm);
+          throw err;
+        }
+        if (this.#closing) await this.#discard(vm);
+        else list.push(vm);
+      }
+    })()
+      .catch((err: unknown) =>
+        this.#log(`runtime: pool fill for ${machine} failed: ${String(err)}`),
+      )
+      .finally(() => this.#poolFills.delete(machine));
+    this.#poolFills.set(machine, fill);
+  }
+
+  /** A waiting VM of the pool made into VM `id`, or undefined when none is ready. */
+  async #takePooled(
+    machine: MachineType,
+    id: string,
+    hostname: string | undefined,
+    network: VmNetwork | undefined,
+  ): Promise<LiveVm | undefined> {
+    const list = this.#pool.get(machine);
+    for (let vm = list?.shift(); vm; vm = list?.shift()) {
+      if (vm.exited) {
+        await this.#discard(vm);
+        continue;
+      }
+      if (this.#vms.has(id) || fs.existsSync(this.#vmDir(id))) {
+        list!.unshift(vm);
+        throw new RuntimeError('invalid_argument', `VM ${id} already exists`);
+      }
+      const t0 = performance.now();
+      try {
+        if (network) {
+          await vm.qmp.execute('netdev_add', {
+            type: 'tap',
+            id: 'tap0',
+            ifname: network.tap,
+            script: 'no',
+            downscript: 'no',
+          });
+          await vm.qmp.execute('netdev_add', {
+            type: 'hubport',
+            id: 'hp1',
+            hubid: 0,
+            netdev: 'tap0',
+          });
+        }
+        const dir = this.#vmDir(id);
+        fs.renameSync(vm.dir, dir);
+        vm.record.qemuName = vm.record.id;
+        vm.record.id = id;
+        vm.dir = dir;
+        if (network) vm.record.network = network;
+        vm.record.createdAt = new Date().toISOString();
+        writeJsonAtomic(path.join(dir, 'vm.json'), vm.record);
+        await vm.agent.setIdentity(freshIdentity(id, hostname, network));
+      } catch (err) {
+        this.#log(`runtime: pooled VM ${vm.record.id} could not become ${id}: ${String(err)}`);
+        await this.#discard(vm);
+        continue;
+      }
+      this.#supervise(vm);
+      this.#vms.set(id, vm);
+      this.#log(
+        `runtime: launched ${id} from the pool in ${(performance.now() - t0).toFixed(1)} ms`,
+      );
+      return vm;
+    }
+    return undefined;
+  }
+
+  /** Stops a VM that is not registered (a pooled one) and removes its dir. */
+  async #discard(vm: LiveVm): Promise<void> {
+    vm.destroying = true;
+    await this.#stopProcess(vm.record.pid, vm.qmp);
+    vm.agent.close();
+    vm.qmp.close();
+    fs.rmSync(vm.dir, { recursive: true, force: true });
+    this.#gc();
+  }
+
+  /** Stops filling and discards every waiting VM (close, detach). */
+  async #drainPool(): Promise<void> {
+    this.#closing = true;
+    await Promise.allSettled([...this.#poolFills.values()]);
+    const waiting = [...this.#pool.values()].flat();
+    this.#pool.clear();
+    await Promise.all(waiting.map((vm) => this.#discard(vm)));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -487,7 +637,14 @@ export class QemuRuntime implements Runtime {
     const key = crypto
       .createHash('sha256')
       .update(
-        JSON.stringify([GOLDEN_FORMAT, this.#image.imageId, machine, this.#accel, this.#cmdline]),
+        JSON.stringify([
+          GOLDEN_FORMAT,
+          this.#image.imageId,
+          machine,
+          this.#accel,
+          this.#cmdline,
+          this.#qemu,
+        ]),
       )
       .digest('hex')
       .slice(0, 16);
@@ -563,6 +720,7 @@ export class QemuRuntime implements Runtime {
         machine: spec.name,
         diskGiB: this.#image.rootfsGiB,
         accel: this.#accel,
+        qemu: this.#qemu,
         imageId: this.#image.imageId,
         cmdline: this.#cmdline,
         memBase: at(final).mem,
@@ -601,6 +759,7 @@ export class QemuRuntime implements Runtime {
     hostname: string | undefined,
     network: VmNetwork | undefined,
     snapshotId: string | undefined,
+    pooled = false,
   ): Promise<LiveVm> {
     if (this.#vms.has(id) || fs.existsSync(this.#vmDir(id))) {
       throw new RuntimeError('invalid_argument', `VM ${id} already exists`);
@@ -609,6 +768,12 @@ export class QemuRuntime implements Runtime {
       throw new RuntimeError(
         'invalid_argument',
         `snapshot was taken under ${snap.accel}, this host runs ${this.#accel}`,
+      );
+    }
+    if (snap.qemu && snap.qemu !== this.#qemu) {
+      throw new RuntimeError(
+        'invalid_argument',
+        `snapshot was taken by ${snap.qemu}; this host runs ${this.#qemu}`,
       );
     }
     const spec = MACHINES[snap.machine];
@@ -689,13 +854,7 @@ export class QemuRuntime implements Runtime {
       if (snap.paused) await qmp.execute('cont');
       agent = await agentP;
       phases('agent');
-      await agent.setIdentity({
-        hostname: hostname ?? `vm-${id.slice(0, 8)}`,
-        machineId: crypto.randomBytes(16).toString('hex'),
-        clockNs: BigInt(Date.now()) * 1_000_000n,
-        entropy: crypto.randomBytes(64),
-        ...(network ? { net: [netLine(network)], routes: routeLines(network) } : {}),
-      });
+      await agent.setIdentity(freshIdentity(id, hostname, network));
       phases('identity');
       this.#log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
       const vm: LiveVm = {
@@ -707,8 +866,10 @@ export class QemuRuntime implements Runtime {
         destroying: false,
         busy: Promise.resolve(),
       };
-      this.#supervise(vm);
-      this.#vms.set(id, vm);
+      if (!pooled) {
+        this.#supervise(vm);
+        this.#vms.set(id, vm);
+      }
       return vm;
     } catch (err) {
       agent?.close();
@@ -779,6 +940,7 @@ export class QemuRuntime implements Runtime {
       machine: rec.machine,
       diskGiB: rec.diskGiB,
       accel: rec.accel,
+      qemu: this.#qemu,
       imageId: this.#image.imageId,
       cmdline: this.#cmdline,
       memBase: rec.memBase,
@@ -1138,6 +1300,17 @@ function randomMac(): string {
   return ['02', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
 }
 
+/** What makes a VM (launched, restored or taken from the pool) itself and not its source. */
+function freshIdentity(id: string, hostname: string | undefined, network: VmNetwork | undefined) {
+  return {
+    hostname: hostname ?? `vm-${id.slice(0, 8)}`,
+    machineId: crypto.randomBytes(16).toString('hex'),
+    clockNs: BigInt(Date.now()) * 1_000_000n,
+    entropy: crypto.randomBytes(64),
+    ...(network ? { net: [netLine(network)], routes: routeLines(network) } : {}),
+  };
+}
+
 function netLine(n: VmNetwork): string {
   return ['eth0', n.mac, n.ipv6, n.ipv4].filter(Boolean).join(' ');
 }
@@ -1164,11 +1337,11 @@ function alive(pid: number): boolean {
 }
 
 /** Whether `pid` is the QEMU process of VM `id` (and not a recycled pid). */
-function isQemuOf(pid: number, id: string): boolean {
+function isQemuOf(pid: number, name: string): boolean {
   try {
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     const i = argv.indexOf('-name');
-    return alive(pid) && i >= 0 && argv[i + 1] === id;
+    return alive(pid) && i >= 0 && argv[i + 1] === name;
   } catch {
     return false;
   }

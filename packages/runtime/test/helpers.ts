@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { defaultCacheDir } from '../src/qemu.js';
-import { createQemuRuntime, type QemuRuntime } from '../src/runtime.js';
+import { createQemuRuntime, type QemuRuntime, type QemuRuntimeOptions } from '../src/runtime.js';
 import type { ExecResult } from '../src/types.js';
 
 /**
@@ -13,10 +13,14 @@ import type { ExecResult } from '../src/types.js';
  * When the test process exits, any VM still running is killed and the data dir removed, so a
  * failing test leaves nothing behind.
  */
-export async function testRuntime(dataDir = tempDataDir()): Promise<QemuRuntime> {
+export async function testRuntime(
+  dataDir = tempDataDir(),
+  extra: Partial<Omit<QemuRuntimeOptions, 'dataDir'>> = {},
+): Promise<QemuRuntime> {
   const rt = await createQemuRuntime({
     dataDir,
     log: (m) => process.env.DEBUG && console.log(m),
+    ...extra,
   });
   process.once('exit', () => {
     killVmsIn(dataDir);

@@ -49,6 +49,8 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
   let stateDir: string;
   let hostServer: http.Server;
   let hostPort = 0;
+  const logs: string[] = [];
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const vms = new Map<string, VmNetwork>();
   const A = `${PREFIX}-a`;
   const B = `${PREFIX}-b`;
@@ -73,7 +75,9 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
 
   beforeAll(async () => {
     stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fvnet-'));
-    rt = await testRuntime();
+    // A comes from the warm pool (its NIC is plugged into its tap after the restore), B is a
+    // plain restore of the golden snapshot: every test below covers both ways.
+    rt = await testRuntime(undefined, { pool: 1, prewarm: ['c1m2'], log: (m) => logs.push(m) });
     nm = await NetworkManager.create({
       stateDir,
       bridge: `fvbt${TAG}`,
@@ -86,7 +90,11 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
     await new Promise<void>((resolve) => hostServer.listen(0, '::', resolve));
     hostPort = (hostServer.address() as AddressInfo).port;
 
-    await Promise.all([start(A), start(B)]);
+    for (let i = 0; i < 1200 && rt.poolReady('c1m2') < 1; i++) await sleep(50);
+    await start(A);
+    expect(logs.some((m) => m.includes(`launched ${A} from the pool`))).toBe(true);
+    await start(B);
+    expect(logs.some((m) => m.includes(`launched ${B} from the pool`))).toBe(false);
     const up = await guest(
       A,
       'cd /tmp && for p in 8080 8081; do nohup python3 -m http.server --bind :: $p >/tmp/http-$p.log 2>&1 & done; ' +

@@ -232,6 +232,7 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
     logger: Logger;
     log: (msg: string) => void;
     prewarm: string[];
+    pool: number;
   }) => Promise<Runtime>;
   const runtimeLogger = logger.child({ component: 'runtime' });
   return factory({
@@ -240,6 +241,7 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
     log: (msg) => runtimeLogger.info(msg),
     // The CLI's default machine: build its golden snapshot at start so first launches are fast.
     prewarm: ['c1m2'],
+    pool: config.pool,
   });
 }
 

@@ -20,6 +20,8 @@ export interface ServeConfig {
   bootstrapKey?: string;
   logLevel: string;
   sqliteSynchronous?: 'NORMAL' | 'FULL';
+  /** Warm VMs kept ready per machine type for launches (`FASTVM_POOL`, default 1; 0 = off). */
+  pool: number;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -60,12 +62,17 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     throw new Error('FASTVM_SQLITE_SYNCHRONOUS must be NORMAL or FULL');
   }
   const databaseUrl = flags['database-url'] ?? env.FASTVM_DATABASE_URL;
+  const poolText = env.FASTVM_POOL ?? '1';
+  if (!/^\d+$/.test(poolText) || Number(poolText) > 64) {
+    throw new Error(`FASTVM_POOL must be a number from 0 to 64, got ${poolText}`);
+  }
   const config: ServeConfig = {
     host: flags.host ?? env.FASTVM_HOST ?? '127.0.0.1',
     port,
     dataDir: flags['data-dir'] ? path.resolve(flags['data-dir']) : defaultDataDir(env),
     fakeRuntime: flags['fake-runtime'] === true || truthy(env.FASTVM_FAKE_RUNTIME),
     logLevel: flags['log-level'] ?? env.FASTVM_LOG_LEVEL ?? 'info',
+    pool: Number(poolText),
   };
   if (databaseUrl) config.databaseUrl = databaseUrl;
   if (tlsCertFile && tlsKeyFile) {

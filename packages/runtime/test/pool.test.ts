@@ -1,0 +1,96 @@
+/**
+ * The warm pool: launch() hands out a VM restored from the golden snapshot and warmed up ahead of
+ * time (real QEMU VMs).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { QemuRuntime } from '../src/runtime.js';
+import { execFileSync } from 'node:child_process';
+import { disposeRuntime, strayFiles, testRuntime, text, uid } from './helpers.js';
+
+const PREFIX = uid('pl');
+
+/** QEMU processes whose command line names a path in `dataDir`. */
+function qemuOf(dataDir: string): number[] {
+  try {
+    const out = execFileSync('pgrep', ['-f', `^qemu-system.*${dataDir}/`], { encoding: 'utf8' });
+    return out.split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+async function waitPool(rt: QemuRuntime, n: number, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (rt.poolReady('c1m2') < n) {
+    if (Date.now() > deadline) throw new Error(`pool did not reach ${n} VMs`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('warm pool (real QEMU VMs)', () => {
+  let rt: QemuRuntime;
+  const logs: string[] = [];
+  const sh = async (vm: string, script: string) =>
+    text(await rt.exec(vm, { argv: ['sh', '-c', script], timeoutMs: 30_000 }));
+
+  beforeAll(async () => {
+    rt = await testRuntime(undefined, { pool: 2, prewarm: ['c1m2'], log: (m) => logs.push(m) });
+  });
+
+  afterAll(async () => {
+    await disposeRuntime(rt);
+  });
+
+  it('launches from the pool: each VM has its own identity, disk and memory', async () => {
+    await waitPool(rt, 2);
+    const [a, b] = [`${PREFIX}-a`, `${PREFIX}-b`];
+    await Promise.all([
+      rt.launch({ id: a, machine: 'c1m2' }),
+      rt.launch({ id: b, machine: 'c1m2', hostname: 'box-b' }),
+    ]);
+    expect(logs.filter((m) => /launched .* from the pool/.test(m))).toHaveLength(2);
+    expect(
+      rt
+        .list()
+        .map((v) => v.id)
+        .sort(),
+    ).toEqual([a, b].sort());
+
+    const id = 'cat /etc/machine-id; hostname; echo $(( $(date +%s) / 60 ))';
+    const [ra, rb] = [await sh(a, id), await sh(b, id)];
+    const [midA, hostA, minA] = ra.out.trim().split('\n');
+    const [midB, hostB] = rb.out.trim().split('\n');
+    expect(hostA).toBe(`vm-${a.slice(0, 8)}`);
+    expect(hostB).toBe('box-b');
+    expect(midA).toMatch(/^[0-9a-f]{32}$/);
+    expect(midA).not.toBe(midB);
+    // The guest clock was set at hand-out, not left at the golden snapshot's time.
+    expect(Math.abs(Number(minA) - Math.floor(Date.now() / 60_000))).toBeLessThanOrEqual(1);
+
+    await sh(a, 'echo only-a > /root/f; echo mem-a > /dev/shm/m');
+    expect((await sh(b, 'cat /root/f /dev/shm/m 2>&1 || echo missing')).out).toContain('missing');
+
+    // A pooled VM snapshots and forks like any other.
+    await rt.snapshot(a, `${PREFIX}-s`);
+    await rt.restore({ id: `${PREFIX}-f`, snapshotId: `${PREFIX}-s` });
+    expect((await sh(`${PREFIX}-f`, 'cat /root/f /dev/shm/m')).out).toBe('only-a\nmem-a\n');
+
+    // The pool refills in the background.
+    await waitPool(rt, 2);
+  });
+
+  it('re-adopts a VM that came from the pool; close leaves no pooled VM behind', async () => {
+    const a = `${PREFIX}-a`;
+    const dataDir = rt.dataDir;
+    await rt.detach();
+    // The two waiting VMs are gone; the three handed out keep running.
+    expect(qemuOf(dataDir)).toHaveLength(3);
+    rt = await testRuntime(dataDir);
+    const res = await rt.adopt([a, `${PREFIX}-b`, `${PREFIX}-f`]);
+    expect(res.adopted.sort()).toEqual([a, `${PREFIX}-b`, `${PREFIX}-f`].sort());
+    expect((await sh(a, 'cat /root/f')).out).toBe('only-a\n');
+    await rt.destroyAll();
+    expect(qemuOf(dataDir)).toEqual([]);
+    expect(strayFiles(dataDir)).toEqual([]);
+  });
+});
