@@ -65,7 +65,9 @@ const RATIOS: [string, string][] = [
   ['restore_2g_unflattened', 'restore_2g'],
   ['launch', 'cold_boot'],
   ['launch', 'cold_boot_first_cmd'],
-  ['launch_ready', 'cold_boot'],
+  ['launch_unpooled', 'cold_boot_first_cmd'],
+  ['launch', 'launch_unpooled'],
+  ['launch_unpooled_ready', 'cold_boot'],
   ['plain_restore_256', 'restore_256'],
   ['plain_restore_256', 'restore_2g'],
   ['plain_restore_256_pss', 'restore_256_pss'],
@@ -164,7 +166,18 @@ function targets(
     r['restore_8g/restore_2g'],
     1.5,
   );
-  le('launch of a fresh VM p50 ≤ 150 ms', 'launch p50 (ms, to first command)', s.launch?.p50, 150);
+  le(
+    'launch of a fresh VM p50 ≤ 150 ms',
+    'launch p50 (ms, to first command; warm pool of 1)',
+    s.launch?.p50,
+    150,
+  );
+  le(
+    'launch of a fresh VM p50 ≤ 150 ms (no pool)',
+    'launch_unpooled p50 (ms, to first command)',
+    s.launch_unpooled?.p50,
+    150,
+  );
   le(
     'snapshot with ≤ 256 MiB changed: pause ≤ 150 ms',
     `snapshot_pause_256 p50 (ms; max ${fmt(s.snapshot_pause_256?.max)})`,

@@ -161,7 +161,9 @@ export function qemuArgs(a: QemuArgs): string[] {
     '-netdev',
     net,
     '-device',
-    `virtio-net-device,netdev=n0,mac=${a.mac}`,
+    // No guest announce: after a restore the guest would broadcast its (source's) addresses,
+    // and the agent gives it new ones right away; the announce only costs guest work.
+    `virtio-net-device,netdev=n0,mac=${a.mac},guest_announce=off`,
     '-object',
     'rng-random,id=rng0,filename=/dev/urandom',
     '-device',
