@@ -14,6 +14,7 @@
  *   link.c      the host stream: port/socket, framing buffers, reconnects
  *   exec.c      EXEC, SIGNAL, STDIN, RESIZE, FLOW (commands, pipes and ptys)
  *   identity.c  IDENTITY
+ *   netlink.c   IDENTITY's net and route fields over rtnetlink
  *   init.c      PID 1 duties: mounts, loopback, hostname
  *   proto.c     frame and TLV parsing
  */

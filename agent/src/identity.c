@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "netlink.h"
 #include "proto.h"
 #include "util.h"
 
@@ -132,8 +133,11 @@ static int check_net_line(const char *line, char *err, size_t errlen)
 	if (!valid_mac(tok[1]))
 		return fail(err, errlen, EINVAL, "net: bad MAC address '%s'", tok[1]);
 	for (int i = 2; i < n; i++) {
-		if (!strchr(tok[i], '/') || !all_of(tok[i], "0123456789abcdefABCDEF.:/"))
-			return fail(err, errlen, EINVAL, "net: bad address '%s' (want ADDR/PREFIX)", tok[i]);
+		struct nl_prefix p;
+		const char *why = nl_parse_prefix(tok[i], true, &p);
+
+		if (why)
+			return fail(err, errlen, EINVAL, "net: bad address '%s' (want ADDR/PREFIX): %s", tok[i], why);
 	}
 	return 0;
 }
@@ -445,6 +449,60 @@ static int apply_route(const char *ip, const char *line, char *err, size_t errle
 	return run_ip(ip, argv, "route", err, errlen);
 }
 
+/* ---- rtnetlink (in a guest) ---- */
+
+/* The same as apply_net(), over rtnetlink. */
+static int apply_net_nl(struct nl *nl, const char *line, char *err, size_t errlen)
+{
+	char copy[MAX_LINE + 1], *tok[MAX_TOKENS], what[128];
+	struct nl_prefix addrs[MAX_TOKENS];
+	uint8_t mac[6];
+	int n, rc;
+
+	strcpy(copy, line);
+	n = split(copy, tok, MAX_TOKENS);
+	for (int i = 0; i < 6; i++)
+		mac[i] = (uint8_t)strtoul(tok[1] + 3 * i, NULL, 16);
+	for (int i = 2; i < n; i++)
+		nl_parse_prefix(tok[i], true, &addrs[i - 2]); /* check_net_line() accepted it */
+	rc = nl_setup_link(nl, tok[0], mac, addrs, (size_t)(n - 2), what, sizeof(what));
+	return rc ? fail(err, errlen, rc, "net: %s: %s", what, strerror(rc)) : 0;
+}
+
+/*
+ * net and route over one NETLINK_ROUTE socket. Route lines of a shape nl_parse_route() does not
+ * know still go to ip(8).
+ */
+static int apply_nl(const struct identity *id, char *err, size_t errlen)
+{
+	const char *ip = NULL;
+	struct nl nl;
+	int rc = nl_open(&nl);
+
+	if (rc)
+		return fail(err, errlen, rc, "%s: netlink socket: %s", id->nnet ? "net" : "route", strerror(rc));
+	for (size_t i = 0; i < id->nnet && rc == 0; i++)
+		rc = apply_net_nl(&nl, id->net[i], err, errlen);
+	for (size_t i = 0; i < id->nroute && rc == 0; i++) {
+		char copy[MAX_LINE + 1], *tok[MAX_TOKENS];
+		struct nl_route r;
+		int n;
+
+		strcpy(copy, id->route[i]);
+		n = split(copy, tok, MAX_TOKENS);
+		if (nl_parse_route(tok, n, &r)) {
+			if ((rc = nl_replace_route(&nl, &r)))
+				fail(err, errlen, rc, "route: %s: %s", id->route[i], strerror(rc));
+		} else if (!ip && !(ip = find_ip())) {
+			rc = fail(err, errlen, ENOENT, "route: ip(8) not found");
+		} else {
+			rc = apply_route(ip, id->route[i], err, errlen);
+		}
+	}
+	nl_close(&nl);
+	return rc;
+}
+
 /* ---- entry point ---- */
 
 int identity_apply(const struct identity_opts *o, const uint8_t *payload, uint32_t len, char *err,
@@ -492,19 +550,23 @@ int identity_apply(const struct identity_opts *o, const uint8_t *payload, uint32
 		rc = fail(err, errlen, errno, "entropy: RNDADDENTROPY: %s", strerror(errno));
 		goto out;
 	}
-	if ((id->nnet > 0 || id->nroute > 0) && !(o->ip && o->ip[0] == '\0')) {
-		ip = o->ip ? o->ip : find_ip();
-		if (!ip) {
-			rc = fail(err, errlen, ENOENT, "%s: ip(8) not found", id->nnet ? "net" : "route");
-			goto out;
-		}
-		for (size_t i = 0; i < id->nnet; i++)
-			if ((rc = apply_net(ip, id->net[i], err, errlen)))
-				goto out;
-		for (size_t i = 0; i < id->nroute; i++)
-			if ((rc = apply_route(ip, id->route[i], err, errlen)))
-				goto out;
+	if ((id->nnet == 0 && id->nroute == 0) || (o->ip && o->ip[0] == '\0'))
+		goto out; /* nothing to apply, or only validation wanted */
+	if (o->kernel && !o->ip) {
+		rc = apply_nl(id, err, errlen);
+		goto out;
 	}
+	ip = o->ip ? o->ip : find_ip();
+	if (!ip) {
+		rc = fail(err, errlen, ENOENT, "%s: ip(8) not found", id->nnet ? "net" : "route");
+		goto out;
+	}
+	for (size_t i = 0; i < id->nnet; i++)
+		if ((rc = apply_net(ip, id->net[i], err, errlen)))
+			goto out;
+	for (size_t i = 0; i < id->nroute; i++)
+		if ((rc = apply_route(ip, id->route[i], err, errlen)))
+			goto out;
 out:
 	free(id);
 	return rc;

@@ -13,8 +13,9 @@ struct identity_opts {
 	/* Prefix for /etc/hostname, /etc/hosts and /etc/machine-id ("" in the guest); NULL: the
 	 * files are not touched. */
 	const char *root;
-	/* The ip(8) binary; NULL: the first of /sbin/ip, /usr/sbin/ip, /bin/ip, /usr/bin/ip;
-	 * "": net and route fields are validated but not applied. */
+	/* The ip(8) binary for net and route; NULL: rtnetlink if kernel is set (ip only for route
+	 * lines it cannot parse), and the first of /sbin/ip, /usr/sbin/ip, /bin/ip, /usr/bin/ip
+	 * wherever ip is needed; "": net and route fields are validated but not applied. */
 	const char *ip;
 	/* Apply the machine-wide parts: sethostname(), clock_settime(), RNDADDENTROPY. */
 	bool kernel;
