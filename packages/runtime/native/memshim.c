@@ -26,6 +26,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -181,6 +182,12 @@ __attribute__((constructor)) static void memshim_init(void)
     pthread_t tid;
     int fd;
 
+    const char *nice = getenv("FASTVM_MEMSHIM_NICE");
+
+    /* Set here, before QEMU creates a thread, so that every thread inherits it. */
+    if (nice != NULL)
+        setpriority(PRIO_PROCESS, 0, atoi(nice));
+    unsetenv("FASTVM_MEMSHIM_NICE");
     if (mem != NULL && strlen(mem) < sizeof(target))
         strcpy(target, mem);
     if (path != NULL && strlen(path) < sizeof(sa.sun_path))

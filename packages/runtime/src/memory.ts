@@ -30,6 +30,18 @@ export function findRamMapping(pid: number, memPath: string, size: number): RamM
   throw new Error(`guest RAM mapping of ${memPath} (${size} bytes) not found in pid ${pid}`);
 }
 
+/**
+ * Whether guest RAM (the mapping of `memPath`) is mapped privately, as the memshim makes it. A
+ * shared mapping would let the guest write into a snapshot's base file, which every fork of it
+ * reads: a restore checks this before the guest runs.
+ */
+export function ramIsPrivate(pid: number, memPath: string, size: number): boolean {
+  const map = findRamMapping(pid, memPath, size);
+  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+  const line = maps.split('\n').find((l) => l.startsWith(`${map.start.toString(16)}-`));
+  return line?.split(' ')[1]?.[3] === 'p';
+}
+
 /** Copy the process's changed pages into a delta file. */
 export async function dumpDelta(
   tool: string,

@@ -10,10 +10,11 @@ import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { AgentClient } from './agent-client.js';
-import { applyDelta, dumpDelta, findRamMapping, flattenDelta } from './memory.js';
+import { applyDelta, dumpDelta, findRamMapping, flattenDelta, ramIsPrivate } from './memory.js';
 import {
   type Accel,
   type GuestImage,
@@ -60,6 +61,7 @@ const FLATTEN_WAIT_BYTES = 32 * 2 ** 20;
 /** A pooled VM runs these after its restore (the server runs string commands with `sh -c`). */
 const POOL_WARMUP: readonly string[][] = [['true'], ['sh', '-c', 'true']];
 const POOL_FILL_DELAY_MS = 200;
+const POOL_NICE = 10;
 
 export interface QemuRuntimeOptions {
   /**
@@ -577,6 +579,7 @@ export class QemuRuntime implements Runtime {
             netdev: 'tap0',
           });
         }
+        reniceProcess(vm.record.pid, 0);
         const dir = this.#vmDir(id);
         fs.renameSync(vm.dir, dir);
         vm.record.qemuName = vm.record.id;
@@ -820,12 +823,20 @@ export class QemuRuntime implements Runtime {
         LD_PRELOAD: this.#image.memshim,
         FASTVM_MEMSHIM_PATH: fs.realpathSync(snap.memBase),
         FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
+        // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
+        ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
       });
       record.pid = pid;
       writeJsonAtomic(path.join(dir, 'vm.json'), record);
       phases('spawn');
       qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
       phases('qmp');
+      if (!ramIsPrivate(pid, fs.realpathSync(snap.memBase), spec.memoryMiB * 2 ** 20)) {
+        throw new RuntimeError(
+          'qemu_failed',
+          `guest RAM of ${id} is mapped shared (the memshim is not loaded): refusing to run it on ${snap.memBase}`,
+        );
+      }
       // The agent socket exists as soon as QMP does; connecting early queues our HELLO, which the
       // guest answers the moment it runs.
       const agentP = AgentClient.connect(path.join(dir, 'agent.sock'), { timeoutMs: 30_000 });
@@ -845,10 +856,9 @@ export class QemuRuntime implements Runtime {
       await qmp.execute('migrate-incoming', { uri: this.#stateUri(snap.state, 'in') });
       const ev = await done;
       if (ev.data?.status !== 'completed') {
-        throw new RuntimeError(
-          'qemu_failed',
-          `restore of ${snap.id} failed: migration ${String(ev.data?.status)}`,
-        );
+        // QEMU prints why an incoming migration failed on stderr (qemu.log), not over QMP.
+        await new Promise((r) => setTimeout(r, 50));
+        throw new Error(`migration ${String(ev.data?.status)}`);
       }
       phases('migrate');
       if (snap.paused) await qmp.execute('cont');
@@ -875,10 +885,11 @@ export class QemuRuntime implements Runtime {
       agent?.close();
       qmp?.close();
       if (pid) await this.#stopProcess(pid);
+      const error = wrap(err, `restore of ${snap.id} into ${id} failed`, dir); // reads qemu.log
       fs.rmSync(dir, { recursive: true, force: true });
       fs.rmSync(top, { force: true });
       this.#settle(top);
-      throw wrap(err, `restore of ${snap.id} into ${id} failed`, dir);
+      throw error;
     }
   }
 
@@ -996,6 +1007,8 @@ export class QemuRuntime implements Runtime {
     const log = fs.openSync(path.join(dir, 'qemu.log'), 'a');
     try {
       // Detached, with no pipes to us: VMs outlive a restart of the server and are re-adopted.
+      // QEMU is started directly: a wrapper (nice, env, ...) would load the LD_PRELOAD memshim
+      // and take its settings, and QEMU would then map guest RAM shared.
       const child = spawn(qemuBinary(this.#accel), args, {
         detached: true,
         stdio: ['ignore', log, log],
@@ -1350,6 +1363,23 @@ function alive(pid: number): boolean {
 }
 
 /** Whether `pid` is the QEMU process of VM `id` (and not a recycled pid). */
+/** Sets the nice value of every thread of a process (Linux keeps it per thread). */
+function reniceProcess(pid: number, nice: number): void {
+  let tids: string[] = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return; // gone: the caller finds out from QMP
+  }
+  for (const tid of tids) {
+    try {
+      if (os.getPriority(Number(tid)) !== nice) os.setPriority(Number(tid), nice);
+    } catch {
+      /* the thread ended, or we may not lower the value (not root) */
+    }
+  }
+}
+
 function isQemuOf(pid: number, name: string): boolean {
   try {
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadGuestImage } from '../src/qemu.js';
 import type { QemuRuntime } from '../src/runtime.js';
 import {
   disposeRuntime,
@@ -160,6 +161,26 @@ describe('runtime (real QEMU VMs)', () => {
     const r = await sh(id, "df -BG --output=size / | tail -1 | tr -d ' G'");
     expect(Number(r.out)).toBeGreaterThanOrEqual(19);
     await rt.destroy(id);
+  });
+
+  it('refuses to run a guest whose RAM is not mapped privately, leaving the base file intact', async () => {
+    // Without the memshim QEMU would map the golden's memory file shared, and the guest's writes
+    // would land in the file every VM of that machine type restores from.
+    const broken = await testRuntime(undefined, {
+      image: { ...loadGuestImage(), memshim: '/nonexistent/fastvm-memshim.so' },
+    });
+    try {
+      const id = `${PREFIX}-noshim`;
+      await expect(broken.launch({ id, machine: 'c1m2' })).rejects.toThrow(/mapped shared/);
+      expect(qemuPids(id)).toEqual([]);
+    } finally {
+      await disposeRuntime(broken);
+    }
+    // The golden is still good: a normal launch restores and runs it.
+    const ok = `${PREFIX}-after`;
+    await rt.launch({ id: ok, machine: 'c1m2' });
+    expect((await sh(ok, 'echo fine')).out).toBe('fine\n');
+    await rt.destroy(ok);
   });
 
   it('leaves no process or layer behind', async () => {
