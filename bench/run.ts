@@ -397,7 +397,10 @@ async function groupLaunch(): Promise<void> {
     await prt.destroyAll();
     runtimes.delete(prt);
   }
-  rec.note('launch', 'launch() of c1m2 from the warm pool (server default) + first `true` answered');
+  rec.note(
+    'launch',
+    'launch() of c1m2 from the warm pool (server default) + first `true` answered',
+  );
   rec.note('pool_refill', 'launch until the pool holds a warm VM again (restore + warm-up)');
 
   const every = Math.max(1, Math.floor(N.launch / N.cold));
