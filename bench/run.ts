@@ -356,6 +356,18 @@ async function groupRestore(): Promise<void> {
   await rt.deleteSnapshot('r8-snap');
 }
 
+/** launch() of a c1m2 → first `true`, then destroy; records `<name>` and `<name>_ready`. */
+async function launchSample(r: QemuRuntime, id: string, name: string): Promise<void> {
+  const t0 = now();
+  await r.launch({ id, machine: 'c1m2' });
+  const t1 = now();
+  await firstCmd(r, id);
+  const t2 = now();
+  await r.destroy(id);
+  rec.add(name, 'ms', t2 - t0);
+  rec.add(`${name}_ready`, 'ms', t1 - t0);
+}
+
 /**
  * launch as the server does it (warm pool of 1, FASTVM_POOL's default), launch without the pool
  * (golden restore + identity), and cold boot of the same guest, interleaved.
@@ -382,15 +394,8 @@ async function groupLaunch(): Promise<void> {
     };
     await waitReady();
     for (let i = 0; i < N.launch; i++) {
-      const id = `lp-${i}`;
       const t0 = now();
-      await prt.launch({ id, machine: 'c1m2' });
-      const t1 = now();
-      await firstCmd(prt, id);
-      const t2 = now();
-      await prt.destroy(id);
-      rec.add('launch', 'ms', t2 - t0);
-      rec.add('launch_ready', 'ms', t1 - t0);
+      await launchSample(prt, `lp-${i}`, 'launch');
       rec.add('pool_refill', 'ms', now() - t0 + (await waitReady()));
     }
   } finally {
@@ -411,16 +416,8 @@ async function groupLaunch(): Promise<void> {
     rec.add('cold_boot_first_cmd', 'ms', c.firstCmdMs);
   };
   for (let i = 0; i < N.launch; i++) {
-    const id = `l-${i}`;
-    const t0 = now();
-    await rt.launch({ id, machine: 'c1m2' });
-    const t1 = now();
-    await firstCmd(rt, id);
-    const t2 = now();
-    await rt.destroy(id);
-    rec.add('launch_unpooled', 'ms', t2 - t0);
-    rec.add('launch_unpooled_ready', 'ms', t1 - t0);
-    const ph = phasesOf(id);
+    await launchSample(rt, `l-${i}`, 'launch_unpooled');
+    const ph = phasesOf(`l-${i}`);
     if (ph) rec.addPhases('launch_unpooled', ph);
     if (i % every === 0 && cold < N.cold) await coldSample();
   }
