@@ -376,7 +376,7 @@ export class QemuRuntime implements Runtime {
 
   /** How many warm VMs of a machine type are waiting in the pool. */
   poolReady(machine: MachineType): number {
-    return (this.#pool.get(machine) ?? []).filter((vm) => !vm.exited).length;
+    return this.#pool.get(machine)?.length ?? 0;
   }
 
   /** Ids of the VMs this runtime supervises. */
@@ -519,15 +519,22 @@ export class QemuRuntime implements Runtime {
     if (size <= 0 || this.#closing || this.#poolFills.has(machine)) return;
     const list = this.#pool.get(machine) ?? [];
     this.#pool.set(machine, list);
-    if (list.length >= size) return;
+    if (list.length >= size) return; // (a VM that dies while waiting leaves the list at once)
     const fill = (async () => {
       // Let the launch that triggered the fill have the CPU for its first commands.
       await new Promise((r) => setTimeout(r, POOL_FILL_DELAY_MS));
-      while (!this.#closing && list.filter((v) => !v.exited).length < size) {
+      while (!this.#closing && list.length < size) {
         const golden = await this.#golden(machine);
         const id = `pool-${machine}-${crypto.randomBytes(6).toString('hex')}`;
         const vm = await this.#restoreFrom(golden, id, undefined, undefined, undefined, true);
-        vm.qmp.on('close', () => (vm.exited = true));
+        vm.qmp.on('close', () => {
+          vm.exited = true;
+          const i = list.indexOf(vm);
+          if (i < 0) return; // handed out (or being discarded): not the pool's business
+          list.splice(i, 1);
+          this.#log(`runtime: pooled VM ${id} exited while waiting`);
+          void this.#discard(vm).then(() => this.#fillPool(machine));
+        });
         try {
           for (const argv of POOL_WARMUP) await vm.agent.exec({ argv, timeoutMs: 30_000 });
         } catch (err) {
@@ -618,7 +625,7 @@ export class QemuRuntime implements Runtime {
   async #drainPool(): Promise<void> {
     this.#closing = true;
     await Promise.allSettled([...this.#poolFills.values()]);
-    const waiting = [...this.#pool.values()].flat();
+    const waiting = [...this.#pool.values()].flatMap((list) => list.splice(0));
     this.#pool.clear();
     await Promise.all(waiting.map((vm) => this.#discard(vm)));
   }

@@ -5,6 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { QemuRuntime } from '../src/runtime.js';
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { disposeRuntime, strayFiles, testRuntime, text, uid } from './helpers.js';
 
 const PREFIX = uid('pl');
@@ -77,6 +79,28 @@ describe('warm pool (real QEMU VMs)', () => {
 
     // The pool refills in the background.
     await waitPool(rt, 2);
+  });
+
+  it('replaces a waiting VM that dies', async () => {
+    const pooled = () =>
+      fs
+        .readdirSync(path.join(rt.dataDir, 'vms'))
+        .filter((d) => d.startsWith('pool-'))
+        .sort();
+    await waitPool(rt, 2);
+    const before = pooled();
+    const victim = before[0]!;
+    const rec = JSON.parse(
+      fs.readFileSync(path.join(rt.dataDir, 'vms', victim, 'vm.json'), 'utf8'),
+    ) as { pid: number };
+    process.kill(rec.pid, 'SIGKILL');
+    const deadline = Date.now() + 60_000;
+    while (pooled().includes(victim) || rt.poolReady('c1m2') < 2) {
+      if (Date.now() > deadline) throw new Error('the pool did not replace the dead VM');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(pooled()).toHaveLength(2);
+    expect(pooled()).toContain(before[1]);
   });
 
   it('re-adopts a VM that came from the pool; close leaves no pooled VM behind', async () => {
