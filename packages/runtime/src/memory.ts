@@ -76,5 +76,7 @@ export async function flattenDelta(
   deltaPath: string,
   out: string,
 ): Promise<void> {
-  await execFileP(tool, ['flatten', base, deltaPath, out]);
+  // Background work that runs right when forks of the new snapshot start: at nice 10 it yields
+  // the CPU to them (they apply the delta themselves until the flatten is done).
+  await execFileP('nice', ['-n', '10', tool, 'flatten', base, deltaPath, out]);
 }

@@ -37,6 +37,7 @@ import {
   MACHINES,
   type MachineSpec,
   type MachineType,
+  type NetworkOption,
   type PtyRequest,
   type PtySession,
   type RestoreOptions,
@@ -557,9 +558,11 @@ export class QemuRuntime implements Runtime {
     machine: MachineType,
     id: string,
     hostname: string | undefined,
-    network: VmNetwork | undefined,
+    networkOption: NetworkOption | undefined,
   ): Promise<LiveVm | undefined> {
     const list = this.#pool.get(machine);
+    if (!list?.length) return undefined;
+    const network = await networkOption;
     for (let vm = list?.shift(); vm; vm = list?.shift()) {
       if (vm.exited) {
         await this.#discard(vm);
@@ -571,21 +574,7 @@ export class QemuRuntime implements Runtime {
       }
       const t0 = performance.now();
       try {
-        if (network) {
-          await vm.qmp.execute('netdev_add', {
-            type: 'tap',
-            id: 'tap0',
-            ifname: network.tap,
-            script: 'no',
-            downscript: 'no',
-          });
-          await vm.qmp.execute('netdev_add', {
-            type: 'hubport',
-            id: 'hp1',
-            hubid: 0,
-            netdev: 'tap0',
-          });
-        }
+        if (network) await plugTap(vm.qmp, network.tap);
         reniceProcess(vm.record.pid, 0);
         const dir = this.#vmDir(id);
         fs.renameSync(vm.dir, dir);
@@ -767,7 +756,7 @@ export class QemuRuntime implements Runtime {
     snap: SnapshotRecord,
     id: string,
     hostname: string | undefined,
-    network: VmNetwork | undefined,
+    networkOption: NetworkOption | undefined,
     snapshotId: string | undefined,
     pooled = false,
   ): Promise<LiveVm> {
@@ -788,6 +777,10 @@ export class QemuRuntime implements Runtime {
     }
     const spec = MACHINES[snap.machine];
     const dir = this.#vmDir(id);
+    // A network given now is QEMU's tap from the start; a promised one is plugged in later.
+    let network = networkOption instanceof Promise ? undefined : networkOption;
+    const later = networkOption instanceof Promise ? networkOption : undefined;
+    later?.catch(() => {}); // awaited below; a failure before that must not go unhandled
     fs.mkdirSync(dir, { recursive: true });
     const top = this.#layerPath('disk', '.qcow2');
     const phases = phaseTimer();
@@ -871,6 +864,15 @@ export class QemuRuntime implements Runtime {
       if (snap.paused) await qmp.execute('cont');
       agent = await agentP;
       phases('agent');
+      if (later) {
+        network = await later;
+        if (network) {
+          await plugTap(qmp, network.tap);
+          record.network = network;
+          writeJsonAtomic(path.join(dir, 'vm.json'), record);
+        }
+        phases('network');
+      }
       await agent.setIdentity(freshIdentity(id, hostname, network));
       phases('identity');
       this.#log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
@@ -1385,6 +1387,18 @@ function reniceProcess(pid: number, nice: number): void {
       /* the thread ended, or we may not lower the value (not root) */
     }
   }
+}
+
+/** Connects a tap to the NIC of a VM started with its NIC on QEMU hub 0 (no `tap` at start). */
+async function plugTap(qmp: QmpClient, tap: string): Promise<void> {
+  await qmp.execute('netdev_add', {
+    type: 'tap',
+    id: 'tap0',
+    ifname: tap,
+    script: 'no',
+    downscript: 'no',
+  });
+  await qmp.execute('netdev_add', { type: 'hubport', id: 'hp1', hubid: 0, netdev: 'tap0' });
 }
 
 function isQemuOf(pid: number, name: string): boolean {

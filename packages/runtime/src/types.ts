@@ -39,20 +39,27 @@ export interface VmNetwork {
   readonly ipv4Gateway?: string;
 }
 
+/**
+ * A VM's network, or a promise of it (undefined: no uplink). With a promise the runtime starts
+ * the VM meanwhile and plugs its tap in when the promise resolves, before the guest gets its
+ * identity: host-side network setup then overlaps QEMU's start.
+ */
+export type NetworkOption = VmNetwork | Promise<VmNetwork | undefined>;
+
 export interface LaunchOptions {
   /** Caller-chosen id; names the VM's working directory. [A-Za-z0-9-]{1,64} */
   readonly id: string;
   readonly machine: MachineType;
   readonly diskGiB?: number;
   readonly hostname?: string;
-  readonly network?: VmNetwork;
+  readonly network?: NetworkOption;
 }
 
 export interface RestoreOptions {
   readonly id: string;
   readonly snapshotId: string;
   readonly hostname?: string;
-  readonly network?: VmNetwork;
+  readonly network?: NetworkOption;
 }
 
 export interface ExecRequest {

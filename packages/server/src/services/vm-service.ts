@@ -213,19 +213,20 @@ export class VmService {
   private async boot(vm: VmRecord): Promise<VmRecord> {
     const { runtime, network, store, logger } = this.ctx;
     const log = logger.child({ vmId: vm.id });
+    // The host side of networking (tap, nftables) is set up while QEMU starts: the runtime plugs
+    // the tap in when it is ready, before the guest gets its identity and runs.
+    const attaching = network.attach(vm.id, vm.firewall);
     try {
-      const net = await network.attach(vm.id, vm.firewall);
-      const common = {
-        id: vm.id,
-        hostname: hostnameFor(vm.name, vm.id),
-        ...(net.network ? { network: net.network } : {}),
-      };
+      const nic = attaching.then((a) => a.network);
+      nic.catch(() => {}); // a failure surfaces from `await attaching` below (or the runtime)
+      const common = { id: vm.id, hostname: hostnameFor(vm.name, vm.id), network: nic };
       const started = Date.now();
       if (vm.sourceSnapshotId) {
         await runtime.restore({ ...common, snapshotId: vm.sourceSnapshotId });
       } else {
         await runtime.launch({ ...common, machine: vm.machine, diskGiB: vm.diskGiB });
       }
+      const net = await attaching;
       // A TTL counts running time: it starts now (and a PATCH made meanwhile is kept).
       const current = await store.getVm(vm.orgId, vm.id);
       const ttl = current ? current.ttl : vm.ttl;
@@ -248,6 +249,7 @@ export class VmService {
         .updateVm(vm.id, { status: 'error', error: describeError(err) }, ['provisioning'])
         .catch((e: unknown) => log.error({ err: e }, 'recording launch failure failed'));
       await runtime.destroy(vm.id).catch(() => {});
+      await attaching.catch(() => {}); // release what it allocated, not race it
       await network.release(vm.id).catch(() => {});
       throw toApiError(err, 'launch', { vmId: vm.id });
     }
