@@ -39,11 +39,26 @@ backports_pref=/etc/apt/preferences.d/fastvm-qemu
 
 is_bookworm() { grep -qs '^VERSION_CODENAME=bookworm' /etc/os-release; }
 
+# The Debian mirror this host's bookworm suite comes from (backports lives on the same mirror).
+debian_mirror() {
+  local uri
+  uri=$(awk 'BEGIN { RS = ""; FS = "\n" }
+    { uris = ""; ok = 0
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /^URIs:/) { sub(/^URIs:[ \t]*/, "", $i); split($i, u, /[ \t]+/); uris = u[1] }
+        if ($i ~ /^Suites:/) { n = split($i, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == "bookworm") ok = 1 }
+      }
+      if (ok && uris != "") { print uris; exit } }' /etc/apt/sources.list.d/*.sources 2>/dev/null)
+  [ -n "$uri" ] || uri=$(awk '$1 == "deb" { for (i = 2; i < NF; i++) if ($i !~ /^\[/ && $(i + 1) == "bookworm") { print $i; exit } }' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
 # Writes the backports source and the version pin; prints "changed" when it wrote something.
 add_backports() {
   local sudo=$1 wrote=
   if ! grep -qsr 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+    printf '%s\n' 'Types: deb' "URIs: $(debian_mirror)" 'Suites: bookworm-backports' \
       'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
       $sudo tee "$backports_list" >/dev/null
     wrote=1
@@ -65,7 +80,11 @@ install_deps() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if is_bookworm; then
-    [ -z "$(add_backports "$sudo")" ] || { $sudo apt-get update -qq; updated=1; }
+    if [ -n "$(add_backports "$sudo")" ]; then
+      # A mirror without the suite only costs the backport: bookworm's QEMU is installed then.
+      $sudo apt-get update -qq || echo "setup: warning: apt-get update failed; QEMU may stay at bookworm's version" >&2
+      updated=1
+    fi
     # shellcheck disable=SC2053 # $qemu_pin is a glob on purpose
     for p in "${qemu_packages[@]}"; do
       [[ "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)" == $qemu_pin ]] || missing+=("$p" seabios)
@@ -74,7 +93,7 @@ install_deps() {
   [ ${#missing[@]} -eq 0 ] && return 0
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "setup: installing ${missing[*]}"
-  [ "$updated" -eq 1 ] || $sudo apt-get update -qq
+  [ "$updated" -eq 1 ] || $sudo apt-get update -qq || echo "setup: warning: apt-get update failed" >&2
   if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
     # The backport may be gone from the mirror: install the rest with bookworm's QEMU.
     echo "setup: warning: QEMU $qemu_pin from bookworm-backports could not be installed; using bookworm's" >&2
