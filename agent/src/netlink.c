@@ -333,43 +333,13 @@ static int set_link(struct nl *nl, int index, const uint8_t *mac, bool up)
 	return exchange(nl, &r, false, NULL, NULL);
 }
 
-static int write_text(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC), rc, saved;
-
-	if (fd < 0)
-		return -1;
-	rc = write_all(fd, s, strlen(s));
-	saved = errno;
-	close(fd);
-	errno = saved;
-	return rc;
-}
-
-/*
- * The kernel derives the IPv6 link-local address from the MAC only when IPv6 starts on a link (it
- * comes up), so after a live MAC change the link would keep the old one, which a fork shares with
- * its siblings. Restarting IPv6 on the link makes a new one, as the old link down and up did (and,
- * like that, drops the link's IPv6 addresses and routes). Best effort.
- */
-static void restart_ipv6(const char *ifname)
-{
-	char path[80], cur[8];
-
-	snprintf(path, sizeof(path), "/proc/sys/net/ipv6/conf/%s/disable_ipv6", ifname);
-	if (read_small_file(path, cur, sizeof(cur)) < 1 || cur[0] != '0')
-		return; /* no IPv6 here, or it is off */
-	if (write_text(path, "1") < 0 || write_text(path, "0") < 0)
-		agent_log("%s: %s", path, strerror(errno));
-}
-
 /*
  * Gives the link its MAC address and brings it up. virtio-net changes the address of a running
  * link (IFF_LIVE_ADDR_CHANGE), so that is tried first; a device that answers EBUSY is taken down
  * for it.
  */
 static int link_up_with_mac(struct nl *nl, const char *ifname, const struct link_info *li,
-			    const uint8_t mac[6], char *what, size_t whatlen)
+			    const uint8_t mac[6], bool *stale_ll, char *what, size_t whatlen)
 {
 	bool new_mac = !li->has_mac || memcmp(li->mac, mac, 6) != 0;
 	bool was_up = (li->flags & IFF_UP) != 0;
@@ -388,8 +358,12 @@ static int link_up_with_mac(struct nl *nl, const char *ifname, const struct link
 			rc = set_link(nl, li->index, mac, true);
 		return rc; /* coming up again made a new link-local address */
 	}
-	if (rc == 0 && new_mac && was_up)
-		restart_ipv6(ifname);
+	/*
+	 * The kernel derives the IPv6 link-local address from the MAC only when IPv6 starts on the
+	 * link, so after a live change the link keeps the old one, which a fork shares with its
+	 * siblings: the caller replaces it.
+	 */
+	*stale_ll = rc == 0 && new_mac && was_up;
 	return rc;
 }
 
@@ -397,6 +371,8 @@ static int link_up_with_mac(struct nl *nl, const char *ifname, const struct link
 
 struct flush {
 	int index;
+	bool link_local; /* IPv6 link-local addresses too */
+	bool had_link_local;
 	size_t n;
 	bool more;
 	struct {
@@ -416,7 +392,11 @@ static int on_addr(const struct nlmsghdr *h, void *arg)
 	size_t left, alen;
 
 	if (h->nlmsg_type != RTM_NEWADDR || !ifa || ifa->ifa_index != (uint32_t)f->index ||
-	    ifa->ifa_scope != RT_SCOPE_UNIVERSE || (ifa->ifa_family != AF_INET && ifa->ifa_family != AF_INET6))
+	    (ifa->ifa_family != AF_INET && ifa->ifa_family != AF_INET6))
+		return 0;
+	if (f->link_local && ifa->ifa_family == AF_INET6 && ifa->ifa_scope == RT_SCOPE_LINK)
+		f->had_link_local = true;
+	else if (ifa->ifa_scope != RT_SCOPE_UNIVERSE)
 		return 0;
 	if (f->n == FLUSH_BATCH) {
 		f->more = true;
@@ -441,11 +421,15 @@ static int on_addr(const struct nlmsghdr *h, void *arg)
 	return 0;
 }
 
-/* "ip addr flush dev IFACE scope global", both families. */
-static int flush_addrs(struct nl *nl, int index)
+/*
+ * "ip addr flush dev IFACE scope global", both families; with link_local, IPv6 link-local
+ * addresses too (*had_link_local says whether there was one).
+ */
+static int flush_addrs(struct nl *nl, int index, bool link_local, bool *had_link_local)
 {
+	*had_link_local = false;
 	for (int round = 0; round < FLUSH_ROUNDS; round++) {
-		struct flush f = {.index = index};
+		struct flush f = {.index = index, .link_local = link_local};
 		struct req r;
 		struct ifaddrmsg *ifa = req_init(&r, RTM_GETADDR, 0, sizeof(*ifa));
 		int rc;
@@ -468,10 +452,29 @@ static int flush_addrs(struct nl *nl, int index)
 			if (rc && rc != EADDRNOTAVAIL)
 				return rc;
 		}
+		*had_link_local |= f.had_link_local;
 		if (!f.more)
 			break;
 	}
 	return 0;
+}
+
+/* fe80::/64 with the modified EUI-64 interface id of mac: what the kernel makes from it. */
+static void link_local_of(const uint8_t mac[6], struct nl_prefix *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->family = AF_INET6;
+	p->len = 64;
+	p->addr[0] = 0xfe;
+	p->addr[1] = 0x80;
+	p->addr[8] = mac[0] ^ 0x02;
+	p->addr[9] = mac[1];
+	p->addr[10] = mac[2];
+	p->addr[11] = 0xff;
+	p->addr[12] = 0xfe;
+	p->addr[13] = mac[3];
+	p->addr[14] = mac[4];
+	p->addr[15] = mac[5];
 }
 
 /* "ip addr replace ADDR/LEN dev IFACE", IPv6 with nodad so the address is usable at once. */
@@ -531,14 +534,28 @@ int nl_setup_link(struct nl *nl, const char *ifname, const uint8_t mac[6], const
 		  size_t naddrs, char *what, size_t whatlen)
 {
 	struct link_info li;
+	bool stale_ll = false, had_ll = false;
 	int rc;
 
 	snprintf(what, whatlen, "%s", ifname);
-	if ((rc = get_link(nl, ifname, &li)) || (rc = link_up_with_mac(nl, ifname, &li, mac, what, whatlen)))
+	if ((rc = get_link(nl, ifname, &li)) ||
+	    (rc = link_up_with_mac(nl, ifname, &li, mac, &stale_ll, what, whatlen)))
 		return rc;
 	snprintf(what, whatlen, "%s: flush addresses", ifname);
-	if ((rc = flush_addrs(nl, li.index)))
+	if ((rc = flush_addrs(nl, li.index, stale_ll, &had_ll)))
 		return rc;
+	if (had_ll) {
+		/*
+		 * Replacing the address is much less guest work than restarting IPv6 on the link (which
+		 * tears down and rebuilds all of its IPv6 state), and under TCG guest work is time.
+		 */
+		struct nl_prefix ll;
+
+		link_local_of(mac, &ll);
+		snprintf(what, whatlen, "%s: add link-local address", ifname);
+		if ((rc = add_addr(nl, li.index, &ll)))
+			return rc;
+	}
 	for (size_t i = 0; i < naddrs; i++) {
 		char text[INET6_ADDRSTRLEN];
 

@@ -62,7 +62,10 @@ const FLATTEN_WAIT_BYTES = 32 * 2 ** 20;
 /** A pooled VM runs these after its restore (the server runs string commands with `sh -c`). */
 const POOL_WARMUP: readonly string[][] = [['true'], ['sh', '-c', 'true']];
 const POOL_FILL_DELAY_MS = 200;
+const POOL_WARMUP_MAC = '02:00:00:00:00:02';
+const POOL_WARMUP_ADDRS = 'fd00:0:0:ffff::2/64 192.0.2.2/24'; // documentation / ULA ranges
 const POOL_NICE = 10;
+const POOL_RETRY_MS = 10_000;
 
 export interface QemuRuntimeOptions {
   /**
@@ -176,6 +179,8 @@ export class QemuRuntime implements Runtime {
   /** Warm pool: waiting VMs by machine type, and the fill running for a type. */
   readonly #pool = new Map<MachineType, LiveVm[]>();
   readonly #poolFills = new Map<MachineType, Promise<void>>();
+  /** Ids of this runtime's pooled VMs, being made or waiting: adopt() must not take them for orphans. */
+  readonly #poolIds = new Set<string>();
   #closing = false;
 
   constructor(opts: QemuRuntimeOptions) {
@@ -392,6 +397,7 @@ export class QemuRuntime implements Runtime {
     const orphans: string[] = [];
     const onDisk = fs.readdirSync(path.join(this.dataDir, 'vms'));
     for (const id of onDisk) {
+      if (this.#poolIds.has(id)) continue; // ours, in the warm pool
       if (this.#vms.has(id)) {
         if (wanted.has(id)) adopted.push(id);
         continue;
@@ -527,7 +533,13 @@ export class QemuRuntime implements Runtime {
       while (!this.#closing && list.length < size) {
         const golden = await this.#golden(machine);
         const id = `pool-${machine}-${crypto.randomBytes(6).toString('hex')}`;
-        const vm = await this.#restoreFrom(golden, id, undefined, undefined, undefined, true);
+        this.#poolIds.add(id);
+        const vm = await this.#restoreFrom(golden, id, undefined, undefined, undefined, true).catch(
+          (err: unknown) => {
+            this.#poolIds.delete(id);
+            throw err;
+          },
+        );
         vm.qmp.on('close', () => {
           vm.exited = true;
           const i = list.indexOf(vm);
@@ -538,6 +550,10 @@ export class QemuRuntime implements Runtime {
         });
         try {
           for (const argv of POOL_WARMUP) await vm.agent.exec({ argv, timeoutMs: 30_000 });
+          // The network part of the identity a launch applies: addresses on a NIC with no
+          // uplink yet (hub 0), then removed again.
+          await vm.agent.setIdentity({ net: [`eth0 ${POOL_WARMUP_MAC} ${POOL_WARMUP_ADDRS}`] });
+          await vm.agent.setIdentity({ net: [`eth0 ${POOL_WARMUP_MAC}`] });
         } catch (err) {
           await this.#discard(vm);
           throw err;
@@ -546,9 +562,11 @@ export class QemuRuntime implements Runtime {
         else list.push(vm);
       }
     })()
-      .catch((err: unknown) =>
-        this.#log(`runtime: pool fill for ${machine} failed: ${String(err)}`),
-      )
+      .catch((err: unknown) => {
+        this.#log(`runtime: pool fill for ${machine} failed: ${String(err)}`);
+        // Try again later rather than wait for a launch to ask (a launch meanwhile restores cold).
+        setTimeout(() => this.#fillPool(machine), POOL_RETRY_MS).unref();
+      })
       .finally(() => this.#poolFills.delete(machine));
     this.#poolFills.set(machine, fill);
   }
@@ -590,6 +608,7 @@ export class QemuRuntime implements Runtime {
         await this.#discard(vm);
         continue;
       }
+      this.#poolIds.delete(vm.record.qemuName!);
       this.#supervise(vm);
       this.#vms.set(id, vm);
       this.#log(
@@ -602,6 +621,7 @@ export class QemuRuntime implements Runtime {
 
   /** Stops a VM that is not registered (a pooled one) and removes its dir. */
   async #discard(vm: LiveVm): Promise<void> {
+    this.#poolIds.delete(vm.record.qemuName ?? vm.record.id);
     vm.destroying = true;
     await this.#stopProcess(vm.record.pid, vm.qmp);
     vm.agent.close();

@@ -33,6 +33,14 @@ import {
 
 const SKIP = networkSkipReason();
 
+/** The IPv6 link-local address the kernel derives from a MAC (modified EUI-64), as ip(8) prints it. */
+function linkLocalOf(mac: string): string {
+  const b = mac.split(':').map((h) => parseInt(h, 16));
+  b[0]! ^= 2;
+  const hex = (x: number, y: number) => ((x << 8) | y).toString(16);
+  return `fe80::${hex(b[0]!, b[1]!)}:${hex(b[2]!, 0xff)}:${hex(0xfe, b[3]!)}:${hex(b[4]!, b[5]!)}`;
+}
+
 const TAG = crypto.randomBytes(2).toString('hex');
 const V4_THIRD = crypto.randomBytes(1)[0]!;
 const PREFIX = uid('net');
@@ -255,11 +263,14 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
       for (const f of forks) {
         const r = await guest(
           f,
-          'cat /sys/class/net/eth0/address; ip -6 -br addr show dev eth0 scope global',
+          'cat /sys/class/net/eth0/address; ip -6 -br addr show dev eth0 scope global; ip -6 -br addr show dev eth0 scope link',
         );
         expect(r.out.split('\n')[0]).toBe(vms.get(f)!.mac);
         expect(r.out).toContain(vms.get(f)!.ipv6!);
         expect(r.out).not.toContain(ip6(A));
+        // Its link-local address follows the new MAC (siblings on the bridge must not share one).
+        expect(r.out).toContain(`${linkLocalOf(vms.get(f)!.mac)}/64`);
+        expect(r.out).not.toContain(`${linkLocalOf(vms.get(A)!.mac)}/64`);
         await nm.applyFirewall(f, restricted(8080));
       }
       const codes = await Promise.all(forks.map((f) => inet.httpStatus(url(ip6(f), 8080))));

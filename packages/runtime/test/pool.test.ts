@@ -43,6 +43,19 @@ describe('warm pool (real QEMU VMs)', () => {
     await disposeRuntime(rt);
   });
 
+  it('adopt() while the pool fills leaves the pooled VMs alone', async () => {
+    // The server adopts its VMs at start, while the prewarmed pool is filling.
+    const deadline = Date.now() + 60_000;
+    while (!fs.readdirSync(path.join(rt.dataDir, 'vms')).some((d) => d.startsWith('pool-'))) {
+      if (Date.now() > deadline) throw new Error('the pool never started filling');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const res = await rt.adopt([]);
+    expect(res.orphans).toEqual([]);
+    await waitPool(rt, 2);
+    expect(logs.filter((m) => /pool fill .* failed/.test(m))).toEqual([]);
+  });
+
   it('launches from the pool: each VM has its own identity, disk and memory', async () => {
     await waitPool(rt, 2);
     const [a, b] = [`${PREFIX}-a`, `${PREFIX}-b`];
@@ -68,6 +81,10 @@ describe('warm pool (real QEMU VMs)', () => {
     expect(midA).not.toBe(midB);
     // The guest clock was set at hand-out, not left at the golden snapshot's time.
     expect(Math.abs(Number(minA) - Math.floor(Date.now() / 60_000))).toBeLessThanOrEqual(1);
+
+    // Nothing of the pool's warm-up is left on the NIC (the network was warmed with throwaway
+    // addresses, then cleared).
+    expect((await sh(a, 'ip -br addr show dev eth0 scope global')).out.trim()).toBe('');
 
     await sh(a, 'echo only-a > /root/f; echo mem-a > /dev/shm/m');
     expect((await sh(b, 'cat /root/f /dev/shm/m 2>&1 || echo missing')).out).toContain('missing');
