@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -33,6 +34,26 @@
 #define PM_FILE (1ULL << 61)
 #define BATCH 1024
 #define COPY_BUF (16ULL << 20)
+
+/*
+ * PAGEMAP_SCAN (Linux 6.7+; Debian 12's headers predate it): the kernel walks the page tables and
+ * returns only the ranges whose pages match, instead of 8 bytes per page of the whole mapping, so
+ * a dump costs what the guest changed, not what its RAM size is. Values from the kernel's uapi
+ * <linux/fs.h>.
+ */
+#define PAGEMAP_SCAN_IOCTL _IOWR('f', 16, struct pm_scan_arg)
+#define PAGE_IS_FILE (1ULL << 2)
+#define PAGE_IS_PRESENT (1ULL << 3)
+#define SCAN_VEC 4096
+
+struct page_region {
+    uint64_t start, end, categories;
+};
+
+struct pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
 
 static const char MAGIC[8] = {'F', 'V', 'M', 'D', 'E', 'L', 'T', '1'};
 
@@ -78,6 +99,69 @@ static void read_all(int fd, void *buf, size_t n)
     }
 }
 
+/* Appends [off, off+len) to runs, merging it with the last run when they touch. */
+static struct run *add_run(struct run *runs, uint64_t *n, uint64_t *cap, uint64_t off, uint64_t len)
+{
+    if (*n > 0 && runs[*n - 1].off + runs[*n - 1].len == off) {
+        runs[*n - 1].len += len;
+        return runs;
+    }
+    if (*n == *cap) {
+        *cap *= 2;
+        runs = realloc(runs, *cap * sizeof(*runs));
+        if (runs == NULL)
+            die("realloc");
+    }
+    runs[*n].off = off;
+    runs[*n].len = len;
+    (*n)++;
+    return runs;
+}
+
+/*
+ * The same runs as scan() below, listed by the kernel with PAGEMAP_SCAN: present and not
+ * file-backed. NULL (errno set) when the kernel does not have the ioctl.
+ */
+static struct run *scan_ioctl(int fd, uint64_t start, uint64_t size, uint64_t *nruns)
+{
+    uint64_t cap = 1024, n = 0, pos = start, end = start + size;
+    struct run *runs = malloc(cap * sizeof(*runs));
+    struct page_region *vec = malloc(SCAN_VEC * sizeof(*vec));
+
+    if (runs == NULL || vec == NULL)
+        die("malloc");
+    while (pos < end) {
+        struct pm_scan_arg a = {
+            .size = sizeof(a),
+            .start = pos,
+            .end = end,
+            .vec = (uint64_t)(uintptr_t)vec,
+            .vec_len = SCAN_VEC,
+            .category_mask = PAGE_IS_PRESENT | PAGE_IS_FILE,
+            .category_inverted = PAGE_IS_FILE,
+            .return_mask = PAGE_IS_PRESENT,
+        };
+        long got = ioctl(fd, PAGEMAP_SCAN_IOCTL, &a);
+
+        if (got < 0) {
+            if (pos == start && (errno == ENOTTY || errno == EINVAL || errno == EOPNOTSUPP)) {
+                free(runs);
+                free(vec);
+                return NULL;
+            }
+            die("PAGEMAP_SCAN");
+        }
+        for (long i = 0; i < got; i++)
+            runs = add_run(runs, &n, &cap, vec[i].start - start, vec[i].end - vec[i].start);
+        if (a.walk_end <= pos)
+            die("PAGEMAP_SCAN made no progress");
+        pos = a.walk_end;
+    }
+    free(vec);
+    *nruns = n;
+    return runs;
+}
+
 /* Private anonymous page runs of [start, start+size) in process pid. */
 static struct run *scan(pid_t pid, uint64_t start, uint64_t size, uint64_t *nruns)
 {
@@ -91,29 +175,24 @@ static struct run *scan(pid_t pid, uint64_t start, uint64_t size, uint64_t *nrun
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 || runs == NULL || pm == NULL)
         die("pagemap");
+    if (getenv("FASTVM_MEMDELTA_READ_SCAN") == NULL) {
+        struct run *fast = scan_ioctl(fd, start, size, nruns);
+
+        if (fast != NULL) {
+            close(fd);
+            free(pm);
+            free(runs);
+            return fast;
+        }
+    }
     for (uint64_t first = 0; first < pages; first += 65536) {
         uint64_t want = pages - first < 65536 ? pages - first : 65536;
         ssize_t got = pread(fd, pm, want * 8, (off_t)((start / PAGE + first) * 8));
         if (got < 0)
             die("read pagemap");
         for (uint64_t i = 0; i < (uint64_t)got / 8; i++) {
-            uint64_t off;
-            if (!(pm[i] & PM_PRESENT) || (pm[i] & PM_FILE))
-                continue;
-            off = (first + i) * PAGE;
-            if (n > 0 && runs[n - 1].off + runs[n - 1].len == off) {
-                runs[n - 1].len += PAGE;
-                continue;
-            }
-            if (n == cap) {
-                cap *= 2;
-                runs = realloc(runs, cap * sizeof(*runs));
-                if (runs == NULL)
-                    die("realloc");
-            }
-            runs[n].off = off;
-            runs[n].len = PAGE;
-            n++;
+            if ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE))
+                runs = add_run(runs, &n, &cap, (first + i) * PAGE, PAGE);
         }
     }
     close(fd);
