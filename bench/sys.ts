@@ -5,6 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import { qemuVersion as runtimeQemuVersion } from '@fastvm/runtime';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -44,8 +45,7 @@ export function gitRevision(cwd: string): string {
 
 export function qemuVersion(): string {
   try {
-    const out = execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' });
-    return /version ([\d.]+)/.exec(out)?.[1] ?? 'unknown';
+    return /version ([\d.]+)/.exec(runtimeQemuVersion('qemu-system-x86_64'))?.[1] ?? 'unknown';
   } catch {
     return 'unknown';
   }

@@ -5,7 +5,7 @@ export { QmpClient, QmpCommandError, QmpConnectionError } from './qmp.js';
 export type { QmpEvent, QmpState } from './qmp.js';
 export { AgentClient } from './agent-client.js';
 export type { AgentProcess, ProcessExit, SpawnRequest } from './agent-client.js';
-export { loadGuestImage, defaultCacheDir } from './qemu.js';
+export { loadGuestImage, defaultCacheDir, qemuVersion } from './qemu.js';
 export type { GuestImage, Accel } from './qemu.js';
 export { NetworkManager, probeNetworking, publicIpv6, validatePolicy } from './network.js';
 export type {

@@ -16,6 +16,12 @@ const execFileP = promisify(execFile);
 export interface RamMapping {
   readonly start: number;
   readonly size: number;
+  /**
+   * Mapped privately, as the memshim makes it. A shared mapping would let the guest write into
+   * a snapshot's base file, which every fork of it reads: a restore checks this before the
+   * guest runs.
+   */
+  readonly private: boolean;
 }
 
 /** Find the mapping of `memPath` in `/proc/PID/maps` (the guest RAM block). */
@@ -23,23 +29,11 @@ export function findRamMapping(pid: number, memPath: string, size: number): RamM
   const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
   for (const line of maps.split('\n')) {
     if (!line.endsWith(memPath)) continue;
-    const [range] = line.split(' ', 1);
+    const [range, perms] = line.split(' ', 2);
     const [a, b] = range!.split('-').map((h) => parseInt(h, 16));
-    if (b! - a! === size) return { start: a!, size };
+    if (b! - a! === size) return { start: a!, size, private: perms?.[3] === 'p' };
   }
   throw new Error(`guest RAM mapping of ${memPath} (${size} bytes) not found in pid ${pid}`);
-}
-
-/**
- * Whether guest RAM (the mapping of `memPath`) is mapped privately, as the memshim makes it. A
- * shared mapping would let the guest write into a snapshot's base file, which every fork of it
- * reads: a restore checks this before the guest runs.
- */
-export function ramIsPrivate(pid: number, memPath: string, size: number): boolean {
-  const map = findRamMapping(pid, memPath, size);
-  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
-  const line = maps.split('\n').find((l) => l.startsWith(`${map.start.toString(16)}-`));
-  return line?.split(' ')[1]?.[3] === 'p';
 }
 
 /** Copy the process's changed pages into a delta file. */

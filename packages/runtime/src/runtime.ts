@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { AgentClient } from './agent-client.js';
-import { applyDelta, dumpDelta, findRamMapping, flattenDelta, ramIsPrivate } from './memory.js';
+import { applyDelta, dumpDelta, findRamMapping, flattenDelta } from './memory.js';
 import {
   type Accel,
   type GuestImage,
@@ -581,13 +581,13 @@ export class QemuRuntime implements Runtime {
     const list = this.#pool.get(machine);
     if (!list?.length) return undefined;
     const network = await networkOption;
-    for (let vm = list?.shift(); vm; vm = list?.shift()) {
+    for (let vm = list.shift(); vm; vm = list.shift()) {
       if (vm.exited) {
         await this.#discard(vm);
         continue;
       }
       if (this.#vms.has(id) || fs.existsSync(this.#vmDir(id))) {
-        list!.unshift(vm);
+        list.unshift(vm);
         throw new RuntimeError('invalid_argument', `VM ${id} already exists`);
       }
       const t0 = performance.now();
@@ -810,6 +810,7 @@ export class QemuRuntime implements Runtime {
     try {
       await this.#newOverlay(top, snap.disk[0]!, snap.diskGiB);
       phases('overlay');
+      const memFile = fs.realpathSync(snap.memBase);
       const record: VmRecord = {
         id,
         machine: snap.machine,
@@ -841,7 +842,7 @@ export class QemuRuntime implements Runtime {
       });
       pid = this.#spawnQemu(dir, args, {
         LD_PRELOAD: this.#image.memshim,
-        FASTVM_MEMSHIM_PATH: fs.realpathSync(snap.memBase),
+        FASTVM_MEMSHIM_PATH: memFile,
         FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
         // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
         ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
@@ -851,7 +852,8 @@ export class QemuRuntime implements Runtime {
       phases('spawn');
       qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
       phases('qmp');
-      if (!ramIsPrivate(pid, fs.realpathSync(snap.memBase), spec.memoryMiB * 2 ** 20)) {
+      const map = findRamMapping(pid, memFile, spec.memoryMiB * 2 ** 20);
+      if (!map.private) {
         throw new RuntimeError(
           'qemu_failed',
           `guest RAM of ${id} is mapped shared (the memshim is not loaded): refusing to run it on ${snap.memBase}`,
@@ -862,7 +864,6 @@ export class QemuRuntime implements Runtime {
       const agentP = AgentClient.connect(path.join(dir, 'agent.sock'), { timeoutMs: 30_000 });
       agentP.catch(() => {});
       if (snap.delta) {
-        const map = findRamMapping(pid, fs.realpathSync(snap.memBase), spec.memoryMiB * 2 ** 20);
         await applyDelta(this.#image.memdelta, pid, map, snap.delta.path);
         phases('delta');
       }
@@ -1391,7 +1392,6 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Whether `pid` is the QEMU process of VM `id` (and not a recycled pid). */
 /** Sets the nice value of every thread of a process (Linux keeps it per thread). */
 function reniceProcess(pid: number, nice: number): void {
   let tids: string[] = [];
@@ -1421,6 +1421,7 @@ async function plugTap(qmp: QmpClient, tap: string): Promise<void> {
   await qmp.execute('netdev_add', { type: 'hubport', id: 'hp1', hubid: 0, netdev: 'tap0' });
 }
 
+/** Whether `pid` is the QEMU process named `name` (`-name`; not a recycled pid). */
 function isQemuOf(pid: number, name: string): boolean {
   try {
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
