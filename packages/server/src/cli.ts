@@ -16,7 +16,8 @@
  * VM networking: FASTVM_NETWORK=off, FASTVM_IPV6_PREFIX, FASTVM_IPV4_SUBNET, FASTVM_BRIDGE,
  * FASTVM_HOST_TCP_PORTS (see services/host-network.ts). File transfer: FASTVM_STORAGE_PORT (port of the
  * storage listener VMs reach on their gateway; default any free port), FASTVM_STORAGE_URL (base of
- * presigned URLs when clients and VMs should use another address; see services/files.ts).
+ * presigned URLs when clients and VMs should use another address; see services/files.ts),
+ * FASTVM_STAGING_BYTES_PER_ORG (most bytes of staged files one org may hold; default 32 GiB).
  * @module
  */
 import fs from 'node:fs/promises';
@@ -180,9 +181,26 @@ async function serve(args: string[]): Promise<number> {
   return 0;
 }
 
-/** `FASTVM_STORAGE_PORT` / `FASTVM_STORAGE_URL`; throws with a user-facing message. */
-function storageSettingsFromEnv(env = process.env): { port?: number; publicBaseUrl?: string } {
-  const out: { port?: number; publicBaseUrl?: string } = {};
+/**
+ * `FASTVM_STORAGE_PORT` / `FASTVM_STORAGE_URL` / `FASTVM_STAGING_BYTES_PER_ORG`; throws with a
+ * user-facing message.
+ */
+function storageSettingsFromEnv(env: Record<string, string | undefined> = process.env): {
+  port?: number;
+  publicBaseUrl?: string;
+  stagingBytesPerOrg?: number;
+} {
+  const out: { port?: number; publicBaseUrl?: string; stagingBytesPerOrg?: number } = {};
+  const staging = env.FASTVM_STAGING_BYTES_PER_ORG?.trim();
+  if (staging) {
+    const n = Number(staging);
+    if (!/^\d+$/.test(staging) || !Number.isSafeInteger(n) || n < 1) {
+      throw new Error(
+        `FASTVM_STAGING_BYTES_PER_ORG must be a positive number of bytes, got ${staging}`,
+      );
+    }
+    out.stagingBytesPerOrg = n;
+  }
   const port = env.FASTVM_STORAGE_PORT?.trim();
   if (port) {
     if (!/^\d+$/.test(port) || Number(port) > 65535) {

@@ -59,8 +59,15 @@ export interface StartServerOptions {
    * the VM bridge's gateway addresses, started when VMs have networking (default 0 = any free
    * port; it is added to the ports VMs may reach). `publicBaseUrl`: base of presigned URLs
    * (default: that listener, else the origin the client called). `urlTtlSec`: URL lifetime.
+   * `stagingBytesPerOrg`: most bytes one org may have staged at a time (default 32 GiB).
    */
-  storage?: { port?: number; publicBaseUrl?: string; urlTtlSec?: number; objectTtlMs?: number };
+  storage?: {
+    port?: number;
+    publicBaseUrl?: string;
+    urlTtlSec?: number;
+    objectTtlMs?: number;
+    stagingBytesPerOrg?: number;
+  };
   /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
   shutdownGraceMs?: number;
 }
@@ -132,6 +139,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       ...(opts.storage?.publicBaseUrl ? { publicBaseUrl: opts.storage.publicBaseUrl } : {}),
       ...(opts.storage?.urlTtlSec ? { urlTtlSec: opts.storage.urlTtlSec } : {}),
       ...(opts.storage?.objectTtlMs ? { objectTtlMs: opts.storage.objectTtlMs } : {}),
+      ...(opts.storage?.stagingBytesPerOrg
+        ? { stagingBytesPerOrg: opts.storage.stagingBytesPerOrg }
+        : {}),
     });
     ctx.staging = files;
 

@@ -7,12 +7,20 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import http from 'node:http';
+import http2 from 'node:http2';
 import path from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServiceContext } from '../src/services/context.js';
 import { FileService } from '../src/services/files.js';
-import { TestClient, startTestServer, type TestServer } from './helpers.js';
+import {
+  TRANSPORTS,
+  TestClient,
+  createOrgWithKey,
+  startTestServer,
+  type TestServer,
+  type Transport,
+} from './helpers.js';
 
 interface Raw {
   status: number;
@@ -190,6 +198,36 @@ describe('file transfer (FakeRuntime)', () => {
     expect(staging.filter((f) => f.startsWith('.tmp-'))).toEqual([]);
   });
 
+  it('a download the client abandons closes its file', async () => {
+    const p = await presign();
+    expect((await raw('PUT', p.uploadUrl as string, crypto.randomBytes(8 * 2 ** 20))).status).toBe(
+      200,
+    );
+    const object = new URL(p.uploadUrl as string).pathname.split('/').pop()!;
+    const openFds = async (): Promise<number> => {
+      let n = 0;
+      for (const fd of await fs.readdir('/proc/self/fd')) {
+        const target = await fs.readlink(`/proc/self/fd/${fd}`).catch(() => '');
+        if (target.endsWith(`/staging/${object}`)) n++;
+      }
+      return n;
+    };
+    for (let i = 0; i < 3; i++) {
+      await new Promise<void>((resolve) => {
+        const req = http.get(p.downloadUrl as string, (res) => {
+          res.once('data', () => {
+            req.destroy();
+            resolve();
+          });
+        });
+        req.on('error', () => resolve());
+      });
+    }
+    for (let i = 0; i < 50 && (await openFds()) > 0; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(await openFds()).toBe(0);
+  });
+
   it('files/fetch writes the object into the guest in agent-sized chunks, atomically', async () => {
     const data = crypto.randomBytes(2.5 * 1024 * 1024);
     const p = await presign();
@@ -281,5 +319,291 @@ describe('file transfer (FakeRuntime)', () => {
     expect(await signer.gc(Date.now() + 23 * 3600 * 1000)).toBe(0);
     expect(await signer.gc(Date.now() + 25 * 3600 * 1000)).toBeGreaterThan(0);
     expect((await raw('GET', q.downloadUrl as string)).status).toBe(404);
+  });
+});
+
+/**
+ * A PUT whose body the test writes piece by piece (chunked over HTTP/1.1, DATA frames over h2c),
+ * with the response as a promise (status -1: the connection went away without one).
+ */
+function streamingPut(
+  url: string,
+  transport: Transport = 'h1',
+): {
+  write(b: Buffer): void;
+  end(b?: Buffer): void;
+  abort(): void;
+  response: Promise<Raw | { status: -1 }>;
+} {
+  if (transport === 'h2') {
+    const u = new URL(url);
+    const session = http2.connect(u.origin);
+    session.on('error', () => {});
+    const req = session.request({
+      ':method': 'PUT',
+      ':path': u.pathname + u.search,
+      'content-type': 'application/octet-stream',
+    });
+    const response = new Promise<Raw | { status: -1 }>((resolve) => {
+      let status = 0;
+      let headers: http.IncomingHttpHeaders = {};
+      const chunks: Buffer[] = [];
+      req.on('response', (h) => {
+        status = Number(h[':status']);
+        headers = h as http.IncomingHttpHeaders;
+      });
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => resolve({ status, headers, body: Buffer.concat(chunks) }));
+      req.on('error', () =>
+        resolve(status ? { status, headers, body: Buffer.concat(chunks) } : { status: -1 }),
+      );
+    });
+    void response.then(() => session.close());
+    return {
+      write: (b) => void req.write(b),
+      end: (b) => void req.end(b),
+      abort: () => session.destroy(),
+      response,
+    };
+  }
+  const req = http.request(url, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/octet-stream' },
+  });
+  const response = new Promise<Raw | { status: -1 }>((resolve) => {
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
+      );
+      res.on('error', () => resolve({ status: -1 }));
+    });
+    // Writes after an early answer may fail (the server closes the connection): that's fine.
+    req.on('error', () => setTimeout(() => resolve({ status: -1 }), 50));
+  });
+  req.flushHeaders();
+  return {
+    write: (b) => void req.write(b),
+    end: (b) => void req.end(b),
+    abort: () => req.destroy(),
+    response,
+  };
+}
+
+/** Pino records (parsed) written by a server under test. */
+function capturingLogger(): { logger: pino.Logger; records: Array<Record<string, unknown>> } {
+  const records: Array<Record<string, unknown>> = [];
+  const logger = pino(
+    { level: 'debug' },
+    { write: (line: string) => void records.push(JSON.parse(line) as Record<string, unknown>) },
+  );
+  return { logger, records };
+}
+
+const errorsIn = (records: Array<Record<string, unknown>>) =>
+  records
+    .filter((r) => (r.level as number) >= 50)
+    .map((r) => `${String(r.msg)} ${JSON.stringify(r.err ?? '')}`);
+
+async function until(
+  what: string,
+  cond: () => Promise<boolean> | boolean,
+  ms = 5000,
+): Promise<void> {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('staging: revocation with the VM, per-org cap, restarts (FakeRuntime)', () => {
+  const CAP = 1000;
+  let dataDir: string;
+  let t: TestServer;
+  let api: TestClient;
+  let log: ReturnType<typeof capturingLogger>;
+  const staging = () => fs.readdir(path.join(dataDir, 'staging'));
+
+  /** A restart keeps the port, so URLs minted before it still lead here. */
+  async function start(): Promise<void> {
+    log = capturingLogger();
+    t = await startTestServer({
+      ...(dataDir ? { dataDir, port: t.server.port } : {}),
+      logger: log.logger,
+      storage: { stagingBytesPerOrg: CAP },
+    });
+    dataDir = t.dataDir;
+    api = new TestClient(t.url, t.key);
+  }
+  async function launch(a = api): Promise<string> {
+    const res = await a.post('/v1/vms', { machineType: 'c1m2' });
+    expect(res.status).toBe(201);
+    return res.body.id as string;
+  }
+  async function presign(id: string, a = api): Promise<string> {
+    const res = await a.post(`/v1/vms/${id}/files/presign`, { path: '/root/x' });
+    expect(res.status).toBe(200);
+    return res.body.uploadUrl as string;
+  }
+
+  beforeAll(start);
+  afterAll(async () => {
+    await t.cleanup();
+  });
+
+  it.each(TRANSPORTS)(
+    'an upload still streaming when its VM is deleted ends in a clean 404 and leaves nothing (%s)',
+    async (transport) => {
+      const id = await launch();
+      const put = streamingPut(await presign(id), transport);
+      put.write(Buffer.alloc(300, 1));
+      await until('the upload to start', async () =>
+        (await staging()).some((f) => f.startsWith(`.tmp-${id}.`)),
+      );
+      expect((await api.del(`/v1/vms/${id}`)).status).toBe(200);
+      put.write(Buffer.alloc(300, 2));
+      put.end();
+      const res = await put.response;
+      expect(res.status).toBe(404);
+      expect(JSON.parse((res as Raw).body.toString())).toMatchObject({ code: 'not_found' });
+      expect((await staging()).filter((f) => f.includes(id))).toEqual([]);
+      expect(errorsIn(log.records)).toEqual([]);
+    },
+  );
+
+  it('revokes presigned URLs with their VM: PUT, GET and HEAD answer 404 afterwards', async () => {
+    const id = await launch();
+    const url = await presign(id);
+    const unused = await presign(id);
+    expect((await raw('PUT', url, Buffer.from('kept until the VM goes'))).status).toBe(200);
+    expect((await raw('GET', url)).status).toBe(200);
+    expect((await api.del(`/v1/vms/${id}`)).status).toBe(200);
+    for (const [method, u] of [
+      ['PUT', url],
+      ['PUT', unused],
+      ['GET', url],
+      ['HEAD', url],
+      ['GET', unused],
+    ] as const) {
+      const res = await raw(method, u, method === 'PUT' ? Buffer.from('after delete') : undefined);
+      expect(res.status, `${method} ${u}`).toBe(404);
+      if (method !== 'HEAD') {
+        expect(JSON.parse(res.body.toString()), method).toMatchObject({
+          code: 'not_found',
+          error: expect.stringMatching(/deleted/),
+        });
+      }
+    }
+    expect((await staging()).filter((f) => f.includes(id))).toEqual([]);
+    expect(errorsIn(log.records)).toEqual([]);
+  });
+
+  it.each(TRANSPORTS)(
+    'an upload the client abandons leaves nothing and logs no error (%s)',
+    async (transport) => {
+      const id = await launch();
+      const put = streamingPut(await presign(id), transport);
+      put.write(Buffer.alloc(200, 1));
+      await until('the upload to start', async () =>
+        (await staging()).some((f) => f.startsWith(`.tmp-${id}.`)),
+      );
+      put.abort();
+      await until('the temp file to go', async () =>
+        (await staging()).every((f) => !f.startsWith(`.tmp-${id}.`)),
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      expect(errorsIn(log.records)).toEqual([]);
+      await api.del(`/v1/vms/${id}`);
+    },
+  );
+
+  it('bounds staged bytes per org (429), counting uploads while they stream; other orgs are not affected', async () => {
+    const id = await launch();
+    const [a, b, c, d] = [
+      await presign(id),
+      await presign(id),
+      await presign(id),
+      await presign(id),
+    ];
+    const p = await api.post(`/v1/vms/${id}/files/presign`, {});
+    expect(p.body.maxUploadBytes).toBe(CAP); // never more than the org may stage
+    expect((await raw('PUT', a, Buffer.alloc(600, 1))).status).toBe(200);
+    const over = await raw('PUT', b, Buffer.alloc(600, 2));
+    expect(over.status).toBe(429);
+    expect(JSON.parse(over.body.toString())).toMatchObject({
+      code: 'quota_exceeded',
+      dimension: 'staging_bytes',
+      limit: CAP,
+      usage: 600,
+    });
+    expect(over.headers['x-should-retry']).toBe('false');
+
+    // Two chunked uploads in parallel, 300 bytes each, with 400 left: the second is refused
+    // while it streams, the first completes.
+    const first = streamingPut(c);
+    first.write(Buffer.alloc(300, 3));
+    await until('the first upload to be counted', async () =>
+      (await staging()).some(
+        (f) => f.startsWith('.tmp-') && f.includes(c.split('/').pop()!.split('?')[0]!),
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    const second = streamingPut(d);
+    second.write(Buffer.alloc(300, 4));
+    const refused = await second.response;
+    expect(refused.status).toBe(429);
+    first.end();
+    expect((await first.response).status).toBe(200);
+    // Replacing an object frees its old bytes once the new one is in place.
+    expect((await raw('PUT', a, Buffer.alloc(100, 5))).status).toBe(200);
+    expect((await raw('PUT', b, Buffer.alloc(500, 6))).status).toBe(200);
+    expect((await raw('PUT', d, Buffer.alloc(101, 7))).status).toBe(429);
+
+    // Another org has its own budget.
+    const other = new TestClient(t.url, await createOrgWithKey(t.server, 'staging-other'));
+    const theirs = await launch(other);
+    expect((await raw('PUT', await presign(theirs, other), Buffer.alloc(900, 8))).status).toBe(200);
+
+    // Deleting the VM frees its org's staged bytes.
+    await api.del(`/v1/vms/${id}`);
+    const next = await launch();
+    expect((await raw('PUT', await presign(next), Buffer.alloc(CAP, 9))).status).toBe(200);
+    await api.del(`/v1/vms/${next}`);
+    await other.del(`/v1/vms/${theirs}`);
+    expect(errorsIn(log.records)).toEqual([]);
+  });
+
+  it('after a restart (clean or kill -9) staged bytes are counted from disk and nothing leaks', async () => {
+    const id = await launch();
+    const url = await presign(id);
+    expect((await raw('PUT', url, Buffer.alloc(700, 1))).status).toBe(200);
+    // A crash mid-upload leaves a temp file; an object whose VM is gone is left over too.
+    const crashing = streamingPut(await presign(id));
+    crashing.write(Buffer.alloc(100, 2));
+    await until('the upload to start', async () =>
+      (await staging()).some((f) => f.startsWith('.tmp-')),
+    );
+    const ghost = `vm-gone-${crypto.randomBytes(4).toString('hex')}.${crypto.randomBytes(16).toString('hex')}`;
+    await fs.writeFile(path.join(dataDir, 'staging', ghost), Buffer.alloc(50));
+    await t.server.kill();
+    crashing.abort();
+    await start();
+    expect((await staging()).filter((f) => f.startsWith('.tmp-') || f === ghost)).toEqual([]);
+    // The URL minted before the restart still works, and its bytes still count.
+    expect((await raw('GET', url)).body.length).toBe(700);
+    const res = await raw('PUT', await presign(id), Buffer.alloc(301, 3));
+    expect(res.status).toBe(429);
+    expect(JSON.parse(res.body.toString())).toMatchObject({ usage: 700 });
+    expect((await raw('PUT', await presign(id), Buffer.alloc(300, 3))).status).toBe(200);
+
+    // A clean restart too.
+    await t.server.close();
+    await start();
+    expect((await raw('PUT', await presign(id), Buffer.alloc(1, 4))).status).toBe(429);
+    await api.del(`/v1/vms/${id}`);
+    expect(await staging()).toEqual([]);
+    expect(errorsIn(log.records)).toEqual([]);
   });
 });

@@ -4,15 +4,20 @@
  * plain Node handler, not a Fastify route, so request bodies stream straight to disk instead of
  * going through the JSON body parser. It serves the API listener (in front of Fastify, see
  * `app.ts`) and the guest-facing storage listener (`storage-listener.ts`).
+ *
+ * Refusals (403, 404 for a deleted VM's URL, 413, 429) are answered in the API's error shape even
+ * in the middle of an upload; an upload whose client went away is no error of ours and is logged
+ * at debug level only.
  * @module
  */
 import fs from 'node:fs';
 import http from 'node:http';
 import type http2 from 'node:http2';
 import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
-import { ApiError } from '../errors.js';
-import type { FileService } from '../services/files.js';
+import { ApiError, retryHint } from '../errors.js';
+import { UploadAbandoned, type FileService } from '../services/files.js';
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
 type Res = http.ServerResponse | http2.Http2ServerResponse;
@@ -20,6 +25,11 @@ type Res = http.ServerResponse | http2.Http2ServerResponse;
 /** Handles one storage request; `req.url` must start with `/storage/`. */
 export function handleStorage(files: FileService, logger: Logger, req: Req, res: Res): void {
   serve(files, req, res).catch((err: unknown) => {
+    if (err instanceof UploadAbandoned) {
+      logger.debug({ url: req.url?.split('?')[0] }, 'storage upload abandoned by the client');
+      res.destroy();
+      return;
+    }
     const apiError =
       err instanceof ApiError ? err : new ApiError('internal', 'storage request failed');
     if (!(err instanceof ApiError)) logger.error({ err }, 'storage request failed');
@@ -39,6 +49,7 @@ async function serve(files: FileService, req: Req, res: Res): Promise<void> {
     return;
   }
   const grant = files.verify(req.url ?? '');
+  await files.authorize(grant);
   if (method === 'PUT') {
     const length = req.headers['content-length'];
     const declared = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined;
@@ -58,9 +69,10 @@ async function serve(files: FileService, req: Req, res: Res): Promise<void> {
     res.end();
     return;
   }
-  const stream = fs.createReadStream(obj.file);
-  stream.on('error', () => res.destroy());
-  stream.pipe(res as NodeJS.WritableStream);
+  // pipeline, not pipe: a client that leaves mid-download must close the file too.
+  await pipeline(fs.createReadStream(obj.file), res as NodeJS.WritableStream).catch(() => {
+    res.destroy();
+  });
 }
 
 function fail(req: Req, res: Res, err: ApiError): void {
@@ -73,9 +85,11 @@ function fail(req: Req, res: Res, err: ApiError): void {
   const h2 = req.httpVersionMajor === 2;
   // An unread request body (a refused PUT): close the connection instead of draining gigabytes.
   const unread = req.method === 'PUT' && !req.readableEnded;
+  const retry = retryHint(status, req.method ?? 'GET', err.shouldRetry);
   res.writeHead(status, {
     'content-type': 'application/json; charset=utf-8',
     'content-length': String(Buffer.byteLength(body)),
+    ...(retry !== undefined ? { 'x-should-retry': String(retry) } : {}),
     ...(unread && !h2 ? { connection: 'close' } : {}),
   });
   res.end(body, () => {

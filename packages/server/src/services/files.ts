@@ -8,9 +8,16 @@
  *   missing signature, an expired URL, or (for `files/fetch`) another VM's object is refused.
  * - **PUT** streams the body into a temp file and renames it into place when complete, so a
  *   failed or aborted upload leaves nothing (and an earlier object stays intact). Bodies over
- *   `max` (the VM's disk size) are refused with 413, by `Content-Length` before reading or as soon
- *   as a chunked body passes the limit. **GET** streams the bytes (200, no redirect, no
- *   `Content-Encoding`).
+ *   `max` (the VM's disk size, at most the org's staging cap) are refused with 413, by
+ *   `Content-Length` before reading or as soon as a chunked body passes the limit. **GET** streams
+ *   the bytes (200, no redirect, no `Content-Encoding`).
+ * - **Revocation**: a URL works only while its VM exists. Deleting the VM aborts its uploads in
+ *   flight (they answer 404), removes its objects, and every later PUT/GET/HEAD answers 404.
+ * - **Per-org cap**: the bytes an org has staged (objects on disk, plus uploads while they stream,
+ *   counted chunk by chunk or by `Content-Length` up front) may not pass `stagingBytesPerOrg`:
+ *   429 `quota_exceeded` with `dimension: "staging_bytes"`. The count is rebuilt from the
+ *   staging directory at start; temp files (uploads a crash cut off) and objects of VMs that no
+ *   longer exist are removed then.
  * - **GC**: objects and stray temp files older than `objectTtlMs` (a day) are removed by a timer,
  *   and all of a VM's objects when the VM is deleted.
  * - **files/fetch** writes an object into the guest through the agent, in chunks of just under
@@ -26,7 +33,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { VmRecord } from '../domain.js';
+import type { VmRecord, VmStatus } from '../domain.js';
 import { ApiError, badRequest, conflict } from '../errors.js';
 import type { ServiceContext } from './context.js';
 import { toApiError } from './runtime-errors.js';
@@ -36,6 +43,12 @@ export const STORAGE_PREFIX = '/storage/';
 const OBJECT_RE = /^([A-Za-z0-9][A-Za-z0-9_-]{0,63})\.([0-9a-f]{32})$/;
 /** Agent exec requests carry at most 1 MiB including argv; leave room for the paths. */
 const CHUNK_BYTES = 1024 * 1024 - 16 * 1024;
+/** Default of `stagingBytesPerOrg` (`FASTVM_STAGING_BYTES_PER_ORG`): 32 GiB. */
+export const DEFAULT_STAGING_BYTES_PER_ORG = 32 * 2 ** 30;
+/** VM states whose storage URLs work: every state but being deleted. */
+const VM_STATUSES_WITH_STAGING: ReadonlySet<VmStatus> = new Set<
+  Exclude<VmStatus, 'deleting' | 'deleted'>
+>(['provisioning', 'running', 'pausing', 'paused', 'resuming', 'stopped', 'error']);
 
 /** Options of `FileService`. */
 export interface FileServiceOptions {
@@ -47,6 +60,8 @@ export interface FileServiceOptions {
   objectTtlMs?: number;
   /** How often the GC runs (default 10 min). */
   gcIntervalMs?: number;
+  /** Most bytes one org may have staged at a time, uploads in flight included (default 32 GiB). */
+  stagingBytesPerOrg?: number;
   /**
    * Base URL put into presigned URLs (scheme://host[:port]); when undefined the presign route
    * uses the origin the client called (see `routes/files.ts`).
@@ -78,6 +93,38 @@ function forbidden(message: string): ApiError {
   return new ApiError('forbidden', message);
 }
 
+/** 404: the URL's VM was deleted, so the URL was revoked with it. */
+function vmGone(): ApiError {
+  return new ApiError(
+    'not_found',
+    'the VM this storage URL belongs to was deleted (or never existed); the URL is revoked',
+  );
+}
+
+/**
+ * The client went away in the middle of an upload (connection closed or stream reset). Nobody is
+ * left to answer, and it is not a server fault: the storage handler logs it at debug level.
+ */
+export class UploadAbandoned extends Error {
+  constructor(cause?: unknown) {
+    super('the client abandoned the upload', { cause });
+    this.name = 'UploadAbandoned';
+  }
+}
+
+/** An upload in flight (see `FileService.store`). */
+interface Upload {
+  readonly vmId: string;
+  readonly object: string;
+  readonly tmp: string;
+  /** Set when the upload was revoked (its VM was deleted). */
+  revoked?: ApiError;
+  /** Stops the upload: it fails with `err`. */
+  abort(err: ApiError): void;
+  /** Resolves when the upload is over and its temp file is gone or renamed. */
+  readonly settled: Promise<void>;
+}
+
 /** See the module comment. */
 export class FileService {
   readonly stagingDir: string;
@@ -85,8 +132,19 @@ export class FileService {
   readonly objectTtlMs: number;
   /** Fixed base URL for presigned URLs, if configured (or set once the guest listener runs). */
   publicBaseUrl: string | undefined;
+  readonly stagingBytesPerOrg: number;
   readonly #secret: Buffer;
   #gcTimer: NodeJS.Timeout | undefined;
+  /**
+   * The org of every VM whose URLs work: the VMs that existed at start, and those presigned since.
+   * A deleted VM leaves it first, synchronously, so no upload can start for it afterwards.
+   */
+  readonly #vmOrg = new Map<string, string>();
+  /** Objects on disk and their sizes. */
+  readonly #objects = new Map<string, { orgId: string; bytes: number }>();
+  /** Per org: bytes of its objects plus the bytes reserved by its uploads in flight. */
+  readonly #staged = new Map<string, number>();
+  readonly #uploads = new Set<Upload>();
 
   private constructor(
     private readonly ctx: ServiceContext,
@@ -97,6 +155,12 @@ export class FileService {
     this.urlTtlSec = opts.urlTtlSec ?? 3600;
     this.objectTtlMs = opts.objectTtlMs ?? 24 * 3600 * 1000;
     this.publicBaseUrl = opts.publicBaseUrl?.replace(/\/+$/, '');
+    this.stagingBytesPerOrg = opts.stagingBytesPerOrg ?? DEFAULT_STAGING_BYTES_PER_ORG;
+    if (!Number.isSafeInteger(this.stagingBytesPerOrg) || this.stagingBytesPerOrg < 1) {
+      throw new Error(
+        `stagingBytesPerOrg must be a positive integer, got ${opts.stagingBytesPerOrg}`,
+      );
+    }
     this.#secret = secret;
     const every = opts.gcIntervalMs ?? 10 * 60 * 1000;
     this.#gcTimer = setInterval(() => void this.gc().catch(() => {}), every);
@@ -120,12 +184,94 @@ export class FileService {
     }
     if (secret.length < 32) throw new Error(`${keyFile} is too short to be a signing key`);
     const service = new FileService(ctx, opts, secret);
+    await service.#recover();
     await service.gc().catch(() => {});
     return service;
   }
 
   close(): void {
     clearInterval(this.#gcTimer);
+  }
+
+  /**
+   * At start, before any request: learns which VMs exist, removes temp files (uploads a crash or
+   * kill cut off) and objects of VMs that no longer exist, and counts each org's staged bytes
+   * from what is on disk. Without a store (a signer in tests) it touches nothing.
+   */
+  async #recover(): Promise<void> {
+    const store = this.ctx.store as ServiceContext['store'] | undefined;
+    if (!store) return;
+    for (const vm of await store.listVmsByStatus([...VM_STATUSES_WITH_STAGING])) {
+      this.#vmOrg.set(vm.id, vm.orgId);
+    }
+    for (const name of await fsp.readdir(this.stagingDir)) {
+      const file = path.join(this.stagingDir, name);
+      const vmId = OBJECT_RE.exec(name)?.[1];
+      const orgId = vmId === undefined ? undefined : this.#vmOrg.get(vmId);
+      if (name.startsWith('.tmp-') || (vmId !== undefined && orgId === undefined)) {
+        await fsp.rm(file, { force: true });
+        continue;
+      }
+      if (orgId === undefined) continue; // not one of ours: left alone
+      const st = await fsp.stat(file).catch(() => undefined);
+      if (st?.isFile()) this.#count(name, orgId, st.size);
+    }
+  }
+
+  /** Bytes the org has staged now (objects plus uploads in flight). */
+  #stagedBytes(orgId: string): number {
+    return this.#staged.get(orgId) ?? 0;
+  }
+
+  #addStaged(orgId: string, delta: number): void {
+    const next = (this.#staged.get(orgId) ?? 0) + delta;
+    if (next > 0) this.#staged.set(orgId, next);
+    else this.#staged.delete(orgId);
+  }
+
+  /** Records that `object` now holds `bytes` (replacing what it held). */
+  #count(object: string, orgId: string, bytes: number): void {
+    this.#forget(object);
+    this.#objects.set(object, { orgId, bytes });
+    this.#addStaged(orgId, bytes);
+  }
+
+  /** Records that `object` is gone from disk. */
+  #forget(object: string): void {
+    const old = this.#objects.get(object);
+    if (!old) return;
+    this.#objects.delete(object);
+    this.#addStaged(old.orgId, -old.bytes);
+  }
+
+  /** Reserves `bytes` of the org's staging budget, or throws 429 when they do not fit. */
+  #reserve(orgId: string, bytes: number): void {
+    const used = this.#stagedBytes(orgId);
+    if (used + bytes > this.stagingBytesPerOrg) {
+      throw new ApiError(
+        'quota_exceeded',
+        `this org's staged files would pass their limit of ${this.stagingBytesPerOrg} bytes ` +
+          `(${used} in use, this upload needs ${bytes} more); files are freed when their VM is ` +
+          `deleted or after ${Math.round(this.objectTtlMs / 3_600_000)} h`,
+        { dimension: 'staging_bytes', limit: this.stagingBytesPerOrg, usage: used },
+        false,
+      );
+    }
+    this.#addStaged(orgId, bytes);
+  }
+
+  /**
+   * Checks that the URL's VM still exists (its URLs are revoked with it): 404 otherwise. A VM
+   * found deleted here that was not dropped yet (deleted some other way) is dropped now.
+   */
+  async authorize(grant: StorageGrant): Promise<void> {
+    const orgId = this.#vmOrg.get(grant.vmId);
+    if (orgId === undefined) throw vmGone();
+    const vm = await this.ctx.store.getVm(orgId, grant.vmId);
+    if (!vm || !VM_STATUSES_WITH_STAGING.has(vm.status)) {
+      await this.dropVm(grant.vmId);
+      throw vmGone();
+    }
   }
 
   // ---- presign ---------------------------------------------------------------------------------
@@ -135,8 +281,13 @@ export class FileService {
     vm: VmRecord,
     baseUrl: string,
   ): { uploadUrl: string; downloadUrl: string; expiresInSec: number; maxUploadBytes: number } {
+    if (!VM_STATUSES_WITH_STAGING.has(vm.status)) {
+      throw conflict(`VM is ${vm.status}`, { status: vm.status });
+    }
+    this.#vmOrg.set(vm.id, vm.orgId);
     const object = `${vm.id}.${crypto.randomBytes(16).toString('hex')}`;
-    const maxUploadBytes = vm.diskGiB * 2 ** 30;
+    // An object larger than the org may stage could never be stored.
+    const maxUploadBytes = Math.min(vm.diskGiB * 2 ** 30, this.stagingBytesPerOrg);
     const url = this.sign(object, Math.floor(Date.now() / 1000) + this.urlTtlSec, maxUploadBytes);
     const full = `${(this.publicBaseUrl ?? baseUrl).replace(/\/+$/, '')}${url}`;
     return {
@@ -209,35 +360,111 @@ export class FileService {
 
   /**
    * Streams an upload into the object (temp file + rename). Throws 413 when the body passes
-   * `grant.maxBytes`; any failure removes the temp file and keeps the previous object.
+   * `grant.maxBytes`, 429 when the org's staged bytes would pass `stagingBytesPerOrg`, 404 when
+   * the VM is (or gets) deleted, `UploadAbandoned` when the client goes away. Any failure removes
+   * the temp file and keeps the previous object. The request is never destroyed here, so the
+   * caller can still answer a refusal.
    */
   async store(grant: StorageGrant, body: Readable, declaredLength?: number): Promise<number> {
     if (declaredLength !== undefined && declaredLength > grant.maxBytes) {
       throw tooLarge(declaredLength, grant.maxBytes);
     }
+    const orgId = this.#vmOrg.get(grant.vmId);
+    if (orgId === undefined) throw vmGone();
     const final = path.join(this.stagingDir, grant.object);
     const tmp = path.join(
       this.stagingDir,
       `.tmp-${grant.object}-${crypto.randomBytes(6).toString('hex')}`,
     );
-    let bytes = 0;
-    const limit = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        bytes += chunk.length;
-        if (bytes > grant.maxBytes) done(tooLarge(bytes, grant.maxBytes));
-        else done(null, chunk);
-      },
-    });
+    let settle!: () => void;
+    const upload: Upload = {
+      vmId: grant.vmId,
+      object: grant.object,
+      tmp,
+      abort: () => {},
+      settled: new Promise<void>((resolve) => (settle = resolve)),
+    };
+    // Registered in the same tick as the check above, so `dropVm` either sees it or it sees
+    // the VM gone.
+    this.#uploads.add(upload);
+    let reserved = 0;
     try {
-      await pipeline(body, limit, fs.createWriteStream(tmp, { mode: 0o600 }));
+      if (declaredLength !== undefined) {
+        this.#reserve(orgId, declaredLength);
+        reserved = declaredLength;
+      }
+      const bytes = await this.#receive(upload, body, tmp, grant.maxBytes, (n) => {
+        if (declaredLength !== undefined) return;
+        this.#reserve(orgId, n);
+        reserved += n;
+      });
       if (declaredLength !== undefined && bytes !== declaredLength) {
         throw badRequest(`body ended after ${bytes} of ${declaredLength} bytes`);
       }
+      if (upload.revoked) throw upload.revoked;
       await fsp.rename(tmp, final);
+      this.#count(grant.object, orgId, bytes);
       return bytes;
     } catch (err) {
       await fsp.rm(tmp, { force: true });
       throw err;
+    } finally {
+      this.#addStaged(orgId, -reserved);
+      this.#uploads.delete(upload);
+      settle();
+    }
+  }
+
+  /**
+   * Copies `body` into `tmp`, calling `onChunk` (which may throw to refuse it) for every chunk.
+   * On a refusal or `upload.abort` the body is unpiped and paused, not destroyed.
+   */
+  async #receive(
+    upload: Upload,
+    body: Readable,
+    tmp: string,
+    maxBytes: number,
+    onChunk: (bytes: number) => void,
+  ): Promise<number> {
+    let bytes = 0;
+    const limit = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        bytes += chunk.length;
+        if (bytes > maxBytes) return done(tooLarge(bytes, maxBytes));
+        try {
+          onChunk(chunk.length);
+        } catch (err) {
+          return done(err as Error);
+        }
+        done(null, chunk);
+      },
+    });
+    const sink = pipeline(limit, fs.createWriteStream(tmp, { mode: 0o600 }));
+    const stop = (err: Error): void => {
+      body.unpipe(limit);
+      body.pause();
+      limit.destroy(err);
+    };
+    upload.abort = (err) => {
+      upload.revoked ??= err;
+      stop(err);
+    };
+    const onError = (err: Error): void => stop(new UploadAbandoned(err));
+    const onClose = (): void => {
+      if (!body.readableEnded) stop(new UploadAbandoned());
+    };
+    body.on('error', onError);
+    body.on('aborted', onClose);
+    body.on('close', onClose);
+    try {
+      if (body.destroyed && !body.readableEnded) throw new UploadAbandoned();
+      body.pipe(limit);
+      await sink;
+      return bytes;
+    } finally {
+      body.off('error', onError);
+      body.off('aborted', onClose);
+      body.off('close', onClose);
     }
   }
 
@@ -348,15 +575,24 @@ export class FileService {
 
   // ---- garbage collection ----------------------------------------------------------------------
 
-  /** Removes objects (and stray temp files) older than `objectTtlMs`. */
+  /**
+   * Removes objects (and stray temp files) older than `objectTtlMs`, and objects of VMs that no
+   * longer exist. Uploads in flight are left alone.
+   */
   async gc(now = Date.now()): Promise<number> {
     let removed = 0;
+    const busy = new Set<string>();
+    for (const u of this.#uploads) busy.add(u.tmp).add(path.join(this.stagingDir, u.object));
     for (const name of await fsp.readdir(this.stagingDir).catch(() => [] as string[])) {
       const file = path.join(this.stagingDir, name);
+      if (busy.has(file)) continue;
+      const vmId = OBJECT_RE.exec(name)?.[1];
       try {
+        const orphan = this.ctx.store && vmId !== undefined && !this.#vmOrg.has(vmId);
         const st = await fsp.stat(file);
-        if (now - st.mtimeMs > this.objectTtlMs) {
+        if (orphan || now - st.mtimeMs > this.objectTtlMs) {
           await fsp.rm(file, { force: true });
+          this.#forget(name);
           removed++;
         }
       } catch {
@@ -366,12 +602,20 @@ export class FileService {
     return removed;
   }
 
-  /** Removes every object of a VM (it was deleted). */
+  /**
+   * Revokes a VM's URLs (it was deleted): no upload starts for it any more, the ones in flight
+   * are stopped (they answer 404), and its objects are removed.
+   */
   async dropVm(vmId: string): Promise<void> {
+    this.#vmOrg.delete(vmId);
+    const uploads = [...this.#uploads].filter((u) => u.vmId === vmId);
+    for (const u of uploads) u.abort(vmGone());
+    await Promise.all(uploads.map((u) => u.settled));
     for (const name of await fsp.readdir(this.stagingDir).catch(() => [] as string[])) {
       const object = name.startsWith('.tmp-') ? name.slice(5) : name;
       if (object.startsWith(`${vmId}.`)) {
         await fsp.rm(path.join(this.stagingDir, name), { force: true }).catch(() => {});
+        this.#forget(name);
       }
     }
   }
