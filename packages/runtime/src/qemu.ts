@@ -120,9 +120,13 @@ export function qemuArgs(a: QemuArgs): string[] {
           '-cpu',
           'max',
         ];
+  // Without a tap the NIC sits on hub 0, where a tap is plugged in later (`netdev_add`). The hub
+  // also gets a port with no peer, which takes every frame and drops it: a hub whose other ports
+  // cannot receive queues the NIC's frames, and virtio-net then waits for that queue forever, so
+  // the guest never transmits again, not even after a tap is plugged in.
   const net = a.tap
-    ? `tap,id=n0,ifname=${a.tap},script=no,downscript=no,vhost=off`
-    : 'hubport,id=n0,hubid=0';
+    ? ['-netdev', `tap,id=n0,ifname=${a.tap},script=no,downscript=no,vhost=off`]
+    : ['-netdev', 'hubport,id=n0,hubid=0', '-netdev', 'hubport,id=sink0,hubid=0'];
   const args = [
     '-name',
     path.basename(path.dirname(a.qmpPath)),
@@ -158,8 +162,7 @@ export function qemuArgs(a: QemuArgs): string[] {
     'driver=qcow2,file=file0,node-name=disk0',
     '-device',
     'virtio-blk-device,drive=disk0,id=vda',
-    '-netdev',
-    net,
+    ...net,
     '-device',
     // No guest announce: after a restore the guest would broadcast its (source's) addresses,
     // and the agent gives it new ones right away; the announce only costs guest work.

@@ -27,6 +27,7 @@ import {
   networkSkipReason,
   otherInPrefix,
   sh,
+  shAny,
   url,
   type Internet,
 } from './netns.js';
@@ -282,6 +283,65 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
     } finally {
       for (const f of forks) await stop(f);
       await rt.deleteSnapshot(snap);
+    }
+  });
+
+  it('every way a VM starts carries traffic both ways: refilled pool, cold launch, restore', async () => {
+    // A pooled VM used to wait on an empty QEMU hub: the first frame its guest sent there was
+    // queued forever and its NIC never transmitted again, even after the tap was plugged in.
+    const waitPool = async () => {
+      for (let i = 0; i < 1200 && rt.poolReady('c1m2') < 1; i++) await sleep(50);
+      expect(rt.poolReady('c1m2')).toBe(1);
+    };
+    const launched = (id: string) => logs.some((m) => m.includes(`launched ${id} from the pool`));
+    const ids = [`${PREFIX}-p1`, `${PREFIX}-p2`, `${PREFIX}-cold`, `${PREFIX}-fork`];
+    const snap = `${PREFIX}-psnap`;
+    await nm.setHostTcpPorts([hostPort]);
+    try {
+      await waitPool();
+      await start(ids[0]!); // a VM the pool refilled after A was taken
+      await waitPool();
+      await Promise.all([start(ids[1]!), start(ids[2]!, undefined, true)]); // pool, then cold
+      expect([launched(ids[0]!), launched(ids[1]!), launched(ids[2]!)]).toEqual([
+        true,
+        true,
+        false,
+      ]);
+      await rt.snapshot(ids[1]!, snap);
+      await start(ids[3]!, snap); // tap at QEMU start
+      for (const id of ids) {
+        await nm.applyFirewall(id, { mode: 'open', ingress: [] });
+        // Out: the internet (IPv6, NATed IPv4) and the gateway's host listener (both families).
+        const targets = [
+          url(inet.v6a, 9000, 'hello.txt'),
+          url(inet.v4, 9000, 'hello.txt'),
+          url(nm.ipv6Gateway, hostPort),
+          url(nm.ipv4Gateway, hostPort),
+        ];
+        const out = await guest(
+          id,
+          `for u in ${targets.join(' ')}; do echo "$(curl -s -m 5 $u)"; done; cat /sys/class/net/eth0/statistics/tx_packets`,
+        );
+        const lines = out.out.trim().split('\n');
+        expect(lines.slice(0, 4), `${id}: ${out.out}${out.err}`).toEqual([
+          inet.hello.trim(),
+          inet.hello.trim(),
+          'host-ok',
+          'host-ok',
+        ]);
+        expect(Number(lines[4])).toBeGreaterThan(0);
+        // In: from the internet namespace over IPv6, from the host over IPv4. Port 1 is closed,
+        // so the guest answers the SYN with a reset: curl's exit code 7 (refused) needs traffic
+        // both ways, a guest that cannot transmit gives 28 (timeout).
+        const probe = (addr: string) => ['-s', '--connect-timeout', '3', url(addr, 1)];
+        const in6 = await shAny('ip', ['netns', 'exec', inet.ns, 'curl', ...probe(ip6(id))]);
+        const in4 = await shAny('curl', probe(ip4(id)));
+        expect([in6.code, in4.code], id).toEqual([7, 7]);
+      }
+    } finally {
+      await nm.setHostTcpPorts([]);
+      for (const id of ids) if (vms.has(id)) await stop(id);
+      await rt.deleteSnapshot(snap).catch(() => {});
     }
   });
 
