@@ -7,8 +7,15 @@ export { AgentClient } from './agent-client.js';
 export type { AgentProcess, ProcessExit, SpawnRequest } from './agent-client.js';
 export { loadGuestImage, defaultCacheDir, qemuVersion } from './qemu.js';
 export type { GuestImage, Accel } from './qemu.js';
-export { NetworkManager, probeNetworking, publicIpv6, validatePolicy } from './network.js';
+export {
+  BridgeInUseError,
+  NetworkManager,
+  probeNetworking,
+  publicIpv6,
+  validatePolicy,
+} from './network.js';
 export type {
+  BridgeOwner,
   FirewallPolicy,
   FirewallRule,
   NetworkManagerOptions,

@@ -20,6 +20,13 @@
  *
  * Allocations (tap, MAC, addresses) are persisted in `<stateDir>/network.json`, so no two live VMs
  * ever share an address across restarts; `reconcile` removes what crashed runs left behind.
+ *
+ * **Ownership.** A bridge belongs to one state dir (one server's data dir) at a time, since
+ * `reconcile` treats every tap and per-VM table on it that its own state does not list as a
+ * leftover. The owner holds a lock that dies with its process: a listening abstract Unix socket
+ * named after the bridge (abstract sockets, like bridges, are per network namespace, and no file
+ * can go stale). `/run/fastvm/bridge-<name>.json` records who owns it. A second live manager
+ * with another state dir is refused with `BridgeInUseError`; a dead owner's claim is taken over.
  * @module
  */
 import { spawn } from 'node:child_process';
@@ -61,7 +68,39 @@ export interface NetworkManagerOptions {
   readonly hostTcpPorts?: readonly number[];
   /** Packet-mark bit that flags replies to a VM's own connections (default `0x01000000`). */
   readonly replyMark?: number;
+  /** Who claims the bridge, as shown to a manager that is refused it (default: `stateDir`). */
+  readonly owner?: string;
   readonly log?: (msg: string) => void;
+}
+
+/** The owner of a bridge, as recorded in `/run/fastvm/bridge-<name>.json`. */
+export interface BridgeOwner {
+  /** Real path of the owner's state dir: the identity of a claim. */
+  readonly stateDir: string;
+  /** What the owner calls itself (a server's data dir). */
+  readonly owner: string;
+  readonly pid: number;
+  /** ISO time of the claim. */
+  readonly since: string;
+}
+
+/**
+ * `NetworkManager.create` refused: another live manager with another state dir (another FastVM
+ * server) owns the bridge, and taking it over would delete that server's taps and tables.
+ */
+export class BridgeInUseError extends Error {
+  constructor(
+    readonly bridge: string,
+    /** The owner, when it could be asked. */
+    readonly holder: BridgeOwner | undefined,
+  ) {
+    const who = holder ? `${holder.owner}, pid ${holder.pid}` : 'it did not say who it is';
+    super(
+      `bridge ${bridge} belongs to another running FastVM server (${who}); ` +
+        'give this one a bridge and subnets of its own',
+    );
+    this.name = 'BridgeInUseError';
+  }
 }
 
 export interface NetworkProbe {
@@ -85,6 +124,8 @@ const DEFAULT_TAP_PREFIX = 'fvt';
 const DEFAULT_REPLY_MARK = 0x01000000;
 const IFNAME_MAX = 15;
 const CMD_TIMEOUT_MS = 15_000;
+/** Owner records of bridges (a tmpfs: gone at reboot, like the bridges). */
+const OWNER_DIR = '/run/fastvm';
 
 interface Allocation {
   tap: string;
@@ -184,6 +225,8 @@ export class NetworkManager {
   #state: State;
   #lock: Promise<unknown> = Promise.resolve();
   readonly #fwQueues = new Map<string, Promise<unknown>>();
+  /** This manager's hold on the bridge (see "Ownership" in the module comment). */
+  #claim: Claim | undefined;
 
   private constructor(
     readonly available: boolean,
@@ -233,8 +276,20 @@ export class NetworkManager {
     const nm = new NetworkManager(probe.available, probe.reason, opts, state, v6, v4);
     if (!probe.available) return nm;
     fs.mkdirSync(opts.stateDir, { recursive: true });
-    nm.#save();
-    await nm.#exclusive(() => nm.#setupHost());
+    // Before touching the bridge: another live server's taps and tables are not ours to change.
+    nm.#claim = await claimBridge(
+      nm.bridge,
+      fs.realpathSync(opts.stateDir),
+      opts.owner ?? opts.stateDir,
+      nm.#log,
+    );
+    try {
+      nm.#save();
+      await nm.#exclusive(() => nm.#setupHost());
+    } catch (err) {
+      nm.#releaseClaim(false);
+      throw err;
+    }
     return nm;
   }
 
@@ -413,6 +468,9 @@ export class NetworkManager {
   async close(): Promise<void> {
     if (!this.available) return;
     if (Object.keys(this.#state.vms).length === 0) await this.shutdown();
+    // The record stays (it names the data dir whose VMs still use the bridge); once this process
+    // is gone, the claim is a dead owner's, which the next manager on the bridge takes over.
+    else this.#releaseClaim(false);
   }
 
   /**
@@ -445,8 +503,16 @@ export class NetworkManager {
         this.#state.sysctls = {};
       }
       this.#save();
+      this.#releaseClaim(true);
       this.#log(`network: removed bridge ${this.bridge} and its nft tables`);
     });
+  }
+
+  /** Gives up this manager's hold on the bridge; `forget`: the bridge is gone, drop the record. */
+  #releaseClaim(forget: boolean): void {
+    const claim = this.#claim;
+    this.#claim = undefined;
+    if (claim) releaseClaim(claim, forget);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -809,6 +875,145 @@ table inet ${t} {
     this.#lock = p.catch(() => {});
     return p;
   }
+}
+
+// -----------------------------------------------------------------------------------------------
+// Bridge ownership
+
+/** A live hold on a bridge; shared by the managers of this process that use the same state dir. */
+interface Claim {
+  readonly bridge: string;
+  readonly record: BridgeOwner;
+  readonly server: net.Server;
+  refs: number;
+}
+
+/** Claims held by this process, by bridge name. */
+const claims = new Map<string, Claim>();
+
+function ownerRecordPath(bridge: string): string {
+  return path.join(OWNER_DIR, `bridge-${bridge}.json`);
+}
+
+/** Abstract socket (Linux): bound while its process lives, per network namespace. */
+function lockAddress(bridge: string): string {
+  return `\0fastvm-bridge:${bridge}`;
+}
+
+function readOwnerRecord(bridge: string): BridgeOwner | undefined {
+  try {
+    const r = JSON.parse(fs.readFileSync(ownerRecordPath(bridge), 'utf8')) as BridgeOwner;
+    return typeof r.stateDir === 'string' ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Claims `bridge` for `stateDir`, or throws `BridgeInUseError` when a live manager with another
+ * state dir holds it. A claim whose process died is taken over (with a log line).
+ */
+async function claimBridge(
+  bridge: string,
+  stateDir: string,
+  owner: string,
+  log: (msg: string) => void,
+): Promise<Claim> {
+  const record: BridgeOwner = {
+    stateDir,
+    owner,
+    pid: process.pid,
+    since: new Date().toISOString(),
+  };
+  for (let attempt = 0; ; attempt++) {
+    // Checked on every attempt: another manager of this process may have claimed it meanwhile.
+    const held = claims.get(bridge);
+    if (held) {
+      if (held.record.stateDir !== stateDir) throw new BridgeInUseError(bridge, held.record);
+      held.refs++;
+      return held;
+    }
+    const server = net.createServer((sock) => {
+      sock.on('error', () => {});
+      sock.end(JSON.stringify(record));
+    });
+    const bound = await new Promise<boolean>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) =>
+        err.code === 'EADDRINUSE' ? resolve(false) : reject(err),
+      );
+      server.listen({ path: lockAddress(bridge) }, () => resolve(true));
+    });
+    if (bound) {
+      server.unref();
+      const previous = readOwnerRecord(bridge);
+      if (previous && previous.stateDir !== stateDir) {
+        log(
+          `network: taking over bridge ${bridge} from a FastVM server that is gone ` +
+            `(${previous.owner}, pid ${previous.pid}); taps and tables it left are removed`,
+        );
+      }
+      try {
+        fs.mkdirSync(OWNER_DIR, { recursive: true, mode: 0o755 });
+        const file = ownerRecordPath(bridge);
+        fs.writeFileSync(`${file}.${process.pid}.tmp`, `${JSON.stringify(record)}\n`);
+        fs.renameSync(`${file}.${process.pid}.tmp`, file);
+      } catch (err) {
+        log(`network: cannot record the owner of bridge ${bridge}: ${errText(err)}`);
+      }
+      const claim: Claim = { bridge, record, server, refs: 1 };
+      claims.set(bridge, claim);
+      return claim;
+    }
+    const holder = await askOwner(bridge);
+    // The holder exited between our bind and our question: try again.
+    if ((holder === null || claims.has(bridge)) && attempt < 3) continue;
+    // Also when the holder has this state dir: two live servers on one data dir would undo
+    // each other's work just the same.
+    throw new BridgeInUseError(bridge, holder ?? undefined);
+  }
+}
+
+/** The live owner's record (undefined if it did not answer sensibly), null when nobody listens. */
+function askOwner(bridge: string): Promise<BridgeOwner | undefined | null> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ path: lockAddress(bridge) });
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      sock.destroy();
+      resolve(undefined);
+    }, 2000);
+    sock.on('data', (b: Buffer) => chunks.push(b));
+    sock.on('end', () => {
+      clearTimeout(timer);
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as BridgeOwner);
+      } catch {
+        resolve(undefined);
+      }
+    });
+    sock.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      resolve(err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? null : undefined);
+    });
+  });
+}
+
+function releaseClaim(claim: Claim, forget: boolean): void {
+  if (claims.get(claim.bridge) !== claim) return; // already dropped (the bridge was removed)
+  if (forget) {
+    const file = ownerRecordPath(claim.bridge);
+    if (readOwnerRecord(claim.bridge)?.stateDir === claim.record.stateDir) {
+      try {
+        fs.rmSync(file, { force: true });
+      } catch {
+        // Only a record; the lock below is what counts.
+      }
+    }
+  } else if (--claim.refs > 0) {
+    return;
+  }
+  claims.delete(claim.bridge);
+  claim.server.close();
 }
 
 // -----------------------------------------------------------------------------------------------

@@ -269,6 +269,34 @@ describe('network adapter (no VMs)', () => {
     });
   });
 
+  it.skipIf(SKIP)(
+    'a second server with another data dir on a bridge a running one owns is refused, naming FASTVM_BRIDGE',
+    async () => {
+      const settings: NetworkSettings = {
+        enabled: true,
+        bridge: `fvso${TAG}`,
+        ipv4Subnet: `10.219.${crypto.randomBytes(1)[0]!}.0/24`,
+      };
+      const logger = pino({ level: 'silent' });
+      const dirs = [0, 1].map(() => fs.mkdtempSync(path.join(os.tmpdir(), 'fvsown-')));
+      const { network } = await createNetworkManager({ dataDir: dirs[0]!, logger, settings });
+      try {
+        const err = await createNetworkManager({ dataDir: dirs[1]!, logger, settings }).then(
+          () => undefined,
+          (e: unknown) => e as Error,
+        );
+        expect(err?.message).toMatch(
+          new RegExp(
+            `bridge fvso${TAG} belongs to another running FastVM server \\(data dir ${dirs[0]}, pid ${process.pid}\\).*FASTVM_BRIDGE.*FASTVM_IPV4_SUBNET`,
+          ),
+        );
+      } finally {
+        await (network as HostNetworkManager).host.shutdown();
+        for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+      }
+    },
+  );
+
   it('a policy changed while the VM is still being attached is the one applied', async () => {
     const applied: FirewallPolicy[] = [];
     let allocated = false;

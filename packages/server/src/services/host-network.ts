@@ -13,10 +13,15 @@
  * - `FASTVM_BRIDGE` — bridge name (default `fvbr0`);
  * - `FASTVM_HOST_TCP_PORTS` — comma-separated host TCP ports VMs may connect to (default none;
  *   the API port stays unreachable from VMs).
+ *
+ * A bridge belongs to one data dir at a time: a server whose bridge another running server
+ * (with another data dir) owns refuses to start, saying to set `FASTVM_BRIDGE` and a subnet of
+ * its own, instead of deleting that server's taps and tables at reconcile. A dead owner's bridge
+ * is taken over.
  * @module
  */
 import path from 'node:path';
-import { NetworkManager as HostNetwork, publicIpv6 } from '@fastvm/runtime';
+import { BridgeInUseError, NetworkManager as HostNetwork, publicIpv6 } from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import type { FirewallPolicy } from '../domain.js';
 import { NoopNetworkManager, type NetworkManager, type VmNetworkAttachment } from './network.js';
@@ -162,9 +167,23 @@ export async function createNetworkManager(opts: {
       ...(settings.ipv6Prefix ? { ipv6Prefix: settings.ipv6Prefix } : {}),
       ...(settings.ipv4Subnet ? { ipv4Subnet: settings.ipv4Subnet } : {}),
       ...(settings.hostTcpPorts ? { hostTcpPorts: settings.hostTcpPorts } : {}),
+      owner: opts.dataDir,
       log: (msg) => logger.info(msg),
     });
   } catch (err) {
+    if (err instanceof BridgeInUseError) {
+      const who = err.holder
+        ? `data dir ${err.holder.owner}, pid ${err.holder.pid}`
+        : 'it did not say which';
+      throw new Error(
+        `VM network setup failed: bridge ${err.bridge} belongs to another running FastVM server ` +
+          `(${who}), and taking it over would cut its VMs off. Give this server a network of ` +
+          `its own: set FASTVM_BRIDGE to another name and FASTVM_IPV4_SUBNET to a subnet that ` +
+          `does not overlap the other server's (and FASTVM_IPV6_PREFIX if you set one), or ` +
+          `FASTVM_NETWORK=off to run VMs without networking`,
+        { cause: err },
+      );
+    }
     throw new Error(
       `VM network setup failed: ${(err as Error).message.split('\n')[0]} ` +
         '(FASTVM_NETWORK=off runs VMs without networking)',
