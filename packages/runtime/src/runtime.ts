@@ -51,7 +51,7 @@ import {
 const execFileP = promisify(execFile);
 
 /** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
-const GOLDEN_FORMAT = 4;
+const GOLDEN_FORMAT = 5;
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 /**
  * A restore of a snapshot whose delta is larger than this waits for the background flatten, so
@@ -66,6 +66,15 @@ const POOL_WARMUP_MAC = '02:00:00:00:00:02';
 const POOL_WARMUP_ADDRS = 'fd00:0:0:ffff::2/64 192.0.2.2/24'; // documentation / ULA ranges
 const POOL_NICE = 10;
 const POOL_RETRY_MS = 10_000;
+
+/**
+ * Crash points for the crash tests (`test/crash.test.ts`): with `FASTVM_CRASH_AT=<name>` the
+ * process SIGKILLs itself on reaching that step, exactly as a `kill -9` landing there would.
+ */
+const CRASH_AT = process.env.FASTVM_CRASH_AT;
+function crashPoint(name: string): void {
+  if (CRASH_AT === name) process.kill(process.pid, 'SIGKILL');
+}
 
 export interface QemuRuntimeOptions {
   /**
@@ -117,6 +126,12 @@ interface VmRecord {
   qemuName?: string;
   /** Stopped by `pause()` (QMP `stop`); kept so a restarted server adopts it still paused. */
   paused?: boolean;
+  /**
+   * Intent of a snapshot in progress: the overlay QEMU is being switched to. Written before the
+   * switch, so that after a crash adoption knows the file may be QEMU's top layer (it asks QEMU,
+   * see `#reconcileDisk`) and the sweeper keeps it until then.
+   */
+  nextTop?: string;
 }
 
 /** `snapshots/<id>/snapshot.json`. */
@@ -181,6 +196,8 @@ export class QemuRuntime implements Runtime {
   readonly #poolFills = new Map<MachineType, Promise<void>>();
   /** Ids of this runtime's pooled VMs, being made or waiting: adopt() must not take them for orphans. */
   readonly #poolIds = new Set<string>();
+  /** Ids of VMs being restored right now (not registered yet): adopt() must not take them either. */
+  readonly #starting = new Set<string>();
   #closing = false;
 
   constructor(opts: QemuRuntimeOptions) {
@@ -206,6 +223,12 @@ export class QemuRuntime implements Runtime {
     }
     fs.mkdirSync(this.goldenDir, { recursive: true });
     this.#lock();
+    // A snapshot's record is written last: a snapshot dir without one is what a crash left.
+    for (const id of fs.readdirSync(path.join(this.dataDir, 'snapshots'))) {
+      if (!fs.existsSync(path.join(this.#snapDir(id), 'snapshot.json'))) {
+        fs.rmSync(this.#snapDir(id), { recursive: true, force: true });
+      }
+    }
     this.#accel = this.#opts.accel ?? (await this.#probeAccel());
     this.#cmdline = kernelCmdline(this.#tscKhz());
     this.#qemu = qemuVersion(qemuBinary(this.#accel));
@@ -355,6 +378,7 @@ export class QemuRuntime implements Runtime {
     if (vm) {
       vm.destroying = true;
       await this.#stopProcess(vm.record.pid, vm.qmp);
+      crashPoint('destroy:stopped');
       vm.agent.close();
       vm.qmp.close();
       this.#vms.delete(vmId);
@@ -397,14 +421,16 @@ export class QemuRuntime implements Runtime {
     const orphans: string[] = [];
     const onDisk = fs.readdirSync(path.join(this.dataDir, 'vms'));
     for (const id of onDisk) {
-      if (this.#poolIds.has(id)) continue; // ours, in the warm pool
+      if (this.#poolIds.has(id) || this.#starting.has(id)) continue; // ours: pooled or starting
       if (this.#vms.has(id)) {
         if (wanted.has(id)) adopted.push(id);
         continue;
       }
       const rec = this.#readVm(id);
       if (!wanted.has(id) || !rec) {
-        if (rec) await this.#stopProcess(rec.pid);
+        // (A QEMU that the record does not name, or that has no record, is stopped by the sweep
+        // of stray processes below.)
+        if (rec && this.#isOurQemu(rec.pid)) await this.#stopProcess(rec.pid);
         fs.rmSync(this.#vmDir(id), { recursive: true, force: true });
         orphans.push(id);
         continue;
@@ -435,6 +461,11 @@ export class QemuRuntime implements Runtime {
           destroying: false,
           busy: Promise.resolve(),
         };
+        // The record may be a step behind QEMU (a crash in the middle of a snapshot): QEMU's own
+        // view of the disk chain wins, before the sweeper decides which layers are in use.
+        await this.#reconcileDisk(vm);
+        delete rec.nextTop;
+        writeJsonAtomic(path.join(dir, 'vm.json'), rec);
         this.#supervise(vm);
         this.#vms.set(id, vm);
         adopted.push(id);
@@ -448,8 +479,64 @@ export class QemuRuntime implements Runtime {
     for (const id of wanted) {
       if (!onDisk.includes(id) && !this.#vms.has(id)) lost.push(id);
     }
+    await this.#stopStrayQemus();
     this.#gc();
     return { adopted, lost, orphans };
+  }
+
+  /**
+   * Sets a VM's disk record from QEMU's block graph (`query-block`): the top layer, its node name
+   * and the backing chain. Used where the record may lag behind QEMU: adoption after a crash and a
+   * failed snapshot.
+   */
+  async #reconcileDisk(vm: LiveVm): Promise<void> {
+    interface Image {
+      filename: string;
+      'virtual-size': number;
+      'backing-image'?: Image;
+    }
+    const blocks =
+      await vm.qmp.execute<{ inserted?: { 'node-name': string; image: Image } }[]>('query-block');
+    const inserted = blocks.find((b) => b.inserted)?.inserted;
+    if (!inserted) throw new RuntimeError('qemu_failed', `VM ${vm.record.id} has no disk`);
+    const chain: string[] = [];
+    for (let b = inserted.image['backing-image']; b; b = b['backing-image']) chain.push(b.filename);
+    const rec = vm.record;
+    const before = JSON.stringify(rec.disk);
+    rec.disk = { top: inserted.image.filename, topNode: inserted['node-name'], chain };
+    rec.nodeCounter = Math.max(rec.nodeCounter, Number(/\d+$/.exec(rec.disk.topNode)?.[0] ?? 0));
+    rec.diskGiB = Math.max(rec.diskGiB, Math.floor(inserted.image['virtual-size'] / 2 ** 30));
+    if (JSON.stringify(rec.disk) !== before) {
+      this.#log(`runtime: ${rec.id}: disk record reconciled with QEMU (top ${rec.disk.top})`);
+    }
+  }
+
+  /** Whether `pid` is a QEMU process of this data dir (not a recycled pid). */
+  #isOurQemu(pid: number): boolean {
+    return pid > 0 && qemuDirOf(pid, this.dataDir) !== undefined;
+  }
+
+  /**
+   * Stops every QEMU process that runs from this data dir's `vms/` but is neither a supervised
+   * VM nor a pooled one: what a crash between starting QEMU and recording its pid leaves behind.
+   */
+  async #stopStrayQemus(): Promise<void> {
+    const known = new Set<number>([...this.#vms.values()].map((vm) => vm.record.pid));
+    for (const list of this.#pool.values()) list.forEach((vm) => known.add(vm.record.pid));
+    let pids: string[] = [];
+    try {
+      pids = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p));
+    } catch {
+      return;
+    }
+    for (const p of pids) {
+      const pid = Number(p);
+      if (known.has(pid)) continue;
+      const name = qemuDirOf(pid, this.dataDir);
+      if (name === undefined || this.#poolIds.has(name) || this.#starting.has(name)) continue;
+      this.#log(`runtime: stopping stray QEMU ${pid} (${name})`);
+      await this.#stopProcess(pid);
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -462,6 +549,7 @@ export class QemuRuntime implements Runtime {
     const run = vm.busy.then(async () => {
       if (vm.record.paused) return;
       await vm.qmp.execute('stop');
+      crashPoint('pause:stopped');
       vm.record.paused = true;
       writeJsonAtomic(path.join(vm.dir, 'vm.json'), vm.record);
     });
@@ -591,11 +679,13 @@ export class QemuRuntime implements Runtime {
         throw new RuntimeError('invalid_argument', `VM ${id} already exists`);
       }
       const t0 = performance.now();
+      this.#starting.add(id);
       try {
         if (network) await plugTap(vm.qmp, network.tap);
         reniceProcess(vm.record.pid, 0);
         const dir = this.#vmDir(id);
         fs.renameSync(vm.dir, dir);
+        crashPoint('pool:renamed');
         vm.record.qemuName = vm.record.id;
         vm.record.id = id;
         vm.dir = dir;
@@ -607,6 +697,8 @@ export class QemuRuntime implements Runtime {
         this.#log(`runtime: pooled VM ${vm.record.id} could not become ${id}: ${String(err)}`);
         await this.#discard(vm);
         continue;
+      } finally {
+        this.#starting.delete(id);
       }
       this.#poolIds.delete(vm.record.qemuName!);
       this.#supervise(vm);
@@ -801,6 +893,7 @@ export class QemuRuntime implements Runtime {
     let network = networkOption instanceof Promise ? undefined : networkOption;
     const later = networkOption instanceof Promise ? networkOption : undefined;
     later?.catch(() => {}); // awaited below; a failure before that must not go unhandled
+    this.#starting.add(id);
     fs.mkdirSync(dir, { recursive: true });
     const top = this.#layerPath('disk', '.qcow2');
     const phases = phaseTimer();
@@ -847,6 +940,7 @@ export class QemuRuntime implements Runtime {
         // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
         ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
       });
+      crashPoint('restore:spawned');
       record.pid = pid;
       writeJsonAtomic(path.join(dir, 'vm.json'), record);
       phases('spawn');
@@ -882,6 +976,7 @@ export class QemuRuntime implements Runtime {
         throw new Error(`migration ${String(ev.data?.status)}`);
       }
       phases('migrate');
+      crashPoint('restore:migrated');
       if (snap.paused) await qmp.execute('cont');
       agent = await agentP;
       phases('agent');
@@ -920,6 +1015,8 @@ export class QemuRuntime implements Runtime {
       fs.rmSync(top, { force: true });
       this.#settle(top);
       throw error;
+    } finally {
+      this.#starting.delete(id);
     }
   }
 
@@ -944,6 +1041,10 @@ export class QemuRuntime implements Runtime {
     let delta: { runs: number; bytes: number };
     let frozen: { pid: number; release(): void } | undefined;
     try {
+      // Intent first: a crash from here on leaves a record that names the new overlay.
+      rec.nextTop = newTop;
+      writeJsonAtomic(path.join(vm.dir, 'vm.json'), rec);
+      crashPoint('snapshot:intent');
       pauseStart = performance.now();
       await vm.qmp.execute('stop');
       // Freeze the disk: the VM continues on a new overlay, the old top becomes read-only.
@@ -954,12 +1055,17 @@ export class QemuRuntime implements Runtime {
         format: 'qcow2',
         mode: 'existing',
       });
+      crashPoint('snapshot:switched');
       rec.disk = { top: newTop, topNode: node, chain: [rec.disk.top, ...rec.disk.chain] };
       rec.nodeCounter += 1;
+      delete rec.nextTop;
+      writeJsonAtomic(path.join(vm.dir, 'vm.json'), rec);
       await migrateToFile(vm.qmp, this.#stateUri(state, 'out'));
+      crashPoint('snapshot:migrated');
       // Freeze memory: a copy-on-write copy of the process (forked by the memshim) keeps the
       // RAM as it is now, and the VM runs on while the changed pages are copied out of the copy.
       frozen = await memshimFork(path.join(vm.dir, 'memshim.sock'));
+      crashPoint('snapshot:frozen');
       await resume(vm.qmp);
       pauseMs = performance.now() - pauseStart;
       delta = await dumpDelta(this.#image.memdelta, frozen.pid, map, deltaPath);
@@ -967,6 +1073,11 @@ export class QemuRuntime implements Runtime {
       if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
       fs.rmSync(dir, { recursive: true, force: true });
       fs.rmSync(deltaPath, { force: true });
+      if (rec.nextTop) {
+        // The switch itself failed (or its answer was lost): QEMU knows which layer is on top.
+        await this.#reconcileDisk(vm).catch(() => {});
+        delete rec.nextTop;
+      }
       writeJsonAtomic(path.join(vm.dir, 'vm.json'), rec);
       this.#settle(newTop, deltaPath);
       this.#gc();
@@ -992,6 +1103,7 @@ export class QemuRuntime implements Runtime {
       createdAt: new Date().toISOString(),
     };
     writeJsonAtomic(path.join(dir, 'snapshot.json'), snap);
+    crashPoint('snapshot:written');
     this.#settle(newTop, deltaPath);
     this.#startFlatten(snap);
     return {
@@ -1009,6 +1121,7 @@ export class QemuRuntime implements Runtime {
       'node-name': vm.record.disk.topNode,
       size: diskGiB * 2 ** 30,
     });
+    crashPoint('disk:resized');
     const r = await vm.agent.exec({ argv: ['resize2fs', '/dev/vda'], timeoutMs: 60_000 });
     if (r.exitCode !== 0) {
       throw new RuntimeError('qemu_failed', `resize2fs failed: ${r.stderr.toString().trim()}`);
@@ -1184,6 +1297,7 @@ export class QemuRuntime implements Runtime {
       if (!rec) continue;
       live.add(rec.memBase).add(rec.disk.top);
       rec.disk.chain.forEach((l) => live.add(l));
+      if (rec.nextTop) live.add(rec.nextTop);
     }
     for (const id of fs.readdirSync(path.join(this.dataDir, 'snapshots'))) {
       const s = this.#readSnapshot(id);
@@ -1419,6 +1533,24 @@ async function plugTap(qmp: QmpClient, tap: string): Promise<void> {
     downscript: 'no',
   });
   await qmp.execute('netdev_add', { type: 'hubport', id: 'hp1', hubid: 0, netdev: 'tap0' });
+}
+
+/**
+ * The VM directory name under `<dataDir>/vms/` that QEMU process `pid` runs from (its QMP socket
+ * path), or undefined when `pid` is not a QEMU of that data dir.
+ */
+function qemuDirOf(pid: number, dataDir: string): string | undefined {
+  let argv: string[];
+  try {
+    argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return undefined;
+  }
+  if (!/qemu-system/.test(path.basename(argv[0] ?? ''))) return undefined;
+  const prefix = `unix:${path.join(dataDir, 'vms')}/`;
+  const qmp = argv.find((a) => a.startsWith(prefix));
+  if (!qmp || !alive(pid)) return undefined;
+  return qmp.slice(prefix.length).split('/')[0];
 }
 
 /** Whether `pid` is the QEMU process named `name` (`-name`; not a recycled pid). */
