@@ -1,0 +1,20 @@
+/**
+ * `npm run chaos [-- --rounds N] [--seed S]`: the chaos suite (see `engine.ts`), 50 rounds by
+ * default. Prints one line per round and the counts; exits 1 when any bad count is not zero.
+ */
+import { parseArgs } from 'node:util';
+import { runChaos, summary } from './engine.js';
+
+const { values } = parseArgs({
+  options: { rounds: { type: 'string', default: '50' }, seed: { type: 'string' } },
+});
+const report = await runChaos({
+  rounds: Number(values.rounds),
+  ...(values.seed ? { seed: Number(values.seed) } : {}),
+  log: (line) => console.log(line),
+});
+console.log(
+  `\nchaos (seed ${report.seed}, ${report.operations} operations, ${report.seconds.toFixed(0)} s): ${summary(report)}`,
+);
+for (const f of report.findings) console.log(`  ${f}`);
+process.exit(report.findings.length ? 1 : 0);
