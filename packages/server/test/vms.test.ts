@@ -46,6 +46,17 @@ describe.each(TRANSPORTS)('VMs over %s', (transport) => {
     expect(res.headers['x-request-id']).toBeTruthy();
   });
 
+  it('an exec cut short by a delete of its VM is a clean 404, with no host path in sight', async () => {
+    const vm = (await api.post('/v1/vms', { machineType: 'c1m2' })).body;
+    const running = api.post(`/v1/vms/${vm.id}/exec`, { command: 'sleep 30' });
+    await sleep(50);
+    expect((await api.del(`/v1/vms/${vm.id}`)).status).toBe(200);
+    const res = await running;
+    expect(res.status).toBe(404);
+    expect(res.body).toMatchObject({ code: 'not_found', error: expect.stringMatching(/deleted/) });
+    expect(res.headers['x-should-retry']).toBe('false');
+  });
+
   it('normalises names and defaults them to vm-<id8>', async () => {
     const spaced = await api.post('/v1/vms', { machineType: 'c1m2', name: '  a \t b\n  c  ' });
     expect(spaced.body.name).toBe('a b c');

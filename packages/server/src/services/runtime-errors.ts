@@ -24,7 +24,8 @@ export function isRuntimeError(err: unknown): err is RuntimeErrorLike {
 export function toApiError(err: unknown, action: string, details: ErrorDetails = {}): ApiError {
   if (err instanceof ApiError) return err;
   if (isRuntimeError(err)) {
-    const msg = `${action} failed: ${err.message}`;
+    // Host paths (data dir, sockets) are the operator's business, not the API user's.
+    const msg = `${action} failed: ${err.message.replace(/(?:\/[\w.@+-]+)+\/([\w.@+-]+)/g, '$1')}`;
     switch (err.code) {
       case 'not_found':
       case 'not_running':

@@ -367,6 +367,23 @@ export class VmService {
           cause: err,
         });
       }
+      // The VM went away under the command (deleted, paused, or its QEMU died): say that, not
+      // how the agent connection broke.
+      const now = await this.ctx.store
+        .getVm(prepared.vm.orgId, prepared.vm.id)
+        .catch(() => undefined);
+      if (!now || now.status === 'deleting' || now.status === 'deleted') {
+        throw new ApiError(
+          'not_found',
+          'vm not found: it was deleted while the command was running',
+          {},
+          false,
+          { cause: err },
+        );
+      }
+      if (now.status !== 'running') {
+        throw conflict(`exec failed: the VM is ${now.status}`, { status: now.status });
+      }
       throw toApiError(err, 'exec', { vmId: prepared.vm.id });
     }
   }

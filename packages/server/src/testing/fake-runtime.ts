@@ -66,6 +66,11 @@ interface FakeVm {
   dirs?: string[];
 }
 
+const GONE = Symbol('vm destroyed');
+
+/** Commands running in each VM: `destroy` ends them as the real runtime does (the agent goes). */
+const running = new WeakMap<FakeVm, Set<AbortController>>();
+
 interface PersistedState {
   vms: FakeVm[];
   snapshots: Array<SnapshotInfo & { files: Record<string, string>; hostname: string }>;
@@ -209,6 +214,8 @@ export class FakeRuntime implements Runtime {
     const onAbort = (): void => stop.abort();
     req.signal?.addEventListener('abort', onAbort, { once: true });
     if (req.signal?.aborted) stop.abort();
+    const inVm = running.get(vm) ?? new Set<AbortController>();
+    running.set(vm, inVm.add(stop));
     let exitCode: number;
     try {
       const shell = new MiniShell(
@@ -223,6 +230,10 @@ export class FakeRuntime implements Runtime {
     } finally {
       clearTimeout(timer);
       req.signal?.removeEventListener('abort', onAbort);
+      inVm.delete(stop);
+    }
+    if (stop.signal.reason === GONE) {
+      throw new FakeRuntimeError('agent_unavailable', `exec failed: VM ${vmId} went away`);
     }
     return {
       exitCode,
@@ -255,6 +266,8 @@ export class FakeRuntime implements Runtime {
     this.calls.push({ method: 'destroy', args: [vmId] });
     await delay(this.destroyDelayMs);
     throwIf(this.failDestroy, vmId);
+    const vm = this.vms.get(vmId);
+    if (vm) for (const c of running.get(vm) ?? []) c.abort(GONE);
     this.vms.delete(vmId);
     this.dropPtys(vmId);
     this.persist();
