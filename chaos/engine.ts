@@ -54,6 +54,11 @@ export interface ChaosReport {
   /** One line per bad count, saying what was found. */
   findings: string[];
   operations: number;
+  /**
+   * What recovery found after the kills (sums of the server's `recovered state` log lines): how
+   * often a kill landed in the middle of a launch, snapshot or delete.
+   */
+  recovered: Record<string, number>;
   seconds: number;
 }
 
@@ -184,7 +189,18 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     leftovers: 0,
     findings: [],
     operations: 0,
+    recovered: {},
     seconds: 0,
+  };
+  const countRecovery = () => {
+    for (const line of fs.readFileSync(server.lastLog(), 'utf8').split('\n')) {
+      if (!line.includes('"recovered state"')) continue;
+      for (const [k, v] of Object.entries(JSON.parse(line) as Record<string, unknown>)) {
+        if (typeof v === 'number' && !['level', 'time', 'pid'].includes(k)) {
+          report.recovered[k] = (report.recovered[k] ?? 0) + v;
+        }
+      }
+    }
   };
   const flag = (
     kind: 'lost' | 'stuck' | 'quotaMismatches' | 'brokenDisks' | 'leftovers',
@@ -469,6 +485,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       await Promise.allSettled(inflight);
       log(`round ${round}: ${n} operations, kill -9 after ${delay.toFixed(0)} ms`);
       await server.start();
+      countRecovery();
       await check();
       await housekeeping();
     }

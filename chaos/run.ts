@@ -16,5 +16,10 @@ const report = await runChaos({
 console.log(
   `\nchaos (seed ${report.seed}, ${report.operations} operations, ${report.seconds.toFixed(0)} s): ${summary(report)}`,
 );
+console.log(
+  `recovery after the kills: ${Object.entries(report.recovered)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ')}`,
+);
 for (const f of report.findings) console.log(`  ${f}`);
 process.exit(report.findings.length ? 1 : 0);

@@ -46,6 +46,13 @@ export interface AgentConnectOptions {
   readonly timeoutMs: number;
   /** Aborting gives up connecting (the promise rejects with the signal's reason). */
   readonly signal?: AbortSignal;
+  /**
+   * Reconnect when a HELLO is not answered within this long (until `timeoutMs`). For re-attaching
+   * to a running guest: if the guest wrote at the moment the previous host connection died, QEMU
+   * can leave the virtio-serial port throttled for good, and only closing the socket (QEMU then
+   * resets the port) lets the guest's answers through again.
+   */
+  readonly helloAttemptMs?: number;
 }
 
 /** What IDENTITY sets in the guest; absent fields are left alone. */
@@ -669,8 +676,19 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     this.#state = 'connecting';
     const deadline = Date.now() + opts.timeoutMs;
     try {
-      const socket = await this.#connectWithRetry(deadline, opts.signal);
-      await this.#handshake(socket, deadline, opts.signal);
+      for (;;) {
+        const attempt = opts.helloAttemptMs
+          ? Math.min(deadline, Date.now() + opts.helloAttemptMs)
+          : deadline;
+        const socket = await this.#connectWithRetry(deadline, opts.signal);
+        try {
+          await this.#handshake(socket, attempt, opts.signal);
+          return;
+        } catch (err) {
+          if (attempt >= deadline || opts.signal?.aborted) throw err;
+          // Not answered in this attempt: a fresh connection resets a stuck port.
+        }
+      }
     } catch (err) {
       this.#state = 'closed';
       this.#socket?.destroy();

@@ -448,9 +448,16 @@ export class QemuRuntime implements Runtime {
         // snapshot (or of a pause that was not recorded yet) runs again.
         const status = await qmp.execute<{ running: boolean }>('query-status');
         if (rec.paused || !status.running) await qmp.execute('cont');
+        const t0 = performance.now();
         const agent = await AgentClient.connect(path.join(dir, 'agent.sock'), {
-          timeoutMs: 10_000,
+          timeoutMs: 15_000,
+          helloAttemptMs: 2_000,
         });
+        if (performance.now() - t0 > 2_000) {
+          this.#log(
+            `runtime: ${id}: agent answered after ${(performance.now() - t0).toFixed(0)} ms (reconnected)`,
+          );
+        }
         if (rec.paused) await qmp.execute('stop');
         const vm: LiveVm = {
           record: rec,

@@ -207,6 +207,35 @@ describe('AgentClient with the agent in --unix mode', () => {
     expect((await client.ping()).length).toBe(0);
   });
 
+  it('reconnects when a HELLO goes unanswered (helloAttemptMs), and only then', async () => {
+    // A socket whose first connection swallows everything (as a stuck virtio-serial port does)
+    // and whose later connections reach the agent.
+    const stuck = async (name: string) => {
+      const sock = path.join(tmp, `${name}.sock`);
+      let n = 0;
+      const server = net.createServer((c) => {
+        if (n++ === 0) return c.on('data', () => {});
+        const up = net.createConnection(agent.sock);
+        c.pipe(up).pipe(c);
+        c.on('error', () => up.destroy());
+        up.on('error', () => c.destroy());
+      });
+      await new Promise<void>((resolve) => server.listen(sock, resolve));
+      return { sock, server, connections: () => n };
+    };
+    const a = await stuck('stuck-a');
+    const t0 = performance.now();
+    const c = await AgentClient.connect(a.sock, { timeoutMs: 5000, helloAttemptMs: 300 });
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(290);
+    expect(a.connections()).toBe(2);
+    expect((await c.ping(Buffer.from('hi'))).toString()).toBe('hi');
+    c.close();
+    const b = await stuck('stuck-b');
+    await expect(AgentClient.connect(b.sock, { timeoutMs: 600 })).rejects.toThrow(/HELLO/);
+    expect(b.connections()).toBe(1);
+    for (const s of [a.server, b.server]) s.close();
+  });
+
   it('runs echo', async () => {
     const r = await client.exec({ argv: ['echo', 'hello'] });
     expect(r.exitCode).toBe(0);

@@ -182,6 +182,15 @@ describe('kill -9 at every step (real QEMU VMs)', () => {
     await healthy(rt, 'v');
   });
 
+  it('killed while the guest streams output: the VM is adopted, answers and snapshots', async () => {
+    await rt?.detach();
+    rt = undefined;
+    const res = await step(dataDir, ['flood', 'v', '300'], { adopt: ['v'] });
+    expect(res.signal, res.out).toBe('SIGKILL');
+    rt = await recover(['v']);
+    await healthy(rt, 'v');
+  });
+
   it('destroy, killed after QEMU stopped: finishing the delete leaves nothing', async () => {
     await rt?.detach();
     rt = undefined;
