@@ -40,6 +40,8 @@ export interface ChaosOptions {
   /** Run VMs with networking (default: when root and /dev/net/tun exist). */
   network?: boolean;
   log?: (line: string) => void;
+  /** Keep the data dir (server logs, database) even when nothing was found. */
+  keep?: boolean;
 }
 
 export interface ChaosReport {
@@ -518,7 +520,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     }
     if (network) removeNetwork(bridge);
     report.seconds = (Date.now() - t0) / 1000;
-    if (report.findings.length === 0) fs.rmSync(dataDir, { recursive: true, force: true });
+    if (report.findings.length === 0 && !opts.keep)
+      fs.rmSync(dataDir, { recursive: true, force: true });
     else log(`data dir kept for inspection: ${dataDir}`);
   }
   return report;
