@@ -209,13 +209,15 @@ describe('AgentClient with the agent in --unix mode', () => {
 
   it('reconnects when a HELLO goes unanswered (helloAttemptMs), and only then', async () => {
     // A socket whose first connection swallows everything (as a stuck virtio-serial port does)
-    // and whose later connections reach the agent.
+    // and whose later connections reach an agent of its own (a new connection replaces the old
+    // one in the agent, so the suite's client must not share it).
+    const own = await startAgent('reconnect');
     const stuck = async (name: string) => {
       const sock = path.join(tmp, `${name}.sock`);
       let n = 0;
       const server = net.createServer((c) => {
         if (n++ === 0) return c.on('data', () => {});
-        const up = net.createConnection(agent.sock);
+        const up = net.createConnection(own.sock);
         c.pipe(up).pipe(c);
         c.on('error', () => up.destroy());
         up.on('error', () => c.destroy());
@@ -234,6 +236,7 @@ describe('AgentClient with the agent in --unix mode', () => {
     await expect(AgentClient.connect(b.sock, { timeoutMs: 600 })).rejects.toThrow(/HELLO/);
     expect(b.connections()).toBe(1);
     for (const s of [a.server, b.server]) s.close();
+    await stopAgent(own.proc);
   });
 
   it('runs echo', async () => {

@@ -1,0 +1,189 @@
+/**
+ * The golden-image cache: one snapshot per machine type, cold-booted once with its RAM in a
+ * shared file, warmed up and frozen; every launch is a restore of it. Goldens are an immutable
+ * cache shared by every runtime on the host (`~/.cache/fastvm/golden/golden-<machine>-<key>/`),
+ * keyed by format, image, machine type, accelerator, kernel command line and QEMU version. Built
+ * in a private directory and renamed into place; never swept. The accelerator probe and the TSC
+ * frequency are cached next to them (they depend on the host, not on a data dir).
+ * See docs/ARCHITECTURE.md ("Every VM is a restore").
+ * @module
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { AgentClient } from './agent-client.js';
+import { qemuImgCreate } from './layers.js';
+import { migrateToFile, stateUri } from './migration.js';
+import { spawnQemu, stopProcess, waitExit } from './process.js';
+import { type Accel, type GuestImage, hostTscKhz, probeKvm, qemuArgs, qemuBinary } from './qemu.js';
+import { QmpClient } from './qmp.js';
+import { readJson, writeJson, type SnapshotRecord } from './records.js';
+import { MACHINES, type MachineType, RuntimeError } from './types.js';
+
+/** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
+export const GOLDEN_FORMAT = 5;
+
+export interface GoldenContext {
+  readonly goldenDir: string;
+  readonly image: GuestImage;
+  readonly accel: Accel;
+  readonly cmdline: string;
+  /** `qemu --version`. */
+  readonly qemu: string;
+  readonly log: (msg: string) => void;
+}
+
+export class GoldenCache {
+  readonly #byMachine = new Map<MachineType, Promise<SnapshotRecord>>();
+
+  constructor(private readonly ctx: GoldenContext) {}
+
+  /** The golden of a machine type: loaded from the cache, or built once (concurrent calls share). */
+  get(machine: MachineType): Promise<SnapshotRecord> {
+    let p = this.#byMachine.get(machine);
+    if (!p) {
+      p = this.#loadOrBuild(machine);
+      this.#byMachine.set(machine, p);
+      p.catch(() => this.#byMachine.delete(machine));
+    }
+    return p;
+  }
+
+  /** Waits for builds in progress (close, detach). */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.#byMachine.values()]);
+  }
+
+  async #loadOrBuild(machine: MachineType): Promise<SnapshotRecord> {
+    const { image, accel, cmdline, qemu, goldenDir, log } = this.ctx;
+    const key = crypto
+      .createHash('sha256')
+      .update(JSON.stringify([GOLDEN_FORMAT, image.imageId, machine, accel, cmdline, qemu]))
+      .digest('hex')
+      .slice(0, 16);
+    const id = `golden-${machine}-${key}`;
+    const existing = await readJson<SnapshotRecord>(path.join(goldenDir, id, 'snapshot.json'));
+    if (existing) return existing;
+    const t0 = Date.now();
+    log(`runtime: building golden snapshot for ${machine} (cold boot)`);
+    const rec = await this.#boot(id, machine);
+    log(`runtime: golden ${machine} ready in ${Date.now() - t0} ms`);
+    return rec;
+  }
+
+  /** Cold-boot the guest with RAM in a shared file, warm it up, and freeze it. */
+  async #boot(id: string, machine: MachineType): Promise<SnapshotRecord> {
+    const { image, accel, cmdline, qemu, goldenDir } = this.ctx;
+    const final = path.join(goldenDir, id);
+    const work = path.join(
+      goldenDir,
+      `.build-${id}-${process.pid}-${crypto.randomUUID().slice(0, 8)}`,
+    );
+    await fs.mkdir(work, { recursive: true });
+    const at = (dir: string) => ({
+      mem: path.join(dir, 'mem'),
+      disk: path.join(dir, 'disk.qcow2'),
+      state: path.join(dir, 'state.bin'),
+    });
+    let pid = 0;
+    let qmp: QmpClient | undefined;
+    let agent: AgentClient | undefined;
+    try {
+      await qemuImgCreate(at(work).disk, image.rootfs, 'raw', image.rootfsGiB);
+      const args = qemuArgs({
+        accel,
+        machine: MACHINES[machine],
+        image,
+        cmdline,
+        memPath: at(work).mem,
+        diskPath: at(work).disk,
+        qmpPath: path.join(work, 'qmp.sock'),
+        agentPath: path.join(work, 'agent.sock'),
+        serialPath: path.join(work, 'serial.log'),
+        mac: '02:00:00:00:00:01',
+        incoming: false,
+      });
+      pid = await spawnQemu(qemuBinary(accel), work, args, {});
+      qmp = await QmpClient.connect(path.join(work, 'qmp.sock'), { timeoutMs: 10_000 });
+      agent = await AgentClient.connect(path.join(work, 'agent.sock'), { timeoutMs: 120_000 });
+      // Warm the guest's page cache with what users run first; forks share these pages.
+      const warm = await agent.exec({
+        argv: ['sh', '-c', 'python3 -c pass; curl --version >/dev/null; tmux -V >/dev/null; sync'],
+        timeoutMs: 60_000,
+      });
+      if (warm.exitCode !== 0) {
+        throw new RuntimeError('qemu_failed', `golden warm-up failed: ${warm.stderr.toString()}`);
+      }
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'x-ignore-shared', state: true },
+          { capability: 'events', state: true },
+        ],
+      });
+      await migrateToFile(qmp, stateUri(qemu, at(work).state, 'out'));
+      await qmp.execute('quit').catch(() => {});
+      await waitExit(pid, 5000);
+      for (const f of ['qmp.sock', 'agent.sock']) await fs.rm(path.join(work, f), { force: true });
+      const rec: SnapshotRecord = {
+        id,
+        vmId: id,
+        machine,
+        diskGiB: image.rootfsGiB,
+        accel,
+        qemu,
+        imageId: image.imageId,
+        cmdline,
+        memBase: at(final).mem,
+        disk: [at(final).disk, image.rootfs],
+        state: at(final).state,
+        paused: false,
+        createdAt: new Date().toISOString(),
+      };
+      await writeJson(path.join(work, 'snapshot.json'), rec);
+      try {
+        await fs.rename(work, final);
+      } catch {
+        // Another runtime finished the same golden first; use that one.
+        await fs.rm(work, { recursive: true, force: true });
+        const other = await readJson<SnapshotRecord>(path.join(final, 'snapshot.json'));
+        if (!other) throw new RuntimeError('qemu_failed', `golden ${id} is unreadable`);
+        return other;
+      }
+      return rec;
+    } catch (err) {
+      await fs.rm(work, { recursive: true, force: true });
+      throw err;
+    } finally {
+      agent?.close();
+      qmp?.close();
+      await stopProcess(pid);
+    }
+  }
+}
+
+/**
+ * The host TSC frequency for the kernel command line, read once and kept next to the goldens:
+ * the command line is part of a golden's key, and `cpu MHz` can drift on hosts that scale their
+ * clock, which would otherwise trigger needless golden rebuilds.
+ */
+export async function cachedTscKhz(goldenDir: string): Promise<number> {
+  const file = path.join(goldenDir, 'tsc.json');
+  const cached = await readJson<{ khz: number }>(file);
+  if (cached && cached.khz > 0) return cached.khz;
+  const khz = hostTscKhz();
+  await writeJson(file, { khz });
+  return khz;
+}
+
+/**
+ * KVM or TCG: a short real boot under KVM decides (see `probeKvm`); cached next to the goldens,
+ * since the answer depends on the host and kernel, not on the data dir.
+ */
+export async function cachedAccel(goldenDir: string, image: GuestImage): Promise<Accel> {
+  const cache = path.join(goldenDir, 'accel.json');
+  const c = await readJson<{ kernel: string; accel: Accel }>(cache);
+  if (c && c.kernel === image.kernel && !process.env.FASTVM_ACCEL) return c.accel;
+  const accel: Accel = (await probeKvm(image, path.join(goldenDir, 'probe'))) ? 'kvm' : 'tcg';
+  await writeJson(cache, { kernel: image.kernel, accel });
+  return accel;
+}

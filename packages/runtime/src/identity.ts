@@ -1,0 +1,52 @@
+/**
+ * What makes a VM (launched, restored or taken from the warm pool) itself and not its source:
+ * the IDENTITY the agent applies (hostname, machine-id, clock, RNG seed, MAC and addresses), and
+ * plugging its NIC into its tap when it started without one.
+ * @module
+ */
+import crypto from 'node:crypto';
+import type { AgentIdentity } from './agent-client.js';
+import type { QmpClient } from './qmp.js';
+import type { VmNetwork } from './types.js';
+
+export function freshIdentity(
+  id: string,
+  hostname: string | undefined,
+  network: VmNetwork | undefined,
+): AgentIdentity {
+  return {
+    hostname: hostname ?? `vm-${id.slice(0, 8)}`,
+    machineId: crypto.randomBytes(16).toString('hex'),
+    clockNs: BigInt(Date.now()) * 1_000_000n,
+    entropy: crypto.randomBytes(64),
+    ...(network ? { net: [netLine(network)], routes: routeLines(network) } : {}),
+  };
+}
+
+export function randomMac(): string {
+  const b = crypto.randomBytes(5);
+  return ['02', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+function netLine(n: VmNetwork): string {
+  return ['eth0', n.mac, n.ipv6, n.ipv4].filter(Boolean).join(' ');
+}
+
+function routeLines(n: VmNetwork): string[] {
+  const r: string[] = [];
+  if (n.ipv6Gateway) r.push(`-6 default via ${n.ipv6Gateway} dev eth0`);
+  if (n.ipv4Gateway) r.push(`default via ${n.ipv4Gateway} dev eth0`);
+  return r;
+}
+
+/** Connects a tap to the NIC of a VM started with its NIC on QEMU hub 0 (no `tap` at start). */
+export async function plugTap(qmp: QmpClient, tap: string): Promise<void> {
+  await qmp.execute('netdev_add', {
+    type: 'tap',
+    id: 'tap0',
+    ifname: tap,
+    script: 'no',
+    downscript: 'no',
+  });
+  await qmp.execute('netdev_add', { type: 'hubport', id: 'hp1', hubid: 0, netdev: 'tap0' });
+}

@@ -1,0 +1,258 @@
+/**
+ * The layer store: where a runtime's VMs, snapshots and layer files live in its data dir, the
+ * qcow2 overlays a VM writes to, the background flatten of snapshot deltas, and the mark-and-sweep
+ * GC of layer files. See docs/ARCHITECTURE.md ("Storage layout and reference counting").
+ *
+ *   <dataDir>/vms/<id>/vm.json            <dataDir>/snapshots/<id>/{snapshot.json, state.bin}
+ *   <dataDir>/layers/disk/<uuid>.qcow2    <dataDir>/layers/mem/<uuid>.{mem,delta}
+ *   <dataDir>/templates/*.qcow2           (empty overlays, copied for each new one)
+ *
+ * A layer file lives while a record names it, while it is being made (`newPath` … `settle`) or
+ * while a restore reads it (`pin`). All file I/O here is asynchronous: the server's event loop
+ * never waits on the disk for a sweep.
+ * @module
+ */
+import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { flattenDelta } from './memory.js';
+import { ID_RE, readJson, writeJson, type SnapshotRecord, type VmRecord } from './records.js';
+
+const execFileP = promisify(execFile);
+
+export class LayerStore {
+  /** Layer files created but not yet named by a record. */
+  readonly #pending = new Set<string>();
+  /** Layer files a restore is reading right now (path -> users). */
+  readonly #pins = new Map<string, number>();
+  /** Background flattens of snapshot deltas into standalone base files, by snapshot id. */
+  readonly #flattening = new Map<string, Promise<void>>();
+  /** While a sweep runs, files settled meanwhile stay protected until it ends. */
+  #sweeping = false;
+  readonly #settledDuringSweep: string[] = [];
+  #gcRun: Promise<void> | undefined;
+  #gcAgain = false;
+
+  constructor(
+    readonly dataDir: string,
+    private readonly memdelta: string,
+    private readonly log: (msg: string) => void,
+  ) {}
+
+  /** Creates the directories, and removes snapshot dirs that a crash left without a record. */
+  async init(): Promise<void> {
+    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'templates']) {
+      await fs.mkdir(path.join(this.dataDir, d), { recursive: true });
+    }
+    // A snapshot's record is written last: a snapshot dir without one is what a crash left.
+    for (const id of await fs.readdir(path.join(this.dataDir, 'snapshots'))) {
+      const rec = path.join(this.snapDir(id), 'snapshot.json');
+      if (!(await exists(rec))) await fs.rm(this.snapDir(id), { recursive: true, force: true });
+    }
+  }
+
+  vmDir(id: string): string {
+    return path.join(this.dataDir, 'vms', id);
+  }
+
+  snapDir(id: string): string {
+    return path.join(this.dataDir, 'snapshots', id);
+  }
+
+  async vmIds(): Promise<string[]> {
+    return fs.readdir(path.join(this.dataDir, 'vms'));
+  }
+
+  readVm(id: string): Promise<VmRecord | undefined> {
+    return readJson<VmRecord>(path.join(this.vmDir(id), 'vm.json'));
+  }
+
+  writeVm(dir: string, rec: VmRecord): Promise<void> {
+    return writeJson(path.join(dir, 'vm.json'), rec);
+  }
+
+  async readSnapshot(id: string): Promise<SnapshotRecord | undefined> {
+    if (!ID_RE.test(id)) return undefined;
+    return readJson<SnapshotRecord>(path.join(this.snapDir(id), 'snapshot.json'));
+  }
+
+  writeSnapshot(rec: SnapshotRecord): Promise<void> {
+    return writeJson(path.join(this.snapDir(rec.id), 'snapshot.json'), rec);
+  }
+
+  /** A new layer file path, protected from the sweeper until `settle`. */
+  newPath(kind: 'disk' | 'mem', ext: string): string {
+    const p = path.join(this.dataDir, 'layers', kind, crypto.randomUUID() + ext);
+    this.#pending.add(p);
+    return p;
+  }
+
+  /** The files are named by a record now (or gone): the sweeper may judge them. */
+  settle(...paths: string[]): void {
+    if (this.#sweeping) this.#settledDuringSweep.push(...paths);
+    else for (const p of paths) this.#pending.delete(p);
+  }
+
+  pin(paths: readonly string[], delta: 1 | -1): void {
+    for (const p of paths) {
+      const n = (this.#pins.get(p) ?? 0) + delta;
+      if (n > 0) this.#pins.set(p, n);
+      else this.#pins.delete(p);
+    }
+  }
+
+  /**
+   * Create a qcow2 overlay on `backing` (a qcow2 layer). The first overlay on a layer is made by
+   * qemu-img and kept as a template; later ones are a copy of it (~1 ms instead of ~15 ms).
+   */
+  async newOverlay(file: string, backing: string, gib: number): Promise<void> {
+    const tmpl = path.join(
+      this.dataDir,
+      'templates',
+      `${path.basename(backing, '.qcow2')}-${crypto.createHash('sha256').update(backing).digest('hex').slice(0, 8)}-${gib}.qcow2`,
+    );
+    if (!(await exists(tmpl))) {
+      const tmp = `${tmpl}.${crypto.randomUUID()}`;
+      await qemuImgCreate(tmp, backing, 'qcow2', gib);
+      await fs.rename(tmp, tmpl);
+    }
+    await fs.copyFile(tmpl, file);
+  }
+
+  /** The flatten of a snapshot's delta, if one is running. */
+  flattening(snapshotId: string): Promise<void> | undefined {
+    return this.#flattening.get(snapshotId);
+  }
+
+  /** Waits for every running flatten (close, detach). */
+  async drainFlattens(): Promise<void> {
+    await Promise.allSettled([...this.#flattening.values()]);
+  }
+
+  /**
+   * Merge a snapshot's delta into a standalone base file in the background, then point the
+   * snapshot at it: later restores map it directly and share its pages instead of each copying
+   * the delta into private memory.
+   */
+  startFlatten(snap: SnapshotRecord): void {
+    const delta = snap.delta;
+    if (!delta) return;
+    const out = this.newPath('mem', '.mem');
+    const job = (async () => {
+      const t0 = performance.now();
+      await flattenDelta(this.memdelta, snap.memBase, delta.path, out);
+      const current = await this.readSnapshot(snap.id);
+      if (!current?.delta) return; // deleted meanwhile; the sweeper removes `out`
+      const { delta: _merged, ...rest } = current;
+      await this.writeSnapshot({ ...rest, memBase: out });
+      this.log(
+        `runtime: flattened ${snap.id} (${delta.bytes >> 20} MiB delta) in ${(performance.now() - t0).toFixed(0)} ms`,
+      );
+    })()
+      .catch((err: unknown) => this.log(`runtime: flatten of ${snap.id} failed: ${String(err)}`))
+      .finally(() => {
+        this.settle(out);
+        this.#flattening.delete(snap.id);
+        void this.gc();
+      });
+    this.#flattening.set(snap.id, job);
+  }
+
+  /**
+   * Mark and sweep: a layer file lives while a VM directory or a snapshot record names it (or it
+   * is pending or pinned). Deleting a snapshot therefore never breaks a fork or a later snapshot
+   * built on it. Calls made while a sweep runs share one more sweep after it.
+   */
+  gc(): Promise<void> {
+    if (this.#gcRun) {
+      this.#gcAgain = true;
+      return this.#gcRun;
+    }
+    const run = (async () => {
+      do {
+        this.#gcAgain = false;
+        await this.#sweep().catch((err: unknown) => this.log(`runtime: layer GC: ${String(err)}`));
+      } while (this.#gcAgain);
+    })().finally(() => (this.#gcRun = undefined));
+    this.#gcRun = run;
+    return run;
+  }
+
+  async #sweep(): Promise<void> {
+    this.#sweeping = true;
+    try {
+      const live = new Set<string>();
+      for (const id of await fs.readdir(path.join(this.dataDir, 'vms'))) {
+        const rec = await this.readVm(id);
+        if (!rec) continue;
+        live.add(rec.memBase).add(rec.disk.top);
+        rec.disk.chain.forEach((l) => live.add(l));
+        if (rec.nextTop) live.add(rec.nextTop);
+      }
+      for (const id of await fs.readdir(path.join(this.dataDir, 'snapshots'))) {
+        const s = await this.readSnapshot(id);
+        if (!s) continue;
+        live.add(s.memBase);
+        s.disk.forEach((l) => live.add(l));
+        if (s.delta) live.add(s.delta.path);
+      }
+      // Checked at the time of each deletion: made or pinned since the marking is kept too.
+      const keep = (p: string) => live.has(p) || this.#pending.has(p) || this.#pins.has(p);
+      // Overlay templates go with the layer they are made for (goldens' layers are never swept).
+      const templates = path.join(this.dataDir, 'templates');
+      for (const f of await fs.readdir(templates)) {
+        const layer = path.join(
+          this.dataDir,
+          'layers',
+          'disk',
+          `${f.split('-').slice(0, 5).join('-')}.qcow2`,
+        );
+        if (!f.startsWith('disk-') && !keep(layer)) {
+          await fs.rm(path.join(templates, f), { force: true });
+        }
+      }
+      for (const kind of ['disk', 'mem']) {
+        const dir = path.join(this.dataDir, 'layers', kind);
+        for (const f of await fs.readdir(dir)) {
+          const p = path.join(dir, f);
+          if (!keep(p)) await fs.rm(p, { force: true });
+        }
+      }
+    } finally {
+      this.#sweeping = false;
+      for (const p of this.#settledDuringSweep.splice(0)) this.#pending.delete(p);
+    }
+  }
+}
+
+export async function qemuImgCreate(
+  file: string,
+  backing: string,
+  backingFmt: 'raw' | 'qcow2',
+  gib: number,
+): Promise<void> {
+  await execFileP('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-u',
+    '-F',
+    backingFmt,
+    '-b',
+    backing,
+    file,
+    `${gib}G`,
+  ]);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}

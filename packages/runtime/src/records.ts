@@ -1,0 +1,106 @@
+/**
+ * The runtime's durable records: `vms/<id>/vm.json` and `snapshots/<id>/snapshot.json`, and how
+ * they are read and written (atomically: temp file + rename, so a crash leaves the old record or
+ * the new one, never half of one). See docs/ARCHITECTURE.md ("Crash safety").
+ * @module
+ */
+import fs from 'node:fs/promises';
+import type { Accel } from './qemu.js';
+import { type MachineType, RuntimeError, type VmNetwork } from './types.js';
+
+/** Ids of VMs and snapshots name directories: a restricted alphabet, no path tricks. */
+export const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+export function checkId(id: string): void {
+  if (!ID_RE.test(id)) {
+    throw new RuntimeError('invalid_argument', `invalid id ${JSON.stringify(id)}`);
+  }
+}
+
+export interface DiskState {
+  /** Writable top layer. */
+  top: string;
+  /** QEMU node name of the top layer. */
+  topNode: string;
+  /** Read-only layers below the top, nearest first (the last one may be the raw base image). */
+  chain: string[];
+}
+
+/** `vms/<id>/vm.json`: enough to re-adopt or clean up a VM after a restart. */
+export interface VmRecord {
+  id: string;
+  machine: MachineType;
+  diskGiB: number;
+  accel: Accel;
+  pid: number;
+  memBase: string;
+  disk: DiskState;
+  nodeCounter: number;
+  snapshotId?: string;
+  network?: VmNetwork;
+  createdAt: string;
+  /** QEMU's `-name` when it differs from the id (a VM handed out by the warm pool). */
+  qemuName?: string;
+  /** Stopped by `pause()` (QMP `stop`); kept so a restarted server adopts it still paused. */
+  paused?: boolean;
+  /**
+   * Intent of a snapshot in progress: the overlay QEMU is being switched to. Written before the
+   * switch, so that after a crash adoption knows the file may be QEMU's top layer (it asks QEMU)
+   * and the sweeper keeps it until then.
+   */
+  nextTop?: string;
+}
+
+/** `snapshots/<id>/snapshot.json` (goldens use the same shape). */
+export interface SnapshotRecord {
+  id: string;
+  vmId: string;
+  machine: MachineType;
+  diskGiB: number;
+  accel: Accel;
+  /** `qemu --version` of the QEMU that wrote the state (absent in records before it was kept). */
+  qemu?: string;
+  imageId: string;
+  cmdline: string;
+  memBase: string;
+  delta?: { path: string; bytes: number };
+  /** Frozen disk layers, nearest first. */
+  disk: string[];
+  state: string;
+  /** The source was stopped when migrated: the restored VM needs `cont`. */
+  paused: boolean;
+  createdAt: string;
+}
+
+/** A JSON file, or undefined when it is missing or unreadable. */
+export async function readJson<T>(file: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(file, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+let tmpCounter = 0;
+/** Writes to one file in call order: a later write never lands before an earlier one. */
+const writes = new Map<string, Promise<void>>();
+
+/**
+ * Writes a JSON file atomically (temp file in the same directory, then rename). The value is
+ * serialised at the call, and writes to the same file land in call order.
+ */
+export function writeJson(file: string, value: unknown): Promise<void> {
+  const text = JSON.stringify(value, null, 2);
+  const tmp = `${file}.${process.pid}.${++tmpCounter}.tmp`;
+  const prev = writes.get(file) ?? Promise.resolve();
+  const next = prev.then(async () => {
+    await fs.writeFile(tmp, text);
+    await fs.rename(tmp, file);
+  });
+  const tail = next.catch(() => {});
+  writes.set(file, tail);
+  void tail.then(() => {
+    if (writes.get(file) === tail) writes.delete(file);
+  });
+  return next;
+}

@@ -1,0 +1,211 @@
+/**
+ * Restoring a snapshot (a golden or a user's) into a new VM: a new disk overlay, QEMU started with
+ * `-incoming defer` on the snapshot's memory file (mapped privately by the memshim), the delta
+ * written into its RAM, the device state loaded, the tap plugged in and the guest given its own
+ * identity. See docs/ARCHITECTURE.md ("Memory: base file + private copy-on-write + deltas").
+ * @module
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { AgentClient } from './agent-client.js';
+import { crashPoint } from './crash-points.js';
+import { freshIdentity, plugTap, randomMac } from './identity.js';
+import type { LayerStore } from './layers.js';
+import { applyDelta, findRamMapping } from './memory.js';
+import { isMigrationEnd, stateUri } from './migration.js';
+import { spawnQemu, stopProcess } from './process.js';
+import { type Accel, type GuestImage, qemuArgs, qemuBinary } from './qemu.js';
+import { QmpClient } from './qmp.js';
+import type { SnapshotRecord, VmRecord } from './records.js';
+import { MACHINES, type NetworkOption, RuntimeError, type VmNetwork } from './types.js';
+import { LiveVm } from './vm-state.js';
+
+/** Pool fills run at this nice value, so that they yield the CPU to running VMs. */
+export const POOL_NICE = 10;
+
+export interface RestoreContext {
+  readonly layers: LayerStore;
+  readonly image: GuestImage;
+  readonly accel: Accel;
+  /** `qemu --version`. */
+  readonly qemu: string;
+  readonly log: (msg: string) => void;
+}
+
+export interface RestoreTarget {
+  readonly id: string;
+  readonly hostname?: string | undefined;
+  readonly network?: NetworkOption | undefined;
+  /** Recorded as the VM's source (not for goldens). */
+  readonly snapshotId?: string | undefined;
+  /** A warm-pool VM: started at a lower priority, returned `pooled`. */
+  readonly pooled?: boolean;
+}
+
+/** Restores `snap` into a new VM; on failure nothing of it is left. */
+export async function restoreVm(
+  ctx: RestoreContext,
+  snap: SnapshotRecord,
+  target: RestoreTarget,
+): Promise<LiveVm> {
+  const { layers, image, accel, qemu, log } = ctx;
+  const { id, hostname, snapshotId, pooled = false } = target;
+  if (snap.accel !== accel) {
+    throw new RuntimeError(
+      'invalid_argument',
+      `snapshot was taken under ${snap.accel}, this host runs ${accel}`,
+    );
+  }
+  if (snap.qemu && snap.qemu !== qemu) {
+    throw new RuntimeError(
+      'invalid_argument',
+      `snapshot was taken by ${snap.qemu}; this host runs ${qemu}`,
+    );
+  }
+  const spec = MACHINES[snap.machine];
+  const dir = layers.vmDir(id);
+  // A network given now is QEMU's tap from the start; a promised one is plugged in later.
+  let network: VmNetwork | undefined =
+    target.network instanceof Promise ? undefined : target.network;
+  const later = target.network instanceof Promise ? target.network : undefined;
+  later?.catch(() => {}); // awaited below; a failure before that must not go unhandled
+  await fs.mkdir(dir, { recursive: true });
+  const top = layers.newPath('disk', '.qcow2');
+  const phases = phaseTimer();
+  let pid = 0;
+  let qmp: QmpClient | undefined;
+  let agent: AgentClient | undefined;
+  try {
+    await layers.newOverlay(top, snap.disk[0]!, snap.diskGiB);
+    phases('overlay');
+    const memFile = await fs.realpath(snap.memBase);
+    const record: VmRecord = {
+      id,
+      machine: snap.machine,
+      diskGiB: snap.diskGiB,
+      accel,
+      pid: 0,
+      memBase: snap.memBase,
+      disk: { top, topNode: 'disk0', chain: snap.disk },
+      nodeCounter: 0,
+      ...(snapshotId ? { snapshotId } : {}),
+      ...(network ? { network } : {}),
+      createdAt: new Date().toISOString(),
+    };
+    await layers.writeVm(dir, record);
+    layers.settle(top);
+    const args = qemuArgs({
+      accel,
+      machine: spec,
+      image,
+      cmdline: snap.cmdline,
+      memPath: snap.memBase,
+      diskPath: top,
+      qmpPath: path.join(dir, 'qmp.sock'),
+      agentPath: path.join(dir, 'agent.sock'),
+      serialPath: path.join(dir, 'serial.log'),
+      tap: network?.tap,
+      mac: network?.mac ?? randomMac(),
+      incoming: true,
+    });
+    pid = await spawnQemu(qemuBinary(accel), dir, args, {
+      LD_PRELOAD: image.memshim,
+      FASTVM_MEMSHIM_PATH: memFile,
+      FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
+      // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
+      ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
+    });
+    crashPoint('restore:spawned');
+    record.pid = pid;
+    await layers.writeVm(dir, record);
+    phases('spawn');
+    qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
+    phases('qmp');
+    const map = findRamMapping(pid, memFile, spec.memoryMiB * 2 ** 20);
+    if (!map.private) {
+      throw new RuntimeError(
+        'qemu_failed',
+        `guest RAM of ${id} is mapped shared (the memshim is not loaded): refusing to run it on ${snap.memBase}`,
+      );
+    }
+    // The agent socket exists as soon as QMP does; connecting early queues our HELLO, which the
+    // guest answers the moment it runs.
+    const agentP = AgentClient.connect(path.join(dir, 'agent.sock'), { timeoutMs: 30_000 });
+    agentP.catch(() => {});
+    if (snap.delta) {
+      await applyDelta(image.memdelta, pid, map, snap.delta.path);
+      phases('delta');
+    }
+    await qmp.execute('migrate-set-capabilities', {
+      capabilities: [
+        { capability: 'x-ignore-shared', state: true },
+        { capability: 'events', state: true },
+      ],
+    });
+    const done = qmp.waitEvent('MIGRATION', { timeoutMs: 30_000, match: isMigrationEnd });
+    await qmp.execute('migrate-incoming', { uri: stateUri(qemu, snap.state, 'in') });
+    const ev = await done;
+    if (ev.data?.status !== 'completed') {
+      // QEMU prints why an incoming migration failed on stderr (qemu.log), not over QMP.
+      await new Promise((r) => setTimeout(r, 50));
+      throw new Error(`migration ${String(ev.data?.status)}`);
+    }
+    phases('migrate');
+    crashPoint('restore:migrated');
+    if (snap.paused) await qmp.execute('cont');
+    agent = await agentP;
+    phases('agent');
+    if (later) {
+      network = await later;
+      if (network) {
+        await plugTap(qmp, network.tap);
+        record.network = network;
+        await layers.writeVm(dir, record);
+      }
+      phases('network');
+    }
+    await agent.setIdentity(freshIdentity(id, hostname, network));
+    phases('identity');
+    log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
+    return new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');
+  } catch (err) {
+    agent?.close();
+    qmp?.close();
+    if (pid) await stopProcess(pid);
+    const error = await wrapQemuError(err, `restore of ${snap.id} into ${id} failed`, dir);
+    await fs.rm(dir, { recursive: true, force: true });
+    await fs.rm(top, { force: true });
+    layers.settle(top);
+    throw error;
+  }
+}
+
+/** A RuntimeError for `err`, with the tail of the VM's `qemu.log` (QEMU explains itself there). */
+export async function wrapQemuError(err: unknown, what: string, dir: string): Promise<Error> {
+  if (err instanceof RuntimeError) return err;
+  let tail = '';
+  try {
+    tail = (await fs.readFile(path.join(dir, 'qemu.log'), 'utf8')).slice(-500);
+  } catch {
+    /* no log */
+  }
+  return new RuntimeError(
+    'qemu_failed',
+    `${what}: ${String(err)}${tail ? `\nqemu: ${tail}` : ''}`,
+    {
+      cause: err,
+    },
+  );
+}
+
+/** Records the time since the previous mark under a name; `summary()` lists them. */
+function phaseTimer(): ((name: string) => void) & { summary(): string } {
+  let last = performance.now();
+  const parts: string[] = [];
+  const mark = (name: string) => {
+    const now = performance.now();
+    parts.push(`${name} ${(now - last).toFixed(1)}`);
+    last = now;
+  };
+  return Object.assign(mark, { summary: () => parts.join(', ') + ' ms' });
+}

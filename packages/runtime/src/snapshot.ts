@@ -1,0 +1,177 @@
+/**
+ * Snapshots of running VMs, and the other changes to a live VM's disk: growing it, and setting
+ * the disk record from QEMU's own view after a crash. See docs/ARCHITECTURE.md ("Snapshot of a
+ * running VM", "Crash safety").
+ * @module
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { crashPoint } from './crash-points.js';
+import type { LayerStore } from './layers.js';
+import { dumpDelta, findRamMapping } from './memory.js';
+import { memshimFork, migrateToFile, resumeAfterMigration, stateUri } from './migration.js';
+import type { GuestImage } from './qemu.js';
+import type { SnapshotRecord } from './records.js';
+import { wrapQemuError } from './restore.js';
+import { MACHINES, RuntimeError, type SnapshotInfo } from './types.js';
+import type { LiveVm } from './vm-state.js';
+
+export interface SnapshotContext {
+  readonly layers: LayerStore;
+  readonly image: GuestImage;
+  readonly cmdline: string;
+  /** `qemu --version`. */
+  readonly qemu: string;
+  readonly log: (msg: string) => void;
+}
+
+/**
+ * Snapshot of a running VM: a new disk overlay for the VM, the old top frozen as the snapshot's
+ * layer; device state migrated to a file; RAM frozen by a copy-on-write fork of QEMU while the VM
+ * runs on, and its changed pages copied out into a delta. The pause covers the disk switch, the
+ * device state and the fork only.
+ */
+export async function snapshotVm(
+  ctx: SnapshotContext,
+  vm: LiveVm,
+  snapshotId: string,
+): Promise<SnapshotInfo> {
+  const { layers, image } = ctx;
+  if (vm.state !== 'running') {
+    throw new RuntimeError('not_running', `VM ${vm.id} is ${vm.state}, not running`);
+  }
+  if (await layers.readSnapshot(snapshotId)) {
+    throw new RuntimeError('invalid_argument', `snapshot ${snapshotId} already exists`);
+  }
+  const t0 = performance.now();
+  const rec = vm.record;
+  const spec = MACHINES[rec.machine];
+  const dir = layers.snapDir(snapshotId);
+  await fs.mkdir(dir, { recursive: true });
+  const state = path.join(dir, 'state.bin');
+  const newTop = layers.newPath('disk', '.qcow2');
+  const deltaPath = layers.newPath('mem', '.delta');
+  const node = `disk${rec.nodeCounter + 1}`;
+  let pauseStart = 0;
+  let pauseMs = 0;
+  let delta: { runs: number; bytes: number };
+  let frozen: { pid: number; release(): void } | undefined;
+  try {
+    await layers.newOverlay(newTop, rec.disk.top, rec.diskGiB);
+    const map = findRamMapping(rec.pid, await fs.realpath(rec.memBase), spec.memoryMiB * 2 ** 20);
+    // Intent first: a crash from here on leaves a record that names the new overlay.
+    rec.nextTop = newTop;
+    await layers.writeVm(vm.dir, rec);
+    crashPoint('snapshot:intent');
+    pauseStart = performance.now();
+    await vm.qmp.execute('stop');
+    // Freeze the disk: the VM continues on a new overlay, the old top becomes read-only.
+    await vm.qmp.execute('blockdev-snapshot-sync', {
+      'node-name': rec.disk.topNode,
+      'snapshot-file': newTop,
+      'snapshot-node-name': node,
+      format: 'qcow2',
+      mode: 'existing',
+    });
+    crashPoint('snapshot:switched');
+    rec.disk = { top: newTop, topNode: node, chain: [rec.disk.top, ...rec.disk.chain] };
+    rec.nodeCounter += 1;
+    delete rec.nextTop;
+    await migrateToFile(vm.qmp, stateUri(ctx.qemu, state, 'out'));
+    crashPoint('snapshot:migrated');
+    // Freeze memory: a copy-on-write copy of the process (forked by the memshim) keeps the RAM
+    // as it is now, and the VM runs on while the changed pages are copied out of the copy.
+    frozen = await memshimFork(path.join(vm.dir, 'memshim.sock'));
+    crashPoint('snapshot:frozen');
+    await resumeAfterMigration(vm.qmp);
+    pauseMs = performance.now() - pauseStart;
+    // (Written after the pause: until then the intent above covers a crash.)
+    await layers.writeVm(vm.dir, rec);
+    delta = await dumpDelta(image.memdelta, frozen.pid, map, deltaPath);
+  } catch (err) {
+    if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
+    await fs.rm(dir, { recursive: true, force: true });
+    await fs.rm(deltaPath, { force: true });
+    if (rec.nextTop) {
+      // The switch itself failed (or its answer was lost): QEMU knows which layer is on top.
+      await reconcileDisk(vm, ctx.log).catch(() => {});
+      delete rec.nextTop;
+    }
+    await layers.writeVm(vm.dir, rec).catch(() => {});
+    layers.settle(newTop, deltaPath);
+    void layers.gc();
+    throw await wrapQemuError(err, `snapshot of ${rec.id} failed`, vm.dir);
+  } finally {
+    frozen?.release();
+  }
+  const snap: SnapshotRecord = {
+    id: snapshotId,
+    vmId: rec.id,
+    machine: rec.machine,
+    diskGiB: rec.diskGiB,
+    accel: rec.accel,
+    qemu: ctx.qemu,
+    imageId: image.imageId,
+    cmdline: ctx.cmdline,
+    memBase: rec.memBase,
+    delta: { path: deltaPath, bytes: delta.bytes },
+    disk: rec.disk.chain,
+    state,
+    paused: true,
+    createdAt: new Date().toISOString(),
+  };
+  await layers.writeSnapshot(snap);
+  crashPoint('snapshot:written');
+  layers.settle(newTop, deltaPath);
+  layers.startFlatten(snap);
+  return {
+    id: snapshotId,
+    vmId: rec.id,
+    machine: rec.machine,
+    diskGiB: rec.diskGiB,
+    pauseMs,
+    totalMs: performance.now() - t0,
+  };
+}
+
+/** Grows a VM's disk: the top overlay in QEMU, then the filesystem online in the guest. */
+export async function growDisk(layers: LayerStore, vm: LiveVm, diskGiB: number): Promise<void> {
+  await vm.qmp.execute('block_resize', {
+    'node-name': vm.record.disk.topNode,
+    size: diskGiB * 2 ** 30,
+  });
+  crashPoint('disk:resized');
+  const r = await vm.agent.exec({ argv: ['resize2fs', '/dev/vda'], timeoutMs: 60_000 });
+  if (r.exitCode !== 0) {
+    throw new RuntimeError('qemu_failed', `resize2fs failed: ${r.stderr.toString().trim()}`);
+  }
+  vm.record.diskGiB = diskGiB;
+  await layers.writeVm(vm.dir, vm.record);
+}
+
+/**
+ * Sets a VM's disk record from QEMU's block graph (`query-block`): the top layer, its node name
+ * and the backing chain. Used where the record may lag behind QEMU: adoption after a crash and a
+ * failed snapshot. The caller writes the record.
+ */
+export async function reconcileDisk(vm: LiveVm, log: (msg: string) => void): Promise<void> {
+  interface Image {
+    filename: string;
+    'virtual-size': number;
+    'backing-image'?: Image;
+  }
+  const blocks =
+    await vm.qmp.execute<{ inserted?: { 'node-name': string; image: Image } }[]>('query-block');
+  const inserted = blocks.find((b) => b.inserted)?.inserted;
+  if (!inserted) throw new RuntimeError('qemu_failed', `VM ${vm.id} has no disk`);
+  const chain: string[] = [];
+  for (let b = inserted.image['backing-image']; b; b = b['backing-image']) chain.push(b.filename);
+  const rec = vm.record;
+  const before = JSON.stringify(rec.disk);
+  rec.disk = { top: inserted.image.filename, topNode: inserted['node-name'], chain };
+  rec.nodeCounter = Math.max(rec.nodeCounter, Number(/\d+$/.exec(rec.disk.topNode)?.[0] ?? 0));
+  rec.diskGiB = Math.max(rec.diskGiB, Math.floor(inserted.image['virtual-size'] / 2 ** 30));
+  if (JSON.stringify(rec.disk) !== before) {
+    log(`runtime: ${rec.id}: disk record reconciled with QEMU (top ${rec.disk.top})`);
+  }
+}
