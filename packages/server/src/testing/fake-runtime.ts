@@ -11,27 +11,20 @@
  * @module
  */
 import fs from 'node:fs';
-import type {
-  AdoptResult,
-  ExecRequest,
-  ExecResult,
-  LaunchOptions,
-  MachineType,
-  PtyRequest,
-  PtySession,
-  RestoreOptions,
-  Runtime,
-  SnapshotInfo,
-  VmInfo,
+import {
+  MACHINES,
+  type AdoptResult,
+  type ExecRequest,
+  type ExecResult,
+  type LaunchOptions,
+  type PtyRequest,
+  type PtySession,
+  type RestoreOptions,
+  type Runtime,
+  type SnapshotInfo,
+  type VmInfo,
 } from '@fastvm/runtime';
 import { FakePty } from './fake-pty.js';
-
-const MACHINES: Record<MachineType, { vcpus: number; memoryMiB: number }> = {
-  c1m2: { vcpus: 1, memoryMiB: 2048 },
-  c2m4: { vcpus: 2, memoryMiB: 4096 },
-  c4m8: { vcpus: 4, memoryMiB: 8192 },
-  c8m16: { vcpus: 8, memoryMiB: 16384 },
-};
 
 /** Error shaped like the runtime's `RuntimeError` (`name` + `code`), which the server maps. */
 export class FakeRuntimeError extends Error {
@@ -178,6 +171,9 @@ export class FakeRuntime implements Runtime {
   async snapshot(vmId: string, snapshotId: string): Promise<SnapshotInfo> {
     this.calls.push({ method: 'snapshot', args: [vmId, snapshotId] });
     const vm = this.requireRunning(vmId);
+    if (this.snapshots.has(snapshotId)) {
+      throw new FakeRuntimeError('invalid_argument', `snapshot ${snapshotId} already exists`);
+    }
     const started = Date.now();
     await delay(this.snapshotDelayMs);
     throwIf(this.failSnapshot, vmId);
@@ -235,6 +231,8 @@ export class FakeRuntime implements Runtime {
     if (stop.signal.reason === GONE) {
       throw new FakeRuntimeError('agent_unavailable', `exec failed: VM ${vmId} went away`);
     }
+    // Like the agent client: a command killed through its signal rejects with the signal's reason.
+    if (req.signal?.aborted) throw req.signal.reason;
     return {
       exitCode,
       stdout: out.buffer(),

@@ -1,0 +1,175 @@
+/**
+ * The runtime contract: what every `Runtime` must do, as one vitest suite run against the real
+ * `QemuRuntime` (packages/runtime/test/contract.test.ts) and the server's `FakeRuntime`
+ * (packages/server/test/fake-runtime-contract.test.ts). A fake that passes it behaves like the
+ * real runtime for everything the server relies on: exec semantics, pause/resume, snapshot and
+ * restore isolation, adoption after a restart, and errors for unknown ids.
+ * Imported as `@fastvm/runtime/testing`.
+ * @module
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ExecRequest, Runtime } from '../src/types.js';
+
+export interface ContractTarget {
+  /** A runtime on fresh, empty state. */
+  start(): Promise<Runtime>;
+  /** A new runtime instance on the same state, as after a server restart (`rt` is let go). */
+  restart(rt: Runtime): Promise<Runtime>;
+  /** Stops every VM and removes the state. */
+  dispose(rt: Runtime): Promise<void>;
+}
+
+/** Defines the contract suite for one runtime. */
+export function runtimeContract(name: string, target: ContractTarget): void {
+  describe(`runtime contract: ${name}`, () => {
+    let rt: Runtime;
+    const tag = Math.random().toString(16).slice(2, 8);
+    const A = `ct-${tag}-a`;
+    const B = `ct-${tag}-b`;
+    const SNAP = `ct-${tag}-s`;
+    const run = async (vm: string, argv: string[], extra: Partial<ExecRequest> = {}) => {
+      const r = await rt.exec(vm, { argv, timeoutMs: 30_000, ...extra });
+      return { ...r, out: r.stdout.toString(), err: r.stderr.toString() };
+    };
+    const sh = (vm: string, script: string, extra: Partial<ExecRequest> = {}) =>
+      run(vm, ['sh', '-c', script], extra);
+
+    beforeAll(async () => {
+      rt = await target.start();
+      const info = await rt.launch({ id: A, machine: 'c1m2' });
+      expect(info).toMatchObject({ id: A, machine: 'c1m2', vcpus: 1, memoryMiB: 2048 });
+      expect(info.state).toBe('running');
+    });
+
+    afterAll(async () => {
+      if (rt) await target.dispose(rt);
+    });
+
+    it('runs argv literally and strings through sh -c', async () => {
+      const literal = await run(A, ['echo', 'a;b', '$HOME', '*']);
+      expect(literal.out).toBe('a;b $HOME *\n');
+      const shell = await sh(A, 'echo one; echo two');
+      expect(shell.out).toBe('one\ntwo\n');
+    });
+
+    it('reports exit codes, stderr, and 127 for a program that does not exist', async () => {
+      expect((await sh(A, 'exit 7')).exitCode).toBe(7);
+      expect((await run(A, ['false'])).exitCode).toBe(1);
+      const err = await sh(A, 'echo oops >&2; exit 3');
+      expect([err.out, err.err, err.exitCode]).toEqual(['', 'oops\n', 3]);
+      const missing = await run(A, [`no-such-program-${tag}`]);
+      expect(missing.exitCode).toBe(127);
+    });
+
+    it('feeds stdin and closes it', async () => {
+      const r = await run(A, ['cat'], { stdin: Buffer.from('hello\nworld') });
+      expect(r.out).toBe('hello\nworld');
+      expect(r.exitCode).toBe(0);
+    });
+
+    it('caps each output stream and flags the truncation', async () => {
+      const big = await sh(A, 'head -c 100000 /dev/zero', { capBytes: 1000 });
+      expect([big.stdout.length, big.stdoutTruncated, big.stderrTruncated]).toEqual([
+        1000,
+        true,
+        false,
+      ]);
+      const small = await sh(A, 'echo fits', { capBytes: 1000 });
+      expect([small.out, small.stdoutTruncated]).toEqual(['fits\n', false]);
+      const err = await sh(A, 'head -c 5000 /dev/zero >&2', { capBytes: 100 });
+      expect([err.stderr.length, err.stderrTruncated, err.stdout.length]).toEqual([100, true, 0]);
+    });
+
+    it('streams output as it comes (onStdout sees what the result holds)', async () => {
+      const chunks: Buffer[] = [];
+      const r = await sh(A, 'echo first; sleep 0.2; echo second', {
+        onStdout: (c) => chunks.push(c),
+      });
+      expect(Buffer.concat(chunks).toString()).toBe(r.out);
+      expect(r.out).toBe('first\nsecond\n');
+    });
+
+    it('kills a command that runs past its timeout: timedOut, exit 137, nothing after', async () => {
+      const t0 = Date.now();
+      const r = await sh(A, 'echo before; sleep 30; echo after', { timeoutMs: 500 });
+      expect([r.timedOut, r.exitCode, r.out]).toEqual([true, 137, 'before\n']);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      const ok = await sh(A, 'echo quick', { timeoutMs: 5000 });
+      expect([ok.timedOut, ok.exitCode]).toEqual([false, 0]);
+    });
+
+    it('kills a command when its signal aborts', async () => {
+      const ac = new AbortController();
+      const running = rt.exec(A, { argv: ['sh', '-c', 'sleep 30'], signal: ac.signal });
+      setTimeout(() => ac.abort(), 200);
+      await expect(running).rejects.toBeDefined();
+      expect((await sh(A, 'echo still-here')).out).toBe('still-here\n');
+    });
+
+    it('pauses and resumes: a paused VM refuses exec and snapshot, then runs on', async () => {
+      await sh(A, 'cat > /root/kept', { stdin: Buffer.from('before-pause') });
+      await rt.pause(A);
+      expect(rt.get(A)?.state).toBe('paused');
+      await expect(run(A, ['true'])).rejects.toMatchObject({ code: 'not_running' });
+      await expect(rt.snapshot(A, `${SNAP}-paused`)).rejects.toMatchObject({
+        code: 'not_running',
+      });
+      await rt.pause(A); // idempotent
+      await rt.resume(A);
+      await rt.resume(A); // idempotent
+      expect(rt.get(A)?.state).toBe('running');
+      expect((await run(A, ['cat', '/root/kept'])).out).toBe('before-pause');
+    });
+
+    it('snapshots and restores: the fork starts with the source state, then each is its own', async () => {
+      await sh(A, 'cat > /root/f', { stdin: Buffer.from('from-a') });
+      const info = await rt.snapshot(A, SNAP);
+      expect(info).toMatchObject({ id: SNAP, vmId: A, machine: 'c1m2' });
+      expect(await rt.hasSnapshot(SNAP)).toBe(true);
+      await expect(rt.snapshot(A, SNAP)).rejects.toMatchObject({ code: 'invalid_argument' });
+      const fork = await rt.restore({ id: B, snapshotId: SNAP });
+      expect(fork).toMatchObject({ id: B, machine: 'c1m2', state: 'running', snapshotId: SNAP });
+      expect((await run(B, ['cat', '/root/f'])).out).toBe('from-a');
+      await sh(B, 'cat > /root/f', { stdin: Buffer.from('from-b') });
+      await sh(A, 'cat > /root/g', { stdin: Buffer.from('only-a') });
+      expect((await run(A, ['cat', '/root/f'])).out).toBe('from-a');
+      expect((await run(B, ['cat', '/root/f'])).out).toBe('from-b');
+      expect((await sh(B, 'cat /root/g || echo missing')).out).toContain('missing');
+      await expect(rt.restore({ id: B, snapshotId: SNAP })).rejects.toMatchObject({
+        code: 'invalid_argument',
+      });
+    });
+
+    it('answers unknown ids with not_found / snapshot_not_found; destroy is idempotent', async () => {
+      const nope = `ct-${tag}-nope`;
+      await expect(run(nope, ['true'])).rejects.toMatchObject({ code: 'not_found' });
+      await expect(rt.snapshot(nope, `${SNAP}-x`)).rejects.toMatchObject({ code: 'not_found' });
+      await expect(rt.pause(nope)).rejects.toMatchObject({ code: 'not_found' });
+      await expect(rt.resume(nope)).rejects.toMatchObject({ code: 'not_found' });
+      await expect(rt.restore({ id: `${nope}-r`, snapshotId: nope })).rejects.toMatchObject({
+        code: 'snapshot_not_found',
+      });
+      expect(rt.get(nope)).toBeUndefined();
+      expect(await rt.hasSnapshot(nope)).toBe(false);
+      await expect(rt.destroy(nope)).resolves.toBeUndefined();
+    });
+
+    it('after a restart adopts what it is asked for, reports the rest, keeps snapshots', async () => {
+      const gone = `ct-${tag}-gone`;
+      rt = await target.restart(rt);
+      const res = await rt.adopt([A, gone]);
+      expect(res.adopted).toEqual([A]);
+      expect(res.lost).toEqual([gone]);
+      expect(res.orphans).toEqual([B]); // not asked for: stopped
+      expect(rt.get(B)).toBeUndefined();
+      expect((await run(A, ['cat', '/root/g'])).out).toBe('only-a');
+      expect(await rt.hasSnapshot(SNAP)).toBe(true);
+      expect(rt.get(A)?.state).toBe('running');
+      await rt.destroy(A);
+      expect(rt.get(A)).toBeUndefined();
+      await expect(run(A, ['true'])).rejects.toMatchObject({ code: 'not_found' });
+      await rt.deleteSnapshot(SNAP);
+      expect(await rt.hasSnapshot(SNAP)).toBe(false);
+    });
+  });
+}
