@@ -7,7 +7,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyRequest } from 'fastify';
-import { nowIso, type ApiKeyRecord, type OrgRecord } from './domain.js';
+import { nowIso, type ApiKeyRecord, type OrgRecord } from './domain/index.js';
 import { ApiError } from './errors.js';
 import type { Store } from './store/index.js';
 

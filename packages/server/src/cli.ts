@@ -28,7 +28,7 @@ import { pino, type Logger } from 'pino';
 import { buildApp, type AppServices } from './app.js';
 import { createApiKey, createOrg } from './auth.js';
 import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
-import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain.js';
+import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain/index.js';
 import { startServer } from './server.js';
 import { createNetworkManager, networkSettingsFromEnv } from './services/host-network.js';
 import { openStore, type QuotaOverrides, type Store } from './store/index.js';

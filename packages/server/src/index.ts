@@ -19,5 +19,5 @@ export { NoopNetworkManager } from './services/network.js';
 export type { NetworkManager, VmNetworkAttachment } from './services/network.js';
 export { openStore } from './store/index.js';
 export type { Store } from './store/index.js';
-export { DEFAULT_QUOTA_LIMITS } from './domain.js';
-export type { FirewallPolicy, FirewallRule, QuotaValues } from './domain.js';
+export { DEFAULT_QUOTA_LIMITS } from './domain/index.js';
+export type { FirewallPolicy, FirewallRule, QuotaValues } from './domain/index.js';

@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 import { z } from 'zod';
-import { MAX_TTL_SECONDS } from './domain.js';
+import { MAX_TTL_SECONDS } from './domain/index.js';
 
 // ---- shared pieces ------------------------------------------------------------------------------
 

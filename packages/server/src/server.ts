@@ -9,7 +9,7 @@ import type { Runtime } from '@fastvm/runtime';
 import { pino, type Logger } from 'pino';
 import { buildApp, type App } from './app.js';
 import { ensureBootstrapKey } from './auth.js';
-import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain.js';
+import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain/index.js';
 import { listen, type Listener } from './http/listener.js';
 import type { ServiceContext, ServiceSettings } from './services/context.js';
 import { ConsoleService } from './services/console.js';

@@ -8,7 +8,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeRuntime } from '../src/testing/index.js';
+import { FakeRuntime, FakeRuntimeError } from '../src/testing/index.js';
 import { TestClient, makeDataDir, startTestServer, type TestServer } from './helpers.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -108,10 +108,17 @@ describe('pause, resume and TTL (FakeRuntime)', () => {
   });
 
   it('refuses pause/resume in the wrong state and on unknown VMs', async () => {
-    const vm = (await api.post('/v1/vms', { machineType: 'c1m2' })).body;
-    const resume = await api.post(`/v1/vms/${vm.id}/resume`);
+    const running = (await api.post('/v1/vms', { machineType: 'c1m2' })).body;
+    const resume = await api.post(`/v1/vms/${running.id}/resume`);
     expect(resume.status).toBe(200); // running: idempotent
-    await t.server.store.updateVm(vm.id, { status: 'error' });
+    await api.del(`/v1/vms/${running.id}`);
+    // A VM in `error`: its launch failed.
+    t.runtime.failLaunch = new FakeRuntimeError('qemu_failed', 'boom');
+    const failed = await api.post('/v1/vms', { machineType: 'c1m2' });
+    t.runtime.failLaunch = undefined;
+    expect(failed.status).toBe(502);
+    const vm = (await api.get(`/v1/vms/${failed.body.vmId}`)).body;
+    expect(vm.status).toBe('error');
     const pause = await api.post(`/v1/vms/${vm.id}/pause`);
     expect(pause.status).toBe(409);
     expect(pause.body.code).toBe('conflict');

@@ -20,7 +20,7 @@ import {
   networkSettingsFromEnv,
   type NetworkSettings,
 } from '../src/services/host-network.js';
-import type { FirewallPolicy } from '../src/domain.js';
+import type { FirewallPolicy } from '../src/domain/index.js';
 import { TestClient } from './helpers.js';
 import { networkSkipReason } from '../../runtime/test/netns.js';
 

@@ -28,7 +28,7 @@ describe('restart recovery (in process)', () => {
     const vanished = (await api.post('/v1/snapshots', { vmId: survivor.id, name: 'vanished' }))
       .body;
     // A delete that got as far as marking the row when the server died.
-    await first.server.store.updateVm(doomed.id, { status: 'deleting' });
+    await first.server.store.transitionVm(doomed.id, { from: 'running', to: 'deleting' });
 
     // In-flight work at crash time: a slow launch and a slow snapshot.
     runtime.launchDelayMs = 10_000;

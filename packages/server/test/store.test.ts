@@ -2,7 +2,15 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApiKey, createOrg, ensureBootstrapKey, hashApiKey } from '../src/auth.js';
-import type { VmRecord } from '../src/domain.js';
+import {
+  IllegalTransitionError,
+  SNAPSHOT_TRANSITIONS,
+  VM_INITIAL_STATUS,
+  VM_TRANSITIONS,
+  type SnapshotRecord,
+  type VmRecord,
+  type VmStatus,
+} from '../src/domain/index.js';
 import { normalizeName } from '../src/services/names.js';
 import { MIGRATION_NAMES, openStore, type Store } from '../src/store/index.js';
 import { makeDataDir } from './helpers.js';
@@ -25,7 +33,7 @@ function vmRow(orgId: string, over: Partial<VmRecord> = {}): VmRecord {
     cpu: 1,
     memoryMiB: 2048,
     diskGiB: 10,
-    status: 'running',
+    status: 'provisioning',
     error: null,
     sourceSnapshotId: null,
     sourceName: '',
@@ -37,6 +45,37 @@ function vmRow(orgId: string, over: Partial<VmRecord> = {}): VmRecord {
     deletedAt: null,
     ...over,
   };
+}
+
+function snapshotRow(orgId: string, vmId: string, over: Partial<SnapshotRecord> = {}) {
+  const now = new Date().toISOString();
+  const snap: SnapshotRecord = {
+    id: randomUUID(),
+    orgId,
+    vmId,
+    name: 'snap',
+    status: 'creating',
+    error: null,
+    machine: 'c1m2',
+    cpu: 1,
+    memoryMiB: 2048,
+    diskGiB: 10,
+    firewall: { mode: 'restricted', ingress: [] },
+    metadata: {},
+    createdAt: now,
+    updatedAt: now,
+    deletedAt: null,
+    ...over,
+  };
+  return snap;
+}
+
+/** Moves a new VM row along legal transitions to `path`'s last status. */
+async function walk(store: Store, id: string, path: VmStatus[]): Promise<void> {
+  for (const to of path) {
+    const patch = to === 'deleted' ? { deletedAt: new Date().toISOString() } : {};
+    expect(await store.transitionVm(id, { to }, patch)).toMatchObject({ status: to });
+  }
 }
 
 describe.each(DIALECTS)('store on %s', (_name, databaseUrl) => {
@@ -85,13 +124,20 @@ describe.each(DIALECTS)('store on %s', (_name, databaseUrl) => {
 
   it('derives usage from live rows in quota-holding states', async () => {
     const other = (await createOrg(store, `usage-${randomUUID()}`)).id;
+    const rows = {
+      running: vmRow(other, { cpu: 2, memoryMiB: 4096, diskGiB: 20 }),
+      provisioning: vmRow(other),
+      error: vmRow(other),
+      stopped: vmRow(other),
+      deleted: vmRow(other),
+    };
     await store.withOrgLock(other, async (tx) => {
-      await tx.insertVm(vmRow(other, { cpu: 2, memoryMiB: 4096, diskGiB: 20 }));
-      await tx.insertVm(vmRow(other, { status: 'provisioning' }));
-      await tx.insertVm(vmRow(other, { status: 'error' }));
-      await tx.insertVm(vmRow(other, { status: 'stopped' }));
-      await tx.insertVm(vmRow(other, { status: 'deleted', deletedAt: new Date().toISOString() }));
+      for (const vm of Object.values(rows)) await tx.insertVm(vm);
     });
+    await walk(store, rows.running.id, ['running']);
+    await walk(store, rows.error.id, ['error']);
+    await walk(store, rows.stopped.id, ['running', 'stopped']);
+    await walk(store, rows.deleted.id, ['deleting', 'deleted']);
     expect(await store.getUsage(other)).toMatchObject({
       vcpu: 3,
       memoryMiB: 6144,
@@ -129,19 +175,127 @@ describe.each(DIALECTS)('store on %s', (_name, databaseUrl) => {
   });
 
   it('conditional updates only touch rows in the given states', async () => {
-    const vm = vmRow(orgId, { status: 'provisioning', name: 'cond' });
+    const vm = vmRow(orgId, { name: 'cond' });
     await store.withOrgLock(orgId, (tx) => tx.insertVm(vm));
-    expect(await store.updateVm(vm.id, { status: 'running' }, ['deleting'])).toBeUndefined();
-    const updated = await store.updateVm(
-      vm.id,
-      { status: 'running', firewall: { mode: 'open', ingress: [] } },
-      ['provisioning'],
-    );
-    expect(updated).toMatchObject({ status: 'running', firewall: { mode: 'open', ingress: [] } });
+    expect(await store.updateVm(vm.id, { name: 'x' }, ['running'])).toBeUndefined();
+    const updated = await store.updateVm(vm.id, { firewall: { mode: 'open', ingress: [] } }, [
+      'provisioning',
+    ]);
+    expect(updated).toMatchObject({
+      status: 'provisioning',
+      firewall: { mode: 'open', ingress: [] },
+    });
     expect((await store.findVmsByName(orgId, 'cond')).map((v) => v.id)).toEqual([vm.id]);
-    await store.updateVm(vm.id, { status: 'deleted', deletedAt: new Date().toISOString() });
+    await walk(store, vm.id, ['deleting', 'deleted']);
     expect(await store.getVm(orgId, vm.id)).toBeUndefined();
     expect(await store.findVmsByName(orgId, 'cond')).toEqual([]);
+  });
+
+  it('changes a VM status only along the transition table, atomically', async () => {
+    const vm = vmRow(orgId);
+    await store.withOrgLock(orgId, (tx) => tx.insertVm(vm));
+    // A move the table does not list is refused whatever the row's status.
+    await expect(
+      store.transitionVm(vm.id, { from: 'provisioning', to: 'paused' }),
+    ).rejects.toBeInstanceOf(IllegalTransitionError);
+    await expect(store.transitionVm(vm.id, { to: 'provisioning' })).rejects.toBeInstanceOf(
+      IllegalTransitionError,
+    );
+    await expect(
+      store.transitionVm(vm.id, { from: ['running', 'error'], to: 'pausing' }),
+    ).rejects.toThrow(/error → pausing/);
+    // A legal move applies only from its source status, with its patch.
+    expect(await store.transitionVm(vm.id, { from: 'running', to: 'pausing' })).toBeUndefined();
+    expect(
+      await store.transitionVm(
+        vm.id,
+        { from: 'provisioning', to: 'running' },
+        { publicIpv6: '2001:db8::1' },
+      ),
+    ).toMatchObject({ status: 'running', publicIpv6: '2001:db8::1' });
+    // Concurrent identical moves: exactly one wins.
+    const raced = await Promise.all(
+      Array.from({ length: 5 }, () =>
+        store.transitionVm(vm.id, { from: 'running', to: 'pausing' }),
+      ),
+    );
+    expect(raced.filter(Boolean)).toHaveLength(1);
+    // Without `from`: from every status the table allows into the target.
+    expect(await store.transitionVm(vm.id, { to: 'deleting' })).toMatchObject({
+      status: 'deleting',
+    });
+    expect(await store.transitionVm(vm.id, { to: 'deleting' })).toMatchObject({
+      status: 'deleting',
+    });
+    await walk(store, vm.id, ['deleted']);
+    expect(await store.transitionVm(vm.id, { to: 'deleting' })).toBeUndefined();
+    expect(await store.getVm(orgId, vm.id)).toBeUndefined();
+  });
+
+  it('never changes a status outside a transition', async () => {
+    const vm = vmRow(orgId);
+    await store.withOrgLock(orgId, (tx) => tx.insertVm(vm));
+    await expect(
+      store.updateVm(vm.id, { status: 'running' } as unknown as { name: string }),
+    ).rejects.toThrow(/transition/);
+    await expect(
+      store.withOrgLock(orgId, (tx) => tx.insertVm(vmRow(orgId, { status: 'running' }))),
+    ).rejects.toThrow(/must be provisioning/);
+    expect((await store.getVm(orgId, vm.id))?.status).toBe(VM_INITIAL_STATUS);
+  });
+
+  it('changes a snapshot status only along its transition table', async () => {
+    const vm = vmRow(orgId);
+    const snap = snapshotRow(orgId, vm.id);
+    await store.withOrgLock(orgId, async (tx) => {
+      await tx.insertVm(vm);
+      await tx.insertSnapshot(snap);
+    });
+    await expect(
+      store.withOrgLock(orgId, (tx) =>
+        tx.insertSnapshot(snapshotRow(orgId, vm.id, { status: 'ready' })),
+      ),
+    ).rejects.toThrow(/must be creating/);
+    await expect(
+      store.transitionSnapshot(snap.id, { from: 'error', to: 'ready' }),
+    ).rejects.toBeInstanceOf(IllegalTransitionError);
+    await expect(
+      store.updateSnapshot(snap.id, { status: 'ready' } as unknown as { name: string }),
+    ).rejects.toThrow(/transition/);
+    expect(await store.transitionSnapshot(snap.id, { from: 'ready', to: 'error' })).toBeUndefined();
+    expect(
+      await store.transitionSnapshot(snap.id, { from: 'creating', to: 'ready' }),
+    ).toMatchObject({ status: 'ready' });
+    expect(
+      await store.transitionSnapshot(snap.id, { from: 'ready', to: 'error' }, { error: 'gone' }),
+    ).toMatchObject({ status: 'error', error: 'gone' });
+    const at = new Date().toISOString();
+    expect(
+      await store.transitionSnapshot(snap.id, { to: 'deleting' }, { deletedAt: at }),
+    ).toMatchObject({ status: 'deleting', deletedAt: at });
+    expect(await store.getSnapshot(orgId, snap.id)).toBeUndefined();
+    expect(
+      await store.transitionSnapshot(snap.id, { from: 'deleting', to: 'deleted' }),
+    ).toMatchObject({ status: 'deleted' });
+    expect(await store.transitionSnapshot(snap.id, { to: 'deleting' })).toBeUndefined();
+  });
+});
+
+describe('transition tables', () => {
+  it('reach every status from the first, end in deleted, and let every live status be deleted', () => {
+    for (const [table, first] of [
+      [VM_TRANSITIONS, 'provisioning'],
+      [SNAPSHOT_TRANSITIONS, 'creating'],
+    ] as const) {
+      const t = table as Readonly<Record<string, readonly string[]>>;
+      const seen = new Set<string>([first]);
+      for (const s of seen) for (const next of t[s] ?? []) seen.add(next);
+      expect([...seen].sort()).toEqual(Object.keys(t).sort());
+      expect(t.deleted).toEqual([]);
+      for (const s of Object.keys(t)) {
+        if (s !== 'deleted' && s !== 'deleting') expect(t[s]).toContain('deleting');
+      }
+    }
   });
 });
 

@@ -1,8 +1,13 @@
 /**
  * Domain types and constants shared by the store, the services and the HTTP layer.
- * Nothing here knows about Fastify or SQL.
+ * Nothing here knows about Fastify or SQL. Machine types and firewall policies are the
+ * runtime's (`@fastvm/runtime`), so the API and the runtime cannot disagree on them.
  * @module
  */
+import type { FirewallPolicy, MachineType } from '@fastvm/runtime';
+
+export { DEFAULT_DISK_GIB, MACHINES, isMachineType } from '@fastvm/runtime';
+export type { FirewallPolicy, FirewallRule, MachineSpec, MachineType } from '@fastvm/runtime';
 
 /** VM lifecycle states as stored. `deleted` never leaves the server (deleted rows are hidden). */
 export type VmStatus =
@@ -48,40 +53,6 @@ export const MAX_TTL_SECONDS = 31_536_000;
 
 /** Snapshot states that count against `snapshotCount`. */
 export const SNAPSHOT_STATUSES_USING_QUOTA: readonly SnapshotStatus[] = ['creating', 'ready'];
-
-/** The API's machine catalogue (mirrors `MACHINES` in @fastvm/runtime: c{vCPUs}m{GiB}). */
-export const MACHINE_TYPES = {
-  c1m2: { vcpus: 1, memoryMiB: 2048 },
-  c2m4: { vcpus: 2, memoryMiB: 4096 },
-  c4m8: { vcpus: 4, memoryMiB: 8192 },
-  c8m16: { vcpus: 8, memoryMiB: 16384 },
-} as const;
-
-/** `c1m2` | `c2m4` | `c4m8` | `c8m16`. */
-export type MachineTypeName = keyof typeof MACHINE_TYPES;
-
-/** Whether `value` names a machine type of the catalogue. */
-export function isMachineTypeName(value: unknown): value is MachineTypeName {
-  return typeof value === 'string' && Object.hasOwn(MACHINE_TYPES, value);
-}
-
-/** Default and minimum root disk size in GiB (the base image is 10 GiB). */
-export const DEFAULT_DISK_GIB = 10;
-
-/** v1 firewall rule: public IPv6 ingress only. */
-export interface FirewallRule {
-  protocol: 'tcp' | 'udp';
-  portStart: number;
-  portEnd?: number;
-  sourceCidrs?: string[];
-  description?: string;
-}
-
-/** v1 firewall policy (`open` allows all inbound; `restricted` only the listed rules). */
-export interface FirewallPolicy {
-  mode: 'open' | 'restricted';
-  ingress: FirewallRule[];
-}
 
 /** Policy of a VM launched without one: everything closed (contract §3.8, PRE docs). */
 export function defaultFirewall(): FirewallPolicy {
@@ -144,7 +115,7 @@ export interface VmRecord {
   id: string;
   orgId: string;
   name: string;
-  machine: MachineTypeName;
+  machine: MachineType;
   cpu: number;
   memoryMiB: number;
   diskGiB: number;
@@ -177,7 +148,7 @@ export interface SnapshotRecord {
   name: string;
   status: SnapshotStatus;
   error: string | null;
-  machine: MachineTypeName;
+  machine: MachineType;
   cpu: number;
   memoryMiB: number;
   diskGiB: number;

@@ -3,11 +3,17 @@
  * omitted rather than sent as null, except the ones the contract types as nullable.
  * @module
  */
-import type { FirewallPolicy, SnapshotRecord, VmRecord } from '../domain.js';
+import type { FirewallPolicy, SnapshotRecord, VmRecord } from '../domain/index.js';
 import type { SnapshotView, VmView } from '../schemas.js';
 
 function presentFirewall(p: FirewallPolicy): VmView['firewall'] {
-  return { mode: p.mode, ingress: p.ingress.map((r) => ({ ...r })) };
+  return {
+    mode: p.mode,
+    ingress: p.ingress.map(({ sourceCidrs, ...r }) => ({
+      ...r,
+      ...(sourceCidrs ? { sourceCidrs: [...sourceCidrs] } : {}),
+    })),
+  };
 }
 
 /** The contract's `Vm` (§3.1). */

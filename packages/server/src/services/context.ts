@@ -4,7 +4,7 @@
  */
 import type { Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import type { QuotaValues } from '../domain.js';
+import type { QuotaValues } from '../domain/index.js';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 import type { TaskTracker } from './tasks.js';

@@ -33,7 +33,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { VmRecord, VmStatus } from '../domain.js';
+import type { VmRecord, VmStatus } from '../domain/index.js';
 import { ApiError, badRequest, conflict } from '../errors.js';
 import type { ServiceContext } from './context.js';
 import { toApiError } from './runtime-errors.js';

@@ -23,7 +23,7 @@
 import path from 'node:path';
 import { BridgeInUseError, NetworkManager as HostNetwork, publicIpv6 } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import type { FirewallPolicy } from '../domain.js';
+import type { FirewallPolicy } from '../domain/index.js';
 import { NoopNetworkManager, type NetworkManager, type VmNetworkAttachment } from './network.js';
 
 export interface NetworkSettings {

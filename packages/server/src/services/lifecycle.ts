@@ -14,7 +14,7 @@
  *   `ttl/refresh` restarts the countdown; without a TTL it is a 409.
  * @module
  */
-import { nowIso, type VmRecord } from '../domain.js';
+import { nowIso, type VmRecord } from '../domain/index.js';
 import { conflict } from '../errors.js';
 import type { ServiceContext } from './context.js';
 import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.js';
@@ -36,7 +36,7 @@ export class LifecycleService {
     if (vm.status !== 'running') {
       throw conflict(`VM is ${vm.status}; only a running VM can be paused`, { status: vm.status });
     }
-    const marked = await store.updateVm(vm.id, { status: 'pausing' }, ['running']);
+    const marked = await store.transitionVm(vm.id, { from: 'running', to: 'pausing' });
     if (!marked) return this.pause(orgId, vm.id, opts); // changed under us: decide again
     this.ctx.expiry?.watch(marked);
     const work = (async () => {
@@ -44,7 +44,7 @@ export class LifecycleService {
       try {
         await runtime.pause(vm.id);
       } catch (err) {
-        const back = await store.updateVm(vm.id, { status: 'running' }, ['pausing']);
+        const back = await store.transitionVm(vm.id, { from: 'pausing', to: 'running' });
         if (back) this.ctx.expiry?.watch(back);
         throw toApiError(err, 'pause', { vmId: vm.id });
       }
@@ -56,10 +56,10 @@ export class LifecycleService {
           ? full
           : Math.max(0, Math.min(full, (cur.expiresAtMs ?? started + full) - started));
       }
-      const paused = await store.updateVm(
+      const paused = await store.transitionVm(
         vm.id,
-        { status: 'paused', pausedAt: nowIso(), expiresAtMs: null, ttlRemainingMs: remaining },
-        ['pausing'],
+        { from: 'pausing', to: 'paused' },
+        { pausedAt: nowIso(), expiresAtMs: null, ttlRemainingMs: remaining },
       );
       logger.info({ vmId: vm.id, ms: Date.now() - started, byTtl: !!opts.byTtl }, 'vm paused');
       return paused ?? (await store.getVm(orgId, vm.id)) ?? cur;
@@ -86,7 +86,7 @@ export class LifecycleService {
       const request = { vcpu: current.cpu };
       const over = exceededDimension(limits, usage, request);
       if (over) throw quotaExceededError(over, limits, usage, request);
-      return tx.updateVm(current.id, { status: 'resuming' }, ['paused']);
+      return tx.transitionVm(current.id, { from: 'paused', to: 'resuming' });
     });
     if (!marked) return this.resume(orgId, current.id);
     const work = (async () => {
@@ -94,20 +94,19 @@ export class LifecycleService {
       try {
         await runtime.resume(current.id);
       } catch (err) {
-        await store.updateVm(current.id, { status: 'paused' }, ['resuming']);
+        await store.transitionVm(current.id, { from: 'resuming', to: 'paused' });
         throw toApiError(err, 'resume', { vmId: current.id });
       }
       const cur = (await store.getVm(orgId, current.id)) ?? marked;
       const now = Date.now();
-      const running = await store.updateVm(
+      const running = await store.transitionVm(
         current.id,
+        { from: 'resuming', to: 'running' },
         {
-          status: 'running',
           pausedAt: null,
           ttlRemainingMs: null,
           expiresAtMs: cur.ttl ? now + (cur.ttlRemainingMs ?? cur.ttl.seconds * 1000) : null,
         },
-        ['resuming'],
       );
       if (running) this.ctx.expiry?.watch(running);
       logger.info({ vmId: current.id, ms: now - started }, 'vm resumed');

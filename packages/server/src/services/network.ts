@@ -5,7 +5,7 @@
  * @module
  */
 import type { VmNetwork } from '@fastvm/runtime';
-import type { FirewallPolicy } from '../domain.js';
+import type { FirewallPolicy } from '../domain/index.js';
 
 /** What a network manager hands the runtime for one VM. */
 export interface VmNetworkAttachment {

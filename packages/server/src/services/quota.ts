@@ -3,7 +3,7 @@
  * derived from live rows by the store. Reservations happen inside `Store.withOrgLock`.
  * @module
  */
-import { QUOTA_DIMENSION_WIRE, type QuotaValues } from '../domain.js';
+import { QUOTA_DIMENSION_WIRE, type QuotaValues } from '../domain/index.js';
 import { ApiError } from '../errors.js';
 import type { QuotaOverrides } from '../store/index.js';
 

@@ -13,7 +13,7 @@
  */
 import type { Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import { nowIso, type VmStatus } from '../domain.js';
+import { nowIso, type VmStatus } from '../domain/index.js';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 
@@ -46,20 +46,20 @@ export async function recover(
   };
 
   for (const snap of await store.listSnapshotsByStatus(['creating'])) {
-    await store.updateSnapshot(
+    await store.transitionSnapshot(
       snap.id,
-      { status: 'error', error: 'server restarted while the snapshot was being created' },
-      ['creating'],
+      { from: 'creating', to: 'error' },
+      { error: 'server restarted while the snapshot was being created' },
     );
     await runtime.deleteSnapshot(snap.id).catch(() => {});
     report.interruptedSnapshots.push(snap.id);
   }
 
   for (const vm of await store.listVmsByStatus(['provisioning'])) {
-    await store.updateVm(
+    await store.transitionVm(
       vm.id,
-      { status: 'error', error: 'server restarted while the VM was being launched' },
-      ['provisioning'],
+      { from: 'provisioning', to: 'error' },
+      { error: 'server restarted while the VM was being launched' },
     );
     report.interruptedLaunches.push(vm.id);
   }
@@ -73,10 +73,10 @@ export async function recover(
   report.lost = [...result.lost];
   report.orphans = [...result.orphans];
   for (const id of result.lost) {
-    await store.updateVm(
+    await store.transitionVm(
       id,
-      { status: 'stopped', error: 'VM process was gone when the server restarted' },
-      live,
+      { from: live, to: 'stopped' },
+      { error: 'VM process was gone when the server restarted' },
     );
     await network.release(id).catch(() => {});
   }
@@ -85,28 +85,26 @@ export async function recover(
     if (vm.status !== 'pausing' && vm.status !== 'resuming') continue;
     const state = runtime.get(vm.id)?.state;
     if (state === 'paused') {
-      await store.updateVm(
+      await store.transitionVm(
         vm.id,
+        { from: vm.status, to: 'paused' },
         {
-          status: 'paused',
           pausedAt: vm.pausedAt ?? nowIso(),
           expiresAtMs: null,
           ttlRemainingMs: vm.ttl ? (vm.ttlRemainingMs ?? vm.ttl.seconds * 1000) : null,
         },
-        [vm.status],
       );
     } else if (state === 'running') {
-      await store.updateVm(
+      await store.transitionVm(
         vm.id,
+        { from: vm.status, to: 'running' },
         {
-          status: 'running',
           pausedAt: null,
           ttlRemainingMs: null,
           expiresAtMs: vm.ttl
             ? (vm.expiresAtMs ?? Date.now() + (vm.ttlRemainingMs ?? vm.ttl.seconds * 1000))
             : null,
         },
-        [vm.status],
       );
     }
   }
@@ -115,7 +113,11 @@ export async function recover(
     try {
       await runtime.destroy(vm.id);
       await network.release(vm.id).catch(() => {});
-      await store.updateVm(vm.id, { status: 'deleted', deletedAt: vm.deletedAt ?? nowIso() });
+      await store.transitionVm(
+        vm.id,
+        { from: 'deleting', to: 'deleted' },
+        { deletedAt: vm.deletedAt ?? nowIso() },
+      );
       report.finishedDeletes.push(vm.id);
     } catch (err) {
       logger.warn({ err, vmId: vm.id }, 'could not finish deleting VM');
@@ -124,7 +126,7 @@ export async function recover(
   for (const snap of await store.listSnapshotsByStatus(['deleting'])) {
     try {
       await runtime.deleteSnapshot(snap.id);
-      await store.updateSnapshot(snap.id, { status: 'deleted' }, ['deleting']);
+      await store.transitionSnapshot(snap.id, { from: 'deleting', to: 'deleted' });
     } catch (err) {
       logger.warn({ err, snapshotId: snap.id }, 'could not drop snapshot');
     }
@@ -133,10 +135,10 @@ export async function recover(
   for (const snap of await store.listSnapshotsByStatus(['ready'])) {
     if (snap.deletedAt !== null) continue;
     if (!(await runtime.hasSnapshot(snap.id))) {
-      await store.updateSnapshot(
+      await store.transitionSnapshot(
         snap.id,
-        { status: 'error', error: 'snapshot data is missing from the runtime' },
-        ['ready'],
+        { from: 'ready', to: 'error' },
+        { error: 'snapshot data is missing from the runtime' },
       );
       report.missingSnapshots.push(snap.id);
     }

@@ -5,7 +5,7 @@
  * are never considered, so they are indistinguishable from unknown ids.
  * @module
  */
-import type { SnapshotRecord, VmRecord } from '../domain.js';
+import type { SnapshotRecord, VmRecord } from '../domain/index.js';
 import { ApiError, notFound } from '../errors.js';
 import type { Store } from '../store/index.js';
 

@@ -4,7 +4,7 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { nowIso, type Metadata, type SnapshotRecord } from '../domain.js';
+import { nowIso, type Metadata, type SnapshotRecord } from '../domain/index.js';
 import { ApiError, badRequest, conflict } from '../errors.js';
 import type { ServiceContext } from './context.js';
 import { normalizeName } from './names.js';
@@ -72,7 +72,7 @@ export class SnapshotService {
       const started = Date.now();
       try {
         const info = await runtime.snapshot(vm.id, snap.id);
-        const ready = await store.updateSnapshot(snap.id, { status: 'ready' }, ['creating']);
+        const ready = await store.transitionSnapshot(snap.id, { from: 'creating', to: 'ready' });
         logger.info(
           { vmId: vm.id, snapshotId: snap.id, ms: Date.now() - started, pauseMs: info.pauseMs },
           'snapshot ready',
@@ -81,7 +81,11 @@ export class SnapshotService {
       } catch (err) {
         logger.warn({ err, vmId: vm.id, snapshotId: snap.id }, 'snapshot failed');
         await store
-          .updateSnapshot(snap.id, { status: 'error', error: describeError(err) }, ['creating'])
+          .transitionSnapshot(
+            snap.id,
+            { from: 'creating', to: 'error' },
+            { error: describeError(err) },
+          )
           .catch(() => {});
         await runtime.deleteSnapshot(snap.id).catch(() => {});
         throw toApiError(err, 'snapshot', { snapshotId: snap.id });
@@ -131,10 +135,16 @@ export class SnapshotService {
     const { store, runtime, tasks, logger } = this.ctx;
     const snap = await this.get(orgId, ref);
     await tasks.settled(snap.id);
-    await store.updateSnapshot(snap.id, { status: 'deleting', deletedAt: nowIso() });
+    // Hidden at once; a delete that raced this one already did it.
+    const hidden = await store.transitionSnapshot(
+      snap.id,
+      { to: 'deleting' },
+      { deletedAt: nowIso() },
+    );
+    if (!hidden) return { id: snap.id };
     try {
       await runtime.deleteSnapshot(snap.id);
-      await store.updateSnapshot(snap.id, { status: 'deleted' });
+      await store.transitionSnapshot(snap.id, { from: 'deleting', to: 'deleted' });
     } catch (err) {
       logger.warn(
         { err, snapshotId: snap.id },

@@ -9,7 +9,7 @@
  * @module
  */
 import type { Logger } from 'pino';
-import type { VmRecord } from '../domain.js';
+import type { VmRecord } from '../domain/index.js';
 
 /** Longest single `setTimeout` (≈24.8 days); longer TTLs re-arm when it fires. */
 const MAX_TIMER_MS = 2 ** 31 - 1;

@@ -7,17 +7,17 @@ import { randomUUID } from 'node:crypto';
 import type { ExecResult } from '@fastvm/runtime';
 import {
   DEFAULT_DISK_GIB,
-  MACHINE_TYPES,
+  MACHINES,
   defaultFirewall,
-  isMachineTypeName,
+  isMachineType,
   nowIso,
   type FirewallPolicy,
   type FirewallRule,
-  type MachineTypeName,
+  type MachineType,
   type Metadata,
   type QuotaValues,
   type VmRecord,
-} from '../domain.js';
+} from '../domain/index.js';
 import { ApiError, badRequest, conflict, notImplemented } from '../errors.js';
 import type {
   ExecInput,
@@ -67,11 +67,15 @@ export function toFirewallPolicy(input: FirewallPolicyInput): FirewallPolicy {
 }
 
 function toRule(r: NonNullable<FirewallPolicyInput['ingress']>[number]): FirewallRule {
-  const rule: FirewallRule = { protocol: r.protocol, portStart: r.portStart };
-  if (r.portEnd !== undefined && r.portEnd !== null) rule.portEnd = r.portEnd;
-  if (r.sourceCidrs && r.sourceCidrs.length > 0) rule.sourceCidrs = [...r.sourceCidrs];
-  if (r.description !== undefined && r.description !== null) rule.description = r.description;
-  return rule;
+  return {
+    protocol: r.protocol,
+    portStart: r.portStart,
+    ...(r.portEnd !== undefined && r.portEnd !== null ? { portEnd: r.portEnd } : {}),
+    ...(r.sourceCidrs && r.sourceCidrs.length > 0 ? { sourceCidrs: [...r.sourceCidrs] } : {}),
+    ...(r.description !== undefined && r.description !== null
+      ? { description: r.description }
+      : {}),
+  };
 }
 
 /** VM operations, org-scoped: every method takes the caller's org id first. */
@@ -90,7 +94,7 @@ export class VmService {
     const { store, settings } = this.ctx;
     const id = randomUUID();
 
-    let machine: MachineTypeName;
+    let machine: MachineType;
     let diskGiB: number;
     let firewall: FirewallPolicy;
     let sourceSnapshotId: string | null = null;
@@ -131,9 +135,9 @@ export class VmService {
       if (input.machineType === undefined) {
         throw badRequest('machineType is required (or snapshotId to restore)', 'machineType');
       }
-      if (!isMachineTypeName(input.machineType)) {
+      if (!isMachineType(input.machineType)) {
         throw badRequest(
-          `unknown machine type ${JSON.stringify(input.machineType)}; use one of ${Object.keys(MACHINE_TYPES).join(', ')}`,
+          `unknown machine type ${JSON.stringify(input.machineType)}; use one of ${Object.keys(MACHINES).join(', ')}`,
           'machineType',
         );
       }
@@ -148,7 +152,7 @@ export class VmService {
       firewall = input.firewall ? toFirewallPolicy(input.firewall) : defaultFirewall();
     }
 
-    const spec = MACHINE_TYPES[machine];
+    const spec = MACHINES[machine];
     const now = nowIso();
     const vm: VmRecord = {
       id,
@@ -230,14 +234,13 @@ export class VmService {
       // A TTL counts running time: it starts now (and a PATCH made meanwhile is kept).
       const current = await store.getVm(vm.orgId, vm.id);
       const ttl = current ? current.ttl : vm.ttl;
-      const updated = await store.updateVm(
+      const updated = await store.transitionVm(
         vm.id,
+        { from: 'provisioning', to: 'running' },
         {
-          status: 'running',
           publicIpv6: net.publicIpv6,
           expiresAtMs: ttl ? Date.now() + ttl.seconds * 1000 : null,
         },
-        ['provisioning'],
       );
       if (updated) this.ctx.expiry?.watch(updated);
       log.info({ ms: Date.now() - started, restoredFrom: vm.sourceSnapshotId }, 'vm running');
@@ -246,7 +249,7 @@ export class VmService {
     } catch (err) {
       log.warn({ err }, 'vm launch failed');
       await store
-        .updateVm(vm.id, { status: 'error', error: describeError(err) }, ['provisioning'])
+        .transitionVm(vm.id, { from: 'provisioning', to: 'error' }, { error: describeError(err) })
         .catch((e: unknown) => log.error({ err: e }, 'recording launch failure failed'));
       await runtime.destroy(vm.id).catch(() => {});
       await attaching.catch(() => {}); // release what it allocated, not race it
@@ -310,7 +313,8 @@ export class VmService {
   async delete(orgId: string, ref: string): Promise<{ id: string }> {
     const { store, runtime, network, tasks, logger } = this.ctx;
     const vm = await this.get(orgId, ref);
-    await store.updateVm(vm.id, { status: 'deleting' });
+    // From any status but `deleted` (a delete that raced this one finished it: nothing to do).
+    if (!(await store.transitionVm(vm.id, { to: 'deleting' }))) return { id: vm.id };
     await tasks.settled(vm.id);
     try {
       await runtime.destroy(vm.id);
@@ -322,7 +326,11 @@ export class VmService {
       logger.warn({ err, vmId: vm.id }, 'network release failed');
     });
     await this.ctx.staging?.dropVm(vm.id).catch(() => {});
-    const deleted = await store.updateVm(vm.id, { status: 'deleted', deletedAt: nowIso() });
+    const deleted = await store.transitionVm(
+      vm.id,
+      { from: 'deleting', to: 'deleted' },
+      { deletedAt: nowIso() },
+    );
     if (deleted) this.ctx.expiry?.watch(deleted);
     logger.info({ vmId: vm.id }, 'vm deleted');
     return { id: vm.id };
@@ -429,10 +437,11 @@ export class VmService {
   /** Runtime reported that a VM's QEMU exited on its own: record it as stopped. */
   async onRuntimeExit(vmId: string, reason: string): Promise<void> {
     const { store, network, logger } = this.ctx;
-    const updated = await store.updateVm(
+    // From every status that has a QEMU process (running, pausing, paused, resuming).
+    const updated = await store.transitionVm(
       vmId,
-      { status: 'stopped', error: `VM exited unexpectedly: ${reason}`, expiresAtMs: null },
-      ['running', 'pausing', 'paused', 'resuming'],
+      { to: 'stopped' },
+      { error: `VM exited unexpectedly: ${reason}`, expiresAtMs: null },
     );
     if (updated) {
       this.ctx.expiry?.watch(updated);

@@ -7,7 +7,15 @@ import { openPostgresStore } from './postgres.js';
 import { openSqliteStore } from './sqlite.js';
 import type { Store } from './store.js';
 
-export type { Store, OrgTx, QuotaOverrides, VmPatch, SnapshotPatch } from './store.js';
+export type {
+  Store,
+  OrgTx,
+  QuotaOverrides,
+  VmPatch,
+  VmTransitionPatch,
+  SnapshotPatch,
+  SnapshotTransitionPatch,
+} from './store.js';
 export { KyselyStore } from './kysely-store.js';
 export { openSqliteStore } from './sqlite.js';
 export { openPostgresStore } from './postgres.js';

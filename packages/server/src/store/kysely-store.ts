@@ -5,14 +5,20 @@
  */
 import type { Kysely, Selectable, Transaction } from 'kysely';
 import {
+  SNAPSHOT_INITIAL_STATUS,
   SNAPSHOT_STATUSES_USING_QUOTA,
+  SNAPSHOT_TRANSITIONS,
+  VM_INITIAL_STATUS,
   VM_STATUSES_USING_MEMORY_AND_DISK,
   VM_STATUSES_USING_QUOTA,
+  VM_TRANSITIONS,
   nowIso,
+  sourcesOf,
   type ApiKeyRecord,
   type FirewallPolicy,
-  type MachineTypeName,
+  type MachineType,
   type Metadata,
+  type Move,
   type OrgRecord,
   type QuotaValues,
   type SnapshotRecord,
@@ -20,10 +26,18 @@ import {
   type VmRecord,
   type VmStatus,
   type VmTtl,
-} from '../domain.js';
+} from '../domain/index.js';
 import { migrateToLatest } from './migrations.js';
 import type { Database, SnapshotsTable, VmsTable } from './schema.js';
-import type { OrgTx, QuotaOverrides, SnapshotPatch, Store, VmPatch } from './store.js';
+import type {
+  OrgTx,
+  QuotaOverrides,
+  SnapshotPatch,
+  SnapshotTransitionPatch,
+  Store,
+  VmPatch,
+  VmTransitionPatch,
+} from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -170,12 +184,18 @@ export class KyselyStore implements Store {
         getQuotaOverrides: () => readQuotaOverrides(trx, orgId),
         getUsage: () => readUsage(trx, orgId),
         insertVm: async (vm) => {
+          if (vm.status !== VM_INITIAL_STATUS) {
+            throw new Error(`a new VM must be ${VM_INITIAL_STATUS}, not ${vm.status}`);
+          }
           await trx.insertInto('vms').values(fromVm(vm)).execute();
         },
         insertSnapshot: async (s) => {
+          if (s.status !== SNAPSHOT_INITIAL_STATUS) {
+            throw new Error(`a new snapshot must be ${SNAPSHOT_INITIAL_STATUS}, not ${s.status}`);
+          }
           await trx.insertInto('snapshots').values(fromSnapshot(s)).execute();
         },
-        updateVm: (id, patch, onlyIf) => updateVmRow(trx, id, patch, onlyIf),
+        transitionVm: (id, move, patch) => transitionVmRow(trx, id, move, patch),
       };
       return fn(tx);
     });
@@ -218,12 +238,21 @@ export class KyselyStore implements Store {
     return rows.map(toVm);
   }
 
-  updateVm(
+  transitionVm(
+    id: string,
+    move: Move<VmStatus>,
+    patch: VmTransitionPatch = {},
+  ): Promise<VmRecord | undefined> {
+    return transitionVmRow(this.db, id, move, patch);
+  }
+
+  async updateVm(
     id: string,
     patch: VmPatch,
     onlyIf?: readonly VmStatus[],
   ): Promise<VmRecord | undefined> {
-    return updateVmRow(this.db, id, patch, onlyIf);
+    rejectStatusIn(patch);
+    return writeVmRow(this.db, id, vmColumns(patch), onlyIf);
   }
 
   async listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]> {
@@ -273,21 +302,22 @@ export class KyselyStore implements Store {
     return rows.map(toSnapshot);
   }
 
-  async updateSnapshot(
+  async transitionSnapshot(
     id: string,
-    patch: SnapshotPatch,
-    onlyIf?: readonly SnapshotStatus[],
+    move: Move<SnapshotStatus>,
+    patch: SnapshotTransitionPatch = {},
   ): Promise<SnapshotRecord | undefined> {
-    const set: Partial<SnapshotsTable> = { updated_at: nowIso() };
-    if (patch.name !== undefined) set.name = patch.name;
-    if (patch.status !== undefined) set.status = patch.status;
+    const from = sourcesOf('snapshot', SNAPSHOT_TRANSITIONS, move);
+    const set = snapshotColumns(patch);
+    set.status = move.to;
     if (patch.error !== undefined) set.error = patch.error;
-    if (patch.metadata !== undefined) set.metadata = JSON.stringify(patch.metadata);
     if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
-    let q = this.db.updateTable('snapshots').set(set).where('id', '=', id);
-    if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
-    const row = await q.returningAll().executeTakeFirst();
-    return row && toSnapshot(row);
+    return writeSnapshotRow(this.db, id, set, from);
+  }
+
+  async updateSnapshot(id: string, patch: SnapshotPatch): Promise<SnapshotRecord | undefined> {
+    rejectStatusIn(patch);
+    return writeSnapshotRow(this.db, id, snapshotColumns(patch));
   }
 
   async listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]> {
@@ -301,20 +331,34 @@ export class KyselyStore implements Store {
   }
 }
 
-async function updateVmRow(
+/** The status of a row changes only through a transition (`domain/transitions.ts`). */
+function rejectStatusIn(patch: object): void {
+  if ('status' in patch || 'deletedAt' in patch) {
+    throw new Error('a status change goes through transitionVm/transitionSnapshot');
+  }
+}
+
+async function transitionVmRow(
   db: Db,
   id: string,
-  patch: VmPatch,
-  onlyIf?: readonly VmStatus[],
+  move: Move<VmStatus>,
+  patch: VmTransitionPatch = {},
 ): Promise<VmRecord | undefined> {
+  const from = sourcesOf('vm', VM_TRANSITIONS, move);
+  const set = vmColumns(patch);
+  set.status = move.to;
+  if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
+  return writeVmRow(db, id, set, from);
+}
+
+/** The columns a VM patch sets (status and `deleted_at` are the transition's business). */
+function vmColumns(patch: VmPatch): Partial<VmsTable> {
   const set: Partial<VmsTable> = { updated_at: nowIso() };
   if (patch.name !== undefined) set.name = patch.name;
-  if (patch.status !== undefined) set.status = patch.status;
   if (patch.error !== undefined) set.error = patch.error;
   if (patch.firewall !== undefined) set.firewall = JSON.stringify(patch.firewall);
   if (patch.metadata !== undefined) set.metadata = JSON.stringify(patch.metadata);
   if (patch.publicIpv6 !== undefined) set.public_ipv6 = patch.publicIpv6;
-  if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
   if (patch.ttl !== undefined) {
     set.ttl_seconds = patch.ttl?.seconds ?? null;
     set.ttl_action = patch.ttl?.action ?? null;
@@ -322,10 +366,39 @@ async function updateVmRow(
   if (patch.expiresAtMs !== undefined) set.expires_at_ms = patch.expiresAtMs;
   if (patch.ttlRemainingMs !== undefined) set.ttl_remaining_ms = patch.ttlRemainingMs;
   if (patch.pausedAt !== undefined) set.paused_at = patch.pausedAt;
+  return set;
+}
+
+/** One UPDATE of a VM row, only while its status is one of `onlyIf` when given. */
+async function writeVmRow(
+  db: Db,
+  id: string,
+  set: Partial<VmsTable>,
+  onlyIf?: readonly VmStatus[],
+): Promise<VmRecord | undefined> {
   let q = db.updateTable('vms').set(set).where('id', '=', id);
   if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
   const row = await q.returningAll().executeTakeFirst();
   return row && toVm(row);
+}
+
+function snapshotColumns(patch: SnapshotPatch): Partial<SnapshotsTable> {
+  const set: Partial<SnapshotsTable> = { updated_at: nowIso() };
+  if (patch.name !== undefined) set.name = patch.name;
+  if (patch.metadata !== undefined) set.metadata = JSON.stringify(patch.metadata);
+  return set;
+}
+
+async function writeSnapshotRow(
+  db: Db,
+  id: string,
+  set: Partial<SnapshotsTable>,
+  onlyIf?: readonly SnapshotStatus[],
+): Promise<SnapshotRecord | undefined> {
+  let q = db.updateTable('snapshots').set(set).where('id', '=', id);
+  if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
+  const row = await q.returningAll().executeTakeFirst();
+  return row && toSnapshot(row);
 }
 
 async function readQuotaOverrides(db: Db, orgId: string): Promise<QuotaOverrides> {
@@ -399,7 +472,7 @@ function toVm(row: Selectable<VmsTable>): VmRecord {
     id: row.id,
     orgId: row.org_id,
     name: row.name,
-    machine: row.machine as MachineTypeName,
+    machine: row.machine as MachineType,
     cpu: Number(row.cpu),
     memoryMiB: Number(row.memory_mib),
     diskGiB: Number(row.disk_gib),
@@ -458,7 +531,7 @@ function toSnapshot(row: Selectable<SnapshotsTable>): SnapshotRecord {
     name: row.name,
     status: row.status as SnapshotStatus,
     error: row.error,
-    machine: row.machine as MachineTypeName,
+    machine: row.machine as MachineType,
     cpu: Number(row.cpu),
     memoryMiB: Number(row.memory_mib),
     diskGiB: Number(row.disk_gib),

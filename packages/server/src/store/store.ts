@@ -6,25 +6,27 @@
  */
 import type {
   ApiKeyRecord,
+  Move,
   OrgRecord,
   QuotaValues,
   SnapshotRecord,
   SnapshotStatus,
   VmRecord,
   VmStatus,
-} from '../domain.js';
+} from '../domain/index.js';
 
-/** Fields of a VM row that may change after insert. */
+/**
+ * Fields of a VM row that may change after insert without a status change. The status (and
+ * `deletedAt`, which goes with `deleted`) only changes through `Store.transitionVm`.
+ */
 export type VmPatch = Partial<
   Pick<
     VmRecord,
     | 'name'
-    | 'status'
     | 'error'
     | 'firewall'
     | 'metadata'
     | 'publicIpv6'
-    | 'deletedAt'
     | 'ttl'
     | 'expiresAtMs'
     | 'ttlRemainingMs'
@@ -32,10 +34,15 @@ export type VmPatch = Partial<
   >
 >;
 
-/** Fields of a snapshot row that may change after insert. */
-export type SnapshotPatch = Partial<
-  Pick<SnapshotRecord, 'name' | 'status' | 'error' | 'metadata' | 'deletedAt'>
->;
+/** What a VM status change may set besides the status. */
+export type VmTransitionPatch = VmPatch & Partial<Pick<VmRecord, 'deletedAt'>>;
+
+/** Fields of a snapshot row that may change after insert without a status change. */
+export type SnapshotPatch = Partial<Pick<SnapshotRecord, 'name' | 'metadata'>>;
+
+/** What a snapshot status change may set besides the status. */
+export type SnapshotTransitionPatch = SnapshotPatch &
+  Partial<Pick<SnapshotRecord, 'error' | 'deletedAt'>>;
 
 /** Per-org quota overrides; absent/null dimensions fall back to the server defaults. */
 export type QuotaOverrides = { [K in keyof QuotaValues]?: number | null };
@@ -44,10 +51,16 @@ export type QuotaOverrides = { [K in keyof QuotaValues]?: number | null };
 export interface OrgTx {
   getQuotaOverrides(): Promise<QuotaOverrides>;
   getUsage(): Promise<QuotaValues>;
+  /** Inserts a new VM; its status must be `VM_INITIAL_STATUS` (`provisioning`). */
   insertVm(vm: VmRecord): Promise<void>;
+  /** Inserts a new snapshot; its status must be `SNAPSHOT_INITIAL_STATUS` (`creating`). */
   insertSnapshot(snapshot: SnapshotRecord): Promise<void>;
-  /** `Store.updateVm` inside the lock (e.g. a resume that re-acquires quota). */
-  updateVm(id: string, patch: VmPatch, onlyIf?: readonly VmStatus[]): Promise<VmRecord | undefined>;
+  /** `Store.transitionVm` inside the lock (a resume that re-acquires quota). */
+  transitionVm(
+    id: string,
+    move: Move<VmStatus>,
+    patch?: VmTransitionPatch,
+  ): Promise<VmRecord | undefined>;
 }
 
 /** Durable state; see the module comment. */
@@ -87,8 +100,19 @@ export interface Store {
   /** Live VMs of the org, oldest first. */
   listVms(orgId: string): Promise<VmRecord[]>;
   /**
-   * Applies `patch`; when `onlyIf` is given, only while the VM is in one of those states.
-   * Returns the updated row, or undefined if nothing matched.
+   * Changes a VM's status, the only way to: `move` must be allowed by the transition table
+   * (`domain/transitions.ts`; an illegal move throws `IllegalTransitionError`), and it applies,
+   * with `patch`, only while the row is in one of the move's source statuses. Returns the
+   * updated row, or undefined when the row was in another status (or does not exist).
+   */
+  transitionVm(
+    id: string,
+    move: Move<VmStatus>,
+    patch?: VmTransitionPatch,
+  ): Promise<VmRecord | undefined>;
+  /**
+   * Applies `patch` (never a status change); when `onlyIf` is given, only while the VM is in one
+   * of those statuses. Returns the updated row, or undefined if nothing matched.
    */
   updateVm(id: string, patch: VmPatch, onlyIf?: readonly VmStatus[]): Promise<VmRecord | undefined>;
   /** VMs of every org in the given states (startup recovery). */
@@ -97,10 +121,13 @@ export interface Store {
   getSnapshot(orgId: string, id: string): Promise<SnapshotRecord | undefined>;
   findSnapshotsByName(orgId: string, name: string): Promise<SnapshotRecord[]>;
   listSnapshots(orgId: string): Promise<SnapshotRecord[]>;
-  updateSnapshot(
+  /** Like `transitionVm`, for snapshots (`SNAPSHOT_TRANSITIONS`). */
+  transitionSnapshot(
     id: string,
-    patch: SnapshotPatch,
-    onlyIf?: readonly SnapshotStatus[],
+    move: Move<SnapshotStatus>,
+    patch?: SnapshotTransitionPatch,
   ): Promise<SnapshotRecord | undefined>;
+  /** Renames or relabels a snapshot (never a status change). */
+  updateSnapshot(id: string, patch: SnapshotPatch): Promise<SnapshotRecord | undefined>;
   listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]>;
 }
