@@ -36,6 +36,7 @@ import unimplementedRoutes from './routes/unimplemented.js';
 import vmRoutes from './routes/vms.js';
 import { STORAGE_PREFIX, type FileService } from './services/files.js';
 import type { LifecycleService } from './services/lifecycle.js';
+import type { QuotaService } from './services/quota.js';
 import type { ConsoleService } from './services/console.js';
 import type { SnapshotService } from './services/snapshot-service.js';
 import type { VmService } from './services/vm-service.js';
@@ -71,6 +72,8 @@ export interface AppServices {
   /** Console tokens and WebSocket sessions. */
   consoles: ConsoleService;
   lifecycle: LifecycleService;
+  /** Limits and usage (`GET /v1/org/quotas`). */
+  quotas: QuotaService;
   /** Presigned file transfer; its `/storage/` URLs are served before Fastify sees them. */
   files: FileService;
 }

@@ -18,6 +18,7 @@ import { recover, type RecoveryReport } from './services/recovery.js';
 import { startStorageListener, type StorageListener } from './routes/storage.js';
 import { FileService } from './services/files.js';
 import { LifecycleService } from './services/lifecycle.js';
+import { QuotaService } from './services/quota.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { TaskTracker } from './services/tasks.js';
 import { TtlScheduler } from './services/ttl.js';
@@ -121,10 +122,10 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       maxDiskGiB: opts.maxDiskGiB ?? 1024,
       defaultExecTimeoutSec: opts.defaultExecTimeoutSec ?? 600,
       execCapBytes: 4 * 1024 * 1024,
-      quotaDefaults: { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults },
     };
     const tasks = new TaskTracker();
-    const ctx: ServiceContext = { store, runtime, network, logger, tasks, settings };
+    const quotas = new QuotaService(store, { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults });
+    const ctx: ServiceContext = { store, runtime, network, logger, tasks, settings, quotas };
     const vms = new VmService(ctx);
     const snapshots = new SnapshotService(ctx);
     const consoles = new ConsoleService(
@@ -157,7 +158,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
 
     let shuttingDown = false;
     const { app, servers } = await buildApp({
-      services: { store, vms, snapshots, lifecycle, consoles, files },
+      services: { store, vms, snapshots, lifecycle, consoles, files, quotas },
       logger,
       isShuttingDown: () => shuttingDown,
     });

@@ -7,7 +7,7 @@ import { ErrorBody, OrgQuotas } from '../schemas.js';
 import { requireAuth } from './util.js';
 
 export default async function orgRoutes(app: App, opts: { services: AppServices }): Promise<void> {
-  const { vms } = opts.services;
+  const { quotas } = opts.services;
   app.get(
     '/v1/org/quotas',
     {
@@ -16,7 +16,7 @@ export default async function orgRoutes(app: App, opts: { services: AppServices 
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      const { limits, usage } = await vms.quotas(orgId);
+      const { limits, usage } = await quotas.get(orgId);
       return { orgId, limits, usage };
     },
   );

@@ -4,9 +4,9 @@
  */
 import type { Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import type { QuotaValues } from '../domain/index.js';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
+import type { QuotaService } from './quota.js';
 import type { TaskTracker } from './tasks.js';
 import type { ExpiryWatcher } from './ttl.js';
 
@@ -20,8 +20,6 @@ export interface ServiceSettings {
   defaultExecTimeoutSec: number;
   /** Bytes kept per output stream in buffered exec (contract: 4 MiB). */
   execCapBytes: number;
-  /** Limits for orgs without overrides. */
-  quotaDefaults: QuotaValues;
 }
 
 /** Everything a service needs, built once by `startServer`. */
@@ -32,6 +30,8 @@ export interface ServiceContext {
   logger: Logger;
   tasks: TaskTracker;
   settings: ServiceSettings;
+  /** Limits, usage and the quota reservation every launch, restore, resume and snapshot uses. */
+  quotas: QuotaService;
   /** Told about every VM whose status or TTL changed (the TTL scheduler); optional in tests. */
   expiry?: ExpiryWatcher;
   /** File-transfer staging; a deleted VM's objects are dropped (see `files.ts`). */

@@ -17,7 +17,6 @@
 import { nowIso, type VmRecord } from '../domain/index.js';
 import { conflict } from '../errors.js';
 import type { ServiceContext } from './context.js';
-import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.js';
 import { toApiError } from './runtime-errors.js';
 import type { VmService } from './vm-service.js';
 
@@ -69,7 +68,7 @@ export class LifecycleService {
 
   /** Resumes a paused VM (idempotent on running VMs); resolves with the `running` VM. */
   async resume(orgId: string, ref: string): Promise<VmRecord> {
-    const { store, runtime, tasks, settings, logger } = this.ctx;
+    const { store, runtime, tasks, quotas, logger } = this.ctx;
     const vm = await this.vms.get(orgId, ref);
     if (vm.status === 'running' || vm.status === 'resuming') return vm;
     if (vm.status === 'pausing') await tasks.settled(vm.id);
@@ -79,15 +78,10 @@ export class LifecycleService {
         status: current.status,
       });
     }
-    const marked = await store.withOrgLock(orgId, async (tx) => {
-      const limits = effectiveLimits(settings.quotaDefaults, await tx.getQuotaOverrides());
-      const usage = await tx.getUsage();
-      // Memory and disk stay reserved while paused; only the vCPUs come back.
-      const request = { vcpu: current.cpu };
-      const over = exceededDimension(limits, usage, request);
-      if (over) throw quotaExceededError(over, limits, usage, request);
-      return tx.transitionVm(current.id, { from: 'paused', to: 'resuming' });
-    });
+    // Memory and disk stay reserved while paused; only the vCPUs come back.
+    const marked = await quotas.reserve(orgId, { vcpu: current.cpu }, (tx) =>
+      tx.transitionVm(current.id, { from: 'paused', to: 'resuming' }),
+    );
     if (!marked) return this.resume(orgId, current.id);
     const work = (async () => {
       const started = Date.now();

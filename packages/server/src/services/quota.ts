@@ -1,11 +1,78 @@
 /**
- * Quota arithmetic. Limits are the server defaults overlaid with the org's overrides; usage is
- * derived from live rows by the store. Reservations happen inside `Store.withOrgLock`.
+ * Quotas: limits, usage and **the quota reservation**. Limits are the server defaults overlaid
+ * with the org's overrides; usage is derived from live rows by the store, never kept as a
+ * counter. `QuotaService.reserve` is the one place a request is checked against them: under
+ * the org's lock (`Store.withOrgLock`), in the same transaction that writes the row that holds
+ * the resources, so the row _is_ the reservation and concurrent requests cannot overshoot.
+ * Launch and restore (insert the VM row), snapshot (insert the snapshot row) and resume (move
+ * the VM `paused` → `resuming`, taking its vCPUs back) all go through it.
  * @module
  */
 import { QUOTA_DIMENSION_WIRE, type QuotaValues } from '../domain/index.js';
 import { ApiError } from '../errors.js';
-import type { QuotaOverrides } from '../store/index.js';
+import type { OrgTx, QuotaOverrides, Store } from '../store/index.js';
+
+/** An org's quota as reported by `GET /v1/org/quotas` and `quotas get`. */
+export interface OrgQuota {
+  /** Effective limits (defaults with the overrides applied). */
+  limits: QuotaValues;
+  usage: QuotaValues;
+  /** The org's own overrides (absent or null: the server default applies). */
+  overrides: QuotaOverrides;
+}
+
+/** See the module comment. */
+export class QuotaService {
+  constructor(
+    private readonly store: Store,
+    /** Limits of orgs without overrides. */
+    readonly defaults: QuotaValues,
+  ) {}
+
+  /**
+   * The quota reservation: checks that `request` fits the org's limits and runs `write` (which
+   * inserts or moves the row that holds the resources) in the same transaction, under the org's
+   * lock. Throws 429 `quota_exceeded` naming the first dimension that would be exceeded, before
+   * `write` runs.
+   */
+  reserve<T>(
+    orgId: string,
+    request: Partial<QuotaValues>,
+    write: (tx: OrgTx) => Promise<T>,
+  ): Promise<T> {
+    return this.store.withOrgLock(orgId, async (tx) => {
+      const limits = effectiveLimits(this.defaults, await tx.getQuotaOverrides());
+      const usage = await tx.getUsage();
+      const over = exceededDimension(limits, usage, request);
+      if (over) throw quotaExceededError(over, limits, usage, request);
+      return write(tx);
+    });
+  }
+
+  /** The org's limits, usage and overrides. */
+  async get(orgId: string): Promise<OrgQuota> {
+    const [overrides, usage] = await Promise.all([
+      this.store.getQuotaOverrides(orgId),
+      this.store.getUsage(orgId),
+    ]);
+    return { limits: effectiveLimits(this.defaults, overrides), usage, overrides };
+  }
+
+  /**
+   * Sets the org's overrides: a number replaces the default of its dimension, `null` restores
+   * it, an absent dimension is left as it is. Limits are non-negative integers.
+   */
+  async setLimits(orgId: string, overrides: QuotaOverrides): Promise<OrgQuota> {
+    for (const d of DIMENSIONS) {
+      const v = overrides[d];
+      if (v !== undefined && v !== null && (!Number.isSafeInteger(v) || v < 0)) {
+        throw new Error(`quota limit ${d} must be a non-negative integer, got ${v}`);
+      }
+    }
+    await this.store.setQuotaOverrides(orgId, overrides);
+    return this.get(orgId);
+  }
+}
 
 const DIMENSIONS = [
   'vcpu',

@@ -8,7 +8,6 @@ import { nowIso, type Metadata, type SnapshotRecord } from '../domain/index.js';
 import { ApiError, badRequest, conflict } from '../errors.js';
 import type { ServiceContext } from './context.js';
 import { normalizeName } from './names.js';
-import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.js';
 import { resolveSnapshot, resolveVm } from './resolve.js';
 import { describeError, toApiError } from './runtime-errors.js';
 
@@ -29,7 +28,7 @@ export class SnapshotService {
     orgId: string,
     input: { vmId: string; name?: string | null | undefined; metadata?: Metadata | undefined },
   ): Promise<SnapshotRecord> {
-    const { store, runtime, tasks, settings, logger } = this.ctx;
+    const { store, runtime, tasks, quotas, logger } = this.ctx;
     const vm = await resolveVm(store, orgId, input.vmId).catch((err: unknown) => {
       if (err instanceof ApiError && err.code === 'not_found') {
         throw new ApiError('not_found', 'vm not found', { field: 'vmId' });
@@ -59,14 +58,7 @@ export class SnapshotService {
       updatedAt: now,
       deletedAt: null,
     };
-    await store.withOrgLock(orgId, async (tx) => {
-      const limits = effectiveLimits(settings.quotaDefaults, await tx.getQuotaOverrides());
-      const usage = await tx.getUsage();
-      const request = { snapshotCount: 1 };
-      const over = exceededDimension(limits, usage, request);
-      if (over) throw quotaExceededError(over, limits, usage, request);
-      await tx.insertSnapshot(snap);
-    });
+    await quotas.reserve(orgId, { snapshotCount: 1 }, (tx) => tx.insertSnapshot(snap));
 
     const work = (async () => {
       const started = Date.now();

@@ -15,7 +15,6 @@ import {
   type FirewallRule,
   type MachineType,
   type Metadata,
-  type QuotaValues,
   type VmRecord,
 } from '../domain/index.js';
 import { ApiError, badRequest, conflict, notImplemented } from '../errors.js';
@@ -29,7 +28,6 @@ import type {
 import type { VmPatch } from '../store/index.js';
 import type { ServiceContext } from './context.js';
 import { hostnameFor, normalizeName } from './names.js';
-import { effectiveLimits, exceededDimension, quotaExceededError } from './quota.js';
 import { resolveSnapshot, resolveVm } from './resolve.js';
 import { describeError, toApiError } from './runtime-errors.js';
 
@@ -177,7 +175,7 @@ export class VmService {
       ttlRemainingMs: null,
       pausedAt: null,
     };
-    await this.reserve(
+    await this.ctx.quotas.reserve(
       orgId,
       { vcpu: vm.cpu, memoryMiB: vm.memoryMiB, diskGiB: vm.diskGiB },
       (tx) => tx.insertVm(vm),
@@ -195,22 +193,6 @@ export class VmService {
     // Still booting: it continues in the background; failures are recorded on the row.
     boot.catch(() => {});
     return { vm, ready: false };
-  }
-
-  /** Checks `request` against the org's limits and runs `insert` in the same transaction. */
-  private async reserve(
-    orgId: string,
-    request: Partial<QuotaValues>,
-    insert: (tx: { insertVm(vm: VmRecord): Promise<void> }) => Promise<void>,
-  ): Promise<void> {
-    const { store, settings } = this.ctx;
-    await store.withOrgLock(orgId, async (tx) => {
-      const limits = effectiveLimits(settings.quotaDefaults, await tx.getQuotaOverrides());
-      const usage = await tx.getUsage();
-      const over = exceededDimension(limits, usage, request);
-      if (over) throw quotaExceededError(over, limits, usage, request);
-      await insert(tx);
-    });
   }
 
   /** Runs the runtime side of a launch and records the outcome on the row. */
@@ -422,16 +404,6 @@ export class VmService {
       await this.ctx.network.onFirewallChange(vm.id, policy);
     }
     return updated;
-  }
-
-  /** Limits and usage of the org's quota. */
-  async quotas(orgId: string): Promise<{ limits: QuotaValues; usage: QuotaValues }> {
-    const { store, settings } = this.ctx;
-    const [overrides, usage] = await Promise.all([
-      store.getQuotaOverrides(orgId),
-      store.getUsage(orgId),
-    ]);
-    return { limits: effectiveLimits(settings.quotaDefaults, overrides), usage };
   }
 
   /** Runtime reported that a VM's QEMU exited on its own: record it as stopped. */
