@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make a fresh clone runnable: npm dependencies (if missing or stale), host packages and the guest
-# image (guest/setup.sh, cached). Used by `npm start`, `npm test` and `npm run bench`.
+# Make a fresh clone runnable: npm dependencies (if missing or stale), the built SDK and CLI (if
+# their sources changed), host packages and the guest image (guest/setup.sh, cached). Used by
+# `npm start`, `npm test` and `npm run bench`.
 set -euo pipefail
 # Native addons (better-sqlite3) build against the system Node's headers: npm cannot download
 # them here.
@@ -10,4 +11,5 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   echo "setup: installing npm dependencies"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+node scripts/build.mjs --if-stale
 bash guest/setup.sh --quiet-if-cached

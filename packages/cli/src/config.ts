@@ -24,6 +24,13 @@ export function isConfigKey(key: string): key is ConfigKey {
   return (CONFIG_KEYS as readonly string[]).includes(key);
 }
 
+/** Checks `key` against {@link CONFIG_KEYS}; an unknown key is a CliError naming the valid ones. */
+export function checkKey(key: string): ConfigKey {
+  if (!isConfigKey(key))
+    throw new CliError(`unknown config key '${key}' (valid keys: ${CONFIG_KEYS.join(', ')})`);
+  return key;
+}
+
 /** `$XDG_CONFIG_HOME/fastvm/config.json`, or `~/.config/fastvm/config.json`. */
 export function configPath(env: NodeJS.ProcessEnv): string {
   const xdg = env['XDG_CONFIG_HOME'];

@@ -44,8 +44,3 @@ export function parseRule(spec: string): FirewallRule {
   if (cidrs.length > 0) rule.sourceCidrs = cidrs;
   return rule;
 }
-
-/** Commander collector for repeatable `-r`. */
-export function collect(value: string, previous: string[] | undefined): string[] {
-  return [...(previous ?? []), value];
-}

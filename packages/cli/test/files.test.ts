@@ -13,7 +13,7 @@ import { startServer, type ServerHandle } from '@fastvm/server';
 import { FakeRuntime } from '@fastvm/server/testing';
 import { parseRemote } from '../src/commands/cp.js';
 import { main } from '../src/main.js';
-import { parseTtl } from '../src/commands/vm.js';
+import { parseTtl } from '../src/commands/vm/ttl.js';
 import { formatBytes } from '../src/output.js';
 
 const BIN = resolve(import.meta.dirname, '../bin/fastvm.js');

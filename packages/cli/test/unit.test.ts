@@ -5,13 +5,25 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { configPath, readConfig, resolveSettings, writeConfig } from '../src/config.js';
 import { CliError } from '../src/errors.js';
-import { main, protectExecArgs, splitGlobals } from '../src/main.js';
+import { VERSION as SDK_VERSION, type FastVM } from 'fastvm';
+import { newCpCommand, type CpOptions } from '../src/commands/cp.js';
+import {
+  newFirewallPatchCommand,
+  type FirewallPatchOptions,
+} from '../src/commands/firewall/patch.js';
+import { exitStatus, newVmExecCommand } from '../src/commands/vm/exec.js';
+import { newVmLaunchCommand, type VmLaunchOptions } from '../src/commands/vm/launch.js';
+import { newVmRmCommand, type VmRmOptions } from '../src/commands/vm/rm.js';
+import type { RunF } from '../src/cmdutil.js';
+import { Factory, type ClientSettings, type IO } from '../src/factory.js';
+import { main } from '../src/main.js';
 import { age, formatRule, table } from '../src/output.js';
 import { parseRule } from '../src/rules.js';
-import { exitStatus } from '../src/commands/vm.js';
+import { VERSION } from '../src/version.js';
+import type { Command } from 'commander';
 
 function memoryIO(env: NodeJS.ProcessEnv): {
-  io: Parameters<typeof main>[1];
+  io: IO;
   out: () => string;
   err: () => string;
 } {
@@ -63,40 +75,162 @@ describe('firewall rule syntax', () => {
   });
 });
 
+/**
+ * Parses `args` with one command built by `newX(f, runF)` (gh's NewCmdX pattern) and returns the
+ * options its run function would have received.
+ */
+async function parseOptions<T>(
+  newX: (f: Factory, runF: RunF<T>) => Command,
+  args: string[],
+): Promise<T> {
+  const m = memoryIO({});
+  let got: T | undefined;
+  const cmd = newX(new Factory(m.io), async (o) => {
+    got = o;
+    return 0;
+  });
+  await cmd.parseAsync(args, { from: 'user' });
+  if (got === undefined) throw new Error(`no run: ${m.err()}`);
+  return got;
+}
+
+/** A Factory whose client is a fake with `list()`; records the settings it was built from. */
+function fakeClientFactory(env: NodeJS.ProcessEnv = {}): {
+  f: Factory;
+  settings: () => ClientSettings | undefined;
+  out: () => string;
+  err: () => string;
+} {
+  const m = memoryIO(env);
+  let settings: ClientSettings | undefined;
+  const f = new Factory(m.io, (s) => {
+    settings = s;
+    return { list: async () => [], close: async () => {} } as unknown as FastVM;
+  });
+  return { f, settings: () => settings, out: m.out, err: m.err };
+}
+
 describe('argument handling', () => {
-  it('splits global options given before the command', () => {
+  it('takes global options before the command and after it; the later one wins', async () => {
+    let r = fakeClientFactory();
     expect(
-      splitGlobals(['--json', '--api-key', 'k', '--base-url=http://x', 'vm', 'list', '--json']),
-    ).toEqual({
-      globals: { json: true, apiKey: 'k', baseUrl: 'http://x' },
-      help: false,
-      version: false,
-      rest: ['vm', 'list', '--json'],
-    });
-    expect(() => splitGlobals(['--bogus', 'vm'])).toThrow(/unknown option/);
-    expect(() => splitGlobals(['--api-key'])).toThrow(/needs a value/);
+      await main(['--json', '--api-key', 'k', '--base-url=http://x', 'vm', 'list', '--json'], r.f),
+    ).toBe(0);
+    expect(r.settings()).toEqual({ apiKey: 'k', baseUrl: 'http://x' });
+    expect(r.out()).toBe('[]\n'); // --json
+    r = fakeClientFactory();
+    expect(
+      await main(['--api-key', 'a', 'vm', '--api-key', 'b', 'ls', '--api-key', 'c'], r.f),
+    ).toBe(0);
+    expect(r.settings()?.apiKey).toBe('c');
+    expect(r.out()).toBe('No VMs.\n');
+    r = fakeClientFactory();
+    expect(await main(['--bogus', 'vm'], r.f)).toBe(1);
+    expect(r.err()).toMatch(/^Error: unknown option '--bogus'/);
+    r = fakeClientFactory();
+    expect(await main(['--api-key'], r.f)).toBe(1);
+    expect(r.err()).toMatch(/^Error: option '--api-key' needs a value/);
   });
 
-  it('hands everything after the VM of `vm exec` to the remote command', () => {
-    expect(protectExecArgs(['exec', 'dev', 'ls', '-la'])).toEqual([
-      'exec',
+  it('prints help and the version, and rejects unknown commands with exit code 2', async () => {
+    let r = fakeClientFactory();
+    expect(await main([], r.f)).toBe(0);
+    expect(r.out()).toMatch(/^FastVM command-line tool/);
+    for (const args of [['--help', 'vm'], ['vm', '--help'], ['help', 'vm'], ['vm']]) {
+      r = fakeClientFactory();
+      expect(await main(args, r.f), args.join(' ')).toBe(0);
+      expect(r.out(), args.join(' ')).toMatch(/^Usage: fastvm vm \[options\] \[command\]/);
+      expect(r.out()).toMatch(/^ +exec \[options\] <vm> <command\.\.\.>/m);
+    }
+    r = fakeClientFactory();
+    expect(await main(['vm', 'exec', '--help'], r.f)).toBe(0);
+    expect(r.out()).toMatch(/Global options:\n +--json/);
+    r = fakeClientFactory();
+    expect(await main(['-V'], r.f)).toBe(0);
+    expect(r.out()).toBe(`fastvm ${VERSION} (sdk ${SDK_VERSION})\n`);
+    r = fakeClientFactory();
+    expect(await main(['frobnicate'], r.f)).toBe(2);
+    expect(r.err()).toBe("Error: unknown command 'frobnicate' (see 'fastvm --help')\n");
+    r = fakeClientFactory();
+    expect(await main(['snapshot', 'frobnicate'], r.f)).toBe(2);
+    expect(r.err()).toMatch(/^Error: unknown command 'fastvm snapshot frobnicate'/);
+    r = fakeClientFactory();
+    expect(await main(['vm', 'get'], r.f)).toBe(1);
+    expect(r.err()).toBe("Error: missing required argument 'vm' (see 'fastvm vm get --help')\n");
+    expect(r.settings()).toBeUndefined(); // no client for a usage error
+  });
+
+  it('hands everything after the VM of `vm exec` to the remote command', async () => {
+    expect(await parseOptions(newVmExecCommand, ['dev', 'ls', '-la'])).toMatchObject({
+      vm: 'dev',
+      command: ['ls', '-la'],
+      json: false,
+      argv: false,
+      stream: true,
+    });
+    expect(
+      await parseOptions(newVmExecCommand, ['--timeout', '5', '--json', 'dev', 'ls', '--json']),
+    ).toMatchObject({ vm: 'dev', command: ['ls', '--json'], timeoutSec: 5, json: true });
+    expect(await parseOptions(newVmExecCommand, ['dev', '--', 'ls'])).toMatchObject({
+      vm: 'dev',
+      command: ['ls'],
+    });
+    expect(
+      await parseOptions(newVmExecCommand, ['--argv', '--no-stream', 'dev', 'a', '--', 'b']),
+    ).toMatchObject({ command: ['a', '--', 'b'], argv: true, stream: false });
+    await expect(parseOptions(newVmExecCommand, ['--timeout', '0', 'dev', 'ls'])).rejects.toThrow(
+      /--timeout must be a positive integer/,
+    );
+  });
+
+  it('turns flags into typed options (launch, rm, firewall patch, cp)', async () => {
+    const launch: VmLaunchOptions = await parseOptions(newVmLaunchCommand, [
+      '-n',
       'dev',
-      '--',
-      'ls',
-      '-la',
-    ]);
-    expect(protectExecArgs(['exec', '--timeout', '5', '--json', 'dev', 'ls', '--json'])).toEqual([
-      'exec',
+      '--disk-gib',
+      '20',
+      '-r',
+      'tcp:22',
+      '-r',
+      'udp:53',
+      '--ttl',
+      '10m:delete',
       '--timeout',
-      '5',
-      '--json',
-      'dev',
-      '--',
-      'ls',
-      '--json',
+      '60',
     ]);
-    expect(protectExecArgs(['exec', 'dev', '--', 'ls'])).toEqual(['exec', 'dev', '--', 'ls']);
-    expect(protectExecArgs(['list', '--json'])).toEqual(['list', '--json']);
+    expect(launch).toMatchObject({
+      machine: 'c1m2',
+      name: 'dev',
+      diskGib: 20,
+      waitSec: 60,
+      ttl: { seconds: 600, action: 'delete' },
+      firewall: {
+        mode: 'restricted',
+        ingress: [
+          { protocol: 'tcp', portStart: 22 },
+          { protocol: 'udp', portStart: 53 },
+        ],
+      },
+    });
+    await expect(parseOptions(newVmLaunchCommand, ['--disk-gib', 'x'])).rejects.toThrow(
+      /--disk-gib must be a positive integer/,
+    );
+    const rm: VmRmOptions = await parseOptions(newVmRmCommand, ['a', 'b', '-y']);
+    expect(rm).toMatchObject({ vms: ['a', 'b'], yes: true });
+    const patch: FirewallPatchOptions = await parseOptions(newFirewallPatchCommand, [
+      'dev',
+      '--clear-rules',
+    ]);
+    expect(patch.patch).toEqual({ ingress: [] });
+    await expect(parseOptions(newFirewallPatchCommand, ['dev'])).rejects.toThrow(
+      /nothing to change/,
+    );
+    const cp: CpOptions = await parseOptions(newCpCommand, ['dev:out.txt', '.']);
+    expect(cp).toMatchObject({
+      direction: 'download',
+      remote: { vm: 'dev', path: '/root/out.txt' },
+      local: '.',
+    });
   });
 
   it('maps remote exit codes to process exit statuses', () => {
@@ -176,6 +310,13 @@ describe('config', () => {
     const m = memoryIO({ XDG_CONFIG_HOME: dir });
     expect(await main(['vm', 'list'], m.io)).toBe(1);
     expect(m.err()).toMatch(/^Error: no API key: pass --api-key, set FASTVM_API_KEY/);
+  });
+});
+
+describe('version', () => {
+  it('matches package.json', () => {
+    const pkg = JSON.parse(readFileSync(join(import.meta.dirname, '../package.json'), 'utf8'));
+    expect(VERSION).toBe(pkg.version);
   });
 });
 

@@ -2,13 +2,23 @@
 import { spawnSync } from 'node:child_process';
 import type { Command } from 'commander';
 import type { ConsoleExit, ConsoleSession } from 'fastvm';
-import type { Context } from '../context.js';
-import { leaf } from './common.js';
+import { newCommand, onRun, withRef, type CommandBase, type RunF } from '../../cmdutil.js';
+import type { Factory } from '../../factory.js';
 
 const DESCRIPTION =
   'Open an interactive shell in a VM (a login shell on a terminal); exits with its exit status.\n' +
   'The local terminal is put in raw mode, so every key (Ctrl-C too) goes to the VM; Ctrl-] disconnects.\n' +
   'Without a terminal, standard input is typed into the shell and its end sends Ctrl-D.';
+
+export interface ConsoleOptions extends CommandBase {
+  vm: string;
+}
+
+/** `console <vm>`, both as `fastvm vm console` and as the top-level `fastvm console`. */
+export function newConsoleCommand(f: Factory, runF: RunF<ConsoleOptions> = consoleRun): Command {
+  const cmd = newCommand(f, 'console <vm>', DESCRIPTION);
+  return onRun(f, cmd, (c, base) => runF({ ...base, vm: c.args[0]! }));
+}
 
 /** Ctrl-]: disconnect (as in telnet and the official CLI). */
 const ESCAPE = 0x1d;
@@ -35,39 +45,17 @@ interface TerminalOut {
   off?(event: 'resize', cb: () => void): unknown;
 }
 
-/** Adds `console <vm>` to the `vm` group. */
-export function addConsoleCommand(
-  group: Command,
-  ctx: Context,
-  done: (code: number) => void,
-): void {
-  leaf(group, 'console <vm>', DESCRIPTION).action(async (ref: string) => {
-    done(await runConsole(ctx, ref));
-  });
-}
-
-/** Configures `group` as the top-level `console` command (same as `vm console`). */
-export function consoleCommand(group: Command, ctx: Context, done: (code: number) => void): void {
-  group
-    .description(DESCRIPTION)
-    .arguments('<vm>')
-    .action(async (ref: string) => {
-      done(await runConsole(ctx, ref));
-    });
-}
-
 /** Runs a console session on the process's terminal; resolves with the exit status to use. */
-export async function runConsole(ctx: Context, ref: string): Promise<number> {
-  const stdin = ctx.io.stdin as TerminalIn;
-  const stdout = ctx.io.stdout as TerminalOut;
+export async function consoleRun(o: ConsoleOptions): Promise<number> {
+  const ref = o.vm;
+  const stdin = o.io.stdin as TerminalIn;
+  const stdout = o.io.stdout as TerminalOut;
   const tty = stdin.isTTY === true && typeof stdin.setRawMode === 'function';
   const size =
     stdout.isTTY && stdout.columns && stdout.rows
       ? { cols: stdout.columns, rows: stdout.rows }
       : {};
-  const session: ConsoleSession = await ctx.withRef('vm', ref, (id) =>
-    ctx.client().console(id, size),
-  );
+  const session: ConsoleSession = await withRef(o, 'vm', ref, (id) => o.client().console(id, size));
 
   let detached = false;
   const onInput = (chunk: Buffer): void => {
@@ -84,11 +72,11 @@ export async function runConsole(ctx: Context, ref: string): Promise<number> {
   const onResize = (): void => {
     if (stdout.columns && stdout.rows) session.resize(stdout.columns, stdout.rows);
   };
-  session.on('data', (chunk) => ctx.out(chunk));
+  session.on('data', (chunk) => o.io.stdout.write(chunk));
 
   const wasRaw = stdin.isRaw === true;
   if (tty) {
-    ctx.err(`Connected to ${ref}. Ctrl-] disconnects.\r\n`);
+    o.io.stderr.write(`Connected to ${ref}. Ctrl-] disconnects.\r\n`);
     stdin.setRawMode!(true);
     // Node's raw mode keeps output processing (\n → \r\n), which would garble full-screen
     // programs in the VM: the VM's terminal already did that. Turn it off too (as `tty.setraw`
@@ -118,10 +106,10 @@ export async function runConsole(ctx: Context, ref: string): Promise<number> {
       : 255;
   }
   if (detached) {
-    ctx.err('\r\nDisconnected (the shell was hung up).\r\n');
+    o.io.stderr.write('\r\nDisconnected (the shell was hung up).\r\n');
     return 0;
   }
   const why = exit.reason || `WebSocket closed with code ${exit.closeCode}`;
-  ctx.err(`\r\nfastvm: console closed: ${why}\r\n`);
+  o.io.stderr.write(`\r\nfastvm: console closed: ${why}\r\n`);
   return 1;
 }

@@ -1,0 +1,87 @@
+// fastvm: the root command, its help text and the version.
+import type { Command } from 'commander';
+import { VERSION as SDK_VERSION } from 'fastvm';
+import { addGlobalOptions, newCommand } from '../cmdutil.js';
+import { CliError } from '../errors.js';
+import type { Factory } from '../factory.js';
+import { VERSION } from '../version.js';
+import { newConfigCommand } from './config/config.js';
+import { newCpCommand } from './cp.js';
+import { newFirewallCommand } from './firewall/firewall.js';
+import { newQuotaCommand } from './quota.js';
+import { newSnapshotCommand } from './snapshot/snapshot.js';
+import { newConsoleCommand } from './vm/console.js';
+import { newVmCommand } from './vm/vm.js';
+
+const HELP = `FastVM command-line tool: launch, snapshot, restore and run commands in microVMs.
+
+Usage: fastvm [global options] <command> <subcommand> [options]
+
+Commands:
+  vm        launch | list | get | rename | rm | exec | console | pause | resume | ttl
+  cp        copy files and directories: cp <local> <vm>:<path>, cp <vm>:<path> <local>
+  console   an interactive shell in a VM (same as vm console; Ctrl-] disconnects)
+  snapshot  create | list | get | rename | rm | restore
+  firewall  get | set | patch
+  quota     show quota limits and usage
+  config    set | get | unset   (keys: api-key, base-url)
+
+Global options (before or after the command):
+  --api-key <key>   API key (else FASTVM_API_KEY, else the config file)
+  --base-url <url>  API base URL (else FASTVM_BASE_URL, else the config file,
+                    else https://api.fastvm.org)
+  --json            print JSON with the API's field names instead of tables
+  -V, --version     print the version
+  -h, --help        show help
+
+VMs and snapshots are addressed by id or name (or a unique id prefix).
+Firewall rules (-r) are PROTO:PORT[-END][@CIDR,...], e.g. tcp:22, udp:8000-8010,
+tcp:443@2001:db8::/32.
+
+Examples:
+  fastvm vm launch -m c2m4 -n dev
+  fastvm vm exec dev -- uname -a
+  fastvm console dev
+  fastvm vm launch -n tmp --ttl 30m:delete
+  fastvm cp ./src dev:/root/src && fastvm cp dev:/root/out.tar .
+  fastvm snapshot create dev -n base && fastvm snapshot restore base -n dev2
+  fastvm firewall set dev --mode restricted -r tcp:22 -r tcp:8080-8090@2001:db8::/32
+  fastvm vm list --json | jq -r '.[].id'
+
+Config file: $XDG_CONFIG_HOME/fastvm/config.json (default ~/.config/fastvm/config.json).
+Run 'fastvm <command> --help' for details.
+`;
+
+/** `fastvm 0.1.0 (sdk 0.1.0)`. */
+export function version(): string {
+  return `fastvm ${VERSION} (sdk ${SDK_VERSION})`;
+}
+
+/** The `fastvm` command with every command group under it. */
+export function newRootCommand(f: Factory): Command {
+  const root = addGlobalOptions(newCommand(f, 'fastvm', ''))
+    .version(version(), '-V, --version', 'print the version')
+    .enablePositionalOptions()
+    .configureHelp({ formatHelp: () => HELP });
+  for (const cmd of [
+    newVmCommand(f),
+    newCpCommand(f),
+    newConsoleCommand(f),
+    newSnapshotCommand(f),
+    newFirewallCommand(f),
+    newQuotaCommand(f),
+    newConfigCommand(f),
+  ])
+    root.addCommand(cmd);
+  return root
+    .helpCommand(true)
+    .allowExcessArguments()
+    .action((_opts: unknown, c: Command) => {
+      const [name] = c.args;
+      if (name === undefined) {
+        c.outputHelp();
+        return;
+      }
+      throw new CliError(`unknown command '${name}' (see 'fastvm --help')`, 2);
+    });
+}

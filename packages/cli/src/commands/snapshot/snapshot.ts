@@ -1,0 +1,21 @@
+// fastvm snapshot create|list|get|rename|rm|restore
+import type { Command } from 'commander';
+import { newGroup } from '../../cmdutil.js';
+import type { Factory } from '../../factory.js';
+import { newSnapshotCreateCommand } from './create.js';
+import { newSnapshotGetCommand } from './get.js';
+import { newSnapshotListCommand } from './list.js';
+import { newSnapshotRenameCommand } from './rename.js';
+import { newSnapshotRestoreCommand } from './restore.js';
+import { newSnapshotRmCommand } from './rm.js';
+
+export function newSnapshotCommand(f: Factory): Command {
+  return newGroup(f, 'snapshot', 'Create, list, restore and delete snapshots', [
+    newSnapshotCreateCommand(f),
+    newSnapshotListCommand(f),
+    newSnapshotGetCommand(f),
+    newSnapshotRenameCommand(f),
+    newSnapshotRmCommand(f),
+    newSnapshotRestoreCommand(f),
+  ]);
+}

@@ -1,0 +1,83 @@
+// fastvm vm launch: launch a VM and wait until it is running.
+import type { Command } from 'commander';
+import type { FirewallPolicy, VMTtl } from 'fastvm';
+import {
+  collect,
+  newCommand,
+  onRun,
+  policyFrom,
+  positiveInt,
+  type CommandBase,
+  type RunF,
+} from '../../cmdutil.js';
+import type { Factory } from '../../factory.js';
+import { printVm, spinner } from '../../views.js';
+import { parseTtl } from './ttl.js';
+
+export interface VmLaunchOptions extends CommandBase {
+  /** Machine type, e.g. `c1m2`. */
+  machine: string;
+  name: string | undefined;
+  diskGib: number | undefined;
+  firewall: FirewallPolicy | undefined;
+  ttl: VMTtl | undefined;
+  /** Seconds to wait for `running` (the SDK's default when undefined). */
+  waitSec: number | undefined;
+}
+
+export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmLaunchRun): Command {
+  const cmd = newCommand(f, 'launch', 'Launch a VM and wait until it is running')
+    .option('-m, --machine <type>', 'machine type: c1m2, c2m4, c4m8, c8m16', 'c1m2')
+    .option('-n, --name <name>', 'VM name (generated when omitted)')
+    .option('--disk-gib <n>', 'disk size in GiB')
+    .option('--mode <mode>', 'firewall mode: open or restricted')
+    .option(
+      '-r, --rule <rule>',
+      'firewall ingress rule PROTO:PORT[-END][@CIDR,...] (repeatable)',
+      collect,
+    )
+    .option('--timeout <sec>', 'seconds to wait for the VM to be running (default 300)')
+    .option(
+      '--ttl <ttl>',
+      'time to live DURATION[:pause|delete], e.g. 30s:pause, 2h:delete (default action pause)',
+    );
+  return onRun(f, cmd, (c, base) => {
+    const o = c.opts<{
+      machine: string;
+      name?: string;
+      diskGib?: string;
+      mode?: string;
+      rule?: string[];
+      timeout?: string;
+      ttl?: string;
+    }>();
+    return runF({
+      ...base,
+      machine: o.machine,
+      name: o.name,
+      ttl: o.ttl === undefined ? undefined : parseTtl(o.ttl),
+      diskGib: positiveInt(o.diskGib, '--disk-gib'),
+      firewall: policyFrom(o.mode, o.rule),
+      waitSec: positiveInt(o.timeout, '--timeout'),
+    });
+  });
+}
+
+export async function vmLaunchRun(o: VmLaunchOptions): Promise<number> {
+  const spin = spinner(o).start(`Launching ${o.machine} VM${o.name ? ` ${o.name}` : ''}…`);
+  try {
+    const vm = await o.client().launch({
+      machine: o.machine,
+      name: o.name,
+      diskGib: o.diskGib,
+      firewall: o.firewall,
+      ttl: o.ttl,
+      timeout: o.waitSec === undefined ? undefined : o.waitSec * 1000,
+    });
+    spin.stop(`✓ VM ${vm.name} is running (${spin.elapsed})`);
+    printVm(o, vm);
+  } finally {
+    spin.stop();
+  }
+  return 0;
+}

@@ -1,0 +1,178 @@
+#!/usr/bin/env node
+// Builds the packages users install: the SDK (`fastvm`: ESM + CJS + type declarations) and the CLI
+// (`@fastvm/cli`: one ESM file with commander bundled in; `fastvm` stays an import).
+//
+//   node scripts/build.mjs [sdk] [cli] [--if-stale]
+//
+// --if-stale skips a package whose inputs (sources, package.json, this script, tsup's version)
+// hash to the value recorded by its last build (dist/.build-hash). Each build is written to a
+// temporary directory and its files renamed into dist/ one by one, so a process that loads dist/
+// while another build runs (a test next to `npm test`) sees whole files.
+import console from 'node:console';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import process from 'node:process';
+import { fileURLToPath } from 'node:url';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+
+/** tsup options per package (entry points relative to the package directory). */
+const PACKAGES = {
+  sdk: {
+    dir: 'packages/sdk',
+    tsup: {
+      entry: ['src/index.ts'],
+      format: ['esm', 'cjs'],
+      dts: true,
+      sourcemap: true,
+    },
+  },
+  cli: {
+    dir: 'packages/cli',
+    tsup: {
+      entry: ['src/main.ts'],
+      format: ['esm'],
+      // commander is bundled (it is a devDependency): the installed CLI is one file to load.
+      noExternal: ['commander'],
+      external: ['fastvm'],
+      // commander is CommonJS: its require() of Node built-ins needs a real require in ESM.
+      banner: {
+        js: "import { createRequire as __createRequire } from 'node:module';\nconst require = __createRequire(import.meta.url);",
+      },
+    },
+    /** Licences of bundled code, copied next to the bundle. */
+    licenses: { commander: 'LICENSE' },
+  },
+};
+
+/** The directory of `dep` as resolved from the package in `dir`. */
+function packageDir(dir, dep) {
+  let d = path.dirname(createRequire(path.join(dir, 'package.json')).resolve(dep));
+  while (
+    !fs.existsSync(path.join(d, 'package.json')) ||
+    readJson(path.join(d, 'package.json')).name !== dep
+  ) {
+    if (path.dirname(d) === d) throw new Error(`build: cannot find the directory of ${dep}`);
+    d = path.dirname(d);
+  }
+  return d;
+}
+
+function readJson(file) {
+  return JSON.parse(fs.readFileSync(file, 'utf8'));
+}
+
+function inputs(pkg) {
+  const dir = path.join(repo, pkg.dir);
+  const files = [path.join(dir, 'package.json'), fileURLToPath(import.meta.url)];
+  const walk = (d) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else files.push(p);
+    }
+  };
+  walk(path.join(dir, 'src'));
+  return files.sort();
+}
+
+function inputHash(pkg) {
+  const h = createHash('sha256');
+  h.update(require('tsup/package.json').version);
+  for (const dep of pkg.tsup.noExternal ?? [])
+    h.update(
+      readJson(path.join(packageDir(path.join(repo, pkg.dir), dep), 'package.json')).version,
+    );
+  for (const file of inputs(pkg)) {
+    h.update(path.relative(repo, file));
+    h.update('\0');
+    h.update(fs.readFileSync(file));
+    h.update('\0');
+  }
+  return h.digest('hex');
+}
+
+async function build(name, ifStale) {
+  const pkg = PACKAGES[name];
+  const dir = path.join(repo, pkg.dir);
+  const dist = path.join(dir, 'dist');
+  const hashFile = path.join(dist, '.build-hash');
+  const hash = inputHash(pkg);
+  if (ifStale) {
+    try {
+      if (fs.readFileSync(hashFile, 'utf8').trim() === hash) return false;
+    } catch {
+      // not built yet
+    }
+  }
+  const { build: tsup } = await import('tsup');
+  const tmp = fs.mkdtempSync(path.join(dir, '.dist-'));
+  try {
+    await tsup({
+      ...pkg.tsup,
+      entry: pkg.tsup.entry.map((e) => path.join(dir, e)),
+      outDir: tmp,
+      platform: 'node',
+      target: 'node20',
+      tsconfig: path.join(dir, 'tsconfig.json'),
+      // Keep `node:` specifiers (the default strips them).
+      removeNodeProtocol: false,
+      silent: true,
+      config: false,
+    });
+    for (const [dep, file] of Object.entries(pkg.licenses ?? {})) {
+      fs.mkdirSync(path.join(tmp, 'licenses'), { recursive: true });
+      fs.copyFileSync(
+        path.join(packageDir(dir, dep), file),
+        path.join(tmp, 'licenses', `${dep}.txt`),
+      );
+    }
+    const built = new Set();
+    const move = (rel) => {
+      const from = path.join(tmp, rel);
+      if (fs.statSync(from).isDirectory()) {
+        for (const e of fs.readdirSync(from)) move(path.join(rel, e));
+        return;
+      }
+      fs.mkdirSync(path.dirname(path.join(dist, rel)), { recursive: true });
+      fs.renameSync(from, path.join(dist, rel));
+      built.add(rel);
+    };
+    move('.');
+    // Drop what an earlier build left that this one did not write.
+    const prune = (rel) => {
+      const p = path.join(dist, rel);
+      if (fs.statSync(p).isDirectory()) {
+        for (const e of fs.readdirSync(p)) prune(path.join(rel, e));
+      } else if (!built.has(path.normalize(rel)) && rel !== '.build-hash') {
+        fs.rmSync(p, { force: true });
+      }
+    };
+    prune('.');
+    fs.writeFileSync(`${hashFile}.${process.pid}`, `${hash}\n`);
+    fs.renameSync(`${hashFile}.${process.pid}`, hashFile);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  return true;
+}
+
+const args = process.argv.slice(2);
+const ifStale = args.includes('--if-stale');
+const names = args.filter((a) => !a.startsWith('--'));
+for (const name of names.length > 0 ? names : Object.keys(PACKAGES)) {
+  if (!(name in PACKAGES)) {
+    console.error(`build: unknown package '${name}' (known: ${Object.keys(PACKAGES).join(', ')})`);
+    process.exit(2);
+  }
+  const t0 = performance.now();
+  if (await build(name, ifStale)) {
+    console.error(
+      `build: ${PACKAGES[name].dir} in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+    );
+  }
+}
