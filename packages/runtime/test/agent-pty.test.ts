@@ -183,9 +183,14 @@ describe('AgentClient.spawn with a pty', () => {
     expect(() => proc.write('x')).toThrow(/without pty or stdinOpen/);
     proc.kill();
     expect((await proc.exited).exitCode).toBe(137);
-    await expect(
-      client.spawn({ argv: ['/nonexistent'], pty: { rows: 24, cols: 80 }, onStdout: () => {} }),
-    ).resolves.toBeDefined(); // starts (STARTED precedes the failure), then exits 127
+    // A command that cannot be executed still starts (STARTED precedes the failure), then exits
+    // 127 like a shell's "command not found".
+    const missing = await client.spawn({
+      argv: ['/nonexistent'],
+      pty: { rows: 24, cols: 80 },
+      onStdout: () => {},
+    });
+    expect(await missing.exited).toMatchObject({ exitCode: 127, signal: 0, timedOut: false });
   });
 });
 

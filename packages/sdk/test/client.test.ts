@@ -1,4 +1,5 @@
 // Unit tests of the client against a local HTTP/2 mock (test/helpers/mock-server.ts).
+import { inspect } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   AbortError,
@@ -55,8 +56,36 @@ describe('configuration', () => {
     expect(() => new FastVM({ apiKey: 'k', maxRetries: -1 })).toThrow(/maxRetries/);
   });
 
-  it('does not expose the API key when inspected', () => {
-    expect(JSON.stringify(client)).not.toContain('test-key');
+  it('keeps the API key out of what callers can inspect: the client, its stats and its errors', async () => {
+    server.handler = (req) =>
+      req.path === '/v1/vms/vm-1'
+        ? { body: wireVm() }
+        : { status: 401, body: { error: 'unauthorized', message: 'bad key' } };
+    await client.get('vm-1'); // a live session and request state
+    const unauthorized = await client.list().catch((e: unknown) => e);
+    expect(unauthorized).toBeInstanceOf(AuthenticationError);
+    const unreachable = new FastVM({
+      apiKey: 'test-key',
+      baseUrl: 'http://127.0.0.1:9',
+      maxRetries: 0,
+    });
+    const refused = await unreachable.get('vm-1').catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(FastVMError);
+    for (const [what, value] of Object.entries({
+      client,
+      stats: client.stats,
+      unauthorized,
+      refused,
+      unreachable,
+    })) {
+      // Everything reachable that is not #private: own and inherited properties, getters,
+      // non-enumerable ones, error causes.
+      const seen = inspect(value, { showHidden: true, depth: Infinity, getters: true });
+      expect(seen, what).not.toContain('test-key');
+      expect(JSON.stringify(value) ?? '', what).not.toContain('test-key');
+      expect(String(value), what).not.toContain('test-key');
+    }
+    await unreachable.close();
   });
 });
 
