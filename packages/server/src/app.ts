@@ -17,6 +17,7 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { authenticate } from './auth.js';
+import { DomainError } from './domain/index.js';
 import { ApiError, retryHint } from './errors.js';
 import {
   createProtocolServers,
@@ -24,6 +25,7 @@ import {
   type RequestHandler,
 } from './http/listener.js';
 import { buildOpenApi, type RouteDoc } from './http/openapi.js';
+import { fromDomainError } from './http/error-mapping.js';
 import { jsonSerializerCompiler, zodValidatorCompiler, type ZodTypeProvider } from './http/zod.js';
 import healthRoutes from './routes/health.js';
 import fileRoutes from './routes/files.js';
@@ -234,6 +236,9 @@ function errorHandler(
   let apiError: ApiError;
   if (error instanceof ApiError) {
     apiError = error;
+  } else if (error instanceof DomainError) {
+    // What services throw; `http/error-mapping.ts` decides the status and body.
+    apiError = fromDomainError(error);
   } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
     apiError = new ApiError('payload_too_large', 'request body is too large');
   } else if (error.validation || (error.statusCode === 400 && error.code?.startsWith('FST_'))) {

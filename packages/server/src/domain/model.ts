@@ -82,16 +82,6 @@ export const DEFAULT_QUOTA_LIMITS: Readonly<QuotaValues> = {
   volumeGiB: 0,
 };
 
-/** Wire names of quota dimensions in 429 bodies (contract §1.8). */
-export const QUOTA_DIMENSION_WIRE: Readonly<Record<keyof QuotaValues, string>> = {
-  vcpu: 'vcpu',
-  memoryMiB: 'memory_mib',
-  diskGiB: 'disk_gib',
-  snapshotCount: 'snapshot_count',
-  volumeCount: 'volume_count',
-  volumeGiB: 'volume_gib',
-};
-
 /** An organisation: the unit of ownership and quota. */
 export interface OrgRecord {
   id: string;

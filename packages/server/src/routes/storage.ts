@@ -17,6 +17,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { ApiError, retryHint } from '../errors.js';
+import { toHttpError } from '../http/error-mapping.js';
 import { UploadAbandoned, type FileService } from '../services/files.js';
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -30,10 +31,9 @@ export function handleStorage(files: FileService, logger: Logger, req: Req, res:
       res.destroy();
       return;
     }
-    const apiError =
-      err instanceof ApiError ? err : new ApiError('internal', 'storage request failed');
-    if (!(err instanceof ApiError)) logger.error({ err }, 'storage request failed');
-    fail(req, res, apiError);
+    const apiError = toHttpError(err);
+    if (!apiError) logger.error({ err }, 'storage request failed');
+    fail(req, res, apiError ?? new ApiError('internal', 'storage request failed'));
   });
 }
 

@@ -18,6 +18,7 @@ import {
   UpdateVmBody,
   Vm,
 } from '../schemas.js';
+import { execCommandOf, firewallChangeOf, launchRequestOf } from './inputs.js';
 import { metadataFilters, presentVm } from './present.js';
 import { requireAuth, wantsNdjson } from './util.js';
 
@@ -40,7 +41,7 @@ export default async function vmRoutes(
     },
     async (request, reply) => {
       const { orgId } = requireAuth(request);
-      const { vm, ready } = await vms.launch(orgId, request.body);
+      const { vm, ready } = await vms.launch(orgId, launchRequestOf(request.body));
       return reply.code(ready && vm.status === 'running' ? 201 : 202).send(presentVm(vm));
     },
   );
@@ -131,7 +132,7 @@ export default async function vmRoutes(
     },
     async (request, reply) => {
       const { orgId } = requireAuth(request);
-      const prepared = await vms.prepareExec(orgId, request.params.id, request.body);
+      const prepared = await vms.prepareExec(orgId, request.params.id, execCommandOf(request.body));
       // The command dies with the request: a client that disconnects kills it.
       const abort = new AbortController();
       let running = true;
@@ -205,7 +206,8 @@ export default async function vmRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentVm(await vms.setFirewall(orgId, request.params.id, { replace: request.body }));
+      const change = firewallChangeOf({ replace: request.body });
+      return presentVm(await vms.setFirewall(orgId, request.params.id, change));
     },
   );
 
@@ -221,7 +223,8 @@ export default async function vmRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentVm(await vms.setFirewall(orgId, request.params.id, { patch: request.body }));
+      const change = firewallChangeOf({ patch: request.body });
+      return presentVm(await vms.setFirewall(orgId, request.params.id, change));
     },
   );
 }

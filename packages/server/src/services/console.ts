@@ -26,7 +26,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { PtyExit, PtySession, Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
-import { ApiError, conflict, notFound } from '../errors.js';
+import { NotFoundError, StateConflictError, UnauthorizedError } from '../domain/index.js';
 import type { Store } from '../store/index.js';
 import { resolveVm } from './resolve.js';
 
@@ -159,13 +159,13 @@ export class ConsoleService {
   }
 
   /**
-   * Mints a console token for a running VM of the org (404 for unknown or other orgs' VMs, 409
-   * if it is not running).
+   * Mints a console token for a running VM of the org (`NotFoundError` for unknown or other
+   * orgs' VMs, `StateConflictError` if it is not running).
    */
   async mint(orgId: string, ref: string): Promise<ConsoleToken> {
     const vm = await resolveVm(this.deps.store, orgId, ref);
     if (vm.status !== 'running') {
-      throw conflict(`VM is ${vm.status}, not running`, { status: vm.status });
+      throw new StateConflictError(`VM is ${vm.status}, not running`, { status: vm.status });
     }
     const now = Date.now();
     this.#sweep(now);
@@ -181,12 +181,13 @@ export class ConsoleService {
 
   /**
    * Redeems a token for the console of VM `pathId` (the id in the WebSocket path). The token is
-   * used up whatever happens next. 401 for a missing, unknown, expired, used or other VM's
-   * token; 404 if the VM is gone; 409 if it is not running or has too many sessions.
+   * used up whatever happens next. `UnauthorizedError` for a missing, unknown, expired, used or
+   * other VM's token; `NotFoundError` if the VM is gone; `StateConflictError` if it is not
+   * running or has too many sessions.
    */
   async redeem(token: string | undefined, pathId: string): Promise<ConsoleGrant> {
     if (!token) {
-      throw new ApiError('unauthorized', 'missing console token: connect with ?session=<token>');
+      throw new UnauthorizedError('missing console token: connect with ?session=<token>');
     }
     const now = Date.now();
     const hash = TOKEN_RE.test(token) ? hashToken(token) : undefined;
@@ -194,15 +195,15 @@ export class ConsoleService {
     if (hash) this.#tokens.delete(hash);
     this.#sweep(now);
     if (!entry || entry.expiresAt <= now || entry.vmId !== pathId) {
-      throw new ApiError('unauthorized', 'invalid, expired or already used console token');
+      throw new UnauthorizedError('invalid, expired or already used console token');
     }
     const vm = await this.deps.store.getVm(entry.orgId, entry.vmId);
-    if (!vm) throw notFound('vm');
+    if (!vm) throw new NotFoundError('vm');
     if (vm.status !== 'running') {
-      throw conflict(`VM is ${vm.status}, not running`, { status: vm.status });
+      throw new StateConflictError(`VM is ${vm.status}, not running`, { status: vm.status });
     }
     if ((this.#sessions.get(vm.id)?.size ?? 0) >= this.settings.maxSessionsPerVm) {
-      throw conflict(
+      throw new StateConflictError(
         `too many console sessions on this VM (${this.settings.maxSessionsPerVm}); close one first`,
       );
     }

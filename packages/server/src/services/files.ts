@@ -33,10 +33,19 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { VmRecord, VmStatus } from '../domain/index.js';
-import { ApiError, badRequest, conflict } from '../errors.js';
+import {
+  DomainError,
+  ForbiddenError,
+  InvalidInputError,
+  NotFoundError,
+  QuotaExceededError,
+  StateConflictError,
+  TooLargeError,
+  type VmRecord,
+  type VmStatus,
+} from '../domain/index.js';
 import type { ServiceContext } from './context.js';
-import { toApiError } from './runtime-errors.js';
+import { fromRuntimeError } from './runtime-errors.js';
 
 /** URL path prefix of the storage endpoints (on the API listener and the guest listener). */
 export const STORAGE_PREFIX = '/storage/';
@@ -88,17 +97,12 @@ export interface FetchResult {
   stderrTruncated: boolean;
 }
 
-/** 403 `forbidden` for storage capability problems. */
-function forbidden(message: string): ApiError {
-  return new ApiError('forbidden', message);
-}
-
-/** 404: the URL's VM was deleted, so the URL was revoked with it. */
-function vmGone(): ApiError {
-  return new ApiError(
-    'not_found',
-    'the VM this storage URL belongs to was deleted (or never existed); the URL is revoked',
-  );
+/** The URL's VM was deleted, so the URL was revoked with it. */
+function vmGone(): NotFoundError {
+  return new NotFoundError('vm', {
+    message:
+      'the VM this storage URL belongs to was deleted (or never existed); the URL is revoked',
+  });
 }
 
 /**
@@ -118,9 +122,9 @@ interface Upload {
   readonly object: string;
   readonly tmp: string;
   /** Set when the upload was revoked (its VM was deleted). */
-  revoked?: ApiError;
+  revoked?: DomainError;
   /** Stops the upload: it fails with `err`. */
-  abort(err: ApiError): void;
+  abort(err: DomainError): void;
   /** Resolves when the upload is over and its temp file is gone or renamed. */
   readonly settled: Promise<void>;
 }
@@ -244,24 +248,26 @@ export class FileService {
     this.#addStaged(old.orgId, -old.bytes);
   }
 
-  /** Reserves `bytes` of the org's staging budget, or throws 429 when they do not fit. */
+  /** Reserves `bytes` of the org's staging budget, or throws `QuotaExceededError`. */
   #reserve(orgId: string, bytes: number): void {
     const used = this.#stagedBytes(orgId);
     if (used + bytes > this.stagingBytesPerOrg) {
-      throw new ApiError(
-        'quota_exceeded',
+      throw new QuotaExceededError(
+        'stagingBytes',
+        this.stagingBytesPerOrg,
+        used,
+        bytes,
         `this org's staged files would pass their limit of ${this.stagingBytesPerOrg} bytes ` +
           `(${used} in use, this upload needs ${bytes} more); files are freed when their VM is ` +
           `deleted or after ${Math.round(this.objectTtlMs / 3_600_000)} h`,
-        { dimension: 'staging_bytes', limit: this.stagingBytesPerOrg, usage: used },
-        false,
       );
     }
     this.#addStaged(orgId, bytes);
   }
 
   /**
-   * Checks that the URL's VM still exists (its URLs are revoked with it): 404 otherwise. A VM
+   * Checks that the URL's VM still exists (its URLs are revoked with it): `NotFoundError`
+   * otherwise. A VM
    * found deleted here that was not dropped yet (deleted some other way) is dropped now.
    */
   async authorize(grant: StorageGrant): Promise<void> {
@@ -282,7 +288,7 @@ export class FileService {
     baseUrl: string,
   ): { uploadUrl: string; downloadUrl: string; expiresInSec: number; maxUploadBytes: number } {
     if (!VM_STATUSES_WITH_STAGING.has(vm.status)) {
-      throw conflict(`VM is ${vm.status}`, { status: vm.status });
+      throw new StateConflictError(`VM is ${vm.status}`, { status: vm.status });
     }
     this.#vmOrg.set(vm.id, vm.orgId);
     const object = `${vm.id}.${crypto.randomBytes(16).toString('hex')}`;
@@ -312,8 +318,9 @@ export class FileService {
   }
 
   /**
-   * Checks a storage request target (`/storage/<object>?…`, any base); throws 403 for a bad or
-   * missing signature or an expired URL, 400 for something that is not a storage URL at all.
+   * Checks a storage request target (`/storage/<object>?…`, any base); throws `ForbiddenError`
+   * for a bad or missing signature or an expired URL, `InvalidInputError` for something that is
+   * not a storage URL at all.
    */
   verify(target: string): StorageGrant {
     const q = target.indexOf('?');
@@ -326,21 +333,25 @@ export class FileService {
       /* malformed escape: not one of ours */
     }
     const m = OBJECT_RE.exec(object);
-    if (!m) throw badRequest('not a storage URL of this server (expected /storage/<object>)');
+    if (!m) {
+      throw new InvalidInputError('not a storage URL of this server (expected /storage/<object>)');
+    }
     const params = new URLSearchParams(q < 0 ? '' : target.slice(q + 1));
     const exp = Number(params.get('exp'));
     const max = Number(params.get('max'));
     const sig = params.get('sig') ?? '';
     if (!sig || !Number.isSafeInteger(exp) || !Number.isSafeInteger(max) || max < 0) {
-      throw forbidden('storage URL is not signed (exp, max and sig are required)');
+      throw new ForbiddenError('storage URL is not signed (exp, max and sig are required)');
     }
     const want = Buffer.from(this.#mac(object, exp, max));
     const got = Buffer.from(sig);
     if (want.length !== got.length || !crypto.timingSafeEqual(want, got)) {
-      throw forbidden('storage URL signature does not match (use the URL files/presign returned)');
+      throw new ForbiddenError(
+        'storage URL signature does not match (use the URL files/presign returned)',
+      );
     }
     if (exp * 1000 < Date.now()) {
-      throw forbidden(
+      throw new ForbiddenError(
         `storage URL expired at ${new Date(exp * 1000).toISOString()}; presign a new one`,
       );
     }
@@ -359,9 +370,10 @@ export class FileService {
   }
 
   /**
-   * Streams an upload into the object (temp file + rename). Throws 413 when the body passes
-   * `grant.maxBytes`, 429 when the org's staged bytes would pass `stagingBytesPerOrg`, 404 when
-   * the VM is (or gets) deleted, `UploadAbandoned` when the client goes away. Any failure removes
+   * Streams an upload into the object (temp file + rename). Throws `TooLargeError` when the body
+   * passes `grant.maxBytes`, `QuotaExceededError` when the org's staged bytes would pass
+   * `stagingBytesPerOrg`, `NotFoundError` when the VM is (or gets) deleted, `UploadAbandoned`
+   * when the client goes away. Any failure removes
    * the temp file and keeps the previous object. The request is never destroyed here, so the
    * caller can still answer a refusal.
    */
@@ -399,7 +411,7 @@ export class FileService {
         reserved += n;
       });
       if (declaredLength !== undefined && bytes !== declaredLength) {
-        throw badRequest(`body ended after ${bytes} of ${declaredLength} bytes`);
+        throw new InvalidInputError(`body ended after ${bytes} of ${declaredLength} bytes`);
       }
       if (upload.revoked) throw upload.revoked;
       await fsp.rename(tmp, final);
@@ -482,7 +494,7 @@ export class FileService {
   ): Promise<FetchResult> {
     const dest = input.path;
     if (!dest.startsWith('/') || dest.endsWith('/') || dest.includes('\0')) {
-      throw badRequest('must be an absolute file path (not ending in /)', 'path');
+      throw new InvalidInputError('must be an absolute file path (not ending in /)', 'path');
     }
     let target: string;
     try {
@@ -490,23 +502,25 @@ export class FileService {
       if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('scheme');
       target = u.pathname + u.search;
     } catch {
-      throw badRequest('must be a downloadUrl returned by files/presign', 'url');
+      throw new InvalidInputError('must be a downloadUrl returned by files/presign', 'url');
     }
     let grant: StorageGrant;
     try {
       grant = this.verify(target);
     } catch (err) {
-      if (err instanceof ApiError && err.code === 'bad_request') {
-        throw badRequest('is not a URL minted by this server (files/presign)', 'url');
+      if (err instanceof InvalidInputError) {
+        throw new InvalidInputError('is not a URL minted by this server (files/presign)', 'url');
       }
       throw err;
     }
-    if (grant.vmId !== vm.id) throw forbidden('this storage URL belongs to another VM');
+    if (grant.vmId !== vm.id) throw new ForbiddenError('this storage URL belongs to another VM');
     if (vm.status !== 'running') {
-      throw conflict(`VM is ${vm.status}, not running`, { status: vm.status });
+      throw new StateConflictError(`VM is ${vm.status}, not running`, { status: vm.status });
     }
     const obj = await this.stat(grant);
-    if (!obj) throw conflict('nothing has been uploaded to this URL yet (PUT it first)');
+    if (!obj) {
+      throw new StateConflictError('nothing has been uploaded to this URL yet (PUT it first)');
+    }
 
     const { runtime, settings } = this.ctx;
     const started = performance.now();
@@ -558,7 +572,7 @@ export class FileService {
           });
         } catch (err) {
           await cleanup();
-          throw toApiError(err, 'fetch', { vmId: vm.id });
+          throw fromRuntimeError(err, 'fetch', { vmId: vm.id });
         }
         stdout.push(r.stdout);
         stderr.push(r.stderr);
@@ -621,9 +635,8 @@ export class FileService {
   }
 }
 
-function tooLarge(bytes: number, max: number): ApiError {
-  return new ApiError(
-    'payload_too_large',
+function tooLarge(bytes: number, max: number): TooLargeError {
+  return new TooLargeError(
     `upload is larger than this URL allows (${bytes} > maxUploadBytes ${max}, the VM's disk size)`,
     { maxUploadBytes: max },
   );

@@ -6,7 +6,7 @@
  *   its QEMU process still holds the guest's RAM (see `VM_STATUSES_USING_MEMORY_AND_DISK`). The
  *   row goes `running` → `pausing` → `paused`; pausing a paused VM returns it unchanged.
  * - **Resume** re-acquires the vCPU quota atomically with the `paused` → `resuming` step (429
- *   `{dimension: "vcpu"}` when the org is over), then `Runtime.resume` → `running`. Resuming a
+ *   `{dimension: "vcpu"}` when the org is over: `QuotaExceededError`), then `Runtime.resume` → `running`. Resuming a
  *   running VM returns it unchanged.
  * - **TTL**: while running, `expiresAtMs` = when it runs out; while paused, `ttlRemainingMs` =
  *   what is left, turned back into an expiry at resume. A pause caused by the TTL itself leaves a
@@ -14,10 +14,9 @@
  *   `ttl/refresh` restarts the countdown; without a TTL it is a 409.
  * @module
  */
-import { nowIso, type VmRecord } from '../domain/index.js';
-import { conflict } from '../errors.js';
+import { StateConflictError, nowIso, type VmRecord } from '../domain/index.js';
 import type { ServiceContext } from './context.js';
-import { toApiError } from './runtime-errors.js';
+import { fromRuntimeError } from './runtime-errors.js';
 import type { VmService } from './vm-service.js';
 
 /** Pause/resume/TTL operations, org-scoped like `VmService`. */
@@ -33,7 +32,9 @@ export class LifecycleService {
     const vm = await this.vms.get(orgId, ref);
     if (vm.status === 'paused' || vm.status === 'pausing') return vm;
     if (vm.status !== 'running') {
-      throw conflict(`VM is ${vm.status}; only a running VM can be paused`, { status: vm.status });
+      throw new StateConflictError(`VM is ${vm.status}; only a running VM can be paused`, {
+        status: vm.status,
+      });
     }
     const marked = await store.transitionVm(vm.id, { from: 'running', to: 'pausing' });
     if (!marked) return this.pause(orgId, vm.id, opts); // changed under us: decide again
@@ -45,7 +46,7 @@ export class LifecycleService {
       } catch (err) {
         const back = await store.transitionVm(vm.id, { from: 'pausing', to: 'running' });
         if (back) this.ctx.expiry?.watch(back);
-        throw toApiError(err, 'pause', { vmId: vm.id });
+        throw fromRuntimeError(err, 'pause', { vmId: vm.id });
       }
       const cur = (await store.getVm(orgId, vm.id)) ?? marked;
       let remaining: number | null = null;
@@ -74,7 +75,7 @@ export class LifecycleService {
     if (vm.status === 'pausing') await tasks.settled(vm.id);
     const current = vm.status === 'pausing' ? await this.vms.get(orgId, vm.id) : vm;
     if (current.status !== 'paused') {
-      throw conflict(`VM is ${current.status}; only a paused VM can be resumed`, {
+      throw new StateConflictError(`VM is ${current.status}; only a paused VM can be resumed`, {
         status: current.status,
       });
     }
@@ -89,7 +90,7 @@ export class LifecycleService {
         await runtime.resume(current.id);
       } catch (err) {
         await store.transitionVm(current.id, { from: 'resuming', to: 'paused' });
-        throw toApiError(err, 'resume', { vmId: current.id });
+        throw fromRuntimeError(err, 'resume', { vmId: current.id });
       }
       const cur = (await store.getVm(orgId, current.id)) ?? marked;
       const now = Date.now();
@@ -109,14 +110,17 @@ export class LifecycleService {
     return tasks.track(current.id, work);
   }
 
-  /** Restarts the TTL countdown (contract §4.2.8); 409 when the VM has no TTL. */
+  /** Restarts the TTL countdown (contract §4.2.8); `StateConflictError` when there is no TTL. */
   async refreshTtl(orgId: string, ref: string): Promise<VmRecord> {
     const { store } = this.ctx;
     const vm = await this.vms.get(orgId, ref);
     if (!vm.ttl) {
-      throw conflict('VM has no TTL; set one with PATCH /v1/vms/{id} {"ttl": {...}}', {
-        status: vm.status,
-      });
+      throw new StateConflictError(
+        'VM has no TTL; set one with PATCH /v1/vms/{id} {"ttl": {...}}',
+        {
+          status: vm.status,
+        },
+      );
     }
     const ms = vm.ttl.seconds * 1000;
     let updated: VmRecord | undefined;
@@ -128,7 +132,9 @@ export class LifecycleService {
       return vm; // the countdown starts when it runs
     }
     if (!updated) {
-      throw conflict(`VM is ${vm.status}; its TTL cannot be refreshed now`, { status: vm.status });
+      throw new StateConflictError(`VM is ${vm.status}; its TTL cannot be refreshed now`, {
+        status: vm.status,
+      });
     }
     this.ctx.expiry?.watch(updated);
     return updated;

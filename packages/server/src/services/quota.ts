@@ -8,8 +8,7 @@
  * the VM `paused` → `resuming`, taking its vCPUs back) all go through it.
  * @module
  */
-import { QUOTA_DIMENSION_WIRE, type QuotaValues } from '../domain/index.js';
-import { ApiError } from '../errors.js';
+import { InvalidInputError, QuotaExceededError, type QuotaValues } from '../domain/index.js';
 import type { OrgTx, QuotaOverrides, Store } from '../store/index.js';
 
 /** An org's quota as reported by `GET /v1/org/quotas` and `quotas get`. */
@@ -32,7 +31,7 @@ export class QuotaService {
   /**
    * The quota reservation: checks that `request` fits the org's limits and runs `write` (which
    * inserts or moves the row that holds the resources) in the same transaction, under the org's
-   * lock. Throws 429 `quota_exceeded` naming the first dimension that would be exceeded, before
+   * lock. Throws `QuotaExceededError` naming the first dimension that would be exceeded, before
    * `write` runs.
    */
   reserve<T>(
@@ -66,7 +65,7 @@ export class QuotaService {
     for (const d of DIMENSIONS) {
       const v = overrides[d];
       if (v !== undefined && v !== null && (!Number.isSafeInteger(v) || v < 0)) {
-        throw new Error(`quota limit ${d} must be a non-negative integer, got ${v}`);
+        throw new InvalidInputError(`must be a non-negative integer, got ${v}`, d);
       }
     }
     await this.store.setQuotaOverrides(orgId, overrides);
@@ -106,18 +105,17 @@ export function exceededDimension(
   return undefined;
 }
 
-/** 429 with the contract's `dimension`; deterministic, so `x-should-retry: false`. */
+/** The error for `request` going over `dimension`. */
 export function quotaExceededError(
   dimension: keyof QuotaValues,
   limits: QuotaValues,
   usage: QuotaValues,
   request: Partial<QuotaValues>,
-): ApiError {
-  const wire = QUOTA_DIMENSION_WIRE[dimension];
-  return new ApiError(
-    'quota_exceeded',
-    `quota exceeded for ${wire}: ${usage[dimension]} in use + ${request[dimension] ?? 0} requested > limit ${limits[dimension]}`,
-    { dimension: wire, limit: limits[dimension], usage: usage[dimension] },
-    false,
+): QuotaExceededError {
+  return new QuotaExceededError(
+    dimension,
+    limits[dimension],
+    usage[dimension],
+    request[dimension] ?? 0,
   );
 }

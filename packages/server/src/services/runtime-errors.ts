@@ -1,10 +1,16 @@
 /**
- * Maps errors thrown by a `Runtime` onto API errors. Runtime errors are recognised by shape
- * (`name === 'RuntimeError'` and a string `code`), so the server needs no value import from the
- * runtime package and fakes can throw look-alikes.
+ * Maps errors thrown by a `Runtime` onto domain errors. Runtime errors are recognised by shape
+ * (`name === 'RuntimeError'` and a string `code`), so fakes can throw look-alikes.
  * @module
  */
-import { ApiError, type ErrorDetails } from '../errors.js';
+import {
+  DomainError,
+  InvalidInputError,
+  OperationFailedError,
+  RuntimeFailureError,
+  StateConflictError,
+  type DomainErrorDetails,
+} from '../domain/index.js';
 
 /** The shape of `RuntimeError` from @fastvm/runtime. */
 export interface RuntimeErrorLike extends Error {
@@ -20,38 +26,36 @@ export function isRuntimeError(err: unknown): err is RuntimeErrorLike {
   );
 }
 
-/** Converts anything a runtime call threw into an `ApiError` (ApiErrors pass through). */
-export function toApiError(err: unknown, action: string, details: ErrorDetails = {}): ApiError {
-  if (err instanceof ApiError) return err;
+/**
+ * Converts anything a runtime call made for `action` threw into a domain error (domain errors
+ * pass through): the VM not running → `StateConflictError`, a refused argument →
+ * `InvalidInputError`, any other runtime failure → `RuntimeFailureError` (with `runtimeCode`),
+ * anything else → `OperationFailedError`.
+ */
+export function fromRuntimeError(
+  err: unknown,
+  action: string,
+  details: DomainErrorDetails = {},
+): DomainError {
+  if (err instanceof DomainError) return err;
   if (isRuntimeError(err)) {
     // Host paths (data dir, sockets) are the operator's business, not the API user's.
     const msg = `${action} failed: ${err.message.replace(/(?:\/[\w.@+-]+)+\/([\w.@+-]+)/g, '$1')}`;
+    const final = { cause: err, retryable: false };
     switch (err.code) {
       case 'not_found':
       case 'not_running':
-        return new ApiError('conflict', `${action} failed: the VM is not running`, details, false, {
-          cause: err,
-        });
+        return new StateConflictError(`${action} failed: the VM is not running`, details, final);
       case 'snapshot_not_found':
-        return new ApiError('conflict', msg, details, false, { cause: err });
+        return new StateConflictError(msg, details, final);
       case 'invalid_argument':
-        return new ApiError('bad_request', msg, details, false, { cause: err });
+        return new InvalidInputError(msg, details, final);
       default:
-        return new ApiError(
-          'vm_unavailable',
-          msg,
-          { ...details, runtimeCode: err.code },
-          undefined,
-          {
-            cause: err,
-          },
-        );
+        return new RuntimeFailureError(msg, { ...details, runtimeCode: err.code }, { cause: err });
     }
   }
   const message = err instanceof Error ? err.message : String(err);
-  return new ApiError('internal', `${action} failed: ${message}`, details, undefined, {
-    cause: err,
-  });
+  return new OperationFailedError(`${action} failed: ${message}`, details, { cause: err });
 }
 
 /** A short human reason for logs and `statusMessage`. */

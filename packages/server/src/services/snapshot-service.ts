@@ -4,12 +4,18 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { nowIso, type Metadata, type SnapshotRecord } from '../domain/index.js';
-import { ApiError, badRequest, conflict } from '../errors.js';
+import {
+  InvalidInputError,
+  NotFoundError,
+  StateConflictError,
+  nowIso,
+  type Metadata,
+  type SnapshotRecord,
+} from '../domain/index.js';
 import type { ServiceContext } from './context.js';
 import { normalizeName } from './names.js';
 import { resolveSnapshot, resolveVm } from './resolve.js';
-import { describeError, toApiError } from './runtime-errors.js';
+import { describeError, fromRuntimeError } from './runtime-errors.js';
 
 /** Filters for `SnapshotService.list`. */
 export interface SnapshotListFilter {
@@ -30,13 +36,11 @@ export class SnapshotService {
   ): Promise<SnapshotRecord> {
     const { store, runtime, tasks, quotas, logger } = this.ctx;
     const vm = await resolveVm(store, orgId, input.vmId).catch((err: unknown) => {
-      if (err instanceof ApiError && err.code === 'not_found') {
-        throw new ApiError('not_found', 'vm not found', { field: 'vmId' });
-      }
+      if (err instanceof NotFoundError) throw new NotFoundError('vm', { field: 'vmId' });
       throw err;
     });
     if (vm.status !== 'running') {
-      throw conflict(`VM is ${vm.status}; only running VMs can be snapshotted`, {
+      throw new StateConflictError(`VM is ${vm.status}; only running VMs can be snapshotted`, {
         status: vm.status,
       });
     }
@@ -80,7 +84,7 @@ export class SnapshotService {
           )
           .catch(() => {});
         await runtime.deleteSnapshot(snap.id).catch(() => {});
-        throw toApiError(err, 'snapshot', { snapshotId: snap.id });
+        throw fromRuntimeError(err, 'snapshot', { snapshotId: snap.id });
       }
     })();
     // Tracked under the VM (a VM delete waits for it) and the snapshot (a snapshot delete too).
@@ -107,7 +111,7 @@ export class SnapshotService {
     patch: { name?: string | undefined; metadata?: Metadata | undefined },
   ): Promise<SnapshotRecord> {
     if (patch.name === undefined && patch.metadata === undefined) {
-      throw badRequest('give at least one of name or metadata', 'name');
+      throw new InvalidInputError('give at least one of name or metadata', 'name');
     }
     const snap = await this.get(orgId, ref);
     const updated = await this.ctx.store.updateSnapshot(snap.id, {

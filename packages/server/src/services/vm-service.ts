@@ -1,6 +1,7 @@
 /**
  * VM lifecycle: launch/restore with atomic quota reservation, listing, updates, deletion, exec
- * and firewall policy. No HTTP types here: routes translate requests into these calls.
+ * and firewall policy. Domain inputs in, domain errors (`domain/errors.ts`) out: routes turn
+ * requests into these calls (`routes/inputs.ts`) and errors into responses.
  * @module
  */
 import { randomUUID } from 'node:crypto';
@@ -11,25 +12,22 @@ import {
   defaultFirewall,
   isMachineType,
   nowIso,
+  CancelledError,
+  InvalidInputError,
+  NotFoundError,
+  StateConflictError,
   type FirewallPolicy,
   type FirewallRule,
   type MachineType,
   type Metadata,
   type VmRecord,
+  type VmTtl,
 } from '../domain/index.js';
-import { ApiError, badRequest, conflict, notImplemented } from '../errors.js';
-import type {
-  ExecInput,
-  FirewallPatchInput,
-  FirewallPolicyInput,
-  LaunchVmInput,
-  TtlInput,
-} from '../schemas.js';
 import type { VmPatch } from '../store/index.js';
 import type { ServiceContext } from './context.js';
 import { hostnameFor, normalizeName } from './names.js';
 import { resolveSnapshot, resolveVm } from './resolve.js';
-import { describeError, toApiError } from './runtime-errors.js';
+import { describeError, fromRuntimeError } from './runtime-errors.js';
 
 /** Outcome of a launch: `ready` → 201 (running), otherwise 202 (still provisioning). */
 export interface LaunchOutcome {
@@ -46,7 +44,7 @@ export interface VmListFilter {
 /** A validated exec request bound to a running VM (see `prepareExec`). */
 export interface PreparedExec {
   vm: VmRecord;
-  argv: string[];
+  argv: readonly string[];
   stdin?: Uint8Array;
   timeoutMs: number;
 }
@@ -59,21 +57,43 @@ export interface ExecStreams {
   onStderr?: (chunk: Buffer) => void;
 }
 
-/** Converts a validated wire policy into the stored shape (absent optionals dropped). */
-export function toFirewallPolicy(input: FirewallPolicyInput): FirewallPolicy {
-  return { mode: input.mode, ingress: (input.ingress ?? []).map(toRule) };
+/** A launch (`machineType`) or restore (`snapshotId`) request. */
+export interface LaunchRequest {
+  /** A machine type name (checked here: `InvalidInputError` for unknown ones). */
+  machineType?: string | undefined;
+  /** Restore from this snapshot (id or unique name). */
+  snapshotId?: string | undefined;
+  name?: string | null | undefined;
+  /** Root disk size; 0 or absent means the default (and a restore's: the snapshot's). */
+  diskGiB?: number | null | undefined;
+  /** Absent: `restricted` with no rules (a restore: the snapshot's). */
+  firewall?: FirewallPolicy | null | undefined;
+  metadata?: Metadata | undefined;
+  ttl?: VmTtl | null | undefined;
 }
 
-function toRule(r: NonNullable<FirewallPolicyInput['ingress']>[number]): FirewallRule {
-  return {
-    protocol: r.protocol,
-    portStart: r.portStart,
-    ...(r.portEnd !== undefined && r.portEnd !== null ? { portEnd: r.portEnd } : {}),
-    ...(r.sourceCidrs && r.sourceCidrs.length > 0 ? { sourceCidrs: [...r.sourceCidrs] } : {}),
-    ...(r.description !== undefined && r.description !== null
-      ? { description: r.description }
-      : {}),
-  };
+/** A command to run in a VM. */
+export interface ExecCommand {
+  /** Program and arguments; the first element must be a non-empty program. */
+  argv: readonly string[];
+  stdin?: Uint8Array | undefined;
+  /** Absent: the server's default (`defaultExecTimeoutSec`). */
+  timeoutSec?: number | null | undefined;
+}
+
+/** A change of firewall policy: a whole new one, or a new mode and/or new rules. */
+export type FirewallChange =
+  | { replace: FirewallPolicy }
+  | { patch: { mode?: FirewallPolicy['mode'] | undefined; ingress?: readonly FirewallRule[] } };
+
+/** Whether `argv` names a program (`InvalidInputError` on `command` otherwise). */
+export function checkArgv(argv: readonly string[]): void {
+  if (argv.length === 0 || argv[0] === '') {
+    throw new InvalidInputError(
+      'the first element of command must be a non-empty program',
+      'command',
+    );
+  }
 }
 
 /** VM operations, org-scoped: every method takes the caller's org id first. */
@@ -87,8 +107,7 @@ export class VmService {
    * VM is returned `provisioning`. A launch that fails leaves the VM in `error` (not counted
    * against quota) and throws.
    */
-  async launch(orgId: string, input: LaunchVmInput): Promise<LaunchOutcome> {
-    rejectUnsupportedLaunchFields(input);
+  async launch(orgId: string, input: LaunchRequest): Promise<LaunchOutcome> {
     const { store, settings } = this.ctx;
     const id = randomUUID();
 
@@ -99,55 +118,64 @@ export class VmService {
     let sourceName = '';
     if (input.snapshotId !== undefined) {
       const snap = await resolveSnapshot(store, orgId, input.snapshotId).catch((err: unknown) => {
-        if (err instanceof ApiError && err.code === 'not_found') {
-          throw new ApiError('not_found', 'snapshot not found', { field: 'snapshotId' });
+        if (err instanceof NotFoundError) {
+          throw new NotFoundError('snapshot', { field: 'snapshotId' });
         }
         throw err;
       });
       if (snap.status !== 'ready') {
-        throw conflict(`snapshot is ${snap.status}, not ready`, { field: 'snapshotId' });
+        throw new StateConflictError(`snapshot is ${snap.status}, not ready`, {
+          field: 'snapshotId',
+        });
       }
       if (input.machineType !== undefined && input.machineType !== snap.machine) {
-        throw badRequest(
+        throw new InvalidInputError(
           `a restore keeps the snapshot's machine type (${snap.machine}); omit machineType`,
           'machineType',
         );
       }
       const want = input.diskGiB ?? 0;
       if (want !== 0 && want < snap.diskGiB) {
-        throw badRequest(`must be at least the snapshot's disk (${snap.diskGiB} GiB)`, 'diskGiB');
+        throw new InvalidInputError(
+          `must be at least the snapshot's disk (${snap.diskGiB} GiB)`,
+          'diskGiB',
+        );
       }
       if (want > snap.diskGiB) {
         // The runtime restores disks as they were; growing one on restore is not supported yet.
-        throw badRequest(
+        throw new InvalidInputError(
           `growing the disk on restore is not supported; omit diskGiB or use ${snap.diskGiB}`,
           'diskGiB',
         );
       }
       machine = snap.machine;
       diskGiB = snap.diskGiB;
-      firewall = input.firewall ? toFirewallPolicy(input.firewall) : snap.firewall;
+      firewall = input.firewall ?? snap.firewall;
       sourceSnapshotId = snap.id;
       sourceName = snap.name;
     } else {
       if (input.machineType === undefined) {
-        throw badRequest('machineType is required (or snapshotId to restore)', 'machineType');
+        throw new InvalidInputError(
+          'machineType is required (or snapshotId to restore)',
+          'machineType',
+        );
       }
       if (!isMachineType(input.machineType)) {
-        throw badRequest(
+        throw new InvalidInputError(
           `unknown machine type ${JSON.stringify(input.machineType)}; use one of ${Object.keys(MACHINES).join(', ')}`,
           'machineType',
         );
       }
       machine = input.machineType;
       diskGiB = input.diskGiB ? input.diskGiB : DEFAULT_DISK_GIB;
+      // The default is also the smallest disk: the guest image's size.
       if (diskGiB < DEFAULT_DISK_GIB || diskGiB > settings.maxDiskGiB) {
-        throw badRequest(
+        throw new InvalidInputError(
           `must be between ${DEFAULT_DISK_GIB} and ${settings.maxDiskGiB} GiB`,
           'diskGiB',
         );
       }
-      firewall = input.firewall ? toFirewallPolicy(input.firewall) : defaultFirewall();
+      firewall = input.firewall ?? defaultFirewall();
     }
 
     const spec = MACHINES[machine];
@@ -236,7 +264,7 @@ export class VmService {
       await runtime.destroy(vm.id).catch(() => {});
       await attaching.catch(() => {}); // release what it allocated, not race it
       await network.release(vm.id).catch(() => {});
-      throw toApiError(err, 'launch', { vmId: vm.id });
+      throw fromRuntimeError(err, 'launch', { vmId: vm.id });
     }
   }
 
@@ -263,10 +291,10 @@ export class VmService {
   async update(
     orgId: string,
     ref: string,
-    patch: { name?: string; metadata?: Metadata; ttl?: TtlInput | null },
+    patch: { name?: string; metadata?: Metadata; ttl?: VmTtl | null },
   ): Promise<VmRecord> {
     if (patch.name === undefined && patch.metadata === undefined && patch.ttl === undefined) {
-      throw badRequest('give at least one of name, metadata or ttl', 'name');
+      throw new InvalidInputError('give at least one of name, metadata or ttl', 'name');
     }
     const vm = await this.get(orgId, ref);
     const change: VmPatch = {
@@ -302,7 +330,7 @@ export class VmService {
       await runtime.destroy(vm.id);
     } catch (err) {
       // The row stays `deleting` (still counted against quota); DELETE again or restart retries.
-      throw toApiError(err, 'delete', { vmId: vm.id });
+      throw fromRuntimeError(err, 'delete', { vmId: vm.id });
     }
     await network.release(vm.id).catch((err: unknown) => {
       logger.warn({ err, vmId: vm.id }, 'network release failed');
@@ -319,23 +347,19 @@ export class VmService {
   }
 
   /** Validates an exec request against a running VM (before any response bytes are sent). */
-  async prepareExec(orgId: string, ref: string, input: ExecInput): Promise<PreparedExec> {
-    const argv = typeof input.command === 'string' ? ['sh', '-c', input.command] : input.command;
-    if (argv.length === 0 || argv[0] === '') {
-      throw badRequest('the first element of command must be a non-empty program', 'command');
-    }
-    let stdin: Uint8Array | undefined;
-    if (input.stdin !== undefined && input.stdin !== null) {
-      const compact = input.stdin.replace(/\s+/g, '');
-      if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(compact)) throw badRequest('must be base64', 'stdin');
-      stdin = Buffer.from(compact, 'base64');
-    }
+  async prepareExec(orgId: string, ref: string, command: ExecCommand): Promise<PreparedExec> {
+    checkArgv(command.argv);
     const vm = await this.get(orgId, ref);
     if (vm.status !== 'running') {
-      throw conflict(`VM is ${vm.status}, not running`, { status: vm.status });
+      throw new StateConflictError(`VM is ${vm.status}, not running`, { status: vm.status });
     }
-    const timeoutSec = input.timeoutSec ?? this.ctx.settings.defaultExecTimeoutSec;
-    return { vm, argv, ...(stdin ? { stdin } : {}), timeoutMs: timeoutSec * 1000 };
+    const timeoutSec = command.timeoutSec ?? this.ctx.settings.defaultExecTimeoutSec;
+    return {
+      vm,
+      argv: command.argv,
+      ...(command.stdin ? { stdin: command.stdin } : {}),
+      timeoutMs: timeoutSec * 1000,
+    };
   }
 
   /** Runs a prepared exec; `signal` aborts (kills) the command. */
@@ -353,9 +377,7 @@ export class VmService {
     } catch (err) {
       if (streams.signal?.aborted) {
         // Nobody is listening any more; keep it out of the 5xx logs.
-        throw new ApiError('bad_request', 'exec aborted: the client disconnected', {}, false, {
-          cause: err,
-        });
+        throw new CancelledError('exec aborted: the client disconnected', { cause: err });
       }
       // The VM went away under the command (deleted, paused, or its QEMU died): say that, not
       // how the agent connection broke.
@@ -363,40 +385,30 @@ export class VmService {
         .getVm(prepared.vm.orgId, prepared.vm.id)
         .catch(() => undefined);
       if (!now || now.status === 'deleting' || now.status === 'deleted') {
-        throw new ApiError(
-          'not_found',
-          'vm not found: it was deleted while the command was running',
-          {},
-          false,
-          { cause: err },
-        );
+        throw new NotFoundError('vm', {
+          message: 'vm not found: it was deleted while the command was running',
+          retryable: false,
+          cause: err,
+        });
       }
       if (now.status !== 'running') {
-        throw conflict(`exec failed: the VM is ${now.status}`, { status: now.status });
+        throw new StateConflictError(`exec failed: the VM is ${now.status}`, {
+          status: now.status,
+        });
       }
-      throw toApiError(err, 'exec', { vmId: prepared.vm.id });
+      throw fromRuntimeError(err, 'exec', { vmId: prepared.vm.id });
     }
   }
 
   /** PUT (`replace`) or PATCH the VM's firewall policy, then tells the network manager. */
-  async setFirewall(
-    orgId: string,
-    ref: string,
-    change: { replace: FirewallPolicyInput } | { patch: FirewallPatchInput },
-  ): Promise<VmRecord> {
+  async setFirewall(orgId: string, ref: string, change: FirewallChange): Promise<VmRecord> {
     const vm = await this.get(orgId, ref);
     let policy: FirewallPolicy;
     if ('replace' in change) {
-      policy = toFirewallPolicy(change.replace);
+      policy = change.replace;
     } else {
       const p = change.patch;
-      policy = {
-        mode: p.mode ?? vm.firewall.mode,
-        ingress:
-          p.ingress === undefined || p.ingress === null
-            ? vm.firewall.ingress
-            : toFirewallPolicy({ mode: 'open', ingress: p.ingress }).ingress,
-      };
+      policy = { mode: p.mode ?? vm.firewall.mode, ingress: p.ingress ?? vm.firewall.ingress };
     }
     const updated = (await this.ctx.store.updateVm(vm.id, { firewall: policy })) ?? vm;
     // Paused VMs keep their tap and rules, so a change applies to them too.
@@ -421,12 +433,4 @@ export class VmService {
       await network.release(vmId).catch(() => {});
     }
   }
-}
-
-function rejectUnsupportedLaunchFields(input: LaunchVmInput): void {
-  if (input.envVars && Object.keys(input.envVars).length > 0) {
-    throw notImplemented('envVars at launch');
-  }
-  if (input.volumes && input.volumes.length > 0) throw notImplemented('volumes');
-  if (input.bucketMounts && input.bucketMounts.length > 0) throw notImplemented('bucket mounts');
 }

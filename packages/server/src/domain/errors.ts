@@ -1,0 +1,161 @@
+/**
+ * The errors services throw on purpose. They say what went wrong in domain terms and carry the
+ * facts a caller needs (`field`, `status`, `vmId`, …); they know nothing about HTTP. The HTTP
+ * edge maps each to a status, a stable wire code and a body (`http/error-mapping.ts`); the admin
+ * CLI prints them.
+ * @module
+ */
+import type { QuotaValues } from './model.js';
+
+/** Facts attached to an error; the HTTP edge sends them in the error body as they are. */
+export type DomainErrorDetails = Record<string, string | number | boolean | null>;
+
+/** Common options of domain errors. */
+export interface DomainErrorOptions {
+  /** What caused it (kept for logs). */
+  cause?: unknown;
+  /**
+   * False when repeating the same request cannot succeed (clients are told not to retry);
+   * undefined leaves the decision to the caller.
+   */
+  retryable?: boolean;
+}
+
+/** Stable codes of domain errors, one per class below. */
+export type DomainErrorCode =
+  | 'invalid_input'
+  | 'not_found'
+  | 'ambiguous_name'
+  | 'state_conflict'
+  | 'quota_exceeded'
+  | 'not_supported'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'too_large'
+  | 'cancelled'
+  | 'runtime_failed'
+  | 'failed';
+
+/** Base class of every error in this module. */
+export abstract class DomainError extends Error {
+  abstract readonly code: DomainErrorCode;
+  readonly retryable: boolean | undefined;
+
+  constructor(
+    message: string,
+    readonly details: DomainErrorDetails = {},
+    options: DomainErrorOptions = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.retryable = options.retryable;
+  }
+}
+
+/**
+ * Input that breaks a domain rule. A string second argument names the field (dotted path, e.g.
+ * `firewall.ingress[0].portStart`): `details.field`.
+ */
+export class InvalidInputError extends DomainError {
+  readonly code = 'invalid_input';
+  constructor(
+    message: string,
+    field: string | DomainErrorDetails = {},
+    options?: DomainErrorOptions,
+  ) {
+    super(message, typeof field === 'string' ? { field } : field, options);
+  }
+}
+
+/** No such object in the caller's org (objects of other orgs are never found either). */
+export class NotFoundError extends DomainError {
+  readonly code = 'not_found';
+  /** `what` names the object: the message is `<what> not found` unless `message` is given. */
+  constructor(what: string, opts: { field?: string; message?: string } & DomainErrorOptions = {}) {
+    const { field, message, ...options } = opts;
+    super(message ?? `${what} not found`, field === undefined ? {} : { field }, options);
+  }
+}
+
+/** A name used as a reference matches several live objects; address it by id. */
+export class AmbiguousNameError extends DomainError {
+  readonly code = 'ambiguous_name';
+  constructor(kind: string, ref: string, matches: number) {
+    super(
+      `${matches} ${kind}s are named ${JSON.stringify(ref)}; address it by id`,
+      { matches },
+      {
+        retryable: false,
+      },
+    );
+  }
+}
+
+/** The operation does not fit the object's current state (e.g. exec on a paused VM). */
+export class StateConflictError extends DomainError {
+  readonly code = 'state_conflict';
+}
+
+/** Dimensions an org's usage is limited in: the six quota values, and staged file bytes. */
+export type QuotaDimension = keyof QuotaValues | 'stagingBytes';
+
+/** Granting the request would take the org past a limit. */
+export class QuotaExceededError extends DomainError {
+  readonly code = 'quota_exceeded';
+  constructor(
+    readonly dimension: QuotaDimension,
+    readonly limit: number,
+    readonly usage: number,
+    readonly requested: number,
+    /** Replaces the standard message (which names the dimension and the numbers). */
+    readonly explanation?: string,
+  ) {
+    super(
+      explanation ??
+        `quota exceeded for ${dimension}: ${usage} in use + ${requested} requested > limit ${limit}`,
+      {},
+      { retryable: false },
+    );
+  }
+}
+
+/** Part of the API this server does not implement (yet). */
+export class NotSupportedError extends DomainError {
+  readonly code = 'not_supported';
+  constructor(readonly feature: string) {
+    super(`${feature} is not implemented yet`);
+  }
+}
+
+/** A credential (a console token) that is missing, unknown, expired or used up. */
+export class UnauthorizedError extends DomainError {
+  readonly code = 'unauthorized';
+}
+
+/** A capability (a presigned storage URL) that does not grant this request. */
+export class ForbiddenError extends DomainError {
+  readonly code = 'forbidden';
+}
+
+/** Data larger than the operation allows (an upload past its URL's size limit). */
+export class TooLargeError extends DomainError {
+  readonly code = 'too_large';
+}
+
+/** The caller went away and the operation was stopped (an exec whose client disconnected). */
+export class CancelledError extends DomainError {
+  readonly code = 'cancelled';
+  constructor(message: string, options: DomainErrorOptions = {}) {
+    super(message, {}, { retryable: false, ...options });
+  }
+}
+
+/** The VM or the runtime failed while doing the work (QEMU, the guest agent, the disk…). */
+export class RuntimeFailureError extends DomainError {
+  readonly code = 'runtime_failed';
+}
+
+/** An operation failed for a reason nobody planned for (a bug, the database…). */
+export class OperationFailedError extends DomainError {
+  readonly code = 'failed';
+}

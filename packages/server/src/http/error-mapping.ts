@@ -1,0 +1,69 @@
+/**
+ * Domain errors → HTTP. Services throw the errors of `domain/errors.ts`; this is the one place
+ * that decides their status, wire code and body (the error handler in `app.ts` and the storage
+ * handler call it). The wire codes and statuses are the catalog in `errors.ts`.
+ * @module
+ */
+import {
+  DomainError,
+  QuotaExceededError,
+  type DomainErrorCode,
+  type QuotaDimension,
+} from '../domain/index.js';
+import { ApiError, type ErrorCode } from '../errors.js';
+
+/** The wire code (and so the status) of each domain error. */
+const WIRE_CODE: Readonly<Record<DomainErrorCode, ErrorCode>> = {
+  invalid_input: 'bad_request',
+  not_found: 'not_found',
+  ambiguous_name: 'ambiguous_name',
+  state_conflict: 'conflict',
+  quota_exceeded: 'quota_exceeded',
+  not_supported: 'not_implemented',
+  unauthorized: 'unauthorized',
+  forbidden: 'forbidden',
+  too_large: 'payload_too_large',
+  cancelled: 'bad_request',
+  runtime_failed: 'vm_unavailable',
+  failed: 'internal',
+};
+
+/** Wire names of quota dimensions in 429 bodies (contract §1.8). */
+export const QUOTA_DIMENSION_WIRE: Readonly<Record<QuotaDimension, string>> = {
+  vcpu: 'vcpu',
+  memoryMiB: 'memory_mib',
+  diskGiB: 'disk_gib',
+  snapshotCount: 'snapshot_count',
+  volumeCount: 'volume_count',
+  volumeGiB: 'volume_gib',
+  stagingBytes: 'staging_bytes',
+};
+
+/**
+ * The API error for `err`: an `ApiError` as it is, a domain error mapped to its wire code with
+ * its details; undefined for anything else (an unexpected error: the caller answers 500).
+ */
+export function toHttpError(err: unknown): ApiError | undefined {
+  if (err instanceof ApiError) return err;
+  return err instanceof DomainError ? fromDomainError(err) : undefined;
+}
+
+/** The API error for a domain error: its wire code (`WIRE_CODE`), message and details. */
+export function fromDomainError(err: DomainError): ApiError {
+  if (err instanceof QuotaExceededError) {
+    const wire = QUOTA_DIMENSION_WIRE[err.dimension];
+    const message =
+      err.explanation ??
+      `quota exceeded for ${wire}: ${err.usage} in use + ${err.requested} requested > limit ${err.limit}`;
+    return new ApiError(
+      'quota_exceeded',
+      message,
+      { ...err.details, dimension: wire, limit: err.limit, usage: err.usage },
+      err.retryable,
+      { cause: err },
+    );
+  }
+  return new ApiError(WIRE_CODE[err.code], err.message, err.details, err.retryable, {
+    cause: err.cause ?? err,
+  });
+}
