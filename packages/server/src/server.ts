@@ -22,6 +22,7 @@ import { QuotaService } from './services/quota.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { TaskTracker } from './services/tasks.js';
 import { TtlScheduler } from './services/ttl.js';
+import { VmEvents } from './services/vm-events.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 
@@ -123,9 +124,35 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       defaultExecTimeoutSec: opts.defaultExecTimeoutSec ?? 600,
       execCapBytes: 4 * 1024 * 1024,
     };
+    // Built in dependency order, each from what is already built; nothing is patched in later.
+    // The TTL scheduler acts through the lifecycle service and hears of VM changes through
+    // `events`, which the services publish to without knowing who listens.
     const tasks = new TaskTracker();
     const quotas = new QuotaService(store, { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults });
-    const ctx: ServiceContext = { store, runtime, network, logger, tasks, settings, quotas };
+    const events = new VmEvents(logger);
+    files = await FileService.create(
+      { store, runtime, settings },
+      {
+        dataDir: opts.dataDir,
+        ...(opts.storage?.publicBaseUrl ? { publicBaseUrl: opts.storage.publicBaseUrl } : {}),
+        ...(opts.storage?.urlTtlSec ? { urlTtlSec: opts.storage.urlTtlSec } : {}),
+        ...(opts.storage?.objectTtlMs ? { objectTtlMs: opts.storage.objectTtlMs } : {}),
+        ...(opts.storage?.stagingBytesPerOrg
+          ? { stagingBytesPerOrg: opts.storage.stagingBytesPerOrg }
+          : {}),
+      },
+    );
+    const ctx: ServiceContext = {
+      store,
+      runtime,
+      network,
+      logger,
+      tasks,
+      settings,
+      quotas,
+      events,
+      staging: files,
+    };
     const vms = new VmService(ctx);
     const snapshots = new SnapshotService(ctx);
     const consoles = new ConsoleService(
@@ -133,18 +160,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       opts.consoleTokenTtlSec ? { tokenTtlSec: opts.consoleTokenTtlSec } : {},
     );
     const lifecycle = new LifecycleService(ctx, vms);
-    ttl = new TtlScheduler((orgId, vmId) => lifecycle.expire(orgId, vmId), logger);
-    ctx.expiry = ttl;
-    files = await FileService.create(ctx, {
-      dataDir: opts.dataDir,
-      ...(opts.storage?.publicBaseUrl ? { publicBaseUrl: opts.storage.publicBaseUrl } : {}),
-      ...(opts.storage?.urlTtlSec ? { urlTtlSec: opts.storage.urlTtlSec } : {}),
-      ...(opts.storage?.objectTtlMs ? { objectTtlMs: opts.storage.objectTtlMs } : {}),
-      ...(opts.storage?.stagingBytesPerOrg
-        ? { stagingBytesPerOrg: opts.storage.stagingBytesPerOrg }
-        : {}),
+    ttl = new TtlScheduler({
+      events,
+      onExpire: (orgId, vmId) => lifecycle.expire(orgId, vmId),
+      logger,
     });
-    ctx.staging = files;
 
     // Subscribe before adopting so exits during adoption are not missed.
     unsubscribe = runtime.onExit((vmId, reason) => {

@@ -8,7 +8,7 @@ import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 import type { QuotaService } from './quota.js';
 import type { TaskTracker } from './tasks.js';
-import type { ExpiryWatcher } from './ttl.js';
+import type { VmEvents } from './vm-events.js';
 
 /** Tunables of the services (defaults in `startServer`). */
 export interface ServiceSettings {
@@ -22,7 +22,10 @@ export interface ServiceSettings {
   execCapBytes: number;
 }
 
-/** Everything a service needs, built once by `startServer`. */
+/**
+ * Everything a service needs, built once by `startServer` before the services, and never
+ * changed afterwards.
+ */
 export interface ServiceContext {
   store: Store;
   runtime: Runtime;
@@ -32,8 +35,8 @@ export interface ServiceContext {
   settings: ServiceSettings;
   /** Limits, usage and the quota reservation every launch, restore, resume and snapshot uses. */
   quotas: QuotaService;
-  /** Told about every VM whose status or TTL changed (the TTL scheduler); optional in tests. */
-  expiry?: ExpiryWatcher;
+  /** Services publish every VM whose status or TTL they changed (the TTL scheduler listens). */
+  events: VmEvents;
   /** File-transfer staging; a deleted VM's objects are dropped (see `files.ts`). */
   staging?: { dropVm(vmId: string): Promise<void> };
 }

@@ -59,6 +59,9 @@ const VM_STATUSES_WITH_STAGING: ReadonlySet<VmStatus> = new Set<
   Exclude<VmStatus, 'deleting' | 'deleted'>
 >(['provisioning', 'running', 'pausing', 'paused', 'resuming', 'stopped', 'error']);
 
+/** What `FileService` uses: the store (VMs), the runtime (`files/fetch`) and the settings. */
+export type FileServiceDeps = Pick<ServiceContext, 'store' | 'runtime' | 'settings'>;
+
 /** Options of `FileService`. */
 export interface FileServiceOptions {
   /** Staging objects and the signing key go below this directory. */
@@ -151,7 +154,7 @@ export class FileService {
   readonly #uploads = new Set<Upload>();
 
   private constructor(
-    private readonly ctx: ServiceContext,
+    private readonly ctx: FileServiceDeps,
     opts: FileServiceOptions,
     secret: Buffer,
   ) {
@@ -172,7 +175,7 @@ export class FileService {
   }
 
   /** Creates the staging directory and the signing key (kept across restarts). */
-  static async create(ctx: ServiceContext, opts: FileServiceOptions): Promise<FileService> {
+  static async create(ctx: FileServiceDeps, opts: FileServiceOptions): Promise<FileService> {
     await fsp.mkdir(path.join(opts.dataDir, 'staging'), { recursive: true, mode: 0o700 });
     const keyFile = path.join(opts.dataDir, 'storage.key');
     let secret: Buffer;

@@ -38,14 +38,14 @@ export class LifecycleService {
     }
     const marked = await store.transitionVm(vm.id, { from: 'running', to: 'pausing' });
     if (!marked) return this.pause(orgId, vm.id, opts); // changed under us: decide again
-    this.ctx.expiry?.watch(marked);
+    this.ctx.events.changed(marked);
     const work = (async () => {
       const started = Date.now();
       try {
         await runtime.pause(vm.id);
       } catch (err) {
         const back = await store.transitionVm(vm.id, { from: 'pausing', to: 'running' });
-        if (back) this.ctx.expiry?.watch(back);
+        if (back) this.ctx.events.changed(back);
         throw fromRuntimeError(err, 'pause', { vmId: vm.id });
       }
       const cur = (await store.getVm(orgId, vm.id)) ?? marked;
@@ -61,6 +61,7 @@ export class LifecycleService {
         { from: 'pausing', to: 'paused' },
         { pausedAt: nowIso(), expiresAtMs: null, ttlRemainingMs: remaining },
       );
+      if (paused) this.ctx.events.changed(paused);
       logger.info({ vmId: vm.id, ms: Date.now() - started, byTtl: !!opts.byTtl }, 'vm paused');
       return paused ?? (await store.getVm(orgId, vm.id)) ?? cur;
     })();
@@ -84,12 +85,14 @@ export class LifecycleService {
       tx.transitionVm(current.id, { from: 'paused', to: 'resuming' }),
     );
     if (!marked) return this.resume(orgId, current.id);
+    this.ctx.events.changed(marked);
     const work = (async () => {
       const started = Date.now();
       try {
         await runtime.resume(current.id);
       } catch (err) {
-        await store.transitionVm(current.id, { from: 'resuming', to: 'paused' });
+        const back = await store.transitionVm(current.id, { from: 'resuming', to: 'paused' });
+        if (back) this.ctx.events.changed(back);
         throw fromRuntimeError(err, 'resume', { vmId: current.id });
       }
       const cur = (await store.getVm(orgId, current.id)) ?? marked;
@@ -103,7 +106,7 @@ export class LifecycleService {
           expiresAtMs: cur.ttl ? now + (cur.ttlRemainingMs ?? cur.ttl.seconds * 1000) : null,
         },
       );
-      if (running) this.ctx.expiry?.watch(running);
+      if (running) this.ctx.events.changed(running);
       logger.info({ vmId: current.id, ms: now - started }, 'vm resumed');
       return running ?? (await store.getVm(orgId, current.id)) ?? cur;
     })();
@@ -136,7 +139,7 @@ export class LifecycleService {
         status: vm.status,
       });
     }
-    this.ctx.expiry?.watch(updated);
+    this.ctx.events.changed(updated);
     return updated;
   }
 
@@ -145,7 +148,7 @@ export class LifecycleService {
     const vm = await this.ctx.store.getVm(orgId, vmId);
     if (!vm || vm.status !== 'running' || !vm.ttl || typeof vm.expiresAtMs !== 'number') return;
     if (vm.expiresAtMs > Date.now()) {
-      this.ctx.expiry?.watch(vm); // refreshed meanwhile
+      this.ctx.events.changed(vm); // refreshed meanwhile
       return;
     }
     this.ctx.logger.info({ vmId, action: vm.ttl.action }, 'vm TTL ran out');

@@ -10,30 +10,39 @@
  */
 import type { Logger } from 'pino';
 import type { VmRecord } from '../domain/index.js';
+import type { VmEvents } from './vm-events.js';
 
 /** Longest single `setTimeout` (≈24.8 days); longer TTLs re-arm when it fires. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Retry delay after a failed expiry action (the VM was busy, the runtime hiccupped…). */
 const RETRY_MS = 5000;
 
-/** What the VM service tells the scheduler after any change to a VM's status or TTL. */
-export interface ExpiryWatcher {
-  /** Arms (running with a TTL and `expiresAtMs`) or disarms (anything else) the VM's expiry. */
-  watch(vm: VmRecord): void;
+/** What `TtlScheduler` needs. */
+export interface TtlSchedulerOptions {
+  /** The VM changes the services publish: each one arms or disarms that VM's expiry. */
+  events?: VmEvents;
+  /** Pauses or deletes the VM (`LifecycleService.expire`). */
+  onExpire: (orgId: string, vmId: string) => Promise<void>;
+  logger: Logger;
 }
 
 /** See the module comment. */
-export class TtlScheduler implements ExpiryWatcher {
+export class TtlScheduler {
   readonly #due = new Map<string, { orgId: string; at: number }>();
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   readonly #running = new Set<Promise<void>>();
+  readonly #onExpire: TtlSchedulerOptions['onExpire'];
+  readonly #logger: Logger;
+  readonly #unsubscribe: (() => void) | undefined;
 
-  constructor(
-    private readonly onExpire: (orgId: string, vmId: string) => Promise<void>,
-    private readonly logger: Logger,
-  ) {}
+  constructor(opts: TtlSchedulerOptions) {
+    this.#onExpire = opts.onExpire;
+    this.#logger = opts.logger;
+    this.#unsubscribe = opts.events?.subscribe((vm) => this.watch(vm));
+  }
 
+  /** Arms (running with a TTL and `expiresAtMs`) or disarms (anything else) the VM's expiry. */
   watch(vm: VmRecord): void {
     if (vm.status === 'running' && vm.ttl && typeof vm.expiresAtMs === 'number' && !vm.deletedAt) {
       this.#due.set(vm.id, { orgId: vm.orgId, at: vm.expiresAtMs });
@@ -51,6 +60,7 @@ export class TtlScheduler implements ExpiryWatcher {
   /** Stops the timer; expiry actions already running are awaited. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#unsubscribe?.();
     clearTimeout(this.#timer);
     this.#timer = undefined;
     await Promise.allSettled([...this.#running]);
@@ -73,8 +83,8 @@ export class TtlScheduler implements ExpiryWatcher {
     for (const [vmId, { orgId, at }] of [...this.#due]) {
       if (at > now) continue;
       this.#due.delete(vmId);
-      const job = this.onExpire(orgId, vmId).catch((err: unknown) => {
-        this.logger.warn({ err, vmId }, 'TTL action failed; retrying');
+      const job = this.#onExpire(orgId, vmId).catch((err: unknown) => {
+        this.#logger.warn({ err, vmId }, 'TTL action failed; retrying');
         if (!this.#stopped && !this.#due.has(vmId)) {
           this.#due.set(vmId, { orgId, at: Date.now() + RETRY_MS });
           this.#arm();

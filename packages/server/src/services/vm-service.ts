@@ -252,15 +252,16 @@ export class VmService {
           expiresAtMs: ttl ? Date.now() + ttl.seconds * 1000 : null,
         },
       );
-      if (updated) this.ctx.expiry?.watch(updated);
+      if (updated) this.ctx.events.changed(updated);
       log.info({ ms: Date.now() - started, restoredFrom: vm.sourceSnapshotId }, 'vm running');
       // A delete that raced the boot owns the row now; it destroys the VM after this settles.
       return updated ?? (await store.getVm(vm.orgId, vm.id)) ?? vm;
     } catch (err) {
       log.warn({ err }, 'vm launch failed');
-      await store
+      const failed = await store
         .transitionVm(vm.id, { from: 'provisioning', to: 'error' }, { error: describeError(err) })
         .catch((e: unknown) => log.error({ err: e }, 'recording launch failure failed'));
+      if (failed) this.ctx.events.changed(failed);
       await runtime.destroy(vm.id).catch(() => {});
       await attaching.catch(() => {}); // release what it allocated, not race it
       await network.release(vm.id).catch(() => {});
@@ -312,7 +313,7 @@ export class VmService {
       else if (vm.status === 'paused') change.ttlRemainingMs = ms;
     }
     const updated = await this.ctx.store.updateVm(vm.id, change);
-    if (updated && patch.ttl !== undefined) this.ctx.expiry?.watch(updated);
+    if (updated && patch.ttl !== undefined) this.ctx.events.changed(updated);
     return updated ?? vm;
   }
 
@@ -324,7 +325,9 @@ export class VmService {
     const { store, runtime, network, tasks, logger } = this.ctx;
     const vm = await this.get(orgId, ref);
     // From any status but `deleted` (a delete that raced this one finished it: nothing to do).
-    if (!(await store.transitionVm(vm.id, { to: 'deleting' }))) return { id: vm.id };
+    const marked = await store.transitionVm(vm.id, { to: 'deleting' });
+    if (!marked) return { id: vm.id };
+    this.ctx.events.changed(marked);
     await tasks.settled(vm.id);
     try {
       await runtime.destroy(vm.id);
@@ -341,7 +344,7 @@ export class VmService {
       { from: 'deleting', to: 'deleted' },
       { deletedAt: nowIso() },
     );
-    if (deleted) this.ctx.expiry?.watch(deleted);
+    if (deleted) this.ctx.events.changed(deleted);
     logger.info({ vmId: vm.id }, 'vm deleted');
     return { id: vm.id };
   }
@@ -428,7 +431,7 @@ export class VmService {
       { error: `VM exited unexpectedly: ${reason}`, expiresAtMs: null },
     );
     if (updated) {
-      this.ctx.expiry?.watch(updated);
+      this.ctx.events.changed(updated);
       logger.warn({ vmId, reason }, 'vm exited unexpectedly');
       await network.release(vmId).catch(() => {});
     }
