@@ -26,12 +26,13 @@ import { parseArgs } from 'node:util';
 import type { Runtime } from '@fastvm/runtime';
 import { pino, type Logger } from 'pino';
 import { buildApp, type AppServices } from './app.js';
-import { createApiKey, createOrg } from './auth.js';
 import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
-import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain/index.js';
+import { DEFAULT_QUOTA_LIMITS, DomainError, type QuotaValues } from './domain/index.js';
 import { startServer } from './server.js';
 import { createNetworkManager, networkSettingsFromEnv } from './services/host-network.js';
-import { openStore, type QuotaOverrides, type Store } from './store/index.js';
+import { OrgService } from './services/orgs.js';
+import { QuotaService, type OrgQuota } from './services/quota.js';
+import { openStore, type QuotaOverrides } from './store/index.js';
 
 const USAGE = `usage: fastvm-server <command>
 
@@ -277,6 +278,10 @@ async function openApiDocument(): Promise<unknown> {
 
 // ---- admin ----------------------------------------------------------------------------------
 
+/**
+ * `orgs`, `keys` and `quotas`: the same services the API uses (`OrgService`, `QuotaService`),
+ * over the configured store. Domain errors (no such org, a name taken…) are usage errors.
+ */
 async function admin(group: string, args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -300,37 +305,34 @@ async function admin(group: string, args: string[], io: CliIo): Promise<number> 
   await fs.mkdir(dataDir, { recursive: true, mode: 0o700 });
   const databaseUrl = values['database-url'] ?? process.env.FASTVM_DATABASE_URL;
   const store = await openStore({ dataDir, ...(databaseUrl ? { databaseUrl } : {}) });
+  const orgs = new OrgService(store);
+  // The server's defaults (`serve` sets no others), so limits print as the API reports them.
+  const quotas = new QuotaService(store, DEFAULT_QUOTA_LIMITS);
   try {
-    const org = async (): Promise<{ id: string; name: string }> => {
+    const orgRef = (): string => {
       if (!values.org) throw new UsageError('--org is required');
-      const found = await store.findOrg(values.org);
-      if (!found) throw new UsageError(`no org ${JSON.stringify(values.org)}`);
-      return found;
+      return values.org;
     };
     switch (`${group} ${verb ?? ''}`) {
       case 'orgs create': {
         const name = operands[0] ?? values.name;
         if (!name) throw new UsageError('orgs create NAME');
-        if (await store.findOrg(name)) throw new UsageError(`org ${JSON.stringify(name)} exists`);
-        const created = await createOrg(store, name);
-        const { key } = await createApiKey(store, created.id, { name: 'default' });
-        io.out(`org ${created.name} ${created.id}`);
+        const { org, key } = await orgs.create(name);
+        io.out(`org ${org.name} ${org.id}`);
         io.out(`api key (shown once): ${key}`);
         return 0;
       }
       case 'orgs list':
-        for (const o of await store.listOrgs()) io.out(`${o.id}  ${o.name}  ${o.createdAt}`);
+        for (const o of await orgs.list()) io.out(`${o.id}  ${o.name}  ${o.createdAt}`);
         return 0;
       case 'keys create': {
-        const o = await org();
-        const { key, record } = await createApiKey(store, o.id, { name: values.name ?? 'default' });
-        io.out(`key ${record.id} (${record.prefix}…) for org ${o.name}`);
+        const { org, key, record } = await orgs.createKey(orgRef(), values.name ?? 'default');
+        io.out(`key ${record.id} (${record.prefix}…) for org ${org.name}`);
         io.out(`api key (shown once): ${key}`);
         return 0;
       }
       case 'keys list': {
-        const orgId = values.org ? (await org()).id : undefined;
-        for (const k of await store.listApiKeys(orgId)) {
+        for (const k of await orgs.listKeys(values.org)) {
           const state = k.revokedAt ? `revoked ${k.revokedAt}` : 'active';
           io.out(`${k.id}  ${k.prefix}…  org=${k.orgId}  ${k.name}  ${state}`);
         }
@@ -339,25 +341,26 @@ async function admin(group: string, args: string[], io: CliIo): Promise<number> 
       case 'keys revoke': {
         const target = operands[0];
         if (!target) throw new UsageError('keys revoke KEY_ID_OR_PREFIX');
-        const n = await store.revokeApiKey(target, new Date().toISOString());
-        if (n === 0) throw new UsageError(`no active key ${JSON.stringify(target)}`);
+        const n = await orgs.revokeKey(target);
         io.out(`revoked ${n} key${n === 1 ? '' : 's'}`);
         return 0;
       }
       case 'quotas set': {
-        const o = await org();
+        const org = await orgs.find(orgRef());
         const overrides = parseQuotaFlags(values);
         if (Object.keys(overrides).length === 0) throw new UsageError('give at least one limit');
-        await store.setQuotaOverrides(o.id, overrides);
-        await printQuotas(store, o.id, io);
+        printQuota(await quotas.setLimits(org.id, overrides), io);
         return 0;
       }
       case 'quotas get':
-        await printQuotas(store, (await org()).id, io);
+        printQuota(await quotas.get((await orgs.find(orgRef())).id), io);
         return 0;
       default:
         throw new UsageError(`unknown command: ${group} ${verb ?? ''}`.trim());
     }
+  } catch (err) {
+    if (err instanceof DomainError) throw new UsageError(err.message, { cause: err });
+    throw err;
   } finally {
     await store.close();
   }
@@ -384,14 +387,13 @@ function parseQuotaFlags(values: Record<string, unknown>): QuotaOverrides {
   return out;
 }
 
-async function printQuotas(store: Store, orgId: string, io: CliIo): Promise<void> {
-  const overrides = await store.getQuotaOverrides(orgId);
-  const usage = await store.getUsage(orgId);
+/** One line per dimension: usage / limit, and whether the limit is the server default. */
+function printQuota(quota: OrgQuota, io: CliIo): void {
   for (const [flag, key] of QUOTA_FLAGS) {
-    const o = overrides[key];
-    const limit = o ?? DEFAULT_QUOTA_LIMITS[key];
+    const own = quota.overrides[key];
+    const isDefault = own === undefined || own === null;
     io.out(
-      `${flag.padEnd(15)} ${String(usage[key]).padStart(7)} / ${limit}${o == null ? ' (default)' : ''}`,
+      `${flag.padEnd(15)} ${String(quota.usage[key]).padStart(7)} / ${quota.limits[key]}${isDefault ? ' (default)' : ''}`,
     );
   }
 }

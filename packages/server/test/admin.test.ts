@@ -65,6 +65,17 @@ describe('admin commands', () => {
 
     await admin(dataDir, 'quotas', 'set', '--org', 'acme', '--vcpu', 'default');
     expect((await acme.get('/v1/org/quotas')).body.limits.vcpu).toBe(64);
+
+    // `quotas get` reports what the API reports (usage included), through the same service.
+    const vm = (await acme.post('/v1/vms', { machineType: 'c2m4' })).body;
+    const api = (await acme.get('/v1/org/quotas')).body;
+    const got = await admin(dataDir, 'quotas', 'get', '--org', 'acme');
+    expect(got).toMatch(new RegExp(`vcpu\\s+${api.usage.vcpu} / ${api.limits.vcpu} \\(default\\)`));
+    expect(got).toMatch(
+      new RegExp(`snapshot-count\\s+0 / ${api.limits.snapshotCount}(?! \\(default\\))`),
+    );
+    expect(api.usage.vcpu).toBe(2);
+    await acme.del(`/v1/vms/${vm.id}`);
   });
 
   it('fails with usage errors', async () => {
@@ -73,5 +84,21 @@ describe('admin commands', () => {
       admin(dataDir, 'quotas', 'set', '--org', 'nope', '--vcpu', '1'),
     ).rejects.toMatchObject({ code: 2 });
     await expect(admin(dataDir, 'bogus')).rejects.toMatchObject({ code: 2 });
+    await admin(dataDir, 'orgs', 'create', 'twice');
+    await expect(admin(dataDir, 'orgs', 'create', 'twice')).rejects.toMatchObject({
+      code: 2,
+      output: expect.stringMatching(/"twice" exists/),
+    });
+    await expect(admin(dataDir, 'keys', 'list', '--org', 'nope')).rejects.toMatchObject({
+      code: 2,
+      output: expect.stringMatching(/no org "nope"/),
+    });
+    await expect(admin(dataDir, 'keys', 'revoke', 'fvm_nothing')).rejects.toMatchObject({
+      code: 2,
+      output: expect.stringMatching(/no active key/),
+    });
+    await expect(
+      admin(dataDir, 'quotas', 'set', '--org', 'twice', '--vcpu', '-1'),
+    ).rejects.toMatchObject({ code: 2 });
   });
 });

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hashApiKey } from '../src/auth.js';
+import { hashApiKey } from '../src/services/orgs.js';
 import { ORG_SCOPED, VM_SCOPED } from '../src/routes/unimplemented.js';
 import {
   TRANSPORTS,

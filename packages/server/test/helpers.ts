@@ -171,7 +171,7 @@ export class TestClient {
 
 /** Creates a second org with its own key, through the admin helpers. */
 export async function createOrgWithKey(server: ServerHandle, name: string): Promise<string> {
-  const { createOrg, createApiKey } = await import('../src/auth.js');
+  const { createOrg, createApiKey } = await import('../src/services/orgs.js');
   const org = await createOrg(server.store, name);
   const { key } = await createApiKey(server.store, org.id);
   return key;

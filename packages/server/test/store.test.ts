@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApiKey, createOrg, ensureBootstrapKey, hashApiKey } from '../src/auth.js';
+import { createApiKey, createOrg, ensureBootstrapKey, hashApiKey } from '../src/services/orgs.js';
 import {
   IllegalTransitionError,
   SNAPSHOT_TRANSITIONS,
