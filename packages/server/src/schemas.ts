@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 import { z } from 'zod';
-import { MAX_TTL_SECONDS } from './domain/index.js';
+import { MACHINES, MAX_TTL_SECONDS } from './domain/index.js';
 
 // ---- shared pieces ------------------------------------------------------------------------------
 
@@ -142,6 +142,12 @@ export const Ttl = z
       'When a running VM has run `seconds` (since launch, resume or ttl/refresh) it is paused or deleted.',
   });
 
+/** `c1m2, c2m4, c4m8 or c8m16`, from the runtime's machine catalogue. */
+function machineNames(): string {
+  const names = Object.keys(MACHINES);
+  return names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names.at(-1)}` : names.join('');
+}
+
 // ---- requests -----------------------------------------------------------------------------------
 
 export const IdParams = z.object({
@@ -153,7 +159,7 @@ export const LaunchVmBody = z
     machineType: z
       .string()
       .optional()
-      .describe('c1m2, c2m4, c4m8 or c8m16; required unless snapshotId is given.'),
+      .describe(`${machineNames()}; required unless snapshotId is given.`),
     snapshotId: z.string().optional().describe('Restore from this snapshot (id or unique name).'),
     name: Name,
     diskGiB: z
