@@ -70,4 +70,10 @@ export default tseslint.config(
       ],
     },
   },
+  {
+    // CommonJS entry points (packages/cli/bin/fastvm.cjs).
+    files: ['**/*.cjs'],
+    languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly' } },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
 );

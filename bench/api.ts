@@ -64,6 +64,42 @@ export async function createVm(server: ApiServer): Promise<string> {
   }
 }
 
+/**
+ * Round trips of `client.run(vm, "true")` and `client.get(vm)` on one h2c session, alternating,
+ * after 20 unmeasured pairs (the JIT and the server's caches warm up).
+ */
+export async function sdkRoundTrips(
+  server: ApiServer,
+  vmId: string,
+  samples: number,
+): Promise<{ run: number[]; get: number[]; sessions: number }> {
+  const client = new FastVM({ apiKey: server.key, baseUrl: server.url, maxRetries: 0 });
+  try {
+    await client.warmup();
+    const timed = async (fn: () => Promise<unknown>): Promise<number> => {
+      const t = now();
+      await fn();
+      return now() - t;
+    };
+    const run: number[] = [];
+    const get: number[] = [];
+    for (let i = 0; i < samples + 20; i++) {
+      const r = await timed(async () => {
+        const res = await client.run(vmId, 'true');
+        if (res.exitCode !== 0) throw new Error(`run(vm, "true") exited ${res.exitCode}`);
+      });
+      const g = await timed(() => client.get(vmId));
+      if (i >= 20) {
+        run.push(r);
+        get.push(g);
+      }
+    }
+    return { run, get, sessions: client.stats.sessionsOpened };
+  } finally {
+    await client.close();
+  }
+}
+
 export interface LoadResult {
   /** Completed requests per one-second window (warm-up excluded). */
   perSecond: number[];

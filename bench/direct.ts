@@ -10,8 +10,14 @@ import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { AgentClient, QmpClient, type MachineSpec } from '@fastvm/runtime';
-import { type Accel, type GuestImage, qemuArgs } from '../packages/runtime/src/qemu.js';
+import {
+  AgentClient,
+  QmpClient,
+  type Accel,
+  type GuestImage,
+  type MachineSpec,
+} from '@fastvm/runtime';
+import { qemuArgs } from '@fastvm/runtime/qemu';
 import { killHard, now, processMemMiB, waitExit } from './sys.js';
 
 const execFileP = promisify(execFile);

@@ -1,6 +1,7 @@
 /**
  * Turns recorded samples into `latest.json` / `latest.md` and the printed table: scenarios,
- * ratios to the baselines of the same run, and the runtime targets of issue #3.
+ * ratios to the baselines of the same run, and the targets (issue #3's runtime targets, the SDK's
+ * round trips, the CLI's start-up).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -55,6 +56,7 @@ export const REQUIRED = [
   'fanout_mem_per_fork',
   'plain_restore_256',
   'exec_sdk',
+  'exec_py',
   'exec_agent',
   'api_h2_rps',
   'api_h1_rps',
@@ -78,8 +80,10 @@ const RATIOS: [string, string][] = [
   ['snapshot_gen2_8g_total_0', 'snapshot_gen2_total_0'],
   ['fanout_50_all', 'fanout_10_all'],
   ['exec_sdk', 'exec_agent'],
+  ['exec_py', 'exec_sdk'],
   ['api_h2_rps', 'api_h1_rps'],
   ['api_h2_server_cpu_per_req', 'api_h1_server_cpu_per_req'],
+  ['cli_start', 'node_start'],
 ];
 
 export function buildReport(o: {
@@ -89,6 +93,8 @@ export function buildReport(o: {
   machine: Machine;
   quick: boolean;
   groups: string[];
+  /** Every group ran (a full set of scenarios is expected). */
+  allGroups: boolean;
   durationS: number;
   load: Report['load'];
   errors: string[];
@@ -106,12 +112,15 @@ export function buildReport(o: {
   if (p50('exec_sdk') !== undefined && p50('exec_agent') !== undefined) {
     derived['exec_http_overhead_ms'] = round(p50('exec_sdk')! - p50('exec_agent')!);
   }
+  if (p50('exec_py') !== undefined && p50('exec_sdk') !== undefined) {
+    derived['exec_py_minus_sdk_ms'] = round(p50('exec_py')! - p50('exec_sdk')!);
+  }
   const sdkP99 = details['exec_sdk']?.p99;
   const agentP99 = details['exec_agent']?.p99;
   if (sdkP99 !== undefined) derived['exec_sdk_p99_ms'] = sdkP99;
   if (agentP99 !== undefined) derived['exec_agent_p99_ms'] = agentP99;
 
-  const missing = o.groups.length === 7 ? REQUIRED.filter((n) => !scenarios[n]) : [];
+  const missing = o.allGroups ? REQUIRED.filter((n) => !scenarios[n]) : [];
   const errors = [...o.errors];
   if (missing.length) errors.push(`missing scenarios: ${missing.join(', ')}`);
 
@@ -145,7 +154,7 @@ function orderScenarios(s: Record<string, ScenarioResult>): Record<string, Scena
   return out;
 }
 
-/** Issue #3's runtime targets next to what this run measured. */
+/** The targets next to what this run measured. */
 function targets(
   s: Record<string, ScenarioResult>,
   r: Record<string, number>,
@@ -208,6 +217,24 @@ function targets(
     s.fanout_pss_per_fork?.p50,
     30,
   );
+  le(
+    'SDK round trip on one h2c session p50 ≤ 50 ms: run(vm, "true")',
+    'api_sdk_run p50 (ms, FakeRuntime server)',
+    s.api_sdk_run?.p50,
+    50,
+  );
+  le(
+    'SDK round trip on one h2c session p50 ≤ 50 ms: get(vm)',
+    'api_sdk_get p50 (ms, FakeRuntime server)',
+    s.api_sdk_get?.p50,
+    50,
+  );
+  le(
+    '`fastvm --version` starts in ≤ 120 ms (issue #13; node -e 0 took 62 ms there)',
+    `cli_start p50 (ms; node_start ${fmt(s.node_start?.p50)}, ratio ${fmt(r['cli_start/node_start'])})`,
+    s.cli_start?.p50,
+    120,
+  );
   const f100 = s.fanout_100_idle;
   const f100Failed = errors.some((e) => e.startsWith('fanout_100_idle'));
   t.push({
@@ -265,7 +292,7 @@ export function printReport(r: Report): void {
   console.log('\nratios (p50 / p50, same run):');
   for (const [k, v] of Object.entries(r.ratios)) console.log(`  ${k.padEnd(52)} ${v}`);
   for (const [k, v] of Object.entries(r.derived)) console.log(`  ${k.padEnd(52)} ${v}`);
-  console.log('\nissue #3 targets:');
+  console.log('\ntargets:');
   for (const t of r.targets) {
     const mark = t.ok === null ? '  ?' : t.ok ? ' ok' : 'MISS';
     console.log(`  ${mark.padStart(4)}  ${t.target}: ${t.measured} = ${fmt(t.value)}`);
@@ -294,7 +321,7 @@ export function toMarkdown(r: Report): string {
   md.push('| ratio | value |', '|---|---:|');
   for (const [k, v] of Object.entries(r.ratios)) md.push(`| ${k} | ${v} |`);
   for (const [k, v] of Object.entries(r.derived)) md.push(`| ${k} | ${v} |`);
-  md.push('', '## Issue #3 targets', '');
+  md.push('', '## Targets', '');
   md.push('| target | measured | value | ok |', '|---|---|---:|---|');
   for (const t of r.targets) {
     md.push(

@@ -14,9 +14,11 @@ import { parseArgs } from 'node:util';
 import { MACHINES, createQemuRuntime, defaultCacheDir, type QemuRuntime } from '@fastvm/runtime';
 import { startServer, type ServerHandle } from '@fastvm/server';
 import { FastVM } from 'fastvm';
-import { hostTscKhz, kernelCmdline } from '../packages/runtime/src/qemu.js';
-import { createVm, loadH1, loadH2, startApiServer, type ApiServer } from './api.js';
+import { hostTscKhz, kernelCmdline } from '@fastvm/runtime/qemu';
+import { createVm, loadH1, loadH2, sdkRoundTrips, startApiServer, type ApiServer } from './api.js';
+import { cliStart } from './cli.js';
 import { coldBoot, plainRestore, plainSnapshot, type DirectEnv } from './direct.js';
+import { startPyExec, type PyExec } from './exec-py.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
 import {
@@ -34,7 +36,9 @@ import {
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..');
 
-const GROUPS = ['restore', 'launch', 'snapshot', 'plain', 'fanout', 'exec', 'api'] as const;
+const GROUPS = ['restore', 'launch', 'snapshot', 'plain', 'fanout', 'exec', 'api', 'cli'] as const;
+/** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
+const NO_VM: readonly Group[] = ['api', 'cli'];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -79,6 +83,8 @@ const N = quick
       ] as [number, number][],
       exec: 100,
       apiSeconds: 3,
+      roundTrips: 200,
+      cliStart: 10,
     }
   : {
       restore: 20,
@@ -97,6 +103,8 @@ const N = quick
       ] as [number, number][],
       exec: 500,
       apiSeconds: 10,
+      roundTrips: 200,
+      cliStart: 30,
     };
 
 if (argv.fanout) {
@@ -640,7 +648,10 @@ async function groupFanout(): Promise<void> {
   );
 }
 
-/** `run(vm, "true")` through the SDK (HTTP/2) vs the runtime's agent client, same VM. */
+/**
+ * `run(vm, "true")` through the SDK (HTTP/2) vs the runtime's agent client, same VM; and through
+ * the Python SDK (exec_py), in the same interleaved blocks.
+ */
 async function groupExec(): Promise<void> {
   const rt2 = await createQemuRuntime({ dataDir: path.join(benchRoot, 'srv-rt'), log: runtimeLog });
   runtimes.add(rt2);
@@ -657,11 +668,17 @@ async function groupExec(): Promise<void> {
   const client = new FastVM({ apiKey: key, baseUrl: server.url, maxRetries: 0 });
   let vmId: string | undefined;
   let pid = 0;
+  let py: PyExec | undefined;
   try {
     await client.warmup();
     const vm = await client.launch({ machine: 'c1m2', timeout: 300_000 });
     vmId = vm.id;
     pid = rt2.get(vm.id)?.pid ?? 0;
+    try {
+      py = await startPyExec(server.url, key, vm.id);
+    } catch (err) {
+      errors.push(`exec_py: ${err instanceof Error ? err.message : String(err)}`);
+    }
     const viaSdk = async () => {
       const t = now();
       const r = await client.run(vm, 'true');
@@ -678,12 +695,14 @@ async function groupExec(): Promise<void> {
       await viaSdk();
       await viaAgent();
     }
+    if (py) await py.run(20);
     // Alternate blocks so that a burst of noise hits both series alike.
     const block = 50;
     for (let done = 0; done < N.exec; done += block) {
       const k = Math.min(block, N.exec - done);
       for (let i = 0; i < k; i++) rec.add('exec_sdk', 'ms', await viaSdk());
       for (let i = 0; i < k; i++) rec.add('exec_agent', 'ms', await viaAgent());
+      if (py) for (const v of await py.run(k)) rec.add('exec_py', 'ms', v);
     }
     const st = client.stats;
     rec.note(
@@ -691,7 +710,15 @@ async function groupExec(): Promise<void> {
       `SDK run(vm, "true") → real server → QemuRuntime; protocol ${String(st.protocol)}, ${st.sessionsOpened} session(s)`,
     );
     rec.note('exec_agent', 'runtime exec(["sh","-c","true"]) over the agent socket, same VM');
+    if (py) {
+      rec.note(
+        'exec_py',
+        `Python SDK await client.run(vm, "true") → same server and VM, blocks interleaved with exec_sdk; ` +
+          `protocol ${py.protocol}, ${py.connections} connection(s)`,
+      );
+    }
   } finally {
+    await py?.close().catch(() => {});
     if (vmId) await client.remove(vmId).catch((e: unknown) => errors.push(`exec: ${String(e)}`));
     await client.close().catch(() => {});
     await server.close().catch(() => {});
@@ -709,6 +736,15 @@ async function groupApi(): Promise<void> {
   apiServers.add(srv);
   try {
     const vmId = await createVm(srv);
+    // Latency of single SDK calls (formerly a test with a p50 < 50 ms assertion).
+    const rt = await sdkRoundTrips(srv, vmId, N.roundTrips);
+    for (const v of rt.run) rec.add('api_sdk_run', 'ms', v);
+    for (const v of rt.get) rec.add('api_sdk_get', 'ms', v);
+    rec.note(
+      'api_sdk_run',
+      `SDK run(vm, "true") → FakeRuntime server (child process), alternating with get; ${rt.sessions} h2c session(s)`,
+    );
+    rec.note('api_sdk_get', 'SDK get(vm) → FakeRuntime server (child process), same session');
     const h2 = await loadH2(srv, vmId, 64, N.apiSeconds);
     for (const c of h2.perSecond) rec.add('api_h2_rps', 'req/s', c);
     rec.add('api_h2_server_cpu_per_req', 'ms', h2.serverCpuMsPerReq);
@@ -738,6 +774,15 @@ async function groupApi(): Promise<void> {
   }
 }
 
+/** `fastvm --version` start-up vs `node -e 0`, interleaved. */
+async function groupCli(): Promise<void> {
+  const { cli, node } = await cliStart(N.cliStart);
+  for (const v of cli) rec.add('cli_start', 'ms', v);
+  for (const v of node) rec.add('node_start', 'ms', v);
+  rec.note('cli_start', '`node packages/cli/bin/fastvm.cjs --version`, spawn → exit (built CLI)');
+  rec.note('node_start', '`node -e 0`, spawn → exit, interleaved with cli_start (the floor)');
+}
+
 // -------------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
@@ -763,7 +808,12 @@ async function main(): Promise<number> {
   fs.mkdirSync(env.root, { recursive: true });
 
   // Warm-up (not measured): builds missing golden snapshots, warms the page cache.
-  const machines: ('c1m2' | 'c4m8')[] = only.has('restore') ? ['c1m2', 'c4m8'] : ['c1m2'];
+  const needsVms = [...only].some((g) => !NO_VM.includes(g));
+  const machines: ('c1m2' | 'c4m8')[] = !needsVms
+    ? []
+    : only.has('restore')
+      ? ['c1m2', 'c4m8']
+      : ['c1m2'];
   for (const m of machines) {
     const t = now();
     await rt.launch({ id: `warm-${m}`, machine: m });
@@ -780,6 +830,7 @@ async function main(): Promise<number> {
     fanout: groupFanout,
     exec: groupExec,
     api: groupApi,
+    cli: groupCli,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;
@@ -805,6 +856,7 @@ async function main(): Promise<number> {
     machine: { ...hostInfo(), accel: rt.accel },
     quick,
     groups: [...only],
+    allGroups: only.size === GROUPS.length,
     durationS: (now() - started) / 1000,
     load: { start: loadStart, end: os.loadavg(), otherQemuAtStart: otherQemu },
     errors,

@@ -20,6 +20,31 @@ import { fileURLToPath } from 'node:url';
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 
+/**
+ * commander requires node:child_process when it loads, for executable subcommands, which fastvm
+ * does not have; loading it (with net, dgram and streams) at every start costs more than the rest
+ * of the CLI's start-up. This resolves commander's import to a module that requires it on first
+ * use.
+ */
+function lazyChildProcess() {
+  return {
+    name: 'lazy-child-process',
+    setup(build) {
+      build.onResolve({ filter: /^node:child_process$/ }, (args) =>
+        /[\\/]commander[\\/]/.test(args.importer)
+          ? { path: 'lazy-child-process', namespace: 'fastvm-lazy' }
+          : undefined,
+      );
+      build.onLoad({ filter: /.*/, namespace: 'fastvm-lazy' }, () => ({
+        contents:
+          'let cp;\n' +
+          "module.exports = new Proxy({}, { get: (_, key) => (cp ??= require('node:child_process'))[key] });\n",
+        loader: 'js',
+      }));
+    },
+  };
+}
+
 /** tsup options per package (entry points relative to the package directory). */
 const PACKAGES = {
   sdk: {
@@ -35,14 +60,15 @@ const PACKAGES = {
     dir: 'packages/cli',
     tsup: {
       entry: ['src/main.ts'],
-      format: ['esm'],
+      // One CommonJS file: a CJS bin loads it without starting Node's ESM loader, and its
+      // require() of Node built-ins skips the ESM facades (whose getters load fs/promises and
+      // streams). The SDK stays an import(), done when a command needs a client.
+      format: ['cjs'],
+      shims: true,
       // commander is bundled (it is a devDependency): the installed CLI is one file to load.
       noExternal: ['commander'],
       external: ['fastvm'],
-      // commander is CommonJS: its require() of Node built-ins needs a real require in ESM.
-      banner: {
-        js: "import { createRequire as __createRequire } from 'node:module';\nconst require = __createRequire(import.meta.url);",
-      },
+      esbuildPlugins: [lazyChildProcess()],
     },
     /** Licences of bundled code, copied next to the bundle. */
     licenses: { commander: 'LICENSE' },

@@ -16,7 +16,7 @@ import {
   encodeTlv,
   type Frame,
   type Tlv,
-} from '../../packages/runtime/src/agent-protocol.js';
+} from '@fastvm/runtime/agent-protocol';
 
 export class RawConn {
   readonly #frames: Frame[] = [];

@@ -20,7 +20,7 @@ import {
   encodeFrame,
   encodeTlv,
   u32,
-} from '../../packages/runtime/src/agent-protocol.js';
+} from '@fastvm/runtime/agent-protocol';
 
 const agentDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const agentBin = process.env.FASTVM_AGENT_BIN ?? path.join(agentDir, 'build/fastvm-agent');

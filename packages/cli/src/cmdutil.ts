@@ -2,9 +2,8 @@
 // options type, `new<X>Command(f, runF?)`, which builds the commander command and turns flags and
 // arguments into the options (so tests can check parsing alone by passing `runF`), and
 // `<x>Run(opts)`, which does the work only through the options. This file holds what they share.
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import type { FastVM, FirewallPolicy } from 'fastvm';
-import { NotFoundError } from 'fastvm';
 import { CliError } from './errors.js';
 import type { Factory, GlobalOptions, IO } from './factory.js';
 import { parseRule } from './rules.js';
@@ -16,7 +15,7 @@ export interface CommandBase {
   /** `--json`: print the API's JSON instead of tables. */
   json: boolean;
   /** The SDK client, created on first use from `--api-key`/`--base-url`, env and config file. */
-  client: () => FastVM;
+  client: () => Promise<FastVM>;
 }
 
 /** Runs a command with its options and resolves with the process exit code. */
@@ -35,6 +34,7 @@ export function newCommand(f: Factory, spec: string, description: string): Comma
   const columns = (f.io.stdout as { columns?: number }).columns;
   return cmd
     .description(description)
+    .addHelpOption(new Option('-h, --help', 'display help for command').helpGroup(GLOBAL_OPTIONS))
     .exitOverride()
     .configureOutput({
       writeOut: (s) => f.io.stdout.write(s),
@@ -64,10 +64,12 @@ function usageError(message: string, cmd: Command): string {
   return `Error: ${text} (see '${root ? 'fastvm' : commandPath(cmd)} --help')\n`;
 }
 
+const GLOBAL_OPTIONS = 'Global options:';
+
 /** Adds `--json`, `--api-key` and `--base-url`, listed under "Global options" in the help. */
 export function addGlobalOptions(cmd: Command): Command {
   return cmd
-    .optionsGroup('Global options:')
+    .optionsGroup(GLOBAL_OPTIONS)
     .option('--json', 'print JSON with the API field names instead of tables')
     .option('--api-key <key>', 'API key (else FASTVM_API_KEY, else the config file)')
     .option('--base-url <url>', 'API base URL (else FASTVM_BASE_URL, else the config file)');
@@ -180,6 +182,8 @@ export async function withRef<T>(
   try {
     return await fn(ref);
   } catch (err) {
+    // The SDK is loaded: `fn` got this error from it.
+    const { NotFoundError } = await import('fastvm');
     if (!(err instanceof NotFoundError)) throw err;
     const id = await resolveRef(o, kind, ref);
     if (id === undefined || id === ref) throw err;
@@ -193,8 +197,9 @@ export async function resolveRef(
   kind: 'vm' | 'snapshot',
   ref: string,
 ): Promise<string | undefined> {
+  const client = await o.client();
   const items: Array<{ id: string; name: string }> =
-    kind === 'vm' ? await o.client().list() : await o.client().listSnapshots();
+    kind === 'vm' ? await client.list() : await client.listSnapshots();
   const exact = items.find((i) => i.id === ref);
   if (exact) return exact.id;
   for (const candidates of [

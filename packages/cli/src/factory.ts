@@ -1,8 +1,9 @@
-// What every command depends on, built once per invocation: the IO streams, the SDK client (created
-// lazily, so `--help` and `config` never need settings or the network) and the exit code the
-// command chose. Tests build one over memory streams and, where a server is not wanted, a fake
-// client.
-import { FastVM } from 'fastvm';
+// What every command depends on, built once per invocation: the IO streams, the SDK client and the
+// exit code the command chose. The SDK is loaded and the client created on first use, so
+// `--version`, `--help` and `config` need neither settings nor the network, and start without
+// loading node:http2 and TLS. Tests build one over memory streams and, where a server is not
+// wanted, a fake client.
+import type { FastVM } from 'fastvm';
 import { readConfig, resolveSettings } from './config.js';
 import { CliError } from './errors.js';
 import type { Out } from './output.js';
@@ -30,45 +31,62 @@ export interface ClientSettings {
   baseUrl: string | undefined;
 }
 
+/** The SDK module. */
+export type Sdk = typeof import('fastvm');
+
 /** Per-invocation dependencies of the commands. */
 export class Factory {
   readonly io: IO;
   /** The process exit code; set by the command that ran. */
   exitCode = 0;
-  readonly #newClient: (settings: ClientSettings) => FastVM;
-  #client: FastVM | undefined;
+  readonly #newClient: (settings: ClientSettings) => FastVM | Promise<FastVM>;
+  #sdk: Sdk | undefined;
+  #client: Promise<FastVM> | undefined;
+  #created: FastVM | undefined;
 
   /**
    * @param io - Streams and environment.
    * @param newClient - Builds the SDK client from the resolved settings (tests pass a fake).
    */
-  constructor(
-    io: IO,
-    newClient: (settings: ClientSettings) => FastVM = (s) =>
-      new FastVM({ apiKey: s.apiKey, baseUrl: s.baseUrl }),
-  ) {
+  constructor(io: IO, newClient?: (settings: ClientSettings) => FastVM | Promise<FastVM>) {
     this.io = io;
-    this.#newClient = newClient;
+    this.#newClient =
+      newClient ??
+      (async (s) => new (await this.sdk()).FastVM({ apiKey: s.apiKey, baseUrl: s.baseUrl }));
+  }
+
+  /** The SDK module, loaded on first use. */
+  async sdk(): Promise<Sdk> {
+    this.#sdk ??= await import('fastvm');
+    return this.#sdk;
+  }
+
+  /** The SDK module if it was loaded (an error can only be one of its errors then). */
+  get loadedSdk(): Sdk | undefined {
+    return this.#sdk;
   }
 
   /**
    * The SDK client, created on first use from the flags, else the environment, else the config
    * file.
    */
-  client(flags: GlobalOptions): FastVM {
-    if (this.#client) return this.#client;
-    const settings = resolveSettings(flags, this.io.env, readConfig(this.io.env));
-    if (!settings.apiKey) {
-      throw new CliError(
-        'no API key: pass --api-key, set FASTVM_API_KEY, or run `fastvm config set api-key <key>`',
-      );
-    }
-    this.#client = this.#newClient({ apiKey: settings.apiKey, baseUrl: settings.baseUrl });
+  client(flags: GlobalOptions): Promise<FastVM> {
+    this.#client ??= (async () => {
+      const settings = resolveSettings(flags, this.io.env, readConfig(this.io.env));
+      if (!settings.apiKey) {
+        throw new CliError(
+          'no API key: pass --api-key, set FASTVM_API_KEY, or run `fastvm config set api-key <key>`',
+        );
+      }
+      const client = await this.#newClient({ apiKey: settings.apiKey, baseUrl: settings.baseUrl });
+      this.#created = client;
+      return client;
+    })();
     return this.#client;
   }
 
   /** Closes the client, if one was created. */
   async close(): Promise<void> {
-    await this.#client?.close();
+    await this.#created?.close();
   }
 }

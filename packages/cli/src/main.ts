@@ -1,9 +1,7 @@
 // Entry point of the `fastvm` command: builds the command tree (commands/root.ts) over a Factory,
 // parses the arguments with commander and turns errors into messages and exit codes.
-import { createInterface } from 'node:readline';
 import { CommanderError } from 'commander';
-import { FastVMError } from 'fastvm';
-import { newRootCommand } from './commands/root.js';
+import { isCommand, newRootCommand } from './commands/root.js';
 import { CliError } from './errors.js';
 import { Factory, type IO } from './factory.js';
 
@@ -18,17 +16,26 @@ export type { IO } from './factory.js';
 export async function main(argv: string[], io: IO | Factory): Promise<number> {
   const f = io instanceof Factory ? io : new Factory(io);
   try {
-    await newRootCommand(f).parseAsync(helpAfterCommand(argv), { from: 'user' });
+    const { args, command } = commandOf(argv);
+    if (command !== undefined && !isCommand(command))
+      throw new CliError(`unknown command '${command}' (see 'fastvm --help')`, 2);
+    await newRootCommand(f, command === undefined ? [] : [command]).parseAsync(args, {
+      from: 'user',
+    });
     return f.exitCode;
   } catch (err) {
-    return report(err, f.io);
+    return report(err, f);
   } finally {
     await f.close().catch(() => undefined);
   }
 }
 
-/** `fastvm --help vm` shows the help of `vm`, like `fastvm vm --help`. */
-function helpAfterCommand(argv: string[]): string[] {
+/**
+ * Finds the top-level command (`vm` in `fastvm --json vm list`, `help vm`: `vm`) so that only it is
+ * built, and moves a help flag given before it after it: `fastvm --help vm` shows the help of
+ * `vm`, like `fastvm vm --help`.
+ */
+function commandOf(argv: string[]): { args: string[]; command: string | undefined } {
   let help = -1;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -38,23 +45,27 @@ function helpAfterCommand(argv: string[]): string[] {
     } else if (a === '--api-key' || a === '--base-url') {
       i++;
     } else if (!a.startsWith('-')) {
-      if (help < 0) break;
-      const out = argv.filter((_, j) => j !== help);
-      out.splice(i, 0, '--help');
-      return out;
+      if (a === 'help')
+        return { args: argv, command: argv.slice(i + 1).find((x) => !x.startsWith('-')) };
+      if (help < 0) return { args: argv, command: a };
+      const args = argv.filter((_, j) => j !== help);
+      args.splice(i, 0, '--help');
+      return { args, command: a };
     }
   }
-  return argv;
+  return { args: argv, command: undefined };
 }
 
-function report(err: unknown, io: IO): number {
+function report(err: unknown, f: Factory): number {
+  const { io } = f;
   // Commander printed the help, the version or its own (formatted) message already.
   if (err instanceof CommanderError) return err.exitCode;
   if (err instanceof CliError) {
     io.stderr.write(`Error: ${err.message}\n`);
     return err.exitCode;
   }
-  if (err instanceof FastVMError) {
+  const sdk = f.loadedSdk;
+  if (sdk && err instanceof sdk.FastVMError) {
     io.stderr.write(`Error: ${err.message}\n`);
     return 1;
   }
@@ -72,18 +83,20 @@ export function processIO(): IO {
     stderr: process.stderr,
     stdin: process.stdin,
     env: process.env,
-    prompt: (question) =>
-      new Promise((resolve) => {
+    prompt: async (question) => {
+      const { createInterface } = await import('node:readline');
+      return new Promise((resolve) => {
         const rl = createInterface({ input: process.stdin, output: process.stderr });
         rl.question(question, (answer) => {
           rl.close();
           resolve(answer);
         });
-      }),
+      });
+    },
   };
 }
 
-/** Entry point used by `bin/fastvm.js`. */
+/** Entry point used by `bin/fastvm.cjs`. */
 export function run(argv: string[]): Promise<number> {
   // `fastvm vm list | head -1`: a closed pipe ends the output quietly instead of crashing.
   for (const stream of [process.stdout, process.stderr]) {

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type ServerHandle } from '@fastvm/server';
 import { FakeRuntime } from '@fastvm/server/testing';
 
-const BIN = resolve(import.meta.dirname, '../bin/fastvm.js');
+const BIN = resolve(import.meta.dirname, '../bin/fastvm.cjs');
 const KEY = 'fastvm-cli-test-key-0123456789';
 
 let server: ServerHandle;

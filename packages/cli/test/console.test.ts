@@ -12,7 +12,7 @@ import { startServer, type ServerHandle } from '@fastvm/server';
 import { FakeRuntime } from '@fastvm/server/testing';
 import { disposeRuntime, testRuntime } from '../../runtime/test/helpers.js';
 
-const BIN = resolve(import.meta.dirname, '../bin/fastvm.js');
+const BIN = resolve(import.meta.dirname, '../bin/fastvm.cjs');
 const KEY = 'fastvm-cli-console-key-0123456789';
 
 let home: string;

@@ -16,7 +16,7 @@ import { main } from '../src/main.js';
 import { parseTtl } from '../src/commands/vm/ttl.js';
 import { formatBytes } from '../src/output.js';
 
-const BIN = resolve(import.meta.dirname, '../bin/fastvm.js');
+const BIN = resolve(import.meta.dirname, '../bin/fastvm.cjs');
 const KEY = 'fastvm-cli-files-key-0123456789';
 
 let server: ServerHandle;

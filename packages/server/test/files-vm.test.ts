@@ -34,7 +34,7 @@ import {
 import type { NetworkManager } from '../src/services/network.js';
 import { TestClient, makeDataDir, sleep } from './helpers.js';
 
-const CLI = path.resolve(import.meta.dirname, '../../cli/bin/fastvm.js');
+const CLI = path.resolve(import.meta.dirname, '../../cli/bin/fastvm.cjs');
 const MiB = 1024 * 1024;
 const TAG = crypto.randomBytes(2).toString('hex');
 const NET_SKIP =

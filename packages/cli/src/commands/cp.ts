@@ -46,7 +46,7 @@ export function newCpCommand(f: Factory, runF: RunF<CpOptions> = cpRun): Command
 }
 
 export async function cpRun(o: CpOptions): Promise<number> {
-  const client = o.client();
+  const client = await o.client();
   const { remote } = o;
   const up = o.direction === 'upload';
   const bar = new ProgressBar(

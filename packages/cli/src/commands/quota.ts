@@ -12,7 +12,8 @@ export function newQuotaCommand(f: Factory, runF: RunF<QuotaOptions> = quotaRun)
 }
 
 export async function quotaRun(o: QuotaOptions): Promise<number> {
-  const q = await o.client().quotas();
+  const client = await o.client();
+  const q = await client.quotas();
   if (o.json) {
     o.io.stdout.write(json(quotasToJson(q)));
     return 0;

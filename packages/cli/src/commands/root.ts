@@ -1,6 +1,6 @@
 // fastvm: the root command, its help text and the version.
+import { createRequire } from 'node:module';
 import type { Command } from 'commander';
-import { VERSION as SDK_VERSION } from 'fastvm';
 import { addGlobalOptions, newCommand } from '../cmdutil.js';
 import { CliError } from '../errors.js';
 import type { Factory } from '../factory.js';
@@ -52,27 +52,42 @@ Config file: $XDG_CONFIG_HOME/fastvm/config.json (default ~/.config/fastvm/confi
 Run 'fastvm <command> --help' for details.
 `;
 
-/** `fastvm 0.1.0 (sdk 0.1.0)`. */
+/** `fastvm 0.1.0 (sdk 0.1.0)`; the SDK's version from its package.json (loading it would cost more). */
 export function version(): string {
-  return `fastvm ${VERSION} (sdk ${SDK_VERSION})`;
+  const sdk = createRequire(import.meta.url)('fastvm/package.json') as { version: string };
+  return `fastvm ${VERSION} (sdk ${sdk.version})`;
 }
 
-/** The `fastvm` command with every command group under it. */
-export function newRootCommand(f: Factory): Command {
+/** The top-level commands, built on demand. */
+const COMMANDS: Record<string, (f: Factory) => Command> = {
+  vm: newVmCommand,
+  cp: newCpCommand,
+  console: newConsoleCommand,
+  snapshot: newSnapshotCommand,
+  firewall: newFirewallCommand,
+  quota: newQuotaCommand,
+  config: newConfigCommand,
+};
+
+/** Whether `name` is a top-level command. */
+export function isCommand(name: string): boolean {
+  return Object.hasOwn(COMMANDS, name);
+}
+
+/**
+ * The `fastvm` command with the top-level commands `names` (default: all) under it. main() builds
+ * only the one the arguments name, or none for `--version` and `--help`: building the other ~30
+ * commands would cost start-up time for nothing (the root's help is the text above).
+ */
+export function newRootCommand(
+  f: Factory,
+  names: readonly string[] = Object.keys(COMMANDS),
+): Command {
   const root = addGlobalOptions(newCommand(f, 'fastvm', ''))
     .version(version(), '-V, --version', 'print the version')
     .enablePositionalOptions()
     .configureHelp({ formatHelp: () => HELP });
-  for (const cmd of [
-    newVmCommand(f),
-    newCpCommand(f),
-    newConsoleCommand(f),
-    newSnapshotCommand(f),
-    newFirewallCommand(f),
-    newQuotaCommand(f),
-    newConfigCommand(f),
-  ])
-    root.addCommand(cmd);
+  for (const name of names) root.addCommand(COMMANDS[name]!(f));
   return root
     .helpCommand(true)
     .allowExcessArguments()

@@ -17,6 +17,7 @@ export function newFirewallGetCommand(
 }
 
 export async function firewallGetRun(o: FirewallGetOptions): Promise<number> {
-  printFirewall(o, await withRef(o, 'vm', o.vm, (id) => o.client().get(id)));
+  const client = await o.client();
+  printFirewall(o, await withRef(o, 'vm', o.vm, (id) => client.get(id)));
   return 0;
 }

@@ -40,6 +40,7 @@ export function newFirewallPatchCommand(
 }
 
 export async function firewallPatchRun(o: FirewallPatchOptions): Promise<number> {
-  printFirewall(o, await withRef(o, 'vm', o.vm, (id) => o.client().patchFirewall(id, o.patch)));
+  const client = await o.client();
+  printFirewall(o, await withRef(o, 'vm', o.vm, (id) => client.patchFirewall(id, o.patch)));
   return 0;
 }

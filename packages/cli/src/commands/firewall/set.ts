@@ -32,6 +32,7 @@ export function newFirewallSetCommand(
 }
 
 export async function firewallSetRun(o: FirewallSetOptions): Promise<number> {
-  printFirewall(o, await withRef(o, 'vm', o.vm, (id) => o.client().setFirewall(id, o.policy)));
+  const client = await o.client();
+  printFirewall(o, await withRef(o, 'vm', o.vm, (id) => client.setFirewall(id, o.policy)));
   return 0;
 }

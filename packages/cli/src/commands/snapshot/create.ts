@@ -41,10 +41,11 @@ export function newSnapshotCreateCommand(
 }
 
 export async function snapshotCreateRun(o: SnapshotCreateOptions): Promise<number> {
+  const client = await o.client();
   const spin = spinner(o).start(`Snapshotting ${o.vm}…`);
   try {
     const snap = await withRef(o, 'vm', o.vm, (id) =>
-      o.client().snapshot(id, {
+      client.snapshot(id, {
         name: o.name,
         timeout: o.waitSec === undefined ? undefined : o.waitSec * 1000,
       }),

@@ -17,6 +17,7 @@ export function newSnapshotGetCommand(
 }
 
 export async function snapshotGetRun(o: SnapshotGetOptions): Promise<number> {
-  printSnapshot(o, await withRef(o, 'snapshot', o.snapshot, (id) => o.client().getSnapshot(id)));
+  const client = await o.client();
+  printSnapshot(o, await withRef(o, 'snapshot', o.snapshot, (id) => client.getSnapshot(id)));
   return 0;
 }

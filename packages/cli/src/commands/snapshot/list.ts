@@ -15,6 +15,7 @@ export function newSnapshotListCommand(
 }
 
 export async function snapshotListRun(o: SnapshotListOptions): Promise<number> {
-  printSnapshots(o, await o.client().listSnapshots());
+  const client = await o.client();
+  printSnapshots(o, await client.listSnapshots());
   return 0;
 }

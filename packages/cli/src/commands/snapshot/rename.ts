@@ -18,9 +18,10 @@ export function newSnapshotRenameCommand(
 }
 
 export async function snapshotRenameRun(o: SnapshotRenameOptions): Promise<number> {
+  const client = await o.client();
   printSnapshot(
     o,
-    await withRef(o, 'snapshot', o.snapshot, (id) => o.client().renameSnapshot(id, o.name)),
+    await withRef(o, 'snapshot', o.snapshot, (id) => client.renameSnapshot(id, o.name)),
   );
   return 0;
 }

@@ -53,10 +53,11 @@ export function newSnapshotRestoreCommand(
 }
 
 export async function snapshotRestoreRun(o: SnapshotRestoreOptions): Promise<number> {
+  const client = await o.client();
   const spin = spinner(o).start(`Restoring ${o.snapshot}…`);
   try {
     const vm = await withRef(o, 'snapshot', o.snapshot, (id) =>
-      o.client().restore(id, {
+      client.restore(id, {
         name: o.name,
         firewall: o.firewall,
         timeout: o.waitSec === undefined ? undefined : o.waitSec * 1000,

@@ -35,11 +35,12 @@ export function newSnapshotRmCommand(
 }
 
 export async function snapshotRmRun(o: SnapshotRmOptions): Promise<number> {
+  const client = await o.client();
   const snaps: Snapshot[] = [];
   for (const ref of o.snapshots)
-    snaps.push(await withRef(o, 'snapshot', ref, (id) => o.client().getSnapshot(id)));
+    snaps.push(await withRef(o, 'snapshot', ref, (id) => client.getSnapshot(id)));
   await removeAll(o, snaps, { one: 'snapshot', many: 'snapshots' }, o.yes, (id) =>
-    o.client().removeSnapshot(id),
+    client.removeSnapshot(id),
   );
   return 0;
 }

@@ -1,5 +1,4 @@
 // fastvm vm console <vm> | fastvm console <vm>: an interactive shell in a VM.
-import { spawnSync } from 'node:child_process';
 import type { Command } from 'commander';
 import type { ConsoleExit, ConsoleSession } from 'fastvm';
 import { newCommand, onRun, withRef, type CommandBase, type RunF } from '../../cmdutil.js';
@@ -47,6 +46,7 @@ interface TerminalOut {
 
 /** Runs a console session on the process's terminal; resolves with the exit status to use. */
 export async function consoleRun(o: ConsoleOptions): Promise<number> {
+  const client = await o.client();
   const ref = o.vm;
   const stdin = o.io.stdin as TerminalIn;
   const stdout = o.io.stdout as TerminalOut;
@@ -55,7 +55,7 @@ export async function consoleRun(o: ConsoleOptions): Promise<number> {
     stdout.isTTY && stdout.columns && stdout.rows
       ? { cols: stdout.columns, rows: stdout.rows }
       : {};
-  const session: ConsoleSession = await withRef(o, 'vm', ref, (id) => o.client().console(id, size));
+  const session: ConsoleSession = await withRef(o, 'vm', ref, (id) => client.console(id, size));
 
   let detached = false;
   const onInput = (chunk: Buffer): void => {
@@ -82,6 +82,7 @@ export async function consoleRun(o: ConsoleOptions): Promise<number> {
     // programs in the VM: the VM's terminal already did that. Turn it off too (as `tty.setraw`
     // does); setRawMode(false) restores the terminal as it was, this included.
     if (stdin === (process.stdin as unknown)) {
+      const { spawnSync } = await import('node:child_process');
       spawnSync('stty', ['-opost'], { stdio: ['inherit', 'ignore', 'ignore'] });
     }
   }

@@ -56,7 +56,7 @@ export async function vmExecRun(o: VmExecOptions): Promise<number> {
   if (o.command.length === 0) throw new CliError("missing required argument 'command'");
   const command = o.argv ? o.command : o.command.join(' ');
   const { timeoutSec } = o;
-  const client = o.client();
+  const client = await o.client();
   if (o.stream && !o.json) {
     // Streaming (NDJSON): output is written as it arrives; the first event (or error) decides
     // whether the VM reference needs resolving.

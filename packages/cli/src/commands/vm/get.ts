@@ -15,6 +15,7 @@ export function newVmGetCommand(f: Factory, runF: RunF<VmGetOptions> = vmGetRun)
 }
 
 export async function vmGetRun(o: VmGetOptions): Promise<number> {
-  printVm(o, await withRef(o, 'vm', o.vm, (id) => o.client().get(id)));
+  const client = await o.client();
+  printVm(o, await withRef(o, 'vm', o.vm, (id) => client.get(id)));
   return 0;
 }

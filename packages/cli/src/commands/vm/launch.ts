@@ -64,9 +64,10 @@ export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmL
 }
 
 export async function vmLaunchRun(o: VmLaunchOptions): Promise<number> {
+  const client = await o.client();
   const spin = spinner(o).start(`Launching ${o.machine} VM${o.name ? ` ${o.name}` : ''}…`);
   try {
-    const vm = await o.client().launch({
+    const vm = await client.launch({
       machine: o.machine,
       name: o.name,
       diskGib: o.diskGib,

@@ -12,6 +12,7 @@ export function newVmListCommand(f: Factory, runF: RunF<VmListOptions> = vmListR
 }
 
 export async function vmListRun(o: VmListOptions): Promise<number> {
-  printVms(o, await o.client().list());
+  const client = await o.client();
+  printVms(o, await client.list());
   return 0;
 }

@@ -18,6 +18,7 @@ export function newVmPauseCommand(f: Factory, runF: RunF<VmPauseOptions> = vmPau
 }
 
 export async function vmPauseRun(o: VmPauseOptions): Promise<number> {
-  printVm(o, await withRef(o, 'vm', o.vm, (id) => o.client().pause(id)));
+  const client = await o.client();
+  printVm(o, await withRef(o, 'vm', o.vm, (id) => client.pause(id)));
   return 0;
 }

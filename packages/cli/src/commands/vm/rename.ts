@@ -15,6 +15,7 @@ export function newVmRenameCommand(f: Factory, runF: RunF<VmRenameOptions> = vmR
 }
 
 export async function vmRenameRun(o: VmRenameOptions): Promise<number> {
-  printVm(o, await withRef(o, 'vm', o.vm, (id) => o.client().rename(id, o.name)));
+  const client = await o.client();
+  printVm(o, await withRef(o, 'vm', o.vm, (id) => client.rename(id, o.name)));
   return 0;
 }

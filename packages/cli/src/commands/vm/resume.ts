@@ -14,6 +14,7 @@ export function newVmResumeCommand(f: Factory, runF: RunF<VmResumeOptions> = vmR
 }
 
 export async function vmResumeRun(o: VmResumeOptions): Promise<number> {
-  printVm(o, await withRef(o, 'vm', o.vm, (id) => o.client().resume(id)));
+  const client = await o.client();
+  printVm(o, await withRef(o, 'vm', o.vm, (id) => client.resume(id)));
   return 0;
 }

@@ -32,8 +32,9 @@ export function newVmRmCommand(f: Factory, runF: RunF<VmRmOptions> = vmRmRun): C
 }
 
 export async function vmRmRun(o: VmRmOptions): Promise<number> {
+  const client = await o.client();
   const vms: VM[] = [];
-  for (const ref of o.vms) vms.push(await withRef(o, 'vm', ref, (id) => o.client().get(id)));
-  await removeAll(o, vms, { one: 'VM', many: 'VMs' }, o.yes, (id) => o.client().remove(id));
+  for (const ref of o.vms) vms.push(await withRef(o, 'vm', ref, (id) => client.get(id)));
+  await removeAll(o, vms, { one: 'VM', many: 'VMs' }, o.yes, (id) => client.remove(id));
   return 0;
 }

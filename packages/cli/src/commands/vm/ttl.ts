@@ -26,7 +26,7 @@ export function newVmTtlCommand(f: Factory, runF: RunF<VmTtlOptions> = vmTtlRun)
 }
 
 export async function vmTtlRun(o: VmTtlOptions): Promise<number> {
-  const client = o.client();
+  const client = await o.client();
   const { ttl } = o;
   const vm = await withRef(o, 'vm', o.vm, (id) =>
     ttl === 'refresh' ? client.refreshTtl(id) : client.setTtl(id, ttl),
