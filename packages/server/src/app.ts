@@ -100,6 +100,8 @@ export interface BuiltApp {
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+/** How long the rest of a refused request body is read and dropped before the connection goes. */
+const UNREAD_BODY_DRAIN_MS = 10_000;
 
 /**
  * Builds and readies the Fastify app. It does not listen: `http/listener.ts` feeds it
@@ -127,8 +129,15 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID_RE.test(given) ? given : randomUUID();
     },
-    routerOptions: { maxParamLength: 2048, ignoreTrailingSlash: true },
+    // Longer than any request line Node accepts (16 KiB of headers), so an over-long id is an
+    // unknown id (401/404 like any other) rather than a router error.
+    routerOptions: { maxParamLength: 16 * 1024, ignoreTrailingSlash: true },
     return503OnClosing: true,
+    // Requests the router refuses (a malformed percent escape) get the API's error shape.
+    frameworkErrors: (error, request, reply) => errorHandler(error, request, reply),
+    // Requests Node's parser refuses are answered by the listener (`http/listener.ts`), which
+    // knows whether a response is still under way on the connection.
+    clientErrorHandler: () => {},
   }).withTypeProvider<ZodTypeProvider>();
 
   app.setValidatorCompiler(zodValidatorCompiler);
@@ -147,6 +156,25 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   });
 
   app.decorateRequest('auth', null);
+  // HTTP/1.1 requests with an Upgrade header (a WebSocket handshake, or the `Upgrade: h2c` of
+  // `curl --http2`) reach the app through @fastify/websocket's 'upgrade' listener whatever their
+  // path, on a socket that Node's HTTP parser has let go of. Only the console WebSocket upgrades
+  // (the plugin is registered in its scope alone); every other route ignores the header
+  // (RFC 9110 §7.8) and answers as usual, and the connection then closes, as nothing would read
+  // a next request on it.
+  app.addHook('onRequest', async (request, reply) => {
+    const raw = request.raw;
+    if (raw.httpVersion === '1.1' && raw.headers.host === undefined) {
+      // RFC 9112 §3.2 (Node's own refusal of this has no body; see `requireHostHeader`).
+      throw new ApiError('bad_request', 'an HTTP/1.1 request needs a Host header', {
+        field: 'host',
+      });
+    }
+    if (!isUpgradeRequest(raw)) return;
+    const socket = raw.socket;
+    reply.header('connection', 'close');
+    reply.raw.once('finish', () => socket.destroySoon());
+  });
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
     if (opts.isShuttingDown?.()) {
@@ -157,12 +185,45 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
     if (request.routeOptions.config?.public === true || !path.startsWith('/v1/')) return;
     request.auth = await authenticate(opts.services.store, request);
   });
-
-  // Fastify asks for `Connection: close` after body errors; that header is illegal in HTTP/2.
-  app.addHook('onSend', async (request, reply) => {
-    if (request.raw.httpVersionMajor === 2 && reply.hasHeader('connection')) {
-      reply.removeHeader('connection');
+  // Node does not parse the body of an upgrade request (it belongs to the new protocol), so a
+  // route would see none: refuse rather than act on a request without its body. Storage URLs
+  // (served in front of Fastify for ordinary requests) get their usual answer.
+  app.addHook('onRequest', async (request, reply) => {
+    const raw = request.raw;
+    if (!isUpgradeRequest(raw)) return;
+    if (declaresBody(raw)) {
+      throw new ApiError(
+        'bad_request',
+        'a request with an Upgrade header cannot carry a body: send it without Upgrade ' +
+          '(curl: --http1.1 or --http2-prior-knowledge)',
+        { field: 'upgrade' },
+      );
     }
+    const files = opts.services.files as FileService | undefined;
+    if (files && raw.url?.startsWith(STORAGE_PREFIX)) {
+      reply.hijack();
+      reply.raw.setHeader('connection', 'close');
+      handleStorage(files, opts.logger, raw, reply.raw);
+    }
+  });
+
+  // Fastify asks for `Connection: close` after body errors (a 413, invalid JSON). That header
+  // is illegal in HTTP/2. Over HTTP/1.1, closing with the rest of a refused upload unread makes
+  // the kernel reset the connection, and the client sees the reset instead of the answer: the
+  // connection stays open and Node reads and drops the rest of the body, for a while.
+  app.addHook('onSend', async (request, reply) => {
+    const raw = request.raw;
+    if (!reply.hasHeader('connection') || isUpgradeRequest(raw)) return;
+    if (raw.httpVersionMajor === 2 || raw.complete) {
+      reply.removeHeader('connection');
+      return;
+    }
+    reply.removeHeader('connection');
+    reply.raw.once('finish', () => {
+      if (raw.complete) return;
+      const timer = setTimeout(() => raw.socket.destroy(), UNREAD_BODY_DRAIN_MS).unref();
+      raw.once('end', () => clearTimeout(timer));
+    });
   });
 
   app.setErrorHandler(errorHandler);
@@ -170,15 +231,30 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
     throw new ApiError('not_found', `no route for ${request.method} ${request.url.split('?')[0]}`);
   });
 
-  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
-
   const pluginOpts = {
     services: opts.services,
     execBodyLimit: opts.execBodyLimit ?? 16 * 1024 * 1024,
   };
   await app.register(healthRoutes);
   await app.register(vmRoutes, pluginOpts);
-  await app.register(consoleRoutes, pluginOpts);
+  // The WebSocket plugin wraps every route registered beside it (an upgrade on a route without
+  // a WebSocket handler would answer 101 and close), so it shares a scope with the console only.
+  await app.register(async (scope: App) => {
+    await scope.register(websocket, {
+      options: { maxPayload: 1024 * 1024 },
+      // A client that breaks the WebSocket protocol (`ws` has sent it the close code already)
+      // is no server error; anything else from the console's socket is.
+      errorHandler: (error, socket, request) => {
+        if ((error as NodeJS.ErrnoException).code?.startsWith('WS_ERR_')) {
+          request.log.info({ err: error }, 'console WebSocket: protocol error from the client');
+        } else {
+          request.log.error({ err: error }, 'console WebSocket failed');
+        }
+        socket.terminate();
+      },
+    });
+    await scope.register(consoleRoutes, pluginOpts);
+  });
   await app.register(lifecycleRoutes, pluginOpts);
   await app.register(fileRoutes, pluginOpts);
   await app.register(snapshotRoutes, pluginOpts);
@@ -194,6 +270,18 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.ready();
   if (!servers) throw new Error('serverFactory was not called');
   return { app, servers };
+}
+
+/** Whether Node handed this request to the 'upgrade' listener (HTTP/1.1 `Upgrade`). */
+function isUpgradeRequest(raw: FastifyRequest['raw']): boolean {
+  // `IncomingMessage.upgrade` is set by Node but missing from its type definitions.
+  return raw.httpVersionMajor === 1 && (raw as { upgrade?: boolean }).upgrade === true;
+}
+
+/** Whether the request says a body follows. */
+function declaresBody(raw: IncomingMessage): boolean {
+  const length = raw.headers['content-length'];
+  return raw.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /** JSON bodies; an empty body (with or without a JSON content type) parses as `undefined`. */

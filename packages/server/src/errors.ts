@@ -19,8 +19,12 @@ export const ERROR_CATALOG = {
   conflict: 409,
   /** A name used as an id matches more than one object in the org; use the id. */
   ambiguous_name: 409,
+  /** The client took too long to send its request (HTTP/1.1). */
+  request_timeout: 408,
   /** Request body larger than the route allows. */
   payload_too_large: 413,
+  /** Request headers larger than the server accepts (HTTP/1.1, 16 KiB). */
+  headers_too_large: 431,
   /** An org quota dimension would be exceeded; the body names the `dimension`. */
   quota_exceeded: 429,
   /** Unexpected server failure. */

@@ -104,6 +104,131 @@ describe('cleartext listener: HTTP/1.1, h2c and WebSocket on one port', () => {
     expect(closed).toEqual({ code: 1000, reason: '{"type":"exit","exitCode":7}' });
   });
 
+  it('answers a WebSocket upgrade on an ordinary route as the route would, then closes', async () => {
+    const vm = await post(`${t.url}/v1/vms`, t.key);
+    const cases: Array<[string, Record<string, string>, number, Record<string, unknown>]> = [
+      ['/healthz', {}, 200, { status: 'ok' }],
+      ['/v1/vms', {}, 401, { code: 'unauthorized' }],
+      ['/v1/vms/no-such-vm', { 'x-api-key': t.key }, 404, { code: 'not_found' }],
+      [`/v1/vms/${vm.id}`, { 'x-api-key': t.key }, 200, { id: vm.id }],
+      ['/nope', {}, 404, { code: 'not_found' }],
+    ];
+    for (const [path, headers, status, body] of cases) {
+      const answer = await new Promise<{ status: number; body: unknown; closed: boolean }>(
+        (resolve, reject) => {
+          const ws = new WebSocket(`${t.url.replace(/^http/, 'ws')}${path}`, { headers });
+          ws.once('open', () => reject(new Error(`${path}: upgraded`)));
+          ws.once('unexpected-response', (_req, res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString()));
+            res.on('end', () => {
+              // The server closes the connection: nothing would read a next request on it.
+              res.socket.once('close', () =>
+                resolve({ status: res.statusCode ?? 0, body: JSON.parse(text), closed: true }),
+              );
+            });
+          });
+          ws.once('error', () => {});
+        },
+      );
+      expect(answer, path).toMatchObject({ status, body, closed: true });
+    }
+  });
+
+  it('answers `Upgrade: h2c` (curl --http2) over HTTP/1.1 instead of refusing it', async () => {
+    const res = await new Promise<{ status: number; type: string; text: string }>((resolve) => {
+      const req = http.get(`${t.url}/healthz`, {
+        headers: { connection: 'Upgrade, HTTP2-Settings', upgrade: 'h2c', 'http2-settings': '' },
+      });
+      req.on('response', (r) => {
+        let text = '';
+        r.on('data', (c: Buffer) => (text += c.toString()));
+        r.on('end', () =>
+          resolve({ status: r.statusCode ?? 0, type: String(r.headers['content-type']), text }),
+        );
+      });
+    });
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.text)).toEqual({ status: 'ok' });
+  });
+
+  it('h2c: an exec body at the limit arrives promptly on a slow link while other streams run', async () => {
+    // 20 ms each way between client and server.
+    const port = Number(new URL(t.url).port);
+    const proxy = net.createServer((client) => {
+      const server = net.connect(port, '127.0.0.1');
+      const delayed = (to: net.Socket) => (chunk: Buffer) => {
+        setTimeout(() => to.write(chunk), 20);
+      };
+      client.on('data', delayed(server));
+      server.on('data', delayed(client));
+      client.on('close', () => server.destroy());
+      server.on('close', () => client.destroy());
+      client.on('error', () => server.destroy());
+      server.on('error', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const vm = await post(`${t.url}/v1/vms`, t.key);
+    // A client as the SDK makes it (16 MiB receive windows). Node's client counts the body it
+    // has queued against its own session memory, so that limit is raised too: with the default
+    // (10 MB) this client, not the server, would reset its other streams.
+    const session = http2.connect(`http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`, {
+      maxSessionMemory: 64,
+      settings: { initialWindowSize: 16 * 1024 * 1024 },
+    });
+    session.on('error', () => {});
+    const request = (
+      method: string,
+      path: string,
+      body?: Buffer,
+    ): Promise<{ status: number; ms: number; text: string }> => {
+      const started = Date.now();
+      return new Promise((resolve, reject) => {
+        const req = session.request(
+          {
+            ':method': method,
+            ':path': path,
+            'x-api-key': t.key,
+            'content-type': 'application/json',
+          },
+          { endStream: body === undefined },
+        );
+        let status = 0;
+        let text = '';
+        req.on('response', (h) => (status = Number(h[':status'])));
+        req.on('data', (c: Buffer) => (text += c.toString()));
+        req.on('end', () => resolve({ status, ms: Date.now() - started, text }));
+        req.on('error', reject);
+        if (body) req.end(body);
+      });
+    };
+    try {
+      await request('GET', '/healthz');
+      // 11 MiB of stdin: 14.7 MiB of JSON, under the exec limit (16 MiB).
+      const stdin = Buffer.alloc(11 * 1024 * 1024, 7).toString('base64');
+      const big = request(
+        'POST',
+        `/v1/vms/${vm.id}/exec`,
+        Buffer.from(JSON.stringify({ command: ['true'], stdin })),
+      );
+      const small: Array<Promise<{ status: number; ms: number; text: string }>> = [];
+      for (let i = 0; i < 8; i++) {
+        small.push(request('GET', i % 2 ? '/v1/vms' : '/healthz'));
+        small.push(request('POST', '/v1/vms', Buffer.from('{"machineType":"c1m2"}')));
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const answers = await Promise.all(small);
+      expect(answers.map((a) => a.status)).toEqual(Array(8).fill([200, 201]).flat());
+      const exec = await big;
+      expect(exec.status, exec.text).toBe(200);
+      // At 64 KiB per round trip (the HTTP/2 default window) this body took ~10 s here.
+      expect(exec.ms).toBeLessThan(5000);
+    } finally {
+      session.close();
+      proxy.close();
+    }
+  });
+
   it('closes promptly with idle HTTP/1.1 keep-alive and HTTP/2 sessions open', async () => {
     const own = await startTestServer();
     const agent = new http.Agent({ keepAlive: true });

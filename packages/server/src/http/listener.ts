@@ -13,6 +13,8 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import { ApiError } from '../errors.js';
+import { writeRawError } from './raw-response.js';
 
 /** The request handler Fastify hands to `serverFactory`. */
 export type RequestHandler = (
@@ -26,6 +28,18 @@ const FIRST_BYTES_TIMEOUT_MS = 30_000;
 /** Idle HTTP/1.1 keep-alive and HTTP/2 sessions (behind load balancers that keep 60 s). */
 const IDLE_TIMEOUT_MS = 72_000;
 
+/**
+ * HTTP/2 receive windows: what a client may send on a stream (and on the whole connection)
+ * before the server acknowledges it. The protocol default (64 KiB for both) costs a round trip
+ * per 64 KiB, so an exec body at its limit (16 MiB) took ~250 round trips: 10 s and more on a
+ * 40 ms link, while the other streams of the connection queued for the same window. A stream's
+ * data is acknowledged as the app reads it, so one stream still makes the server hold at most
+ * 1 MiB that nobody reads. (Node's `maxSessionMemory` counts what a session has queued to send,
+ * not what it receives; Fastify writes large answers in chunks, so the default is kept.)
+ */
+const H2_STREAM_WINDOW = 1024 * 1024;
+const H2_CONNECTION_WINDOW = 16 * 1024 * 1024;
+
 /** The protocol servers behind one port. `h1` is what Fastify sees as `app.server`. */
 export interface ProtocolServers {
   h1: http.Server;
@@ -34,10 +48,19 @@ export interface ProtocolServers {
 
 /** Creates the HTTP/1.1 and HTTP/2 servers sharing `handler` (used as Fastify's serverFactory). */
 export function createProtocolServers(handler: RequestHandler): ProtocolServers {
-  const h1 = http.createServer({ keepAliveTimeout: IDLE_TIMEOUT_MS }, handler);
-  const h2 = http2.createServer({}, handler);
+  // A request without Host is refused by the app, in the API's error shape.
+  const h1 = http.createServer(
+    { keepAliveTimeout: IDLE_TIMEOUT_MS, requireHostHeader: false },
+    handler,
+  );
+  const h2 = http2.createServer({ settings: { initialWindowSize: H2_STREAM_WINDOW } }, handler);
   h2.on('session', (session) => {
     session.setTimeout(IDLE_TIMEOUT_MS, () => session.close());
+    const widen = (): void => {
+      if (!session.destroyed) session.setLocalWindowSize(H2_CONNECTION_WINDOW);
+    };
+    if (session.connecting) session.once('connect', widen);
+    else widen();
   });
   return { h1, h2 };
 }
@@ -63,7 +86,16 @@ export interface Listener {
 
 const kActive = Symbol('fastvm.activeRequests');
 const kHttp2 = Symbol('fastvm.http2');
-type TrackedSocket = net.Socket & { [kActive]?: number; [kHttp2]?: boolean };
+const kRefusal = Symbol('fastvm.refusal');
+type TrackedSocket = net.Socket & {
+  /** HTTP/1.1 requests whose responses are not finished yet. */
+  [kActive]?: Set<http.IncomingMessage>;
+  [kHttp2]?: boolean;
+  /** A parse error to answer once the responses under way on the connection are sent. */
+  [kRefusal]?: ApiError;
+};
+
+const activeCount = (socket: TrackedSocket): number => socket[kActive]?.size ?? 0;
 
 /** Starts accepting connections for `servers` on `host:port` (0 = ephemeral). */
 export async function listen(servers: ProtocolServers, opts: ListenOptions): Promise<Listener> {
@@ -78,12 +110,41 @@ export async function listen(servers: ProtocolServers, opts: ListenOptions): Pro
   // HTTP/1.1: count requests per socket so idle keep-alive sockets can be closed when draining.
   h1.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const socket = req.socket as TrackedSocket;
-    socket[kActive] = (socket[kActive] ?? 0) + 1;
+    (socket[kActive] ??= new Set()).add(req);
     if (draining) res.shouldKeepAlive = false;
     res.once('close', () => {
-      socket[kActive] = (socket[kActive] ?? 1) - 1;
-      if (draining && socket[kActive] === 0) socket.end();
+      socket[kActive]?.delete(req);
+      const refusal = socket[kRefusal];
+      if (refusal && activeCount(socket) === 0) writeRawError(socket, refusal);
+      else if (draining && activeCount(socket) === 0) socket.end();
     });
+  });
+  // What Node's HTTP/1.1 parser refuses (a malformed request line, header or body framing,
+  // headers over the size limit, a request that took too long) is answered in the API's error
+  // shape; Node's own answer has no body. Responses to complete requests still under way on the
+  // connection (pipelining) are sent first; a request whose body the error cut off will never
+  // be answered, so the refusal goes out at once. Nothing after the error is read.
+  h1.on(
+    'clientError',
+    (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: TrackedSocket) => {
+      if (err.code === 'ECONNRESET' || !socket.writable) {
+        socket.destroy();
+        return;
+      }
+      const refusal = clientErrorFor(err);
+      const active = [...(socket[kActive] ?? [])];
+      if (active.length > 0 && active.every((req) => req.complete)) {
+        socket[kRefusal] ??= refusal;
+        return;
+      }
+      const head = err.rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
+      writeRawError(socket, refusal, {}, { omitBody: head });
+    },
+  );
+  // A proxy tunnel request is not for us. Without a listener Node drops the connection without
+  // a word; answer like any request for a route that does not exist.
+  h1.on('connect', (req: http.IncomingMessage, socket: net.Socket) => {
+    writeRawError(socket, new ApiError('not_found', `no route for CONNECT ${req.url ?? ''}`));
   });
   h2.on('session', (session: http2.ServerHttp2Session) => {
     sessions.add(session);
@@ -143,7 +204,7 @@ export async function listen(servers: ProtocolServers, opts: ListenOptions): Pro
       for (const socket of sockets) {
         // Idle HTTP/1.1 keep-alive sockets (and sockets still being sniffed) go now; busy ones
         // close after their response. HTTP/2 sockets close with their session.
-        if (!(socket[kActive] ?? 0) && !socket[kHttp2]) socket.end();
+        if (activeCount(socket) === 0 && !socket[kHttp2]) socket.end();
       }
       const deadline = Date.now() + graceMs;
       while (raw.size > 0 && Date.now() < deadline) {
@@ -158,6 +219,17 @@ export async function listen(servers: ProtocolServers, opts: ListenOptions): Pro
       destroyAll();
     },
   };
+}
+
+/** The API error for a request Node's HTTP/1.1 parser refused. */
+function clientErrorFor(err: NodeJS.ErrnoException): ApiError {
+  if (err.code === 'HPE_HEADER_OVERFLOW') {
+    return new ApiError('headers_too_large', 'request headers are too large');
+  }
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    return new ApiError('request_timeout', 'the request took too long to arrive');
+  }
+  return new ApiError('bad_request', `malformed HTTP request (${err.code ?? 'parse error'})`);
 }
 
 /**
