@@ -17,11 +17,18 @@ import { makeDataDir } from './helpers.js';
 
 /**
  * The store contract, run against SQLite always and against PostgreSQL when
- * FASTVM_TEST_DATABASE_URL points at a scratch database.
+ * FASTVM_TEST_DATABASE_URL points at a scratch database (`npm test` sets it up when a local
+ * PostgreSQL runs: scripts/test.sh; CI installs one).
  */
 const DIALECTS: Array<[string, string | undefined]> = [['sqlite', undefined]];
 if (process.env.FASTVM_TEST_DATABASE_URL)
   DIALECTS.push(['postgres', process.env.FASTVM_TEST_DATABASE_URL]);
+
+if (DIALECTS.length === 1) {
+  const why = 'no PostgreSQL (install one, or set FASTVM_TEST_DATABASE_URL)';
+  console.warn(`store contract on PostgreSQL skipped: ${why}`);
+  it.skip(`store contract on PostgreSQL — skipped: ${why}`, () => {});
+}
 
 function vmRow(orgId: string, over: Partial<VmRecord> = {}): VmRecord {
   const now = new Date().toISOString();
