@@ -89,12 +89,23 @@ class _Conn(asyncio.Protocol):
             return
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
-                self.pending[ev.stream_id] = ([(str(k), str(v)) for k, v in ev.headers or []], bytearray())
+                headers = [(str(k), str(v)) for k, v in ev.headers or []]
+                self.pending[ev.stream_id] = (headers, bytearray())
+                h = dict(headers)
+                if self.server.answers_early(h.get(":method", ""), h.get(":path", "")):
+                    # Answer before the body arrived (as a server refusing a large upload does).
+                    del self.pending[ev.stream_id]
+                    self.tasks[ev.stream_id] = asyncio.ensure_future(
+                        self.serve(ev.stream_id, headers, b"")
+                    )
             elif isinstance(ev, h2.events.DataReceived):
+                self.server.bytes_received += len(ev.data or b"")
                 if ev.stream_id in self.pending:
                     self.pending[ev.stream_id][1].extend(ev.data or b"")
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
+                if ev.stream_id not in self.pending:
+                    continue
                 headers, body = self.pending.pop(ev.stream_id)
                 self.tasks[ev.stream_id] = asyncio.ensure_future(
                     self.serve(ev.stream_id, headers, bytes(body))
@@ -177,6 +188,8 @@ class StubServer:
 
     def __init__(self) -> None:
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.early: list[tuple[str, re.Pattern[str]]] = []
+        self.bytes_received = 0
         self.requests: list[StubRequest] = []
         self.resets: list[int] = []
         self.connections: list[_Conn] = []
@@ -204,8 +217,18 @@ class StubServer:
             self._server.close()
             await self._server.wait_closed()
 
-    def route(self, method: str, pattern: str, handler: Handler | Reply | list[Reply]) -> None:
-        """Adds a route (newest first). ``pattern`` must match the whole path (query included)."""
+    def route(
+        self,
+        method: str,
+        pattern: str,
+        handler: Handler | Reply | list[Reply],
+        *,
+        early: bool = False,
+    ) -> None:
+        """Adds a route (newest first). ``pattern`` must match the whole path (query included).
+        ``early``: answer as soon as the headers arrive, without reading the body."""
+        if early:
+            self.early.append((method, re.compile(pattern)))
         if isinstance(handler, Reply):
             fixed = handler
             handler = lambda _req: fixed  # noqa: E731
@@ -213,6 +236,9 @@ class StubServer:
             replies = list(handler)
             handler = lambda _req: replies.pop(0) if len(replies) > 1 else replies[0]  # noqa: E731
         self.routes.insert(0, (method, re.compile(pattern), handler))
+
+    def answers_early(self, method: str, path: str) -> bool:
+        return any(m == method and p.fullmatch(path) for m, p in self.early)
 
     def paths(self, method: str | None = None) -> list[str]:
         return [r.path for r in self.requests if method is None or r.method == method]

@@ -416,6 +416,39 @@ async def test_large_output_flows(stub: StubServer, client: FastVM) -> None:
     assert all(r.stdout == big for r in results)
 
 
+def open_streams(client: FastVM) -> int:
+    protocol = client._transport._protocol
+    assert protocol is not None
+    return int(protocol.conn.open_outbound_streams)
+
+
+async def test_an_early_answer_ends_the_upload(stub: StubServer, client: FastVM) -> None:
+    stub.route(
+        "POST",
+        f"/v1/vms/{VM_ID}/exec",
+        Reply(413, {"error": "too large", "code": "payload_too_large"}),
+        early=True,
+    )
+    with pytest.raises(APIError) as info:
+        await client.run(VM_ID, ["echo", "z" * (20 * 1024 * 1024)])
+    assert info.value.status == 413
+    assert stub.bytes_received < 20 * 1024 * 1024
+    assert open_streams(client) == 0
+    stub.route("GET", "/v1/vms", Reply(200, []))
+    assert await client.list() == []
+
+
+async def test_timed_out_calls_leave_no_open_streams(stub: StubServer, client: FastVM) -> None:
+    stub.route("POST", f"/v1/vms/{VM_ID}/exec", Reply(200, exec_wire(), delay=2))
+    results = await asyncio.gather(
+        *(client.run(VM_ID, "sleep 9", timeout=0.2) for _ in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(r, APITimeoutError) for r in results)
+    assert open_streams(client) == 0
+    await asyncio.sleep(0.1)
+    assert len(stub.resets) == 50
+
+
 async def test_large_request_body_flows(stub: StubServer, client: FastVM) -> None:
     stub.route("POST", f"/v1/vms/{VM_ID}/exec", Reply(200, exec_wire()))
     arg = "y" * (3 * 1024 * 1024)

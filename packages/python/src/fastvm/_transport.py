@@ -110,7 +110,7 @@ class _GoawayTolerantStateMachine(h2.connection.H2ConnectionStateMachine):
 
 
 class _Stream:
-    __slots__ = ("id", "status", "headers", "chunks", "done", "ended")
+    __slots__ = ("id", "status", "headers", "chunks", "done", "ended", "sent")
 
     def __init__(self, stream_id: int, loop: asyncio.AbstractEventLoop) -> None:
         self.id = stream_id
@@ -118,7 +118,8 @@ class _Stream:
         self.headers: list[Header] = []
         self.chunks: list[bytes] = []
         self.done: asyncio.Future[None] = loop.create_future()
-        self.ended = False
+        self.ended = False  # the server finished or reset the stream (or the connection died)
+        self.sent = False  # the request went out completely (END_STREAM sent)
 
     def finish(self, error: BaseException | None = None) -> None:
         self.ended = True
@@ -275,16 +276,16 @@ class _H2Protocol(asyncio.Protocol):
                 # Headers and the first DATA frame leave in one write (one packet for small bodies).
                 await self._send_body(stream, body)
             else:
+                stream.sent = True
                 self._flush()
             await stream.done
+            if not stream.sent:
+                # The server answered before reading the whole body: close our half too.
+                self._reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
         except BaseException:
-            if not stream.ended and not self.closed:
+            if not stream.ended:
                 # Cancelled (timeout) or failed while the server may still be working on it.
-                try:
-                    conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                    self._flush()
-                except h2.exceptions.H2Error:
-                    pass
+                self._reset(stream_id, h2.errors.ErrorCodes.CANCEL)
             raise
         finally:
             del self.streams[stream_id]
@@ -298,9 +299,7 @@ class _H2Protocol(asyncio.Protocol):
         offset = 0
         while offset < len(body):
             if stream.ended:
-                return  # the server answered (or reset) before reading the whole body
-            if self.closed and self.transport is None:
-                raise APIConnectionError("the connection was lost while sending the request")
+                return  # the server answered (or reset it, or the connection died) meanwhile
             window = min(
                 self.conn.local_flow_control_window(stream.id), self.conn.max_outbound_frame_size
             )
@@ -312,9 +311,19 @@ class _H2Protocol(asyncio.Protocol):
             chunk = view[offset : offset + window]
             offset += len(chunk)
             self.conn.send_data(stream.id, chunk.tobytes(), end_stream=offset >= len(body))
+            stream.sent = offset >= len(body)
             self._flush()
             if not self._writable.is_set():
                 await self._writable.wait()
+
+    def _reset(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            self.conn.reset_stream(stream_id, code)
+            self._flush()
+        except h2.exceptions.H2Error:
+            pass  # already closed on the h2 level
 
     def close(self) -> None:
         """Sends GOAWAY and closes the socket (in-flight streams fail)."""
