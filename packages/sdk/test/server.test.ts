@@ -226,3 +226,26 @@ describe('errors against the server', () => {
     expect(proxy.connections).toBe(1);
   });
 });
+
+describe('large bodies on the shared HTTP/2 session', () => {
+  it('a 10 MiB exec stdin (~14 MB of JSON) while 16 other calls run on the same session', async () => {
+    const vm = await client.launch({ machine: 'c1m2' });
+    const big = Buffer.alloc(10 * 2 ** 20, 0x61);
+    const streamed = (async () => {
+      let bytes = 0;
+      let exitCode = -1;
+      for await (const ev of client.stream(vm, 'cat', { stdin: big })) {
+        if (ev.type === 'stdout') bytes += ev.data.length;
+        if (ev.type === 'exit') exitCode = ev.exitCode;
+      }
+      return { bytes, exitCode };
+    })();
+    const [out, ...gets] = await Promise.all([
+      streamed,
+      ...Array.from({ length: 16 }, () => client.get(vm)),
+    ]);
+    expect(out).toEqual({ bytes: big.length, exitCode: 0 });
+    expect(gets.every((g) => g.id === vm.id)).toBe(true);
+    await client.remove(vm);
+  });
+});
