@@ -59,6 +59,7 @@ function usageError(message: string, cmd: Command): string {
   const text = message
     .replace(/^error: /, '')
     .trim()
+    .replace(/\s*\n\s*/g, ' ') // "(Did you mean --json?)" comes on a line of its own
     .replace(/^option '(-[^ ',]+)[^']*' argument missing$/, "option '$1' needs a value");
   const root = cmd.parent === null;
   return `Error: ${text} (see '${root ? 'fastvm' : commandPath(cmd)} --help')\n`;
