@@ -77,7 +77,7 @@ describe('console (real QEMU VM)', () => {
     expect(await c.closed).toEqual({ code: 1000, reason: '{"type":"exit","exitCode":3}' });
   });
 
-  it('echoes keystrokes with low latency (measured)', async () => {
+  it('echoes every keystroke (latency printed, not asserted: speed lives in the bench)', async () => {
     const c = await ConsoleClient.open(consoleUrl(server.url, await token(), '&rows=24&cols=80'));
     await c.waitFor(PROMPT);
     c.type('cat\r');
@@ -95,7 +95,6 @@ describe('console (real QEMU VM)', () => {
       `console keystroke echo (WebSocket → server → agent → guest pty and back): ` +
         `p50 ${samples[20]!.toFixed(2)} ms, p90 ${samples[36]!.toFixed(2)} ms, max ${samples[39]!.toFixed(2)} ms`,
     );
-    expect(samples[20]).toBeLessThan(50);
     // ^C interrupts cat (and flushes typed-ahead input), then the shell exits.
     const from = c.text.length;
     c.type('\x03');
