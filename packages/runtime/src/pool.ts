@@ -149,8 +149,11 @@ export class WarmPool {
         vm.dir = dir;
         if (network) vm.record.network = network;
         vm.record.createdAt = new Date().toISOString();
-        await this.layers.writeVm(dir, vm.record);
-        await vm.agent.setIdentity(freshIdentity(id, hostname, network));
+        // The record and the guest's identity are independent: do both at once.
+        await Promise.all([
+          this.layers.writeVm(dir, vm.record),
+          vm.agent.setIdentity(freshIdentity(id, hostname, network)),
+        ]);
       } catch (err) {
         this.log(`runtime: pooled VM ${poolName} could not become ${id}: ${String(err)}`);
         await this.#discard(vm);

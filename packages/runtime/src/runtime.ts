@@ -208,8 +208,7 @@ export class QemuRuntime implements Runtime {
         `diskGiB must be at least ${this.#image.rootfsGiB}`,
       );
     }
-    const golden = await this.#goldens.get(opts.machine);
-    await this.#claim(opts.id);
+    const [golden] = await Promise.all([this.#goldens.get(opts.machine), this.#claim(opts.id)]);
     let vm: LiveVm;
     try {
       const pooled = await this.#pool.take(opts.machine, opts.id, opts.hostname, opts.network);

@@ -40,14 +40,17 @@ export async function snapshotVm(
   if (vm.state !== 'running') {
     throw new RuntimeError('not_running', `VM ${vm.id} is ${vm.state}, not running`);
   }
-  if (await layers.readSnapshot(snapshotId)) {
-    throw new RuntimeError('invalid_argument', `snapshot ${snapshotId} already exists`);
-  }
   const t0 = performance.now();
   const rec = vm.record;
   const spec = MACHINES[rec.machine];
   const dir = layers.snapDir(snapshotId);
-  await fs.mkdir(dir, { recursive: true });
+  // (mkdir fails on an existing dir: a snapshot id is used once.)
+  await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'EEXIST') {
+      throw new RuntimeError('invalid_argument', `snapshot ${snapshotId} already exists`);
+    }
+    throw err;
+  });
   const state = path.join(dir, 'state.bin');
   const newTop = layers.newPath('disk', '.qcow2');
   const deltaPath = layers.newPath('mem', '.delta');
@@ -56,9 +59,13 @@ export async function snapshotVm(
   let pauseMs = 0;
   let delta: { runs: number; bytes: number };
   let frozen: { pid: number; release(): void } | undefined;
+  let recorded: Promise<void> | undefined;
   try {
-    await layers.newOverlay(newTop, rec.disk.top, rec.diskGiB);
-    const map = findRamMapping(rec.pid, await fs.realpath(rec.memBase), spec.memoryMiB * 2 ** 20);
+    const [, memFile] = await Promise.all([
+      layers.newOverlay(newTop, rec.disk.top, rec.diskGiB),
+      fs.realpath(rec.memBase),
+    ]);
+    const map = findRamMapping(rec.pid, memFile, spec.memoryMiB * 2 ** 20);
     // Intent first: a crash from here on leaves a record that names the new overlay.
     rec.nextTop = newTop;
     await layers.writeVm(vm.dir, rec);
@@ -85,9 +92,11 @@ export async function snapshotVm(
     crashPoint('snapshot:frozen');
     await resumeAfterMigration(vm.qmp);
     pauseMs = performance.now() - pauseStart;
-    // (Written after the pause: until then the intent above covers a crash.)
-    await layers.writeVm(vm.dir, rec);
+    // (Written after the pause, while the delta is copied: until then the intent covers a crash.)
+    recorded = layers.writeVm(vm.dir, rec);
+    recorded.catch(() => {});
     delta = await dumpDelta(image.memdelta, frozen.pid, map, deltaPath);
+    await recorded;
   } catch (err) {
     if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
     await fs.rm(dir, { recursive: true, force: true });
@@ -97,6 +106,7 @@ export async function snapshotVm(
       await reconcileDisk(vm, ctx.log).catch(() => {});
       delete rec.nextTop;
     }
+    await recorded?.catch(() => {});
     await layers.writeVm(vm.dir, rec).catch(() => {});
     layers.settle(newTop, deltaPath);
     void layers.gc();
