@@ -96,6 +96,11 @@ export interface LaunchOptions extends RequestOptions {
   firewall?: FirewallPolicy | undefined;
   /** User metadata (string → string). */
   metadata?: Record<string, string> | undefined;
+  /**
+   * Environment variables of every command and console shell in the VM. Names match
+   * `[A-Za-z_][A-Za-z0-9_]*`; values have no NUL, `\n` or `\r` (the server answers 400 otherwise).
+   */
+  envVars?: Record<string, string> | undefined;
   /** Time to live: after `seconds` of running the VM is paused or deleted. */
   ttl?: VMTtl | undefined;
   /** How long to wait for the VM to be `running`, in milliseconds (default: the client's `timeout`). */
@@ -130,6 +135,8 @@ export interface RestoreOptions extends RequestOptions {
   firewall?: FirewallPolicy | undefined;
   /** User metadata (string → string). */
   metadata?: Record<string, string> | undefined;
+  /** Environment variables merged over the snapshot's (same rules as {@link LaunchOptions.envVars}). */
+  envVars?: Record<string, string> | undefined;
   /** How long to wait for the VM to be `running`, in milliseconds (default: the client's `timeout`). */
   timeout?: number | undefined;
 }
@@ -289,7 +296,8 @@ export class FastVM {
    * Sends `POST /v1/vms` once (never retried after the server answered, since launching is not
    * idempotent), then polls `GET /v1/vms/{id}` with a short backoff unless the VM is already running.
    *
-   * @param options - Machine type (default `c1m2`), name, disk size, firewall, metadata, wait timeout.
+   * @param options - Machine type (default `c1m2`), name, disk size, firewall, metadata, envVars,
+   *   TTL, wait timeout.
    * @returns The running VM.
    * @throws {@link VMLaunchError} if the VM ends in `error`, `stopped` or `deleting`.
    * @throws {@link VMNotReadyError} if it is not running within `timeout`.
@@ -301,6 +309,7 @@ export class FastVM {
     if (options.diskGib !== undefined) body['diskGiB'] = options.diskGib;
     if (options.firewall !== undefined) body['firewall'] = firewallToWire(options.firewall);
     if (options.metadata !== undefined) body['metadata'] = options.metadata;
+    if (options.envVars !== undefined) body['envVars'] = { ...options.envVars };
     if (options.ttl !== undefined) body['ttl'] = { ...options.ttl };
     return this.#createVm(body, options);
   }
@@ -309,7 +318,8 @@ export class FastVM {
    * Restores a new VM from a snapshot and waits until it is `running`.
    *
    * @param snapshot - Snapshot id (or name), or a {@link Snapshot}.
-   * @param options - Name, firewall override, metadata, wait timeout.
+   * @param options - Name, firewall override, metadata, envVars (merged over the snapshot's),
+   *   wait timeout.
    * @returns The running VM.
    * @throws {@link VMLaunchError} if the VM ends in `error`, `stopped` or `deleting`.
    * @throws {@link VMNotReadyError} if it is not running within `timeout`.
@@ -319,6 +329,7 @@ export class FastVM {
     if (options.name !== undefined && options.name !== '') body['name'] = options.name;
     if (options.firewall !== undefined) body['firewall'] = firewallToWire(options.firewall);
     if (options.metadata !== undefined) body['metadata'] = options.metadata;
+    if (options.envVars !== undefined) body['envVars'] = { ...options.envVars };
     return this.#createVm(body, options);
   }
 

@@ -88,6 +88,8 @@ export interface VM {
   deletedAt: string | null;
   /** User metadata (string → string). */
   metadata: Record<string, string>;
+  /** Environment variables of every command and console shell in the VM (`{}` when none). */
+  envVars: Record<string, string>;
   /** Time to live, or `null` when the VM has none. */
   ttl: VMTtl | null;
   /** When the TTL runs out (epoch ms); set only while `running` with a TTL. */

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AbortError,
   AuthenticationError,
+  BadRequestError,
   FastVM,
   NotFoundError,
   QuotaExceededError,
@@ -247,5 +248,23 @@ describe('large bodies on the shared HTTP/2 session', () => {
     expect(out).toEqual({ bytes: big.length, exitCode: 0 });
     expect(gets.every((g) => g.id === vm.id)).toBe(true);
     await client.remove(vm);
+  });
+});
+
+describe('environment variables', () => {
+  it('launch and restore send envVars (merged over the snapshot’s); VMs carry them', async () => {
+    const vm = await client.launch({ envVars: { FOO: 'bar', KEEP: '1' } });
+    expect(vm.envVars).toEqual({ FOO: 'bar', KEEP: '1' });
+    expect((await client.get(vm)).envVars).toEqual({ FOO: 'bar', KEEP: '1' });
+    const snap = await client.snapshot(vm);
+    const fork = await client.restore(snap, { envVars: { FOO: 'fork' } });
+    expect(fork.envVars).toEqual({ FOO: 'fork', KEEP: '1' });
+    const plain = await client.launch();
+    expect(plain.envVars).toEqual({});
+    await expect(client.launch({ envVars: { 'BAD-NAME': 'x' } })).rejects.toBeInstanceOf(
+      BadRequestError,
+    );
+    for (const v of [vm, fork, plain]) await client.remove(v);
+    await client.removeSnapshot(snap);
   });
 });

@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 import { z } from 'zod';
-import { MACHINES, MAX_TTL_SECONDS } from './domain/index.js';
+import { ENV_VARS_LIMITS, MACHINES, MAX_TTL_SECONDS } from './domain/index.js';
 
 // ---- shared pieces ------------------------------------------------------------------------------
 
@@ -60,6 +60,62 @@ export const Metadata = z
   .meta({
     id: 'Metadata',
     description: 'String-to-string labels; filter lists with metadata.<key>=<value>.',
+  });
+
+/** A POSIX-style variable name (so no `=`, NUL or whitespace). */
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export const EnvVars = z
+  .record(z.string(), z.string())
+  .superRefine((m, ctx) => {
+    const keys = Object.keys(m);
+    if (keys.length > ENV_VARS_LIMITS.maxKeys) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `at most ${ENV_VARS_LIMITS.maxKeys} variables are allowed (got ${keys.length})`,
+      });
+      return;
+    }
+    for (const key of keys) {
+      const path = key === '' ? [] : [key];
+      if (utf8Bytes(key) > ENV_VARS_LIMITS.maxKeyBytes) {
+        ctx.addIssue({
+          code: 'custom',
+          path,
+          message: `names must be 1-${ENV_VARS_LIMITS.maxKeyBytes} bytes`,
+        });
+        return;
+      }
+      if (!ENV_NAME_RE.test(key)) {
+        ctx.addIssue({
+          code: 'custom',
+          path,
+          message: `${JSON.stringify(key)} is not a valid variable name (letters, digits and _, not starting with a digit)`,
+        });
+        return;
+      }
+      if (/[\0\n\r]/.test(m[key] ?? '')) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message: 'values must not contain NUL, newline or carriage return',
+        });
+        return;
+      }
+    }
+    if (utf8Bytes(JSON.stringify(m)) > ENV_VARS_LIMITS.maxJsonBytes) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `envVars must be at most ${ENV_VARS_LIMITS.maxJsonBytes} bytes of JSON`,
+      });
+    }
+  })
+  .meta({
+    id: 'EnvVars',
+    description:
+      'Environment of every exec, streaming exec and console process in the VM (over the guest defaults such as PATH). ' +
+      `Names match [A-Za-z_][A-Za-z0-9_]* (1-${ENV_VARS_LIMITS.maxKeyBytes} bytes); values have no NUL, \\n or \\r; ` +
+      `at most ${ENV_VARS_LIMITS.maxKeys} variables and ${ENV_VARS_LIMITS.maxJsonBytes} bytes of JSON.`,
   });
 
 /** Validates `addr/len` (or a bare address) as IPv6; IPv4 is rejected explicitly. */
@@ -170,10 +226,9 @@ export const LaunchVmBody = z
       .describe('Root disk size; 0 or omitted = 10 (minimum 10).'),
     firewall: FirewallPolicy.nullish(),
     metadata: Metadata.optional(),
-    envVars: z
-      .record(z.string(), z.string())
-      .optional()
-      .describe('Not supported yet (501 when non-empty).'),
+    envVars: EnvVars.optional().describe(
+      "The VM's environment variables; on a restore, merged over the snapshot's.",
+    ),
     ttl: Ttl.nullish(),
     volumes: z.array(z.unknown()).optional().describe('Not supported yet (501 when non-empty).'),
     bucketMounts: z
@@ -296,6 +351,7 @@ export const Vm = z
     deletedAt: Timestamp.nullable(),
     metadata: z.record(z.string(), z.string()),
     firewall: FirewallPolicyOut,
+    envVars: z.record(z.string(), z.string()).describe('Environment of its processes.'),
     statusMessage: z.string().optional().describe('Why the VM is stopped or in error, when known.'),
     ttl: z.object({ seconds: z.number().int(), action: z.enum(['pause', 'delete']) }).nullable(),
     expiresAtMs: z
@@ -323,6 +379,9 @@ export const Snapshot = z
     machineName: z.string(),
     firewall: FirewallPolicyOut,
     metadata: z.record(z.string(), z.string()),
+    envVars: z
+      .record(z.string(), z.string())
+      .describe("The VM's environment variables when it was taken."),
     statusMessage: z.string().optional(),
   })
   .meta({ id: 'Snapshot' });

@@ -181,6 +181,21 @@ describe.each(DIALECTS)('store on %s', (_name, databaseUrl) => {
     expect((await store.getUsage(org)).vcpu).toBe(0);
   });
 
+  it('stores environment variables on VMs and snapshots ({} when a record has none)', async () => {
+    const envVars = { FOO: 'bar baz', EMPTY: '', UNI: 'héllo "quoted" $HOME' };
+    const vm = vmRow(orgId, { name: 'env', envVars });
+    await store.withOrgLock(orgId, (tx) => tx.insertVm(vm));
+    expect((await store.getVm(orgId, vm.id))?.envVars).toEqual(envVars);
+    expect((await store.listVms(orgId)).find((v) => v.id === vm.id)?.envVars).toEqual(envVars);
+    const snap = snapshotRow(orgId, vm.id, { envVars: { A: '1' } });
+    await store.withOrgLock(orgId, (tx) => tx.insertSnapshot(snap));
+    expect((await store.getSnapshot(orgId, snap.id))?.envVars).toEqual({ A: '1' });
+    const bare = vmRow(orgId, { name: 'no-env' });
+    await store.withOrgLock(orgId, (tx) => tx.insertVm(bare));
+    expect((await store.getVm(orgId, bare.id))?.envVars).toEqual({});
+    for (const id of [vm.id, bare.id]) await walk(store, id, ['deleting', 'deleted']);
+  });
+
   it('conditional updates only touch rows in the given states', async () => {
     const vm = vmRow(orgId, { name: 'cond' });
     await store.withOrgLock(orgId, (tx) => tx.insertVm(vm));

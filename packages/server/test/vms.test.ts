@@ -164,7 +164,7 @@ describe.each(TRANSPORTS)('VMs over %s', (transport) => {
   });
 
   it('answers 501 for launch features that come later', async () => {
-    for (const extra of [{ envVars: { A: '1' } }, { volumes: [{}] }]) {
+    for (const extra of [{ volumes: [{}] }, { bucketMounts: [{}] }]) {
       const res = await api.post('/v1/vms', { machineType: 'c1m2', ...extra });
       expect(res.status).toBe(501);
       expect(res.body.code).toBe('not_implemented');

@@ -65,6 +65,9 @@ export function vmFromWire(v: unknown): VM {
   const metadata: Record<string, string> = {};
   for (const [k, val] of Object.entries(obj(w['metadata'])))
     if (typeof val === 'string') metadata[k] = val;
+  const envVars: Record<string, string> = {};
+  for (const [k, val] of Object.entries(obj(w['envVars'])))
+    if (typeof val === 'string') envVars[k] = val;
   return {
     id: str(w['id']),
     name: str(w['name']),
@@ -80,6 +83,7 @@ export function vmFromWire(v: unknown): VM {
     firewall: firewallFromWire(w['firewall']),
     deletedAt: optStr(w['deletedAt']),
     metadata,
+    envVars,
     ttl: ttlFromWire(w['ttl']),
     expiresAt: typeof w['expiresAtMs'] === 'number' ? w['expiresAtMs'] : null,
     ttlRemainingMs: typeof w['ttlRemainingMs'] === 'number' ? w['ttlRemainingMs'] : null,

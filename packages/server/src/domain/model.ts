@@ -62,6 +62,22 @@ export function defaultFirewall(): FirewallPolicy {
 /** User labels on VMs and snapshots (limits in `schemas.ts`). */
 export type Metadata = Record<string, string>;
 
+/**
+ * Environment variables of a VM (limits in `schemas.ts`): the environment of every exec,
+ * streaming exec and console process in it (over the guest agent's defaults such as `PATH`).
+ */
+export type EnvVars = Record<string, string>;
+
+/**
+ * Environment variable limits: name bytes and JSON size from the contract (§4.2.1); the count
+ * is this server's (the contract states none). A restore's merged map must fit them too.
+ */
+export const ENV_VARS_LIMITS = {
+  maxKeys: 256,
+  maxKeyBytes: 256,
+  maxJsonBytes: 65536,
+} as const;
+
 /** The six quota dimensions reported by `GET /v1/org/quotas`. */
 export interface QuotaValues {
   vcpu: number;
@@ -116,6 +132,8 @@ export interface VmRecord {
   sourceName: string;
   firewall: FirewallPolicy;
   metadata: Metadata;
+  /** Environment of its processes (optional in records built by older code; the store always sets it). */
+  envVars?: EnvVars;
   publicIpv6: string | null;
   createdAt: string;
   updatedAt: string;
@@ -144,6 +162,8 @@ export interface SnapshotRecord {
   diskGiB: number;
   firewall: FirewallPolicy;
   metadata: Metadata;
+  /** The VM's environment variables when it was taken (a restore merges its own over them). */
+  envVars?: EnvVars;
   createdAt: string;
   updatedAt: string;
   deletedAt: string | null;

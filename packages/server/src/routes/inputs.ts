@@ -56,11 +56,8 @@ export function firewallChangeOf(
   };
 }
 
-/** `POST /v1/vms`. Non-empty `envVars`, `volumes` and `bucketMounts` are 501. */
+/** `POST /v1/vms`. Non-empty `volumes` and `bucketMounts` are 501. */
 export function launchRequestOf(body: LaunchVmInput): LaunchRequest {
-  if (body.envVars && Object.keys(body.envVars).length > 0) {
-    throw notImplemented('envVars at launch');
-  }
   if (body.volumes && body.volumes.length > 0) throw notImplemented('volumes');
   if (body.bucketMounts && body.bucketMounts.length > 0) throw notImplemented('bucket mounts');
   return {
@@ -70,6 +67,7 @@ export function launchRequestOf(body: LaunchVmInput): LaunchRequest {
     diskGiB: body.diskGiB,
     firewall: body.firewall ? firewallPolicyOf(body.firewall) : undefined,
     metadata: body.metadata,
+    envVars: body.envVars,
     ttl: body.ttl ? { seconds: body.ttl.seconds, action: body.ttl.action } : body.ttl,
   };
 }

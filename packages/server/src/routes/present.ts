@@ -33,6 +33,7 @@ export function presentVm(vm: VmRecord): VmView {
     deletedAt: vm.deletedAt,
     metadata: { ...vm.metadata },
     firewall: presentFirewall(vm.firewall),
+    envVars: { ...vm.envVars },
     ttl: vm.ttl ? { seconds: vm.ttl.seconds, action: vm.ttl.action } : null,
     pausedAt: vm.pausedAt ?? null,
   };
@@ -59,6 +60,7 @@ export function presentSnapshot(s: SnapshotRecord): SnapshotView {
     machineName: s.machine,
     firewall: presentFirewall(s.firewall),
     metadata: { ...s.metadata },
+    envVars: { ...s.envVars },
   };
   if (s.error && s.status === 'error') view.statusMessage = s.error;
   return view;

@@ -74,6 +74,8 @@ export interface ConsoleToken {
 export interface ConsoleGrant {
   orgId: string;
   vmId: string;
+  /** The VM's environment variables when the token was redeemed (the shell's environment). */
+  env?: Readonly<Record<string, string>>;
 }
 
 /** Terminal size from the WebSocket URL (`?rows=&cols=`), when both are given. */
@@ -207,7 +209,7 @@ export class ConsoleService {
         `too many console sessions on this VM (${this.settings.maxSessionsPerVm}); close one first`,
       );
     }
-    return { orgId: entry.orgId, vmId: entry.vmId };
+    return { orgId: entry.orgId, vmId: entry.vmId, env: { ...vm.envVars } };
   }
 
   /**
@@ -328,7 +330,8 @@ class ConsoleSession {
     this.runtime
       .openPty(this.grant.vmId, {
         argv: this.settings.shell,
-        env: this.settings.env,
+        // The VM's variables over the console's own (TERM): the user's choice wins, as in exec.
+        env: { ...this.settings.env, ...this.grant.env },
         rows: size.rows,
         cols: size.cols,
         onData: (chunk) => this.#output(chunk),

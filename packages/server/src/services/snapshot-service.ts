@@ -58,6 +58,7 @@ export class SnapshotService {
       diskGiB: vm.diskGiB,
       firewall: vm.firewall,
       metadata: input.metadata ?? {},
+      envVars: { ...vm.envVars },
       createdAt: now,
       updatedAt: now,
       deletedAt: null,

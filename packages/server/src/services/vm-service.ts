@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import type { ExecResult } from '@fastvm/runtime';
 import {
   DEFAULT_DISK_GIB,
+  ENV_VARS_LIMITS,
   MACHINES,
   defaultFirewall,
   isMachineType,
@@ -19,6 +20,7 @@ import {
   type FirewallPolicy,
   type FirewallRule,
   type MachineType,
+  type EnvVars,
   type Metadata,
   type VmRecord,
   type VmTtl,
@@ -45,6 +47,8 @@ export interface VmListFilter {
 export interface PreparedExec {
   vm: VmRecord;
   argv: readonly string[];
+  /** The VM's environment variables (the process's environment over the agent's defaults). */
+  env: Readonly<EnvVars>;
   stdin?: Uint8Array;
   timeoutMs: number;
 }
@@ -69,6 +73,8 @@ export interface LaunchRequest {
   /** Absent: `restricted` with no rules (a restore: the snapshot's). */
   firewall?: FirewallPolicy | null | undefined;
   metadata?: Metadata | undefined;
+  /** The VM's environment variables; a restore merges them over the snapshot's. */
+  envVars?: EnvVars | undefined;
   ttl?: VmTtl | null | undefined;
 }
 
@@ -114,6 +120,7 @@ export class VmService {
     let machine: MachineType;
     let diskGiB: number;
     let firewall: FirewallPolicy;
+    let envVars: EnvVars = { ...input.envVars };
     let sourceSnapshotId: string | null = null;
     let sourceName = '';
     if (input.snapshotId !== undefined) {
@@ -151,6 +158,17 @@ export class VmService {
       machine = snap.machine;
       diskGiB = snap.diskGiB;
       firewall = input.firewall ?? snap.firewall;
+      envVars = { ...snap.envVars, ...input.envVars };
+      const count = Object.keys(envVars).length;
+      if (
+        count > ENV_VARS_LIMITS.maxKeys ||
+        Buffer.byteLength(JSON.stringify(envVars)) > ENV_VARS_LIMITS.maxJsonBytes
+      ) {
+        throw new InvalidInputError(
+          `merged over the snapshot's, envVars would exceed ${ENV_VARS_LIMITS.maxKeys} variables or ${ENV_VARS_LIMITS.maxJsonBytes} bytes of JSON`,
+          'envVars',
+        );
+      }
       sourceSnapshotId = snap.id;
       sourceName = snap.name;
     } else {
@@ -194,6 +212,7 @@ export class VmService {
       sourceName,
       firewall,
       metadata: input.metadata ?? {},
+      envVars,
       publicIpv6: null,
       createdAt: now,
       updatedAt: now,
@@ -360,6 +379,7 @@ export class VmService {
     return {
       vm,
       argv: command.argv,
+      env: { ...vm.envVars },
       ...(command.stdin ? { stdin: command.stdin } : {}),
       timeoutMs: timeoutSec * 1000,
     };
@@ -370,6 +390,7 @@ export class VmService {
     try {
       return await this.ctx.runtime.exec(prepared.vm.id, {
         argv: prepared.argv,
+        ...(Object.keys(prepared.env).length > 0 ? { env: prepared.env } : {}),
         timeoutMs: prepared.timeoutMs,
         capBytes: streams.capBytes ?? this.ctx.settings.execCapBytes,
         ...(prepared.stdin ? { stdin: prepared.stdin } : {}),

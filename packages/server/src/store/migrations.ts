@@ -110,6 +110,17 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('vms').addColumn('paused_at', 'text').execute();
     },
   },
+  // Environment variables of VMs and snapshots (issue 14): JSON objects, `{}` for older rows.
+  '0003_env_vars': {
+    async up(db: Kysely<any>): Promise<void> {
+      for (const table of ['vms', 'snapshots']) {
+        await db.schema
+          .alterTable(table)
+          .addColumn('env_vars', 'text', (c) => c.notNull().defaultTo('{}'))
+          .execute();
+      }
+    },
+  },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 

@@ -61,6 +61,8 @@ export interface VmsTable {
   expires_at_ms: number | string | null;
   ttl_remaining_ms: number | string | null;
   paused_at: string | null;
+  /** JSON object of environment variables (migration 0003; `{}` for older rows). */
+  env_vars: string;
 }
 
 /** Snapshots, soft-deleted (`deleted_at`). */
@@ -80,6 +82,8 @@ export interface SnapshotsTable {
   created_at: string;
   updated_at: string;
   deleted_at: string | null;
+  /** JSON object: the VM's environment variables when taken (migration 0003). */
+  env_vars: string;
 }
 
 /** All tables, for `Kysely<Database>`. */
