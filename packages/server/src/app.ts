@@ -17,7 +17,7 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { authenticate } from './auth.js';
-import { DomainError } from './domain/index.js';
+import { DomainError, type Pricing } from './domain/index.js';
 import { ApiError, retryHint } from './errors.js';
 import {
   createProtocolServers,
@@ -34,6 +34,7 @@ import { handleStorage } from './routes/storage.js';
 import consoleRoutes from './routes/console.js';
 import orgRoutes from './routes/org.js';
 import snapshotRoutes from './routes/snapshots.js';
+import sshKeyRoutes from './routes/ssh-keys.js';
 import unimplementedRoutes from './routes/unimplemented.js';
 import vmRoutes from './routes/vms.js';
 import { STORAGE_PREFIX, type FileService } from './services/files.js';
@@ -41,6 +42,7 @@ import type { LifecycleService } from './services/lifecycle.js';
 import type { QuotaService } from './services/quota.js';
 import type { ConsoleService } from './services/console.js';
 import type { SnapshotService } from './services/snapshot-service.js';
+import type { SshKeyService } from './services/ssh-keys.js';
 import type { VmService } from './services/vm-service.js';
 import type { Store } from './store/index.js';
 
@@ -78,6 +80,10 @@ export interface AppServices {
   quotas: QuotaService;
   /** Presigned file transfer; its `/storage/` URLs are served before Fastify sees them. */
   files: FileService;
+  /** The caller org's SSH keys (default: one over `store`). */
+  sshKeys?: SshKeyService;
+  /** What `GET /v1/pricing` answers (default: `DEFAULT_PRICING`). */
+  pricing?: Pricing;
 }
 
 /** Inputs of `buildApp`. */
@@ -259,6 +265,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(fileRoutes, pluginOpts);
   await app.register(snapshotRoutes, pluginOpts);
   await app.register(orgRoutes, pluginOpts);
+  await app.register(sshKeyRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);
 
   let doc: unknown;

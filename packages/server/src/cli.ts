@@ -31,6 +31,7 @@ import { DEFAULT_QUOTA_LIMITS, DomainError, type QuotaValues } from './domain/in
 import { startServer } from './server.js';
 import { createNetworkManager, networkSettingsFromEnv } from './services/host-network.js';
 import { OrgService } from './services/orgs.js';
+import { pricingFromEnv } from './pricing.js';
 import { QuotaService, type OrgQuota } from './services/quota.js';
 import { openStore, type QuotaOverrides } from './store/index.js';
 
@@ -151,6 +152,7 @@ async function serve(args: string[]): Promise<number> {
     ...(config.sqliteSynchronous ? { sqliteSynchronous: config.sqliteSynchronous } : {}),
     ...(net ? { network: net.network } : {}),
     storage: storageSettingsFromEnv(),
+    pricing: pricingFromEnv(),
   });
   if (server.bootstrapKeyGenerated) {
     process.stdout.write(

@@ -431,6 +431,49 @@ export const OrgQuotas = z
   .object({ orgId: z.string(), limits: QuotaValues, usage: QuotaValues })
   .meta({ id: 'OrgQuotaUsage' });
 
+const DecimalUsd = z
+  .string()
+  .regex(/^\d{1,9}(?:\.\d{1,9})?$/, 'a decimal string such as "0.09"')
+  .describe('Decimal string, USD.');
+
+export const Pricing = z
+  .object({
+    compute: z.object({
+      tiers: z
+        .array(
+          z.object({
+            tier: z.number().int().min(1).describe('1-based.'),
+            fromVcpuHours: z.number().min(0),
+            toVcpuHours: z.number().min(0).nullable().describe('null: the open top tier.'),
+            ratePerVcpuHour: DecimalUsd,
+          }),
+        )
+        .max(64),
+    }),
+    volumeStorage: z.object({ ratePerGiBMonth: DecimalUsd }),
+  })
+  .meta({ id: 'Pricing' });
+
+export const SshKey = z
+  .object({
+    fingerprint: z.string().describe('OpenSSH `SHA256:<base64>`.'),
+    publicKey: z.string().describe('`<type> <base64>`, comment stripped.'),
+    createdAt: z.string(),
+    name: z.string().optional(),
+  })
+  .meta({ id: 'SSHKey' });
+
+export const SshKeyList = z.object({ keys: z.array(SshKey) }).meta({ id: 'SSHKeyList' });
+
+export const CreateSshKeyBody = z
+  .object({
+    publicKey: z.string().describe('OpenSSH `<type> <base64> [comment]`, one line.'),
+    name: z.string().max(256).nullish(),
+  })
+  .meta({ id: 'CreateSSHKeyRequest' });
+
+export const FingerprintParams = z.object({ fingerprint: z.string().min(1) });
+
 export const Health = z.object({ status: z.string() }).meta({ id: 'Health' });
 
 export const ErrorBody = z
@@ -450,3 +493,6 @@ export type FirewallPatchInput = z.output<typeof FirewallPatch>;
 export type VmView = z.input<typeof Vm>;
 export type SnapshotView = z.input<typeof Snapshot>;
 export type ExecResultView = z.input<typeof ExecResult>;
+export type SshKeyView = z.input<typeof SshKey>;
+export type CreateSshKeyInput = z.output<typeof CreateSshKeyBody>;
+export type PricingView = z.input<typeof Pricing>;

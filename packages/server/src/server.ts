@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import type { Runtime } from '@fastvm/runtime';
 import { pino, type Logger } from 'pino';
 import { buildApp, type App } from './app.js';
-import { DEFAULT_QUOTA_LIMITS, type QuotaValues } from './domain/index.js';
+import { DEFAULT_QUOTA_LIMITS, type Pricing, type QuotaValues } from './domain/index.js';
 import { listen, type Listener } from './http/listener.js';
 import type { ServiceContext, ServiceSettings } from './services/context.js';
 import { ConsoleService } from './services/console.js';
@@ -19,6 +19,7 @@ import { FileService } from './services/files.js';
 import { LifecycleService } from './services/lifecycle.js';
 import { ensureBootstrapKey } from './services/orgs.js';
 import { QuotaService } from './services/quota.js';
+import { SshKeyService } from './services/ssh-keys.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { TaskTracker } from './services/tasks.js';
 import { TtlScheduler } from './services/ttl.js';
@@ -70,6 +71,8 @@ export interface StartServerOptions {
     objectTtlMs?: number;
     stagingBytesPerOrg?: number;
   };
+  /** What `GET /v1/pricing` answers (default: `DEFAULT_PRICING`, all zero). */
+  pricing?: Pricing;
   /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
   shutdownGraceMs?: number;
 }
@@ -178,7 +181,17 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
 
     let shuttingDown = false;
     const { app, servers } = await buildApp({
-      services: { store, vms, snapshots, lifecycle, consoles, files, quotas },
+      services: {
+        store,
+        vms,
+        snapshots,
+        lifecycle,
+        consoles,
+        files,
+        quotas,
+        sshKeys: new SshKeyService(store),
+        ...(opts.pricing ? { pricing: opts.pricing } : {}),
+      },
       logger,
       isShuttingDown: () => shuttingDown,
     });

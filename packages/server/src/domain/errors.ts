@@ -96,8 +96,11 @@ export class StateConflictError extends DomainError {
   readonly code = 'state_conflict';
 }
 
-/** Dimensions an org's usage is limited in: the six quota values, and staged file bytes. */
-export type QuotaDimension = keyof QuotaValues | 'stagingBytes';
+/**
+ * Dimensions an org's usage is limited in: the six quota values, staged file bytes, and the
+ * number of SSH keys.
+ */
+export type QuotaDimension = keyof QuotaValues | 'stagingBytes' | 'sshKeyCount';
 
 /** Granting the request would take the org past a limit. */
 export class QuotaExceededError extends DomainError {

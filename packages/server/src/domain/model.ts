@@ -116,6 +116,34 @@ export interface ApiKeyRecord {
   revokedAt: string | null;
 }
 
+/** One compute price tier (contract §4.12); rates are decimal strings in USD. */
+export interface PricingTier {
+  /** 1-based. */
+  tier: number;
+  fromVcpuHours: number;
+  /** Null: the open top tier. */
+  toVcpuHours: number | null;
+  ratePerVcpuHour: string;
+}
+
+/** What `GET /v1/pricing` answers (server configuration, `FASTVM_PRICING`). */
+export interface Pricing {
+  compute: { tiers: PricingTier[] };
+  volumeStorage: { ratePerGiBMonth: string };
+}
+
+/** An SSH public key of an org (`/v1/me/ssh-keys`, contract §4.11). */
+export interface SshKeyRecord {
+  id: string;
+  orgId: string;
+  /** OpenSSH `SHA256:<unpadded base64>` of the key blob; unique across all orgs. */
+  fingerprint: string;
+  /** `<type> <base64>`, comment stripped. */
+  publicKey: string;
+  name: string | null;
+  createdAt: string;
+}
+
 /** A VM row. `deletedAt` set means deleted (hidden from the API). */
 export interface VmRecord {
   id: string;

@@ -37,6 +37,7 @@ export const QUOTA_DIMENSION_WIRE: Readonly<Record<QuotaDimension, string>> = {
   volumeCount: 'volume_count',
   volumeGiB: 'volume_gib',
   stagingBytes: 'staging_bytes',
+  sshKeyCount: 'ssh_key_count',
 };
 
 /**

@@ -8,6 +8,7 @@
 import type { FirewallPolicy, FirewallRule } from '../domain/index.js';
 import { badRequest, notImplemented } from '../errors.js';
 import type {
+  CreateSshKeyInput,
   ExecInput,
   FirewallPolicyInput,
   FirewallPatchInput,
@@ -83,4 +84,12 @@ export function execCommandOf(body: ExecInput): ExecCommand {
     stdin = Buffer.from(compact, 'base64');
   }
   return { argv, ...(stdin ? { stdin } : {}), timeoutSec: body.timeoutSec };
+}
+
+/** A validated `POST /v1/me/ssh-keys` body as the service's input (a null name: none). */
+export function sshKeyInputOf(input: CreateSshKeyInput): { publicKey: string; name?: string } {
+  return {
+    publicKey: input.publicKey,
+    ...(input.name !== undefined && input.name !== null ? { name: input.name } : {}),
+  };
 }

@@ -3,8 +3,8 @@
  * omitted rather than sent as null, except the ones the contract types as nullable.
  * @module
  */
-import type { FirewallPolicy, SnapshotRecord, VmRecord } from '../domain/index.js';
-import type { SnapshotView, VmView } from '../schemas.js';
+import type { FirewallPolicy, SnapshotRecord, SshKeyRecord, VmRecord } from '../domain/index.js';
+import type { SnapshotView, SshKeyView, VmView } from '../schemas.js';
 
 function presentFirewall(p: FirewallPolicy): VmView['firewall'] {
   return {
@@ -84,4 +84,14 @@ export function metadataFilters(query: Record<string, unknown>): Array<[string, 
     for (const v of values) if (typeof v === 'string') out.push([key, v]);
   }
   return out;
+}
+
+/** The contract's `SSHKey` (§4.11). */
+export function presentSshKey(key: SshKeyRecord): SshKeyView {
+  return {
+    fingerprint: key.fingerprint,
+    publicKey: key.publicKey,
+    createdAt: key.createdAt,
+    ...(key.name !== null ? { name: key.name } : {}),
+  };
 }

@@ -42,9 +42,6 @@ export const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> =
   ['PATCH', '/v1/volumes/:id', 'volumes'],
   ['DELETE', '/v1/volumes/:id', 'volumes'],
   ['GET', '/v1/volumes/:id/attachments', 'volumes'],
-  ['GET', '/v1/me/ssh-keys', 'SSH keys'],
-  ['POST', '/v1/me/ssh-keys', 'SSH keys'],
-  ['DELETE', '/v1/me/ssh-keys/:fingerprint', 'SSH keys'],
 ];
 
 const respond501 = { response: { 501: ErrorBody } };
@@ -81,16 +78,4 @@ export default async function unimplementedRoutes(
       },
     });
   }
-
-  // Unauthenticated per the contract.
-  app.get(
-    '/v1/pricing',
-    {
-      config: { public: true, summary: 'pricing (not implemented yet)', tags: ['not implemented'] },
-      schema: respond501,
-    },
-    async () => {
-      throw notImplemented('pricing');
-    },
-  );
 }

@@ -24,6 +24,7 @@ import {
   type QuotaValues,
   type SnapshotRecord,
   type SnapshotStatus,
+  type SshKeyRecord,
   type VmRecord,
   type VmStatus,
   type VmTtl,
@@ -330,6 +331,91 @@ export class KyselyStore implements Store {
       .execute();
     return rows.map(toSnapshot);
   }
+
+  // ---- SSH keys -----------------------------------------------------------------------------
+
+  async listSshKeys(orgId: string): Promise<SshKeyRecord[]> {
+    const rows = await this.db
+      .selectFrom('ssh_keys')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    return rows.map(toSshKey);
+  }
+
+  async insertSshKey(
+    key: SshKeyRecord,
+    limit: number,
+  ): Promise<'inserted' | 'duplicate' | 'limit'> {
+    const exists = async (): Promise<boolean> =>
+      (await this.db
+        .selectFrom('ssh_keys')
+        .select('id')
+        .where('fingerprint', '=', key.fingerprint)
+        .executeTakeFirst()) !== undefined;
+    try {
+      return await this.db.transaction().execute(async (trx) => {
+        // The org row write serialises the count-then-insert of one org (as in `withOrgLock`).
+        const res = await trx
+          .updateTable('orgs')
+          .set({ updated_at: nowIso() })
+          .where('id', '=', key.orgId)
+          .executeTakeFirst();
+        if (Number(res.numUpdatedRows) !== 1) throw new Error(`org ${key.orgId} does not exist`);
+        const same = await trx
+          .selectFrom('ssh_keys')
+          .select('id')
+          .where('fingerprint', '=', key.fingerprint)
+          .executeTakeFirst();
+        if (same) return 'duplicate' as const;
+        const { n } = await trx
+          .selectFrom('ssh_keys')
+          .select((eb) => eb.fn.countAll().as('n'))
+          .where('org_id', '=', key.orgId)
+          .executeTakeFirstOrThrow();
+        if (Number(n) >= limit) return 'limit' as const;
+        await trx
+          .insertInto('ssh_keys')
+          .values({
+            id: key.id,
+            org_id: key.orgId,
+            fingerprint: key.fingerprint,
+            public_key: key.publicKey,
+            name: key.name,
+            created_at: key.createdAt,
+          })
+          .execute();
+        return 'inserted' as const;
+      });
+    } catch (err) {
+      // Another org inserted the same key concurrently: the unique index refused this one.
+      if (await exists()) return 'duplicate';
+      throw err;
+    }
+  }
+
+  async deleteSshKey(orgId: string, fingerprint: string): Promise<SshKeyRecord | undefined> {
+    const row = await this.db
+      .deleteFrom('ssh_keys')
+      .where('org_id', '=', orgId)
+      .where('fingerprint', '=', fingerprint)
+      .returningAll()
+      .executeTakeFirst();
+    return row && toSshKey(row);
+  }
+}
+
+function toSshKey(row: Selectable<Database['ssh_keys']>): SshKeyRecord {
+  return {
+    id: row.id,
+    orgId: row.org_id,
+    fingerprint: row.fingerprint,
+    publicKey: row.public_key,
+    name: row.name,
+    createdAt: row.created_at,
+  };
 }
 
 /** The status of a row changes only through a transition (`domain/transitions.ts`). */

@@ -121,6 +121,21 @@ const migrations: Record<string, Migration> = {
       }
     },
   },
+  // SSH public keys of orgs (issue 14); a fingerprint is unique across all orgs.
+  '0004_ssh_keys': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('ssh_keys')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('org_id', 'text', (c) => c.notNull().references('orgs.id'))
+        .addColumn('fingerprint', 'text', (c) => c.notNull().unique())
+        .addColumn('public_key', 'text', (c) => c.notNull())
+        .addColumn('name', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('ssh_keys_org').on('ssh_keys').column('org_id').execute();
+    },
+  },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 

@@ -86,6 +86,17 @@ export interface SnapshotsTable {
   env_vars: string;
 }
 
+/** SSH public keys of orgs (migration 0004). */
+export interface SshKeysTable {
+  id: string;
+  org_id: string;
+  /** OpenSSH `SHA256:…`; unique across all orgs. */
+  fingerprint: string;
+  public_key: string;
+  name: string | null;
+  created_at: string;
+}
+
 /** All tables, for `Kysely<Database>`. */
 export interface Database {
   orgs: OrgsTable;
@@ -93,4 +104,5 @@ export interface Database {
   quota_limits: QuotaLimitsTable;
   vms: VmsTable;
   snapshots: SnapshotsTable;
+  ssh_keys: SshKeysTable;
 }

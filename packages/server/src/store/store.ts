@@ -11,6 +11,7 @@ import type {
   QuotaValues,
   SnapshotRecord,
   SnapshotStatus,
+  SshKeyRecord,
   VmRecord,
   VmStatus,
 } from '../domain/index.js';
@@ -130,4 +131,14 @@ export interface Store {
   /** Renames or relabels a snapshot (never a status change). */
   updateSnapshot(id: string, patch: SnapshotPatch): Promise<SnapshotRecord | undefined>;
   listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]>;
+
+  /** The org's SSH keys, oldest first. */
+  listSshKeys(orgId: string): Promise<SshKeyRecord[]>;
+  /**
+   * Inserts `key` unless its fingerprint is stored already (for any org) or its org has `limit`
+   * keys; the checks and the insert hold the org's lock. Says which.
+   */
+  insertSshKey(key: SshKeyRecord, limit: number): Promise<'inserted' | 'duplicate' | 'limit'>;
+  /** Deletes the org's key with this fingerprint; returns it, or undefined if none. */
+  deleteSshKey(orgId: string, fingerprint: string): Promise<SshKeyRecord | undefined>;
 }
