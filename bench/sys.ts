@@ -61,27 +61,8 @@ export function hostInfo() {
   };
 }
 
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-export async function waitExit(pid: number, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!alive(pid)) return true;
-    await sleep(10);
-  }
-  return !alive(pid);
-}
+/** Process liveness, as the runtime judges it (a zombie is dead). */
+export { alive, waitExit } from '@fastvm/runtime/process';
 
 /** Whether `pid` is a process whose command line mentions `needle` (guards against pid reuse). */
 export function cmdlineMentions(pid: number, needle: string): boolean {

@@ -10,6 +10,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { QemuRuntime } from '../src/runtime.js';
 import { createQemuRuntime } from '../src/runtime.js';
+import { deletedButOpen } from '../../../chaos/host.js';
+import { qemusOf } from '../src/process.js';
 import { disposeRuntime, strayFiles, tempDataDir, text } from './helpers.js';
 
 const STEP = path.join(import.meta.dirname, 'fixtures', 'crash-step.ts');
@@ -42,40 +44,6 @@ function step(
   });
 }
 
-/** QEMU processes running from `<dataDir>/vms/<name>/`, by name. */
-function qemus(dataDir: string): Map<string, number> {
-  const found = new Map<string, number>();
-  const prefix = `unix:${path.join(dataDir, 'vms')}/`;
-  for (const p of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    let argv: string[];
-    try {
-      argv = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-    } catch {
-      continue;
-    }
-    const qmp = argv.find((x) => x.startsWith(prefix));
-    if (qmp && /qemu-system/.test(argv[0] ?? '')) {
-      found.set(qmp.slice(prefix.length).split('/')[0]!, Number(p));
-    }
-  }
-  return found;
-}
-
-/** Files of the data dir that a process has open although they were deleted. */
-function deletedButOpen(pid: number, dataDir: string): string[] {
-  const bad: string[] = [];
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    let target = '';
-    try {
-      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      continue;
-    }
-    if (target.startsWith(dataDir) && target.endsWith(' (deleted)')) bad.push(target);
-  }
-  return bad;
-}
-
 describe('kill -9 at every step (real QEMU VMs)', () => {
   const dataDir = tempDataDir();
   let rt: QemuRuntime | undefined;
@@ -87,9 +55,9 @@ describe('kill -9 at every step (real QEMU VMs)', () => {
     const res = await r.adopt(wanted);
     expect(res.adopted.sort()).toEqual([...wanted].sort());
     // Only the adopted VMs still have a QEMU, and none of them writes to a deleted layer.
-    const running = qemus(dataDir);
-    expect([...running.keys()].sort()).toEqual([...wanted].sort());
-    for (const pid of running.values()) expect(deletedButOpen(pid, dataDir)).toEqual([]);
+    const running = await qemusOf(dataDir);
+    expect([...new Set(running.values())].sort()).toEqual([...wanted].sort());
+    for (const pid of running.keys()) expect(deletedButOpen(pid, dataDir)).toEqual([]);
     expect(strayFiles(dataDir)).toEqual([]);
     // Every snapshot left is complete (a half-written one is removed).
     for (const s of fs.readdirSync(path.join(dataDir, 'snapshots'))) {
@@ -134,7 +102,7 @@ describe('kill -9 at every step (real QEMU VMs)', () => {
     rt ??= await createQemuRuntime({ dataDir });
     await rt.adopt([]);
     await rt.destroyAll();
-    expect(qemus(dataDir).size).toBe(0);
+    expect((await qemusOf(dataDir)).size).toBe(0);
     expect(strayFiles(dataDir)).toEqual([]);
     await disposeRuntime(rt).catch(() => {});
   });
