@@ -23,6 +23,9 @@
 #ifndef RNDADDENTROPY
 #define RNDADDENTROPY _IOW('R', 0x03, int[2])
 #endif
+#ifndef RNDRESEEDCRNG
+#define RNDRESEEDCRNG _IO('R', 0x07)
+#endif
 
 #define HOSTNAME_MAX 64
 #define MACHINE_ID_LEN 32
@@ -304,6 +307,24 @@ static int add_entropy(const uint8_t *p, uint32_t n)
 	return rc;
 }
 
+/*
+ * Makes the CRNG rekey from the input pool now. Crediting entropy reseeds it only on the way to
+ * "ready"; after that (always, in a restored VM) the kernel reseeds once a minute at most, so
+ * forks of one snapshot would keep generating the same /dev/urandom and getrandom() bytes.
+ */
+static int reseed_crng(void)
+{
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC), rc, saved;
+
+	if (fd < 0)
+		return -1;
+	rc = ioctl(fd, RNDRESEEDCRNG);
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return rc;
+}
+
 /* ---- ip(8) ---- */
 
 static const char *find_ip(void)
@@ -518,6 +539,17 @@ int identity_apply(const struct identity_opts *o, const uint8_t *payload, uint32
 	if (rc)
 		goto out;
 
+	/* The clock goes first: every step before it would add to the time the value is late by. */
+	if (id->has_clock && o->kernel) {
+		struct timespec ts = {
+		    .tv_sec = (time_t)(id->clock_ns / 1000000000u),
+		    .tv_nsec = (long)(id->clock_ns % 1000000000u),
+		};
+		if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+			rc = fail(err, errlen, errno, "clock_ns: clock_settime: %s", strerror(errno));
+			goto out;
+		}
+	}
 	if (id->has_hostname) {
 		if (o->kernel && sethostname(id->hostname, strlen(id->hostname)) < 0) {
 			rc = fail(err, errlen, errno, "hostname: sethostname: %s", strerror(errno));
@@ -536,18 +568,12 @@ int identity_apply(const struct identity_opts *o, const uint8_t *payload, uint32
 		rc = fail(err, errlen, errno, "machine_id: /etc/machine-id: %s", strerror(errno));
 		goto out;
 	}
-	if (id->has_clock && o->kernel) {
-		struct timespec ts = {
-		    .tv_sec = (time_t)(id->clock_ns / 1000000000u),
-		    .tv_nsec = (long)(id->clock_ns % 1000000000u),
-		};
-		if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
-			rc = fail(err, errlen, errno, "clock_ns: clock_settime: %s", strerror(errno));
-			goto out;
-		}
-	}
 	if (id->has_entropy && o->kernel && add_entropy(id->entropy, id->entropy_len) < 0) {
 		rc = fail(err, errlen, errno, "entropy: RNDADDENTROPY: %s", strerror(errno));
+		goto out;
+	}
+	if (id->has_entropy && o->kernel && reseed_crng() < 0) {
+		rc = fail(err, errlen, errno, "entropy: RNDRESEEDCRNG: %s", strerror(errno));
 		goto out;
 	}
 	if ((id->nnet == 0 && id->nroute == 0) || (o->ip && o->ip[0] == '\0'))

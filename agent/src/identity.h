@@ -17,13 +17,15 @@ struct identity_opts {
 	 * lines it cannot parse), and the first of /sbin/ip, /usr/sbin/ip, /bin/ip, /usr/bin/ip
 	 * wherever ip is needed; "": net and route fields are validated but not applied. */
 	const char *ip;
-	/* Apply the machine-wide parts: sethostname(), clock_settime(), RNDADDENTROPY. */
+	/* Apply the machine-wide parts: sethostname(), clock_settime(), RNDADDENTROPY and
+	 * RNDRESEEDCRNG. */
 	bool kernel;
 };
 
 /*
- * Validates every field of an IDENTITY payload, then applies them in tag order. Returns 0, or an
- * errno value with a message naming the failing field ("hostname: ...") in err.
+ * Validates every field of an IDENTITY payload, then applies them in tag order (the clock
+ * first). Returns 0, or an errno value with a message naming the failing field
+ * ("hostname: ...") in err.
  */
 int identity_apply(const struct identity_opts *o, const uint8_t *payload, uint32_t len, char *err,
 		   size_t errlen);

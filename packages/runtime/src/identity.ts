@@ -5,7 +5,7 @@
  * @module
  */
 import crypto from 'node:crypto';
-import type { AgentIdentity } from './agent-client.js';
+import type { AgentClient, AgentIdentity, AgentRequestOptions } from './agent-client.js';
 import type { QmpClient } from './qmp.js';
 import type { VmNetwork } from './types.js';
 
@@ -21,6 +21,35 @@ export function freshIdentity(
     entropy: crypto.randomBytes(64),
     ...(network ? { net: [netLine(network)], routes: routeLines(network) } : {}),
   };
+}
+
+/**
+ * A set clock is late by the IDENTITY's trip from here to the agent's `clock_settime` (the agent
+ * sets the clock first). A round trip longer than this is followed by a clock-only one, which
+ * a guest that just ran the first IDENTITY serves in a millisecond or two.
+ */
+const CLOCK_ROUND_TRIP_MS = 5;
+const CLOCK_TRIES = 3;
+
+/** Applies `identity`, then makes sure its clock was set promptly (see `syncClock`). */
+export async function applyIdentity(agent: AgentClient, identity: AgentIdentity): Promise<void> {
+  const t0 = performance.now();
+  await agent.setIdentity(identity);
+  if (identity.clockNs !== undefined && performance.now() - t0 > CLOCK_ROUND_TRIP_MS) {
+    await syncClock(agent);
+  }
+}
+
+/**
+ * Sets the guest's wall clock from the host's. The error is at most one round trip, so a slow
+ * one (a busy or cold guest) is repeated, up to three times in all.
+ */
+export async function syncClock(agent: AgentClient, opts: AgentRequestOptions = {}): Promise<void> {
+  for (let i = 0; i < CLOCK_TRIES; i++) {
+    const t0 = performance.now();
+    await agent.setIdentity({ clockNs: BigInt(Date.now()) * 1_000_000n }, opts);
+    if (performance.now() - t0 <= CLOCK_ROUND_TRIP_MS) return;
+  }
 }
 
 export function randomMac(): string {

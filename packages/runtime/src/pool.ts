@@ -12,7 +12,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import { crashPoint } from './crash-points.js';
-import { freshIdentity, plugTap } from './identity.js';
+import { applyIdentity, freshIdentity, plugTap } from './identity.js';
 import type { LayerStore } from './layers.js';
 import { reniceProcess } from './process.js';
 import type { SnapshotRecord } from './records.js';
@@ -152,7 +152,7 @@ export class WarmPool {
         // The record and the guest's identity are independent: do both at once.
         await Promise.all([
           this.layers.writeVm(dir, vm.record),
-          vm.agent.setIdentity(freshIdentity(id, hostname, network)),
+          applyIdentity(vm.agent, freshIdentity(id, hostname, network)),
         ]);
       } catch (err) {
         this.log(`runtime: pooled VM ${poolName} could not become ${id}: ${String(err)}`);

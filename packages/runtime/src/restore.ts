@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
 import { crashPoint } from './crash-points.js';
-import { freshIdentity, plugTap, randomMac } from './identity.js';
+import { applyIdentity, freshIdentity, plugTap, randomMac } from './identity.js';
 import type { LayerStore } from './layers.js';
 import { applyDelta, findRamMapping } from './memory.js';
 import { isMigrationEnd, stateUri } from './migration.js';
@@ -164,7 +164,7 @@ export async function restoreVm(
       }
       phases('network');
     }
-    await agent.setIdentity(freshIdentity(id, hostname, network));
+    await applyIdentity(agent, freshIdentity(id, hostname, network));
     phases('identity');
     log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
     return new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');

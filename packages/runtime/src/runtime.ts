@@ -17,6 +17,7 @@ import path from 'node:path';
 import { AgentClient } from './agent-client.js';
 import { crashPoint } from './crash-points.js';
 import { GoldenCache, cachedAccel, cachedTscKhz } from './golden.js';
+import { syncClock } from './identity.js';
 import { LayerStore } from './layers.js';
 import { WarmPool } from './pool.js';
 import { alive, isQemuOf, qemuDirOf, qemusOf, stopProcess } from './process.js';
@@ -351,9 +352,7 @@ export class QemuRuntime implements Runtime {
       vm.record.paused = false;
       await this.#layers.writeVm(vm.dir, vm.record);
       // The guest clock stood still while stopped; set it again (best effort).
-      await vm.agent
-        .setIdentity({ clockNs: BigInt(Date.now()) * 1_000_000n }, { timeoutMs: 5000 })
-        .catch((err: unknown) =>
+      await syncClock(vm.agent, { timeoutMs: 5000 }).catch((err: unknown) =>
           this.#log(`runtime: clock sync of ${vmId} failed: ${String(err)}`),
         );
     });

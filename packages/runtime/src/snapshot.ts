@@ -7,6 +7,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { crashPoint } from './crash-points.js';
+import { syncClock } from './identity.js';
 import type { LayerStore } from './layers.js';
 import { dumpDelta, findRamMapping } from './memory.js';
 import { memshimFork, migrateToFile, resumeAfterMigration, stateUri } from './migration.js';
@@ -60,6 +61,7 @@ export async function snapshotVm(
   let delta: { runs: number; bytes: number };
   let frozen: { pid: number; release(): void } | undefined;
   let recorded: Promise<void> | undefined;
+  let clock: Promise<void> | undefined;
   try {
     const [, memFile] = await Promise.all([
       layers.newOverlay(newTop, rec.disk.top, rec.diskGiB),
@@ -92,11 +94,16 @@ export async function snapshotVm(
     crashPoint('snapshot:frozen');
     await resumeAfterMigration(vm.qmp);
     pauseMs = performance.now() - pauseStart;
+    // The guest's clock stood still during the pause: set it again while the delta is copied.
+    clock = syncClock(vm.agent, { timeoutMs: 5000 }).catch((err: unknown) =>
+      ctx.log(`runtime: clock sync of ${rec.id} after its snapshot failed: ${String(err)}`),
+    );
     // (Written after the pause, while the delta is copied: until then the intent covers a crash.)
     recorded = layers.writeVm(vm.dir, rec);
     recorded.catch(() => {});
     delta = await dumpDelta(image.memdelta, frozen.pid, map, deltaPath);
     await recorded;
+    await clock;
   } catch (err) {
     if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
     await fs.rm(dir, { recursive: true, force: true });
@@ -107,6 +114,7 @@ export async function snapshotVm(
       delete rec.nextTop;
     }
     await recorded?.catch(() => {});
+    await clock;
     await layers.writeVm(vm.dir, rec).catch(() => {});
     layers.settle(newTop, deltaPath);
     void layers.gc();
