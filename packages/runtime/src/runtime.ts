@@ -30,6 +30,7 @@ import {
   qemuBinary,
   qemuVersion,
 } from './qemu.js';
+import { PacedInput } from './paced-input.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import { checkId, type SnapshotRecord } from './records.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
@@ -42,6 +43,8 @@ import {
   type LaunchOptions,
   MACHINES,
   type MachineType,
+  type ProcessRequest,
+  type ProcessSession,
   type PtyRequest,
   type PtySession,
   type RestoreOptions,
@@ -282,6 +285,44 @@ export class QemuRuntime implements Runtime {
       onStdout: req.onData,
       ...(req.onError ? { onError: req.onError } : {}),
     });
+  }
+
+  /** A command with open stdin and separate output streams (SSH exec); see `Runtime.openProcess`. */
+  async openProcess(vmId: string, req: ProcessRequest): Promise<ProcessSession> {
+    const { agent } = this.#live(vmId);
+    let input: PacedInput | undefined;
+    const proc = await agent.spawn({
+      argv: req.argv,
+      ...(req.env ? { env: req.env } : {}),
+      ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
+      stdinOpen: true,
+      onStdout: req.onStdout,
+      onStderr: req.onStderr,
+      onError: (err) => {
+        if (!input?.onAgentError(err)) req.onError?.(err);
+      },
+    });
+    const paced = new PacedInput(proc, {
+      ping: () => agent.ping(),
+      ...(req.onInputDrain ? { onDrain: req.onInputDrain } : {}),
+    });
+    input = paced;
+    void proc.exited.finally(() => paced.stop()).catch(() => {});
+    return {
+      get pid() {
+        return proc.pid;
+      },
+      exited: proc.exited,
+      write: (data) => paced.write(data),
+      end: () => paced.end(),
+      kill: (signal) => proc.kill(signal),
+      pauseOutput: () => proc.pauseOutput(),
+      resumeOutput: () => proc.resumeOutput(),
+      close: (graceMs) => {
+        paced.stop();
+        proc.close(graceMs);
+      },
+    };
   }
 
   async destroy(vmId: string): Promise<void> {

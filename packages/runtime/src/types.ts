@@ -129,6 +129,43 @@ export interface PtySession {
   close(graceMs?: number): void;
 }
 
+/**
+ * A command without a terminal whose stdin stays open (see `Runtime.openProcess`): stdout and
+ * stderr arrive separately, input is written as it comes and ended with `end()` (EOF).
+ */
+export interface ProcessRequest {
+  readonly argv: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  readonly onStdout: (chunk: Buffer) => void;
+  readonly onStderr: (chunk: Buffer) => void;
+  /** Input was refused; the command goes on. */
+  readonly onError?: (err: Error) => void;
+  /** `write` returned false earlier and the input queued on the host has drained: write more. */
+  readonly onInputDrain?: () => void;
+}
+
+/** A running command started by `Runtime.openProcess`. Calls after the exit are ignored. */
+export interface ProcessSession {
+  readonly pid: number;
+  /** Resolves when the command exits; rejects if the VM or its agent goes away first. */
+  readonly exited: Promise<PtyExit>;
+  /**
+   * Input to the command's stdin (strings as UTF-8), delivered in order however slowly the
+   * command reads. Returns false while much input waits on the host: wait for `onInputDrain`.
+   */
+  write(data: Uint8Array | string): boolean;
+  /** Closes the command's stdin (EOF) once the input written before is delivered. */
+  end(): void;
+  /** Sends a signal (default SIGKILL) to the command's process group. */
+  kill(signal?: number): void;
+  /** Stops reading output until `resumeOutput` (backpressure; the guest's writers block). */
+  pauseOutput(): void;
+  resumeOutput(): void;
+  /** Ends stdin and kills the process group if it has not exited `graceMs` (default 2000) later. */
+  close(graceMs?: number): void;
+}
+
 export type VmState = 'running' | 'paused' | 'stopped';
 
 export interface VmInfo {
@@ -192,6 +229,12 @@ export interface Runtime {
    * Resolves once it runs. @throws RuntimeError `not_found` / `not_running`.
    */
   openPty(vmId: string, req: PtyRequest): Promise<PtySession>;
+  /**
+   * Start a command without a terminal in a running VM, with its stdin open for input and its
+   * stdout and stderr apart (the SSH gateway's exec). Resolves once it runs.
+   * @throws RuntimeError `not_found` / `not_running`.
+   */
+  openProcess(vmId: string, req: ProcessRequest): Promise<ProcessSession>;
   /**
    * After a restart: re-attach to the VMs in `vmIds` whose QEMU still runs, report the others as
    * lost, and stop any other VM found on the host.

@@ -153,6 +153,7 @@ async function serve(args: string[]): Promise<number> {
     ...(net ? { network: net.network } : {}),
     storage: storageSettingsFromEnv(),
     pricing: pricingFromEnv(),
+    ...(config.sshPort !== undefined ? { ssh: { port: config.sshPort } } : {}),
   });
   if (server.bootstrapKeyGenerated) {
     process.stdout.write(
@@ -162,6 +163,11 @@ async function serve(args: string[]): Promise<number> {
   process.stdout.write(
     `FastVM API listening on ${server.url}${config.fakeRuntime ? ' (fake runtime: no real VMs)' : ''}\n`,
   );
+  if (server.ssh) {
+    process.stdout.write(
+      `SSH gateway on ${server.ssh.host}:${server.ssh.port} (host key ${server.ssh.hostKeyFingerprint})\n`,
+    );
+  }
   if (net) process.stdout.write(`${net.summary}\n`);
 
   await new Promise<void>((resolve) => {

@@ -22,6 +22,8 @@ export interface ServeConfig {
   sqliteSynchronous?: 'NORMAL' | 'FULL';
   /** Warm VMs kept ready per machine type for launches (`FASTVM_POOL`, default 1; 0 = off). */
   pool: number;
+  /** SSH gateway port (`FASTVM_SSH_PORT`, default 2222; 0 = any free port); undefined = off. */
+  sshPort: number | undefined;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -66,6 +68,11 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
   if (!/^\d+$/.test(poolText) || Number(poolText) > 64) {
     throw new Error(`FASTVM_POOL must be a number from 0 to 64, got ${poolText}`);
   }
+  const sshText = env.FASTVM_SSH_PORT ?? '2222';
+  const sshOff = /^(off|false|no|none)$/i.test(sshText);
+  if (!sshOff && (!/^\d+$/.test(sshText) || Number(sshText) > 65535)) {
+    throw new Error(`FASTVM_SSH_PORT must be a port number or "off", got ${sshText}`);
+  }
   const config: ServeConfig = {
     host: flags.host ?? env.FASTVM_HOST ?? '127.0.0.1',
     port,
@@ -73,6 +80,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     fakeRuntime: flags['fake-runtime'] === true || truthy(env.FASTVM_FAKE_RUNTIME),
     logLevel: flags['log-level'] ?? env.FASTVM_LOG_LEVEL ?? 'info',
     pool: Number(poolText),
+    sshPort: sshOff ? undefined : Number(sshText),
   };
   if (databaseUrl) config.databaseUrl = databaseUrl;
   if (tlsCertFile && tlsKeyFile) {

@@ -21,6 +21,7 @@ import { ensureBootstrapKey } from './services/orgs.js';
 import { QuotaService } from './services/quota.js';
 import { SshKeyService } from './services/ssh-keys.js';
 import { SnapshotService } from './services/snapshot-service.js';
+import { startSshGateway, type SshGateway } from './ssh/gateway.js';
 import { TaskTracker } from './services/tasks.js';
 import { TtlScheduler } from './services/ttl.js';
 import { VmEvents } from './services/vm-events.js';
@@ -75,6 +76,11 @@ export interface StartServerOptions {
   pricing?: Pricing;
   /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
   shutdownGraceMs?: number;
+  /**
+   * The SSH gateway (`ssh -p <port> <vm>@<host>`): started only when given. `port` 0 = any free
+   * port; `host` defaults to the API's. Its host key lives in `dataDir`.
+   */
+  ssh?: { port: number; host?: string };
 }
 
 /** A running server. */
@@ -88,6 +94,8 @@ export interface ServerHandle {
   bootstrapKeyGenerated: boolean;
   /** Path of the file holding a generated bootstrap key. */
   bootstrapKeyFile: string;
+  /** The SSH gateway, when started (`ssh` option). */
+  ssh?: { host: string; port: number; hostKeyFingerprint: string; hostPublicKey: string };
   app: App;
   store: Store;
   recovery: RecoveryReport;
@@ -117,6 +125,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   let ttl: TtlScheduler | undefined;
   let files: FileService | undefined;
   let storageListener: StorageListener | undefined;
+  let sshGateway: SshGateway | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -226,6 +235,23 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         throw err;
       }
     }
+    if (opts.ssh) {
+      try {
+        sshGateway = await startSshGateway({
+          host: opts.ssh.host ?? listener.host,
+          port: opts.ssh.port,
+          dataDir: opts.dataDir,
+          store,
+          runtime,
+          logger,
+        });
+      } catch (err) {
+        listener.destroy();
+        await storageListener?.close();
+        await app.close();
+        throw err;
+      }
+    }
     const hostForUrl = listener.host.includes(':') ? `[${listener.host}]` : listener.host;
     const url = `${listener.secure ? 'https' : 'http'}://${hostForUrl}:${listener.port}`;
     logger.info({ url }, 'FastVM API listening');
@@ -238,6 +264,16 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       bootstrapKey: boot.key,
       bootstrapKeyGenerated: boot.generated,
       bootstrapKeyFile: boot.keyFile,
+      ...(sshGateway
+        ? {
+            ssh: {
+              host: sshGateway.host,
+              port: sshGateway.port,
+              hostKeyFingerprint: sshGateway.hostKeyFingerprint,
+              hostPublicKey: sshGateway.hostPublicKey,
+            },
+          }
+        : {}),
       app,
       store,
       recovery,
@@ -245,7 +281,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         closing ??= (async () => {
           shuttingDown = true;
           await ttl?.stop();
-          await Promise.all([listener.close(graceMs), storageListener?.close()]);
+          await Promise.all([
+            listener.close(graceMs),
+            storageListener?.close(),
+            sshGateway?.close(),
+          ]);
           files?.close();
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
@@ -264,6 +304,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         void ttl?.stop();
         files?.close();
         void storageListener?.close();
+        void sshGateway?.close();
         listener.destroy();
         unsubscribe?.();
         await app.close().catch(() => {});

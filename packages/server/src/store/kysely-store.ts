@@ -396,6 +396,15 @@ export class KyselyStore implements Store {
     }
   }
 
+  async findSshKey(fingerprint: string): Promise<SshKeyRecord | undefined> {
+    const row = await this.db
+      .selectFrom('ssh_keys')
+      .selectAll()
+      .where('fingerprint', '=', fingerprint)
+      .executeTakeFirst();
+    return row && toSshKey(row);
+  }
+
   async deleteSshKey(orgId: string, fingerprint: string): Promise<SshKeyRecord | undefined> {
     const row = await this.db
       .deleteFrom('ssh_keys')

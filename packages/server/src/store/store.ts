@@ -141,4 +141,6 @@ export interface Store {
   insertSshKey(key: SshKeyRecord, limit: number): Promise<'inserted' | 'duplicate' | 'limit'>;
   /** Deletes the org's key with this fingerprint; returns it, or undefined if none. */
   deleteSshKey(orgId: string, fingerprint: string): Promise<SshKeyRecord | undefined>;
+  /** The key with this fingerprint, whichever org holds it (the SSH gateway's login lookup). */
+  findSshKey(fingerprint: string): Promise<SshKeyRecord | undefined>;
 }

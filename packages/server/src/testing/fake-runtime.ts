@@ -17,6 +17,8 @@ import {
   type ExecRequest,
   type ExecResult,
   type LaunchOptions,
+  type ProcessRequest,
+  type ProcessSession,
   type PtyRequest,
   type PtySession,
   type RestoreOptions,
@@ -24,6 +26,7 @@ import {
   type SnapshotInfo,
   type VmInfo,
 } from '@fastvm/runtime';
+import { FakeProcess } from './fake-process.js';
 import { FakePty } from './fake-pty.js';
 
 /** Error shaped like the runtime's `RuntimeError` (`name` + `code`), which the server maps. */
@@ -297,6 +300,28 @@ export class FakeRuntime implements Runtime {
     return pty;
   }
 
+  /**
+   * A `FakeProcess`: input is collected until EOF, then the command runs through `exec` (the
+   * mini shell) with it; see fake-process.ts.
+   */
+  async openProcess(vmId: string, req: ProcessRequest): Promise<ProcessSession> {
+    this.calls.push({
+      method: 'openProcess',
+      args: [vmId, { argv: [...req.argv], env: req.env, cwd: req.cwd }],
+    });
+    this.requireRunning(vmId);
+    return new FakeProcess(this.nextPid++, (stdin, signal) =>
+      this.exec(vmId, {
+        argv: req.argv,
+        ...(req.env ? { env: req.env } : {}),
+        stdin,
+        signal,
+        onStdout: req.onStdout,
+        onStderr: req.onStderr,
+      }),
+    );
+  }
+
   /** Console shells of a VM: their `exited` rejects as if the agent connection were lost. */
   private dropPtys(vmId: string): void {
     for (const pty of this.ptys.get(vmId) ?? []) {
@@ -460,7 +485,8 @@ class MiniShell {
 
   async runArgv(argv: string[]): Promise<number> {
     const [cmd, ...args] = argv;
-    if ((cmd === 'sh' || cmd === 'bash' || cmd === '/bin/sh') && args[0] === '-c') {
+    const shell = cmd === 'sh' || cmd === 'bash' || cmd === '/bin/sh' || cmd === '/bin/bash';
+    if (shell && args[0] === '-c') {
       // `sh -c SCRIPT NAME ARG1 ARG2…`: $0 = NAME, $1 = ARG1, …
       return this.runScript(args[1] ?? '', args.slice(2));
     }
