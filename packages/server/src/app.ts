@@ -32,11 +32,13 @@ import fileRoutes from './routes/files.js';
 import lifecycleRoutes from './routes/lifecycle.js';
 import { handleStorage } from './routes/storage.js';
 import consoleRoutes from './routes/console.js';
+import execRoutes from './routes/execs.js';
 import orgRoutes from './routes/org.js';
 import snapshotRoutes from './routes/snapshots.js';
 import sshKeyRoutes from './routes/ssh-keys.js';
 import unimplementedRoutes from './routes/unimplemented.js';
 import vmRoutes from './routes/vms.js';
+import { ExecSessions } from './services/exec-sessions.js';
 import { STORAGE_PREFIX, type FileService } from './services/files.js';
 import type { LifecycleService } from './services/lifecycle.js';
 import type { QuotaService } from './services/quota.js';
@@ -82,6 +84,8 @@ export interface AppServices {
   files: FileService;
   /** The caller org's SSH keys (default: one over `store`). */
   sshKeys?: SshKeyService;
+  /** Exec sessions (default: one over `vms` with the default limits). */
+  execs?: ExecSessions;
   /** What `GET /v1/pricing` answers (default: `DEFAULT_PRICING`). */
   pricing?: Pricing;
 }
@@ -238,11 +242,16 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   });
 
   const pluginOpts = {
-    services: opts.services,
+    // One session store for the exec routes of vms.ts and execs.ts.
+    services: {
+      ...opts.services,
+      execs: opts.services.execs ?? new ExecSessions(opts.services.vms),
+    },
     execBodyLimit: opts.execBodyLimit ?? 16 * 1024 * 1024,
   };
   await app.register(healthRoutes);
   await app.register(vmRoutes, pluginOpts);
+  await app.register(execRoutes, pluginOpts);
   // The WebSocket plugin wraps every route registered beside it (an upgrade on a route without
   // a WebSocket handler would answer 101 and close), so it shares a scope with the console only.
   await app.register(async (scope: App) => {

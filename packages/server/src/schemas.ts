@@ -265,6 +265,20 @@ export const ExecBody = z
       .describe('argv; the first element must be non-empty.'),
     timeoutSec: z.number().int().positive().max(86400).nullish(),
     stdin: z.string().nullish().describe('Base64 bytes written to the command stdin, then closed.'),
+    detach: z
+      .boolean()
+      .nullish()
+      .describe(
+        'Start the command as an exec session and answer 202 with it at once (any Accept); ' +
+          'follow it with GET /v1/vms/{id}/execs/{execId}/stream.',
+      ),
+    keepAlive: z
+      .boolean()
+      .nullish()
+      .describe(
+        'NDJSON only: the command survives a client disconnect (reattach with its x-exec-id). ' +
+          'Without it a disconnect kills the command.',
+      ),
   })
   .meta({ id: 'ExecRequest' });
 
@@ -403,6 +417,50 @@ export const ExecResult = z
       'a stream of {"t":"o"|"e","d":<base64>} events and one final {"t":"x","c"?,"to"?,"ms"}.',
   });
 
+export const ExecSessionParams = z.object({
+  id: z.string().describe('Id, or a name that is unique in the org.'),
+  execId: z.string().describe('An exec session id (x-exec-id, or execId from a detached exec).'),
+});
+
+export const ExecStreamQuery = z.object({
+  fromOffset: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(Number.MAX_SAFE_INTEGER)
+    .optional()
+    .describe(
+      'Replay output from this byte offset (stdout and stderr count together; default 0). ' +
+        'Raised to truncatedBefore when older bytes were dropped (x-exec-from-offset says).',
+    ),
+});
+
+export const ExecSession = z
+  .object({
+    execId: z.string(),
+    vmId: z.string(),
+    command: z.array(z.string()),
+    status: z.enum(['running', 'exited', 'killed', 'failed']),
+    exitCode: z.number().int().nullable().describe('Set once exited.'),
+    timedOut: z.boolean(),
+    durationMs: z.number().int().nullable(),
+    error: z.string().nullable().describe('Why a killed or failed session has no exit code.'),
+    keepAlive: z.boolean().describe('Whether the session survives its client disconnecting.'),
+    startedAt: z.string(),
+    endedAt: z.string().nullable(),
+    expiresAt: z.string().nullable().describe('When an ended session is forgotten.'),
+    stdoutBytes: z.number().int(),
+    stderrBytes: z.number().int(),
+    outputBytes: z.number().int().describe('stdout + stderr: the offset after the last byte.'),
+    truncatedBefore: z
+      .number()
+      .int()
+      .describe('Offset of the oldest output byte still kept (0 while nothing was dropped).'),
+  })
+  .meta({ id: 'ExecSession' });
+
+export const ExecSessionList = z.array(ExecSession).meta({ id: 'ExecSessionList' });
+
 export const FilePresignResponse = z
   .object({
     uploadUrl: z.string().describe('PUT the bytes here (no API key; the URL is the credential).'),
@@ -488,6 +546,7 @@ export const ErrorBody = z
 export type LaunchVmInput = z.output<typeof LaunchVmBody>;
 export type TtlInput = z.output<typeof Ttl>;
 export type ExecInput = z.output<typeof ExecBody>;
+export type ExecSessionView = z.input<typeof ExecSession>;
 export type FirewallPolicyInput = z.output<typeof FirewallPolicy>;
 export type FirewallPatchInput = z.output<typeof FirewallPatch>;
 export type VmView = z.input<typeof Vm>;

@@ -12,6 +12,7 @@ import { DEFAULT_QUOTA_LIMITS, type Pricing, type QuotaValues } from './domain/i
 import { listen, type Listener } from './http/listener.js';
 import type { ServiceContext, ServiceSettings } from './services/context.js';
 import { ConsoleService } from './services/console.js';
+import { ExecSessions } from './services/exec-sessions.js';
 import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
 import { startStorageListener, type StorageListener } from './routes/storage.js';
@@ -166,6 +167,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       staging: files,
     };
     const vms = new VmService(ctx);
+    const execs = new ExecSessions(vms, { events, logger });
     const snapshots = new SnapshotService(ctx);
     const consoles = new ConsoleService(
       { store, runtime, logger },
@@ -196,6 +198,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         snapshots,
         lifecycle,
         consoles,
+        execs,
         files,
         quotas,
         sshKeys: new SshKeyService(store),
@@ -291,6 +294,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
           }
           await app.close();
+          execs.close();
           unsubscribe?.();
           await runtime.detach();
           await network.close();

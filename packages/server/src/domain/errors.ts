@@ -100,7 +100,7 @@ export class StateConflictError extends DomainError {
  * Dimensions an org's usage is limited in: the six quota values, staged file bytes, and the
  * number of SSH keys.
  */
-export type QuotaDimension = keyof QuotaValues | 'stagingBytes' | 'sshKeyCount';
+export type QuotaDimension = keyof QuotaValues | 'stagingBytes' | 'sshKeyCount' | 'execSessions';
 
 /** Granting the request would take the org past a limit. */
 export class QuotaExceededError extends DomainError {

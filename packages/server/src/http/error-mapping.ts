@@ -38,6 +38,7 @@ export const QUOTA_DIMENSION_WIRE: Readonly<Record<QuotaDimension, string>> = {
   volumeGiB: 'volume_gib',
   stagingBytes: 'staging_bytes',
   sshKeyCount: 'ssh_key_count',
+  execSessions: 'exec_sessions',
 };
 
 /**

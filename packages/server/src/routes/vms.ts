@@ -3,13 +3,14 @@
  * and the v1 firewall.
  * @module
  */
-import { PassThrough } from 'node:stream';
 import type { App, AppServices } from '../app.js';
+import type { ExecSessions } from '../services/exec-sessions.js';
 import {
   DeleteResponse,
   ErrorBody,
   ExecBody,
   ExecResult,
+  ExecSession,
   FirewallPatch,
   FirewallPolicy,
   IdParams,
@@ -19,14 +20,15 @@ import {
   Vm,
 } from '../schemas.js';
 import { execCommandOf, firewallChangeOf, launchRequestOf } from './inputs.js';
+import { presentExecSession, sendExecStream } from './execs.js';
 import { metadataFilters, presentVm } from './present.js';
 import { requireAuth, wantsNdjson } from './util.js';
 
 export default async function vmRoutes(
   app: App,
-  opts: { services: AppServices; execBodyLimit: number },
+  opts: { services: AppServices & { execs: ExecSessions }; execBodyLimit: number },
 ): Promise<void> {
-  const { vms } = opts.services;
+  const { vms, execs } = opts.services;
   const tags = ['vms'];
 
   app.post(
@@ -127,12 +129,25 @@ export default async function vmRoutes(
       schema: {
         params: IdParams,
         body: ExecBody,
-        response: { 200: ExecResult, default: ErrorBody },
+        response: { 200: ExecResult, 202: ExecSession, default: ErrorBody },
       },
     },
     async (request, reply) => {
       const { orgId } = requireAuth(request);
       const prepared = await vms.prepareExec(orgId, request.params.id, execCommandOf(request.body));
+      if (request.body.detach) {
+        // An exec session that no request holds: 202 with its id at once.
+        const session = execs.start(prepared, { keepAlive: true });
+        return reply.code(202).send(presentExecSession(session));
+      }
+      if (wantsNdjson(request)) {
+        // An exec session followed from its start. Without keepAlive the command dies with the
+        // request, as it always did.
+        const keepAlive = request.body.keepAlive === true;
+        const session = execs.start(prepared, { keepAlive });
+        return sendExecStream(reply, session, 0, { killOnDisconnect: !keepAlive });
+      }
+
       // The command dies with the request: a client that disconnects kills it.
       const abort = new AbortController();
       let running = true;
@@ -140,61 +155,18 @@ export default async function vmRoutes(
         if (running) abort.abort(new Error('client disconnected'));
       });
 
-      if (!wantsNdjson(request)) {
-        const res = await vms
-          .runExec(prepared, { signal: abort.signal })
-          .finally(() => (running = false));
-        return {
-          exitCode: res.exitCode,
-          stdout: res.stdout.toString('utf8'),
-          stderr: res.stderr.toString('utf8'),
-          timedOut: res.timedOut,
-          durationMs: Math.round(res.durationMs),
-          stdoutTruncated: res.stdoutTruncated,
-          stderrTruncated: res.stderrTruncated,
-        };
-      }
-
-      const out = new PassThrough();
-      const emit = (event: Record<string, unknown>): void => {
-        if (!out.destroyed) out.write(JSON.stringify(event) + '\n');
+      const res = await vms
+        .runExec(prepared, { signal: abort.signal })
+        .finally(() => (running = false));
+      return {
+        exitCode: res.exitCode,
+        stdout: res.stdout.toString('utf8'),
+        stderr: res.stderr.toString('utf8'),
+        timedOut: res.timedOut,
+        durationMs: Math.round(res.durationMs),
+        stdoutTruncated: res.stdoutTruncated,
+        stderrTruncated: res.stderrTruncated,
       };
-      vms
-        .runExec(prepared, {
-          signal: abort.signal,
-          // No cap: the agent forwards every byte to the callbacks (contract: NDJSON is uncapped).
-          capBytes: 0,
-          onStdout: (chunk) => emit({ t: 'o', d: chunk.toString('base64') }),
-          onStderr: (chunk) => emit({ t: 'e', d: chunk.toString('base64') }),
-        })
-        .then(
-          (res) => {
-            running = false;
-            // Exactly one final event; `c` only when non-zero, `to` only when timed out.
-            const exit: Record<string, unknown> = { t: 'x' };
-            if (res.exitCode !== 0) exit.c = res.exitCode;
-            if (res.timedOut) exit.to = true;
-            exit.ms = Math.round(res.durationMs);
-            emit(exit);
-            out.end();
-          },
-          (err: unknown) => {
-            running = false;
-            if (abort.signal.aborted) return; // client went away; the command was killed
-            request.log.warn({ err }, 'streaming exec failed');
-            // The 200 is already on the wire: cut the stream so the client sees a failure
-            // instead of a made-up exit event.
-            out.destroy(err instanceof Error ? err : new Error(String(err)));
-          },
-        );
-      return (
-        reply
-          .code(200)
-          .header('content-type', 'application/x-ndjson')
-          .header('cache-control', 'no-store')
-          // A stream body; the response schema only describes the buffered (JSON) form.
-          .send(out as never)
-      );
     },
   );
 
