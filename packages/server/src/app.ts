@@ -34,15 +34,21 @@ import { handleStorage } from './routes/storage.js';
 import consoleRoutes from './routes/console.js';
 import execRoutes from './routes/execs.js';
 import orgRoutes from './routes/org.js';
+import branchingRoutes from './routes/branching.js';
 import snapshotRoutes from './routes/snapshots.js';
+import serviceRoutes from './routes/services.js';
 import sshKeyRoutes from './routes/ssh-keys.js';
 import unimplementedRoutes from './routes/unimplemented.js';
 import vmRoutes from './routes/vms.js';
 import { ExecSessions } from './services/exec-sessions.js';
 import { STORAGE_PREFIX, type FileService } from './services/files.js';
 import type { LifecycleService } from './services/lifecycle.js';
+import type { PublishedServices } from './services/published-services.js';
+import type { ProxyAddress } from './proxy/hostnames.js';
 import type { QuotaService } from './services/quota.js';
 import type { ConsoleService } from './services/console.js';
+import type { ForkService } from './services/fork.js';
+import type { LineageService } from './services/lineage.js';
 import type { SnapshotService } from './services/snapshot-service.js';
 import type { SshKeyService } from './services/ssh-keys.js';
 import type { VmService } from './services/vm-service.js';
@@ -75,6 +81,10 @@ export interface AppServices {
   store: Store;
   vms: VmService;
   snapshots: SnapshotService;
+  /** Fork N (`POST /v1/snapshots/{id}/fork`). */
+  forks: ForkService;
+  /** `GET /v1/snapshots/{id}/lineage`. */
+  lineage: LineageService;
   /** Console tokens and WebSocket sessions. */
   consoles: ConsoleService;
   lifecycle: LifecycleService;
@@ -88,6 +98,10 @@ export interface AppServices {
   execs?: ExecSessions;
   /** What `GET /v1/pricing` answers (default: `DEFAULT_PRICING`). */
   pricing?: Pricing;
+  /** Published services (default: one over `store` without networking). */
+  published?: PublishedServices;
+  /** Where the service proxy listens, for the URLs in service responses. */
+  proxyAddress?: () => ProxyAddress;
 }
 
 /** Inputs of `buildApp`. */
@@ -273,8 +287,10 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(lifecycleRoutes, pluginOpts);
   await app.register(fileRoutes, pluginOpts);
   await app.register(snapshotRoutes, pluginOpts);
+  await app.register(branchingRoutes, pluginOpts);
   await app.register(orgRoutes, pluginOpts);
   await app.register(sshKeyRoutes, pluginOpts);
+  await app.register(serviceRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);
 
   let doc: unknown;

@@ -153,6 +153,7 @@ async function serve(args: string[]): Promise<number> {
     ...(net ? { network: net.network } : {}),
     storage: storageSettingsFromEnv(),
     pricing: pricingFromEnv(),
+    proxy: { port: config.proxyPort, domain: config.proxyDomain },
     ...(config.sshPort !== undefined ? { ssh: { port: config.sshPort } } : {}),
   });
   if (server.bootstrapKeyGenerated) {
@@ -168,6 +169,9 @@ async function serve(args: string[]): Promise<number> {
       `SSH gateway on ${server.ssh.host}:${server.ssh.port} (host key ${server.ssh.hostKeyFingerprint})\n`,
     );
   }
+  process.stdout.write(
+    `Service proxy on ${server.proxy.scheme}://*.proxy.${server.proxy.domain}:${server.proxy.port}\n`,
+  );
   if (net) process.stdout.write(`${net.summary}\n`);
 
   await new Promise<void>((resolve) => {

@@ -22,6 +22,10 @@ export interface ServeConfig {
   sqliteSynchronous?: 'NORMAL' | 'FULL';
   /** Warm VMs kept ready per machine type for launches (`FASTVM_POOL`, default 1; 0 = off). */
   pool: number;
+  /** Service proxy port (`FASTVM_PROXY_PORT`, default 8081; 0 = any free port). */
+  proxyPort: number;
+  /** Service hostnames are `<name>--<vm hex>.proxy.<domain>` (`FASTVM_PROXY_DOMAIN`, default localhost). */
+  proxyDomain: string;
   /** SSH gateway port (`FASTVM_SSH_PORT`, default 2222; 0 = any free port); undefined = off. */
   sshPort: number | undefined;
 }
@@ -73,6 +77,14 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
   if (!sshOff && (!/^\d+$/.test(sshText) || Number(sshText) > 65535)) {
     throw new Error(`FASTVM_SSH_PORT must be a port number or "off", got ${sshText}`);
   }
+  const proxyText = env.FASTVM_PROXY_PORT ?? '8081';
+  if (!/^\d+$/.test(proxyText) || Number(proxyText) > 65535) {
+    throw new Error(`FASTVM_PROXY_PORT must be a port number, got ${proxyText}`);
+  }
+  const proxyDomain = (env.FASTVM_PROXY_DOMAIN ?? 'localhost').toLowerCase().replace(/\.$/, '');
+  if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(proxyDomain)) {
+    throw new Error(`FASTVM_PROXY_DOMAIN must be a DNS name, got ${proxyDomain}`);
+  }
   const config: ServeConfig = {
     host: flags.host ?? env.FASTVM_HOST ?? '127.0.0.1',
     port,
@@ -80,6 +92,8 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     fakeRuntime: flags['fake-runtime'] === true || truthy(env.FASTVM_FAKE_RUNTIME),
     logLevel: flags['log-level'] ?? env.FASTVM_LOG_LEVEL ?? 'info',
     pool: Number(poolText),
+    proxyPort: Number(proxyText),
+    proxyDomain,
     sshPort: sshOff ? undefined : Number(sshText),
   };
   if (databaseUrl) config.databaseUrl = databaseUrl;

@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 import { z } from 'zod';
-import { ENV_VARS_LIMITS, MACHINES, MAX_TTL_SECONDS } from './domain/index.js';
+import { ENV_VARS_LIMITS, MACHINES, MAX_FORK_COUNT, MAX_TTL_SECONDS } from './domain/index.js';
 
 // ---- shared pieces ------------------------------------------------------------------------------
 
@@ -308,6 +308,23 @@ export const CreateSnapshotBody = z
   })
   .meta({ id: 'SnapshotCreateRequest' });
 
+export const ForkSnapshotBody = z
+  .object({
+    count: z
+      .number()
+      .int()
+      .min(1)
+      .max(MAX_FORK_COUNT)
+      .describe(`How many VMs to restore from the snapshot (1–${MAX_FORK_COUNT}).`),
+    namePrefix: Name.describe(
+      'VM names are `<namePrefix>-1` … `<namePrefix>-<count>`; default: the snapshot name.',
+    ),
+    firewall: FirewallPolicy.nullish().describe("Every fork's policy; default: the snapshot's."),
+    envVars: EnvVars.optional().describe("Merged over the snapshot's, for every fork."),
+    metadata: Metadata.optional(),
+  })
+  .meta({ id: 'SnapshotForkRequest' });
+
 export const UpdateSnapshotBody = z
   .object({
     name: z.string().max(4096).optional(),
@@ -379,8 +396,30 @@ export const Vm = z
       .optional()
       .describe('TTL left, applied at the next resume; only while paused.'),
     pausedAt: Timestamp.nullable(),
+    effectiveFirewall: FirewallPolicyOut.describe(
+      'Read-only: firewall plus one auto-rule per published service (computed, never stored).',
+    ),
+    sourceSnapshotId: z
+      .string()
+      .nullable()
+      .optional()
+      .describe('Lineage: the snapshot it was restored or forked from; null for a fresh launch.'),
   })
   .meta({ id: 'Vm' });
+
+/** `POST /v1/vms` (contract §3.2): a `Vm`, plus warnings of a restore. */
+export const VmLaunchResponse = Vm.extend({
+  snapshotRestoreWarnings: z
+    .object({
+      servicesRegistrationFailed: z.literal(true),
+      reason: z.string().optional(),
+      unregisteredServices: z
+        .array(z.object({ name: z.string(), port: z.number().int(), h2c: z.boolean() }))
+        .optional(),
+    })
+    .optional()
+    .describe("Only on a restore whose snapshot's services could not be registered (none were)."),
+}).meta({ id: 'VmLaunchResponse' });
 
 export const Snapshot = z
   .object({
@@ -396,9 +435,69 @@ export const Snapshot = z
     envVars: z
       .record(z.string(), z.string())
       .describe("The VM's environment variables when it was taken."),
+    services: z
+      .array(z.object({ name: z.string(), port: z.number().int(), h2c: z.boolean() }))
+      .describe("The VM's published services when it was taken; a restore registers them."),
     statusMessage: z.string().optional(),
+    parentSnapshotId: z
+      .string()
+      .nullable()
+      .optional()
+      .describe(
+        'Lineage: the snapshot its VM (`vmId`) was restored from; null when that VM was a fresh ' +
+          'launch. Kept when that snapshot is deleted.',
+      ),
+    digests: z
+      .record(z.string(), z.string())
+      .optional()
+      .describe(
+        '`{memory, disk, state}`: `sha256:<hex>` of the layer files the snapshot owns, computed ' +
+          'in the background after it is ready (absent until then). Restores check them.',
+      ),
   })
   .meta({ id: 'Snapshot' });
+
+export const ForkResponse = z
+  .object({ vms: z.array(Vm).describe('The forks, in name order, all running.') })
+  .meta({ id: 'SnapshotForkResponse' });
+
+/** One snapshot or VM in a lineage; `children` are the objects made from it. */
+export const LineageNode = z
+  .object({
+    type: z.enum(['snapshot', 'vm']),
+    id: z.string(),
+    deleted: z
+      .boolean()
+      .describe('Deleted: only the id (and links) are shown; kept to connect the tree.'),
+    name: z.string().optional(),
+    status: z.string().optional(),
+    createdAt: Timestamp.optional(),
+    get children(): z.ZodArray<typeof LineageNode> {
+      return z
+        .array(LineageNode)
+        .describe('Snapshot: the VMs restored from it. VM: the snapshots taken of it.');
+    },
+  })
+  .meta({ id: 'LineageNode' });
+
+export const Lineage = z
+  .object({
+    ancestors: z
+      .array(LineageNode)
+      .describe(
+        'The path from the root (the freshly launched VM it all started from) down to this ' +
+          'snapshot (the last element), alternating VMs and the snapshots taken of them; ' +
+          '`children` are empty here.',
+      ),
+    descendants: z
+      .array(LineageNode)
+      .describe('The tree below: VMs restored from this snapshot, their snapshots, and so on.'),
+    truncated: z
+      .boolean()
+      .optional()
+      .describe('Present (true) when the tree was cut at 10 000 nodes.'),
+  })
+  .meta({ id: 'Lineage' });
 
 export const ExecResult = z
   .object({
@@ -532,6 +631,50 @@ export const CreateSshKeyBody = z
 
 export const FingerprintParams = z.object({ fingerprint: z.string().min(1) });
 
+// ---- published services (contract §4.4) ------------------------------------------------------
+
+const ServiceAuth = z
+  .enum(['public', 'token', 'api_key'])
+  .describe(
+    'Extension: who may use the service through the proxy. public (default); token: ' +
+      '`Authorization: Bearer <token>` with the token returned here; api_key: an API key of the org.',
+  );
+
+export const ServiceParams = z.object({
+  id: z.string().describe('Id, or a name that is unique in the org.'),
+  serviceName: z.string(),
+});
+
+export const CreateServiceBody = z
+  .object({
+    name: z
+      .string()
+      .describe('1-29 characters: lowercase letters, digits and single hyphens (a DNS label).'),
+    port: z.number().int().describe('Guest TCP port, 1024-65535.'),
+    h2c: z.boolean().nullish().describe('Speak HTTP/2 cleartext to the backend (gRPC).'),
+    auth: ServiceAuth.nullish(),
+  })
+  .meta({ id: 'ServiceCreateRequest' });
+
+export const PutServiceBody = z
+  .object({
+    port: z.number().int().describe('Guest TCP port, 1024-65535.'),
+    h2c: z.boolean().nullish(),
+    auth: ServiceAuth.nullish().describe('Omitted: unchanged (public for a new service).'),
+  })
+  .meta({ id: 'ServicePutRequest' });
+
+export const Service = z
+  .object({
+    name: z.string(),
+    port: z.number().int(),
+    h2c: z.boolean(),
+    auth: ServiceAuth,
+    url: z.string().describe('Extension: where the proxy serves it.'),
+    token: z.string().optional().describe('Extension: the bearer token (auth "token" only).'),
+  })
+  .meta({ id: 'Service' });
+
 export const Health = z.object({ status: z.string() }).meta({ id: 'Health' });
 
 export const ErrorBody = z
@@ -551,7 +694,11 @@ export type FirewallPolicyInput = z.output<typeof FirewallPolicy>;
 export type FirewallPatchInput = z.output<typeof FirewallPatch>;
 export type VmView = z.input<typeof Vm>;
 export type SnapshotView = z.input<typeof Snapshot>;
+export type ForkInput = z.output<typeof ForkSnapshotBody>;
+export type LineageView = z.input<typeof Lineage>;
+export type LineageNodeView = z.input<typeof LineageNode>;
 export type ExecResultView = z.input<typeof ExecResult>;
 export type SshKeyView = z.input<typeof SshKey>;
+export type ServiceView = z.input<typeof Service>;
 export type CreateSshKeyInput = z.output<typeof CreateSshKeyBody>;
 export type PricingView = z.input<typeof Pricing>;

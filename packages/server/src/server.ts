@@ -17,11 +17,16 @@ import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
 import { startStorageListener, type StorageListener } from './routes/storage.js';
 import { FileService } from './services/files.js';
+import { ForkService } from './services/fork.js';
+import { LineageService } from './services/lineage.js';
 import { LifecycleService } from './services/lifecycle.js';
 import { ensureBootstrapKey } from './services/orgs.js';
 import { QuotaService } from './services/quota.js';
 import { SshKeyService } from './services/ssh-keys.js';
 import { SnapshotService } from './services/snapshot-service.js';
+import { PublishedServices } from './services/published-services.js';
+import type { ProxyAddress } from './proxy/hostnames.js';
+import { startServiceProxy, type ServiceProxy } from './proxy/proxy-server.js';
 import { startSshGateway, type SshGateway } from './ssh/gateway.js';
 import { TaskTracker } from './services/tasks.js';
 import { TtlScheduler } from './services/ttl.js';
@@ -75,6 +80,12 @@ export interface StartServerOptions {
   };
   /** What `GET /v1/pricing` answers (default: `DEFAULT_PRICING`, all zero). */
   pricing?: Pricing;
+  /**
+   * The published-service proxy, bound to `host` like the API (with its certificate when
+   * `tls` is set). `port`: default 0 = any free port (`serve` uses 8081); `domain`: hostnames
+   * are `<name>--<vm hex>.proxy.<domain>` (default `localhost`).
+   */
+  proxy?: { port?: number; domain?: string };
   /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
   shutdownGraceMs?: number;
   /**
@@ -100,6 +111,8 @@ export interface ServerHandle {
   app: App;
   store: Store;
   recovery: RecoveryReport;
+  /** Where the service proxy listens (scheme, domain, port). */
+  proxy: ProxyAddress;
   /** Graceful: stop accepting, drain, detach from the runtime (VMs survive), close the DB. */
   close(): Promise<void>;
   /**
@@ -127,6 +140,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   let files: FileService | undefined;
   let storageListener: StorageListener | undefined;
   let sshGateway: SshGateway | undefined;
+  let proxy: ServiceProxy | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -169,6 +183,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     const vms = new VmService(ctx);
     const execs = new ExecSessions(vms, { events, logger });
     const snapshots = new SnapshotService(ctx);
+    const forks = new ForkService(ctx, vms);
     const consoles = new ConsoleService(
       { store, runtime, logger },
       opts.consoleTokenTtlSec ? { tokenTtlSec: opts.consoleTokenTtlSec } : {},
@@ -190,18 +205,35 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     // TTL expiries are stored on the rows: re-arm them (ones that passed meanwhile fire now).
     for (const vm of await store.listVmsByStatus(['running'])) ttl.watch(vm);
 
+    const published = new PublishedServices(ctx);
+    proxy = await startServiceProxy({
+      store,
+      events,
+      logger,
+      host: opts.host ?? '127.0.0.1',
+      port: opts.proxy?.port ?? 0,
+      domain: opts.proxy?.domain ?? 'localhost',
+      tls: opts.tls,
+    });
+    const proxyAddress = proxy.address;
+    logger.info({ ...proxyAddress }, 'service proxy listening');
+
     let shuttingDown = false;
     const { app, servers } = await buildApp({
       services: {
         store,
         vms,
         snapshots,
+        forks,
+        lineage: new LineageService(store),
         lifecycle,
         consoles,
         execs,
         files,
         quotas,
         sshKeys: new SshKeyService(store),
+        published,
+        proxyAddress: () => proxyAddress,
         ...(opts.pricing ? { pricing: opts.pricing } : {}),
       },
       logger,
@@ -280,6 +312,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       app,
       store,
       recovery,
+      proxy: proxyAddress,
       close() {
         closing ??= (async () => {
           shuttingDown = true;
@@ -288,6 +321,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             listener.close(graceMs),
             storageListener?.close(),
             sshGateway?.close(),
+            proxy?.close(graceMs),
           ]);
           files?.close();
           if (!(await tasks.drain(graceMs))) {
@@ -309,6 +343,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         files?.close();
         void storageListener?.close();
         void sshGateway?.close();
+        proxy?.destroy();
         listener.destroy();
         unsubscribe?.();
         await app.close().catch(() => {});
@@ -320,6 +355,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     await ttl?.stop();
     files?.close();
     await storageListener?.close();
+    proxy?.destroy();
     await store.close().catch(() => {});
     throw err;
   }

@@ -34,6 +34,7 @@ export type DomainErrorCode =
   | 'too_large'
   | 'cancelled'
   | 'runtime_failed'
+  | 'corrupt'
   | 'failed';
 
 /** Base class of every error in this module. */
@@ -97,10 +98,15 @@ export class StateConflictError extends DomainError {
 }
 
 /**
- * Dimensions an org's usage is limited in: the six quota values, staged file bytes, and the
- * number of SSH keys.
+ * Dimensions an org's usage is limited in: the six quota values, staged file bytes, the
+ * number of SSH keys, and the services one VM publishes.
  */
-export type QuotaDimension = keyof QuotaValues | 'stagingBytes' | 'sshKeyCount' | 'execSessions';
+export type QuotaDimension =
+  | keyof QuotaValues
+  | 'stagingBytes'
+  | 'sshKeyCount'
+  | 'execSessions'
+  | 'vmServiceCount';
 
 /** Granting the request would take the org past a limit. */
 export class QuotaExceededError extends DomainError {
@@ -112,11 +118,13 @@ export class QuotaExceededError extends DomainError {
     readonly requested: number,
     /** Replaces the standard message (which names the dimension and the numbers). */
     readonly explanation?: string,
+    /** More facts for the body (a fork's `count` and how many would `fit`). */
+    extra: DomainErrorDetails = {},
   ) {
     super(
       explanation ??
         `quota exceeded for ${dimension}: ${usage} in use + ${requested} requested > limit ${limit}`,
-      {},
+      extra,
       { retryable: false },
     );
   }
@@ -156,6 +164,14 @@ export class CancelledError extends DomainError {
 /** The VM or the runtime failed while doing the work (QEMU, the guest agent, the disk…). */
 export class RuntimeFailureError extends DomainError {
   readonly code = 'runtime_failed';
+}
+
+/**
+ * Stored data failed its integrity check (a snapshot layer whose content no longer matches its
+ * digest): the operation was refused rather than run on garbage. Retrying does not help.
+ */
+export class CorruptDataError extends DomainError {
+  readonly code = 'corrupt';
 }
 
 /** An operation failed for a reason nobody planned for (a bug, the database…). */

@@ -7,3 +7,4 @@
 export * from './model.js';
 export * from './transitions.js';
 export * from './errors.js';
+export * from './published.js';

@@ -5,6 +5,7 @@
  * @module
  */
 import type { FirewallPolicy, MachineType } from '@fastvm/runtime';
+import type { CapturedService, PublishedService } from './published.js';
 
 export { DEFAULT_DISK_GIB, MACHINES, isMachineType } from '@fastvm/runtime';
 export type { FirewallPolicy, FirewallRule, MachineSpec, MachineType } from '@fastvm/runtime';
@@ -77,6 +78,9 @@ export const ENV_VARS_LIMITS = {
   maxKeyBytes: 256,
   maxJsonBytes: 65536,
 } as const;
+
+/** Most VMs one `POST /v1/snapshots/{id}/fork` starts. */
+export const MAX_FORK_COUNT = 100;
 
 /** The six quota dimensions reported by `GET /v1/org/quotas`. */
 export interface QuotaValues {
@@ -174,6 +178,8 @@ export interface VmRecord {
   ttlRemainingMs?: number | null;
   /** When the VM was last paused; null while not paused. */
   pausedAt?: string | null;
+  /** Published services, sorted by name (optional in records built by older code). */
+  services?: PublishedService[];
 }
 
 /** A snapshot row; carries what a restore inherits (machine, disk, firewall). */
@@ -192,6 +198,18 @@ export interface SnapshotRecord {
   metadata: Metadata;
   /** The VM's environment variables when it was taken (a restore merges its own over them). */
   envVars?: EnvVars;
+  /** The VM's published services when it was taken (a restore registers them again). */
+  services?: CapturedService[];
+  /**
+   * Lineage: the snapshot the VM (`vmId`) was restored from, null for a fresh launch. Kept when
+   * that snapshot is deleted (optional in records built by older code; the store always sets it).
+   */
+  parentSnapshotId?: string | null;
+  /**
+   * Content digests of the layers the snapshot owns, once the runtime has computed them (in the
+   * background after `ready`); never stored in the database (`SnapshotService` asks the runtime).
+   */
+  digests?: Readonly<Record<string, string>>;
   createdAt: string;
   updatedAt: string;
   deletedAt: string | null;

@@ -25,6 +25,7 @@ const WIRE_CODE: Readonly<Record<DomainErrorCode, ErrorCode>> = {
   too_large: 'payload_too_large',
   cancelled: 'bad_request',
   runtime_failed: 'vm_unavailable',
+  corrupt: 'snapshot_corrupt',
   failed: 'internal',
 };
 
@@ -39,6 +40,7 @@ export const QUOTA_DIMENSION_WIRE: Readonly<Record<QuotaDimension, string>> = {
   stagingBytes: 'staging_bytes',
   sshKeyCount: 'ssh_key_count',
   execSessions: 'exec_sessions',
+  vmServiceCount: 'vm_service_count',
 };
 
 /**
@@ -52,11 +54,25 @@ export function toHttpError(err: unknown): ApiError | undefined {
 
 /** The API error for a domain error: its wire code (`WIRE_CODE`), message and details. */
 export function fromDomainError(err: DomainError): ApiError {
+  if (err instanceof QuotaExceededError && err.dimension === 'vmServiceCount') {
+    // The contract's own body for the per-VM service cap (§1.8, §4.4): the message is the code.
+    return new ApiError(
+      'quota_exceeded',
+      'vm_service_quota_exceeded',
+      { dimension: 'vm_service_count', count: err.limit, detail: err.explanation ?? '' },
+      false,
+      { cause: err },
+    );
+  }
   if (err instanceof QuotaExceededError) {
     const wire = QUOTA_DIMENSION_WIRE[err.dimension];
+    const { fits, count } = err.details;
     const message =
       err.explanation ??
-      `quota exceeded for ${wire}: ${err.usage} in use + ${err.requested} requested > limit ${err.limit}`;
+      `quota exceeded for ${wire}: ${err.usage} in use + ${err.requested} requested > limit ${err.limit}` +
+        (typeof fits === 'number' && typeof count === 'number'
+          ? `; ${fits} of the ${count} would fit`
+          : '');
     return new ApiError(
       'quota_exceeded',
       message,

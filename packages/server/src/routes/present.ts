@@ -3,8 +3,23 @@
  * omitted rather than sent as null, except the ones the contract types as nullable.
  * @module
  */
-import type { FirewallPolicy, SnapshotRecord, SshKeyRecord, VmRecord } from '../domain/index.js';
-import type { SnapshotView, SshKeyView, VmView } from '../schemas.js';
+import {
+  effectiveFirewall,
+  type FirewallPolicy,
+  type PublishedService,
+  type SnapshotRecord,
+  type SshKeyRecord,
+  type VmRecord,
+} from '../domain/index.js';
+import type {
+  LineageNodeView,
+  LineageView,
+  ServiceView,
+  SnapshotView,
+  SshKeyView,
+  VmView,
+} from '../schemas.js';
+import type { Lineage, LineageNode } from '../services/lineage.js';
 
 function presentFirewall(p: FirewallPolicy): VmView['firewall'] {
   return {
@@ -36,6 +51,9 @@ export function presentVm(vm: VmRecord): VmView {
     envVars: { ...vm.envVars },
     ttl: vm.ttl ? { seconds: vm.ttl.seconds, action: vm.ttl.action } : null,
     pausedAt: vm.pausedAt ?? null,
+    // Computed per response, never stored (contract §3.1).
+    effectiveFirewall: presentFirewall(effectiveFirewall(vm.firewall, vm.services)),
+    sourceSnapshotId: vm.sourceSnapshotId,
   };
   if (vm.error && (vm.status === 'error' || vm.status === 'stopped')) view.statusMessage = vm.error;
   // Contract §3.1: expiresAtMs only while running, ttlRemainingMs only while paused.
@@ -61,7 +79,10 @@ export function presentSnapshot(s: SnapshotRecord): SnapshotView {
     firewall: presentFirewall(s.firewall),
     metadata: { ...s.metadata },
     envVars: { ...s.envVars },
+    services: (s.services ?? []).map(({ name, port, h2c }) => ({ name, port, h2c })),
+    parentSnapshotId: s.parentSnapshotId ?? null,
   };
+  if (s.digests) view.digests = { ...s.digests };
   if (s.error && s.status === 'error') view.statusMessage = s.error;
   return view;
 }
@@ -93,5 +114,37 @@ export function presentSshKey(key: SshKeyRecord): SshKeyView {
     publicKey: key.publicKey,
     createdAt: key.createdAt,
     ...(key.name !== null ? { name: key.name } : {}),
+  };
+}
+
+/** The contract's `Service` (§3.9) plus `auth`, `url` and, for token services, `token`. */
+export function presentService(service: PublishedService, url: string): ServiceView {
+  return {
+    name: service.name,
+    port: service.port,
+    h2c: service.h2c,
+    auth: service.auth,
+    url,
+    ...(service.auth === 'token' && service.token ? { token: service.token } : {}),
+  };
+}
+
+/** `GET /v1/snapshots/{id}/lineage`: deleted objects as their id and `deleted: true`. */
+export function presentLineage(l: Lineage): LineageView {
+  return {
+    ancestors: l.ancestors.map(presentLineageNode),
+    descendants: l.descendants.map(presentLineageNode),
+    ...(l.truncated ? { truncated: true } : {}),
+  };
+}
+
+function presentLineageNode(n: LineageNode): LineageNodeView {
+  const r = n.record;
+  return {
+    type: n.type,
+    id: n.id,
+    deleted: n.deleted,
+    ...(r ? { name: r.name, status: r.status, createdAt: r.createdAt } : {}),
+    children: n.children.map(presentLineageNode),
   };
 }

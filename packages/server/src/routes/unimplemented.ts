@@ -12,10 +12,6 @@ import { requireAuth } from './util.js';
 
 /** [method, path, feature] of VM-scoped endpoints not implemented yet. */
 export const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
-  ['GET', '/v1/vms/:id/services', 'services'],
-  ['POST', '/v1/vms/:id/services', 'services'],
-  ['PUT', '/v1/vms/:id/services/:serviceName', 'services'],
-  ['DELETE', '/v1/vms/:id/services/:serviceName', 'services'],
   ['POST', '/v1/vms/:id/volumes', 'volumes'],
   ['DELETE', '/v1/vms/:id/volumes/:volumeId', 'volumes'],
   ['GET', '/v1/vms/:id/bucket-mounts', 'bucket mounts'],

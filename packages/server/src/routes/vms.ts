@@ -18,6 +18,7 @@ import {
   ListVmsQuery,
   UpdateVmBody,
   Vm,
+  VmLaunchResponse,
 } from '../schemas.js';
 import { execCommandOf, firewallChangeOf, launchRequestOf } from './inputs.js';
 import { presentExecSession, sendExecStream } from './execs.js';
@@ -39,12 +40,24 @@ export default async function vmRoutes(
         operationId: 'launchVm',
         tags,
       },
-      schema: { body: LaunchVmBody, response: { 201: Vm, 202: Vm, default: ErrorBody } },
+      schema: {
+        body: LaunchVmBody,
+        response: { 201: VmLaunchResponse, 202: VmLaunchResponse, default: ErrorBody },
+      },
     },
     async (request, reply) => {
       const { orgId } = requireAuth(request);
-      const { vm, ready } = await vms.launch(orgId, launchRequestOf(request.body));
-      return reply.code(ready && vm.status === 'running' ? 201 : 202).send(presentVm(vm));
+      const { vm, ready, servicesWarning } = await vms.launch(
+        orgId,
+        launchRequestOf(request.body),
+      );
+      return reply
+        .code(ready && vm.status === 'running' ? 201 : 202)
+        .send(
+          servicesWarning
+            ? { ...presentVm(vm), snapshotRestoreWarnings: servicesWarning }
+            : presentVm(vm),
+        );
     },
   );
 

@@ -13,7 +13,7 @@
  */
 import type { Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import { nowIso, type VmStatus } from '../domain/index.js';
+import { effectiveFirewall, nowIso, type VmStatus } from '../domain/index.js';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
 
@@ -145,7 +145,9 @@ export async function recover(
   }
 
   const alive = await store.listVmsByStatus(live);
-  await network.reconcile(alive.map((vm) => ({ id: vm.id, firewall: vm.firewall })));
+  await network.reconcile(
+    alive.map((vm) => ({ id: vm.id, firewall: effectiveFirewall(vm.firewall, vm.services) })),
+  );
 
   logger.info(
     {

@@ -8,6 +8,7 @@ import {
   InvalidInputError,
   NotFoundError,
   StateConflictError,
+  captureServices,
   nowIso,
   type Metadata,
   type SnapshotRecord,
@@ -59,6 +60,8 @@ export class SnapshotService {
       firewall: vm.firewall,
       metadata: input.metadata ?? {},
       envVars: { ...vm.envVars },
+      services: captureServices(vm.services),
+      parentSnapshotId: vm.sourceSnapshotId,
       createdAt: now,
       updatedAt: now,
       deletedAt: null,
@@ -93,17 +96,28 @@ export class SnapshotService {
     return tasks.track(snap.id, work);
   }
 
-  get(orgId: string, ref: string): Promise<SnapshotRecord> {
-    return resolveSnapshot(this.ctx.store, orgId, ref);
+  async get(orgId: string, ref: string): Promise<SnapshotRecord> {
+    return this.withDigests(await resolveSnapshot(this.ctx.store, orgId, ref));
   }
 
   async list(orgId: string, filter: SnapshotListFilter = {}): Promise<SnapshotRecord[]> {
     const snaps = await this.ctx.store.listSnapshots(orgId);
-    return snaps.filter((s) =>
+    const matching = snaps.filter((s) =>
       (filter.metadata ?? []).every(
         ([k, v]) => Object.hasOwn(s.metadata, k) && s.metadata[k] === v,
       ),
     );
+    return Promise.all(matching.map((s) => this.withDigests(s)));
+  }
+
+  /**
+   * A ready snapshot with its content digests, once the runtime has computed them (they live in
+   * the runtime's snapshot record, not in the database). Best effort: without them as it is.
+   */
+  private async withDigests(snap: SnapshotRecord): Promise<SnapshotRecord> {
+    if (snap.status !== 'ready') return snap;
+    const digests = await this.ctx.runtime.snapshotDigests(snap.id).catch(() => undefined);
+    return digests ? { ...snap, digests } : snap;
   }
 
   async update(
@@ -121,7 +135,7 @@ export class SnapshotService {
         : {}),
       ...(patch.metadata !== undefined ? { metadata: patch.metadata } : {}),
     });
-    return updated ?? snap;
+    return updated ? this.withDigests(updated) : snap;
   }
 
   /**

@@ -11,6 +11,7 @@ import {
   ENV_VARS_LIMITS,
   MACHINES,
   defaultFirewall,
+  effectiveFirewall,
   isMachineType,
   nowIso,
   CancelledError,
@@ -28,6 +29,7 @@ import {
 import type { VmPatch } from '../store/index.js';
 import type { ServiceContext } from './context.js';
 import { hostnameFor, normalizeName } from './names.js';
+import { restoreServices, type ServiceRestore } from './published-services.js';
 import { resolveSnapshot, resolveVm } from './resolve.js';
 import { describeError, fromRuntimeError } from './runtime-errors.js';
 
@@ -35,6 +37,8 @@ import { describeError, fromRuntimeError } from './runtime-errors.js';
 export interface LaunchOutcome {
   vm: VmRecord;
   ready: boolean;
+  /** A restore whose snapshot services could not be registered again (contract §3.2). */
+  servicesWarning?: ServiceRestore['warning'];
 }
 
 /** Filters for `VmService.list`. */
@@ -114,6 +118,37 @@ export class VmService {
    * against quota) and throws.
    */
   async launch(orgId: string, input: LaunchRequest): Promise<LaunchOutcome> {
+    const { settings } = this.ctx;
+    const { vm, servicesWarning } = await this.prepare(orgId, input);
+    await this.ctx.quotas.reserve(
+      orgId,
+      { vcpu: vm.cpu, memoryMiB: vm.memoryMiB, diskGiB: vm.diskGiB },
+      (tx) => tx.insertVm(vm),
+    );
+
+    const boot = this.ctx.tasks.track(vm.id, this.boot(vm));
+    let timer: NodeJS.Timeout | undefined;
+    const waited = await Promise.race([
+      boot.then((ready) => ({ ready })),
+      new Promise<{ ready: null }>((resolve) => {
+        timer = setTimeout(() => resolve({ ready: null }), settings.launchWaitMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    const warning = servicesWarning ? { servicesWarning } : {};
+    if (waited.ready) return { vm: waited.ready, ready: true, ...warning };
+    // Still booting: it continues in the background; failures are recorded on the row.
+    boot.catch(() => {});
+    return { vm, ready: false, ...warning };
+  }
+
+  /**
+   * Checks a launch or restore request and builds the VM's row (status `provisioning`, a new id)
+   * without storing it. `launch` reserves and boots one; a fork (`fork.ts`) reserves many at once.
+   */
+  async prepare(
+    orgId: string,
+    input: LaunchRequest,
+  ): Promise<{ vm: VmRecord; servicesWarning?: ServiceRestore['warning'] }> {
     const { store, settings } = this.ctx;
     const id = randomUUID();
 
@@ -123,6 +158,7 @@ export class VmService {
     let envVars: EnvVars = { ...input.envVars };
     let sourceSnapshotId: string | null = null;
     let sourceName = '';
+    let restored: ServiceRestore | undefined;
     if (input.snapshotId !== undefined) {
       const snap = await resolveSnapshot(store, orgId, input.snapshotId).catch((err: unknown) => {
         if (err instanceof NotFoundError) {
@@ -171,6 +207,8 @@ export class VmService {
       }
       sourceSnapshotId = snap.id;
       sourceName = snap.name;
+      // The snapshot's services, registered again for the new VM (new hostnames): all or none.
+      restored = restoreServices(snap.services);
     } else {
       if (input.machineType === undefined) {
         throw new InvalidInputError(
@@ -221,34 +259,22 @@ export class VmService {
       expiresAtMs: null,
       ttlRemainingMs: null,
       pausedAt: null,
+      services: restored?.services ?? [],
     };
-    await this.ctx.quotas.reserve(
-      orgId,
-      { vcpu: vm.cpu, memoryMiB: vm.memoryMiB, diskGiB: vm.diskGiB },
-      (tx) => tx.insertVm(vm),
-    );
-
-    const boot = this.ctx.tasks.track(vm.id, this.boot(vm));
-    let timer: NodeJS.Timeout | undefined;
-    const waited = await Promise.race([
-      boot.then((ready) => ({ ready })),
-      new Promise<{ ready: null }>((resolve) => {
-        timer = setTimeout(() => resolve({ ready: null }), settings.launchWaitMs);
-      }),
-    ]).finally(() => clearTimeout(timer));
-    if (waited.ready) return { vm: waited.ready, ready: true };
-    // Still booting: it continues in the background; failures are recorded on the row.
-    boot.catch(() => {});
-    return { vm, ready: false };
+    return { vm, ...(restored?.warning ? { servicesWarning: restored.warning } : {}) };
   }
 
-  /** Runs the runtime side of a launch and records the outcome on the row. */
-  private async boot(vm: VmRecord): Promise<VmRecord> {
+  /**
+   * Runs the runtime side of a launch of a stored `provisioning` row and records the outcome on
+   * the row (`running`; or `error`, and throws). Callers track it under the VM's id.
+   */
+  async boot(vm: VmRecord): Promise<VmRecord> {
     const { runtime, network, store, logger } = this.ctx;
     const log = logger.child({ vmId: vm.id });
     // The host side of networking (tap, nftables) is set up while QEMU starts: the runtime plugs
     // the tap in when it is ready, before the guest gets its identity and runs.
-    const attaching = network.attach(vm.id, vm.firewall);
+    // The effective policy: a restore's services are registered before it boots.
+    const attaching = network.attach(vm.id, effectiveFirewall(vm.firewall, vm.services));
     try {
       const nic = attaching.then((a) => a.network);
       nic.catch(() => {}); // a failure surfaces from `await attaching` below (or the runtime)
@@ -437,7 +463,10 @@ export class VmService {
     const updated = (await this.ctx.store.updateVm(vm.id, { firewall: policy })) ?? vm;
     // Paused VMs keep their tap and rules, so a change applies to them too.
     if (['running', 'provisioning', 'pausing', 'paused', 'resuming'].includes(updated.status)) {
-      await this.ctx.network.onFirewallChange(vm.id, policy);
+      await this.ctx.network.onFirewallChange(
+        vm.id,
+        effectiveFirewall(policy, updated.services),
+      );
     }
     return updated;
   }

@@ -21,6 +21,8 @@ import {
   type Metadata,
   type Move,
   type OrgRecord,
+  type CapturedService,
+  type PublishedService,
   type QuotaValues,
   type SnapshotRecord,
   type SnapshotStatus,
@@ -267,6 +269,45 @@ export class KyselyStore implements Store {
     return rows.map(toVm);
   }
 
+  async findLiveVm(id: string): Promise<VmRecord | undefined> {
+    const row = await this.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('id', '=', id)
+      .where('deleted_at', 'is', null)
+      .executeTakeFirst();
+    return row && toVm(row);
+  }
+
+  async changeVmServices<T>(
+    vmId: string,
+    change: (vm: VmRecord) => { services?: PublishedService[]; result: T },
+  ): Promise<{ vm: VmRecord; result: T } | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      // Writing the row first takes SQLite's write lock and PostgreSQL's row lock, so two
+      // changes of one VM's list (a cap check and an insert) never interleave.
+      const row = await trx
+        .updateTable('vms')
+        .set({ updated_at: nowIso() })
+        .where('id', '=', vmId)
+        .where('deleted_at', 'is', null)
+        .returningAll()
+        .executeTakeFirst();
+      if (!row) return undefined;
+      const vm = toVm(row);
+      const { services, result } = change(vm);
+      if (services === undefined) return { vm, result };
+      const sorted = [...services].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      const updated = await trx
+        .updateTable('vms')
+        .set({ services: JSON.stringify(sorted) })
+        .where('id', '=', vmId)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return { vm: toVm(updated), result };
+    });
+  }
+
   // ---- snapshots ----------------------------------------------------------------------------
 
   async getSnapshot(orgId: string, id: string): Promise<SnapshotRecord | undefined> {
@@ -320,6 +361,64 @@ export class KyselyStore implements Store {
   async updateSnapshot(id: string, patch: SnapshotPatch): Promise<SnapshotRecord | undefined> {
     rejectStatusIn(patch);
     return writeSnapshotRow(this.db, id, snapshotColumns(patch));
+  }
+
+  // Lineage walks see deleted rows too: a deleted ancestor or VM still links the tree.
+
+  async getVmAny(orgId: string, id: string): Promise<VmRecord | undefined> {
+    const row = await this.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('id', '=', id)
+      .executeTakeFirst();
+    return row && toVm(row);
+  }
+
+  async getSnapshotsById(orgId: string, ids: readonly string[]): Promise<SnapshotRecord[]> {
+    const out: SnapshotRecord[] = [];
+    for (const part of chunks(ids)) {
+      const rows = await this.db
+        .selectFrom('snapshots')
+        .selectAll()
+        .where('org_id', '=', orgId)
+        .where('id', 'in', part)
+        .execute();
+      out.push(...rows.map(toSnapshot));
+    }
+    return out;
+  }
+
+  async listVmsFromSnapshots(orgId: string, snapshotIds: readonly string[]): Promise<VmRecord[]> {
+    const out: VmRecord[] = [];
+    for (const part of chunks(snapshotIds)) {
+      const rows = await this.db
+        .selectFrom('vms')
+        .selectAll()
+        .where('org_id', '=', orgId)
+        .where('source_snapshot_id', 'in', part)
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      out.push(...rows.map(toVm));
+    }
+    return out;
+  }
+
+  async listSnapshotsOfVms(orgId: string, vmIds: readonly string[]): Promise<SnapshotRecord[]> {
+    const out: SnapshotRecord[] = [];
+    for (const part of chunks(vmIds)) {
+      const rows = await this.db
+        .selectFrom('snapshots')
+        .selectAll()
+        .where('org_id', '=', orgId)
+        .where('vm_id', 'in', part)
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      out.push(...rows.map(toSnapshot));
+    }
+    return out;
   }
 
   async listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]> {
@@ -590,6 +689,7 @@ function toVm(row: Selectable<VmsTable>): VmRecord {
     expiresAtMs: row.expires_at_ms === null ? null : Number(row.expires_at_ms),
     ttlRemainingMs: row.ttl_remaining_ms === null ? null : Number(row.ttl_remaining_ms),
     pausedAt: row.paused_at,
+    services: JSON.parse(row.services) as PublishedService[],
   };
 }
 
@@ -618,6 +718,7 @@ function fromVm(vm: VmRecord): VmsTable {
     expires_at_ms: vm.expiresAtMs ?? null,
     ttl_remaining_ms: vm.ttlRemainingMs ?? null,
     paused_at: vm.pausedAt ?? null,
+    services: JSON.stringify(vm.services ?? []),
   };
 }
 
@@ -636,6 +737,8 @@ function toSnapshot(row: Selectable<SnapshotsTable>): SnapshotRecord {
     firewall: JSON.parse(row.firewall) as FirewallPolicy,
     metadata: JSON.parse(row.metadata) as Metadata,
     envVars: JSON.parse(row.env_vars) as EnvVars,
+    services: JSON.parse(row.services) as CapturedService[],
+    parentSnapshotId: row.parent_snapshot_id,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
     deletedAt: row.deleted_at,
@@ -657,8 +760,17 @@ function fromSnapshot(s: SnapshotRecord): SnapshotsTable {
     firewall: JSON.stringify(s.firewall),
     metadata: JSON.stringify(s.metadata),
     env_vars: JSON.stringify(s.envVars ?? {}),
+    services: JSON.stringify(s.services ?? []),
+    parent_snapshot_id: s.parentSnapshotId ?? null,
     created_at: s.createdAt,
     updated_at: s.updatedAt,
     deleted_at: s.deletedAt,
   };
+}
+
+/** `ids` in slices small enough for one `IN (…)` (SQLite binds at most 32 766 parameters). */
+function chunks(ids: readonly string[], size = 500): string[][] {
+  const out: string[][] = [];
+  for (let i = 0; i < ids.length; i += size) out.push(ids.slice(i, i + size));
+  return out;
 }

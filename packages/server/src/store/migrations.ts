@@ -3,7 +3,7 @@
  * the admin commands). Never edit a released migration; add a new one.
  * @module
  */
-import { Migrator, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- migrations run against an unknown schema */
 const migrations: Record<string, Migration> = {
@@ -134,6 +134,43 @@ const migrations: Record<string, Migration> = {
         .addColumn('created_at', 'text', (c) => c.notNull())
         .execute();
       await db.schema.createIndex('ssh_keys_org').on('ssh_keys').column('org_id').execute();
+    },
+  },
+  // Published services of VMs and the lists snapshots captured (issue 14): JSON arrays, `[]`
+  // for older rows.
+  '0005_services': {
+    async up(db: Kysely<any>): Promise<void> {
+      for (const table of ['vms', 'snapshots']) {
+        await db.schema
+          .alterTable(table)
+          .addColumn('services', 'text', (c) => c.notNull().defaultTo('[]'))
+          .execute();
+      }
+    },
+  },
+  // Lineage (issue 18): a snapshot's parent is the snapshot its VM was restored from (kept when
+  // either is deleted). Older rows get it from their VM's row. Indexes for the lineage walks:
+  // VMs by source snapshot, snapshots by VM and by parent.
+  '0006_lineage': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('snapshots').addColumn('parent_snapshot_id', 'text').execute();
+      await sql`UPDATE snapshots SET parent_snapshot_id =
+        (SELECT vms.source_snapshot_id FROM vms WHERE vms.id = snapshots.vm_id)`.execute(db);
+      await db.schema
+        .createIndex('vms_org_source_snapshot')
+        .on('vms')
+        .columns(['org_id', 'source_snapshot_id'])
+        .execute();
+      await db.schema
+        .createIndex('snapshots_org_vm')
+        .on('snapshots')
+        .columns(['org_id', 'vm_id'])
+        .execute();
+      await db.schema
+        .createIndex('snapshots_org_parent')
+        .on('snapshots')
+        .columns(['org_id', 'parent_snapshot_id'])
+        .execute();
     },
   },
 };

@@ -63,6 +63,8 @@ export interface VmsTable {
   paused_at: string | null;
   /** JSON object of environment variables (migration 0003; `{}` for older rows). */
   env_vars: string;
+  /** JSON array of published services, sorted by name (migration 0005; `[]` for older rows). */
+  services: string;
 }
 
 /** Snapshots, soft-deleted (`deleted_at`). */
@@ -84,6 +86,10 @@ export interface SnapshotsTable {
   deleted_at: string | null;
   /** JSON object: the VM's environment variables when taken (migration 0003). */
   env_vars: string;
+  /** JSON array: the VM's services when taken, without tokens (migration 0005). */
+  services: string;
+  /** Lineage: the source snapshot of the VM it was taken of (migration 0006); null: none. */
+  parent_snapshot_id: string | null;
 }
 
 /** SSH public keys of orgs (migration 0004). */

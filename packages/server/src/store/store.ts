@@ -7,6 +7,7 @@
 import type {
   ApiKeyRecord,
   Move,
+  PublishedService,
   OrgRecord,
   QuotaValues,
   SnapshotRecord,
@@ -118,6 +119,18 @@ export interface Store {
   updateVm(id: string, patch: VmPatch, onlyIf?: readonly VmStatus[]): Promise<VmRecord | undefined>;
   /** VMs of every org in the given states (startup recovery). */
   listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]>;
+  /** A live (not deleted) VM of any org by id (the service proxy's lookup). */
+  findLiveVm(id: string): Promise<VmRecord | undefined>;
+  /**
+   * Changes a live VM's published services in one transaction holding the VM row's lock:
+   * `change` sees the row and returns the new list (`services`, omitted: unchanged) and a
+   * result. Undefined when the VM does not exist or is deleted. Errors thrown by `change`
+   * roll back and propagate.
+   */
+  changeVmServices<T>(
+    vmId: string,
+    change: (vm: VmRecord) => { services?: PublishedService[]; result: T },
+  ): Promise<{ vm: VmRecord; result: T } | undefined>;
 
   getSnapshot(orgId: string, id: string): Promise<SnapshotRecord | undefined>;
   findSnapshotsByName(orgId: string, name: string): Promise<SnapshotRecord[]>;
@@ -131,6 +144,14 @@ export interface Store {
   /** Renames or relabels a snapshot (never a status change). */
   updateSnapshot(id: string, patch: SnapshotPatch): Promise<SnapshotRecord | undefined>;
   listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]>;
+  /** Lineage: a VM of the org by id, deleted or not. */
+  getVmAny(orgId: string, id: string): Promise<VmRecord | undefined>;
+  /** Lineage: the org's snapshots with these ids, deleted ones included. */
+  getSnapshotsById(orgId: string, ids: readonly string[]): Promise<SnapshotRecord[]>;
+  /** Lineage: the org's VMs restored from any of these snapshots, deleted ones included. */
+  listVmsFromSnapshots(orgId: string, snapshotIds: readonly string[]): Promise<VmRecord[]>;
+  /** Lineage: the org's snapshots taken of any of these VMs, deleted ones included. */
+  listSnapshotsOfVms(orgId: string, vmIds: readonly string[]): Promise<SnapshotRecord[]>;
 
   /** The org's SSH keys, oldest first. */
   listSshKeys(orgId: string): Promise<SshKeyRecord[]>;
