@@ -1,19 +1,23 @@
 /**
  * Paced stdin for a command with open input (`Runtime.openProcess`). The agent queues at most
  * 1 MiB of input per command and drops a STDIN frame that would go over it (ERROR 105, ENOBUFS),
- * and it never acknowledges input. So the host sends one chunk at a time followed by a PING: the
- * agent handles frames in order, so by the PONG it has queued the chunk or refused it. A refused
- * chunk is sent again a little later (the command is reading slower than the input comes);
+ * and it never acknowledges input. So the host sends one frame at a time followed by a PING: the
+ * agent handles frames in order, so by the PONG it has queued the frame or refused it. A refused
+ * frame is sent again a little later (the command is reading slower than the input comes);
  * nothing is lost or reordered. `write` returns false while more than `highWaterBytes` wait on
  * the host, and `onDrain` says when to send more (the SSH gateway pauses its channel meanwhile).
  * @module
  */
 import type { AgentError, AgentProcess } from './agent-client.js';
+import { MAX_CHUNK } from './agent-protocol.js';
 
 /** errno the agent answers when a command's input queue is full. */
 const ENOBUFS = 105;
-/** Bytes sent between two PINGs (the agent's queue holds 1 MiB). */
-const CHUNK_BYTES = 256 * 1024;
+/**
+ * Bytes sent between two PINGs: one STDIN frame. With several frames per PING a refusal could hit
+ * a middle frame while later ones get in, and the resend would duplicate or reorder input.
+ */
+const CHUNK_BYTES = MAX_CHUNK;
 const RETRY_FIRST_MS = 10;
 const RETRY_MAX_MS = 200;
 
