@@ -5,6 +5,7 @@
  * @module
  */
 import fs from 'node:fs/promises';
+import type { DigestRecord } from './digests.js';
 import type { Accel } from './qemu.js';
 import { type MachineType, RuntimeError, type VmNetwork } from './types.js';
 
@@ -38,6 +39,8 @@ export interface VmRecord {
   nodeCounter: number;
   snapshotId?: string;
   network?: VmNetwork;
+  /** `GUEST_NET_VERSION` of the guest's network configuration (absent: per-VM, from before it). */
+  guestNet?: number;
   createdAt: string;
   /** QEMU's `-name` when it differs from the id (a VM handed out by the warm pool). */
   qemuName?: string;
@@ -69,7 +72,11 @@ export interface SnapshotRecord {
   state: string;
   /** The source was stopped when migrated: the restored VM needs `cont`. */
   paused: boolean;
+  /** `GUEST_NET_VERSION` of the guest's fixed network configuration (absent: from before it). */
+  guestNet?: number;
   createdAt: string;
+  /** Content digests of the layers it owns, added in the background (`digests.ts`). */
+  digests?: DigestRecord;
 }
 
 /** A JSON file, or undefined when it is missing or unreadable. */

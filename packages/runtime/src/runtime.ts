@@ -33,6 +33,7 @@ import {
 import { PacedInput } from './paced-input.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import { checkId, type SnapshotRecord } from './records.js';
+import { SnapshotDigester } from './digests.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
 import { growDisk, reconcileDisk, snapshotVm, type SnapshotContext } from './snapshot.js';
 import {
@@ -50,6 +51,7 @@ import {
   type RestoreOptions,
   type Runtime,
   RuntimeError,
+  type SnapshotDigests,
   type SnapshotInfo,
   type VmInfo,
 } from './types.js';
@@ -103,6 +105,7 @@ export class QemuRuntime implements Runtime {
   #layers!: LayerStore;
   #goldens!: GoldenCache;
   #pool!: WarmPool;
+  #digests!: SnapshotDigester;
   readonly #vms = new Map<string, LiveVm>();
   /** Ids of VMs being made right now (not registered yet): adopt() must not take them. */
   readonly #starting = new Set<string>();
@@ -137,6 +140,9 @@ export class QemuRuntime implements Runtime {
     await this.#lock();
     this.#layers = new LayerStore(this.dataDir, this.#image.memdelta, this.#log);
     await this.#layers.init();
+    this.#digests = new SnapshotDigester(this.#layers, this.#log);
+    // Snapshots whose digest job a restart cut short get theirs now, one at a time.
+    this.#digests.resume(await fs.readdir(path.join(this.dataDir, 'snapshots')));
     this.#accel = this.#opts.accel ?? (await cachedAccel(this.goldenDir, this.#image));
     this.#cmdline = kernelCmdline(await cachedTscKhz(this.goldenDir));
     this.#qemu = qemuVersion(qemuBinary(this.#accel));
@@ -247,6 +253,8 @@ export class QemuRuntime implements Runtime {
     if (snap.delta) pinned.push(snap.delta.path);
     this.#layers.pin(pinned, 1);
     try {
+      // Refuse corrupted layers before QEMU maps them (cached: one hash per file per runtime).
+      await this.#digests.verify(snap);
       await this.#claim(opts.id);
       try {
         const vm = await this.#restore(snap, {
@@ -268,7 +276,10 @@ export class QemuRuntime implements Runtime {
   async snapshot(vmId: string, snapshotId: string): Promise<SnapshotInfo> {
     checkId(snapshotId);
     const vm = this.#live(vmId);
-    return vm.serially(() => snapshotVm(this.#snapshotContext(), vm, snapshotId));
+    const info = await vm.serially(() => snapshotVm(this.#snapshotContext(), vm, snapshotId));
+    // Off the hot path: the snapshot is ready now; its digests follow in the background.
+    this.#digests.start(snapshotId);
+    return info;
   }
 
   async exec(vmId: string, req: ExecRequest): Promise<ExecResult> {
@@ -351,6 +362,15 @@ export class QemuRuntime implements Runtime {
     return (await this.#layers.readSnapshot(snapshotId)) !== undefined;
   }
 
+  snapshotDigests(snapshotId: string): Promise<SnapshotDigests | undefined> {
+    return this.#digests.get(snapshotId);
+  }
+
+  /** Waits for a snapshot's background digest job, if one runs (tests, benches). */
+  async digestsSettled(snapshotId: string): Promise<void> {
+    await this.#digests.pending(snapshotId);
+  }
+
   get(vmId: string): VmInfo | undefined {
     const vm = this.#vms.get(vmId);
     return vm ? this.#info(vm) : undefined;
@@ -405,6 +425,7 @@ export class QemuRuntime implements Runtime {
   }
 
   async detach(): Promise<void> {
+    this.#digests.close();
     await this.#pool.drain();
     await this.#goldens.drain();
     await this.#layers.drainFlattens();
@@ -419,6 +440,7 @@ export class QemuRuntime implements Runtime {
   }
 
   async destroyAll(): Promise<void> {
+    this.#digests.close();
     await this.#pool.drain();
     await this.#goldens.drain();
     await this.#layers.drainFlattens();

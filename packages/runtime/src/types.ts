@@ -190,6 +190,9 @@ export interface SnapshotInfo {
   readonly totalMs: number;
 }
 
+/** See `Runtime.snapshotDigests`: layer name → `"sha256:<hex>"`. */
+export type SnapshotDigests = Readonly<Record<string, string>>;
+
 export interface AdoptResult {
   /** VMs whose QEMU survived and are under supervision again. */
   readonly adopted: string[];
@@ -223,6 +226,13 @@ export interface Runtime {
   deleteSnapshot(snapshotId: string): Promise<void>;
   /** Whether a snapshot's files exist (used to reconcile after restarts). */
   hasSnapshot(snapshotId: string): Promise<boolean>;
+  /**
+   * Content digests of the layers a snapshot owns (`{memory, disk, state}`, each
+   * `"sha256:<hex>"`), computed in the background after the snapshot is taken; undefined until
+   * then, or for an unknown snapshot. `restore` checks them and refuses a snapshot whose layers
+   * no longer match (`RuntimeError` `snapshot_corrupt`).
+   */
+  snapshotDigests(snapshotId: string): Promise<SnapshotDigests | undefined>;
   get(vmId: string): VmInfo | undefined;
   /**
    * Start an interactive command (e.g. a login shell) on a new pseudo-terminal in a running VM.
@@ -255,6 +265,7 @@ export class RuntimeError extends Error {
       | 'not_found'
       | 'not_running'
       | 'snapshot_not_found'
+      | 'snapshot_corrupt'
       | 'invalid_argument'
       | 'agent_unavailable'
       | 'qemu_failed'

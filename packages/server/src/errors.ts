@@ -27,6 +27,11 @@ export const ERROR_CATALOG = {
   headers_too_large: 431,
   /** An org quota dimension would be exceeded; the body names the `dimension`. */
   quota_exceeded: 429,
+  /**
+   * A snapshot's stored content no longer matches its digests (a corrupted layer file): the
+   * restore or fork was refused instead of booting it. Retrying does not help.
+   */
+  snapshot_corrupt: 409,
   /** Unexpected server failure. */
   internal: 500,
   /** Part of the FastVM API this server does not implement yet. */

@@ -105,6 +105,23 @@ export function exceededDimension(
   return undefined;
 }
 
+/**
+ * How many more of `unit` (one VM's vCPUs, memory and disk, say) fit between `usage` and
+ * `limits` in every dimension `unit` uses.
+ */
+export function unitsThatFit(
+  limits: QuotaValues,
+  usage: QuotaValues,
+  unit: Partial<QuotaValues>,
+): number {
+  let fit = Number.MAX_SAFE_INTEGER;
+  for (const d of DIMENSIONS) {
+    const per = unit[d] ?? 0;
+    if (per > 0) fit = Math.min(fit, Math.max(0, Math.floor((limits[d] - usage[d]) / per)));
+  }
+  return fit;
+}
+
 /** The error for `request` going over `dimension`. */
 export function quotaExceededError(
   dimension: keyof QuotaValues,

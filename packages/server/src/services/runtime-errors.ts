@@ -4,6 +4,7 @@
  * @module
  */
 import {
+  CorruptDataError,
   DomainError,
   InvalidInputError,
   OperationFailedError,
@@ -50,6 +51,8 @@ export function fromRuntimeError(
         return new StateConflictError(msg, details, final);
       case 'invalid_argument':
         return new InvalidInputError(msg, details, final);
+      case 'snapshot_corrupt':
+        return new CorruptDataError(msg, details, final);
       default:
         return new RuntimeFailureError(msg, { ...details, runtimeCode: err.code }, { cause: err });
     }

@@ -10,6 +10,7 @@
  * server can re-adopt "surviving" VMs the way it re-adopts QEMU processes.
  * @module
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import {
   MACHINES,
@@ -23,6 +24,7 @@ import {
   type PtySession,
   type RestoreOptions,
   type Runtime,
+  type SnapshotDigests,
   type SnapshotInfo,
   type VmInfo,
 } from '@fastvm/runtime';
@@ -282,6 +284,14 @@ export class FakeRuntime implements Runtime {
 
   async hasSnapshot(snapshotId: string): Promise<boolean> {
     return this.snapshots.has(snapshotId);
+  }
+
+  /** Made-up but stable digests (a hash of the id per layer), available as soon as it exists. */
+  async snapshotDigests(snapshotId: string): Promise<SnapshotDigests | undefined> {
+    if (!this.snapshots.has(snapshotId)) return undefined;
+    const of = (layer: string) =>
+      `sha256:${createHash('sha256').update(`${snapshotId}/${layer}`).digest('hex')}`;
+    return { memory: of('memory'), disk: of('disk'), state: of('state') };
   }
 
   get(vmId: string): VmInfo | undefined {
