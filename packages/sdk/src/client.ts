@@ -17,11 +17,13 @@ import {
   type ConnectionStats,
   type TLSOptions,
   type WireRequest,
+  type StreamResponse,
   type WireResponse,
 } from './core/transport.js';
 import {
   asArray,
   commandResultFromWire,
+  execSessionFromWire,
   firewallToWire,
   quotasFromWire,
   snapshotFromWire,
@@ -39,6 +41,7 @@ import { backoffMs, readEnv, retryAfterMs, sleep } from './internal/utils.js';
 import type {
   CommandResult,
   ExecEvent,
+  ExecSession,
   FirewallPolicy,
   MachineType,
   OrgQuotaUsage,
@@ -115,6 +118,28 @@ export interface StreamOptions {
   timeoutSec?: number | undefined;
   /** Bytes written to the command's stdin (then closed); strings are sent as UTF-8. */
   stdin?: Buffer | Uint8Array | string | undefined;
+  /** How long to wait for the server to start answering, in ms (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.execDetached}. */
+export interface DetachedExecOptions extends RequestOptions {
+  /** Server-side limit on the command's run time, in seconds. */
+  timeoutSec?: number | undefined;
+  /** Bytes written to the command's stdin (then closed); strings are sent as UTF-8. */
+  stdin?: Buffer | Uint8Array | string | undefined;
+}
+
+/** Options of {@link FastVM.attach}. */
+export interface AttachOptions {
+  /**
+   * Replay output from this byte offset (stdout and stderr counted together; default 0). The
+   * server keeps the last 1 MiB: an older offset starts at the oldest byte kept (see the events'
+   * `offset`).
+   */
+  fromOffset?: number | undefined;
+  /** Stops following; the command goes on. */
+  signal?: AbortSignal | undefined;
   /** How long to wait for the server to start answering, in ms (default: the client's `timeout`). */
   timeout?: number | undefined;
 }
@@ -517,40 +542,118 @@ export class FastVM {
       timeoutMs: this.#budget(options.timeout),
       signal: options.signal,
     });
-    if (res.status < 200 || res.status >= 300) {
-      const chunks: Buffer[] = [];
-      for await (const c of res.body) chunks.push(c);
-      const parsed = parseBody({
-        status: res.status,
-        headers: res.headers,
-        body: Buffer.concat(chunks),
-      });
-      throw APIError.fromResponse(res.status, parsed, res.headers);
+    yield* execEvents(res);
+  }
+
+  /**
+   * Starts a command as an exec session and returns at once: the server keeps its output (the
+   * last 1 MiB, stdout and stderr together) and its exit status (10 minutes after the end), and
+   * any number of clients can {@link FastVM.attach} to it, leave and attach again. Not retried.
+   *
+   * @example
+   * ```ts
+   * const { execId } = await client.execDetached(vm, 'make -j4 2>&1');
+   * for await (const ev of client.attach(vm, execId)) {
+   *   if (ev.type === 'stdout') process.stdout.write(ev.data);
+   * }
+   * ```
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param command - Shell command string (run as `sh -c`), or argv array.
+   * @param options - `timeoutSec` (server-side), `stdin`, signal, timeout.
+   * @throws {@link ConflictError} if the VM is not running; {@link QuotaExceededError} when 32
+   *   sessions run in the VM already.
+   */
+  async execDetached(
+    vm: VMRef,
+    command: string | readonly string[],
+    options: DetachedExecOptions = {},
+  ): Promise<ExecSession> {
+    const argv = typeof command === 'string' ? ['sh', '-c', command] : [...command];
+    if (argv.length === 0) throw new FastVMError('execDetached: command must not be empty');
+    const body: Record<string, unknown> = { command: argv, detach: true };
+    if (options.timeoutSec !== undefined) body['timeoutSec'] = options.timeoutSec;
+    if (options.stdin !== undefined) body['stdin'] = Buffer.from(options.stdin).toString('base64');
+    return execSessionFromWire(
+      await this.#call('POST', `/v1/vms/${seg(vm, 'vm')}/exec`, {
+        body,
+        signal: options.signal,
+        deadline: this.#deadline(options.timeout),
+        retryHttp: false,
+      }),
+    );
+  }
+
+  /**
+   * Follows an exec session: its kept output from `fromOffset`, then live output, then exactly
+   * one `exit` event. Output events carry their `offset`. Leaving the loop (or aborting `signal`)
+   * only stops following; the command goes on.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param execId - The session's id ({@link ExecSession.execId}).
+   * @param options - `fromOffset`, signal, timeout.
+   * @throws {@link NotFoundError} for an unknown (or forgotten) session.
+   * @throws {@link ConnectionError} when the stream breaks before the exit event, which is also
+   *   how a killed or failed session ends (its {@link ExecSession.error} says why).
+   */
+  async *attach(
+    vm: VMRef,
+    execId: string,
+    options: AttachOptions = {},
+  ): AsyncGenerator<ExecEvent, void, undefined> {
+    if (!execId) throw new FastVMError('attach: an exec id is required');
+    const from = options.fromOffset ?? 0;
+    if (!Number.isSafeInteger(from) || from < 0) {
+      throw new FastVMError('attach: fromOffset must be a non-negative integer');
     }
-    let rest = '';
-    const decoder = new TextDecoder();
-    for await (const chunk of res.body) {
-      rest += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = rest.indexOf('\n')) >= 0) {
-        const line = rest.slice(0, nl).trim();
-        rest = rest.slice(nl + 1);
-        if (line === '') continue;
-        const ev = execEventFromWire(line);
-        if (!ev) continue;
+    const res = await this.#transport.stream({
+      method: 'GET',
+      path: `/v1/vms/${seg(vm, 'vm')}/execs/${encodeURIComponent(execId)}/stream?fromOffset=${from}`,
+      headers: { ...this.#headers, accept: 'application/x-ndjson' },
+      timeoutMs: this.#budget(options.timeout),
+      signal: options.signal,
+    });
+    let offset = Number(res.headers['x-exec-from-offset'] ?? from);
+    for await (const ev of execEvents(res)) {
+      if (ev.type === 'exit') {
         yield ev;
-        if (ev.type === 'exit') {
-          res.cancel();
-          return;
-        }
+      } else {
+        yield { ...ev, offset };
+        offset += ev.data.length;
       }
     }
-    const last = rest.trim() === '' ? undefined : execEventFromWire(rest.trim());
-    if (last) {
-      yield last;
-      if (last.type === 'exit') return;
-    }
-    throw new ConnectionError('the exec stream ended before the exit event');
+  }
+
+  /**
+   * The VM's exec sessions: running ones, and ended ones for 10 minutes after their end.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Signal and timeout.
+   */
+  async listExecs(vm: VMRef, options: RequestOptions = {}): Promise<ExecSession[]> {
+    return asArray(await this.#get(`/v1/vms/${seg(vm, 'vm')}/execs`, options)).map(
+      execSessionFromWire,
+    );
+  }
+
+  /**
+   * One exec session.
+   *
+   * @throws {@link NotFoundError} for an unknown (or forgotten) session.
+   */
+  async getExec(vm: VMRef, execId: string, options: RequestOptions = {}): Promise<ExecSession> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/execs/${encodeURIComponent(execId)}`;
+    return execSessionFromWire(await this.#get(path, options));
+  }
+
+  /**
+   * Kills a running exec session (SIGKILL to its process group) and returns it as it ended.
+   *
+   * @throws {@link NotFoundError} for an unknown (or forgotten) session.
+   */
+  async killExec(vm: VMRef, execId: string, options: RequestOptions = {}): Promise<ExecSession> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/execs/${encodeURIComponent(execId)}`;
+    return execSessionFromWire(await this.#idempotent('DELETE', path, undefined, options));
   }
 
   /**
@@ -968,6 +1071,47 @@ function shouldRetry(res: WireResponse, error: APIError): boolean {
   if (hint === 'false') return false;
   if (error.name === 'QuotaExceededError') return false;
   return res.status === 408 || res.status === 409 || res.status === 429 || res.status >= 500;
+}
+
+/**
+ * The events of an NDJSON exec response (contract §4.2.10), through the exit event; an error
+ * answer throws its APIError.
+ */
+async function* execEvents(res: StreamResponse): AsyncGenerator<ExecEvent, void, undefined> {
+  if (res.status < 200 || res.status >= 300) {
+    const chunks: Buffer[] = [];
+    for await (const c of res.body) chunks.push(c);
+    const parsed = parseBody({
+      status: res.status,
+      headers: res.headers,
+      body: Buffer.concat(chunks),
+    });
+    throw APIError.fromResponse(res.status, parsed, res.headers);
+  }
+  let rest = '';
+  const decoder = new TextDecoder();
+  for await (const chunk of res.body) {
+    rest += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = rest.indexOf('\n')) >= 0) {
+      const line = rest.slice(0, nl).trim();
+      rest = rest.slice(nl + 1);
+      if (line === '') continue;
+      const ev = execEventFromWire(line);
+      if (!ev) continue;
+      yield ev;
+      if (ev.type === 'exit') {
+        res.cancel();
+        return;
+      }
+    }
+  }
+  const last = rest.trim() === '' ? undefined : execEventFromWire(rest.trim());
+  if (last) {
+    yield last;
+    if (last.type === 'exit') return;
+  }
+  throw new ConnectionError('the exec stream ended before the exit event');
 }
 
 /** One NDJSON exec event (contract §4.2.10); undefined for lines it does not understand. */

@@ -24,6 +24,8 @@ export {
   type RequestOptions,
   type RestoreOptions,
   type StreamOptions,
+  type AttachOptions,
+  type DetachedExecOptions,
   type TransferOptions,
   type RunOptions,
   type SnapshotOptions,
@@ -55,6 +57,7 @@ export {
 export type {
   CommandResult,
   ExecEvent,
+  ExecSession,
   FirewallPolicy,
   FirewallRule,
   MachineType,

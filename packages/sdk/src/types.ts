@@ -108,11 +108,46 @@ export interface VMTtl {
   action: 'pause' | 'delete';
 }
 
-/** One event of {@link FastVM.stream}: output as it is produced, then exactly one `exit`. */
+/**
+ * One event of {@link FastVM.stream} or {@link FastVM.attach}: output as it is produced, then
+ * exactly one `exit`. From `attach`, output events carry `offset`: the position of their first
+ * byte in the session's output (stdout and stderr counted together), so
+ * `offset + data.length` is where to attach again.
+ */
 export type ExecEvent =
-  | { type: 'stdout'; data: Buffer }
-  | { type: 'stderr'; data: Buffer }
+  | { type: 'stdout'; data: Buffer; offset?: number }
+  | { type: 'stderr'; data: Buffer; offset?: number }
   | { type: 'exit'; exitCode: number; timedOut: boolean; durationMs: number };
+
+/**
+ * An exec session: a command whose output the server keeps (the last 1 MiB) so that clients
+ * can attach to it, leave and attach again; see {@link FastVM.execDetached}.
+ */
+export interface ExecSession {
+  execId: string;
+  vmId: string;
+  command: string[];
+  /** `killed`: by a request or a departing client; `failed`: the VM went away. */
+  status: 'running' | 'exited' | 'killed' | 'failed';
+  /** Set once `exited`. */
+  exitCode: number | null;
+  timedOut: boolean;
+  durationMs: number | null;
+  /** Why a `killed` or `failed` session has no exit code. */
+  error: string | null;
+  /** Whether the command survives its client disconnecting. */
+  keepAlive: boolean;
+  startedAt: string;
+  endedAt: string | null;
+  /** When the server forgets an ended session (10 minutes after its end). */
+  expiresAt: string | null;
+  stdoutBytes: number;
+  stderrBytes: number;
+  /** stdout + stderr so far: the offset after the last byte. */
+  outputBytes: number;
+  /** The oldest offset still kept (0 until output was dropped). */
+  truncatedBefore: number;
+}
 
 /** Progress of {@link FastVM.upload} / {@link FastVM.download}. */
 export interface TransferProgress {

@@ -148,6 +148,25 @@ describe.each(TRANSPORTS)('exec sessions over %s', (transport) => {
     expect(listed.stdoutBytes + listed.stderrBytes).toBe(8);
   });
 
+  it('streams every byte of a fast, large output; attach later starts at what is kept', async () => {
+    const res = await api.post(
+      `/v1/vms/${vmId}/exec`,
+      { command: 'head -c 3000000 /dev/zero' },
+      NDJSON,
+    );
+    expect(Buffer.byteLength(parse(res.text).out)).toBe(3_000_000);
+    const execId = res.headers['x-exec-id'];
+    const kept = 3_000_000 - 1024 * 1024;
+    expect((await api.get(`/v1/vms/${vmId}/execs/${execId}`)).body).toMatchObject({
+      outputBytes: 3_000_000,
+      truncatedBefore: kept,
+    });
+    const later = await api.get(`/v1/vms/${vmId}/execs/${execId}/stream?fromOffset=10`);
+    expect(later.headers['x-exec-from-offset']).toBe(String(kept));
+    expect(later.headers['x-exec-truncated-before']).toBe(String(kept));
+    expect(Buffer.byteLength(parse(later.text).out)).toBe(1024 * 1024);
+  });
+
   it('kills a session on request', async () => {
     const { execId } = (
       await api.post(`/v1/vms/${vmId}/exec`, { command: ['sleep', '30'], detach: true })

@@ -2,6 +2,7 @@
 // Tolerant on input: missing optional fields get neutral defaults, unknown fields are dropped.
 import type {
   CommandResult,
+  ExecSession,
   FirewallPolicy,
   FirewallRule,
   OrgQuotaUsage,
@@ -140,6 +141,32 @@ export function quotasFromWire(v: unknown): OrgQuotaUsage {
     orgId: str(w['orgId']),
     limits: quotaValuesFromWire(w['limits']),
     usage: quotaValuesFromWire(w['usage']),
+  };
+}
+
+export function execSessionFromWire(v: unknown): ExecSession {
+  const w = obj(v);
+  const optNum = (x: unknown): number | null => (typeof x === 'number' ? x : null);
+  const status = str(w['status'], 'running');
+  return {
+    execId: str(w['execId']),
+    vmId: str(w['vmId']),
+    command: Array.isArray(w['command']) ? w['command'].map((a) => str(a)) : [],
+    status: (['running', 'exited', 'killed', 'failed'].includes(status)
+      ? status
+      : 'failed') as ExecSession['status'],
+    exitCode: optNum(w['exitCode']),
+    timedOut: w['timedOut'] === true,
+    durationMs: optNum(w['durationMs']),
+    error: optStr(w['error']),
+    keepAlive: w['keepAlive'] === true,
+    startedAt: str(w['startedAt']),
+    endedAt: optStr(w['endedAt']),
+    expiresAt: optStr(w['expiresAt']),
+    stdoutBytes: num(w['stdoutBytes']),
+    stderrBytes: num(w['stderrBytes']),
+    outputBytes: num(w['outputBytes']),
+    truncatedBefore: num(w['truncatedBefore']),
   };
 }
 

@@ -16,7 +16,12 @@ import {
   type ExecSessionView,
   IdParams,
 } from '../schemas.js';
-import type { ExecSession as Session, ExecSessions } from '../services/exec-sessions.js';
+import type {
+  ExecListener,
+  ExecSession as Session,
+  ExecSessions,
+} from '../services/exec-sessions.js';
+import type { PreparedExec } from '../services/vm-service.js';
 import { requireAuth } from './util.js';
 
 /** How long a kill request waits for the command to be gone before it answers. */
@@ -51,19 +56,45 @@ export function presentExecSession(s: Session): ExecSessionView {
  * exec does: the 200 is already sent, so the client sees a broken stream, not a made-up exit).
  * Headers: `x-exec-id`, `x-exec-from-offset` (where the output starts: `fromOffset` raised to
  * what is still kept), `x-exec-truncated-before`. Official clients ignore unknown headers.
- * `killOnDisconnect`: the client leaving kills a running command (a plain streaming exec).
+ * Leaving never kills the command.
  */
 export function sendExecStream(
   reply: FastifyReply,
   session: Session,
   fromOffset: number,
-  opts: { killOnDisconnect: boolean },
 ): FastifyReply {
+  const { out, listener } = ndjsonWriter();
+  const { from, stop } = session.follow(fromOffset, listener);
+  reply.raw.once('close', stop);
+  return sendNdjson(reply, out, session, from);
+}
+
+/**
+ * Starts a prepared exec as a session and answers with its whole output as `sendExecStream`
+ * does. Without `keepAlive` the client leaving kills the command (a plain streaming exec).
+ */
+export function startExecStream(
+  reply: FastifyReply,
+  execs: ExecSessions,
+  prepared: PreparedExec,
+  opts: { keepAlive: boolean },
+): FastifyReply {
+  const { out, listener } = ndjsonWriter();
+  const session = execs.start(prepared, { keepAlive: opts.keepAlive, listener });
+  reply.raw.once('close', () => {
+    session.unfollow(listener);
+    if (!opts.keepAlive) session.kill('client disconnected');
+  });
+  return sendNdjson(reply, out, session, 0);
+}
+
+/** A stream of NDJSON lines and the session listener that writes them. */
+function ndjsonWriter(): { out: PassThrough; listener: ExecListener } {
   const out = new PassThrough();
   const write = (event: Record<string, unknown>): void => {
     if (!out.destroyed) out.write(JSON.stringify(event) + '\n');
   };
-  const { from, stop } = session.follow(fromOffset, (event) => {
+  const listener: ExecListener = (event) => {
     switch (event.type) {
       case 'stdout':
       case 'stderr':
@@ -83,11 +114,16 @@ export function sendExecStream(
         out.destroy(new Error(`exec ${event.status}: ${event.message}`));
         break;
     }
-  });
-  reply.raw.once('close', () => {
-    stop();
-    if (opts.killOnDisconnect) session.kill('client disconnected');
-  });
+  };
+  return { out, listener };
+}
+
+function sendNdjson(
+  reply: FastifyReply,
+  out: PassThrough,
+  session: Session,
+  from: number,
+): FastifyReply {
   return (
     reply
       .code(200)
@@ -157,10 +193,7 @@ export default async function execRoutes(
       const { orgId } = requireAuth(request);
       const vm = await vms.get(orgId, request.params.id);
       const session = execs.get(vm, request.params.execId);
-      // Leaving an attached stream never kills the command.
-      return sendExecStream(reply, session, request.query.fromOffset ?? 0, {
-        killOnDisconnect: false,
-      });
+      return sendExecStream(reply, session, request.query.fromOffset ?? 0);
     },
   );
 

@@ -21,7 +21,7 @@ import {
   VmLaunchResponse,
 } from '../schemas.js';
 import { execCommandOf, firewallChangeOf, launchRequestOf } from './inputs.js';
-import { presentExecSession, sendExecStream } from './execs.js';
+import { presentExecSession, startExecStream } from './execs.js';
 import { metadataFilters, presentVm } from './present.js';
 import { requireAuth, wantsNdjson } from './util.js';
 
@@ -156,9 +156,9 @@ export default async function vmRoutes(
       if (wantsNdjson(request)) {
         // An exec session followed from its start. Without keepAlive the command dies with the
         // request, as it always did.
-        const keepAlive = request.body.keepAlive === true;
-        const session = execs.start(prepared, { keepAlive });
-        return sendExecStream(reply, session, 0, { killOnDisconnect: !keepAlive });
+        return startExecStream(reply, execs, prepared, {
+          keepAlive: request.body.keepAlive === true,
+        });
       }
 
       // The command dies with the request: a client that disconnects kills it.

@@ -122,7 +122,12 @@ export class ExecSession {
       return { from, stop: () => {} };
     }
     this.#listeners.add(listener);
-    return { from, stop: () => this.#listeners.delete(listener) };
+    return { from, stop: () => this.unfollow(listener) };
+  }
+
+  /** Stops a listener of `follow` (or of `ExecSessions.start`). */
+  unfollow(listener: ExecListener): void {
+    this.#listeners.delete(listener);
   }
 
   /** @internal Output from the command. */
@@ -185,10 +190,15 @@ export class ExecSessions {
 
   /**
    * Starts a prepared exec as a session. `keepAlive`: it survives its client (detached, or a
-   * stream that asked to); the caller kills the others when their client goes.
+   * stream that asked to); the caller kills the others when their client goes. `listener`
+   * follows it from before the command starts, so it misses no byte however fast the output
+   * comes (`follow` after `start` could find the first bytes dropped already).
    * @throws QuotaExceededError (`execSessions`) when `maxPerVm` sessions of the VM still run.
    */
-  start(prepared: PreparedExec, opts: { keepAlive: boolean }): ExecSession {
+  start(
+    prepared: PreparedExec,
+    opts: { keepAlive: boolean; listener?: ExecListener },
+  ): ExecSession {
     const vm = prepared.vm;
     let sessions = this.#byVm.get(vm.id);
     if (!sessions) this.#byVm.set(vm.id, (sessions = new Map()));
@@ -207,6 +217,7 @@ export class ExecSessions {
     }
     const session = new ExecSession(vm, prepared.argv, opts.keepAlive, this.limits.bufferBytes);
     sessions.set(session.id, session);
+    if (opts.listener) session.follow(0, opts.listener);
     this.vms
       .runExec(prepared, {
         signal: session.signal,
