@@ -25,8 +25,11 @@ import {
   commandResultFromWire,
   execSessionFromWire,
   firewallToWire,
+  pricingFromWire,
   quotasFromWire,
   snapshotFromWire,
+  sshKeyFromWire,
+  sshKeysFromWire,
   vmFromWire,
 } from './internal/wire.js';
 import {
@@ -46,8 +49,10 @@ import type {
   MachineType,
   OrgQuotaUsage,
   PatchFirewallPolicy,
+  Pricing,
   Snapshot,
   SnapshotRef,
+  SshKey,
   TransferProgress,
   TransferResult,
   VM,
@@ -898,6 +903,71 @@ export class FastVM {
    */
   async quotas(options: RequestOptions = {}): Promise<OrgQuotaUsage> {
     return quotasFromWire(await this.#get('/v1/org/quotas', options));
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // SSH keys and pricing
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Lists the organisation's SSH public keys: the keys the SSH gateway accepts for its VMs
+   * (`ssh -p 2222 <vm id or name>@<host>`).
+   *
+   * @param options - Signal and timeout.
+   */
+  async listSshKeys(options: RequestOptions = {}): Promise<SshKey[]> {
+    return sshKeysFromWire(await this.#get('/v1/me/ssh-keys', options));
+  }
+
+  /**
+   * Adds an SSH public key (one OpenSSH line, `<type> <base64> [comment]`; the comment is
+   * dropped). Not retried: a repeat of a request that got through would be a conflict.
+   *
+   * @param publicKey - The public key line, e.g. the contents of `~/.ssh/id_ed25519.pub`.
+   * @param options - `name` to label it; signal and timeout.
+   * @returns The stored key with its fingerprint.
+   * @throws {@link ConflictError} when the key is stored already (by any organisation).
+   * @throws {@link QuotaExceededError} past 32 keys.
+   */
+  async addSshKey(
+    publicKey: string,
+    options: RequestOptions & { name?: string } = {},
+  ): Promise<SshKey> {
+    const body: Record<string, unknown> = { publicKey: publicKey.trim() };
+    if (options.name !== undefined) body['name'] = options.name;
+    return sshKeyFromWire(
+      await this.#call('POST', '/v1/me/ssh-keys', {
+        body,
+        signal: options.signal,
+        deadline: this.#deadline(options.timeout),
+        retryHttp: false,
+      }),
+    );
+  }
+
+  /**
+   * Removes an SSH key. Sessions it opened go on.
+   *
+   * @param fingerprint - `SHA256:…`, or an {@link SshKey}.
+   * @param options - Signal and timeout.
+   */
+  async removeSshKey(
+    fingerprint: string | Pick<SshKey, 'fingerprint'>,
+    options: RequestOptions = {},
+  ): Promise<void> {
+    const fp = typeof fingerprint === 'string' ? fingerprint : fingerprint.fingerprint;
+    if (!fp) throw new FastVMError('removeSshKey: a fingerprint is required');
+    const path = `/v1/me/ssh-keys/${encodeURIComponent(fp)}`;
+    await this.#idempotent('DELETE', path, undefined, options);
+  }
+
+  /**
+   * The server's prices (`GET /v1/pricing`, which needs no API key).
+   *
+   * @param options - Signal and timeout.
+   */
+  async pricing(options: RequestOptions = {}): Promise<Pricing> {
+    return pricingFromWire(await this.#get('/v1/pricing', options));
   }
 
   // ------------------------------------------------------------------------------------------------

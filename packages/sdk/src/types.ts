@@ -227,6 +227,35 @@ export interface OrgQuotaUsage {
   usage: OrgQuotaValues;
 }
 
+/** An SSH public key of the organisation (contract §4.11), from {@link FastVM.listSshKeys}. */
+export interface SshKey {
+  /** `SHA256:<base64>`, as `ssh-keygen -l` prints it; the key's id. */
+  fingerprint: string;
+  /** `<type> <base64>` (the comment stripped). */
+  publicKey: string;
+  /** ISO 8601. */
+  createdAt: string;
+  name: string | null;
+}
+
+/** One tier of compute pricing. */
+export interface PricingTier {
+  /** 1-based. */
+  tier: number;
+  fromVcpuHours: number;
+  /** `null` for the open top tier. */
+  toVcpuHours: number | null;
+  /** USD per vCPU hour, as a decimal string (`"0.09"`). */
+  ratePerVcpuHour: string;
+}
+
+/** The server's prices (contract §4.12), from {@link FastVM.pricing}. */
+export interface Pricing {
+  compute: { tiers: PricingTier[] };
+  /** USD per GiB-month, as a decimal string. */
+  volumeStorage: { ratePerGiBMonth: string };
+}
+
 /** A VM given by id (or name, which the server resolves) or as an object with an `id`. */
 export type VMRef = string | Pick<VM, 'id'>;
 

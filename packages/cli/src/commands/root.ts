@@ -10,6 +10,7 @@ import { newCpCommand } from './cp.js';
 import { newFirewallCommand } from './firewall/firewall.js';
 import { newQuotaCommand } from './quota.js';
 import { newSnapshotCommand } from './snapshot/snapshot.js';
+import { newSshKeyCommand } from './ssh-key/ssh-key.js';
 import { newConsoleCommand } from './vm/console.js';
 import { newVmCommand } from './vm/vm.js';
 
@@ -18,12 +19,13 @@ const HELP = `FastVM command-line tool: launch, snapshot, restore and run comman
 Usage: fastvm [global options] <command> <subcommand> [options]
 
 Commands:
-  vm        launch | list | get | rename | rm | exec | console | pause | resume | ttl
+  vm        launch | list | get | rename | rm | exec | console | ssh | pause | resume | ttl
   cp        copy files and directories: cp <local> <vm>:<path>, cp <vm>:<path> <local>
   console   an interactive shell in a VM (same as vm console; Ctrl-] disconnects)
   snapshot  create | list | get | rename | rm | restore
   firewall  get | set | patch
   quota     show quota limits and usage
+  ssh-key   add | list | rm   (keys for ssh through the SSH gateway: fastvm vm ssh <vm>)
   config    set | get | unset   (keys: api-key, base-url)
 
 Global options (before or after the command):
@@ -42,6 +44,7 @@ Examples:
   fastvm vm launch -m c2m4 -n dev
   fastvm vm exec dev -- uname -a
   fastvm console dev
+  fastvm ssh-key add ~/.ssh/id_ed25519.pub && fastvm vm ssh dev -- uname -a
   fastvm vm launch -n tmp --ttl 30m:delete
   fastvm cp ./src dev:/root/src && fastvm cp dev:/root/out.tar .
   fastvm snapshot create dev -n base && fastvm snapshot restore base -n dev2
@@ -66,6 +69,7 @@ const COMMANDS: Record<string, (f: Factory) => Command> = {
   snapshot: newSnapshotCommand,
   firewall: newFirewallCommand,
   quota: newQuotaCommand,
+  'ssh-key': newSshKeyCommand,
   config: newConfigCommand,
 };
 

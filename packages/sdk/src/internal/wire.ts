@@ -8,7 +8,9 @@ import type {
   OrgQuotaUsage,
   OrgQuotaValues,
   PatchFirewallPolicy,
+  Pricing,
   Snapshot,
+  SshKey,
   VM,
   VMTtl,
 } from '../types.js';
@@ -167,6 +169,41 @@ export function execSessionFromWire(v: unknown): ExecSession {
     stderrBytes: num(w['stderrBytes']),
     outputBytes: num(w['outputBytes']),
     truncatedBefore: num(w['truncatedBefore']),
+  };
+}
+
+export function sshKeyFromWire(v: unknown): SshKey {
+  const w = obj(v);
+  return {
+    fingerprint: str(w['fingerprint']),
+    publicKey: str(w['publicKey']),
+    createdAt: str(w['createdAt']),
+    name: optStr(w['name']),
+  };
+}
+
+/** `GET /v1/me/ssh-keys` answers `{keys: [...]}` (the one wrapped list of the API). */
+export function sshKeysFromWire(v: unknown): SshKey[] {
+  const keys = obj(v)['keys'];
+  return (Array.isArray(keys) ? keys : asArray(v)).map(sshKeyFromWire);
+}
+
+export function pricingFromWire(v: unknown): Pricing {
+  const w = obj(v);
+  const tiers = obj(w['compute'])['tiers'];
+  return {
+    compute: {
+      tiers: (Array.isArray(tiers) ? tiers : []).map((t) => {
+        const r = obj(t);
+        return {
+          tier: num(r['tier']),
+          fromVcpuHours: num(r['fromVcpuHours']),
+          toVcpuHours: typeof r['toVcpuHours'] === 'number' ? r['toVcpuHours'] : null,
+          ratePerVcpuHour: str(r['ratePerVcpuHour'], '0'),
+        };
+      }),
+    },
+    volumeStorage: { ratePerGiBMonth: str(obj(w['volumeStorage'])['ratePerGiBMonth'], '0') },
   };
 }
 

@@ -1,4 +1,4 @@
-// fastvm vm launch|list|get|rename|rm|exec|console|pause|resume|ttl
+// fastvm vm launch|list|get|rename|rm|exec|console|ssh|pause|resume|ttl
 import type { Command } from 'commander';
 import { newGroup } from '../../cmdutil.js';
 import type { Factory } from '../../factory.js';
@@ -11,6 +11,7 @@ import { newVmPauseCommand } from './pause.js';
 import { newVmRenameCommand } from './rename.js';
 import { newVmResumeCommand } from './resume.js';
 import { newVmRmCommand } from './rm.js';
+import { newVmSshCommand } from './ssh.js';
 import { newVmTtlCommand } from './ttl.js';
 
 export function newVmCommand(f: Factory): Command {
@@ -22,6 +23,7 @@ export function newVmCommand(f: Factory): Command {
     newVmRmCommand(f),
     newVmExecCommand(f),
     newConsoleCommand(f),
+    newVmSshCommand(f),
     newVmPauseCommand(f),
     newVmResumeCommand(f),
     newVmTtlCommand(f),
