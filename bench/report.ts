@@ -84,6 +84,11 @@ const RATIOS: [string, string][] = [
   ['api_h2_rps', 'api_h1_rps'],
   ['api_h2_server_cpu_per_req', 'api_h1_server_cpu_per_req'],
   ['cli_start', 'node_start'],
+  // Networked / FASTVM_NETWORK=off, same run (bench/net.ts, issue 23).
+  ['fork10_net', 'fork10_net_off'],
+  ['fork10_net_ready', 'fork10_net_ready_off'],
+  ['restore_run_net', 'restore_run_net_off'],
+  ['launch_run_net', 'launch_run_net_off'],
 ];
 
 export function buildReport(o: {
@@ -234,6 +239,24 @@ function targets(
     `cli_start p50 (ms; node_start ${fmt(s.node_start?.p50)}, ratio ${fmt(r['cli_start/node_start'])})`,
     s.cli_start?.p50,
     120,
+  );
+  le(
+    '10 concurrent forks through the SDK, networking on ≤ 1.15× off (issue 23)',
+    `fork10_net / fork10_net_off p50 (${fmt(s.fork10_net?.p50)} / ${fmt(s.fork10_net_off?.p50)} ms)`,
+    r['fork10_net/fork10_net_off'],
+    1.15,
+  );
+  le(
+    'restore → first run through the SDK, networking on ≤ 1.10× off (issue 23)',
+    `restore_run_net / restore_run_net_off p50 (${fmt(s.restore_run_net?.p50)} / ${fmt(s.restore_run_net_off?.p50)} ms)`,
+    r['restore_run_net/restore_run_net_off'],
+    1.1,
+  );
+  le(
+    'warm-pool launch → first run through the API with networking p50 ≤ 30 ms (issue 23)',
+    `launch_run_net p50 (ms; off: launch_run_net_off ${fmt(s.launch_run_net_off?.p50)})`,
+    s.launch_run_net?.p50,
+    30,
   );
   const f100 = s.fanout_100_idle;
   const f100Failed = errors.some((e) => e.startsWith('fanout_100_idle'));

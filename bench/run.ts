@@ -19,6 +19,16 @@ import { createVm, loadH1, loadH2, sdkRoundTrips, startApiServer, type ApiServer
 import { cliStart } from './cli.js';
 import { coldBoot, plainRestore, plainSnapshot, type DirectEnv } from './direct.js';
 import { startPyExec, type PyExec } from './exec-py.js';
+import {
+  NET_COUNTS,
+  NET_SCENARIOS,
+  measureServer,
+  netUnavailable,
+  noteNet,
+  recordNet,
+  startVmServer,
+  type VmServer,
+} from './net.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
 import {
@@ -36,9 +46,19 @@ import {
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..');
 
-const GROUPS = ['restore', 'launch', 'snapshot', 'plain', 'fanout', 'exec', 'api', 'cli'] as const;
+const GROUPS = [
+  'restore',
+  'launch',
+  'snapshot',
+  'plain',
+  'fanout',
+  'exec',
+  'api',
+  'cli',
+  'net',
+] as const;
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
-const NO_VM: readonly Group[] = ['api', 'cli'];
+const NO_VM: readonly Group[] = ['api', 'cli', 'net'];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -53,13 +73,18 @@ const { values: argv } = parseArgs({
 if (argv.help) {
   console.log(
     `usage: npm run bench -- [--quick] [--only ${GROUPS.join(',')}] [--out DIR]\n` +
+      `(--only also takes ${NET_SCENARIOS.join(', ')}: they select the group net)\n` +
       'Writes DIR/latest.json and DIR/latest.md (default bench/results).',
   );
   process.exit(0);
 }
 const quick = argv.quick ?? false;
 const only = new Set<Group>(
-  (argv.only ? argv.only.split(',') : GROUPS).map((g) => {
+  (argv.only ? argv.only.split(',') : GROUPS).map((name) => {
+    // The networked scenarios share their servers: any of their names selects the group.
+    const g = (NET_SCENARIOS as readonly string[]).includes(name.replace(/_off$/, ''))
+      ? 'net'
+      : name;
     if (!(GROUPS as readonly string[]).includes(g)) throw new Error(`unknown group ${g}`);
     return g as Group;
   }),
@@ -134,6 +159,7 @@ const runtimes = new Set<QemuRuntime>();
 const directPids = new Set<number>();
 const apiServers = new Set<ApiServer>();
 const servers = new Set<ServerHandle>();
+const netServers = new Set<VmServer>();
 let reaped = false;
 
 /** Last resort, synchronous: kill everything of ours and remove the bench dir. */
@@ -143,6 +169,7 @@ function reapSync(): void {
   for (const rt of runtimes) for (const vm of rt.list()) killHard(vm.pid);
   for (const pid of directPids) killHard(pid);
   for (const s of apiServers) s.child.kill('SIGKILL');
+  for (const s of netServers) s.reapSync();
   // Anything else whose command line names our private dir (e.g. a VM of a detached runtime, or
   // the memshim's frozen copy of a QEMU process).
   for (const entry of fs.readdirSync('/proc')) {
@@ -155,6 +182,7 @@ function reapSync(): void {
 async function gracefulCleanup(): Promise<void> {
   for (const s of servers) await s.close().catch(() => {});
   for (const s of apiServers) await s.close().catch(() => {});
+  for (const s of netServers) await s.close().catch(() => {});
   for (const rt of runtimes) await rt.destroyAll().catch(() => {});
 }
 
@@ -783,6 +811,41 @@ async function groupCli(): Promise<void> {
   rec.note('node_start', '`node -e 0`, spawn → exit, interleaved with cli_start (the floor)');
 }
 
+/**
+ * Networked scenarios (issue 23, bench/net.ts): the real server in a child process, through the
+ * SDK, with host networking on (own bridge and subnet) and with FASTVM_NETWORK=off, one server
+ * after the other; quick: on, off; full: on, off, off, on (a drift of the host load hits both).
+ */
+async function groupNet(): Promise<void> {
+  const why = await netUnavailable();
+  if (why) {
+    const line = `net: skipped, networked servers need root (CAP_NET_ADMIN), /dev/net/tun and nft: ${why}`;
+    info.push(line);
+    log(`  ${line}`);
+    return;
+  }
+  const order = quick ? [true, false] : [true, false, false, true];
+  for (const networked of order) {
+    const srv = await startVmServer(networked);
+    netServers.add(srv);
+    try {
+      log(`  server ${networked ? 'with networking' : 'FASTVM_NETWORK=off'}: ${srv.summary}`);
+      if (networked && !srv.summary.startsWith('networking:')) {
+        throw new Error(`the networked server runs without networking: ${srv.summary}`);
+      }
+      const s = await measureServer(srv, NET_COUNTS, log);
+      recordNet(rec, s, networked);
+      if (networked) noteNet(rec, srv.summary);
+      if (s.poolMisses) {
+        info.push(`net: the pool was not seen refilled before ${s.poolMisses} launch sample(s)`);
+      }
+    } finally {
+      await srv.close();
+      netServers.delete(srv);
+    }
+  }
+}
+
 // -------------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
@@ -831,6 +894,7 @@ async function main(): Promise<number> {
     exec: groupExec,
     api: groupApi,
     cli: groupCli,
+    net: groupNet,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;
