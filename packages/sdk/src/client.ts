@@ -25,6 +25,7 @@ import {
   commandResultFromWire,
   execSessionFromWire,
   firewallToWire,
+  lineageFromWire,
   pricingFromWire,
   quotasFromWire,
   snapshotFromWire,
@@ -46,6 +47,7 @@ import type {
   ExecEvent,
   ExecSession,
   FirewallPolicy,
+  Lineage,
   MachineType,
   OrgQuotaUsage,
   PatchFirewallPolicy,
@@ -168,6 +170,20 @@ export interface RestoreOptions extends RequestOptions {
   /** Environment variables merged over the snapshot's (same rules as {@link LaunchOptions.envVars}). */
   envVars?: Record<string, string> | undefined;
   /** How long to wait for the VM to be `running`, in milliseconds (default: the client's `timeout`). */
+  timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.fork}. */
+export interface ForkOptions extends RequestOptions {
+  /** VM names are `<namePrefix>-1` … `<namePrefix>-<n>`; default: the snapshot's name. */
+  namePrefix?: string | undefined;
+  /** Every fork's firewall policy (default: the snapshot's). */
+  firewall?: FirewallPolicy | undefined;
+  /** Environment variables merged over the snapshot's, for every fork. */
+  envVars?: Record<string, string> | undefined;
+  /** User metadata of every fork. */
+  metadata?: Record<string, string> | undefined;
+  /** How long to wait for all of them, in milliseconds (default: the client's `timeout`). */
   timeout?: number | undefined;
 }
 
@@ -838,6 +854,51 @@ export class FastVM {
       failed: (s) => new SnapshotError(s.id, s.status),
       timedOut: (s) => new SnapshotNotReadyError(s.id, s.status, this.#budget(options.timeout)),
     });
+  }
+
+  /**
+   * Restores `n` VMs from a snapshot in one call (`POST /v1/snapshots/{id}/fork`); resolves
+   * when all of them are running. All or nothing: if the quota cannot hold all `n`, none is
+   * started ({@link QuotaExceededError}, whose body says how many would fit); if one fails to
+   * start, the server deletes the others and the call throws. Never retried after the server
+   * answered.
+   *
+   * @param snapshot - Snapshot id (or name), or a {@link Snapshot}.
+   * @param n - How many VMs, 1 to 100.
+   * @param options - Name prefix (VMs are `<prefix>-1` … `<prefix>-<n>`), firewall, envVars,
+   *   metadata, timeout.
+   * @returns The VMs, running, in name order.
+   */
+  async fork(snapshot: SnapshotRef, n: number, options: ForkOptions = {}): Promise<VM[]> {
+    if (!Number.isInteger(n) || n < 1) throw new FastVMError('fork: n must be a positive integer');
+    const body: Record<string, unknown> = { count: n };
+    if (options.namePrefix !== undefined && options.namePrefix !== '') {
+      body['namePrefix'] = options.namePrefix;
+    }
+    if (options.firewall !== undefined) body['firewall'] = firewallToWire(options.firewall);
+    if (options.envVars !== undefined) body['envVars'] = { ...options.envVars };
+    if (options.metadata !== undefined) body['metadata'] = options.metadata;
+    const res = await this.#call('POST', `/v1/snapshots/${seg(snapshot, 'snapshot')}/fork`, {
+      body,
+      signal: options.signal,
+      deadline: this.#deadline(options.timeout),
+      retryHttp: false,
+    });
+    return asArray(res).map(vmFromWire);
+  }
+
+  /**
+   * A snapshot's lineage: the path from the VM it all started from down to the snapshot, and
+   * the tree of VMs and snapshots made from it. Deleted objects that link the tree appear as
+   * their id with `deleted: true`.
+   *
+   * @param snapshot - Snapshot id (or name), or a {@link Snapshot}.
+   * @param options - Signal and timeout.
+   */
+  async lineage(snapshot: SnapshotRef, options: RequestOptions = {}): Promise<Lineage> {
+    return lineageFromWire(
+      await this.#get(`/v1/snapshots/${seg(snapshot, 'snapshot')}/lineage`, options),
+    );
   }
 
   /**

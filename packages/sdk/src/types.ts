@@ -98,6 +98,8 @@ export interface VM {
   ttlRemainingMs: number | null;
   /** When the VM was paused (ISO 8601), or `null`. */
   pausedAt: string | null;
+  /** Lineage: the snapshot it was restored or forked from; `null` for a fresh launch. */
+  sourceSnapshotId: string | null;
 }
 
 /** A VM's time to live: after `seconds` of running it is paused or deleted. */
@@ -203,6 +205,40 @@ export interface Snapshot {
   createdAt: string;
   /** Firewall policy captured from the source VM, if any. */
   firewall: FirewallPolicy | null;
+  /**
+   * Lineage: the snapshot its VM (`vmId`) was restored from; `null` when that VM was a fresh
+   * launch. Kept when that snapshot is deleted.
+   */
+  parentSnapshotId: string | null;
+  /**
+   * `{memory, disk, state}`: `sha256:<hex>` of the snapshot's own layer files, once the server
+   * has computed them (shortly after `ready`); `null` until then. Restores check them.
+   */
+  digests: Record<string, string> | null;
+}
+
+/** One snapshot or VM in a {@link Lineage}. */
+export interface LineageNode {
+  type: 'snapshot' | 'vm';
+  id: string;
+  /** Deleted: only `id` is known; kept because it links the objects around it. */
+  deleted: boolean;
+  /** Absent when deleted. */
+  name?: string;
+  status?: string;
+  createdAt?: string;
+  /** A snapshot's: the VMs restored from it. A VM's: the snapshots taken of it. */
+  children: LineageNode[];
+}
+
+/** A snapshot's lineage, from {@link FastVM.lineage}. */
+export interface Lineage {
+  /** From the root (the freshly launched VM) down to the snapshot itself (the last element). */
+  ancestors: LineageNode[];
+  /** The VMs restored from the snapshot, with everything below them. */
+  descendants: LineageNode[];
+  /** The server cut the tree short (10 000 nodes). */
+  truncated: boolean;
 }
 
 /** Quota values: limits or current usage. */

@@ -5,6 +5,8 @@ import type {
   ExecSession,
   FirewallPolicy,
   FirewallRule,
+  Lineage,
+  LineageNode,
   OrgQuotaUsage,
   OrgQuotaValues,
   PatchFirewallPolicy,
@@ -91,6 +93,7 @@ export function vmFromWire(v: unknown): VM {
     expiresAt: typeof w['expiresAtMs'] === 'number' ? w['expiresAtMs'] : null,
     ttlRemainingMs: typeof w['ttlRemainingMs'] === 'number' ? w['ttlRemainingMs'] : null,
     pausedAt: optStr(w['pausedAt']),
+    sourceSnapshotId: optStr(w['sourceSnapshotId']),
   };
 }
 
@@ -111,6 +114,38 @@ export function snapshotFromWire(v: unknown): Snapshot {
     status: str(w['status']),
     createdAt: str(w['createdAt']),
     firewall: firewallFromWire(w['firewall']),
+    parentSnapshotId: optStr(w['parentSnapshotId']),
+    digests: digestsFromWire(w['digests']),
+  };
+}
+
+function digestsFromWire(v: unknown): Record<string, string> | null {
+  if (typeof v !== 'object' || v === null) return null;
+  const out: Record<string, string> = {};
+  for (const [k, d] of Object.entries(v)) if (typeof d === 'string') out[k] = d;
+  return out;
+}
+
+export function lineageNodeFromWire(v: unknown): LineageNode {
+  const w = obj(v);
+  const node: LineageNode = {
+    type: w['type'] === 'vm' ? 'vm' : 'snapshot',
+    id: str(w['id']),
+    deleted: w['deleted'] === true,
+    children: asArray(w['children']).map(lineageNodeFromWire),
+  };
+  if (typeof w['name'] === 'string') node.name = w['name'];
+  if (typeof w['status'] === 'string') node.status = w['status'];
+  if (typeof w['createdAt'] === 'string') node.createdAt = w['createdAt'];
+  return node;
+}
+
+export function lineageFromWire(v: unknown): Lineage {
+  const w = obj(v);
+  return {
+    ancestors: asArray(w['ancestors']).map(lineageNodeFromWire),
+    descendants: asArray(w['descendants']).map(lineageNodeFromWire),
+    truncated: w['truncated'] === true,
   };
 }
 
@@ -146,32 +181,6 @@ export function quotasFromWire(v: unknown): OrgQuotaUsage {
   };
 }
 
-export function execSessionFromWire(v: unknown): ExecSession {
-  const w = obj(v);
-  const optNum = (x: unknown): number | null => (typeof x === 'number' ? x : null);
-  const status = str(w['status'], 'running');
-  return {
-    execId: str(w['execId']),
-    vmId: str(w['vmId']),
-    command: Array.isArray(w['command']) ? w['command'].map((a) => str(a)) : [],
-    status: (['running', 'exited', 'killed', 'failed'].includes(status)
-      ? status
-      : 'failed') as ExecSession['status'],
-    exitCode: optNum(w['exitCode']),
-    timedOut: w['timedOut'] === true,
-    durationMs: optNum(w['durationMs']),
-    error: optStr(w['error']),
-    keepAlive: w['keepAlive'] === true,
-    startedAt: str(w['startedAt']),
-    endedAt: optStr(w['endedAt']),
-    expiresAt: optStr(w['expiresAt']),
-    stdoutBytes: num(w['stdoutBytes']),
-    stderrBytes: num(w['stderrBytes']),
-    outputBytes: num(w['outputBytes']),
-    truncatedBefore: num(w['truncatedBefore']),
-  };
-}
-
 export function sshKeyFromWire(v: unknown): SshKey {
   const w = obj(v);
   return {
@@ -204,6 +213,32 @@ export function pricingFromWire(v: unknown): Pricing {
       }),
     },
     volumeStorage: { ratePerGiBMonth: str(obj(w['volumeStorage'])['ratePerGiBMonth'], '0') },
+  };
+}
+
+export function execSessionFromWire(v: unknown): ExecSession {
+  const w = obj(v);
+  const optNum = (x: unknown): number | null => (typeof x === 'number' ? x : null);
+  const status = str(w['status'], 'running');
+  return {
+    execId: str(w['execId']),
+    vmId: str(w['vmId']),
+    command: Array.isArray(w['command']) ? w['command'].map((a) => str(a)) : [],
+    status: (['running', 'exited', 'killed', 'failed'].includes(status)
+      ? status
+      : 'failed') as ExecSession['status'],
+    exitCode: optNum(w['exitCode']),
+    timedOut: w['timedOut'] === true,
+    durationMs: optNum(w['durationMs']),
+    error: optStr(w['error']),
+    keepAlive: w['keepAlive'] === true,
+    startedAt: str(w['startedAt']),
+    endedAt: optStr(w['endedAt']),
+    expiresAt: optStr(w['expiresAt']),
+    stdoutBytes: num(w['stdoutBytes']),
+    stderrBytes: num(w['stderrBytes']),
+    outputBytes: num(w['outputBytes']),
+    truncatedBefore: num(w['truncatedBefore']),
   };
 }
 

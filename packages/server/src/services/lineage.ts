@@ -104,6 +104,8 @@ export class LineageService {
       truncated = count > MAX_LINEAGE_NODES;
       frontier = snaps.map((s) => s.id);
     }
+    // Oldest first; one fork's VMs share a timestamp and come in name order (w-2 before w-10).
+    for (const list of [...vmsBySource.values(), ...snapsByVm.values()]) list.sort(byAge);
     const below = (snapshotId: string): LineageNode[] =>
       (vmsBySource.get(snapshotId) ?? [])
         .map((vm) =>
@@ -130,6 +132,11 @@ function snapshotNode(s: SnapshotRecord, children: LineageNode[]): LineageNode {
 function vmNode(vm: VmRecord, children: LineageNode[]): LineageNode {
   const deleted = vm.deletedAt !== null || vm.status === 'deleted';
   return { type: 'vm', id: vm.id, deleted, ...(deleted ? {} : { record: vm }), children };
+}
+
+function byAge(a: VmRecord | SnapshotRecord, b: VmRecord | SnapshotRecord): number {
+  if (a.createdAt !== b.createdAt) return a.createdAt < b.createdAt ? -1 : 1;
+  return a.name.localeCompare(b.name, 'en', { numeric: true });
 }
 
 function push<T>(map: Map<string, T[]>, key: string, value: T): void {
