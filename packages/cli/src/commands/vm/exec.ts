@@ -1,5 +1,5 @@
 // fastvm vm exec <vm> <command...>: run a command in a VM, streaming its output; exits with its
-// exit code.
+// exit code. With --detach: start it as an exec session and print its id (see vm attach).
 import type { Command } from 'commander';
 import type { ExecEvent } from 'fastvm';
 import {
@@ -23,6 +23,8 @@ export interface VmExecOptions extends CommandBase {
   timeoutSec: number | undefined;
   /** Write output as it is produced (`--no-stream`: at the end). */
   stream: boolean;
+  /** Start an exec session, print its id and return at once. */
+  detach: boolean;
 }
 
 export function newVmExecCommand(f: Factory, runF: RunF<VmExecOptions> = vmExecRun): Command {
@@ -35,10 +37,11 @@ export function newVmExecCommand(f: Factory, runF: RunF<VmExecOptions> = vmExecR
     .option('--timeout <sec>', 'server-side limit on the command, in seconds')
     .option('--argv', 'send the arguments as the exact argv instead of through sh -c')
     .option('--no-stream', 'wait for the command to finish and print its output at once')
+    .option('--detach', "start it in the background and print its exec id (see 'fastvm vm attach')")
     // Everything after the VM belongs to the remote command (like `docker exec`), options too.
     .passThroughOptions();
   return onRun(f, cmd, (c, base) => {
-    const o = c.opts<{ timeout?: string; argv?: boolean; stream: boolean }>();
+    const o = c.opts<{ timeout?: string; argv?: boolean; stream: boolean; detach?: boolean }>();
     const words = c.processedArgs[1] as string[];
     return runF({
       ...base,
@@ -48,6 +51,7 @@ export function newVmExecCommand(f: Factory, runF: RunF<VmExecOptions> = vmExecR
       argv: o.argv === true,
       timeoutSec: positiveInt(o.timeout, '--timeout'),
       stream: o.stream,
+      detach: o.detach === true,
     });
   });
 }
@@ -57,6 +61,13 @@ export async function vmExecRun(o: VmExecOptions): Promise<number> {
   const command = o.argv ? o.command : o.command.join(' ');
   const { timeoutSec } = o;
   const client = await o.client();
+  if (o.detach) {
+    const session = await withRef(o, 'vm', o.vm, (id) =>
+      client.execDetached(id, command, { timeoutSec }),
+    );
+    o.io.stdout.write(o.json ? json(session) : `${session.execId}\n`);
+    return 0;
+  }
   if (o.stream && !o.json) {
     // Streaming (NDJSON): output is written as it arrives; the first event (or error) decides
     // whether the VM reference needs resolving.

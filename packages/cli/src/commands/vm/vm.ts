@@ -1,7 +1,8 @@
-// fastvm vm launch|list|get|rename|rm|exec|console|ssh|pause|resume|ttl
+// fastvm vm launch|list|get|rename|rm|exec|attach|console|ssh|pause|resume|ttl
 import type { Command } from 'commander';
 import { newGroup } from '../../cmdutil.js';
 import type { Factory } from '../../factory.js';
+import { newVmAttachCommand } from './attach.js';
 import { newConsoleCommand } from './console.js';
 import { newVmExecCommand } from './exec.js';
 import { newVmGetCommand } from './get.js';
@@ -22,6 +23,7 @@ export function newVmCommand(f: Factory): Command {
     newVmRenameCommand(f),
     newVmRmCommand(f),
     newVmExecCommand(f),
+    newVmAttachCommand(f),
     newConsoleCommand(f),
     newVmSshCommand(f),
     newVmPauseCommand(f),
