@@ -154,7 +154,9 @@ async function serve(args: string[]): Promise<number> {
     storage: storageSettingsFromEnv(),
     pricing: pricingFromEnv(),
     proxy: { port: config.proxyPort, domain: config.proxyDomain },
-    ...(config.sshPort !== undefined ? { ssh: { port: config.sshPort } } : {}),
+    ...(config.sshPort !== undefined
+      ? { ssh: { port: config.sshPort, optional: !config.sshPortSet } }
+      : {}),
   });
   if (server.bootstrapKeyGenerated) {
     process.stdout.write(

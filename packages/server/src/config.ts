@@ -28,6 +28,8 @@ export interface ServeConfig {
   proxyDomain: string;
   /** SSH gateway port (`FASTVM_SSH_PORT`, default 2222; 0 = any free port); undefined = off. */
   sshPort: number | undefined;
+  /** Whether the port was set: only then is a busy port an error (else: a warning, no gateway). */
+  sshPortSet: boolean;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -95,6 +97,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     proxyPort: Number(proxyText),
     proxyDomain,
     sshPort: sshOff ? undefined : Number(sshText),
+    sshPortSet: env.FASTVM_SSH_PORT !== undefined,
   };
   if (databaseUrl) config.databaseUrl = databaseUrl;
   if (tlsCertFile && tlsKeyFile) {

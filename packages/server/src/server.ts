@@ -90,9 +90,10 @@ export interface StartServerOptions {
   shutdownGraceMs?: number;
   /**
    * The SSH gateway (`ssh -p <port> <vm>@<host>`): started only when given. `port` 0 = any free
-   * port; `host` defaults to the API's. Its host key lives in `dataDir`.
+   * port; `host` defaults to the API's. Its host key lives in `dataDir`. `optional`: a port that
+   * cannot be bound (another server or sshd has it) is a warning and no gateway, not an error.
    */
-  ssh?: { port: number; host?: string };
+  ssh?: { port: number; host?: string; optional?: boolean };
 }
 
 /** A running server. */
@@ -281,10 +282,18 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
           logger,
         });
       } catch (err) {
-        listener.destroy();
-        await storageListener?.close();
-        await app.close();
-        throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (opts.ssh.optional && (code === 'EADDRINUSE' || code === 'EACCES')) {
+          logger.warn(
+            { err, port: opts.ssh.port },
+            'SSH gateway not started: its port is taken (set FASTVM_SSH_PORT)',
+          );
+        } else {
+          listener.destroy();
+          await storageListener?.close();
+          await app.close();
+          throw err;
+        }
       }
     }
     const hostForUrl = listener.host.includes(':') ? `[${listener.host}]` : listener.host;

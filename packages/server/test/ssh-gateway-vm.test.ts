@@ -5,7 +5,7 @@
  * name/id, wrong and cross-org keys, sftp without an sftp-server in the guest, and the host key
  * across a server restart (the VM is adopted and answers again). One VM.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -121,6 +121,23 @@ describe('SSH gateway (real QEMU VM, OpenSSH client)', () => {
       expect(r.stderr).toContain('Permission denied');
     }
   });
+
+  it('hangs the command up when the client goes away', async () => {
+    const child = spawn('ssh', [...login(keyA.file, vmId), 'sleep 313'], { stdio: 'ignore' });
+    const guestSleeps = async (): Promise<number> => {
+      const res = await api.post(`/v1/vms/${vmId}/exec`, {
+        command: ['sh', '-c', 'pgrep -fc "^sleep 313" || true'],
+      });
+      return Number(res.body.stdout.trim());
+    };
+    const until = Date.now() + 20_000;
+    while ((await guestSleeps()) === 0 && Date.now() < until) await sleep(100);
+    expect(await guestSleeps()).toBe(1);
+    child.kill('SIGKILL');
+    const gone = Date.now() + 20_000;
+    while ((await guestSleeps()) !== 0 && Date.now() < gone) await sleep(200);
+    expect(await guestSleeps()).toBe(0);
+  }, 60_000);
 
   it('says clearly that sftp needs an sftp-server in the guest', async () => {
     const r = await ssh([...login(keyA.file, vmId), '-s', 'sftp']);

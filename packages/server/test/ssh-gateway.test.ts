@@ -4,9 +4,11 @@
  * the authenticator's signature check on its own. The real-VM half is ssh-gateway-vm.test.ts.
  */
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { utils, type ParsedKey } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveServeConfig } from '../src/config.js';
 import { SshAuthenticator, vmRefFromUsername } from '../src/ssh/auth.js';
 import { HOST_KEY_FILE } from '../src/ssh/host-key.js';
 import { FakeRuntime } from '../src/testing/index.js';
@@ -174,6 +176,36 @@ describe('SSH gateway (FakeRuntime, OpenSSH client)', () => {
       'echo again',
     ]);
     expect(ok).toEqual({ code: 0, stdout: 'again\n', stderr: '' });
+  });
+});
+
+describe('SSH gateway port', () => {
+  it('FASTVM_SSH_PORT: default 2222, 0 = any free port, off = no gateway', () => {
+    expect(resolveServeConfig({}, {})).toMatchObject({ sshPort: 2222, sshPortSet: false });
+    expect(resolveServeConfig({}, { FASTVM_SSH_PORT: '0' })).toMatchObject({
+      sshPort: 0,
+      sshPortSet: true,
+    });
+    expect(resolveServeConfig({}, { FASTVM_SSH_PORT: 'off' }).sshPort).toBeUndefined();
+    expect(() => resolveServeConfig({}, { FASTVM_SSH_PORT: '70000' })).toThrow(/FASTVM_SSH_PORT/);
+  });
+
+  it('a busy port fails the start, unless the gateway is optional (the default port of serve)', async () => {
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      await expect(startTestServer({ ssh: { port } })).rejects.toThrow(/EADDRINUSE/);
+      const t = await startTestServer({ ssh: { port, optional: true } });
+      try {
+        expect(t.server.ssh).toBeUndefined();
+        expect((await fetch(`${t.url}/healthz`)).status).toBe(200);
+      } finally {
+        await t.cleanup();
+      }
+    } finally {
+      busy.close();
+    }
   });
 });
 
