@@ -120,6 +120,7 @@ export function vmToJson(vm: VM): Record<string, unknown> {
     deletedAt: vm.deletedAt,
     ttl: vm.ttl,
     pausedAt: vm.pausedAt,
+    sourceSnapshotId: vm.sourceSnapshotId,
   };
   if (vm.expiresAt !== null) out['expiresAtMs'] = vm.expiresAt;
   if (vm.ttlRemainingMs !== null) out['ttlRemainingMs'] = vm.ttlRemainingMs;
@@ -136,6 +137,8 @@ export function snapshotToJson(s: Snapshot): Record<string, unknown> {
     status: s.status,
     firewall: firewallToJson(s.firewall),
     createdAt: s.createdAt,
+    parentSnapshotId: s.parentSnapshotId,
+    ...(s.digests ? { digests: s.digests } : {}),
   };
 }
 

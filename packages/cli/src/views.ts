@@ -119,6 +119,7 @@ export function printSnapshot(o: CommandBase, s: Snapshot): void {
       ['NAME', s.name],
       ['STATUS', statusText(o, s.status)],
       ['VM', s.vmId],
+      ['PARENT', s.parentSnapshotId ?? '-'],
       ['FIREWALL', formatFirewall(s.firewall)],
       ['CREATED', `${s.createdAt} (${age(s.createdAt)})`],
     ]),

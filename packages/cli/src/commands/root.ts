@@ -22,7 +22,7 @@ Commands:
   vm        launch | list | get | rename | rm | exec | console | ssh | pause | resume | ttl
   cp        copy files and directories: cp <local> <vm>:<path>, cp <vm>:<path> <local>
   console   an interactive shell in a VM (same as vm console; Ctrl-] disconnects)
-  snapshot  create | list | get | rename | rm | restore
+  snapshot  create | list | get | rename | rm | restore | fork | tree
   firewall  get | set | patch
   quota     show quota limits and usage
   ssh-key   add | list | rm   (keys for ssh through the SSH gateway: fastvm vm ssh <vm>)
@@ -48,6 +48,7 @@ Examples:
   fastvm vm launch -n tmp --ttl 30m:delete
   fastvm cp ./src dev:/root/src && fastvm cp dev:/root/out.tar .
   fastvm snapshot create dev -n base && fastvm snapshot restore base -n dev2
+  fastvm snapshot fork base -n 10 --prefix worker && fastvm snapshot tree base
   fastvm firewall set dev --mode restricted -r tcp:22 -r tcp:8080-8090@2001:db8::/32
   fastvm vm list --json | jq -r '.[].id'
 
