@@ -67,6 +67,28 @@ export function runtimeContract(name: string, target: ContractTarget): void {
       expect(r.exitCode).toBe(0);
     });
 
+    it('openProcess: stdin open until end(), stdout and stderr apart, exit code, kill', async () => {
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      const p = await rt.openProcess(A, {
+        argv: ['sh', '-c', 'cat; echo done >&2; exit 4'],
+        onStdout: (c) => out.push(c),
+        onStderr: (c) => err.push(c),
+      });
+      expect(p.write('one\n')).toBe(true);
+      p.write(Buffer.from('two\n'));
+      p.end();
+      expect((await p.exited).exitCode).toBe(4);
+      expect(Buffer.concat(out).toString()).toBe('one\ntwo\n');
+      expect(Buffer.concat(err).toString()).toBe('done\n');
+      const q = await rt.openProcess(A, { argv: ['cat'], onStdout: () => {}, onStderr: () => {} });
+      q.kill(15);
+      expect(await q.exited).toMatchObject({ exitCode: 143, signal: 15 });
+      await expect(
+        rt.openProcess(`nope-${tag}`, { argv: ['true'], onStdout: () => {}, onStderr: () => {} }),
+      ).rejects.toMatchObject({ code: 'not_found' });
+    });
+
     it('caps each output stream and flags the truncation', async () => {
       const big = await sh(A, 'head -c 100000 /dev/zero', { capBytes: 1000 });
       expect([big.stdout.length, big.stdoutTruncated, big.stderrTruncated]).toEqual([

@@ -3,6 +3,7 @@
  * OpenSSH client, exit statuses, stdout/stderr, stdin, refusals, the host key's persistence, and
  * the authenticator's signature check on its own. The real-VM half is ssh-gateway-vm.test.ts.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -10,10 +11,18 @@ import { utils, type ParsedKey } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveServeConfig } from '../src/config.js';
 import { SshAuthenticator, vmRefFromUsername } from '../src/ssh/auth.js';
-import { HOST_KEY_FILE } from '../src/ssh/host-key.js';
+import { HOST_KEY_FILE, loadOrCreateHostKey } from '../src/ssh/host-key.js';
 import { FakeRuntime } from '../src/testing/index.js';
-import { TestClient, createOrgWithKey, startTestServer, type TestServer } from './helpers.js';
+import {
+  TestClient,
+  createOrgWithKey,
+  makeDataDir,
+  startTestServer,
+  type TestServer,
+} from './helpers.js';
 import { SshScratch, fingerprintOf, ssh } from './ssh-helpers.js';
+
+const MAIN = path.resolve(import.meta.dirname, '..', 'src', 'main.ts');
 
 describe('SSH gateway (FakeRuntime, OpenSSH client)', () => {
   let t: TestServer;
@@ -207,6 +216,67 @@ describe('SSH gateway port', () => {
       busy.close();
     }
   });
+});
+
+describe('SSH gateway of `main.ts serve` (a process of its own, plain Node ESM under tsx)', () => {
+  it('starts on FASTVM_SSH_PORT, prints its port and host key, and lets a key in', async () => {
+    const dataDir = await makeDataDir();
+    const scratch = await SshScratch.create();
+    const key = 'fvm_ssh_serve_test_key_0123456789abcdef';
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', MAIN, 'serve', '--fake-runtime', '--port', '0', '--log-level', 'warn'],
+      {
+        env: {
+          ...process.env,
+          FASTVM_DATA_DIR: dataDir,
+          FASTVM_BOOTSTRAP_KEY: key,
+          FASTVM_SSH_PORT: '0',
+          FASTVM_PROXY_PORT: '0', // the service proxy's default port may be taken on a shared host
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    try {
+      let output = '';
+      const started = await new Promise<RegExpExecArray>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no start:\n${output}`)), 30_000);
+        const onData = (chunk: Buffer): void => {
+          output += chunk.toString();
+          const m =
+            /listening on (http:\S+)[\s\S]*SSH gateway on 127\.0\.0\.1:(\d+) \(host key (SHA256:\S+)\)/.exec(
+              output,
+            );
+          if (m) {
+            clearTimeout(timer);
+            resolve(m);
+          }
+        };
+        child.stdout.on('data', onData);
+        child.stderr.on('data', onData);
+        child.once('exit', (code) => reject(new Error(`exited with ${code}:\n${output}`)));
+      });
+      const [, url, port, fingerprint] = started;
+      expect(fingerprint).toBe(
+        (await loadOrCreateHostKey(dataDir)).fingerprint, // the file the process wrote
+      );
+      const api = new TestClient(url!, key);
+      const k = await scratch.key('serve');
+      expect((await api.post('/v1/me/ssh-keys', { publicKey: k.publicKey })).status).toBe(200);
+      expect((await api.post('/v1/vms', { machineType: 'c1m2', name: 'p' })).status).toBe(201);
+      const r = await ssh([...scratch.options(Number(port), k.file), 'p@127.0.0.1', 'echo up']);
+      expect(r).toEqual({ code: 0, stdout: 'up\n', stderr: '' });
+      api.close();
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exit = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await exit;
+      }
+      await scratch.remove();
+      await fs.rm(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
 
 describe('SshAuthenticator', () => {

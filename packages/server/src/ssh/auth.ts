@@ -9,7 +9,7 @@
  * several keys goes on to try the next one.
  * @module
  */
-import { utils, type ParsedKey } from 'ssh2';
+import ssh2, { type ParsedKey } from 'ssh2';
 import { AmbiguousNameError, NotFoundError } from '../domain/index.js';
 import { resolveVm } from '../services/resolve.js';
 import { sshFingerprint } from '../services/ssh-keys.js';
@@ -114,7 +114,7 @@ export class SshAuthenticator {
   #parse(publicKey: string): ParsedKey | undefined {
     let key = this.#parsed.get(publicKey);
     if (!key) {
-      const parsed = utils.parseKey(publicKey);
+      const parsed = ssh2.utils.parseKey(publicKey);
       if (parsed instanceof Error) return undefined;
       key = Array.isArray(parsed) ? parsed[0] : parsed;
       if (!key) return undefined;

@@ -7,7 +7,7 @@
  */
 import type { Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import { Server, type Connection } from 'ssh2';
+import ssh2, { type Connection } from 'ssh2';
 import type { Store } from '../store/index.js';
 import { SshAuthenticator, type SshLogin } from './auth.js';
 import { loadOrCreateHostKey } from './host-key.js';
@@ -53,91 +53,94 @@ export async function startSshGateway(opts: SshGatewayOptions): Promise<SshGatew
   const connections = new Set<Connection>();
   const sessions = new Set<SshSession>();
 
-  const server = new Server({ hostKeys: [hostKey.privateKey], ident: 'FastVM' }, (client, info) => {
-    connections.add(client);
-    const remote = `${info.ip}:${info.port}`;
-    let login: SshLogin | undefined;
-    let attempts = 0;
-    let open = 0;
-    const authTimer = setTimeout(() => client.end(), AUTH_TIMEOUT_MS);
-    authTimer.unref();
+  const server = new ssh2.Server(
+    { hostKeys: [hostKey.privateKey], ident: 'FastVM' },
+    (client, info) => {
+      connections.add(client);
+      const remote = `${info.ip}:${info.port}`;
+      let login: SshLogin | undefined;
+      let attempts = 0;
+      let open = 0;
+      const authTimer = setTimeout(() => client.end(), AUTH_TIMEOUT_MS);
+      authTimer.unref();
 
-    client.on('authentication', (ctx) => {
-      attempts += 1;
-      if (attempts > MAX_AUTH_ATTEMPTS) {
-        log.info({ remote }, 'ssh: too many authentication attempts');
-        client.end();
-        return;
-      }
-      if (ctx.method !== 'publickey') return ctx.reject(['publickey']);
-      auth
-        .check({
-          username: ctx.username,
-          algo: ctx.key.algo,
-          data: ctx.key.data,
-          signature: ctx.signature,
-          blob: ctx.blob,
-          hashAlgo: ctx.hashAlgo,
-        })
-        .then(
-          (decision) => {
-            if (!decision.ok) {
-              // Signed attempts only: key queries are what every client sends for every key.
-              if (ctx.signature) {
-                log.info(
-                  {
-                    remote,
-                    fingerprint: decision.fingerprint,
-                    orgId: decision.orgId,
-                    why: decision.reason,
-                  },
-                  'ssh: login refused',
-                );
+      client.on('authentication', (ctx) => {
+        attempts += 1;
+        if (attempts > MAX_AUTH_ATTEMPTS) {
+          log.info({ remote }, 'ssh: too many authentication attempts');
+          client.end();
+          return;
+        }
+        if (ctx.method !== 'publickey') return ctx.reject(['publickey']);
+        auth
+          .check({
+            username: ctx.username,
+            algo: ctx.key.algo,
+            data: ctx.key.data,
+            signature: ctx.signature,
+            blob: ctx.blob,
+            hashAlgo: ctx.hashAlgo,
+          })
+          .then(
+            (decision) => {
+              if (!decision.ok) {
+                // Signed attempts only: key queries are what every client sends for every key.
+                if (ctx.signature) {
+                  log.info(
+                    {
+                      remote,
+                      fingerprint: decision.fingerprint,
+                      orgId: decision.orgId,
+                      why: decision.reason,
+                    },
+                    'ssh: login refused',
+                  );
+                }
+                return ctx.reject(['publickey']);
               }
-              return ctx.reject(['publickey']);
-            }
-            if (decision.login) login = decision.login;
-            ctx.accept();
-          },
-          (err: unknown) => {
-            log.error({ err, remote }, 'ssh: authentication failed');
-            ctx.reject(['publickey']);
-          },
-        );
-    });
-
-    client.on('ready', () => {
-      clearTimeout(authTimer);
-      if (!login) return client.end();
-      const who = login;
-      log.info(
-        { remote, orgId: who.orgId, vmId: who.vmId, fingerprint: who.fingerprint },
-        'ssh: logged in',
-      );
-      client.on('session', (accept, reject) => {
-        if (open >= MAX_SESSIONS_PER_CONNECTION) return reject();
-        open += 1;
-        const session: SshSession = new SshSession(accept(), {
-          store: opts.store,
-          runtime: opts.runtime,
-          logger: log,
-          login: who,
-          settings,
-          onEnd: () => {
-            open -= 1;
-            sessions.delete(session);
-          },
-        });
-        sessions.add(session);
+              if (decision.login) login = decision.login;
+              ctx.accept();
+            },
+            (err: unknown) => {
+              log.error({ err, remote }, 'ssh: authentication failed');
+              ctx.reject(['publickey']);
+            },
+          );
       });
-    });
-    // Forwarding requests and other channel types get the library's automatic refusal.
-    client.on('error', (err) => log.debug({ err, remote }, 'ssh: connection error'));
-    client.on('close', () => {
-      clearTimeout(authTimer);
-      connections.delete(client);
-    });
-  });
+
+      client.on('ready', () => {
+        clearTimeout(authTimer);
+        if (!login) return client.end();
+        const who = login;
+        log.info(
+          { remote, orgId: who.orgId, vmId: who.vmId, fingerprint: who.fingerprint },
+          'ssh: logged in',
+        );
+        client.on('session', (accept, reject) => {
+          if (open >= MAX_SESSIONS_PER_CONNECTION) return reject();
+          open += 1;
+          const session: SshSession = new SshSession(accept(), {
+            store: opts.store,
+            runtime: opts.runtime,
+            logger: log,
+            login: who,
+            settings,
+            onEnd: () => {
+              open -= 1;
+              sessions.delete(session);
+            },
+          });
+          sessions.add(session);
+        });
+      });
+      // Forwarding requests and other channel types get the library's automatic refusal.
+      client.on('error', (err) => log.debug({ err, remote }, 'ssh: connection error'));
+      client.on('close', () => {
+        clearTimeout(authTimer);
+        connections.delete(client);
+      });
+    },
+  );
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { utils } from 'ssh2';
+import ssh2 from 'ssh2';
 import { sshFingerprint } from '../services/ssh-keys.js';
 
 export const HOST_KEY_FILE = 'ssh_host_ed25519_key';
@@ -29,7 +29,7 @@ export async function loadOrCreateHostKey(dataDir: string): Promise<HostKey> {
   let created = false;
   let text = await readIfExists(file);
   if (text === undefined) {
-    const pair = utils.generateKeyPairSync('ed25519');
+    const pair = ssh2.utils.generateKeyPairSync('ed25519');
     const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
     await fs.writeFile(tmp, pair.private, { mode: 0o600, flag: 'wx' });
     try {
@@ -42,7 +42,7 @@ export async function loadOrCreateHostKey(dataDir: string): Promise<HostKey> {
     }
     text = await fs.readFile(file, 'utf8');
   }
-  const parsed = utils.parseKey(text);
+  const parsed = ssh2.utils.parseKey(text);
   if (parsed instanceof Error || parsed.type !== 'ssh-ed25519' || !parsed.isPrivateKey()) {
     throw new Error(
       `${file} is not an unencrypted ed25519 private key${parsed instanceof Error ? `: ${parsed.message}` : ''}`,
