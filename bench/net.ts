@@ -114,6 +114,8 @@ export async function startVmServer(networked: boolean): Promise<VmServer> {
     FASTVM_LOG_LEVEL: 'warn',
     FASTVM_POOL: '1',
     FASTVM_NETWORK: networked ? 'on' : 'off',
+    // Not measured, and its default port (2222) may be another server's.
+    FASTVM_SSH_PORT: 'off',
     ...(networked ? { FASTVM_BRIDGE: NET_BRIDGE, FASTVM_IPV4_SUBNET: NET_SUBNET } : {}),
   });
   const child = spawn(
