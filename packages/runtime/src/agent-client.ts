@@ -308,6 +308,9 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   #socket: net.Socket | undefined;
   readonly #decoder = new FrameDecoder();
   readonly #pending = new Map<number, Pending>();
+  /** The backstops of running commands; they stand still while the guest does (see `freeze`). */
+  readonly #backstops = new Set<GuestTimer>();
+  #frozen = false;
   #nextId = 1;
   #agentVersion = '';
   #lastSocketError: Error | undefined;
@@ -393,13 +396,13 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       const stdout: Buffer[] = [];
       const stderr: Buffer[] = [];
       let done = false;
-      let backstop: NodeJS.Timeout | undefined;
+      let backstop: GuestTimer | undefined;
 
       const finish = (err: unknown, result?: ExecResult): void => {
         if (done) return;
         done = true;
         this.#pending.delete(id);
-        clearTimeout(backstop);
+        backstop?.clear();
         signal?.removeEventListener('abort', onAbort);
         if (result) resolve(result);
         else reject(err);
@@ -457,10 +460,8 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       signal?.addEventListener('abort', onAbort, { once: true });
       if (req.timeoutMs) {
         const limit = req.timeoutMs + EXEC_TIMEOUT_GRACE_MS;
-        backstop = setTimeout(
-          () =>
-            giveUp(unavailable(`exec: no exit status from the agent ${limit} ms after the start`)),
-          limit,
+        backstop = this.#backstop(limit, () =>
+          giveUp(unavailable(`exec: no exit status from the agent ${limit} ms after the start`)),
         );
       }
       this.#send(MsgType.Exec, id, payload);
@@ -494,7 +495,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       let done = false;
       let ended = false;
       let killTimer: NodeJS.Timeout | undefined;
-      let backstop: NodeJS.Timeout | undefined;
+      let backstop: GuestTimer | undefined;
       let resolveExit!: (e: ProcessExit) => void;
       let rejectExit!: (err: unknown) => void;
       const exited = new Promise<ProcessExit>((res, rej) => {
@@ -508,7 +509,7 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
         done = true;
         this.#pending.delete(id);
         clearTimeout(killTimer);
-        clearTimeout(backstop);
+        backstop?.clear();
         if (!started) rejectStart(err);
         else if (result) resolveExit(result);
         else rejectExit(err);
@@ -613,10 +614,10 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       });
       if (req.timeoutMs) {
         const limit = req.timeoutMs + EXEC_TIMEOUT_GRACE_MS;
-        backstop = setTimeout(() => {
+        backstop = this.#backstop(limit, () => {
           this.#trySend(MsgType.Signal, id, u32(SIGKILL));
           finish(unavailable(`exec: no exit status from the agent ${limit} ms after the start`));
-        }, limit);
+        });
       }
       this.#send(MsgType.Exec, id, payload);
     });
@@ -660,6 +661,33 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       }
       throw err;
     }
+  }
+
+  /**
+   * Stops the clocks of running commands' backstops (the VM was paused: its commands, and the
+   * agent's own timeouts, stand still). `thaw` starts them again with the time they had left.
+   */
+  freeze(): void {
+    this.#frozen = true;
+    for (const t of this.#backstops) t.freeze();
+  }
+
+  /** See `freeze`. */
+  thaw(): void {
+    this.#frozen = false;
+    for (const t of this.#backstops) t.thaw();
+  }
+
+  /** A backstop timer for a command: counts only while the guest runs, gone once cleared. */
+  #backstop(ms: number, fire: () => void): GuestTimer {
+    const timer = new GuestTimer(ms, () => {
+      this.#backstops.delete(timer);
+      fire();
+    });
+    timer.onClear = () => this.#backstops.delete(timer);
+    this.#backstops.add(timer);
+    if (!this.#frozen) timer.thaw();
+    return timer;
   }
 
   /**
@@ -863,5 +891,52 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
       });
       this.#send(type, id, payload);
     });
+  }
+}
+
+/**
+ * A timer of guest time, roughly: it runs while thawed and stands still while frozen (the VM is
+ * paused), keeping the time it has left.
+ */
+class GuestTimer {
+  #left: number;
+  #since = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #cleared = false;
+  onClear: (() => void) | undefined;
+
+  constructor(
+    ms: number,
+    private readonly fire: () => void,
+  ) {
+    this.#left = ms;
+  }
+
+  freeze(): void {
+    if (!this.#timer) return;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#left -= performance.now() - this.#since;
+  }
+
+  thaw(): void {
+    if (this.#timer || this.#cleared) return;
+    this.#since = performance.now();
+    this.#timer = setTimeout(
+      () => {
+        this.#cleared = true;
+        this.fire();
+      },
+      Math.max(0, this.#left),
+    );
+  }
+
+  clear(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (!this.#cleared) {
+      this.#cleared = true;
+      this.onClear?.();
+    }
   }
 }

@@ -396,6 +396,8 @@ export class QemuRuntime implements Runtime {
     return vm.serially(async () => {
       if (vm.state === 'paused') return;
       await vm.qmp.execute('stop');
+      // Its commands stand still: so do the host's backstops on them.
+      vm.agent.freeze();
       crashPoint('pause:stopped');
       vm.to('paused');
       vm.record.paused = true;
@@ -409,6 +411,7 @@ export class QemuRuntime implements Runtime {
     return vm.serially(async () => {
       if (vm.state !== 'paused') return;
       await vm.qmp.execute('cont');
+      vm.agent.thaw();
       vm.to('running');
       vm.record.paused = false;
       await this.#layers.writeVm(vm.dir, vm.record);
@@ -496,7 +499,10 @@ export class QemuRuntime implements Runtime {
             `runtime: ${id}: agent answered after ${(performance.now() - t0).toFixed(0)} ms (reconnected)`,
           );
         }
-        if (rec.paused) await qmp.execute('stop');
+        if (rec.paused) {
+          await qmp.execute('stop');
+          agent.freeze();
+        }
         const vm = new LiveVm(rec, dir, qmp, agent, rec.paused ? 'paused' : 'running');
         // The record may be a step behind QEMU (a crash in the middle of a snapshot): QEMU's own
         // view of the disk chain wins, before the sweeper decides which layers are in use.

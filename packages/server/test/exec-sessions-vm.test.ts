@@ -244,5 +244,24 @@ describe('branching leaves the source alone; exec sessions (real QEMU VMs)', () 
       expect(exit).toBeDefined();
       expect(exit?.c).toBeUndefined();
     }, 60_000);
+
+    it('a pause longer than the host-side backstop (timeout + 10 s) does not fail a command', async () => {
+      const { execId } = (
+        await api.post(`/v1/vms/${vmId}/exec`, {
+          command: 'sleep 0.6; echo done',
+          timeoutSec: 1,
+          detach: true,
+        })
+      ).body;
+      await sleep(150);
+      expect((await api.post(`/v1/vms/${vmId}/pause`)).status).toBeLessThan(300);
+      await sleep(11_500);
+      expect((await api.get(`/v1/vms/${vmId}/execs/${execId}`)).body.status).toBe('running');
+      expect((await api.post(`/v1/vms/${vmId}/resume`)).status).toBeLessThan(300);
+      const { out, exit } = parse((await api.get(`/v1/vms/${vmId}/execs/${execId}/stream`)).text);
+      expect(out).toBe('done\n');
+      expect(exit).toBeDefined();
+      expect(exit?.c).toBeUndefined();
+    }, 60_000);
   });
 });
