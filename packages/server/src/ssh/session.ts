@@ -154,8 +154,9 @@ export class SshSession {
     channel.on('close', () => this.#end('channel closed'));
     channel.on('error', () => this.#end('channel error'));
     this.#run(channel, kind, argv).catch((err: unknown) => {
+      // The command did not start (the VM stopped meanwhile, the agent refused): exit status 1.
       logger.warn({ err, vmId: login.vmId, kind }, 'ssh: session failed');
-      this.#fail(channel, `fastvm: ${message(err)}`);
+      this.#fail(channel, `fastvm: cannot start the ${kind}: ${message(err)}`, 1);
     });
   }
 
