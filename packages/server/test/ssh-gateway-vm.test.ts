@@ -139,10 +139,22 @@ describe('SSH gateway (real QEMU VM, OpenSSH client)', () => {
     expect(await guestSleeps()).toBe(0);
   }, 60_000);
 
-  it('says clearly that sftp needs an sftp-server in the guest', async () => {
+  it('says clearly that sftp and scp need an sftp-server (or scp) in the guest', async () => {
     const r = await ssh([...login(keyA.file, vmId), '-s', 'sftp']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('/usr/lib/openssh/sftp-server');
+    // scp (SFTP protocol by default, and the legacy protocol with -O) through the OpenSSH client.
+    const file = path.join(scratch.dir, 'payload');
+    await fs.writeFile(file, 'data\n');
+    const opts = scratch.options(server.ssh!.port, keyA.file).map((a) => (a === '-p' ? '-P' : a));
+    const scp = await run('scp', [...opts, file, `${vmId}@127.0.0.1:/tmp/payload`]).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(scp.stderr).toContain('/usr/lib/openssh/sftp-server');
+    const legacy = await run('scp', ['-O', ...opts, file, `${vmId}@127.0.0.1:/tmp/payload`]).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(legacy.stderr).toMatch(/scp: (command )?not found/);
   });
 
   it('opens an interactive shell on a pty (driven through tmux), resizes it, exits with its status', async () => {
