@@ -301,7 +301,8 @@ export class QemuRuntime implements Runtime {
   /** A command with open stdin and separate output streams (SSH exec); see `Runtime.openProcess`. */
   async openProcess(vmId: string, req: ProcessRequest): Promise<ProcessSession> {
     const { agent } = this.#live(vmId);
-    let input: PacedInput | undefined;
+    // Refusals of input (the agent's queue is full) belong to the pacer, made once it runs.
+    const pacer: { input?: PacedInput } = {};
     const proc = await agent.spawn({
       argv: req.argv,
       ...(req.env ? { env: req.env } : {}),
@@ -310,14 +311,14 @@ export class QemuRuntime implements Runtime {
       onStdout: req.onStdout,
       onStderr: req.onStderr,
       onError: (err) => {
-        if (!input?.onAgentError(err)) req.onError?.(err);
+        if (!pacer.input?.onAgentError(err)) req.onError?.(err);
       },
     });
     const paced = new PacedInput(proc, {
       ping: () => agent.ping(),
       ...(req.onInputDrain ? { onDrain: req.onInputDrain } : {}),
     });
-    input = paced;
+    pacer.input = paced;
     void proc.exited.finally(() => paced.stop()).catch(() => {});
     return {
       get pid() {
