@@ -1,7 +1,7 @@
 // `fastvm ssh-key add|ls|rm` and `fastvm vm ssh` as subprocesses against the real API server with
 // the FakeRuntime and its SSH gateway, with Debian's OpenSSH client; and the parsing of `vm ssh`.
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
@@ -163,6 +163,62 @@ describe('fastvm vm ssh', () => {
     expect(cat).toEqual({ code: 0, stdout: 'piped\n', stderr: '' });
     const unknown = await fastvm(['vm', 'ssh', 'nope', '--port', port, ...opts]);
     expect(unknown.code).toBe(1);
+  });
+
+  it('opens an interactive shell on a terminal (driven through tmux) and exits with its status', async () => {
+    const k = keyFile('vm-ssh-tty');
+    expect((await fastvm(['ssh-key', 'add', `${k}.pub`])).code).toBe(0);
+    expect((await fastvm(['vm', 'launch', '-n', 'tty-box'])).code).toBe(0);
+    const status = join(home, 'tty-status');
+    const q = (a: string): string => `'${a.replace(/'/g, `'\\''`)}'`;
+    const cli = [process.execPath, BIN, 'vm', 'ssh', 'tty-box', '-p', String(server.ssh!.port)]
+      .concat(['-i', k, '-o', 'StrictHostKeyChecking=no', '-o', 'IdentitiesOnly=yes'])
+      .concat(['-o', `UserKnownHostsFile=${join(home, 'known_hosts')}`, '-o', 'LogLevel=ERROR'])
+      .map(q)
+      .join(' ');
+    const env = `FASTVM_API_KEY=${KEY} FASTVM_BASE_URL=${server.url} HOME=${q(home)}`;
+    const socket = `fastvm-cli-ssh-${process.pid}`;
+    const tmux = (...args: string[]): string =>
+      execFileSync('tmux', ['-L', socket, ...args]).toString();
+    tmux(
+      'new-session',
+      '-d',
+      '-s',
+      't',
+      '-x',
+      '100',
+      '-y',
+      '30',
+      `env ${env} ${cli}; echo $? > ${q(status)}; sleep 30`,
+    );
+    try {
+      const waitFor = async (re: RegExp): Promise<void> => {
+        const until = Date.now() + 20_000;
+        while (!re.test(tmux('capture-pane', '-p', '-t', 't'))) {
+          if (Date.now() > until)
+            throw new Error(`no ${re} in:\n${tmux('capture-pane', '-p', '-t', 't')}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      };
+      await waitFor(/fake\$/); // the FakeRuntime's shell prompt
+      tmux('send-keys', '-t', 't', 'echo hello-tty', 'Enter');
+      await waitFor(/^hello-tty$/m);
+      tmux('send-keys', '-t', 't', 'exit 5', 'Enter');
+      const until = Date.now() + 20_000;
+      // The shell's exit status is the ssh's, and `fastvm vm ssh` exits with it.
+      const readStatus = (): string =>
+        existsSync(status) ? readFileSync(status, 'utf8').trim() : '';
+      while (readStatus() === '' && Date.now() < until)
+        await new Promise((r) => setTimeout(r, 100));
+      const code = readStatus();
+      expect(code).toBe('5');
+    } finally {
+      try {
+        tmux('kill-server');
+      } catch {
+        /* already gone */
+      }
+    }
   });
 
   it('parses the VM, the command after --, port, identity and -o options into the ssh argv', async () => {
