@@ -177,9 +177,9 @@ describe('fastvm vm ssh', () => {
       .map(q)
       .join(' ');
     const env = `FASTVM_API_KEY=${KEY} FASTVM_BASE_URL=${server.url} HOME=${q(home)}`;
-    const socket = `fastvm-cli-ssh-${process.pid}`;
+    const socket = join(home, 'tmux.sock'); // our own tmux server, removed with `home`
     const tmux = (...args: string[]): string =>
-      execFileSync('tmux', ['-L', socket, ...args]).toString();
+      execFileSync('tmux', ['-S', socket, ...args]).toString();
     tmux(
       'new-session',
       '-d',

@@ -29,7 +29,6 @@ describe('SSH gateway (real QEMU VM, OpenSSH client)', () => {
   let keyB: { file: string; publicKey: string };
   let stranger: { file: string; publicKey: string };
   let vmId: string;
-  const tmuxSocket = `fastvm-ssh-test-${process.pid}`;
 
   const start = (): Promise<ServerHandle> =>
     startServer({
@@ -44,7 +43,9 @@ describe('SSH gateway (real QEMU VM, OpenSSH client)', () => {
     ...scratch.options(server.ssh!.port, key, strict),
     `${user}@127.0.0.1`,
   ];
-  const tmux = (...args: string[]) => run('tmux', ['-L', tmuxSocket, ...args]);
+  // A tmux server of our own, its socket in the scratch dir (removed with it).
+  const tmux = (...args: string[]) =>
+    run('tmux', ['-S', path.join(scratch.dir, 'tmux.sock'), ...args]);
 
   beforeAll(async () => {
     scratch = await SshScratch.create();

@@ -203,8 +203,9 @@ describe('SSH gateway port', () => {
     const busy = net.createServer();
     await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
     const port = (busy.address() as net.AddressInfo).port;
+    const dataDir = await makeDataDir();
     try {
-      await expect(startTestServer({ ssh: { port } })).rejects.toThrow(/EADDRINUSE/);
+      await expect(startTestServer({ dataDir, ssh: { port } })).rejects.toThrow(/EADDRINUSE/);
       const t = await startTestServer({ ssh: { port, optional: true } });
       try {
         expect(t.server.ssh).toBeUndefined();
@@ -214,6 +215,7 @@ describe('SSH gateway port', () => {
       }
     } finally {
       busy.close();
+      await fs.rm(dataDir, { recursive: true, force: true });
     }
   });
 });
