@@ -85,6 +85,8 @@ export class SshSession {
     session: Session,
     private readonly deps: SshSessionDeps,
   ) {
+    // The client closed the channel (or the connection went), maybe before any command.
+    session.on('close', () => this.#end('channel closed'));
     session.on('pty', (accept, reject, info) => {
       const rows = clampDim(info.rows, 24);
       const cols = clampDim(info.cols, 80);
@@ -132,9 +134,10 @@ export class SshSession {
     });
   }
 
-  /** Server shutdown or the connection went away: hang up what runs. */
+  /** Server shutdown: hang up what runs and close the channel. */
   hangUp(why: string): void {
     this.#end(why);
+    this.#channel?.destroy();
   }
 
   #addEnv(key: string, val: string): boolean {
@@ -280,7 +283,6 @@ export class SshSession {
       if (running.kind === 'pty') running.pty.close(this.deps.settings.hangupGraceMs);
       else running.proc.close(this.deps.settings.hangupGraceMs);
     }
-    if (this.#channel && why !== 'exited' && why !== 'failed') this.#channel.destroy();
     this.deps.onEnd();
   }
 }
