@@ -12,6 +12,8 @@ from typing import Any
 __all__ = [
     "VM",
     "Snapshot",
+    "Lineage",
+    "LineageNode",
     "CommandResult",
     "FirewallPolicy",
     "FirewallRule",
@@ -79,6 +81,8 @@ class VM:
         public_ipv6: its public IPv6 address, if it has one.
         firewall: its firewall policy, if one is set.
         deleted_at: deletion time, or ``None``.
+        source_snapshot_id: lineage: the snapshot it was restored or forked from; ``None`` for
+            a fresh launch (an addition beyond the seed).
     """
 
     id: str
@@ -94,6 +98,7 @@ class VM:
     public_ipv6: str | None = None
     firewall: FirewallPolicy | None = None
     deleted_at: str | None = None
+    source_snapshot_id: str | None = None
 
 
 @dataclass
@@ -108,6 +113,10 @@ class Snapshot:
         status: ``creating``, ``ready`` or ``error``.
         created_at: ISO 8601 creation time.
         firewall: the source VM's firewall policy, inherited by restores.
+        parent_snapshot_id: lineage: the snapshot its VM was restored from; ``None`` when that VM
+            was a fresh launch. Kept when that snapshot is deleted (an addition beyond the seed).
+        digests: ``{"memory", "disk", "state"}`` → ``"sha256:<hex>"`` of the snapshot's own layer
+            files, once the server has computed them (shortly after ``ready``); empty until then.
     """
 
     id: str
@@ -117,6 +126,44 @@ class Snapshot:
     status: str
     created_at: str
     firewall: FirewallPolicy | None = None
+    parent_snapshot_id: str | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LineageNode:
+    """One snapshot or VM of a :class:`Lineage`.
+
+    Attributes:
+        type: ``"snapshot"`` or ``"vm"``.
+        id: its id.
+        deleted: it was deleted; only ``id`` is known (it is kept because it links the tree).
+        name: its name (empty when deleted).
+        status: its status (empty when deleted).
+        children: a snapshot's: the VMs restored from it; a VM's: the snapshots taken of it.
+    """
+
+    type: str
+    id: str
+    deleted: bool = False
+    name: str = ""
+    status: str = ""
+    children: list[LineageNode] = field(default_factory=list)
+
+
+@dataclass
+class Lineage:
+    """A snapshot's lineage, from :meth:`FastVM.lineage`.
+
+    Attributes:
+        ancestors: from the root (the freshly launched VM) down to the snapshot itself (last).
+        descendants: the VMs restored from the snapshot, with everything below them.
+        truncated: the server cut the tree short.
+    """
+
+    ancestors: list[LineageNode] = field(default_factory=list)
+    descendants: list[LineageNode] = field(default_factory=list)
+    truncated: bool = False
 
 
 @dataclass
@@ -254,6 +301,7 @@ def vm_from_wire(value: Any) -> VM:
         public_ipv6=_opt_str(v.get("publicIpv6")),
         firewall=firewall_from_wire(v.get("firewall")),
         deleted_at=_opt_str(v.get("deletedAt")),
+        source_snapshot_id=_opt_str(v.get("sourceSnapshotId")),
     )
 
 
@@ -267,7 +315,34 @@ def snapshot_from_wire(value: Any) -> Snapshot:
         status=_str(s.get("status")),
         created_at=_str(s.get("createdAt")),
         firewall=firewall_from_wire(s.get("firewall")),
+        parent_snapshot_id=_opt_str(s.get("parentSnapshotId")),
+        digests={k: d for k, d in _obj(s.get("digests")).items() if isinstance(d, str)},
     )
+
+
+def lineage_node_from_wire(value: Any) -> LineageNode:
+    n = _obj(value)
+    return LineageNode(
+        type=_str(n.get("type")),
+        id=_str(n.get("id")),
+        deleted=n.get("deleted") is True,
+        name=_str(n.get("name")),
+        status=_str(n.get("status")),
+        children=_nodes(n.get("children")),
+    )
+
+
+def lineage_from_wire(value: Any) -> Lineage:
+    w = _obj(value)
+    return Lineage(
+        ancestors=_nodes(w.get("ancestors")),
+        descendants=_nodes(w.get("descendants")),
+        truncated=w.get("truncated") is True,
+    )
+
+
+def _nodes(value: Any) -> list[LineageNode]:
+    return [lineage_node_from_wire(n) for n in value] if isinstance(value, list) else []
 
 
 def command_result_from_wire(value: Any) -> CommandResult:
