@@ -103,6 +103,26 @@ describe('SSH gateway (FakeRuntime, OpenSSH client)', () => {
     }
   });
 
+  it('runs many sessions on one multiplexed connection (ControlMaster): slots are given back', async () => {
+    const mux = [
+      '-o',
+      'ControlMaster=auto',
+      '-o',
+      `ControlPath=${path.join(scratch.dir, 'cm-%C')}`,
+      '-o',
+      'ControlPersist=30',
+    ];
+    const target = `${vmId}@127.0.0.1`;
+    try {
+      for (let i = 0; i < 14; i++) {
+        const r = await ssh([...scratch.options(port(), keyA.file), ...mux, target, `echo ${i}`]);
+        expect(r, `session ${i}`).toEqual({ code: 0, stdout: `${i}\n`, stderr: '' });
+      }
+    } finally {
+      await ssh([...scratch.options(port(), keyA.file), ...mux, '-O', 'exit', target]);
+    }
+  });
+
   it('refuses an unknown key, a password and keyboard-interactive (exit 255)', async () => {
     const r = await sshAs(stranger.file, vmId, ['true']);
     expect(r.code).toBe(255);
