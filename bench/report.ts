@@ -79,6 +79,7 @@ const RATIOS: [string, string][] = [
   ['snapshot_gen2_8g_0', 'snapshot_gen2_0'],
   ['snapshot_gen2_8g_total_0', 'snapshot_gen2_total_0'],
   ['fanout_50_all', 'fanout_10_all'],
+  ['fork_10_api', 'fanout_10_all'],
   ['exec_sdk', 'exec_agent'],
   ['exec_py', 'exec_sdk'],
   ['api_h2_rps', 'api_h1_rps'],

@@ -19,6 +19,7 @@ import { createVm, loadH1, loadH2, sdkRoundTrips, startApiServer, type ApiServer
 import { cliStart } from './cli.js';
 import { coldBoot, plainRestore, plainSnapshot, type DirectEnv } from './direct.js';
 import { startPyExec, type PyExec } from './exec-py.js';
+import { startForkApiBench, type ForkApiBench } from './fork.js';
 import {
   NET_COUNTS,
   NET_SCENARIOS,
@@ -583,6 +584,7 @@ async function groupPlain(): Promise<void> {
 async function groupFanout(): Promise<void> {
   const snap = await ensureBaseSnapshot();
   let run = 0;
+  let forkApi: ForkApiBench | undefined;
   for (const [n, runs] of N.fanout) {
     for (let r = 0; r < runs; r++) {
       await destroyAllVms();
@@ -664,8 +666,37 @@ async function groupFanout(): Promise<void> {
           `idle CPU ${(idleCpu * 100).toFixed(0)}% of a core${again}`,
       );
       await destroyAllVms();
+      if (n === 10) {
+        // fork_10_api: the same fan-out as one API call (bench/fork.ts), right after this run.
+        try {
+          if (!forkApi) {
+            forkApi = await startForkApiBench(benchRoot, runtimeLog);
+            runtimes.add(forkApi.runtime);
+            servers.add(forkApi.server);
+          }
+          await sleep(1500);
+          const f = await forkApi.run(10);
+          rec.add('fork_10_api', 'ms', f.allMs);
+          rec.add('fork_10_api_call', 'ms', f.callMs);
+          log(
+            `  fork 10 (API): all answered in ${f.allMs.toFixed(0)} ms (the call ${f.callMs.toFixed(0)} ms)`,
+          );
+        } catch (err) {
+          errors.push(`fork_10_api: ${String(err)}`);
+        }
+      }
     }
   }
+  if (forkApi) {
+    await forkApi.close().catch(() => {});
+    servers.delete(forkApi.server);
+    runtimes.delete(forkApi.runtime);
+  }
+  rec.note(
+    'fork_10_api',
+    'one POST /v1/snapshots/{id}/fork (count 10) through the SDK until all 10 answered `true` through the SDK; run after each fanout_10_all run',
+  );
+  rec.note('fork_10_api_call', 'the fork call alone (it answers when all 10 are running)');
   rec.note(
     'fanout_mem_per_fork',
     'drop of /proc/meminfo MemAvailable per fork, 2 s after all answered (other users of the host add noise)',
