@@ -28,6 +28,7 @@ import {
   lineageFromWire,
   pricingFromWire,
   quotasFromWire,
+  serviceFromWire,
   snapshotFromWire,
   sshKeyFromWire,
   sshKeysFromWire,
@@ -52,6 +53,8 @@ import type {
   OrgQuotaUsage,
   PatchFirewallPolicy,
   Pricing,
+  Service,
+  ServiceOptions,
   Snapshot,
   SnapshotRef,
   SshKey,
@@ -451,6 +454,81 @@ export class FastVM {
   ): Promise<VM> {
     const path = `/v1/vms/${seg(vm, 'vm')}/firewall`;
     return vmFromWire(await this.#idempotent('PATCH', path, firewallToWire(patch), options));
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Published services
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Lists the VM's published services, sorted by name, with their proxy URLs (and the bearer
+   * token of `auth: 'token'` services).
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param options - Signal and timeout.
+   */
+  async listServices(vm: VMRef, options: RequestOptions = {}): Promise<Service[]> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/services`;
+    return asArray(await this.#get(path, options)).map(serviceFromWire);
+  }
+
+  /**
+   * Publishes a port of the VM through the proxy as `<name>--<vm id hex>.proxy.<domain>`. Also
+   * opens the port in the VM's effective firewall. Repeating an identical call returns the
+   * existing service (so it is retried like an idempotent call).
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param name - 1–29 characters: lowercase letters, digits and single hyphens.
+   * @param port - Guest TCP port, 1024–65535.
+   * @param options - `h2c`, `auth`, signal and timeout.
+   * @throws {@link ConflictError} if a service of that name exists with other settings.
+   * @throws {@link QuotaExceededError} past 16 services per VM.
+   */
+  async publishService(
+    vm: VMRef,
+    name: string,
+    port: number,
+    options: ServiceOptions & RequestOptions = {},
+  ): Promise<Service> {
+    const body: Record<string, unknown> = { name, port };
+    if (options.h2c !== undefined) body['h2c'] = options.h2c;
+    if (options.auth !== undefined) body['auth'] = options.auth;
+    const path = `/v1/vms/${seg(vm, 'vm')}/services`;
+    return serviceFromWire(await this.#idempotent('POST', path, body, options));
+  }
+
+  /**
+   * Publishes or changes a service (`PUT`): the same values change nothing.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param name - The service's name.
+   * @param port - Guest TCP port, 1024–65535.
+   * @param options - `h2c` (default false), `auth` (omitted: unchanged), signal and timeout.
+   */
+  async updateService(
+    vm: VMRef,
+    name: string,
+    port: number,
+    options: ServiceOptions & RequestOptions = {},
+  ): Promise<Service> {
+    const body: Record<string, unknown> = { port };
+    if (options.h2c !== undefined) body['h2c'] = options.h2c;
+    if (options.auth !== undefined) body['auth'] = options.auth;
+    const path = `/v1/vms/${seg(vm, 'vm')}/services/${encodeURIComponent(name)}`;
+    return serviceFromWire(await this.#idempotent('PUT', path, body, options));
+  }
+
+  /**
+   * Unpublishes a service (and closes its port in the effective firewall). Removing a service
+   * that does not exist is not an error.
+   *
+   * @param vm - VM id (or name), or a {@link VM}.
+   * @param name - The service's name.
+   * @param options - Signal and timeout.
+   */
+  async removeService(vm: VMRef, name: string, options: RequestOptions = {}): Promise<void> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/services/${encodeURIComponent(name)}`;
+    await this.#idempotent('DELETE', path, undefined, options);
   }
 
   // ------------------------------------------------------------------------------------------------

@@ -100,6 +100,8 @@ export interface VM {
   pausedAt: string | null;
   /** Lineage: the snapshot it was restored or forked from; `null` for a fresh launch. */
   sourceSnapshotId: string | null;
+  /** `firewall` plus one auto-rule per published service: what the host enforces (read-only). */
+  effectiveFirewall: FirewallPolicy | null;
 }
 
 /** A VM's time to live: after `seconds` of running it is paused or deleted. */
@@ -272,6 +274,35 @@ export interface SshKey {
   /** ISO 8601. */
   createdAt: string;
   name: string | null;
+}
+
+/**
+ * Who may use a published service through the proxy: everyone (`public`, the default), holders
+ * of the service's bearer `token`, or holders of an API key of the organisation (`api_key`).
+ */
+export type ServiceAuth = 'public' | 'token' | 'api_key';
+
+/** Options of {@link FastVM.publishService} and {@link FastVM.updateService}. */
+export interface ServiceOptions {
+  /** The proxy speaks HTTP/2 cleartext to the service (gRPC). Default false. */
+  h2c?: boolean | undefined;
+  /** Default `public` for a new service; unchanged on an update when omitted. */
+  auth?: ServiceAuth | undefined;
+}
+
+/** An HTTP service of a VM published through the proxy (contract §4.4), from {@link FastVM.listServices}. */
+export interface Service {
+  /** 1–29 characters: lowercase letters, digits and single hyphens. */
+  name: string;
+  /** Guest TCP port (1024–65535). */
+  port: number;
+  /** The proxy speaks HTTP/2 cleartext to it (gRPC). */
+  h2c: boolean;
+  auth: ServiceAuth;
+  /** `http(s)://<name>--<vm id hex>.proxy.<domain>[:port]`. */
+  url: string;
+  /** The bearer token of an `auth: 'token'` service; `null` otherwise. */
+  token: string | null;
 }
 
 /** One tier of compute pricing. */

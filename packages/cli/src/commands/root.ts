@@ -9,6 +9,7 @@ import { newConfigCommand } from './config/config.js';
 import { newCpCommand } from './cp.js';
 import { newFirewallCommand } from './firewall/firewall.js';
 import { newQuotaCommand } from './quota.js';
+import { newServiceCommand } from './service/service.js';
 import { newSnapshotCommand } from './snapshot/snapshot.js';
 import { newSshKeyCommand } from './ssh-key/ssh-key.js';
 import { newConsoleCommand } from './vm/console.js';
@@ -24,6 +25,7 @@ Commands:
   console   an interactive shell in a VM (same as vm console; Ctrl-] disconnects)
   snapshot  create | list | get | rename | rm | restore | fork | tree
   firewall  get | set | patch
+  service   add | ls | rm   (publish a VM's HTTP ports through the proxy)
   quota     show quota limits and usage
   ssh-key   add | list | rm   (keys for ssh through the SSH gateway: fastvm vm ssh <vm>)
   config    set | get | unset   (keys: api-key, base-url)
@@ -50,6 +52,7 @@ Examples:
   fastvm snapshot create dev -n base && fastvm snapshot restore base -n dev2
   fastvm snapshot fork base -n 10 --prefix worker && fastvm snapshot tree base
   fastvm firewall set dev --mode restricted -r tcp:22 -r tcp:8080-8090@2001:db8::/32
+  fastvm service add dev 8000:web && fastvm service ls dev
   fastvm vm list --json | jq -r '.[].id'
 
 Config file: $XDG_CONFIG_HOME/fastvm/config.json (default ~/.config/fastvm/config.json).
@@ -69,6 +72,7 @@ const COMMANDS: Record<string, (f: Factory) => Command> = {
   console: newConsoleCommand,
   snapshot: newSnapshotCommand,
   firewall: newFirewallCommand,
+  service: newServiceCommand,
   quota: newQuotaCommand,
   'ssh-key': newSshKeyCommand,
   config: newConfigCommand,

@@ -15,6 +15,7 @@ import type {
   SshKey,
   VM,
   VMTtl,
+  Service,
 } from '../types.js';
 
 type Json = Record<string, unknown>;
@@ -94,6 +95,7 @@ export function vmFromWire(v: unknown): VM {
     ttlRemainingMs: typeof w['ttlRemainingMs'] === 'number' ? w['ttlRemainingMs'] : null,
     pausedAt: optStr(w['pausedAt']),
     sourceSnapshotId: optStr(w['sourceSnapshotId']),
+    effectiveFirewall: firewallFromWire(w['effectiveFirewall']),
   };
 }
 
@@ -195,6 +197,19 @@ export function sshKeyFromWire(v: unknown): SshKey {
 export function sshKeysFromWire(v: unknown): SshKey[] {
   const keys = obj(v)['keys'];
   return (Array.isArray(keys) ? keys : asArray(v)).map(sshKeyFromWire);
+}
+
+export function serviceFromWire(v: unknown): Service {
+  const w = obj(v);
+  const auth = w['auth'];
+  return {
+    name: str(w['name']),
+    port: num(w['port']),
+    h2c: w['h2c'] === true,
+    auth: auth === 'token' || auth === 'api_key' ? auth : 'public',
+    url: str(w['url']),
+    token: optStr(w['token']),
+  };
 }
 
 export function pricingFromWire(v: unknown): Pricing {

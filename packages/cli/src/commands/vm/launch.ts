@@ -11,7 +11,10 @@ import {
   type RunF,
 } from '../../cmdutil.js';
 import type { Factory } from '../../factory.js';
+import { json, vmToJson } from '../../output.js';
 import { printVm, spinner } from '../../views.js';
+import { parsePublish } from '../service/add.js';
+import { serviceTable, serviceToJson } from '../service/list.js';
 import { parseTtl } from './ttl.js';
 
 export interface VmLaunchOptions extends CommandBase {
@@ -23,6 +26,8 @@ export interface VmLaunchOptions extends CommandBase {
   ttl: VMTtl | undefined;
   /** Seconds to wait for `running` (the SDK's default when undefined). */
   waitSec: number | undefined;
+  /** Ports to publish through the service proxy once it runs (`--publish PORT[:NAME]`). */
+  publish: Array<{ port: number; name: string }>;
 }
 
 export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmLaunchRun): Command {
@@ -40,6 +45,11 @@ export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmL
     .option(
       '--ttl <ttl>',
       'time to live DURATION[:pause|delete], e.g. 30s:pause, 2h:delete (default action pause)',
+    )
+    .option(
+      '-p, --publish <port[:name]>',
+      'publish a port through the service proxy once running, e.g. 8000:web (repeatable)',
+      collect,
     );
   return onRun(f, cmd, (c, base) => {
     const o = c.opts<{
@@ -50,6 +60,7 @@ export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmL
       rule?: string[];
       timeout?: string;
       ttl?: string;
+      publish?: string[];
     }>();
     return runF({
       ...base,
@@ -59,6 +70,7 @@ export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmL
       diskGib: positiveInt(o.diskGib, '--disk-gib'),
       firewall: policyFrom(o.mode, o.rule),
       waitSec: positiveInt(o.timeout, '--timeout'),
+      publish: (o.publish ?? []).map((spec) => parsePublish(spec)),
     });
   });
 }
@@ -76,7 +88,14 @@ export async function vmLaunchRun(o: VmLaunchOptions): Promise<number> {
       timeout: o.waitSec === undefined ? undefined : o.waitSec * 1000,
     });
     spin.stop(`✓ VM ${vm.name} is running (${spin.elapsed})`);
+    const services = [];
+    for (const p of o.publish ?? []) services.push(await client.publishService(vm.id, p.name, p.port));
+    if (services.length > 0 && o.json) {
+      o.io.stdout.write(json({ ...vmToJson(vm), services: services.map(serviceToJson) }));
+      return 0;
+    }
     printVm(o, vm);
+    if (services.length > 0) o.io.stdout.write('\n' + serviceTable(services));
   } finally {
     spin.stop();
   }
