@@ -146,12 +146,17 @@ describe.each(TRANSPORTS)('exec sessions over %s', (transport) => {
     const listed = (await api.get(`/v1/vms/${vmId}/execs/${execId}`)).body;
     expect(listed).toMatchObject({ status: 'exited', exitCode: 3, keepAlive: false });
     expect(listed.stdoutBytes + listed.stderrBytes).toBe(8);
+    // A plain stream's output is not kept after its end: attaching gets the exit only.
+    expect(listed.truncatedBefore).toBe(8);
+    const again = await api.get(`/v1/vms/${vmId}/execs/${execId}/stream`);
+    expect(again.headers['x-exec-from-offset']).toBe('8');
+    expect(parse(again.text).events).toEqual([expect.objectContaining({ t: 'x', c: 3 })]);
   });
 
   it('streams every byte of a fast, large output; attach later starts at what is kept', async () => {
     const res = await api.post(
       `/v1/vms/${vmId}/exec`,
-      { command: 'head -c 3000000 /dev/zero' },
+      { command: 'head -c 3000000 /dev/zero', keepAlive: true },
       NDJSON,
     );
     expect(Buffer.byteLength(parse(res.text).out)).toBe(3_000_000);

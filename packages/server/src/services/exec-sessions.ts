@@ -3,7 +3,8 @@
  * stdout and stderr together, in the order produced) so that a client can attach, leave and
  * attach again from a byte offset, and whose end (exit status, or why there is none) stays
  * readable for `retainMs` after it. Every NDJSON exec is one; a detached exec or one with
- * `keepAlive` outlives its request, a plain one is killed when its client goes (as before).
+ * `keepAlive` outlives its request, a plain one is killed when its client goes (as before) and
+ * its output is kept only while it runs.
  * Sessions live in this process only: a server restart forgets them (the commands keep running
  * in the guest, unobserved). See docs/ARCHITECTURE.md ("Exec sessions").
  *
@@ -157,6 +158,12 @@ export class ExecSession {
     for (const listener of this.#listeners) listener(chunk);
   }
 
+  /** @internal Forgets the kept output (`truncatedBefore` becomes `outputBytes`). */
+  dropOutput(): void {
+    this.#chunks.length = 0;
+    this.#buffered = 0;
+  }
+
   /** @internal The command ended. */
   finish(end: ExecEnd, retainMs: number): void {
     if (this.end) return;
@@ -172,7 +179,8 @@ export class ExecSession {
 export class ExecSessions {
   readonly limits: ExecSessionLimits;
   readonly #byVm = new Map<string, Map<string, ExecSession>>();
-  readonly #timers = new Set<NodeJS.Timeout>();
+  /** When each ended session is forgotten. */
+  readonly #timers = new Map<ExecSession, NodeJS.Timeout>();
   readonly #unsubscribe: (() => void) | undefined;
   readonly #logger: Logger | undefined;
 
@@ -214,6 +222,8 @@ export class ExecSessions {
         );
       }
       sessions.delete(oldestEnded.id);
+      clearTimeout(this.#timers.get(oldestEnded));
+      this.#timers.delete(oldestEnded);
     }
     const session = new ExecSession(vm, prepared.argv, opts.keepAlive, this.limits.bufferBytes);
     sessions.set(session.id, session);
@@ -267,22 +277,25 @@ export class ExecSessions {
    */
   close(): void {
     this.#unsubscribe?.();
-    for (const timer of this.#timers) clearTimeout(timer);
+    for (const timer of this.#timers.values()) clearTimeout(timer);
     this.#timers.clear();
     this.#byVm.clear();
   }
 
   #ended(session: ExecSession, end: ExecEnd): void {
     session.finish(end, this.limits.retainMs);
+    // Nobody can come back for a plain stream's output (its client saw it all, or left and so
+    // killed it): keep only its status and counts.
+    if (!session.keepAlive) session.dropOutput();
     const timer = setTimeout(() => {
-      this.#timers.delete(timer);
+      this.#timers.delete(session);
       const sessions = this.#byVm.get(session.vm.id);
       if (sessions?.get(session.id) !== session) return;
       sessions.delete(session.id);
       if (sessions.size === 0) this.#byVm.delete(session.vm.id);
     }, this.limits.retainMs);
     timer.unref();
-    this.#timers.add(timer);
+    this.#timers.set(session, timer);
   }
 
   #dropVm(vmId: string): void {
