@@ -67,6 +67,8 @@ export class SnapshotDigester {
   readonly #checking = new Map<string, Promise<string>>();
   /** Digest jobs in progress, by snapshot id. */
   readonly #jobs = new Map<string, Promise<void>>();
+  /** Wire digests already read, by snapshot id (they never change; `forget` drops one). */
+  readonly #known = new Map<string, SnapshotDigests>();
   /** Child processes hashing right now (killed by `close`). */
   readonly #children = new Set<ReturnType<typeof spawn>>();
   #closed = false;
@@ -107,11 +109,19 @@ export class SnapshotDigester {
 
   /** The wire form of a snapshot's digests, once computed. */
   async get(snapshotId: string): Promise<SnapshotDigests | undefined> {
+    const known = this.#known.get(snapshotId);
+    if (known) return known;
     const snap = await this.layers.readSnapshot(snapshotId);
     if (!snap?.digests) return undefined;
     const out: Record<string, string> = {};
     for (const [layer, d] of Object.entries(snap.digests.layers)) out[layer] = `sha256:${d.sha256}`;
+    this.#known.set(snapshotId, out);
     return out;
+  }
+
+  /** A deleted snapshot's digests are no longer served. */
+  forget(snapshotId: string): void {
+    this.#known.delete(snapshotId);
   }
 
   /**

@@ -355,6 +355,7 @@ export class QemuRuntime implements Runtime {
   }
 
   async deleteSnapshot(snapshotId: string): Promise<void> {
+    this.#digests.forget(snapshotId);
     await fs.rm(this.#layers.snapDir(snapshotId), { recursive: true, force: true });
     await this.#layers.gc();
   }

@@ -162,6 +162,16 @@ export function runtimeContract(name: string, target: ContractTarget): void {
       });
     });
 
+    it('reports the content digests of a snapshot once computed (sha256 per layer)', async () => {
+      let digests = await rt.snapshotDigests(SNAP);
+      for (let i = 0; i < 240 && !digests; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        digests = await rt.snapshotDigests(SNAP);
+      }
+      const sha = expect.stringMatching(/^sha256:[0-9a-f]{64}$/);
+      expect(digests).toEqual({ memory: sha, disk: sha, state: sha });
+    }, 90_000);
+
     it('answers unknown ids with not_found / snapshot_not_found; destroy is idempotent', async () => {
       const nope = `ct-${tag}-nope`;
       await expect(run(nope, ['true'])).rejects.toMatchObject({ code: 'not_found' });
@@ -173,6 +183,7 @@ export function runtimeContract(name: string, target: ContractTarget): void {
       });
       expect(rt.get(nope)).toBeUndefined();
       expect(await rt.hasSnapshot(nope)).toBe(false);
+      expect(await rt.snapshotDigests(nope)).toBeUndefined();
       await expect(rt.destroy(nope)).resolves.toBeUndefined();
     });
 

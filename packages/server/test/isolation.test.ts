@@ -60,6 +60,8 @@ describe.each(TRANSPORTS)('cross-org isolation over %s', (transport) => {
       expect((await b.get(`/v1/snapshots/${ref}`)).status).toBe(404);
       expect((await b.patch(`/v1/snapshots/${ref}`, { name: 'stolen' })).status).toBe(404);
       expect((await b.del(`/v1/snapshots/${ref}`)).status).toBe(404);
+      expect((await b.post(`/v1/snapshots/${ref}/fork`, { count: 1 })).status).toBe(404);
+      expect((await b.get(`/v1/snapshots/${ref}/lineage`)).status).toBe(404);
       const restore = await b.post('/v1/vms', { snapshotId: ref });
       expect(restore.status).toBe(404);
       expect(restore.body.field).toBe('snapshotId');
