@@ -708,6 +708,7 @@ describe(`cross-org: another org's key on every route (FUZZ_SEED=${SEED})`, () =
       'POST /v1/vms/{id}/files/presign': { path: '/root/x' },
       'POST /v1/vms/{id}/files/fetch': { url: 'http://x/storage/y', path: '/root/x' },
       'PATCH /v1/snapshots/{id}': { name: 'stolen' },
+      'POST /v1/snapshots/{id}/fork': { count: 1 },
     };
     const tasks: Array<() => Promise<void>> = [];
     const clients: TestClient[] = [];
