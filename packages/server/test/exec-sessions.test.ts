@@ -5,6 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExecSession, ExecSessions } from '../src/services/exec-sessions.js';
+import type { VmRecord } from '../src/domain/index.js';
+import { VmEvents } from '../src/services/vm-events.js';
 import type { PreparedExec } from '../src/services/vm-service.js';
 import {
   TRANSPORTS,
@@ -342,6 +344,31 @@ describe('the session store', () => {
     pending[2]!();
     await sleep(80);
     expect(store.list(vm)).toEqual([]);
+    store.close();
+  });
+
+  it("forgets a deleted VM's sessions and kills the running ones", () => {
+    const events = new VmEvents();
+    let signal: AbortSignal | undefined;
+    const runner = {
+      runExec: (_p: PreparedExec, streams: { signal?: AbortSignal }) => {
+        signal = streams.signal;
+        return new Promise<never>(() => {});
+      },
+    };
+    const store = new ExecSessions(runner, { events });
+    const prepared = {
+      vm,
+      argv: ['sleep', '9'],
+      env: {},
+      timeoutMs: 1000,
+    } as unknown as PreparedExec;
+    store.start(prepared, { keepAlive: true });
+    events.changed({ ...vm, status: 'running' } as unknown as VmRecord);
+    expect(store.list(vm)).toHaveLength(1);
+    events.changed({ ...vm, status: 'deleted' } as unknown as VmRecord);
+    expect(store.list(vm)).toEqual([]);
+    expect(signal?.aborted).toBe(true);
     store.close();
   });
 });
