@@ -61,7 +61,6 @@ export async function snapshotVm(
   let delta: { runs: number; bytes: number };
   let frozen: { pid: number; release(): void } | undefined;
   let recorded: Promise<void> | undefined;
-  let clock: Promise<void> | undefined;
   try {
     const [, memFile] = await Promise.all([
       layers.newOverlay(newTop, rec.disk.top, rec.diskGiB),
@@ -94,8 +93,9 @@ export async function snapshotVm(
     crashPoint('snapshot:frozen');
     await resumeAfterMigration(vm.qmp);
     pauseMs = performance.now() - pauseStart;
-    // The guest's clock stood still during the pause: set it again while the delta is copied.
-    clock = syncClock(vm.agent, { timeoutMs: 5000 }).catch((err: unknown) =>
+    // The guest's clock stood still during the pause: set it again. Not awaited: the snapshot
+    // does not depend on it, and an agent busy with a flood of output must not hold it up.
+    void syncClock(vm.agent, { timeoutMs: 5000 }).catch((err: unknown) =>
       ctx.log(`runtime: clock sync of ${rec.id} after its snapshot failed: ${String(err)}`),
     );
     // (Written after the pause, while the delta is copied: until then the intent covers a crash.)
@@ -103,7 +103,6 @@ export async function snapshotVm(
     recorded.catch(() => {});
     delta = await dumpDelta(image.memdelta, frozen.pid, map, deltaPath);
     await recorded;
-    await clock;
   } catch (err) {
     if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
     await fs.rm(dir, { recursive: true, force: true });
@@ -114,7 +113,6 @@ export async function snapshotVm(
       delete rec.nextTop;
     }
     await recorded?.catch(() => {});
-    await clock;
     await layers.writeVm(vm.dir, rec).catch(() => {});
     layers.settle(newTop, deltaPath);
     void layers.gc();
