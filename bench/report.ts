@@ -90,6 +90,9 @@ const RATIOS: [string, string][] = [
   ['fork10_net_ready', 'fork10_net_ready_off'],
   ['restore_run_net', 'restore_run_net_off'],
   ['launch_run_net', 'launch_run_net_off'],
+  // Through the service proxy / to the same VM port directly, same run (bench/proxy.ts, issue 14).
+  ['proxy_rps', 'proxy_direct_rps'],
+  ['proxy_latency', 'proxy_direct_latency'],
 ];
 
 export function buildReport(o: {
@@ -258,6 +261,14 @@ function targets(
     `launch_run_net p50 (ms; off: launch_run_net_off ${fmt(s.launch_run_net_off?.p50)})`,
     s.launch_run_net?.p50,
     30,
+  );
+  const ge = (target: string, measured: string, value: number | undefined, limit: number) =>
+    t.push({ target, measured, value: value ?? null, ok: value === undefined ? null : value >= limit });
+  ge(
+    'service proxy ≥ 0.8× the direct path: 1 KiB, 32 keep-alive connections (issue 14)',
+    `proxy_rps / proxy_direct_rps p50 (${fmt(s.proxy_rps?.p50)} / ${fmt(s.proxy_direct_rps?.p50)} req/s)`,
+    r['proxy_rps/proxy_direct_rps'],
+    0.8,
   );
   const f100 = s.fanout_100_idle;
   const f100Failed = errors.some((e) => e.startsWith('fanout_100_idle'));

@@ -30,6 +30,7 @@ import {
   startVmServer,
   type VmServer,
 } from './net.js';
+import { loadWindow, startProxyBenchServer } from './proxy.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
 import {
@@ -57,9 +58,10 @@ const GROUPS = [
   'api',
   'cli',
   'net',
+  'proxy',
 ] as const;
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
-const NO_VM: readonly Group[] = ['api', 'cli', 'net'];
+const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy'];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -877,6 +879,55 @@ async function groupNet(): Promise<void> {
   }
 }
 
+/**
+ * The service proxy (issue 14, bench/proxy.ts): 1 KiB answers over 32 keep-alive connections
+ * through the proxy and to the same VM port directly, in alternating windows; a server with
+ * networking in a child process, its VM running an asyncio server from the test fixtures.
+ */
+async function groupProxy(): Promise<void> {
+  const why = await netUnavailable();
+  if (why) {
+    const line = `proxy: skipped, the VM needs host networking (root, /dev/net/tun, nft): ${why}`;
+    info.push(line);
+    log(`  ${line}`);
+    return;
+  }
+  const dir = path.join(benchRoot, 'proxy');
+  fs.mkdirSync(dir, { recursive: true });
+  const srv = await startProxyBenchServer(dir);
+  try {
+    const direct = { connect: srv.address, port: srv.port, hostHeader: `[${srv.address}]:${srv.port}` };
+    const proxied = { connect: '127.0.0.1', port: srv.proxyPort, hostHeader: srv.host };
+    const seconds = quick ? 3 : 5;
+    let errs = 0;
+    for (let round = 0; round < (quick ? 2 : 3); round++) {
+      for (const [name, target] of [
+        ['proxy_direct', direct],
+        ['proxy', proxied],
+      ] as const) {
+        const w = await loadWindow(target, 32, seconds);
+        rec.add(`${name}_rps`, 'req/s', w.rps);
+        for (const v of w.latencies) rec.add(`${name}_latency`, 'ms', v);
+        errs += w.errors;
+      }
+    }
+    rec.note(
+      'proxy_rps',
+      `GET / (1 KiB) through the service proxy (Host: bench--<vm>.proxy.localhost), 32 keep-alive ` +
+        `connections; ${seconds}-s windows alternating with proxy_direct_rps; samples = windows`,
+    );
+    rec.note(
+      'proxy_direct_rps',
+      "the same VM port reached directly at the VM's public IPv6 from the host (same backend: " +
+        'an asyncio HTTP/1.1 server in the guest, fast_http.py)',
+    );
+    rec.note('proxy_latency', 'per-request latency through the proxy (all requests of the windows)');
+    if (errs) errors.push(`proxy: ${errs} failed requests`);
+  } finally {
+    await srv.close();
+  }
+}
+
 // -------------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
@@ -926,6 +977,7 @@ async function main(): Promise<number> {
     api: groupApi,
     cli: groupCli,
     net: groupNet,
+    proxy: groupProxy,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;
