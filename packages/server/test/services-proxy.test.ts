@@ -5,8 +5,13 @@
  * Host, error pages, streaming both ways, SSE, WebSocket upgrades, h2c backends with trailers,
  * HTTP/2 clients, credentials and their removal, and what a Host header cannot reach.
  */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs/promises';
 import http from 'node:http';
 import http2 from 'node:http2';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -423,5 +428,101 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
     const noAddr = await h1(proxyPort, host('web', bare.body.id.replace(/-/g, '')));
     expect(noAddr.status).toBe(502);
     expect(noAddr.body).toMatch(/no network address/);
+  });
+});
+
+describe('service proxy over TLS (the API certificate)', { timeout: 30_000 }, () => {
+  let t: TestServer;
+  let certDir: string;
+  let cert: Buffer;
+  let backend: http.Server;
+
+  beforeAll(async () => {
+    certDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fvsvc-tls-'));
+    const keyFile = path.join(certDir, 'key.pem');
+    const certFile = path.join(certDir, 'cert.pem');
+    execFileSync(
+      'openssl',
+      [
+        ...['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'],
+        ...['-keyout', keyFile, '-out', certFile, '-days', '1', '-subj', '/CN=localhost'],
+        ...['-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:*.proxy.localhost'],
+      ],
+      { stdio: 'ignore' },
+    );
+    cert = await fs.readFile(certFile);
+    backend = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(`tls ${req.headers['x-forwarded-proto']}`);
+    });
+    const port = await listen(backend);
+    t = await startTestServer({
+      network: new LoopbackNetwork(),
+      tls: { cert, key: await fs.readFile(keyFile) },
+    });
+    const call = (p: string, body: unknown): Promise<{ id?: string; url?: string }> =>
+      new Promise((resolve, reject) => {
+        const req = https.request(
+          `${t.url}${p}`,
+          {
+            method: 'POST',
+            ca: cert,
+            headers: { 'x-api-key': t.key, 'content-type': 'application/json' },
+          },
+          (res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString()));
+            res.on('end', () => resolve(JSON.parse(text) as { id?: string; url?: string }));
+          },
+        );
+        req.on('error', reject);
+        req.end(JSON.stringify(body));
+      });
+    const vm = await call('/v1/vms', { machineType: 'c1m2' });
+    const svc = await call(`/v1/vms/${vm.id}/services`, { name: 'web', port });
+    expect(svc.url).toMatch(/^https:\/\/web--[0-9a-f]{32}\.proxy\.localhost:\d+$/);
+  });
+  afterAll(async () => {
+    await t.cleanup();
+    backend.close();
+    await fs.rm(certDir, { recursive: true, force: true });
+  });
+
+  it('serves h2 (ALPN) and HTTP/1.1 over TLS', async () => {
+    const id = (await t.server.store.listVms((await t.server.store.listOrgs())[0]!.id))[0]!.id;
+    const host = `web--${id.replace(/-/g, '')}.proxy.localhost:${t.server.proxy.port}`;
+    const session = http2.connect(`https://127.0.0.1:${t.server.proxy.port}`, { ca: cert });
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        const st = session.request({ ':path': '/', ':authority': host });
+        const chunks: Buffer[] = [];
+        st.on('data', (c: Buffer) => chunks.push(c));
+        st.on('end', () => resolve(Buffer.concat(chunks).toString()));
+        st.on('error', reject);
+      });
+      expect(body).toBe('tls https');
+    } finally {
+      session.close();
+    }
+    const viaH1 = await new Promise<string>((resolve, reject) => {
+      https
+        .get(
+          {
+            host: '127.0.0.1',
+            port: t.server.proxy.port,
+            path: '/',
+            headers: { host },
+            ca: cert,
+            servername: 'localhost',
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => resolve(Buffer.concat(chunks).toString()));
+          },
+        )
+        .on('error', reject);
+    });
+    expect(viaH1).toBe('tls https');
   });
 });
