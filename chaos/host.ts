@@ -6,6 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { tapPrefixFor } from '@fastvm/runtime';
 
 /** QEMU processes that run from `<runtimeDir>/vms/<name>/`, by pid → name. */
 export function qemuProcesses(runtimeDir: string): Map<number, string> {
@@ -41,10 +42,11 @@ function parentOf(pid: number): number {
 }
 
 /**
- * Removes a bridge, the links enslaved to it and the nftables tables named after it (what a failed
+ * Removes a host interface, the taps named after it and the nftables tables named after it (what a failed
  * run may leave; a passing run leaves nothing).
  */
 export function removeNetwork(bridge: string): void {
+  const prefix = tapPrefixFor(bridge);
   const run = (cmd: string, args: string[]) => {
     try {
       return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
@@ -52,9 +54,9 @@ export function removeNetwork(bridge: string): void {
       return '';
     }
   };
-  for (const line of run('ip', ['-o', 'link', 'show', 'master', bridge]).split('\n')) {
+  for (const line of run('ip', ['-o', 'link', 'show']).split('\n')) {
     const name = /^\d+: ([^:@]+)/.exec(line)?.[1];
-    if (name) run('ip', ['link', 'del', name]);
+    if (name?.startsWith(prefix)) run('ip', ['link', 'del', name]);
   }
   run('ip', ['link', 'del', bridge]);
   for (const t of nftTables()) {

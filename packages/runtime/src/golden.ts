@@ -12,6 +12,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
+import { GUEST_NET, GUEST_NET_VERSION, guestNetIdentity, pinGatewayMac } from './guest-net.js';
 import { qemuImgCreate } from './layers.js';
 import { migrateToFile, stateUri } from './migration.js';
 import { spawnQemu, stopProcess, waitExit } from './process.js';
@@ -21,7 +22,7 @@ import { readJson, writeJson, type SnapshotRecord } from './records.js';
 import { MACHINES, type MachineType, RuntimeError } from './types.js';
 
 /** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
-export const GOLDEN_FORMAT = 5;
+export const GOLDEN_FORMAT = 6;
 
 export interface GoldenContext {
   readonly goldenDir: string;
@@ -100,12 +101,15 @@ export class GoldenCache {
         qmpPath: path.join(work, 'qmp.sock'),
         agentPath: path.join(work, 'agent.sock'),
         serialPath: path.join(work, 'serial.log'),
-        mac: '02:00:00:00:00:01',
+        mac: GUEST_NET.mac,
         incoming: false,
       });
       pid = await spawnQemu(qemuBinary(accel), work, args, {});
       qmp = await QmpClient.connect(path.join(work, 'qmp.sock'), { timeoutMs: 10_000 });
       agent = await AgentClient.connect(path.join(work, 'agent.sock'), { timeoutMs: 120_000 });
+      // The network configuration every VM keeps (guest-net.ts): set once, here.
+      await agent.setIdentity(guestNetIdentity());
+      await pinGatewayMac(agent);
       // Warm the guest's page cache with what users run first; forks share these pages.
       const warm = await agent.exec({
         argv: ['sh', '-c', 'python3 -c pass; curl --version >/dev/null; tmux -V >/dev/null; sync'],
@@ -137,6 +141,7 @@ export class GoldenCache {
         disk: [at(final).disk, image.rootfs],
         state: at(final).state,
         paused: false,
+        guestNet: GUEST_NET_VERSION,
         createdAt: new Date().toISOString(),
       };
       await writeJson(path.join(work, 'snapshot.json'), rec);

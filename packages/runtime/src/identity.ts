@@ -1,25 +1,30 @@
 /**
  * What makes a VM (launched, restored or taken from the warm pool) itself and not its source:
- * the IDENTITY the agent applies (hostname, machine-id, clock, RNG seed, MAC and addresses), and
- * plugging its NIC into its tap when it started without one.
+ * the IDENTITY the agent applies (hostname, machine-id, clock, RNG seed), and plugging its NIC
+ * into its tap when it started without one. The guest's network configuration is not part of it:
+ * every guest keeps the one of `guest-net.ts`, and the host translates (see `network.ts`).
  * @module
  */
 import crypto from 'node:crypto';
 import type { AgentClient, AgentIdentity, AgentRequestOptions } from './agent-client.js';
 import type { QmpClient } from './qmp.js';
-import type { VmNetwork } from './types.js';
+import { guestNetIdentity } from './guest-net.js';
 
+/**
+ * `legacyNet`: the guest comes from a snapshot taken before guests kept a fixed network
+ * configuration (no `guestNet` on its record); it is given that configuration once.
+ */
 export function freshIdentity(
   id: string,
   hostname: string | undefined,
-  network: VmNetwork | undefined,
+  legacyNet = false,
 ): AgentIdentity {
   return {
     hostname: hostname ?? `vm-${id.slice(0, 8)}`,
     machineId: crypto.randomBytes(16).toString('hex'),
     clockNs: BigInt(Date.now()) * 1_000_000n,
     entropy: crypto.randomBytes(64),
-    ...(network ? { net: [netLine(network)], routes: routeLines(network) } : {}),
+    ...(legacyNet ? guestNetIdentity() : {}),
   };
 }
 
@@ -57,16 +62,6 @@ export function randomMac(): string {
   return ['02', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
 }
 
-function netLine(n: VmNetwork): string {
-  return ['eth0', n.mac, n.ipv6, n.ipv4].filter(Boolean).join(' ');
-}
-
-function routeLines(n: VmNetwork): string[] {
-  const r: string[] = [];
-  if (n.ipv6Gateway) r.push(`-6 default via ${n.ipv6Gateway} dev eth0`);
-  if (n.ipv4Gateway) r.push(`default via ${n.ipv4Gateway} dev eth0`);
-  return r;
-}
 
 /** Connects a tap to the NIC of a VM started with its NIC on QEMU hub 0 (no `tap` at start). */
 export async function plugTap(qmp: QmpClient, tap: string): Promise<void> {

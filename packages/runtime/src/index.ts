@@ -12,8 +12,10 @@ export {
   NetworkManager,
   probeNetworking,
   publicIpv6,
+  tapPrefixFor,
   validatePolicy,
 } from './network.js';
+export { GUEST_NET } from './guest-net.js';
 export type {
   BridgeOwner,
   FirewallPolicy,

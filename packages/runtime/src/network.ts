@@ -1,32 +1,41 @@
 /**
- * Host side of VM networking: a bridge with the VMs' gateway addresses, one tap per VM, and
- * nftables for NAT, isolation, anti-spoofing and each VM's ingress firewall.
+ * Host side of VM networking. Every guest keeps one fixed network configuration for life
+ * (`guest-net.ts`: the same MAC and private addresses in every VM, set in the golden), and the
+ * host makes each VM unique from the outside: each VM has a tap of its own, which is a routed
+ * link of the host (no bridge: no two VMs share a layer-2 segment), and the tap's nftables table
+ * translates statelessly between the guest's private addresses and the VM's public IPv6 and its
+ * IPv4 from the host's NAT subnet.
  *
  * ```
- *   internet / host ── (routing, IPv4 NAT) ── bridge fvbr0  <prefix>::1/64, 10.213.0.1/16
- *                                              ├── tap fvt… ── VM A  (port isolated)
- *                                              └── tap fvt… ── VM B  (port isolated)
+ *   internet / host ── routes <public v6>/128 and <v4>/32 ── tap fvt… ── VM A  eth0 fd00:fc::2, 10.0.2.15
+ *        (IPv4 NAT)  ── routes <public v6>/128 and <v4>/32 ── tap fvt… ── VM B  eth0 fd00:fc::2, 10.0.2.15
+ *   host interface fvbr0 (a bridge without ports): <prefix>::1/64, 10.213.0.1/16 — the host as VMs reach it
  * ```
  *
  * nftables objects (all created and removed here):
  * - `inet fastvm_<bridge>`: VM → host input allow-list, VM ↔ VM drop, IPv4 masquerade, and the
  *   *reply mark*: conntrack runs in the inet hooks, which mark packets of established/related
- *   connections that leave through the bridge.
- * - `netdev fastvm_<bridge>_<tap>` per VM: an `ingress` chain (frames from the VM: only its own
- *   MAC/IPv6/IPv4 source) and an `egress` chain (frames into the VM: the firewall policy). The
- *   egress chain sees every path into the VM — routed, host-originated or bridged — but conntrack
- *   is not available in the netdev family (`ct state` there fails with EPROTO), so replies to the
- *   VM's own connections are recognised by the reply mark.
+ *   connections that leave through a tap.
+ * - `netdev fastvm_<bridge>_<tap>` per port: an `ingress` chain (frames from the VM: only the
+ *   guest's MAC and addresses, whose source is then rewritten to the VM's public ones) and an
+ *   `egress` chain (frames into the VM: the destination rewritten back, then the firewall
+ *   policy). Conntrack is not available in the netdev family, so replies to the VM's own
+ *   connections are recognised by the reply mark.
  *
- * Allocations (tap, MAC, addresses) are persisted in `<stateDir>/network.json`, so no two live VMs
- * ever share an address across restarts; `reconcile` removes what crashed runs left behind.
+ * **Ports.** A port (tap, public IPv6, IPv4, routes, neighbours, table with a closed firewall)
+ * does not depend on the VM that will use it, so spare ports are made ahead of time in the
+ * background; `allocate` hands one out without any host work, and a VM whose policy is the
+ * default one needs no nft call either. Ports are never reused: a released port is deleted.
+ * Ports are persisted in `<stateDir>/network.json`, so no two live VMs ever share an address
+ * across restarts; `reconcile` removes what crashed runs left behind.
  *
- * **Ownership.** A bridge belongs to one state dir (one server's data dir) at a time, since
- * `reconcile` treats every tap and per-VM table on it that its own state does not list as a
- * leftover. The owner holds a lock that dies with its process: a listening abstract Unix socket
- * named after the bridge (abstract sockets, like bridges, are per network namespace, and no file
- * can go stale). `/run/fastvm/bridge-<name>.json` records who owns it. A second live manager
- * with another state dir is refused with `BridgeInUseError`; a dead owner's claim is taken over.
+ * **Ownership.** A host interface and its tap prefix belong to one state dir (one server's data
+ * dir) at a time, since `reconcile` treats every tap and per-VM table with its names that its
+ * own state does not list as a leftover. The owner holds a lock that dies with its process: a
+ * listening abstract Unix socket named after the interface (abstract sockets, like interfaces,
+ * are per network namespace, and no file can go stale). `/run/fastvm/bridge-<name>.json` records
+ * who owns it. A second live manager with another state dir is refused with `BridgeInUseError`;
+ * a dead owner's claim is taken over.
  * @module
  */
 import { spawn } from 'node:child_process';
@@ -34,6 +43,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { GUEST_NET } from './guest-net.js';
 import type { VmNetwork } from './types.js';
 
 /** One ingress rule of a VM's firewall (the API's v1 shape). */
@@ -56,14 +66,19 @@ export interface FirewallPolicy {
 export interface NetworkManagerOptions {
   /** Directory for `network.json` (allocations, the chosen prefix, changed sysctls). */
   readonly stateDir: string;
-  /** Bridge name (default `fvbr0`). */
+  /**
+   * Name of the host interface (a bridge without ports) that holds the host's addresses in the VMs' prefix and
+   * subnet (default `fvbr0`; the name is kept from when it was a bridge).
+   */
   readonly bridge?: string;
   /** The VMs' IPv6 /64, e.g. `2001:db8:1:2::/64`. Default: a random ULA /64, chosen once. */
   readonly ipv6Prefix?: string;
   /** Private IPv4 subnet, NATed on the way out (default `10.213.0.0/16`). */
   readonly ipv4Subnet?: string;
-  /** Start of every tap name (default `fvt`); the rest is a hash of the VM id. */
+  /** Start of every tap name (default `fvt`, or a hash of `bridge`); the rest is random hex. */
   readonly tapPrefix?: string;
+  /** Ports kept ready for the next VMs (default 8). */
+  readonly sparePorts?: number;
   /** Host TCP ports VMs may connect to (default none). */
   readonly hostTcpPorts?: readonly number[];
   /** Packet-mark bit that flags replies to a VM's own connections (default `0x01000000`). */
@@ -117,29 +132,36 @@ export interface ReconcileResult {
   readonly removedTables: string[];
 }
 
-const STATE_VERSION = 1;
+const STATE_VERSION = 2;
 const DEFAULT_BRIDGE = 'fvbr0';
 const DEFAULT_IPV4_SUBNET = '10.213.0.0/16';
 const DEFAULT_TAP_PREFIX = 'fvt';
 const DEFAULT_REPLY_MARK = 0x01000000;
+const DEFAULT_SPARE_PORTS = 8;
+/** Spare ports are made this long after the last hand-out, so that launches have the CPU first. */
+const REFILL_DELAY_MS = 500;
 const IFNAME_MAX = 15;
 const CMD_TIMEOUT_MS = 15_000;
 /** Owner records of bridges (a tmpfs: gone at reboot, like the bridges). */
 const OWNER_DIR = '/run/fastvm';
 
-interface Allocation {
+/** A VM's tap with its public addresses; `vmId` absent: a spare. */
+interface Port {
   tap: string;
-  mac: string;
   /** Bare addresses (no prefix length). */
   ipv6: string;
   ipv4: string;
+  vmId?: string;
 }
 
 interface State {
   version: number;
   /** Set when the prefix was generated (not configured), so it stays the same across restarts. */
   generatedIpv6Prefix?: string;
-  vms: Record<string, Allocation>;
+  /** By tap name. */
+  ports: Record<string, Port>;
+  /** Where the search for a free IPv4 starts (host part). */
+  nextIpv4?: number;
   /** Original values of the global sysctls this manager changed (restored at teardown). */
   sysctls: Record<string, string>;
 }
@@ -160,7 +182,6 @@ export async function probeNetworking(): Promise<NetworkProbe> {
   }
   for (const [tool, args] of [
     ['ip', ['-V']],
-    ['bridge', ['-V']],
     ['nft', ['--version']],
   ] as const) {
     try {
@@ -207,17 +228,22 @@ export function publicIpv6(n: VmNetwork | undefined): string | null {
  * do networking, `available` is false, `reason` says why, and the other methods throw.
  */
 export class NetworkManager {
+  /** The host interface (a bridge without ports) holding the VMs' gateway addresses; names the ownership lock. */
   readonly bridge: string;
   readonly ipv6Prefix: string;
+  /** The host's address in the VMs' IPv6 prefix (on the host interface). */
   readonly ipv6Gateway: string;
   readonly ipv4Subnet: string;
+  /** The host's address in the VMs' IPv4 subnet (on the host interface). */
   readonly ipv4Gateway: string;
+  /** Start of every tap name this manager owns. */
+  readonly tapPrefix: string;
 
   readonly #statePath: string;
-  readonly #tapPrefix: string;
   readonly #hostTable: string;
   readonly #vmTablePrefix: string;
   readonly #mark: number;
+  readonly #spare: number;
   readonly #log: (msg: string) => void;
   readonly #v6: Cidr6;
   readonly #v4: Cidr4;
@@ -225,6 +251,13 @@ export class NetworkManager {
   #state: State;
   #lock: Promise<unknown> = Promise.resolve();
   readonly #fwQueues = new Map<string, Promise<unknown>>();
+  /** Free ports whose devices and tables exist (created by this process or checked by it). */
+  readonly #ready = new Set<string>();
+  /** The policy each port's firewall chain holds now (a key), to skip no-op applies. */
+  readonly #installed = new Map<string, string>();
+  #refilling: Promise<void> | undefined;
+  #refillTimer: NodeJS.Timeout | undefined;
+  #closed = false;
   /** This manager's hold on the bridge (see "Ownership" in the module comment). */
   #claim: Claim | undefined;
 
@@ -237,11 +270,12 @@ export class NetworkManager {
     v4: Cidr4,
   ) {
     this.bridge = opts.bridge ?? DEFAULT_BRIDGE;
+    this.tapPrefix = opts.tapPrefix ?? tapPrefixFor(this.bridge);
     this.#statePath = path.join(opts.stateDir, 'network.json');
-    this.#tapPrefix = opts.tapPrefix ?? DEFAULT_TAP_PREFIX;
     this.#hostTable = `fastvm_${this.bridge}`;
     this.#vmTablePrefix = `fastvm_${this.bridge}_`;
     this.#mark = opts.replyMark ?? DEFAULT_REPLY_MARK;
+    this.#spare = opts.sparePorts ?? DEFAULT_SPARE_PORTS;
     this.#log = opts.log ?? (() => {});
     this.#hostTcpPorts = [...(opts.hostTcpPorts ?? [])];
     this.#state = state;
@@ -254,9 +288,9 @@ export class NetworkManager {
   }
 
   /**
-   * Probes the host and, when it can, sets up the bridge, its addresses, forwarding and the host
-   * nft table (idempotent: a restart with live VMs keeps their taps). Throws only for invalid
-   * options or a failed setup on a capable host.
+   * Probes the host and, when it can, sets up the host interface, its addresses, forwarding and
+   * the host nft table (idempotent: a restart with live VMs keeps their taps), then starts
+   * making spare ports. Throws only for invalid options or a failed setup on a capable host.
    */
   static async create(opts: NetworkManagerOptions): Promise<NetworkManager> {
     validateOptions(opts);
@@ -276,7 +310,7 @@ export class NetworkManager {
     const nm = new NetworkManager(probe.available, probe.reason, opts, state, v6, v4);
     if (!probe.available) return nm;
     fs.mkdirSync(opts.stateDir, { recursive: true });
-    // Before touching the bridge: another live server's taps and tables are not ours to change.
+    // Before touching the host: another live server's taps and tables are not ours to change.
     nm.#claim = await claimBridge(
       nm.bridge,
       fs.realpathSync(opts.stateDir),
@@ -290,64 +324,85 @@ export class NetworkManager {
       nm.#releaseClaim(false);
       throw err;
     }
+    nm.#scheduleRefill(0);
     return nm;
   }
 
   /** The network of a VM that has one. */
   get(vmId: string): VmNetwork | undefined {
-    const a = this.#state.vms[vmId];
-    return a ? this.#toVmNetwork(a) : undefined;
+    const p = this.#portOf(vmId);
+    return p ? this.#toVmNetwork(p) : undefined;
   }
 
   /** Ids of the VMs that hold an allocation. */
   allocated(): string[] {
-    return Object.keys(this.#state.vms);
+    return Object.values(this.#state.ports).flatMap((p) => (p.vmId ? [p.vmId] : []));
+  }
+
+  /** Free ports ready to be handed out at once. */
+  spareReady(): number {
+    return this.#ready.size;
   }
 
   /**
-   * Gives a VM a tap on the bridge, a unique MAC, IPv6 and IPv4, anti-spoofing and a closed
-   * firewall (`restricted` with no rules) until `applyFirewall`. Idempotent per VM id.
+   * Gives a VM a port: a tap of its own, routed to its public IPv6 and its IPv4, with the address
+   * translation to the guest's fixed addresses, anti-spoofing, and a closed firewall (`restricted`
+   * with no rules) until `applyFirewall`. A spare port is handed out without any host work; only
+   * when none is ready is one made now. Idempotent per VM id.
    */
   allocate(vmId: string): Promise<VmNetwork> {
     this.#requireAvailable();
+    const existing = this.#portOf(vmId);
+    if (existing) {
+      if (this.#ready.has(existing.tap)) return Promise.resolve(this.#toVmNetwork(existing));
+      // A retry after a failure, or a VM of an earlier run: make sure it is all there.
+      return this.#exclusive(async () => {
+        await this.#createPort(existing, { keepFirewall: true });
+        return this.#toVmNetwork(existing);
+      });
+    }
+    const tap = this.#ready.values().next().value as string | undefined;
+    if (tap !== undefined) {
+      this.#ready.delete(tap);
+      const port = this.#state.ports[tap]!;
+      port.vmId = vmId;
+      this.#save(); // recorded before the VM uses it
+      this.#scheduleRefill();
+      return Promise.resolve(this.#toVmNetwork(port));
+    }
+    this.#scheduleRefill();
     return this.#exclusive(async () => {
-      let a = this.#state.vms[vmId];
-      const fresh = !a;
-      if (!a) {
-        a = this.#newAllocation(vmId);
-        // Recorded before anything is created, so a crash in between leaves nothing unowned.
-        this.#state.vms[vmId] = a;
-        this.#save();
-      }
+      const port = this.#newPort(vmId);
       try {
-        // An existing allocation keeps its firewall (this is a retry, not a new VM).
-        await this.#createTap(a, { fresh, keepFirewall: !fresh });
+        await this.#createPort(port, { fresh: true });
       } catch (err) {
-        await this.#removeVm(a).catch(() => {});
-        delete this.#state.vms[vmId];
+        await this.#removePort(port).catch(() => {});
+        delete this.#state.ports[port.tap];
         this.#save();
         throw err;
       }
-      return this.#toVmNetwork(a);
+      return this.#toVmNetwork(port);
     });
   }
 
   /**
    * Replaces the VM's ingress firewall in one nft transaction (in effect when this resolves).
-   * Calls for one VM are applied in order.
+   * Calls for one VM are applied in order. A policy the port holds already costs nothing.
    */
   applyFirewall(vmId: string, policy: FirewallPolicy): Promise<void> {
     this.#requireAvailable();
-    const script = (a: Allocation): string => this.#firewallScript(a, policy);
     // Validate before queueing so a bad policy fails fast and never reaches nft.
     validatePolicy(policy);
+    const key = policyKey(policy);
     const prev = this.#fwQueues.get(vmId) ?? Promise.resolve();
     const next = prev
       .catch(() => {})
       .then(async () => {
-        const a = this.#state.vms[vmId];
-        if (!a) throw new Error(`VM ${vmId} has no network allocation`);
-        await nft(script(a));
+        const p = this.#portOf(vmId);
+        if (!p) throw new Error(`VM ${vmId} has no network allocation`);
+        if (this.#installed.get(p.tap) === key) return;
+        await nft(this.#firewallScript(p, policy));
+        this.#installed.set(p.tap, key);
       });
     this.#fwQueues.set(vmId, next);
     void next
@@ -358,15 +413,15 @@ export class NetworkManager {
     return next;
   }
 
-  /** Removes the VM's tap, nft table and neighbour entries and frees its addresses. Idempotent. */
+  /** Removes the VM's tap (with its routes and neighbours) and nft table. Idempotent. */
   release(vmId: string): Promise<void> {
     if (!this.available) return Promise.resolve();
     return this.#exclusive(async () => {
-      const a = this.#state.vms[vmId];
-      if (!a) return;
+      const p = this.#portOf(vmId);
+      if (!p) return;
       await this.#fwQueues.get(vmId)?.catch(() => {});
-      await this.#removeVm(a);
-      delete this.#state.vms[vmId];
+      await this.#removePort(p);
+      delete this.#state.ports[p.tap];
       this.#save();
     });
   }
@@ -378,10 +433,10 @@ export class NetworkManager {
    */
   async dropCounters(vmId: string): Promise<{ spoofed: number; firewall: number }> {
     this.#requireAvailable();
-    const a = this.#state.vms[vmId];
-    if (!a) throw new Error(`VM ${vmId} has no network allocation`);
+    const p = this.#portOf(vmId);
+    if (!p) throw new Error(`VM ${vmId} has no network allocation`);
     const out = JSON.parse(
-      await run('nft', ['-j', 'list', 'table', 'netdev', this.#vmTable(a)]),
+      await run('nft', ['-j', 'list', 'table', 'netdev', this.#vmTable(p)]),
     ) as {
       nftables: Array<{ rule?: { chain: string; expr: Array<Record<string, unknown>> } }>;
     };
@@ -409,33 +464,35 @@ export class NetworkManager {
   }
 
   /**
-   * After a restart: releases the allocations of VMs not in `liveVmIds`, removes taps on the
-   * bridge and per-VM nft tables that no allocation owns, and re-creates missing taps and
-   * anti-spoofing for the live ones (their firewall is left closed if it was missing; the caller
-   * re-applies policies).
+   * After a restart: releases the ports of VMs not in `liveVmIds` and spare ports of an earlier
+   * run, removes taps and per-VM nft tables that no port owns, and re-creates what the live
+   * VMs' ports miss (their firewall is left closed if it was missing; the caller re-applies
+   * policies). Spare ports are made again in the background.
    */
   reconcile(liveVmIds: readonly string[]): Promise<ReconcileResult> {
     this.#requireAvailable();
     const live = new Set(liveVmIds);
+    // (A refill in progress makes one port per exclusive section: none is half-made here.)
     return this.#exclusive(async () => {
       const released: string[] = [];
-      for (const [id, a] of Object.entries(this.#state.vms)) {
-        if (live.has(id)) continue;
+      for (const p of Object.values(this.#state.ports)) {
+        if (p.vmId && live.has(p.vmId)) continue;
+        if (!p.vmId && this.#ready.has(p.tap)) continue; // a spare this process made
         try {
-          await this.#removeVm(a);
+          await this.#removePort(p);
         } catch (err) {
           // Kept on record (its addresses stay taken) and retried at the next reconcile.
-          this.#log(`network: cannot release ${id}: ${errText(err)}`);
+          this.#log(`network: cannot release ${p.vmId ?? p.tap}: ${errText(err)}`);
           continue;
         }
-        delete this.#state.vms[id];
-        released.push(id);
+        delete this.#state.ports[p.tap];
+        if (p.vmId) released.push(p.vmId);
       }
       this.#save();
-      const owned = new Set(Object.values(this.#state.vms).map((a) => a.tap));
+      const owned = new Set(Object.keys(this.#state.ports));
 
       const removedTaps: string[] = [];
-      for (const tap of await this.#bridgePorts()) {
+      for (const tap of await this.#ourLinks()) {
         if (owned.has(tap)) continue;
         await run('ip', ['link', 'del', tap]).catch(() => {});
         removedTaps.push(tap);
@@ -447,43 +504,60 @@ export class NetworkManager {
         await nft(`delete table netdev ${t.name}\n`).catch(() => {});
         removedTables.push(t.name);
       }
-      await this.#dropStaleNeighbours();
-      for (const [id, a] of Object.entries(this.#state.vms)) {
-        if (live.has(id)) await this.#createTap(a, { keepFirewall: true });
+      for (const p of Object.values(this.#state.ports)) {
+        if (p.vmId && live.has(p.vmId)) await this.#createPort(p, { keepFirewall: true });
       }
       if (released.length || removedTaps.length || removedTables.length) {
         this.#log(
           `network: reconciled: released ${released.length}, removed ${removedTaps.length} taps, ${removedTables.length} tables`,
         );
       }
+      this.#scheduleRefill();
       return { released, removedTaps, removedTables };
     });
   }
 
   /**
-   * Clean stop while VMs may keep running (their QEMU survives a server restart): keeps the
-   * bridge and what live allocations use; when no VM holds an allocation, removes everything
-   * like `shutdown`.
+   * Clean stop while VMs may keep running (their QEMU survives a server restart): keeps the host
+   * interface and what live VMs use (spare ports go); when no VM holds a port, removes
+   * everything like `shutdown`.
    */
   async close(): Promise<void> {
     if (!this.available) return;
-    if (Object.keys(this.#state.vms).length === 0) await this.shutdown();
-    // The record stays (it names the data dir whose VMs still use the bridge); once this process
-    // is gone, the claim is a dead owner's, which the next manager on the bridge takes over.
-    else this.#releaseClaim(false);
+    this.#stopRefill();
+    await this.#refilling;
+    if (this.allocated().length === 0) {
+      await this.shutdown();
+      return;
+    }
+    await this.#exclusive(async () => {
+      for (const p of Object.values(this.#state.ports)) {
+        if (p.vmId) continue;
+        await this.#removePort(p).catch(() => {});
+        delete this.#state.ports[p.tap];
+        this.#ready.delete(p.tap);
+      }
+      this.#save();
+    });
+    // The record stays (it names the data dir whose VMs still use the host interface); once
+    // this process is gone, the claim is a dead owner's, which the next manager takes over.
+    this.#releaseClaim(false);
   }
 
   /**
-   * Removes everything this manager created: every tap and per-VM table, the bridge, the host
-   * table, and restores the forwarding sysctls it changed (unless another FastVM bridge still
-   * uses them). Allocations are forgotten. Use when the VMs are stopped too.
+   * Removes everything this manager created: every tap and per-VM table, the host interface,
+   * the host table, and restores the forwarding sysctls it changed (unless another FastVM
+   * network still uses them). Allocations are forgotten. Use when the VMs are stopped too.
    */
-  shutdown(): Promise<void> {
-    if (!this.available) return Promise.resolve();
+  async shutdown(): Promise<void> {
+    if (!this.available) return;
+    this.#stopRefill();
+    await this.#refilling;
     return this.#exclusive(async () => {
-      for (const a of Object.values(this.#state.vms)) await this.#removeVm(a).catch(() => {});
-      this.#state.vms = {};
-      for (const tap of await this.#bridgePorts().catch(() => [])) {
+      for (const p of Object.values(this.#state.ports)) await this.#removePort(p).catch(() => {});
+      this.#state.ports = {};
+      this.#ready.clear();
+      for (const tap of await this.#ourLinks().catch(() => [])) {
         await run('ip', ['link', 'del', tap]).catch(() => {});
       }
       for (const t of await listNftTables().catch(() => [])) {
@@ -504,7 +578,7 @@ export class NetworkManager {
       }
       this.#save();
       this.#releaseClaim(true);
-      this.#log(`network: removed bridge ${this.bridge} and its nft tables`);
+      this.#log(`network: removed ${this.bridge}, its taps and its nft tables`);
     });
   }
 
@@ -520,23 +594,19 @@ export class NetworkManager {
 
   async #setupHost(): Promise<void> {
     await this.#checkRouteOverlaps();
-    const exists = await run('ip', ['-j', 'link', 'show', 'dev', this.bridge])
+    const exists = await run('ip', ['-j', '-d', 'link', 'show', 'dev', this.bridge])
       .then((out) => JSON.parse(out) as Array<{ linkinfo?: { info_kind?: string } }>)
       .catch(() => []);
+    // A bridge without ports: always there, and every kernel has bridges (not all have dummies).
+    // (Taps of an earlier FastVM, whose VMs shared it as one segment, are let go.)
     if (exists.length === 0) {
-      await run('ip', [
-        'link',
-        'add',
-        this.bridge,
-        'address',
-        this.#bridgeMac(),
-        'type',
-        'bridge',
-        'mcast_snooping',
-        '0',
-      ]);
+      await run('ip', ['link', 'add', this.bridge, 'type', 'bridge', 'mcast_snooping', '0']);
+    } else {
+      for (const tap of await this.#ourLinks()) {
+        await run('ip', ['link', 'set', 'dev', tap, 'nomaster']).catch(() => {});
+      }
     }
-    // The gateway address must be usable at once (no DAD), and the bridge never takes RAs.
+    // The gateway addresses must be usable at once (no DAD), and the interface never takes RAs.
     for (const [k, v] of [
       ['accept_dad', '0'],
       ['accept_ra', '0'],
@@ -544,6 +614,8 @@ export class NetworkManager {
     ] as const) {
       writeSysctl(`net/ipv6/conf/${this.bridge}/${k}`, v);
     }
+    // The prefix and subnet routes on the host interface catch what no VM's /128 or /32 route
+    // takes (addresses of no VM), instead of sending it out of the default route.
     await ipBatch([
       `addr replace ${this.ipv6Gateway}/64 dev ${this.bridge} nodad`,
       `addr replace ${this.ipv4Gateway}/${this.#v4.len} dev ${this.bridge}`,
@@ -552,7 +624,8 @@ export class NetworkManager {
     await this.#enableForwarding();
     await nft(this.#hostTableScript());
     this.#log(
-      `network: bridge ${this.bridge} ${this.ipv6Prefix} (gateway ${this.ipv6Gateway}), ${this.ipv4Subnet} NAT`,
+      `network: ${this.bridge} ${this.ipv6Prefix} (host ${this.ipv6Gateway}), ${this.ipv4Subnet} NAT; ` +
+        `one routed tap per VM, guests at ${GUEST_NET.ipv6} / ${GUEST_NET.ipv4} translated`,
     );
   }
 
@@ -575,16 +648,18 @@ export class NetworkManager {
       }
       this.#log(`network: warning: ${msg}; VM addresses take precedence there`);
     };
+    const mine = (dev: string | undefined): boolean =>
+      dev === this.bridge || (dev !== undefined && this.#isOurTap(dev));
     const routes6 = JSON.parse(await run('ip', ['-j', '-6', 'route', 'show'])) as RouteJson[];
     for (const r of routes6) {
-      if (r.dev === this.bridge || !r.dst || r.dst === 'default' || !r.dst.includes(':')) continue;
+      if (mine(r.dev) || !r.dst || r.dst === 'default' || !r.dst.includes(':')) continue;
       const c = parseCidr6(r.dst.includes('/') ? r.dst : `${r.dst}/128`, 'route');
       if (c.len < 8) continue;
       check(r, c, cidr6Overlap(c, this.#v6), this.ipv6Prefix, 'IPv6 prefix');
     }
     const routes4 = JSON.parse(await run('ip', ['-j', '-4', 'route', 'show'])) as RouteJson[];
     for (const r of routes4) {
-      if (r.dev === this.bridge || !r.dst || r.dst === 'default') continue;
+      if (mine(r.dev) || !r.dst || r.dst === 'default') continue;
       const c = parseCidr4(r.dst.includes('/') ? r.dst : `${r.dst}/32`, 'route');
       check(r, c, cidr4Overlap(c, this.#v4), this.ipv4Subnet, 'IPv4 subnet');
     }
@@ -613,7 +688,7 @@ export class NetworkManager {
   }
 
   #hostTableScript(): string {
-    const br = this.bridge;
+    const taps = `"${this.tapPrefix}*"`;
     const t = this.#hostTable;
     const bit = hex32(this.#mark);
     const clear = hex32(~this.#mark >>> 0);
@@ -626,7 +701,7 @@ table inet ${t} {
   set host_tcp { type inet_service; ${ports} }
   chain input {
     type filter hook input priority filter; policy accept;
-    iifname "${br}" jump from_vms
+    iifname ${taps} jump from_vms
   }
   chain from_vms {
     ct state established,related accept
@@ -639,124 +714,187 @@ table inet ${t} {
   }
   chain forward {
     type filter hook forward priority filter; policy accept;
-    iifname "${br}" oifname "${br}" drop
-    oifname "${br}" meta mark set meta mark & ${clear}
-    oifname "${br}" ct state established,related meta mark set meta mark | ${bit}
+    iifname ${taps} oifname ${taps} drop
+    oifname ${taps} meta mark set meta mark & ${clear}
+    oifname ${taps} ct state established,related meta mark set meta mark | ${bit}
   }
   chain output {
     type filter hook output priority filter; policy accept;
-    oifname "${br}" meta mark set meta mark & ${clear}
-    oifname "${br}" ct state established,related meta mark set meta mark | ${bit}
+    oifname ${taps} meta mark set meta mark & ${clear}
+    oifname ${taps} ct state established,related meta mark set meta mark | ${bit}
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr ${this.ipv4Subnet} oifname != "${br}" masquerade
+    ip saddr ${this.ipv4Subnet} oifname != ${taps} oifname != "${this.bridge}" masquerade
   }
 }
 `;
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Per VM
+  // Ports (one tap per VM, made ahead of time)
 
-  #newAllocation(vmId: string): Allocation {
-    const used = Object.values(this.#state.vms);
-    const taps = new Set(used.map((a) => a.tap));
-    const macs = new Set([...used.map((a) => a.mac), this.#bridgeMac()]);
-    const v6s = new Set(used.map((a) => a.ipv6));
-    const v4s = new Set(used.map((a) => a.ipv4));
+  #portOf(vmId: string): Port | undefined {
+    return Object.values(this.#state.ports).find((p) => p.vmId === vmId);
+  }
 
-    const room = IFNAME_MAX - this.#tapPrefix.length;
+  #isOurTap(name: string): boolean {
+    return (
+      name.length === IFNAME_MAX &&
+      name.startsWith(this.tapPrefix) &&
+      /^[0-9a-f]+$/.test(name.slice(this.tapPrefix.length))
+    );
+  }
+
+  /** A new port on record (name, public IPv6, IPv4), saved before anything is created. */
+  #newPort(vmId?: string): Port {
+    const used = Object.values(this.#state.ports);
+    const taps = new Set(used.map((p) => p.tap));
+    const v6s = new Set(used.map((p) => p.ipv6));
+    const v4s = new Set(used.map((p) => p.ipv4));
     let tap = '';
-    for (let salt = 0; !tap || taps.has(tap); salt++) {
-      const h = crypto.createHash('sha256').update(`${vmId}:${salt}`).digest('hex');
-      tap = this.#tapPrefix + h.slice(0, room);
+    while (!tap || taps.has(tap)) {
+      tap =
+        this.tapPrefix +
+        crypto
+          .randomBytes(8)
+          .toString('hex')
+          .slice(0, IFNAME_MAX - this.tapPrefix.length);
     }
-    let mac = '';
-    while (!mac || macs.has(mac)) mac = randomMac();
     let ipv6 = '';
     while (!ipv6 || v6s.has(ipv6)) {
       const iid = crypto.randomBytes(8).readBigUInt64BE();
-      if (iid < 2n) continue; // ::0 is the subnet-router anycast, ::1 the gateway
+      if (iid < 2n) continue; // ::0 is the subnet-router anycast, ::1 the host
       ipv6 = formatIpv6(this.#v6.base | iid);
     }
     const hosts = 2 ** (32 - this.#v4.len);
+    // .0 network, .1 the host, last = broadcast; the lowest free one after the last handed out,
+    // so that a released address is not reused at once (late packets of its old connections).
+    const next = this.#state.nextIpv4 ?? 2;
     let ipv4 = '';
-    // .0 network, .1 gateway, last = broadcast.
-    for (let i = 2; i < hosts - 1; i++) {
+    for (let k = 0; k < hosts - 3 && !ipv4; k++) {
+      const i = 2 + ((next - 2 + k) % (hosts - 3));
       const candidate = formatIpv4(this.#v4.base + i);
       if (!v4s.has(candidate)) {
         ipv4 = candidate;
-        break;
+        this.#state.nextIpv4 = i + 1;
       }
     }
     if (!ipv4) throw new Error(`IPv4 subnet ${this.ipv4Subnet} is full`);
-    return { tap, mac, ipv6, ipv4 };
+    const port: Port = { tap, ipv6, ipv4, ...(vmId ? { vmId } : {}) };
+    this.#state.ports[tap] = port;
+    this.#save();
+    return port;
   }
 
   /**
-   * Creates (or completes) the VM's tap, its bridge port settings and its anti-spoof chain.
-   * `fresh`: the tap is new, so it is created in the same `ip` batch (one process less).
+   * Creates (or completes) a port: the tap (the guests' gateway MAC, `fe80::1`, no other
+   * link-local address), the routes and permanent neighbour entries of its public addresses,
+   * and its nft table (anti-spoofing, translation, and a closed firewall unless `keepFirewall`
+   * finds one). `fresh`: the tap is new, so it is made in the same `ip` batch.
    */
-  async #createTap(
-    a: Allocation,
-    opts: { fresh?: boolean; keepFirewall?: boolean } = {},
+  async #createPort(
+    p: Port,
+    opts: { fresh?: boolean; keepFirewall?: boolean; nice?: boolean } = {},
   ): Promise<void> {
-    const attach = [
-      `link set dev ${a.tap} master ${this.bridge}`,
-      `link set dev ${a.tap} up`,
-      // Static neighbours: the host never asks, and no VM can claim another's address.
-      `neigh replace ${a.ipv6} lladdr ${a.mac} dev ${this.bridge} nud permanent`,
-      `neigh replace ${a.ipv4} lladdr ${a.mac} dev ${this.bridge} nud permanent`,
+    const g = GUEST_NET;
+    const setup = [
+      `link set dev ${p.tap} address ${g.gatewayMac} addrgenmode none`,
+      `link set dev ${p.tap} up`,
+      `addr replace ${g.ipv6Gateway}/64 dev ${p.tap} nodad`,
+      `route replace ${p.ipv6}/128 dev ${p.tap}`,
+      `route replace ${p.ipv4}/32 dev ${p.tap}`,
+      // Static neighbours: the host never asks where a VM's addresses are.
+      `neigh replace ${p.ipv6} lladdr ${g.mac} dev ${p.tap} nud permanent`,
+      `neigh replace ${p.ipv4} lladdr ${g.mac} dev ${p.tap} nud permanent`,
     ];
-    const ensureThenAttach = async (): Promise<void> => {
-      const links = await run('ip', ['-j', 'link', 'show', 'dev', a.tap])
+    const nice = opts.nice ?? false;
+    const ensureThenSetup = async (): Promise<void> => {
+      const links = await run('ip', ['-j', 'link', 'show', 'dev', p.tap])
         .then((out) => JSON.parse(out) as unknown[])
         .catch(() => []);
-      if (links.length === 0) await run('ip', ['tuntap', 'add', 'dev', a.tap, 'mode', 'tap']);
-      await ipBatch(attach);
+      if (links.length === 0) await run('ip', ['tuntap', 'add', 'dev', p.tap, 'mode', 'tap']);
+      await ipBatch(setup, false, nice);
     };
     if (opts.fresh) {
-      await ipBatch([`tuntap add dev ${a.tap} mode tap`, ...attach]).catch(ensureThenAttach);
+      await ipBatch([`tuntap add dev ${p.tap} mode tap`, ...setup], false, nice).catch(
+        ensureThenSetup,
+      );
     } else {
-      await ensureThenAttach();
+      await ensureThenSetup();
     }
-    await bridgeBatch([
-      // Isolated ports cannot talk to each other; no flooding of unknown unicast into VMs.
-      `link set dev ${a.tap} isolated on learning off flood off`,
-      `fdb replace ${a.mac} dev ${a.tap} master static`,
-    ]);
-    // A firewall is only kept if there is one (else the VM starts closed).
+    // A firewall is only kept if there is one (else the port starts closed).
     const keep =
       opts.keepFirewall === true &&
-      (await listNftTables()).some((t) => t.family === 'netdev' && t.name === this.#vmTable(a));
-    await nft(this.#vmTableScript(a, keep));
+      (await listNftTables()).some((t) => t.family === 'netdev' && t.name === this.#vmTable(p));
+    await nft(this.#vmTableScript(p, keep), nice);
+    if (!keep) this.#installed.set(p.tap, policyKey(CLOSED));
   }
 
-  async #removeVm(a: Allocation): Promise<void> {
-    await nft(`delete table netdev ${this.#vmTable(a)}\n`).catch(() => {});
-    await ipBatch(
-      [
-        `neigh del ${a.ipv6} dev ${this.bridge}`,
-        `neigh del ${a.ipv4} dev ${this.bridge}`,
-        `link del dev ${a.tap}`,
-      ],
-      true,
-    ).catch(() => {});
-    const still = await run('ip', ['-j', 'link', 'show', 'dev', a.tap])
+  async #removePort(p: Port): Promise<void> {
+    this.#installed.delete(p.tap);
+    this.#ready.delete(p.tap);
+    await nft(`delete table netdev ${this.#vmTable(p)}\n`).catch(() => {});
+    // Deleting the tap takes its routes and neighbour entries along.
+    await run('ip', ['link', 'del', 'dev', p.tap]).catch(() => {});
+    const still = await run('ip', ['-j', 'link', 'show', 'dev', p.tap])
       .then((out) => (JSON.parse(out) as unknown[]).length > 0)
       .catch(() => false);
-    if (still) throw new Error(`could not remove tap ${a.tap}`);
+    if (still) throw new Error(`could not remove tap ${p.tap}`);
+  }
+
+  /** Makes spare ports in the background (at a low CPU priority) until `sparePorts` are ready. */
+  #scheduleRefill(delayMs = REFILL_DELAY_MS): void {
+    if (this.#closed || !this.available || this.#spare <= 0 || this.#refillTimer) return;
+    if (this.#refilling) return; // it loops until full
+    this.#refillTimer = setTimeout(() => {
+      this.#refillTimer = undefined;
+      this.#refilling = this.#refill().finally(() => {
+        this.#refilling = undefined;
+      });
+    }, delayMs);
+    this.#refillTimer.unref();
+  }
+
+  async #refill(): Promise<void> {
+    while (!this.#closed && this.#ready.size < this.#spare) {
+      try {
+        await this.#exclusive(async () => {
+          if (this.#closed) return;
+          const p = this.#newPort();
+          try {
+            await this.#createPort(p, { fresh: true, nice: true });
+          } catch (err) {
+            await this.#removePort(p).catch(() => {});
+            delete this.#state.ports[p.tap];
+            this.#save();
+            throw err;
+          }
+          if (!p.vmId) this.#ready.add(p.tap);
+        });
+      } catch (err) {
+        this.#log(`network: making a spare port failed: ${errText(err)}`);
+        return;
+      }
+    }
+  }
+
+  #stopRefill(): void {
+    this.#closed = true;
+    if (this.#refillTimer) clearTimeout(this.#refillTimer);
+    this.#refillTimer = undefined;
   }
 
   /**
-   * The VM's table: `ingress` (from the VM) enforces its own source MAC/IPv4/IPv6; `egress`
-   * (into the VM) holds the firewall, closed until `applyFirewall` unless `keepFirewall`.
+   * The port's table: `ingress` (from the VM) admits only the guest's own MAC and addresses and
+   * translates its source to the VM's public ones; `egress` (into the VM) translates the
+   * destination back and holds the firewall, closed until `applyFirewall` unless `keepFirewall`.
    */
-  #vmTableScript(a: Allocation, keepFirewall: boolean): string {
-    const t = this.#vmTable(a);
-    const dev = `device "${a.tap}" priority filter; policy drop;`;
-    const target = ipv6Hex(parseIpv6(a.ipv6));
+  #vmTableScript(p: Port, keepFirewall: boolean): string {
+    const g = GUEST_NET;
+    const t = this.#vmTable(p);
+    const dev = `device "${p.tap}" priority filter; policy drop;`;
+    const target = ipv6Hex(parseIpv6(g.ipv6));
     const lines = [
       `table netdev ${t} {`,
       `  chain ingress { type filter hook ingress ${dev} }`,
@@ -765,29 +903,33 @@ table inet ${t} {
       `flush chain netdev ${t} ingress`,
       `table netdev ${t} {`,
       `  chain ingress {`,
-      `    ether saddr != ${a.mac} counter drop`,
-      `    arp htype 1 arp ptype ip arp saddr ether ${a.mac} arp saddr ip ${a.ipv4} accept`,
-      `    ip saddr ${a.ipv4} accept`,
+      `    ether saddr != ${g.mac} counter drop`,
+      `    arp htype 1 arp ptype ip arp saddr ether ${g.mac} arp saddr ip ${g.ipv4} accept`,
+      // Stateless 1:1 translation: the guest's fixed address becomes the VM's own.
+      `    ip saddr ${g.ipv4} ip saddr set ${p.ipv4} accept`,
       `    icmpv6 type { nd-router-advert, nd-redirect } counter drop`,
-      // A neighbour advertisement may only announce the VM's own address (or its link-local).
+      // A neighbour advertisement may only announce the guest's own address (or its link-local).
       `    icmpv6 type nd-neighbor-advert @th,64,128 != ${target} @th,64,64 != 0xfe80000000000000 counter drop`,
-      `    ip6 saddr { ${a.ipv6}, fe80::/64 } accept`,
+      `    ip6 saddr ${g.ipv6} ip6 saddr set ${p.ipv6} accept`,
+      `    ip6 saddr fe80::/64 accept`,
       `    ip6 saddr :: meta l4proto ipv6-icmp accept`,
       `    counter drop`,
       `  }`,
       `}`,
     ];
-    if (!keepFirewall) {
-      lines.push(this.#firewallScript(a, { mode: 'restricted', ingress: [] }));
-    }
+    if (!keepFirewall) lines.push(this.#firewallScript(p, CLOSED));
     return `${lines.join('\n')}\n`;
   }
 
-  #firewallScript(a: Allocation, policy: FirewallPolicy): string {
-    const t = this.#vmTable(a);
+  #firewallScript(p: Port, policy: FirewallPolicy): string {
+    const g = GUEST_NET;
+    const t = this.#vmTable(p);
     const rules = [
-      // Unicast frames for other MACs never enter this VM (defence against flooding).
-      `ether daddr != ${a.mac} ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop`,
+      // Translation back to the guest's fixed addresses (the rules below never look at them).
+      `ip daddr ${p.ipv4} ip daddr set ${g.ipv4}`,
+      `ip6 daddr ${p.ipv6} ip6 daddr set ${g.ipv6}`,
+      // Unicast frames for other MACs never enter this VM.
+      `ether daddr != ${g.mac} ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop`,
       `meta protocol arp accept`,
       `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept`,
       // Replies to the VM's own connections (and ICMP errors about them), marked by conntrack.
@@ -808,7 +950,7 @@ table inet ${t} {
     }
     return [
       `table netdev ${t} {`,
-      `  chain egress { type filter hook egress device "${a.tap}" priority filter; policy drop; }`,
+      `  chain egress { type filter hook egress device "${p.tap}" priority filter; policy drop; }`,
       `}`,
       `flush chain netdev ${t} egress`,
       `table netdev ${t} {`,
@@ -820,43 +962,28 @@ table inet ${t} {
     ].join('\n');
   }
 
-  async #dropStaleNeighbours(): Promise<void> {
-    const mine = new Set(Object.values(this.#state.vms).flatMap((a) => [a.ipv6, a.ipv4]));
-    const neigh = JSON.parse(
-      await run('ip', ['-j', 'neigh', 'show', 'dev', this.bridge, 'nud', 'permanent']).catch(
-        () => '[]',
-      ),
-    ) as Array<{ dst?: string }>;
-    for (const n of neigh) {
-      if (!n.dst || mine.has(n.dst)) continue;
-      await run('ip', ['neigh', 'del', n.dst, 'dev', this.bridge]).catch(() => {});
-    }
+  /** Links named like this manager's taps (ours, or left by a crashed run of ours). */
+  async #ourLinks(): Promise<string[]> {
+    const out = await run('ip', ['-j', 'link', 'show']).catch(() => '[]');
+    return (JSON.parse(out || '[]') as Array<{ ifname: string }>)
+      .map((l) => l.ifname)
+      .filter((name) => this.#isOurTap(name));
   }
 
-  async #bridgePorts(): Promise<string[]> {
-    const out = await run('ip', ['-j', 'link', 'show', 'master', this.bridge]).catch(() => '[]');
-    return (JSON.parse(out || '[]') as Array<{ ifname: string }>).map((l) => l.ifname);
+  #vmTable(p: Port): string {
+    return `${this.#vmTablePrefix}${p.tap}`;
   }
 
-  #vmTable(a: Allocation): string {
-    return `${this.#vmTablePrefix}${a.tap}`;
-  }
-
-  #toVmNetwork(a: Allocation): VmNetwork {
+  /** What the runtime and the API see: the tap and the VM's public addresses. */
+  #toVmNetwork(p: Port): VmNetwork {
     return {
-      tap: a.tap,
-      mac: a.mac,
-      ipv6: `${a.ipv6}/64`,
+      tap: p.tap,
+      mac: GUEST_NET.mac,
+      ipv6: `${p.ipv6}/64`,
       ipv6Gateway: this.ipv6Gateway,
-      ipv4: `${a.ipv4}/${this.#v4.len}`,
+      ipv4: `${p.ipv4}/${this.#v4.len}`,
       ipv4Gateway: this.ipv4Gateway,
     };
-  }
-
-  /** Stable per bridge name, so guests' neighbour caches stay valid across restarts. */
-  #bridgeMac(): string {
-    const h = crypto.createHash('sha256').update(`fastvm-bridge:${this.bridge}`).digest();
-    return ['02', ...[...h.subarray(0, 5)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
   }
 
   #requireAvailable(): void {
@@ -869,12 +996,37 @@ table inet ${t} {
     fs.renameSync(tmp, this.#statePath);
   }
 
-  /** Serialises state changes (allocation, release, reconcile, teardown). */
+  /** Serialises host changes (port creation, release, reconcile, teardown). */
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const p = this.#lock.then(fn, fn);
     this.#lock = p.catch(() => {});
     return p;
   }
+}
+
+const CLOSED: FirewallPolicy = { mode: 'restricted', ingress: [] };
+
+function policyKey(policy: FirewallPolicy): string {
+  return JSON.stringify([
+    policy.mode,
+    policy.mode === 'open'
+      ? []
+      : policy.ingress.map((r) => [
+          r.protocol,
+          r.portStart,
+          r.portEnd ?? r.portStart,
+          [...(r.sourceCidrs ?? [])].map(normalizeCidr6).sort(),
+        ]),
+  ]);
+}
+
+/**
+ * The default start of the tap names of a host interface: `fvt` for the default one, a hash of
+ * the name for others (so that two servers' taps never look alike).
+ */
+export function tapPrefixFor(bridge: string): string {
+  if (bridge === DEFAULT_BRIDGE) return DEFAULT_TAP_PREFIX;
+  return `fv${crypto.createHash('sha256').update(bridge).digest('hex').slice(0, 4)}`;
 }
 
 // -----------------------------------------------------------------------------------------------
@@ -1031,6 +1183,10 @@ function validateOptions(opts: NetworkManagerOptions): void {
     throw new Error('replyMark must be a single bit');
   }
   for (const p of opts.hostTcpPorts ?? []) checkPort(p, 'host port');
+  const spare = opts.sparePorts ?? DEFAULT_SPARE_PORTS;
+  if (!Number.isInteger(spare) || spare < 0 || spare > 1024) {
+    throw new Error(`sparePorts must be an integer 0-1024, got ${spare}`);
+  }
 }
 
 /** Throws on anything that could not be expressed safely as nft rules. */
@@ -1158,12 +1314,6 @@ function randomUlaPrefix(): string {
   return `${formatIpv6(v)}/64`;
 }
 
-function randomMac(): string {
-  // Locally administered, unicast.
-  const b = crypto.randomBytes(5);
-  return ['02', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
-}
-
 function hex32(n: number): string {
   return `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 }
@@ -1173,12 +1323,28 @@ function hex32(n: number): string {
 
 function loadState(file: string): State {
   try {
-    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as State;
+    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as State & {
+      vms?: Record<string, { tap: string; ipv6: string; ipv4: string }>;
+    };
+    if (s.version === 1) {
+      // Before ports: VMs on a bridge, each guest with its own addresses. Their ports are kept
+      // (so reconcile removes them when those VMs go) and the rest of the state carries over.
+      const ports: Record<string, Port> = {};
+      for (const [vmId, a] of Object.entries(s.vms ?? {})) {
+        ports[a.tap] = { tap: a.tap, ipv6: a.ipv6, ipv4: a.ipv4, vmId };
+      }
+      return {
+        version: STATE_VERSION,
+        ...(s.generatedIpv6Prefix ? { generatedIpv6Prefix: s.generatedIpv6Prefix } : {}),
+        ports,
+        sysctls: s.sysctls ?? {},
+      };
+    }
     if (s.version !== STATE_VERSION) throw new Error(`unsupported version ${s.version}`);
-    return { ...s, vms: s.vms ?? {}, sysctls: s.sysctls ?? {} };
+    return { ...s, ports: s.ports ?? {}, sysctls: s.sysctls ?? {} };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      return { version: STATE_VERSION, vms: {}, sysctls: {} };
+      return { version: STATE_VERSION, ports: {}, sysctls: {} };
     }
     throw new Error(`cannot read ${file}: ${errText(err)}`, { cause: err });
   }
@@ -1222,20 +1388,28 @@ async function listNftTables(): Promise<NftTable[]> {
   return out.nftables.flatMap((e) => (e.table ? [e.table] : []));
 }
 
-/** Runs an nft script as one transaction (all of it applies, or none). */
-function nft(script: string): Promise<string> {
-  return run('nft', ['-f', '-'], { input: script });
+/**
+ * Runs an nft script as one transaction (all of it applies, or none); `nice`: at a low CPU
+ * priority (background work).
+ */
+function nft(script: string, nice = false): Promise<string> {
+  return niced(nice, 'nft', ['-f', '-'], { input: script });
 }
 
 /** Several `ip` commands in one process; `force` keeps going past failures. */
-function ipBatch(lines: readonly string[], force = false): Promise<string> {
-  return run('ip', [...(force ? ['-force'] : []), '-batch', '-'], {
+function ipBatch(lines: readonly string[], force = false, nice = false): Promise<string> {
+  return niced(nice, 'ip', [...(force ? ['-force'] : []), '-batch', '-'], {
     input: `${lines.join('\n')}\n`,
   });
 }
 
-function bridgeBatch(lines: readonly string[]): Promise<string> {
-  return run('bridge', ['-batch', '-'], { input: `${lines.join('\n')}\n` });
+function niced(
+  nice: boolean,
+  cmd: string,
+  args: readonly string[],
+  opts: { input?: string },
+): Promise<string> {
+  return nice ? run('nice', ['-n', '10', cmd, ...args], opts) : run(cmd, args, opts);
 }
 
 function run(cmd: string, args: readonly string[], opts: { input?: string } = {}): Promise<string> {

@@ -22,8 +22,6 @@ import type { LiveVm } from './vm-state.js';
 /** A pooled VM runs these after its restore (the server runs string commands with `sh -c`). */
 const WARMUP: readonly string[][] = [['true'], ['sh', '-c', 'true']];
 const FILL_DELAY_MS = 200;
-const WARMUP_MAC = '02:00:00:00:00:02';
-const WARMUP_ADDRS = 'fd00:0:0:ffff::2/64 192.0.2.2/24'; // documentation / ULA ranges
 const RETRY_MS = 10_000;
 
 export interface PoolHooks {
@@ -105,11 +103,8 @@ export class WarmPool {
       void this.#discard(vm).then(() => this.fill(machine));
     });
     try {
+      // (The guest's network is configured already: it keeps the golden's, see guest-net.ts.)
       for (const argv of WARMUP) await vm.agent.exec({ argv, timeoutMs: 30_000 });
-      // The network part of the identity a launch applies: addresses on a NIC with no uplink yet
-      // (hub 0, where the sink port drops what the guest sends), then removed again.
-      await vm.agent.setIdentity({ net: [`eth0 ${WARMUP_MAC} ${WARMUP_ADDRS}`] });
-      await vm.agent.setIdentity({ net: [`eth0 ${WARMUP_MAC}`] });
     } catch (err) {
       await this.#discard(vm);
       throw err;
@@ -152,7 +147,7 @@ export class WarmPool {
         // The record and the guest's identity are independent: do both at once.
         await Promise.all([
           this.layers.writeVm(dir, vm.record),
-          applyIdentity(vm.agent, freshIdentity(id, hostname, network)),
+          applyIdentity(vm.agent, freshIdentity(id, hostname)),
         ]);
       } catch (err) {
         this.log(`runtime: pooled VM ${poolName} could not become ${id}: ${String(err)}`);

@@ -9,7 +9,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
 import { crashPoint } from './crash-points.js';
-import { applyIdentity, freshIdentity, plugTap, randomMac } from './identity.js';
+import { GUEST_NET, GUEST_NET_VERSION, pinGatewayMac } from './guest-net.js';
+import { applyIdentity, freshIdentity, plugTap } from './identity.js';
 import type { LayerStore } from './layers.js';
 import { applyDelta, findRamMapping } from './memory.js';
 import { isMigrationEnd, stateUri } from './migration.js';
@@ -90,6 +91,7 @@ export async function restoreVm(
       nodeCounter: 0,
       ...(snapshotId ? { snapshotId } : {}),
       ...(network ? { network } : {}),
+      guestNet: GUEST_NET_VERSION,
       createdAt: new Date().toISOString(),
     };
     await layers.writeVm(dir, record);
@@ -105,7 +107,7 @@ export async function restoreVm(
       agentPath: path.join(dir, 'agent.sock'),
       serialPath: path.join(dir, 'serial.log'),
       tap: network?.tap,
-      mac: network?.mac ?? randomMac(),
+      mac: GUEST_NET.mac, // (a restored NIC keeps the snapshot's MAC: it is device state)
       incoming: true,
     });
     pid = await spawnQemu(qemuBinary(accel), dir, args, {
@@ -164,7 +166,10 @@ export async function restoreVm(
       }
       phases('network');
     }
-    await applyIdentity(agent, freshIdentity(id, hostname, network));
+    // The guest keeps its network configuration (guest-net.ts), except one from before that.
+    const legacyNet = (snap.guestNet ?? 0) < GUEST_NET_VERSION;
+    await applyIdentity(agent, freshIdentity(id, hostname, legacyNet));
+    if (legacyNet) await pinGatewayMac(agent);
     phases('identity');
     log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
     return new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');

@@ -134,6 +134,7 @@ export async function snapshotVm(
     disk: rec.disk.chain,
     state,
     paused: true,
+    ...(rec.guestNet ? { guestNet: rec.guestNet } : {}),
     createdAt: new Date().toISOString(),
   };
   await layers.writeSnapshot(snap);

@@ -10,7 +10,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createQemuRuntime, defaultCacheDir, type QemuRuntime } from '@fastvm/runtime';
+import {
+  createQemuRuntime,
+  defaultCacheDir,
+  tapPrefixFor,
+  type QemuRuntime,
+} from '@fastvm/runtime';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type ServerHandle } from '../src/index.js';
@@ -120,9 +125,10 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
     }
     await runtime?.destroyAll().catch(() => {});
     // Leftovers if a test failed midway: everything below is named after this run's tag.
-    const links = await run('ip', ['-j', 'link', 'show', 'master', settings.bridge!]);
+    const links = await run('ip', ['-j', 'link', 'show']);
     for (const l of JSON.parse(links.out || '[]') as Array<{ ifname: string }>) {
-      await run('ip', ['link', 'del', l.ifname]);
+      if (l.ifname.startsWith(tapPrefixFor(settings.bridge!)))
+        await run('ip', ['link', 'del', l.ifname]);
     }
     const tables = await run('nft', ['-j', 'list', 'tables']);
     for (const t of (
@@ -202,11 +208,21 @@ describe.skipIf(SKIP)(`API networking (real QEMU VMs)${SKIP ? ` — skipped: ${S
     ).toEqual(['200', '000']);
 
     // Deleting a VM removes its tap.
-    const before = (await run('ip', ['-j', 'link', 'show', 'master', settings.bridge!])).out;
-    expect((JSON.parse(before) as unknown[]).length).toBe(2);
+    const ports = () =>
+      Object.values(
+        (
+          JSON.parse(fs.readFileSync(path.join(dataDir, 'network', 'network.json'), 'utf8')) as {
+            ports: Record<string, { tap: string; vmId?: string }>;
+          }
+        ).ports,
+      ).filter((p) => p.vmId);
+    const before = ports();
+    expect(before.map((p) => p.vmId).sort()).toEqual([vm.id, f.id].sort());
+    const forkTap = before.find((p) => p.vmId === f.id)!.tap;
+    expect((await run('ip', ['link', 'show', forkTap])).code).toBe(0);
     expect((await api.del(`/v1/vms/${f.id}`)).status).toBe(200);
-    const after = (await run('ip', ['-j', 'link', 'show', 'master', settings.bridge!])).out;
-    expect((JSON.parse(after) as unknown[]).length).toBe(1);
+    expect(ports().map((p) => p.vmId)).toEqual([vm.id]);
+    expect((await run('ip', ['link', 'show', forkTap])).code).not.toBe(0);
     expect(await fromInternet(f.publicIpv6, 8080)).toBe('000');
     await api.del(`/v1/snapshots/${(snap.body as { id: string }).id}`);
   });

@@ -1,6 +1,6 @@
 /**
- * The real `NetworkManager` seam (see `network.ts`): VMs get a tap on the host bridge, a public
- * IPv6 address and NATed IPv4, and their firewall policy is enforced by nftables, all through
+ * The real `NetworkManager` seam (see `network.ts`): VMs get a routed tap of their own, a public
+ * IPv6 address and NATed IPv4 (translated from the guest's fixed private addresses), and their firewall policy is enforced by nftables, all through
  * `@fastvm/runtime`'s host `NetworkManager`. `createNetworkManager` falls back to the no-op
  * manager (VMs without public networking, `publicIpv6: null`) when networking is switched off or
  * the host cannot do it, and says why.
@@ -10,7 +10,8 @@
  * - `FASTVM_IPV6_PREFIX` — the VMs' /64 (default: a random ULA /64 chosen once and kept in
  *   `<dataDir>/network/network.json`);
  * - `FASTVM_IPV4_SUBNET` — private IPv4 subnet, NATed outbound (default 10.213.0.0/16);
- * - `FASTVM_BRIDGE` — bridge name (default `fvbr0`);
+ * - `FASTVM_BRIDGE` — name of the host interface holding the host's addresses in the VMs'
+ *   prefix and subnet (default `fvbr0`; other names also get their own tap prefix);
  * - `FASTVM_HOST_TCP_PORTS` — comma-separated host TCP ports VMs may connect to (default none;
  *   the API port stays unreachable from VMs).
  *
@@ -192,8 +193,8 @@ export async function createNetworkManager(opts: {
   }
   if (!host.available) return without(host.reason ?? 'unavailable');
   const summary =
-    `networking: bridge ${host.bridge}, IPv6 ${host.ipv6Prefix} (gateway ${host.ipv6Gateway}), ` +
-    `IPv4 ${host.ipv4Subnet} NAT`;
+    `networking: one routed tap per VM (${host.tapPrefix}…, host interface ${host.bridge}), ` +
+    `public IPv6 ${host.ipv6Prefix}, IPv4 ${host.ipv4Subnet} NAT`;
   logger.info(summary);
   return {
     network: new HostNetworkManager(host, logger, settings.hostTcpPorts ?? []),
