@@ -68,17 +68,19 @@ export interface Window {
 }
 
 /**
- * `conns` request loops on as many keep-alive sockets for `1 + seconds` s against
- * `host:port` with the `Host` header `hostHeader`; the first second is warm-up.
+ * `conns` request loops on `agent`'s keep-alive sockets for `warmupS + seconds` s against
+ * `connect:port` with the `Host` header `hostHeader`; the warm-up is not counted. Reuse the
+ * agent across windows so that later windows need no warm-up (connections stay open).
  */
 export async function loadWindow(
   target: { connect: string; port: number; hostHeader: string },
+  agent: http.Agent,
   conns: number,
   seconds: number,
+  warmupS = 0,
 ): Promise<Window> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: conns, maxFreeSockets: conns });
   const start = now();
-  const measureFrom = start + 1000;
+  const measureFrom = start + warmupS * 1000;
   const end = measureFrom + seconds * 1000;
   const latencies: number[] = [];
   let errors = 0;
@@ -112,6 +114,10 @@ export async function loadWindow(
     while (now() < end) await one();
   };
   await Promise.all(Array.from({ length: conns }, loop));
-  agent.destroy();
   return { rps: latencies.length / seconds, latencies, errors };
+}
+
+/** A keep-alive agent with `conns` sockets for `loadWindow`. */
+export function loadAgent(conns: number): http.Agent {
+  return new http.Agent({ keepAlive: true, maxSockets: conns, maxFreeSockets: conns });
 }
