@@ -133,8 +133,13 @@ export class WarmPool {
       }
       const t0 = performance.now();
       const poolName = vm.id;
+      // The guest's identity, the tap and the record are independent: all at once (the guest
+      // keeps its network configuration, so the tap needs nothing from it).
+      const identity = applyIdentity(vm.agent, freshIdentity(id, hostname));
+      const plugged = network ? plugTap(vm.qmp, network.tap) : undefined;
+      identity.catch(() => {});
+      plugged?.catch(() => {});
       try {
-        if (network) await plugTap(vm.qmp, network.tap);
         reniceProcess(vm.record.pid, 0);
         const dir = this.layers.vmDir(id);
         await fs.rename(vm.dir, dir);
@@ -144,11 +149,7 @@ export class WarmPool {
         vm.dir = dir;
         if (network) vm.record.network = network;
         vm.record.createdAt = new Date().toISOString();
-        // The record and the guest's identity are independent: do both at once.
-        await Promise.all([
-          this.layers.writeVm(dir, vm.record),
-          applyIdentity(vm.agent, freshIdentity(id, hostname)),
-        ]);
+        await Promise.all([this.layers.writeVm(dir, vm.record), identity, plugged]);
       } catch (err) {
         this.log(`runtime: pooled VM ${poolName} could not become ${id}: ${String(err)}`);
         await this.#discard(vm);
