@@ -83,9 +83,15 @@ export interface StartServerOptions {
   /**
    * The published-service proxy, bound to `host` like the API (with its certificate when
    * `tls` is set). `port`: default 0 = any free port (`serve` uses 8081); `domain`: hostnames
-   * are `<name>--<vm hex>.proxy.<domain>` (default `localhost`).
+   * are `<name>--<vm hex>.proxy.<domain>` (default `localhost`); backend time limits (default
+   * 10 s to connect, 120 s until the response headers; 504 past them).
    */
-  proxy?: { port?: number; domain?: string };
+  proxy?: {
+    port?: number;
+    domain?: string;
+    connectTimeoutMs?: number;
+    responseTimeoutMs?: number;
+  };
   /** How long `close()` lets in-flight requests and launches finish (default 30 s). */
   shutdownGraceMs?: number;
   /**
@@ -215,6 +221,10 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       port: opts.proxy?.port ?? 0,
       domain: opts.proxy?.domain ?? 'localhost',
       tls: opts.tls,
+      timeouts: {
+        ...(opts.proxy?.connectTimeoutMs ? { connectMs: opts.proxy.connectTimeoutMs } : {}),
+        ...(opts.proxy?.responseTimeoutMs ? { responseMs: opts.proxy.responseTimeoutMs } : {}),
+      },
     });
     const proxyAddress = proxy.address;
     logger.info({ ...proxyAddress }, 'service proxy listening');

@@ -526,3 +526,31 @@ describe('service proxy over TLS (the API certificate)', { timeout: 30_000 }, ()
     expect(viaH1).toBe('tls https');
   });
 });
+
+describe('service proxy timeouts', { timeout: 30_000 }, () => {
+  it('answers 504 when the backend does not answer in time', async () => {
+    // Accepts connections and never answers.
+    const silent = net.createServer(() => {});
+    const port = await listen(silent);
+    const t = await startTestServer({
+      network: new LoopbackNetwork(),
+      proxy: { responseTimeoutMs: 500 },
+    });
+    try {
+      const api = new TestClient(t.url, t.key);
+      const vm = await api.post('/v1/vms', { machineType: 'c1m2' });
+      await api.post(`/v1/vms/${vm.body.id}/services`, { name: 'slow', port });
+      const host = `slow--${vm.body.id.replace(/-/g, '')}.proxy.localhost`;
+      const started = performance.now();
+      const r = await h1(t.server.proxy.port, host);
+      expect(r.status).toBe(504);
+      expect(r.headers['x-fastvm-proxy-error']).toBe('backend_timeout');
+      expect(r.body).toMatch(/did not answer in time/);
+      expect(performance.now() - started).toBeLessThan(5000);
+      api.close();
+    } finally {
+      await t.cleanup();
+      silent.close();
+    }
+  });
+});

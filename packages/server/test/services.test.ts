@@ -169,6 +169,28 @@ describe.each(TRANSPORTS)('services over %s', (transport) => {
     await api.del(`/v1/vms/${id}`);
   });
 
+  it('holds the cap and idempotency under concurrent requests', async () => {
+    const vm = await api.post('/v1/vms', { machineType: 'c1m2' });
+    const id = vm.body.id as string;
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        api.post(`/v1/vms/${id}/services`, { name: `c${i}`, port: 3000 + i }),
+      ),
+    );
+    const codes = results.map((r) => r.status).sort();
+    expect(codes.filter((c) => c === 201)).toHaveLength(16);
+    expect(codes.filter((c) => c === 429)).toHaveLength(4);
+    const same = await Promise.all(
+      Array.from({ length: 5 }, () =>
+        api.post(`/v1/vms/${id}/services`, { name: 'c0', port: 3000 }),
+      ),
+    );
+    // c0 may or may not be among the 16; either way every repeat gets the same answer.
+    expect(new Set(same.map((r) => r.status)).size).toBe(1);
+    expect((await api.get(`/v1/vms/${id}/services`)).body).toHaveLength(16);
+    await api.del(`/v1/vms/${id}`);
+  });
+
   it("answers 404 for another org's VM on every route, and for unknown VMs", async () => {
     const other = api.withKey(await createOrgWithKey(t.server, `other-${transport}`));
     const routes: Array<() => Promise<{ status: number }>> = [

@@ -11,7 +11,7 @@ import { writeResponseHead } from './forward-http1.js';
 import { responseHeaders } from './headers.js';
 import { backendError, sendError } from './pages.js';
 import type { Backend } from './resolver.js';
-import { CONNECT_TIMEOUT_MS, RESPONSE_TIMEOUT_MS, timeoutError } from './timeouts.js';
+import { DEFAULT_TIMEOUTS, timeoutError, type ProxyTimeouts } from './timeouts.js';
 
 /** An idle backend session is closed after this. */
 const SESSION_IDLE_MS = 60_000;
@@ -19,6 +19,8 @@ const SESSION_IDLE_MS = 60_000;
 /** See the module comment. */
 export class H2cForwarder {
   readonly #sessions = new Map<string, http2.ClientHttp2Session>();
+
+  constructor(private readonly timeouts: ProxyTimeouts = DEFAULT_TIMEOUTS) {}
 
   private session(backend: Backend): http2.ClientHttp2Session {
     const key = `[${backend.address}]:${backend.port}`;
@@ -29,7 +31,7 @@ export class H2cForwarder {
     });
     const timer = setTimeout(
       () => session.destroy(timeoutError('FASTVM_CONNECT_TIMEOUT')),
-      CONNECT_TIMEOUT_MS,
+      this.timeouts.connectMs,
     );
     session.once('connect', () => clearTimeout(timer));
     const forget = (): void => {
@@ -72,7 +74,7 @@ export class H2cForwarder {
     }
     const responseTimer = setTimeout(
       () => stream.destroy(timeoutError('FASTVM_RESPONSE_TIMEOUT')),
-      RESPONSE_TIMEOUT_MS,
+      this.timeouts.responseMs,
     );
     let trailers: http2.IncomingHttpHeaders | undefined;
     stream.on('response', (h) => {

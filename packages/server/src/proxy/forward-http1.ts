@@ -11,7 +11,7 @@ import type { OutgoingHttpHeaders } from 'node:http';
 import { responseHeaders } from './headers.js';
 import { backendError, sendError } from './pages.js';
 import type { Backend } from './resolver.js';
-import { CONNECT_TIMEOUT_MS, RESPONSE_TIMEOUT_MS, timeoutError } from './timeouts.js';
+import { DEFAULT_TIMEOUTS, timeoutError, type ProxyTimeouts } from './timeouts.js';
 
 type ClientRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type ClientResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -41,6 +41,8 @@ export function relay(from: NodeJS.ReadableStream, to: ClientResponse): void {
 
 /** See the module comment. */
 export class Http1Forwarder {
+  constructor(private readonly timeouts: ProxyTimeouts = DEFAULT_TIMEOUTS) {}
+
   readonly agent = new http.Agent({
     keepAlive: true,
     keepAliveMsecs: 1000,
@@ -70,14 +72,14 @@ export class Http1Forwarder {
       });
       const responseTimer = setTimeout(
         () => out.destroy(timeoutError('FASTVM_RESPONSE_TIMEOUT')),
-        RESPONSE_TIMEOUT_MS,
+        this.timeouts.responseMs,
       );
       out.on('socket', (socket) => {
         socket.setNoDelay(true);
         if (!socket.connecting) return;
         const timer = setTimeout(
           () => out.destroy(timeoutError('FASTVM_CONNECT_TIMEOUT')),
-          CONNECT_TIMEOUT_MS,
+          this.timeouts.connectMs,
         );
         socket.once('connect', () => clearTimeout(timer));
         socket.once('close', () => clearTimeout(timer));

@@ -23,7 +23,7 @@ import { parseServiceHost, type ProxyAddress, type ServiceHost } from './hostnam
 import { sendError, writeRawError, type ProxyError } from './pages.js';
 import type { Backend, Resolution } from './resolver.js';
 import { BackendResolver } from './resolver.js';
-import { hasBody } from './timeouts.js';
+import { DEFAULT_TIMEOUTS, hasBody, type ProxyTimeouts } from './timeouts.js';
 import { forwardUpgrade } from './upgrade.js';
 
 /** Options of `startServiceProxy`. */
@@ -39,6 +39,8 @@ export interface ServiceProxyOptions {
   domain: string;
   /** The API's certificate: the proxy then speaks TLS (h2 or HTTP/1.1 by ALPN). */
   tls?: { cert: string | Buffer; key: string | Buffer } | undefined;
+  /** Backend time limits (default `DEFAULT_TIMEOUTS`: 10 s to connect, 120 s to answer). */
+  timeouts?: Partial<ProxyTimeouts> | undefined;
 }
 
 /** A listening proxy. */
@@ -78,8 +80,9 @@ export async function startServiceProxy(opts: ServiceProxyOptions): Promise<Serv
   const { logger, domain } = opts;
   const resolver = new BackendResolver(opts.store, opts.events);
   const access = new AccessCheck(opts.store);
-  const h1 = new Http1Forwarder();
-  const h2c = new H2cForwarder();
+  const timeouts: ProxyTimeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
+  const h1 = new Http1Forwarder(timeouts);
+  const h2c = new H2cForwarder(timeouts);
   const proto = opts.tls ? 'https' : 'http';
 
   /** Resolves and authorises a request, then calls `go` (synchronously when cached and public). */
@@ -182,7 +185,7 @@ export async function startServiceProxy(opts: ServiceProxyOptions): Promise<Serv
           stripCredentials: backend.auth !== 'public',
           upgrade: true,
         });
-        forwardUpgrade(req, socket, head, backend, headers, path, hostHeader!);
+        forwardUpgrade(req, socket, head, backend, headers, path, hostHeader!, timeouts.connectMs);
       },
     );
   };

@@ -13,6 +13,17 @@ export const CONNECT_TIMEOUT_MS = 10_000;
  */
 export const RESPONSE_TIMEOUT_MS = 120_000;
 
+/** The limits in force (`startServer`'s `proxy` option may shorten them, e.g. in tests). */
+export interface ProxyTimeouts {
+  connectMs: number;
+  responseMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: Readonly<ProxyTimeouts> = {
+  connectMs: CONNECT_TIMEOUT_MS,
+  responseMs: RESPONSE_TIMEOUT_MS,
+};
+
 /** An error with one of the codes `pages.ts#backendError` turns into a 504. */
 export function timeoutError(code: 'FASTVM_CONNECT_TIMEOUT' | 'FASTVM_RESPONSE_TIMEOUT'): Error {
   const err = new Error(code) as NodeJS.ErrnoException;

@@ -10,7 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { backendError, writeRawError } from './pages.js';
 import type { Backend } from './resolver.js';
-import { CONNECT_TIMEOUT_MS, timeoutError } from './timeouts.js';
+import { timeoutError } from './timeouts.js';
 
 /** Serialises a request head (header values come from Node's parser: no CR/LF in them). */
 function requestHead(
@@ -36,13 +36,14 @@ export function forwardUpgrade(
   headers: OutgoingHttpHeaders,
   path: string,
   host: string,
+  connectTimeoutMs: number,
 ): void {
   const where = `Port ${backend.port} of VM ${backend.vmId}`;
   const conn = net.connect({ host: backend.address, port: backend.port, family: 6 });
   let connected = false;
   const timer = setTimeout(
     () => conn.destroy(timeoutError('FASTVM_CONNECT_TIMEOUT')),
-    CONNECT_TIMEOUT_MS,
+    connectTimeoutMs,
   );
   conn.setNoDelay(true);
   conn.once('connect', () => {

@@ -4,6 +4,7 @@
  * The logic is `services/published-services.ts`; the proxy that serves them is `proxy/`.
  * @module
  */
+import type { FastifyRequest } from 'fastify';
 import type { App, AppServices } from '../app.js';
 import type { PublishedService } from '../domain/index.js';
 import { serviceUrl, type ProxyAddress } from '../proxy/hostnames.js';
@@ -39,6 +40,12 @@ export default async function serviceRoutes(
   const present = (vmId: string, s: PublishedService) =>
     presentService(s, serviceUrl(address(), vmId, s.name));
   const tags = ['services'];
+  // Another org's (or an unknown) VM is a 404 before the body is looked at, as on every
+  // VM-scoped route.
+  const vmFirst = async (request: FastifyRequest): Promise<void> => {
+    const { orgId } = requireAuth(request);
+    await published.list(orgId, (request.params as { id: string }).id);
+  };
 
   app.get(
     '/v1/vms/:id/services',
@@ -57,6 +64,7 @@ export default async function serviceRoutes(
     '/v1/vms/:id/services',
     {
       config: { summary: 'Publish a service of a VM', operationId: 'createService', tags },
+      preValidation: vmFirst,
       schema: {
         params: IdParams,
         body: CreateServiceBody,
@@ -79,6 +87,7 @@ export default async function serviceRoutes(
     '/v1/vms/:id/services/:serviceName',
     {
       config: { summary: 'Publish or change a service', operationId: 'putService', tags },
+      preValidation: vmFirst,
       schema: {
         params: ServiceParams,
         body: PutServiceBody,
