@@ -156,8 +156,9 @@ describe.each(TRANSPORTS)('health, auth, errors and 501s over %s', (transport) =
       ]),
     );
     expect(doc.paths['/v1/vms'].post.operationId).toBe('launchVm');
+    // A Vm plus the restore's snapshotRestoreWarnings (contract §3.2).
     expect(doc.paths['/v1/vms'].post.responses['201'].content['application/json'].schema).toEqual({
-      $ref: '#/components/schemas/Vm',
+      $ref: '#/components/schemas/VmLaunchResponse',
     });
     const vmSchema = doc.components.schemas.Vm;
     expect(vmSchema.required).toEqual(
