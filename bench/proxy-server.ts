@@ -30,10 +30,6 @@ const { network } = await createNetworkManager({
     ipv4Subnet: process.env.FASTVM_BENCH_PROXY_IPV4_SUBNET ?? '10.227.0.0/24',
   },
 });
-// A fresh data dir has nothing to reconcile (and reconcile([]) did not return on the shared
-// tree while host networking was being rewritten).
-const reconcile = network.reconcile.bind(network);
-network.reconcile = (live) => (live.length === 0 ? Promise.resolve() : reconcile(live));
 const server = await startServer({
   dataDir,
   runtime,

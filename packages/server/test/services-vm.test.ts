@@ -131,10 +131,6 @@ describe.skipIf(SKIP)(
         logger: pino({ level: 'silent' }),
         settings,
       });
-      // Workaround while host networking is being rewritten: `reconcile` of an empty list does
-      // not return (seen 10:05 UTC on the shared tree); a fresh data dir has nothing to reconcile.
-      const reconcile = network.reconcile.bind(network);
-      network.reconcile = (live) => (live.length === 0 ? Promise.resolve() : reconcile(live));
       server = await startServer({
         port: 0,
         dataDir,
