@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -230,6 +230,50 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
     expect((await guest(A, probe)).out).toBe('200 200 200 ');
     await nm.setHostTcpPorts([]);
     expect((await guest(A, probe)).out).toBe('000 000 000 ');
+  });
+
+  it('a TCP connection from outside to a VM survives a snapshot and a fork of it', async () => {
+    await nm.applyFirewall(A, restricted(8080, 9100));
+    const up = await guest(
+      A,
+      'cat > /tmp/echo.py <<"EOF"\n' +
+        'import socket\n' +
+        's = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n' +
+        's.bind(("::", 9100)); s.listen(1); c, _ = s.accept()\n' +
+        'for line in c.makefile("rb"):\n' +
+        '    c.sendall(b"echo " + line)\n' +
+        'EOF\n' +
+        'nohup python3 /tmp/echo.py >/dev/null 2>&1 & ' +
+        'for i in $(seq 100); do ss -ltn | grep -q :9100 && echo up && exit 0; sleep 0.1; done; exit 1',
+    );
+    expect(up.out).toBe('up\n');
+    const sock = net.connect({ host: ip6(A), port: 9100 });
+    await new Promise<void>((resolve, reject) =>
+      sock.once('connect', resolve).once('error', reject),
+    );
+    let got = '';
+    sock.on('data', (b: Buffer) => (got += b.toString()));
+    const say = async (word: string) => {
+      sock.write(`${word}\n`);
+      for (let i = 0; i < 100 && !got.includes(`echo ${word}\n`); i++) await sleep(50);
+      expect(got).toContain(`echo ${word}\n`);
+    };
+    const snap = `${PREFIX}-tcp`;
+    const fork = `${PREFIX}-tcpfork`;
+    try {
+      await say('before');
+      await rt.snapshot(A, snap);
+      await say('after-snapshot');
+      await start(fork, snap);
+      await say('after-fork');
+      // The fork has its own public address; the source's connection is the source's alone.
+      expect(ip6(fork)).not.toBe(ip6(A));
+      expect(got).toBe('echo before\necho after-snapshot\necho after-fork\n');
+    } finally {
+      sock.destroy();
+      if (vms.has(fork)) await stop(fork);
+      await rt.deleteSnapshot(snap).catch(() => {});
+    }
   });
 
   it('a guest cannot send from another address', async () => {
