@@ -29,7 +29,7 @@ export async function loadOrCreateHostKey(dataDir: string): Promise<HostKey> {
   let created = false;
   let text = await readIfExists(file);
   if (text === undefined) {
-    const pair = ssh2.utils.generateKeyPairSync('ed25519');
+    const pair = generateHostKey();
     const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
     await fs.writeFile(tmp, pair.private, { mode: 0o600, flag: 'wx' });
     try {
@@ -57,6 +57,18 @@ export async function loadOrCreateHostKey(dataDir: string): Promise<HostKey> {
     fingerprint: sshFingerprint(blob),
     created,
   };
+}
+
+/**
+ * A new ed25519 key in OpenSSH format. ssh2's generator writes a key its own parser refuses
+ * ("Malformed OpenSSH private key") about once in 500 (measured: 6 of 3,000), which made a
+ * first start fail now and then: such a key is thrown away and another one made.
+ */
+function generateHostKey(): { private: string } {
+  for (let i = 0; ; i++) {
+    const pair = ssh2.utils.generateKeyPairSync('ed25519');
+    if (!(ssh2.utils.parseKey(pair.private) instanceof Error) || i >= 20) return pair;
+  }
 }
 
 async function readIfExists(file: string): Promise<string | undefined> {
