@@ -153,7 +153,11 @@ async function serve(args: string[]): Promise<number> {
     ...(net ? { network: net.network } : {}),
     storage: storageSettingsFromEnv(),
     pricing: pricingFromEnv(),
-    proxy: { port: config.proxyPort, domain: config.proxyDomain },
+    proxy: {
+      port: config.proxyPort,
+      domain: config.proxyDomain,
+      optional: !config.proxyPortSet,
+    },
     ...(config.sshPort !== undefined
       ? { ssh: { port: config.sshPort, optional: !config.sshPortSet } }
       : {}),

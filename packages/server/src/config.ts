@@ -24,6 +24,8 @@ export interface ServeConfig {
   pool: number;
   /** Service proxy port (`FASTVM_PROXY_PORT`, default 8081; 0 = any free port). */
   proxyPort: number;
+  /** Whether the port was set: only then is a busy port an error (else: any free port, warned). */
+  proxyPortSet: boolean;
   /** Service hostnames are `<name>--<vm hex>.proxy.<domain>` (`FASTVM_PROXY_DOMAIN`, default localhost). */
   proxyDomain: string;
   /** SSH gateway port (`FASTVM_SSH_PORT`, default 2222; 0 = any free port); undefined = off. */
@@ -95,6 +97,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     logLevel: flags['log-level'] ?? env.FASTVM_LOG_LEVEL ?? 'info',
     pool: Number(poolText),
     proxyPort: Number(proxyText),
+    proxyPortSet: env.FASTVM_PROXY_PORT !== undefined,
     proxyDomain,
     sshPort: sshOff ? undefined : Number(sshText),
     sshPortSet: env.FASTVM_SSH_PORT !== undefined,

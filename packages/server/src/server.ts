@@ -88,6 +88,8 @@ export interface StartServerOptions {
    */
   proxy?: {
     port?: number;
+    /** A port that cannot be bound (another server has it) falls back to any free port. */
+    optional?: boolean;
     domain?: string;
     connectTimeoutMs?: number;
     responseTimeoutMs?: number;
@@ -213,19 +215,31 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     for (const vm of await store.listVmsByStatus(['running'])) ttl.watch(vm);
 
     const published = new PublishedServices(ctx);
-    proxy = await startServiceProxy({
-      store,
-      events,
-      logger,
-      host: opts.host ?? '127.0.0.1',
-      port: opts.proxy?.port ?? 0,
-      domain: opts.proxy?.domain ?? 'localhost',
-      tls: opts.tls,
-      timeouts: {
-        ...(opts.proxy?.connectTimeoutMs ? { connectMs: opts.proxy.connectTimeoutMs } : {}),
-        ...(opts.proxy?.responseTimeoutMs ? { responseMs: opts.proxy.responseTimeoutMs } : {}),
-      },
-    });
+    const startProxy = (port: number) =>
+      startServiceProxy({
+        store,
+        events,
+        logger,
+        host: opts.host ?? '127.0.0.1',
+        port,
+        domain: opts.proxy?.domain ?? 'localhost',
+        tls: opts.tls,
+        timeouts: {
+          ...(opts.proxy?.connectTimeoutMs ? { connectMs: opts.proxy.connectTimeoutMs } : {}),
+          ...(opts.proxy?.responseTimeoutMs ? { responseMs: opts.proxy.responseTimeoutMs } : {}),
+        },
+      });
+    try {
+      proxy = await startProxy(opts.proxy?.port ?? 0);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (!opts.proxy?.optional || (code !== 'EADDRINUSE' && code !== 'EACCES')) throw err;
+      logger.warn(
+        { err, port: opts.proxy.port },
+        'service proxy: its default port is taken (set FASTVM_PROXY_PORT); using a free port',
+      );
+      proxy = await startProxy(0);
+    }
     const proxyAddress = proxy.address;
     logger.info({ ...proxyAddress }, 'service proxy listening');
 

@@ -554,3 +554,28 @@ describe('service proxy timeouts', { timeout: 30_000 }, () => {
     }
   });
 });
+
+describe('service proxy port', () => {
+  it('a busy port fails the start, unless it is the default of serve (then any free port)', async () => {
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+    const port = (busy.address() as AddressInfo).port;
+    const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fvproxyport-'));
+    try {
+      await expect(startTestServer({ dataDir, proxy: { port } })).rejects.toThrow(/EADDRINUSE/);
+      const t = await startTestServer({ proxy: { port, optional: true } });
+      try {
+        expect(t.server.proxy.port).toBeGreaterThan(0);
+        expect(t.server.proxy.port).not.toBe(port);
+        // It serves: an unknown host is the proxy's 404 page.
+        const res = await fetch(`http://127.0.0.1:${t.server.proxy.port}/`);
+        expect(res.status).toBe(404);
+      } finally {
+        await t.cleanup();
+      }
+    } finally {
+      busy.close();
+      await fs.rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
