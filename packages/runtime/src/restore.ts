@@ -157,6 +157,14 @@ export async function restoreVm(
     if (snap.paused) await qmp.execute('cont');
     agent = await agentP;
     phases('agent');
+    // The guest keeps its network configuration (guest-net.ts), except one from before that, so
+    // its identity and the tap (plugged once the promised network is there) go at once.
+    const legacyNet = (snap.guestNet ?? 0) < GUEST_NET_VERSION;
+    const identity = (async () => {
+      await applyIdentity(agent, freshIdentity(id, hostname, legacyNet));
+      if (legacyNet) await pinGatewayMac(agent);
+    })();
+    identity.catch(() => {}); // awaited below
     if (later) {
       network = await later;
       if (network) {
@@ -166,10 +174,7 @@ export async function restoreVm(
       }
       phases('network');
     }
-    // The guest keeps its network configuration (guest-net.ts), except one from before that.
-    const legacyNet = (snap.guestNet ?? 0) < GUEST_NET_VERSION;
-    await applyIdentity(agent, freshIdentity(id, hostname, legacyNet));
-    if (legacyNet) await pinGatewayMac(agent);
+    await identity;
     phases('identity');
     log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
     return new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');

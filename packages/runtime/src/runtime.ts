@@ -356,7 +356,14 @@ export class QemuRuntime implements Runtime {
 
   async deleteSnapshot(snapshotId: string): Promise<void> {
     this.#digests.forget(snapshotId);
-    await fs.rm(this.#layers.snapDir(snapshotId), { recursive: true, force: true });
+    // A background writer of its record (the digest job, a flatten) may be renaming a file into
+    // the dir right now: ENOTEMPTY is retried (a write after that fails: the dir is gone).
+    await fs.rm(this.#layers.snapDir(snapshotId), {
+      recursive: true,
+      force: true,
+      maxRetries: 5,
+      retryDelay: 50,
+    });
     await this.#layers.gc();
   }
 
