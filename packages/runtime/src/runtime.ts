@@ -426,8 +426,8 @@ export class QemuRuntime implements Runtime {
       await this.#layers.writeVm(vm.dir, vm.record);
       // The guest clock stood still while stopped; set it again (best effort).
       await syncClock(vm.agent, { timeoutMs: 5000 }).catch((err: unknown) =>
-          this.#log(`runtime: clock sync of ${vmId} failed: ${String(err)}`),
-        );
+        this.#log(`runtime: clock sync of ${vmId} failed: ${String(err)}`),
+      );
     });
   }
 
