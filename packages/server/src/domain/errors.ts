@@ -102,11 +102,7 @@ export class StateConflictError extends DomainError {
  * number of SSH keys, and the services one VM publishes.
  */
 export type QuotaDimension =
-  | keyof QuotaValues
-  | 'stagingBytes'
-  | 'sshKeyCount'
-  | 'execSessions'
-  | 'vmServiceCount';
+  keyof QuotaValues | 'stagingBytes' | 'sshKeyCount' | 'execSessions' | 'vmServiceCount';
 
 /** Granting the request would take the org past a limit. */
 export class QuotaExceededError extends DomainError {

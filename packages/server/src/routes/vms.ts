@@ -47,10 +47,7 @@ export default async function vmRoutes(
     },
     async (request, reply) => {
       const { orgId } = requireAuth(request);
-      const { vm, ready, servicesWarning } = await vms.launch(
-        orgId,
-        launchRequestOf(request.body),
-      );
+      const { vm, ready, servicesWarning } = await vms.launch(orgId, launchRequestOf(request.body));
       return reply
         .code(ready && vm.status === 'running' ? 201 : 202)
         .send(

@@ -463,10 +463,7 @@ export class VmService {
     const updated = (await this.ctx.store.updateVm(vm.id, { firewall: policy })) ?? vm;
     // Paused VMs keep their tap and rules, so a change applies to them too.
     if (['running', 'provisioning', 'pausing', 'paused', 'resuming'].includes(updated.status)) {
-      await this.ctx.network.onFirewallChange(
-        vm.id,
-        effectiveFirewall(policy, updated.services),
-      );
+      await this.ctx.network.onFirewallChange(vm.id, effectiveFirewall(policy, updated.services));
     }
     return updated;
   }

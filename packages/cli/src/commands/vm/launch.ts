@@ -89,7 +89,8 @@ export async function vmLaunchRun(o: VmLaunchOptions): Promise<number> {
     });
     spin.stop(`✓ VM ${vm.name} is running (${spin.elapsed})`);
     const services = [];
-    for (const p of o.publish ?? []) services.push(await client.publishService(vm.id, p.name, p.port));
+    for (const p of o.publish ?? [])
+      services.push(await client.publishService(vm.id, p.name, p.port));
     if (services.length > 0 && o.json) {
       o.io.stdout.write(json({ ...vmToJson(vm), services: services.map(serviceToJson) }));
       return 0;
