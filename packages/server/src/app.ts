@@ -376,6 +376,8 @@ function errorHandler(
   }
   const retry = retryHint(apiError.statusCode, request.method, apiError.shouldRetry);
   if (retry !== undefined) reply.header('x-should-retry', String(retry));
+  if (apiError.retryAfterSec !== undefined)
+    reply.header('retry-after', String(apiError.retryAfterSec));
   void reply
     .code(apiError.statusCode)
     .type('application/json; charset=utf-8')

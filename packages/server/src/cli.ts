@@ -153,6 +153,7 @@ async function serve(args: string[]): Promise<number> {
     ...(net ? { network: net.network } : {}),
     storage: storageSettingsFromEnv(),
     pricing: pricingFromEnv(),
+    hostCapacity: config.hostCapacity,
     proxy: {
       port: config.proxyPort,
       domain: config.proxyDomain,

@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import type { HostCapacityConfig } from './services/host-capacity.js';
 
 /** Resolved `serve` settings. */
 export interface ServeConfig {
@@ -32,6 +33,12 @@ export interface ServeConfig {
   sshPort: number | undefined;
   /** Whether the port was set: only then is a busy port an error (else: a warning, no gateway). */
   sshPortSet: boolean;
+  /**
+   * Host admission (`FASTVM_MEMORY_OVERCOMMIT`, `FASTVM_CPU_OVERCOMMIT`, `FASTVM_HOST_RESERVE_MIB`,
+   * `FASTVM_HOST_MEMORY_MIB`, `FASTVM_HOST_CPUS`); unset values take the defaults of
+   * `services/host-capacity.ts`.
+   */
+  hostCapacity: HostCapacityConfig;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -101,6 +108,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     proxyDomain,
     sshPort: sshOff ? undefined : Number(sshText),
     sshPortSet: env.FASTVM_SSH_PORT !== undefined,
+    hostCapacity: hostCapacityFromEnv(env),
   };
   if (databaseUrl) config.databaseUrl = databaseUrl;
   if (tlsCertFile && tlsKeyFile) {
@@ -110,4 +118,31 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
   if (env.FASTVM_BOOTSTRAP_KEY) config.bootstrapKey = env.FASTVM_BOOTSTRAP_KEY;
   if (sync) config.sqliteSynchronous = sync;
   return config;
+}
+
+/** Host admission settings from the environment; throws on values that are not positive numbers. */
+export function hostCapacityFromEnv(env: Env = process.env): HostCapacityConfig {
+  const out: HostCapacityConfig = {};
+  const num = (name: string, integer: boolean, min: number): number | undefined => {
+    const text = env[name];
+    if (text === undefined || text === '') return undefined;
+    const v = Number(text);
+    if (!Number.isFinite(v) || v < min || (integer && !Number.isInteger(v))) {
+      throw new Error(
+        `${name} must be ${integer ? 'an integer' : 'a number'} ≥ ${min}, got ${text}`,
+      );
+    }
+    return v;
+  };
+  const mem = num('FASTVM_MEMORY_OVERCOMMIT', false, 0.1);
+  const cpu = num('FASTVM_CPU_OVERCOMMIT', false, 0.1);
+  const reserve = num('FASTVM_HOST_RESERVE_MIB', true, 0);
+  const hostMem = num('FASTVM_HOST_MEMORY_MIB', true, 1);
+  const hostCpus = num('FASTVM_HOST_CPUS', true, 1);
+  if (mem !== undefined) out.memoryOvercommit = mem;
+  if (cpu !== undefined) out.cpuOvercommit = cpu;
+  if (reserve !== undefined) out.reserveMiB = reserve;
+  if (hostMem !== undefined) out.hostMemoryMiB = hostMem;
+  if (hostCpus !== undefined) out.hostCpus = hostCpus;
+  return out;
 }

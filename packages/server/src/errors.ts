@@ -40,6 +40,11 @@ export const ERROR_CATALOG = {
   vm_unavailable: 502,
   /** The server is shutting down or not ready. */
   unavailable: 503,
+  /**
+   * The host has no room for the VM (memory or vCPUs past its admission limit); the body names
+   * the `dimension` and `Retry-After` says when to try again.
+   */
+  host_capacity: 503,
 } as const;
 
 /** One of the stable error codes. */
@@ -54,15 +59,18 @@ export type ErrorDetails = Record<string, string | number | boolean | null>;
  */
 export class ApiError extends Error {
   readonly statusCode: number;
+  /** Sent as `Retry-After` (seconds) when set. */
+  readonly retryAfterSec: number | undefined;
 
   constructor(
     readonly code: ErrorCode,
     message: string,
     readonly details: ErrorDetails = {},
     readonly shouldRetry?: boolean,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; retryAfterSec?: number },
   ) {
     super(message, options);
+    this.retryAfterSec = options?.retryAfterSec;
     this.name = 'ApiError';
     this.statusCode = ERROR_CATALOG[code];
   }

@@ -22,6 +22,7 @@ import { LineageService } from './services/lineage.js';
 import { LifecycleService } from './services/lifecycle.js';
 import { ensureBootstrapKey } from './services/orgs.js';
 import { QuotaService } from './services/quota.js';
+import { HostCapacity, type HostCapacityConfig } from './services/host-capacity.js';
 import { SshKeyService } from './services/ssh-keys.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { PublishedServices } from './services/published-services.js';
@@ -58,6 +59,12 @@ export interface StartServerOptions {
   network?: NetworkManager;
   /** How long a launch request waits before answering 202 (default 5000 ms). */
   launchWaitMs?: number;
+  /**
+   * Host admission (`services/host-capacity.ts`): launches, restores, forks and resumes are
+   * refused with 503 `host_capacity` past the host's memory and vCPU limits. Absent: off
+   * (`serve` always turns it on).
+   */
+  hostCapacity?: HostCapacityConfig;
   /** Server-wide default quota limits (per-org overrides still apply). */
   quotaDefaults?: Partial<QuotaValues>;
   maxDiskGiB?: number;
@@ -164,7 +171,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     // The TTL scheduler acts through the lifecycle service and hears of VM changes through
     // `events`, which the services publish to without knowing who listens.
     const tasks = new TaskTracker();
-    const quotas = new QuotaService(store, { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults });
+    const quotas = new QuotaService(
+      store,
+      { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults },
+      opts.hostCapacity ? new HostCapacity(store, opts.hostCapacity) : undefined,
+    );
     const events = new VmEvents(logger);
     files = await FileService.create(
       { store, runtime, settings },

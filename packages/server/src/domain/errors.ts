@@ -28,6 +28,7 @@ export type DomainErrorCode =
   | 'ambiguous_name'
   | 'state_conflict'
   | 'quota_exceeded'
+  | 'host_capacity'
   | 'not_supported'
   | 'unauthorized'
   | 'forbidden'
@@ -122,6 +123,29 @@ export class QuotaExceededError extends DomainError {
         `quota exceeded for ${dimension}: ${usage} in use + ${requested} requested > limit ${limit}`,
       extra,
       { retryable: false },
+    );
+  }
+}
+
+/**
+ * The host has no room for the request (memory the admitted VMs can touch, or vCPUs, past the
+ * host's admission limit; `services/host-capacity.ts`). Clears when VMs go away: retry later.
+ */
+export class HostCapacityError extends DomainError {
+  readonly code = 'host_capacity';
+  constructor(
+    readonly dimension: 'memoryMiB' | 'vcpu',
+    readonly limit: number,
+    readonly usage: number,
+    readonly requested: number,
+    /** How long a client should wait before trying again. */
+    readonly retryAfterSec: number,
+  ) {
+    const what = dimension === 'memoryMiB' ? 'memory_mib' : 'vcpu';
+    super(
+      `host capacity exceeded for ${what}: ${usage} in use + ${requested} requested > host limit ${limit}`,
+      { dimension: what, limit, usage, requested },
+      { retryable: true },
     );
   }
 }

@@ -6,6 +6,7 @@
  */
 import {
   DomainError,
+  HostCapacityError,
   QuotaExceededError,
   type DomainErrorCode,
   type QuotaDimension,
@@ -19,6 +20,7 @@ const WIRE_CODE: Readonly<Record<DomainErrorCode, ErrorCode>> = {
   ambiguous_name: 'ambiguous_name',
   state_conflict: 'conflict',
   quota_exceeded: 'quota_exceeded',
+  host_capacity: 'host_capacity',
   not_supported: 'not_implemented',
   unauthorized: 'unauthorized',
   forbidden: 'forbidden',
@@ -80,6 +82,12 @@ export function fromDomainError(err: DomainError): ApiError {
       err.retryable,
       { cause: err },
     );
+  }
+  if (err instanceof HostCapacityError) {
+    return new ApiError('host_capacity', err.message, err.details, true, {
+      cause: err,
+      retryAfterSec: err.retryAfterSec,
+    });
   }
   return new ApiError(WIRE_CODE[err.code], err.message, err.details, err.retryable, {
     cause: err.cause ?? err,

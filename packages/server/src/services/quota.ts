@@ -10,6 +10,7 @@
  */
 import { InvalidInputError, QuotaExceededError, type QuotaValues } from '../domain/index.js';
 import type { OrgTx, QuotaOverrides, Store } from '../store/index.js';
+import type { HostCapacity } from './host-capacity.js';
 
 /** An org's quota as reported by `GET /v1/org/quotas` and `quotas get`. */
 export interface OrgQuota {
@@ -26,26 +27,34 @@ export class QuotaService {
     private readonly store: Store,
     /** Limits of orgs without overrides. */
     readonly defaults: QuotaValues,
+    /** Host admission for requests that take vCPUs or memory (none: quotas only). */
+    readonly host?: HostCapacity,
   ) {}
 
   /**
    * The quota reservation: checks that `request` fits the org's limits and runs `write` (which
    * inserts or moves the row that holds the resources) in the same transaction, under the org's
    * lock. Throws `QuotaExceededError` naming the first dimension that would be exceeded, before
-   * `write` runs.
+   * `write` runs. A request for vCPUs or memory is first admitted against the host
+   * (`HostCapacity.admit`, which holds the host's admission turn until the transaction has
+   * committed): `HostCapacityError` when the host has no room.
    */
   reserve<T>(
     orgId: string,
     request: Partial<QuotaValues>,
     write: (tx: OrgTx) => Promise<T>,
   ): Promise<T> {
-    return this.store.withOrgLock(orgId, async (tx) => {
-      const limits = effectiveLimits(this.defaults, await tx.getQuotaOverrides());
-      const usage = await tx.getUsage();
-      const over = exceededDimension(limits, usage, request);
-      if (over) throw quotaExceededError(over, limits, usage, request);
-      return write(tx);
-    });
+    const reserve = (): Promise<T> =>
+      this.store.withOrgLock(orgId, async (tx) => {
+        const limits = effectiveLimits(this.defaults, await tx.getQuotaOverrides());
+        const usage = await tx.getUsage();
+        const over = exceededDimension(limits, usage, request);
+        if (over) throw quotaExceededError(over, limits, usage, request);
+        return write(tx);
+      });
+    const { vcpu = 0, memoryMiB = 0 } = request;
+    if (!this.host || (vcpu <= 0 && memoryMiB <= 0)) return reserve();
+    return this.host.admit({ vcpu, memoryMiB }, reserve);
   }
 
   /** The org's limits, usage and overrides. */
