@@ -46,6 +46,8 @@ import type { LifecycleService } from './services/lifecycle.js';
 import type { PublishedServices } from './services/published-services.js';
 import type { ProxyAddress } from './proxy/hostnames.js';
 import type { QuotaService } from './services/quota.js';
+import type { Metrics } from './services/metrics.js';
+import { installMetrics } from './routes/metrics.js';
 import type { ConsoleService } from './services/console.js';
 import type { ForkService } from './services/fork.js';
 import type { LineageService } from './services/lineage.js';
@@ -90,6 +92,10 @@ export interface AppServices {
   lifecycle: LifecycleService;
   /** Limits and usage (`GET /v1/org/quotas`). */
   quotas: QuotaService;
+  /** Served at `/metrics` and fed by the request hook (none: no `/metrics`). */
+  metrics?: Metrics;
+  /** Bearer token that opens `/metrics` to non-loopback callers (`FASTVM_METRICS_TOKEN`). */
+  metricsToken?: string;
   /** Presigned file transfer; its `/storage/` URLs are served before Fastify sees them. */
   files: FileService;
   /** The caller org's SSH keys (default: one over `store`). */
@@ -263,6 +269,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
     },
     execBodyLimit: opts.execBodyLimit ?? 16 * 1024 * 1024,
   };
+  installMetrics(app, opts.services);
   await app.register(healthRoutes);
   await app.register(vmRoutes, pluginOpts);
   await app.register(execRoutes, pluginOpts);

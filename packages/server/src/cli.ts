@@ -154,6 +154,7 @@ async function serve(args: string[]): Promise<number> {
     storage: storageSettingsFromEnv(),
     pricing: pricingFromEnv(),
     hostCapacity: config.hostCapacity,
+    ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
     proxy: {
       port: config.proxyPort,
       domain: config.proxyDomain,

@@ -39,6 +39,8 @@ export interface ServeConfig {
    * `services/host-capacity.ts`.
    */
   hostCapacity: HostCapacityConfig;
+  /** Bearer token that opens `/metrics` to non-loopback callers (`FASTVM_METRICS_TOKEN`). */
+  metricsToken?: string;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -115,6 +117,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     config.tlsCertFile = tlsCertFile;
     config.tlsKeyFile = tlsKeyFile;
   }
+  if (env.FASTVM_METRICS_TOKEN) config.metricsToken = env.FASTVM_METRICS_TOKEN;
   if (env.FASTVM_BOOTSTRAP_KEY) config.bootstrapKey = env.FASTVM_BOOTSTRAP_KEY;
   if (sync) config.sqliteSynchronous = sync;
   return config;

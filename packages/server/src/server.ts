@@ -22,6 +22,7 @@ import { LineageService } from './services/lineage.js';
 import { LifecycleService } from './services/lifecycle.js';
 import { ensureBootstrapKey } from './services/orgs.js';
 import { QuotaService } from './services/quota.js';
+import { Metrics } from './services/metrics.js';
 import { HostCapacity, type HostCapacityConfig } from './services/host-capacity.js';
 import { SshKeyService } from './services/ssh-keys.js';
 import { SnapshotService } from './services/snapshot-service.js';
@@ -65,6 +66,8 @@ export interface StartServerOptions {
    * (`serve` always turns it on).
    */
   hostCapacity?: HostCapacityConfig;
+  /** Opens `/metrics` to non-loopback callers sending it as a Bearer token. */
+  metricsToken?: string;
   /** Server-wide default quota limits (per-org overrides still apply). */
   quotaDefaults?: Partial<QuotaValues>;
   maxDiskGiB?: number;
@@ -189,6 +192,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
           : {}),
       },
     );
+    const metrics = new Metrics({ store, quotas, runtime });
     const ctx: ServiceContext = {
       store,
       runtime,
@@ -199,6 +203,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       quotas,
       events,
       staging: files,
+      metrics,
     };
     const vms = new VmService(ctx);
     const execs = new ExecSessions(vms, { events, logger });
@@ -267,6 +272,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         execs,
         files,
         quotas,
+        metrics,
+        ...(opts.metricsToken ? { metricsToken: opts.metricsToken } : {}),
         sshKeys: new SshKeyService(store),
         published,
         proxyAddress: () => proxyAddress,

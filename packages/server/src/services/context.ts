@@ -9,6 +9,7 @@ import type { NetworkManager } from './network.js';
 import type { QuotaService } from './quota.js';
 import type { TaskTracker } from './tasks.js';
 import type { VmEvents } from './vm-events.js';
+import type { Metrics } from './metrics.js';
 
 /** Tunables of the services (defaults in `startServer`). */
 export interface ServiceSettings {
@@ -37,6 +38,8 @@ export interface ServiceContext {
   quotas: QuotaService;
   /** Services publish every VM whose status or TTL they changed (the TTL scheduler listens). */
   events: VmEvents;
+  /** Operation counters and latencies (`/metrics`); none in tests that build a context by hand. */
+  metrics?: Metrics;
   /** File-transfer staging; a deleted VM's objects are dropped (see `files.ts`). */
   staging?: { dropVm(vmId: string): Promise<void> };
 }

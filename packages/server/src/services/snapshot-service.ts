@@ -73,6 +73,7 @@ export class SnapshotService {
       try {
         const info = await runtime.snapshot(vm.id, snap.id);
         const ready = await store.transitionSnapshot(snap.id, { from: 'creating', to: 'ready' });
+        this.ctx.metrics?.observe('snapshot', started, true);
         logger.info(
           { vmId: vm.id, snapshotId: snap.id, ms: Date.now() - started, pauseMs: info.pauseMs },
           'snapshot ready',
@@ -80,6 +81,7 @@ export class SnapshotService {
         return ready ?? { ...snap, status: 'ready' as const };
       } catch (err) {
         logger.warn({ err, vmId: vm.id, snapshotId: snap.id }, 'snapshot failed');
+        this.ctx.metrics?.observe('snapshot', started, false);
         await store
           .transitionSnapshot(
             snap.id,

@@ -271,6 +271,8 @@ export class VmService {
   async boot(vm: VmRecord): Promise<VmRecord> {
     const { runtime, network, store, logger } = this.ctx;
     const log = logger.child({ vmId: vm.id });
+    const operation = vm.sourceSnapshotId ? 'restore' : 'launch';
+    const t0 = Date.now();
     // The host side of networking (tap, nftables) is set up while QEMU starts: the runtime plugs
     // the tap in when it is ready, before the guest gets its identity and runs.
     // The effective policy: a restore's services are registered before it boots.
@@ -299,10 +301,12 @@ export class VmService {
       );
       if (updated) this.ctx.events.changed(updated);
       log.info({ ms: Date.now() - started, restoredFrom: vm.sourceSnapshotId }, 'vm running');
+      this.ctx.metrics?.observe(operation, t0, true);
       // A delete that raced the boot owns the row now; it destroys the VM after this settles.
       return updated ?? (await store.getVm(vm.orgId, vm.id)) ?? vm;
     } catch (err) {
       log.warn({ err }, 'vm launch failed');
+      this.ctx.metrics?.observe(operation, t0, false);
       const failed = await store
         .transitionVm(vm.id, { from: 'provisioning', to: 'error' }, { error: describeError(err) })
         .catch((e: unknown) => log.error({ err: e }, 'recording launch failure failed'));
@@ -413,8 +417,9 @@ export class VmService {
 
   /** Runs a prepared exec; `signal` aborts (kills) the command. */
   async runExec(prepared: PreparedExec, streams: ExecStreams = {}): Promise<ExecResult> {
+    const t0 = Date.now();
     try {
-      return await this.ctx.runtime.exec(prepared.vm.id, {
+      const result = await this.ctx.runtime.exec(prepared.vm.id, {
         argv: prepared.argv,
         ...(Object.keys(prepared.env).length > 0 ? { env: prepared.env } : {}),
         timeoutMs: prepared.timeoutMs,
@@ -424,7 +429,10 @@ export class VmService {
         ...(streams.onStdout ? { onStdout: streams.onStdout } : {}),
         ...(streams.onStderr ? { onStderr: streams.onStderr } : {}),
       });
+      this.ctx.metrics?.observe('exec', t0, true);
+      return result;
     } catch (err) {
+      this.ctx.metrics?.observe('exec', t0, false);
       if (streams.signal?.aborted) {
         // Nobody is listening any more; keep it out of the 5xx logs.
         throw new CancelledError('exec aborted: the client disconnected', { cause: err });
