@@ -135,10 +135,29 @@ describe('host capacity settings', () => {
     expect(() => hostCapacityFromEnv({ FASTVM_HOST_CPUS: 'two' })).toThrow(/FASTVM_HOST_CPUS/);
   });
 
-  it('defaults: 10% (≥ 1 GiB) reserve, memory × 4, vCPUs × 16', () => {
+  it('defaults: 10% (≥ 1 GiB) reserve, memory × 16, vCPUs × 64 (a fork of 100 c1m2 fits)', () => {
     // The store is not consulted until an admission.
     const host = new HostCapacity({} as never, { hostMemoryMiB: 24576, hostCpus: 2 });
-    expect(host.memoryLimitMiB).toBe(Math.floor((24576 - 2457) * 4));
-    expect(host.vcpuLimit).toBe(32);
+    expect(host.memoryLimitMiB).toBe(Math.floor((24576 - 2457) * 16));
+    expect(host.memoryLimitMiB).toBeGreaterThanOrEqual(100 * 2048);
+    expect(host.vcpuLimit).toBe(128);
+  });
+
+  it("refuses what the host's available memory cannot hold now, whatever the paper count says", async () => {
+    const store = { listVmsByStatus: async () => [] } as never;
+    // The reserve plus 64 MiB: less than one c1m2's share (2048 / 16 = 128 MiB).
+    let available = 1024 + 64;
+    const host = new HostCapacity(store, {
+      hostMemoryMiB: 24576,
+      hostCpus: 2,
+      reserveMiB: 1024,
+      memAvailableMiB: () => available,
+    });
+    const write = async () => 'written';
+    await expect(host.admit({ vcpu: 1, memoryMiB: 2048 }, write)).rejects.toMatchObject({
+      name: 'HostCapacityError',
+    });
+    available = 1024 + 128;
+    await expect(host.admit({ vcpu: 1, memoryMiB: 2048 }, write)).resolves.toBe('written');
   });
 });

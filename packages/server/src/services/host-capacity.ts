@@ -3,15 +3,19 @@
  * memory and CPUs as well as the org's quota, so the host refuses the VM that would push it into
  * OOM (a clear 503 `host_capacity` with `Retry-After`) instead of letting the kernel kill one.
  *
- * - Memory: the RAM of every VM whose QEMU holds it (`provisioning`, `running`, `pausing`,
- *   `paused`, `resuming`; a paused VM's QEMU keeps its memory) stays ≤ (MemTotal − reserve) ×
- *   `memoryOvercommit`. The default ratio is 4: a restored or forked VM shares the snapshot's
- *   pages copy-on-write and touches few of its own (28.6 MiB real per idle c1m2, 1.4% of its
- *   2 GiB), so 4× still leaves each guest a quarter of its RAM to dirty on average.
+ * - Memory, on paper: the RAM of every VM whose QEMU holds it (`provisioning`, `running`,
+ *   `pausing`, `paused`, `resuming`; a paused VM's QEMU keeps its memory) stays ≤
+ *   (MemTotal − reserve) × `memoryOvercommit`. The default ratio is 16: a restored or forked VM
+ *   shares the snapshot's pages copy-on-write and touches few of its own (28.6 MiB real per
+ *   idle c1m2, 1.4% of its 2 GiB), so 16× still leaves each guest 1/16 of its RAM (128 MiB of a
+ *   c1m2) to dirty on average, and `fork` of 100 c1m2 fits a 24 GiB host.
+ * - Memory, for real: the host's MemAvailable right now, less the reserve, must hold the new
+ *   VMs' share at the same ratio (RAM / `memoryOvercommit`), so that VMs that did dirty their
+ *   memory stop admissions before the host runs short, whatever the paper count says.
  * - vCPUs: the vCPUs of the VMs that can run (the same states less `paused`, which gives its
- *   vCPUs back as in the quota) stay ≤ host CPUs × `cpuOvercommit`, default 16: an
+ *   vCPUs back as in the quota) stay ≤ host CPUs × `cpuOvercommit`, default 64: an
  *   oversubscribed CPU only makes guests slower, never kills anything, and idle VMs cost
- *   ~0.3% of a core each.
+ *   ~0.3% of a core each (a `fork` of 100 fits two cores).
  *
  * Race-free: `admit` runs the check and the caller's write (the quota reservation that inserts
  * or moves the VM row) one at a time for the whole host, so two admissions never both see the
@@ -38,10 +42,12 @@ export interface HostCapacityConfig {
   hostCpus?: number;
   /** Memory kept for the host itself (default: 10% of MemTotal, at least 1024 MiB). */
   reserveMiB?: number;
-  /** Default 4. */
-  memoryOvercommit?: number;
   /** Default 16. */
+  memoryOvercommit?: number;
+  /** Default 64. */
   cpuOvercommit?: number;
+  /** The host's available memory now, in MiB (default: MemAvailable of /proc/meminfo). */
+  memAvailableMiB?: () => number;
   /** The `Retry-After` of a refusal, in seconds (default 10). */
   retryAfterSec?: number;
 }
@@ -58,8 +64,8 @@ export interface HostUsage {
   vcpu: { used: number; limit: number };
 }
 
-export const DEFAULT_MEMORY_OVERCOMMIT = 4;
-export const DEFAULT_CPU_OVERCOMMIT = 16;
+export const DEFAULT_MEMORY_OVERCOMMIT = 16;
+export const DEFAULT_CPU_OVERCOMMIT = 64;
 
 const HOLDS_MEMORY: readonly VmStatus[] = [
   'provisioning',
@@ -69,15 +75,27 @@ const HOLDS_MEMORY: readonly VmStatus[] = [
   'resuming',
 ];
 
-/** MemTotal of /proc/meminfo in MiB (os.totalmem where there is none). */
-export function readMemTotalMiB(): number {
+/** A field of /proc/meminfo in MiB, or undefined where there is none. */
+function meminfoMiB(field: string): number | undefined {
   try {
-    const m = /^MemTotal:\s+(\d+)\s+kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'm').exec(
+      readFileSync('/proc/meminfo', 'utf8'),
+    );
     if (m) return Math.floor(Number(m[1]) / 1024);
   } catch {
-    // not Linux: fall through
+    // not Linux
   }
-  return Math.floor(os.totalmem() / (1024 * 1024));
+  return undefined;
+}
+
+/** MemTotal of /proc/meminfo in MiB (os.totalmem where there is none). */
+export function readMemTotalMiB(): number {
+  return meminfoMiB('MemTotal') ?? Math.floor(os.totalmem() / (1024 * 1024));
+}
+
+/** MemAvailable of /proc/meminfo in MiB (os.freemem where there is none). */
+export function readMemAvailableMiB(): number {
+  return meminfoMiB('MemAvailable') ?? Math.floor(os.freemem() / (1024 * 1024));
 }
 
 /** See the module comment. */
@@ -86,6 +104,9 @@ export class HostCapacity {
   readonly memoryLimitMiB: number;
   readonly vcpuLimit: number;
   readonly retryAfterSec: number;
+  readonly #reserveMiB: number;
+  readonly #memRatio: number;
+  readonly #memAvailable: () => number;
   #tail: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -101,6 +122,9 @@ export class HostCapacity {
     const cpuRatio = config.cpuOvercommit ?? DEFAULT_CPU_OVERCOMMIT;
     this.memoryLimitMiB = Math.max(0, Math.floor((this.totals.memoryMiB - reserve) * memRatio));
     this.vcpuLimit = Math.floor(this.totals.cpus * cpuRatio);
+    this.#reserveMiB = reserve;
+    this.#memRatio = memRatio;
+    this.#memAvailable = config.memAvailableMiB ?? readMemAvailableMiB;
     this.retryAfterSec = config.retryAfterSec ?? 10;
   }
 
@@ -132,6 +156,18 @@ export class HostCapacity {
         if (want > 0 && used + want > limit) {
           throw new HostCapacityError(dim, limit, used, want, this.retryAfterSec);
         }
+      }
+      const share = Math.ceil((request.memoryMiB ?? 0) / this.#memRatio);
+      const available = this.#memAvailable() - this.#reserveMiB;
+      if (share > 0 && share > available) {
+        // Reported as memory: what is left for VMs now against what this one may need.
+        throw new HostCapacityError(
+          'memoryMiB',
+          Math.max(0, available),
+          0,
+          share,
+          this.retryAfterSec,
+        );
       }
       return write();
     });
