@@ -354,7 +354,6 @@ export class NetworkManager {
     this.#requireAvailable();
     const existing = this.#portOf(vmId);
     if (existing) {
-      if (this.#ready.has(existing.tap)) return Promise.resolve(this.#toVmNetwork(existing));
       // A retry after a failure, or a VM of an earlier run: make sure it is all there.
       return this.#exclusive(async () => {
         await this.#createPort(existing, { keepFirewall: true });
