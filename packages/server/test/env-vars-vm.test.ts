@@ -3,38 +3,24 @@
  * streaming exec and the console (the guest agent's process environment, the command is not
  * rewritten), and a restored fork sees the snapshot's merged with its own.
  */
-import fs from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { QemuRuntime } from '@fastvm/runtime';
-import { disposeRuntime, testRuntime } from '../../runtime/test/helpers.js';
-import { startServer, type ServerHandle } from '../src/index.js';
+import type { ServerHandle } from '../src/index.js';
 import { ConsoleClient, consoleUrl } from './console-helpers.js';
-import { TestClient, makeDataDir } from './helpers.js';
+import type { TestClient } from './helpers.js';
+import { startVmTestServer, type VmTestServer } from './vm-server.js';
 
 describe('envVars (real QEMU VMs)', () => {
-  let runtime: QemuRuntime;
+  let vms: VmTestServer | undefined;
   let server: ServerHandle;
-  let dataDir: string;
   let api: TestClient;
 
   beforeAll(async () => {
-    runtime = await testRuntime();
-    dataDir = await makeDataDir();
-    server = await startServer({
-      port: 0,
-      dataDir,
-      runtime,
-      logLevel: process.env.FASTVM_TEST_LOG_LEVEL ?? 'silent',
-      launchWaitMs: 60_000,
-    });
-    api = new TestClient(server.url, server.bootstrapKey);
+    vms = await startVmTestServer();
+    ({ server, api } = vms);
   }, 180_000);
 
   afterAll(async () => {
-    api?.close();
-    await server?.close();
-    await disposeRuntime(runtime);
-    if (dataDir) await fs.rm(dataDir, { recursive: true, force: true });
+    await vms?.close();
   });
 
   it('exec, streaming exec, the console and a restored fork see them', async () => {

@@ -8,34 +8,21 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { QemuRuntime } from '@fastvm/runtime';
-import { disposeRuntime, testRuntime } from '../../runtime/test/helpers.js';
-import { startServer, type ServerHandle } from '../src/index.js';
-import { TestClient, makeDataDir, sleep } from './helpers.js';
+import { sleep, type TestClient } from './helpers.js';
+import { startVmTestServer, type VmTestServer } from './vm-server.js';
 
 describe('fork and lineage (real QEMU VMs)', () => {
+  let vms: VmTestServer | undefined;
   let runtime: QemuRuntime;
-  let server: ServerHandle;
-  let dataDir: string;
   let api: TestClient;
 
   beforeAll(async () => {
-    runtime = await testRuntime();
-    dataDir = await makeDataDir();
-    server = await startServer({
-      port: 0,
-      dataDir,
-      runtime,
-      logLevel: process.env.FASTVM_TEST_LOG_LEVEL ?? 'silent',
-      launchWaitMs: 60_000,
-    });
-    api = new TestClient(server.url, server.bootstrapKey);
+    vms = await startVmTestServer();
+    ({ runtime, api } = vms);
   }, 180_000);
 
   afterAll(async () => {
-    api?.close();
-    await server?.close();
-    await disposeRuntime(runtime);
-    if (dataDir) await fs.rm(dataDir, { recursive: true, force: true });
+    await vms?.close();
   });
 
   it('forks 3 running VMs in one call, each its own machine; lineage and digests', async () => {

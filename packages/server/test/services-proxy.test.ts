@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FirewallPolicy } from '../src/domain/index.js';
 import type { NetworkManager, VmNetworkAttachment } from '../src/services/network.js';
 import { TestClient, createOrgWithKey, startTestServer, type TestServer } from './helpers.js';
+import { h2Request, viaProxy } from './proxy-helpers.js';
 
 class LoopbackNetwork implements NetworkManager {
   async attach(_vmId: string, _policy: FirewallPolicy): Promise<VmNetworkAttachment> {
@@ -27,46 +28,6 @@ class LoopbackNetwork implements NetworkManager {
   async release(): Promise<void> {}
   async reconcile(): Promise<void> {}
   async close(): Promise<void> {}
-}
-
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
-
-/** An HTTP/1.1 request to the proxy with the given Host. */
-function h1(
-  port: number,
-  host: string,
-  path = '/',
-  opts: { method?: string; headers?: Record<string, string>; body?: string } = {},
-): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: '127.0.0.1',
-        port,
-        path,
-        method: opts.method ?? 'GET',
-        headers: { host, ...opts.headers },
-        agent: false,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            body: Buffer.concat(chunks).toString(),
-          }),
-        );
-      },
-    );
-    req.on('error', reject);
-    req.end(opts.body);
-  });
 }
 
 function listen(server: net.Server): Promise<number> {
@@ -164,7 +125,7 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
   });
 
   it('routes by Host to the VM address and the service port (GET, HEAD, POST)', async () => {
-    const r = await h1(proxyPort, host('web'), '/a/b?c=1');
+    const r = await viaProxy(proxyPort, host('web'), '/a/b?c=1');
     expect(r.status).toBe(200);
     expect(r.body).toBe('hello GET /a/b?c=1');
     expect(r.headers['x-backend']).toBe('h1');
@@ -173,12 +134,12 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
     expect(lastHeaders['x-forwarded-proto']).toBe('http');
     expect(lastHeaders['x-forwarded-for']).toBe('127.0.0.1');
     // Case and a trailing dot do not matter.
-    const upper = await h1(proxyPort, `WEB--${hex.toUpperCase()}.PROXY.LOCALHOST.`);
+    const upper = await viaProxy(proxyPort, `WEB--${hex.toUpperCase()}.PROXY.LOCALHOST.`);
     expect(upper.status).toBe(200);
-    const head = await h1(proxyPort, host('web'), '/', { method: 'HEAD' });
+    const head = await viaProxy(proxyPort, host('web'), '/', { method: 'HEAD' });
     expect(head.status).toBe(200);
     expect(head.body).toBe('');
-    const post = await h1(proxyPort, host('web'), '/echo', {
+    const post = await viaProxy(proxyPort, host('web'), '/echo', {
       method: 'POST',
       body: 'x'.repeat(100_000),
     });
@@ -186,25 +147,25 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
   });
 
   it('answers its own errors as small pages: unknown host, VM, service; refused backend', async () => {
-    const unknown = await h1(proxyPort, 'example.com');
+    const unknown = await viaProxy(proxyPort, 'example.com');
     expect(unknown.status).toBe(404);
     expect(unknown.headers['content-type']).toMatch(/^text\/plain/);
     expect(unknown.headers['x-fastvm-proxy-error']).toBe('unknown_host');
     expect(unknown.body).toMatch(/not a service hostname/);
-    const html = await h1(proxyPort, `localhost:${proxyPort}`, '/', {
+    const html = await viaProxy(proxyPort, `localhost:${proxyPort}`, '/', {
       headers: { accept: 'text/html' },
     });
     expect(html.status).toBe(404);
     expect(html.headers['content-type']).toMatch(/^text\/html/);
     expect(html.body).toMatch(/<h1>404 Not found<\/h1>/);
 
-    const noVm = await h1(proxyPort, host('web', '0'.repeat(32)));
+    const noVm = await viaProxy(proxyPort, host('web', '0'.repeat(32)));
     expect(noVm.status).toBe(404);
     expect(noVm.headers['x-fastvm-proxy-error']).toBe('unknown_vm');
-    const noService = await h1(proxyPort, host('other'));
+    const noService = await viaProxy(proxyPort, host('other'));
     expect(noService.status).toBe(404);
     expect(noService.headers['x-fastvm-proxy-error']).toBe('unknown_service');
-    const refused = await h1(proxyPort, host('nobody'));
+    const refused = await viaProxy(proxyPort, host('nobody'));
     expect(refused.status).toBe(502);
     expect(refused.headers['x-fastvm-proxy-error']).toBe('backend_refused');
     expect(refused.body).toMatch(/refused the connection/);
@@ -223,7 +184,7 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
     });
     expect(answer).toMatch(/^HTTP\/1\.1 400/);
     // The API's own address as the Host is not a service.
-    const api404 = await h1(proxyPort, `127.0.0.1:${t.server.port}`, '/v1/vms');
+    const api404 = await viaProxy(proxyPort, `127.0.0.1:${t.server.port}`, '/v1/vms');
     expect(api404.status).toBe(404);
   });
 
@@ -313,7 +274,7 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
   });
 
   it('speaks h2c to h2c backends, trailers included, from HTTP/1.1 and HTTP/2 clients', async () => {
-    const viaH1 = await h1(proxyPort, host('grpc'), '/pkg.Svc/Call', {
+    const viaH1 = await viaProxy(proxyPort, host('grpc'), '/pkg.Svc/Call', {
       method: 'POST',
       headers: { te: 'trailers', 'content-type': 'application/grpc' },
       body: 'payload',
@@ -324,43 +285,26 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
 
     const session = http2.connect(`http://127.0.0.1:${proxyPort}`);
     try {
-      const result = await new Promise<{
-        status: number;
-        body: string;
-        trailers: http2.IncomingHttpHeaders;
-      }>((resolve, reject) => {
-        const stream = session.request({
+      const result = await h2Request(
+        session,
+        {
           ':method': 'POST',
           ':path': '/pkg.Svc/Call',
           ':authority': host('grpc'),
           'content-type': 'application/grpc',
           te: 'trailers',
-        });
-        let status = 0;
-        let trailers: http2.IncomingHttpHeaders = {};
-        const chunks: Buffer[] = [];
-        stream.on('response', (h) => (status = Number(h[':status'])));
-        stream.on('trailers', (tr) => (trailers = tr));
-        stream.on('data', (c: Buffer) => chunks.push(c));
-        stream.on('end', () =>
-          resolve({ status, body: Buffer.concat(chunks).toString(), trailers }),
-        );
-        stream.on('error', reject);
-        stream.end('grpc-body');
-      });
+        },
+        'grpc-body',
+      );
       expect(result).toMatchObject({ status: 200, body: 'h2:grpc-body' });
       expect(result.trailers['grpc-status']).toBe('0');
 
       // An HTTP/2 client to an HTTP/1.1 service.
-      const plain = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-        const stream = session.request({ ':path': '/x', ':authority': host('web') });
-        let status = 0;
-        const chunks: Buffer[] = [];
-        stream.on('response', (h) => (status = Number(h[':status'])));
-        stream.on('data', (c: Buffer) => chunks.push(c));
-        stream.on('end', () => resolve({ status, body: Buffer.concat(chunks).toString() }));
-        stream.on('error', reject);
+      const { status, body } = await h2Request(session, {
+        ':path': '/x',
+        ':authority': host('web'),
       });
+      const plain = { status, body };
       expect(plain).toEqual({ status: 200, body: 'hello GET /x' });
     } finally {
       session.close();
@@ -371,35 +315,37 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
     const token = (await api.get(`/v1/vms/${vmId}/services`)).body.find(
       (s: { name: string }) => s.name === 'tok',
     ).token as string;
-    const none = await h1(proxyPort, host('tok'));
+    const none = await viaProxy(proxyPort, host('tok'));
     expect(none.status).toBe(401);
     expect(none.headers['www-authenticate']).toMatch(/^Bearer/);
     expect(none.body).toMatch(/requires its bearer token/);
-    const wrong = await h1(proxyPort, host('tok'), '/', {
+    const wrong = await viaProxy(proxyPort, host('tok'), '/', {
       headers: { authorization: 'Bearer fvs_wrong' },
     });
     expect(wrong.status).toBe(401);
-    const ok = await h1(proxyPort, host('tok'), '/', {
+    const ok = await viaProxy(proxyPort, host('tok'), '/', {
       headers: { authorization: `Bearer ${token}` },
     });
     expect(ok.status).toBe(200);
     expect(lastHeaders.authorization).toBeUndefined();
     // Public services pass Authorization on untouched (it is the app's own).
-    await h1(proxyPort, host('web'), '/', { headers: { authorization: 'Bearer app-token' } });
+    await viaProxy(proxyPort, host('web'), '/', { headers: { authorization: 'Bearer app-token' } });
     expect(lastHeaders.authorization).toBe('Bearer app-token');
   });
 
   it("api_key services take the org's keys only, and never forward them", async () => {
-    expect((await h1(proxyPort, host('keyed'))).status).toBe(401);
-    const ok = await h1(proxyPort, host('keyed'), '/', { headers: { 'x-api-key': t.key } });
+    expect((await viaProxy(proxyPort, host('keyed'))).status).toBe(401);
+    const ok = await viaProxy(proxyPort, host('keyed'), '/', { headers: { 'x-api-key': t.key } });
     expect(ok.status).toBe(200);
     expect(lastHeaders['x-api-key']).toBeUndefined();
-    const bearer = await h1(proxyPort, host('keyed'), '/', {
+    const bearer = await viaProxy(proxyPort, host('keyed'), '/', {
       headers: { authorization: `Bearer ${t.key}` },
     });
     expect(bearer.status).toBe(200);
     const otherKey = await createOrgWithKey(t.server, 'proxy-other');
-    const other = await h1(proxyPort, host('keyed'), '/', { headers: { 'x-api-key': otherKey } });
+    const other = await viaProxy(proxyPort, host('keyed'), '/', {
+      headers: { 'x-api-key': otherKey },
+    });
     expect(other.status).toBe(401);
     expect(other.body).toMatch(/not valid for this VM's org/);
   });
@@ -409,15 +355,15 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
     const id = vm.body.id as string;
     const idHex = id.replace(/-/g, '');
     await api.post(`/v1/vms/${id}/services`, { name: 'web', port: backendPort });
-    expect((await h1(proxyPort, host('web', idHex))).status).toBe(200);
+    expect((await viaProxy(proxyPort, host('web', idHex))).status).toBe(200);
     await api.del(`/v1/vms/${id}/services/web`);
-    expect((await h1(proxyPort, host('web', idHex))).status).toBe(404);
+    expect((await viaProxy(proxyPort, host('web', idHex))).status).toBe(404);
     await api.post(`/v1/vms/${id}/services`, { name: 'web', port: backendPort });
-    expect((await h1(proxyPort, host('web', idHex))).status).toBe(200);
+    expect((await viaProxy(proxyPort, host('web', idHex))).status).toBe(200);
 
     t.runtime.crash(id);
     await new Promise((r) => setTimeout(r, 100));
-    const stopped = await h1(proxyPort, host('web', idHex));
+    const stopped = await viaProxy(proxyPort, host('web', idHex));
     expect(stopped.status).toBe(502);
     expect(stopped.headers['x-fastvm-proxy-error']).toBe('vm_not_running');
     expect(stopped.body).toMatch(/is stopped/);
@@ -425,7 +371,7 @@ describe('service proxy (FakeRuntime, loopback backends)', { timeout: 30_000 }, 
     const bare = await api.post('/v1/vms', { machineType: 'c1m2' });
     await t.server.store.updateVm(bare.body.id, { publicIpv6: null });
     await api.post(`/v1/vms/${bare.body.id}/services`, { name: 'web', port: backendPort });
-    const noAddr = await h1(proxyPort, host('web', bare.body.id.replace(/-/g, '')));
+    const noAddr = await viaProxy(proxyPort, host('web', bare.body.id.replace(/-/g, '')));
     expect(noAddr.status).toBe(502);
     expect(noAddr.body).toMatch(/no network address/);
   });
@@ -493,13 +439,7 @@ describe('service proxy over TLS (the API certificate)', { timeout: 30_000 }, ()
     const host = `web--${id.replace(/-/g, '')}.proxy.localhost:${t.server.proxy.port}`;
     const session = http2.connect(`https://127.0.0.1:${t.server.proxy.port}`, { ca: cert });
     try {
-      const body = await new Promise<string>((resolve, reject) => {
-        const st = session.request({ ':path': '/', ':authority': host });
-        const chunks: Buffer[] = [];
-        st.on('data', (c: Buffer) => chunks.push(c));
-        st.on('end', () => resolve(Buffer.concat(chunks).toString()));
-        st.on('error', reject);
-      });
+      const { body } = await h2Request(session, { ':path': '/', ':authority': host });
       expect(body).toBe('tls https');
     } finally {
       session.close();
@@ -542,7 +482,7 @@ describe('service proxy timeouts', { timeout: 30_000 }, () => {
       await api.post(`/v1/vms/${vm.body.id}/services`, { name: 'slow', port });
       const host = `slow--${vm.body.id.replace(/-/g, '')}.proxy.localhost`;
       const started = performance.now();
-      const r = await h1(t.server.proxy.port, host);
+      const r = await viaProxy(t.server.proxy.port, host);
       expect(r.status).toBe(504);
       expect(r.headers['x-fastvm-proxy-error']).toBe('backend_timeout');
       expect(r.body).toMatch(/did not answer in time/);

@@ -25,6 +25,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type ServerHandle } from '../src/index.js';
 import { createNetworkManager, type NetworkSettings } from '../src/services/host-network.js';
 import { TestClient } from './helpers.js';
+import { h2Request, viaProxy } from './proxy-helpers.js';
 import { networkSkipReason } from '../../runtime/test/netns.js';
 
 const SKIP = networkSkipReason();
@@ -38,47 +39,6 @@ function run(cmd: string, args: string[]): Promise<{ code: number; out: string }
     execFile(cmd, args, { encoding: 'utf8', timeout: 20_000 }, (err, stdout) => {
       resolve({ code: err ? 1 : 0, out: stdout });
     });
-  });
-}
-
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  trailers: NodeJS.Dict<string>;
-  body: string;
-}
-
-function viaProxy(
-  port: number,
-  host: string,
-  p = '/',
-  opts: { method?: string; headers?: Record<string, string>; body?: string } = {},
-): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: '127.0.0.1',
-        port,
-        path: p,
-        method: opts.method ?? 'GET',
-        headers: { host, ...opts.headers },
-        agent: false,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            trailers: res.trailers,
-            body: Buffer.concat(chunks).toString(),
-          }),
-        );
-      },
-    );
-    req.on('error', reject);
-    req.end(opts.body);
   });
 }
 
@@ -304,30 +264,17 @@ describe.skipIf(SKIP)(
         expect(grpc.trailers['grpc-status']).toBe('0');
         const session = http2.connect(`http://127.0.0.1:${proxyPort}`);
         try {
-          const h2 = await new Promise<{
-            status: number;
-            body: string;
-            trailers: http2.IncomingHttpHeaders;
-          }>((resolve, reject) => {
-            const st = session.request({
+          const h2 = await h2Request(
+            session,
+            {
               ':method': 'POST',
               ':path': '/pkg.Echo/Say',
               ':authority': host('grpc', vmId),
               'content-type': 'application/grpc',
               te: 'trailers',
-            });
-            let status = 0;
-            let trailers: http2.IncomingHttpHeaders = {};
-            const chunks: Buffer[] = [];
-            st.on('response', (h) => (status = Number(h[':status'])));
-            st.on('trailers', (t) => (trailers = t));
-            st.on('data', (c: Buffer) => chunks.push(c));
-            st.on('end', () =>
-              resolve({ status, body: Buffer.concat(chunks).toString(), trailers }),
-            );
-            st.on('error', reject);
-            st.end('over h2');
-          });
+            },
+            'over h2',
+          );
           expect(h2).toMatchObject({ status: 200, body: 'h2c-echo:over h2' });
           expect(h2.trailers['grpc-status']).toBe('0');
         } finally {
