@@ -16,7 +16,7 @@ import Fastify, {
   type RawServerDefault,
 } from 'fastify';
 import type { Logger } from 'pino';
-import { authenticate } from './auth.js';
+import { ApiKeyResolver } from './auth.js';
 import { DomainError, type Pricing } from './domain/index.js';
 import { ApiError, retryHint } from './errors.js';
 import {
@@ -192,6 +192,11 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   // (the plugin is registered in its scope alone); every other route ignores the header
   // (RFC 9110 §7.8) and answers as usual, and the connection then closes, as nothing would read
   // a next request on it.
+  // One hook for everything a request goes through before its route (each async hook costs a
+  // promise and a tick per request): the Host rule, upgrade handling, the request id, shutdown,
+  // and authentication.
+  const keys = new ApiKeyResolver(opts.services.store);
+  const files = opts.services.files as FileService | undefined;
   app.addHook('onRequest', async (request, reply) => {
     const raw = request.raw;
     if (raw.httpVersion === '1.1' && raw.headers.host === undefined) {
@@ -200,27 +205,27 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
         field: 'host',
       });
     }
-    if (!isUpgradeRequest(raw)) return;
-    const socket = raw.socket;
-    reply.header('connection', 'close');
-    reply.raw.once('finish', () => socket.destroySoon());
-  });
-  app.addHook('onRequest', async (request, reply) => {
+    const upgrade = isUpgradeRequest(raw);
+    if (upgrade) {
+      const socket = raw.socket;
+      reply.header('connection', 'close');
+      reply.raw.once('finish', () => socket.destroySoon());
+    }
     reply.header('x-request-id', request.id);
     if (opts.isShuttingDown?.()) {
       throw new ApiError('unavailable', 'server is shutting down', {}, true);
     }
     // Every /v1 route needs a key unless marked public; unknown /v1 paths too (401 before 404).
-    const path = request.url;
-    if (request.routeOptions.config?.public === true || !path.startsWith('/v1/')) return;
-    request.auth = await authenticate(opts.services.store, request);
+    if (request.routeOptions.config?.public !== true && request.url.startsWith('/v1/')) {
+      request.auth = await keys.authenticate(request);
+    }
+    if (upgrade) refuseUpgradeBody(request, reply);
   });
   // Node does not parse the body of an upgrade request (it belongs to the new protocol), so a
   // route would see none: refuse rather than act on a request without its body. Storage URLs
   // (served in front of Fastify for ordinary requests) get their usual answer.
-  app.addHook('onRequest', async (request, reply) => {
+  function refuseUpgradeBody(request: FastifyRequest, reply: FastifyReply): void {
     const raw = request.raw;
-    if (!isUpgradeRequest(raw)) return;
     if (declaresBody(raw)) {
       throw new ApiError(
         'bad_request',
@@ -229,13 +234,12 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
         { field: 'upgrade' },
       );
     }
-    const files = opts.services.files as FileService | undefined;
     if (files && raw.url?.startsWith(STORAGE_PREFIX)) {
       reply.hijack();
       reply.raw.setHeader('connection', 'close');
       handleStorage(files, opts.logger, raw, reply.raw);
     }
-  });
+  }
 
   // Fastify asks for `Connection: close` after body errors (a 413, invalid JSON). That header
   // is illegal in HTTP/2. Over HTTP/1.1, closing with the rest of a refused upload unread makes

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashApiKey } from '../src/services/orgs.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { API_KEY_CACHE_MS } from '../src/auth.js';
 import { ORG_SCOPED, VM_SCOPED } from '../src/routes/unimplemented.js';
 import {
   TRANSPORTS,
@@ -57,14 +59,18 @@ describe.each(TRANSPORTS)('health, auth, errors and 501s over %s', (transport) =
     expect(res.status).toBe(200);
   });
 
-  it('stops accepting a revoked key', async () => {
+  it('stops accepting a revoked key within API_KEY_CACHE_MS (1 s)', async () => {
     const key = await createOrgWithKey(t.server, `revoke-${transport}`);
     const client = api.withKey(key);
     expect((await client.get('/v1/vms')).status).toBe(200);
     const record = (await t.server.store.listApiKeys()).find((k) => k.prefix === key.slice(0, 12));
     expect(record).toBeDefined();
     expect(await t.server.store.revokeApiKey(record!.id, new Date().toISOString())).toBe(1);
+    const revokedAt = Date.now();
+    await sleep(Math.max(0, API_KEY_CACHE_MS - (Date.now() - revokedAt)));
     expect((await client.get('/v1/vms')).status).toBe(401);
+    // An unknown key is never remembered: the next request with it is refused too.
+    expect((await api.withKey(`${key}x`).get('/v1/vms')).status).toBe(401);
   });
 
   it('stores only key hashes', async () => {

@@ -33,9 +33,10 @@ function tokenMatches(header: string | undefined, token: string | undefined): bo
 export function installMetrics(app: App, services: AppServices): void {
   const { metrics, metricsToken } = services;
   if (!metrics) return;
-  app.addHook('onResponse', async (request, reply) => {
+  app.addHook('onResponse', (request, reply, done) => {
     const route = request.routeOptions.url ?? 'unmatched';
     metrics.request(request.method, route, reply.statusCode, reply.elapsedTime / 1000);
+    done();
   });
   app.get('/metrics', { config: { public: true, hidden: true } }, async (request, reply) => {
     const allowed =

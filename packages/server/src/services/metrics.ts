@@ -41,6 +41,10 @@ export class Metrics {
   readonly #operations: Counter<'operation' | 'outcome'>;
   readonly #durations: Histogram<'operation'>;
   readonly #requests: Counter<'method' | 'route' | 'status'>;
+  readonly #requestSeries = new Map<
+    string,
+    { count: { inc(): void }; duration: { observe(seconds: number): void } }
+  >();
   readonly #requestDurations: Histogram<'method' | 'route'>;
 
   constructor(sources: MetricsSources) {
@@ -139,8 +143,18 @@ export class Metrics {
 
   /** Records one API request (`route`: the route pattern, or `unmatched`). */
   request(method: string, route: string, status: number, seconds: number): void {
-    this.#requests.inc({ method, route, status: String(status) });
-    this.#requestDurations.observe({ method, route }, seconds);
+    // prom-client hashes a label object on every call; its per-label-set children do not.
+    const key = `${method} ${route} ${status}`;
+    let series = this.#requestSeries.get(key);
+    if (!series) {
+      series = {
+        count: this.#requests.labels(method, route, String(status)),
+        duration: this.#requestDurations.labels(method, route),
+      };
+      this.#requestSeries.set(key, series);
+    }
+    series.count.inc();
+    series.duration.observe(seconds);
   }
 
   /** The exposition text and its content type. */

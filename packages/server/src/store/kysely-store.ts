@@ -32,6 +32,7 @@ import {
   type VmTtl,
 } from '../domain/index.js';
 import { migrateToLatest } from './migrations.js';
+import { prepared } from './prepared.js';
 import type { Database, SnapshotsTable, VmsTable } from './schema.js';
 import type {
   OrgTx,
@@ -47,11 +48,40 @@ type Db = Kysely<Database> | Transaction<Database>;
 
 /** Shared implementation; construct through `openSqliteStore` / `openPostgresStore`. */
 export class KyselyStore implements Store {
+  // Hot lookups (every request authenticates and most address one VM), compiled once.
+  readonly #activeKeyByHash;
+  readonly #liveVmById;
+  readonly #liveSnapshotById;
+
   constructor(
     readonly db: Kysely<Database>,
     readonly dialect: 'sqlite' | 'postgres',
     private readonly onClose?: () => Promise<void> | void,
-  ) {}
+  ) {
+    this.#activeKeyByHash = prepared(db, 1, (hash: string) =>
+      db
+        .selectFrom('api_keys')
+        .selectAll()
+        .where('key_hash', '=', hash)
+        .where('revoked_at', 'is', null),
+    );
+    this.#liveVmById = prepared(db, 2, (orgId: string, id: string) =>
+      db
+        .selectFrom('vms')
+        .selectAll()
+        .where('org_id', '=', orgId)
+        .where('id', '=', id)
+        .where('deleted_at', 'is', null),
+    );
+    this.#liveSnapshotById = prepared(db, 2, (orgId: string, id: string) =>
+      db
+        .selectFrom('snapshots')
+        .selectAll()
+        .where('org_id', '=', orgId)
+        .where('id', '=', id)
+        .where('deleted_at', 'is', null),
+    );
+  }
 
   migrate(): Promise<string[]> {
     return migrateToLatest(this.db);
@@ -111,12 +141,7 @@ export class KyselyStore implements Store {
   }
 
   async findActiveApiKey(keyHash: string): Promise<ApiKeyRecord | undefined> {
-    const row = await this.db
-      .selectFrom('api_keys')
-      .selectAll()
-      .where('key_hash', '=', keyHash)
-      .where('revoked_at', 'is', null)
-      .executeTakeFirst();
+    const [row] = await this.#activeKeyByHash(keyHash);
     return row && toApiKey(row);
   }
 
@@ -208,13 +233,7 @@ export class KyselyStore implements Store {
   // ---- VMs ----------------------------------------------------------------------------------
 
   async getVm(orgId: string, id: string): Promise<VmRecord | undefined> {
-    const row = await this.db
-      .selectFrom('vms')
-      .selectAll()
-      .where('org_id', '=', orgId)
-      .where('id', '=', id)
-      .where('deleted_at', 'is', null)
-      .executeTakeFirst();
+    const [row] = await this.#liveVmById(orgId, id);
     return row && toVm(row);
   }
 
@@ -311,13 +330,7 @@ export class KyselyStore implements Store {
   // ---- snapshots ----------------------------------------------------------------------------
 
   async getSnapshot(orgId: string, id: string): Promise<SnapshotRecord | undefined> {
-    const row = await this.db
-      .selectFrom('snapshots')
-      .selectAll()
-      .where('org_id', '=', orgId)
-      .where('id', '=', id)
-      .where('deleted_at', 'is', null)
-      .executeTakeFirst();
+    const [row] = await this.#liveSnapshotById(orgId, id);
     return row && toSnapshot(row);
   }
 
