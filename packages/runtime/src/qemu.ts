@@ -70,6 +70,11 @@ export function kernelCmdline(tscKhz: number): string {
     'panic=-1',
     'mitigations=off',
     'random.trust_cpu=on',
+    // An idle guest's wake-ups cost host CPU under TCG: fold the per-CPU VM statistics every
+    // 10 s instead of every second and write dirty pages back every 30 s instead of every 5
+    // (measured on one idle c1m2: 3.0 -> 0.7 ms of host CPU per second).
+    'sysctl.vm.stat_interval=10',
+    'sysctl.vm.dirty_writeback_centisecs=3000',
   ].join(' ');
 }
 
