@@ -275,6 +275,24 @@ function targets(
     s.proxy_rps_ratio?.p50,
     0.8,
   );
+  le(
+    'idle CPU per admitted c1m2 ≤ 0.15% of a core (issue 19)',
+    `density_idle_cpu_per_vm (%; ${fmt(s.density_c1m2?.p50)} VMs admitted, ${fmt(s.density_mem_per_vm?.p50)} MiB each)`,
+    s.density_idle_cpu_per_vm?.p50,
+    0.15,
+  );
+  le(
+    'API: server CPU per GET /v1/vms/{id} over HTTP/2 ≤ 0.1 ms (issue 19)',
+    'api_h2_server_cpu_per_req (ms)',
+    s.api_h2_server_cpu_per_req?.p50,
+    0.1,
+  );
+  ge(
+    'API: GET /v1/vms/{id} over 64 HTTP/2 streams ≥ 10,000 req/s (issue 19)',
+    'api_h2_rps p50 (req/s)',
+    s.api_h2_rps?.p50,
+    10_000,
+  );
   const f100 = s.fanout_100_idle;
   const f100Failed = errors.some((e) => e.startsWith('fanout_100_idle'));
   t.push({

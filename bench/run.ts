@@ -19,6 +19,7 @@ import { createVm, loadH1, loadH2, sdkRoundTrips, startApiServer, type ApiServer
 import { cliStart } from './cli.js';
 import { coldBoot, plainRestore, plainSnapshot, type DirectEnv } from './direct.js';
 import { startPyExec, type PyExec } from './exec-py.js';
+import { densityC1m2 } from './density.js';
 import { startForkApiBench, type ForkApiBench } from './fork.js';
 import {
   NET_COUNTS,
@@ -59,9 +60,12 @@ const GROUPS = [
   'cli',
   'net',
   'proxy',
+  'density',
 ] as const;
+/** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
+const OPT_IN: readonly Group[] = ['density'];
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
-const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy'];
+const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy', 'density'];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -70,6 +74,7 @@ const { values: argv } = parseArgs({
     only: { type: 'string' },
     out: { type: 'string', default: path.join(here, 'results') },
     fanout: { type: 'string' },
+    'density-max': { type: 'string', default: '1000' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -83,7 +88,7 @@ if (argv.help) {
 }
 const quick = argv.quick ?? false;
 const only = new Set<Group>(
-  (argv.only ? argv.only.split(',') : GROUPS).map((name) => {
+  (argv.only ? argv.only.split(',') : GROUPS.filter((g) => !OPT_IN.includes(g))).map((name) => {
     // The networked scenarios share their servers: any of their names selects the group.
     const g = (NET_SCENARIOS as readonly string[]).includes(name.replace(/_off$/, ''))
       ? 'net'
@@ -835,6 +840,28 @@ async function groupApi(): Promise<void> {
   }
 }
 
+/**
+ * Idle c1m2 VMs through the API until host admission refuses (opt-in: `--only density`, with
+ * `--density-max N` to stop earlier). Destroys the bench runtime's VMs first: it fills the host.
+ */
+async function groupDensity(): Promise<void> {
+  await destroyAllVms();
+  const r = await densityC1m2(benchRoot, runtimeLog, { max: Number(argv['density-max']) });
+  rec.add('density_c1m2', 'count', r.admitted);
+  rec.add('density_mem_per_vm', 'MiB', r.memPerVmMiB);
+  rec.add('density_pss_per_vm', 'MiB', r.pssPerVmMiB);
+  rec.add('density_idle_cpu_per_vm', '%', r.idleCpuPerVmPct);
+  rec.note(
+    'density_c1m2',
+    `idle c1m2 restores through the API (host admission at its defaults) until ` +
+      `${r.refused ? `refused (${r.refusal})` : `the cap of ${argv['density-max']}`}; ` +
+      `${r.answered}/${r.admitted} answered after idling; ${r.oomKills} OOM kills on the host; ${r.seconds.toFixed(0)} s`,
+  );
+  if (r.answered !== r.admitted)
+    errors.push(`density: ${r.admitted - r.answered} VMs did not answer`);
+  if (r.oomKills > 0) errors.push(`density: the host OOM-killed ${r.oomKills} processes`);
+}
+
 /** `fastvm --version` start-up vs `node -e 0`, interleaved. */
 async function groupCli(): Promise<void> {
   const { cli, node } = await cliStart(N.cliStart);
@@ -1004,6 +1031,7 @@ async function main(): Promise<number> {
     cli: groupCli,
     net: groupNet,
     proxy: groupProxy,
+    density: groupDensity,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;
@@ -1029,7 +1057,7 @@ async function main(): Promise<number> {
     machine: { ...hostInfo(), accel: rt.accel },
     quick,
     groups: [...only],
-    allGroups: only.size === GROUPS.length,
+    allGroups: only.size === GROUPS.length - OPT_IN.length,
     durationS: (now() - started) / 1000,
     load: { start: loadStart, end: os.loadavg(), otherQemuAtStart: otherQemu },
     errors,
