@@ -3,21 +3,18 @@
  * guest agent. Input is sent as text frames and the size as resize messages, exactly as the
  * official Python CLI does (contract §5).
  */
-import fs from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { QemuRuntime } from '@fastvm/runtime';
-import { disposeRuntime, testRuntime } from '../../runtime/test/helpers.js';
-import { startServer, type ServerHandle } from '../src/index.js';
+import type { ServerHandle } from '../src/index.js';
 import { ConsoleClient, consoleUrl } from './console-helpers.js';
-import { TestClient, createOrgWithKey, makeDataDir, sleep } from './helpers.js';
+import { startVmTestServer, type VmTestServer } from './vm-server.js';
+import { TestClient, createOrgWithKey, sleep } from './helpers.js';
 
 /** A shell prompt at the end of the output (root's `#`). */
 const PROMPT = /[#$] $/;
 
 describe('console (real QEMU VM)', () => {
-  let runtime: QemuRuntime;
+  let t: VmTestServer | undefined;
   let server: ServerHandle;
-  let dataDir: string;
   let api: TestClient;
   let vmId: string;
 
@@ -36,25 +33,15 @@ describe('console (real QEMU VM)', () => {
   }
 
   beforeAll(async () => {
-    runtime = await testRuntime();
-    dataDir = await makeDataDir();
-    server = await startServer({
-      port: 0,
-      dataDir,
-      runtime,
-      logLevel: process.env.FASTVM_TEST_LOG_LEVEL ?? 'silent',
-      launchWaitMs: 60_000,
-    });
-    api = new TestClient(server.url, server.bootstrapKey);
+    t = await startVmTestServer();
+    ({ server, api } = t);
     const res = await api.post('/v1/vms', { machineType: 'c1m2', name: 'console-vm' });
     expect(res.status).toBe(201);
     vmId = res.body.id;
   }, 180_000);
 
   afterAll(async () => {
-    await server?.close();
-    await disposeRuntime(runtime);
-    if (dataDir) await fs.rm(dataDir, { recursive: true, force: true });
+    await t?.close();
   });
 
   it('runs tty, stty size after a resize, and exit 3 (status in the close frame)', async () => {

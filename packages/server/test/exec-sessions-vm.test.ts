@@ -6,13 +6,11 @@
  * Part 5, exec sessions: detached commands, attach from offset 0 and from the middle, the exit
  * status in the list, another org's 404, a disconnect and reattach, a pause in the middle.
  */
-import fs from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { QemuRuntime } from '@fastvm/runtime';
-import { disposeRuntime, testRuntime } from '../../runtime/test/helpers.js';
-import { startServer, type ServerHandle } from '../src/index.js';
+import type { ServerHandle } from '../src/index.js';
 import { ConsoleClient, consoleUrl } from './console-helpers.js';
-import { TestClient, createOrgWithKey, makeDataDir, sleep } from './helpers.js';
+import { startVmTestServer, type VmTestServer } from './vm-server.js';
+import { TestClient, createOrgWithKey, sleep } from './helpers.js';
 
 const NDJSON = { headers: { accept: 'application/x-ndjson' } };
 const COUNT_30 = 'for i in $(seq 1 30); do echo $i; sleep 0.1; done';
@@ -66,9 +64,8 @@ async function readUntil(
 }
 
 describe('branching leaves the source alone; exec sessions (real QEMU VMs)', () => {
-  let runtime: QemuRuntime;
+  let t: VmTestServer | undefined;
   let server: ServerHandle;
-  let dataDir: string;
   let api: TestClient;
   let vmId: string;
   const created: { vms: string[]; snaps: string[] } = { vms: [], snaps: [] };
@@ -83,16 +80,8 @@ describe('branching leaves the source alone; exec sessions (real QEMU VMs)', () 
   };
 
   beforeAll(async () => {
-    runtime = await testRuntime();
-    dataDir = await makeDataDir();
-    server = await startServer({
-      port: 0,
-      dataDir,
-      runtime,
-      logLevel: process.env.FASTVM_TEST_LOG_LEVEL ?? 'silent',
-      launchWaitMs: 60_000,
-    });
-    api = new TestClient(server.url, server.bootstrapKey);
+    t = await startVmTestServer();
+    ({ server, api } = t);
     const vm = await api.post('/v1/vms', { machineType: 'c1m2' });
     expect(vm.status).toBe(201);
     vmId = vm.body.id;
@@ -101,10 +90,7 @@ describe('branching leaves the source alone; exec sessions (real QEMU VMs)', () 
   afterAll(async () => {
     for (const id of created.vms) await api?.del(`/v1/vms/${id}`);
     for (const id of created.snaps) await api?.del(`/v1/snapshots/${id}`);
-    api?.close();
-    await server?.close();
-    await disposeRuntime(runtime);
-    if (dataDir) await fs.rm(dataDir, { recursive: true, force: true });
+    await t?.close();
   });
 
   describe('part 4: a snapshot and a fork do not disturb the source', () => {
