@@ -1,7 +1,7 @@
 /**
  * The layer store: where a runtime's VMs, snapshots and layer files live in its data dir, the
- * qcow2 overlays a VM writes to, the background flatten of snapshot deltas, and the mark-and-sweep
- * GC of layer files. See docs/ARCHITECTURE.md ("Storage layout and reference counting").
+ * qcow2 overlays a VM writes to, the background consolidation of snapshot memory (flatten or merge
+ * of a delta chain), and the mark-and-sweep GC of layer files. See docs/ARCHITECTURE.md ("Storage layout and reference counting").
  *
  *   <dataDir>/vms/<id>/vm.json            <dataDir>/snapshots/<id>/{snapshot.json, state.bin}
  *   <dataDir>/layers/disk/<uuid>.qcow2    <dataDir>/layers/mem/<uuid>.{mem,delta}
@@ -17,17 +17,41 @@ import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { flattenDelta } from './memory.js';
-import { ID_RE, readJson, writeJson, type SnapshotRecord, type VmRecord } from './records.js';
+import { crashPoint } from './crash-points.js';
+import { flattenDeltas, mergeDeltas } from './memory.js';
+import {
+  ID_RE,
+  readJson,
+  snapshotDeltas,
+  snapshotMemFiles,
+  writeJson,
+  type SnapshotRecord,
+  type VmRecord,
+} from './records.js';
 
 const execFileP = promisify(execFile);
+
+/** When a snapshot's memory is consolidated (`LayerStore.consolidate`). */
+export interface MemoryChainLimits {
+  /**
+   * Deltas holding more than this are flattened with their base into a standalone base file: a
+   * restore then maps its pages (shared by every fork) instead of copying them into private
+   * memory. Default 32 MiB.
+   */
+  readonly flattenBytes?: number;
+  /** A longer chain is merged into one delta. Default 16. */
+  readonly maxDeltas?: number;
+}
+
+export const FLATTEN_BYTES = 32 * 2 ** 20;
+export const MAX_CHAIN = 16;
 
 export class LayerStore {
   /** Layer files created but not yet named by a record. */
   readonly #pending = new Set<string>();
   /** Layer files a restore is reading right now (path -> users). */
   readonly #pins = new Map<string, number>();
-  /** Background flattens of snapshot deltas into standalone base files, by snapshot id. */
+  /** Background flattens and merges of snapshot memory (`consolidate`), by snapshot id. */
   readonly #flattening = new Map<string, Promise<void>>();
   /** While a sweep runs, files settled meanwhile stay protected until it ends. */
   #sweeping = false;
@@ -35,11 +59,18 @@ export class LayerStore {
   #gcRun: Promise<void> | undefined;
   #gcAgain = false;
 
+  readonly flattenBytes: number;
+  readonly maxDeltas: number;
+
   constructor(
     readonly dataDir: string,
     private readonly memdelta: string,
     private readonly log: (msg: string) => void,
-  ) {}
+    limits: MemoryChainLimits = {},
+  ) {
+    this.flattenBytes = limits.flattenBytes ?? FLATTEN_BYTES;
+    this.maxDeltas = limits.maxDeltas ?? MAX_CHAIN;
+  }
 
   /** Creates the directories, and removes snapshot dirs that a crash left without a record. */
   async init(): Promise<void> {
@@ -121,7 +152,7 @@ export class LayerStore {
     await fs.copyFile(tmpl, file);
   }
 
-  /** The flatten of a snapshot's delta, if one is running. */
+  /** The flatten or merge of a snapshot's memory, if one is running. */
   flattening(snapshotId: string): Promise<void> | undefined {
     return this.#flattening.get(snapshotId);
   }
@@ -132,26 +163,42 @@ export class LayerStore {
   }
 
   /**
-   * Merge a snapshot's delta into a standalone base file in the background, then point the
-   * snapshot at it: later restores map it directly and share its pages instead of each copying
-   * the delta into private memory.
+   * Keeps a new snapshot's memory cheap to restore, in the background: deltas over
+   * `flattenBytes` are flattened with the base into a standalone base file (later restores map
+   * it and share its pages instead of each copying the deltas), a chain over `maxDeltas` deltas is
+   * merged into one. Otherwise nothing: the snapshot stays a small delta over its parent's memory.
    */
-  startFlatten(snap: SnapshotRecord): void {
-    const delta = snap.delta;
-    if (!delta) return;
-    const out = this.newPath('mem', '.mem');
+  consolidate(snap: SnapshotRecord): void {
+    const deltas = snapshotDeltas(snap);
+    const bytes = deltas.reduce((n, d) => n + d.bytes, 0);
+    if (bytes > this.flattenBytes) this.#consolidate(snap, 'flatten');
+    else if (deltas.length > this.maxDeltas) this.#consolidate(snap, 'merge');
+  }
+
+  #consolidate(snap: SnapshotRecord, how: 'flatten' | 'merge'): void {
+    const deltas = snapshotDeltas(snap);
+    const files = snapshotMemFiles(snap);
+    const out = this.newPath('mem', how === 'flatten' ? '.mem' : '.delta');
     const job = (async () => {
       const t0 = performance.now();
-      await flattenDelta(this.memdelta, snap.memBase, delta.path, out);
+      const paths = deltas.map((d) => d.path);
+      let merged = 0;
+      if (how === 'flatten') await flattenDeltas(this.memdelta, snap.memBase, paths, out);
+      else merged = (await mergeDeltas(this.memdelta, paths, out)).bytes;
+      crashPoint(`${how}:written`);
       const current = await this.readSnapshot(snap.id);
-      if (!current?.delta) return; // deleted meanwhile; the sweeper removes `out`
-      const { delta: _merged, ...rest } = current;
-      await this.writeSnapshot({ ...rest, memBase: out });
+      // Deleted or changed meanwhile: the sweeper removes `out`.
+      if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
+      const { delta: _d, chain: _c, ...rest } = current;
+      await this.writeSnapshot(
+        how === 'flatten' ? { ...rest, memBase: out } : { ...rest, delta: { path: out, bytes: merged } },
+      );
+      const mib = deltas.reduce((n, d) => n + d.bytes, 0) / 2 ** 20;
       this.log(
-        `runtime: flattened ${snap.id} (${delta.bytes >> 20} MiB delta) in ${(performance.now() - t0).toFixed(0)} ms`,
+        `runtime: ${how === 'flatten' ? 'flattened' : 'merged'} ${snap.id} (${deltas.length} deltas, ${mib.toFixed(1)} MiB) in ${(performance.now() - t0).toFixed(0)} ms`,
       );
     })()
-      .catch((err: unknown) => this.log(`runtime: flatten of ${snap.id} failed: ${String(err)}`))
+      .catch((err: unknown) => this.log(`runtime: ${how} of ${snap.id} failed: ${String(err)}`))
       .finally(() => {
         this.settle(out);
         this.#flattening.delete(snap.id);
@@ -189,14 +236,18 @@ export class LayerStore {
         if (!rec) continue;
         live.add(rec.memBase).add(rec.disk.top);
         rec.disk.chain.forEach((l) => live.add(l));
+        // The memory its next snapshot is compared with (and builds on).
+        if (rec.memView) {
+          live.add(rec.memView.memBase);
+          rec.memView.deltas.forEach((d) => live.add(d.path));
+        }
         if (rec.nextTop) live.add(rec.nextTop);
       }
       for (const id of await fs.readdir(path.join(this.dataDir, 'snapshots'))) {
         const s = await this.readSnapshot(id);
         if (!s) continue;
-        live.add(s.memBase);
+        snapshotMemFiles(s).forEach((f) => live.add(f));
         s.disk.forEach((l) => live.add(l));
-        if (s.delta) live.add(s.delta.path);
       }
       // Checked at the time of each deletion: made or pinned since the marking is kept too.
       const keep = (p: string) => live.has(p) || this.#pending.has(p) || this.#pins.has(p);
