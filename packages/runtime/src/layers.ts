@@ -77,10 +77,15 @@ export class LayerStore {
     for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'templates']) {
       await fs.mkdir(path.join(this.dataDir, d), { recursive: true });
     }
-    // A snapshot's record is written last: a snapshot dir without one is what a crash left.
+    // A snapshot's record is written last: a snapshot dir without one is what a crash left. One
+    // whose flatten or merge a crash cut short gets it again.
     for (const id of await fs.readdir(path.join(this.dataDir, 'snapshots'))) {
-      const rec = path.join(this.snapDir(id), 'snapshot.json');
-      if (!(await exists(rec))) await fs.rm(this.snapDir(id), { recursive: true, force: true });
+      if (!(await exists(path.join(this.snapDir(id), 'snapshot.json')))) {
+        await fs.rm(this.snapDir(id), { recursive: true, force: true });
+        continue;
+      }
+      const rec = await this.readSnapshot(id);
+      if (rec) this.consolidate(rec);
     }
   }
 
@@ -191,7 +196,9 @@ export class LayerStore {
       if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
       const { delta: _d, chain: _c, ...rest } = current;
       await this.writeSnapshot(
-        how === 'flatten' ? { ...rest, memBase: out } : { ...rest, delta: { path: out, bytes: merged } },
+        how === 'flatten'
+          ? { ...rest, memBase: out }
+          : { ...rest, delta: { path: out, bytes: merged } },
       );
       const mib = deltas.reduce((n, d) => n + d.bytes, 0) / 2 ** 20;
       this.log(

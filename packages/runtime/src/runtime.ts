@@ -57,7 +57,6 @@ import {
 } from './types.js';
 import { LiveVm } from './vm-state.js';
 
-
 export interface QemuRuntimeOptions {
   /**
    * Where VMs, snapshots and layers live (e.g. `~/.local/share/fastvm/runtime`). One runtime at a

@@ -181,7 +181,14 @@ async function parentView(layers: LayerStore, rec: VmRecord): Promise<MemView> {
   if (view && files.join('\n') !== ownFiles.join('\n')) {
     layers.pin(files, 1);
     // Deleted (and swept) between the read and the pin: fall back to the VM's own files.
-    const there = await Promise.all(files.map((f) => fs.access(f).then(() => true, () => false)));
+    const there = await Promise.all(
+      files.map((f) =>
+        fs.access(f).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
     if (there.every(Boolean)) return view;
     layers.pin(files, -1);
   }
