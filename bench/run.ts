@@ -31,6 +31,7 @@ import {
   type VmServer,
 } from './net.js';
 import { loadAgent, loadWindow, startProxyBenchServer } from './proxy.js';
+import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
 import {
@@ -59,6 +60,7 @@ const GROUPS = [
   'cli',
   'net',
   'proxy',
+  'snapdisk',
 ] as const;
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
 const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy'];
@@ -274,21 +276,15 @@ function snapshotJson(snapId: string): { delta?: { bytes: number } } | undefined
 }
 
 /**
- * Wait until the runtime's background flatten of a snapshot is done (its record no longer names
- * a delta), so that it does not compete with the next measurement for the CPU.
+ * Wait until the runtime's background flatten (or merge) of a snapshot is done, if it has one, so
+ * that it does not compete with the next measurement for the CPU. (A snapshot whose deltas are
+ * small stays a delta: nothing to wait for.)
  */
-async function waitFlatten(snapId: string, timeoutMs = 300_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (flattenMs.has(snapId)) return;
-    if (flattenFailed.has(snapId)) {
-      throw new Error(`flatten of ${snapId} failed: ${flattenFailed.get(snapId)}`);
-    }
-    const s = snapshotJson(snapId);
-    if (!s || !s.delta) return;
-    await sleep(20);
+async function waitFlatten(snapId: string): Promise<void> {
+  await rt.memorySettled(snapId);
+  if (flattenFailed.has(snapId)) {
+    throw new Error(`flatten of ${snapId} failed: ${flattenFailed.get(snapId)}`);
   }
-  throw new Error(`flatten of ${snapId} did not finish in ${timeoutMs} ms`);
 }
 
 /** restore → first `true` answered; destroys the VM unless `keep`. */
@@ -1004,6 +1000,24 @@ async function main(): Promise<number> {
     cli: groupCli,
     net: groupNet,
     proxy: groupProxy,
+    snapdisk: () =>
+      groupSnapDisk({
+        rec,
+        root: benchRoot,
+        runtime: async (dataDir, extra = {}) => {
+          const r = await createQemuRuntime({ dataDir, log: runtimeLog, ...extra });
+          runtimes.add(r);
+          return r;
+        },
+        release: async (r) => {
+          await r.destroyAll();
+          runtimes.delete(r);
+        },
+        samples: quick
+          ? { chain: 10, restores: 3, baseline: 2 }
+          : { chain: 10, restores: 8, baseline: 4 },
+        log,
+      }),
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

@@ -209,7 +209,8 @@ export class LayerStore {
       .finally(() => {
         this.settle(out);
         this.#flattening.delete(snap.id);
-        void this.gc();
+        // (Awaited by the job: once it is settled, the files it replaced are gone.)
+        return this.gc();
       });
     this.#flattening.set(snap.id, job);
   }
