@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { QemuRuntime } from '../src/runtime.js';
+import type { QemuRuntime, QemuRuntimeOptions } from '../src/runtime.js';
 import { createQemuRuntime } from '../src/runtime.js';
 import { deletedButOpen } from '../../../chaos/host.js';
 import { qemusOf } from '../src/process.js';
@@ -50,8 +50,11 @@ describe('kill -9 at every step (real QEMU VMs)', () => {
   let generation = 0;
 
   /** After a crash: adopt `wanted` in a fresh runtime and check what every crash must leave. */
-  async function recover(wanted: string[]): Promise<QemuRuntime> {
-    const r = await createQemuRuntime({ dataDir });
+  async function recover(
+    wanted: string[],
+    extra: Partial<QemuRuntimeOptions> = {},
+  ): Promise<QemuRuntime> {
+    const r = await createQemuRuntime({ dataDir, ...extra });
     const res = await r.adopt(wanted);
     expect(res.adopted.sort()).toEqual([...wanted].sort());
     // A flatten a crash cut short runs again at start: judged once it is done.
@@ -127,8 +130,9 @@ describe('kill -9 at every step (real QEMU VMs)', () => {
 
   it('flatten of a large snapshot, killed before its record switch: redone at start', async () => {
     await crash(['snapshot-big', 'v', 'big'], 'flatten:written', ['v']);
-    // recover() waits for the flatten that starts again and finds nothing the crash left.
-    rt = await recover(['v']);
+    // recover() waits for the flatten that starts again (with the step's threshold) and finds
+    // nothing the crash left.
+    rt = await recover(['v'], { memoryChain: { flattenBytes: 8 * 2 ** 20 } });
     const rec = JSON.parse(
       fs.readFileSync(path.join(dataDir, 'snapshots', 'big', 'snapshot.json'), 'utf8'),
     ) as { delta?: unknown; memBase: string };
