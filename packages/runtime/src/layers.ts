@@ -25,6 +25,7 @@ import {
   snapshotDeltas,
   snapshotMemFiles,
   writeJson,
+  type MemView,
   type SnapshotRecord,
   type VmRecord,
 } from './records.js';
@@ -39,7 +40,7 @@ export interface MemoryChainLimits {
    * memory. Default 32 MiB.
    */
   readonly flattenBytes?: number;
-  /** A longer chain is merged into one delta. Default 16. */
+  /** A longer chain is merged into one delta (or flattened, as above). Default 16. */
   readonly maxDeltas?: number;
 }
 
@@ -168,46 +169,72 @@ export class LayerStore {
   }
 
   /**
-   * Keeps a new snapshot's memory cheap to restore, in the background: deltas over
-   * `flattenBytes` are flattened with the base into a standalone base file (later restores map
-   * it and share its pages instead of each copying the deltas), a chain over `maxDeltas` deltas is
-   * merged into one. Otherwise nothing: the snapshot stays a small delta over its parent's memory.
+   * Called after a consolidation switched a snapshot's record from the memory files `before` to
+   * `after` (same content): the runtime moves VMs whose `memView` is that snapshot's onto it, so
+   * the replaced files can go. Awaited before the sweep.
+   */
+  onConsolidated?: (snapshotId: string, before: string[], after: MemView) => Promise<void>;
+
+  /**
+   * Keeps a new snapshot's memory cheap to restore and its chain short, in the background, once
+   * its deltas hold more than `flattenBytes` or number more than `maxDeltas`: the chain is merged
+   * into one delta (each page once: a page the VM changed at every step is stored once); if
+   * that still holds more than half of `flattenBytes`, it is flattened with the base into a
+   * standalone base file (restores then map its pages, shared by every fork, instead of copying
+   * them into private memory). Otherwise nothing: the snapshot stays a delta over its parent's
+   * memory.
    */
   consolidate(snap: SnapshotRecord): void {
     const deltas = snapshotDeltas(snap);
     const bytes = deltas.reduce((n, d) => n + d.bytes, 0);
-    if (bytes > this.flattenBytes) this.#consolidate(snap, 'flatten');
-    else if (deltas.length > this.maxDeltas) this.#consolidate(snap, 'merge');
+    if (bytes > this.flattenBytes || deltas.length > this.maxDeltas) this.#consolidate(snap);
   }
 
-  #consolidate(snap: SnapshotRecord, how: 'flatten' | 'merge'): void {
+  #consolidate(snap: SnapshotRecord): void {
     const deltas = snapshotDeltas(snap);
     const files = snapshotMemFiles(snap);
-    const out = this.newPath('mem', how === 'flatten' ? '.mem' : '.delta');
+    const merged = deltas.length > 1 ? this.newPath('mem', '.delta') : undefined;
+    let flat: string | undefined;
     const job = (async () => {
       const t0 = performance.now();
-      const paths = deltas.map((d) => d.path);
-      let merged = 0;
-      if (how === 'flatten') await flattenDeltas(this.memdelta, snap.memBase, paths, out);
-      else merged = (await mergeDeltas(this.memdelta, paths, out)).bytes;
-      crashPoint(`${how}:written`);
+      let one = deltas[0]!;
+      if (merged) {
+        const m = await mergeDeltas(
+          this.memdelta,
+          deltas.map((d) => d.path),
+          merged,
+        );
+        one = { path: merged, bytes: m.bytes };
+        crashPoint('merge:written');
+      }
       const current = await this.readSnapshot(snap.id);
-      // Deleted or changed meanwhile: the sweeper removes `out`.
+      // Deleted or changed meanwhile: the sweeper removes what was made.
       if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
       const { delta: _d, chain: _c, ...rest } = current;
-      await this.writeSnapshot(
-        how === 'flatten'
-          ? { ...rest, memBase: out }
-          : { ...rest, delta: { path: out, bytes: merged } },
-      );
+      let next: SnapshotRecord;
+      if (one.bytes > this.flattenBytes / 2) {
+        flat = this.newPath('mem', '.mem');
+        await flattenDeltas(this.memdelta, snap.memBase, [one.path], flat);
+        crashPoint('flatten:written');
+        next = { ...rest, memBase: flat };
+      } else {
+        next = { ...rest, delta: one };
+      }
+      const again = await this.readSnapshot(snap.id);
+      if (!again || snapshotMemFiles(again).join('\n') !== files.join('\n')) return;
+      await this.writeSnapshot(next);
+      await this.onConsolidated?.(snap.id, files, {
+        memBase: next.memBase,
+        deltas: snapshotDeltas(next),
+      }).catch(() => {});
       const mib = deltas.reduce((n, d) => n + d.bytes, 0) / 2 ** 20;
       this.log(
-        `runtime: ${how === 'flatten' ? 'flattened' : 'merged'} ${snap.id} (${deltas.length} deltas, ${mib.toFixed(1)} MiB) in ${(performance.now() - t0).toFixed(0)} ms`,
+        `runtime: ${flat ? 'flattened' : 'merged'} ${snap.id} (${deltas.length} deltas, ${mib.toFixed(1)} MiB${merged ? `, ${(one.bytes / 2 ** 20).toFixed(1)} MiB merged` : ''}) in ${(performance.now() - t0).toFixed(0)} ms`,
       );
     })()
-      .catch((err: unknown) => this.log(`runtime: ${how} of ${snap.id} failed: ${String(err)}`))
+      .catch((err: unknown) => this.log(`runtime: flatten of ${snap.id} failed: ${String(err)}`))
       .finally(() => {
-        this.settle(out);
+        this.settle(...(merged ? [merged] : []), ...(flat ? [flat] : []));
         this.#flattening.delete(snap.id);
         // (Awaited by the job: once it is settled, the files it replaced are gone.)
         return this.gc();

@@ -32,7 +32,13 @@ import {
 } from './qemu.js';
 import { PacedInput } from './paced-input.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
-import { checkId, type SnapshotRecord, snapshotDeltas, snapshotMemFiles } from './records.js';
+import {
+  checkId,
+  type MemView,
+  type SnapshotRecord,
+  snapshotDeltas,
+  snapshotMemFiles,
+} from './records.js';
 import { SnapshotDigester } from './digests.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
 import { growDisk, reconcileDisk, snapshotVm, type SnapshotContext } from './snapshot.js';
@@ -143,6 +149,24 @@ export class QemuRuntime implements Runtime {
       this.#log,
       this.#opts.memoryChain,
     );
+    // A VM whose memory view is a snapshot just flattened or merged moves onto the new file, so
+    // that the files it replaced can go (a VM snapshotted every step keeps one chain alive).
+    this.#layers.onConsolidated = async (snapshotId, before, after) => {
+      const same = (v: MemView | undefined) =>
+        v !== undefined &&
+        [v.memBase, ...v.deltas.map((d) => d.path)].join('\n') === before.join('\n');
+      await Promise.all(
+        [...this.#vms.values()]
+          .filter((vm) => vm.record.memView?.snapshotId === snapshotId)
+          .map((vm) =>
+            vm.serially(async () => {
+              if (!same(vm.record.memView) || vm.gone) return;
+              vm.record.memView = { snapshotId, ...after };
+              await this.#layers.writeVm(vm.dir, vm.record);
+            }),
+          ),
+      ).catch(() => {});
+    };
     await this.#layers.init();
     this.#digests = new SnapshotDigester(this.#layers, this.#log);
     // Snapshots whose digest job a restart cut short get theirs now, one at a time.
