@@ -59,7 +59,11 @@ async function snapshotAdds(rt: QemuRuntime, vm: string, snap: string): Promise<
 
 export async function groupSnapDisk(ctx: SnapDiskContext): Promise<void> {
   const { rec, samples } = ctx;
-  const rt = await ctx.runtime(path.join(ctx.root, 'snapdisk-rt'));
+  // (A snapshot restored twice is flattened by default, as a fork source: off here, so that the
+  // chain restores below stay chain restores.)
+  const rt = await ctx.runtime(path.join(ctx.root, 'snapdisk-rt'), {
+    memoryChain: { flattenAfterRestores: 0 },
+  });
   // Baseline, same run: every snapshot flattened (the layout before chains).
   const base = await ctx.runtime(path.join(ctx.root, 'snapdisk-flat-rt'), {
     memoryChain: { flattenBytes: 0 },

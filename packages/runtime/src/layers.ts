@@ -42,6 +42,12 @@ export interface MemoryChainLimits {
   readonly flattenBytes?: number;
   /** A longer chain is merged into one delta (or flattened, as above). Default 16. */
   readonly maxDeltas?: number;
+  /**
+   * A snapshot restored this many times (in one runtime's life) is a fork source: its deltas are
+   * flattened in the background, so later restores map its pages (shared, nothing to copy)
+   * instead of copying the chain into each fork. Default 2; 0: never.
+   */
+  readonly flattenAfterRestores?: number;
 }
 
 export const FLATTEN_BYTES = 32 * 2 ** 20;
@@ -62,6 +68,9 @@ export class LayerStore {
 
   readonly flattenBytes: number;
   readonly maxDeltas: number;
+  readonly flattenAfterRestores: number;
+  /** Restores per snapshot id, for `flattenAfterRestores`. */
+  readonly #restores = new Map<string, number>();
 
   constructor(
     readonly dataDir: string,
@@ -71,6 +80,7 @@ export class LayerStore {
   ) {
     this.flattenBytes = limits.flattenBytes ?? FLATTEN_BYTES;
     this.maxDeltas = limits.maxDeltas ?? MAX_CHAIN;
+    this.flattenAfterRestores = limits.flattenAfterRestores ?? 2;
   }
 
   /** Creates the directories, and removes snapshot dirs that a crash left without a record. */
@@ -190,7 +200,21 @@ export class LayerStore {
     if (bytes > this.flattenBytes || deltas.length > this.maxDeltas) this.#consolidate(snap);
   }
 
-  #consolidate(snap: SnapshotRecord): void {
+  /** Counts a restore of `snap`; flattens it in the background once it is a fork source. */
+  restored(snap: SnapshotRecord): void {
+    const n = (this.#restores.get(snap.id) ?? 0) + 1;
+    this.#restores.set(snap.id, n);
+    if (
+      this.flattenAfterRestores > 0 &&
+      n >= this.flattenAfterRestores &&
+      snapshotDeltas(snap).length > 0 &&
+      !this.#flattening.has(snap.id)
+    ) {
+      this.#consolidate(snap, true);
+    }
+  }
+
+  #consolidate(snap: SnapshotRecord, flatten = false): void {
     const deltas = snapshotDeltas(snap);
     const files = snapshotMemFiles(snap);
     const merged = deltas.length > 1 ? this.newPath('mem', '.delta') : undefined;
@@ -212,7 +236,7 @@ export class LayerStore {
       if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
       const { delta: _d, chain: _c, ...rest } = current;
       let next: SnapshotRecord;
-      if (one.bytes > this.flattenBytes / 2) {
+      if (flatten || one.bytes > this.flattenBytes / 2) {
         flat = this.newPath('mem', '.mem');
         await flattenDeltas(this.memdelta, snap.memBase, [one.path], flat);
         crashPoint('flatten:written');

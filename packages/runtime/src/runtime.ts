@@ -303,6 +303,7 @@ export class QemuRuntime implements Runtime {
           snapshotId: snap.id,
         });
         this.#register(vm);
+        this.#layers.restored(snap);
         return this.#info(vm);
       } finally {
         this.#starting.delete(opts.id);

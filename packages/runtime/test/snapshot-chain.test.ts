@@ -52,8 +52,11 @@ describe('snapshot memory chains (real QEMU VM)', () => {
   }
 
   beforeAll(async () => {
-    // Merges past 4 deltas, so a short test reaches one; flattens past 24 MiB.
-    rt = await testRuntime(undefined, { memoryChain: { maxDeltas: 4, flattenBytes: 24 * MiB } });
+    // Merges past 4 deltas, so a short test reaches one; flattens past 24 MiB, and a snapshot
+    // restored 3 times.
+    rt = await testRuntime(undefined, {
+      memoryChain: { maxDeltas: 4, flattenBytes: 24 * MiB, flattenAfterRestores: 3 },
+    });
     await rt.launch({ id: src, machine: 'c1m2' });
     await sh(src, 'true');
   });
@@ -137,6 +140,15 @@ describe('snapshot memory chains (real QEMU VM)', () => {
     expect(record(after.snap).memBase).toBe(flat.memBase);
     expect(record(after.snap).delta!.bytes).toBeLessThan(4 * MiB);
     expect(after.added).toBeLessThan(5 * MiB);
+    // A snapshot restored again and again is a fork source: flattened after its 3rd restore.
+    for (let k = 0; k < 3; k++) {
+      await rt.restore({ id: `${P}-k${k}`, snapshotId: after.snap });
+      expect(await state(`${P}-k${k}`)).toBe(expected.get(after.snap));
+      await rt.destroy(`${P}-k${k}`);
+    }
+    await rt.memorySettled(after.snap);
+    expect(record(after.snap).delta).toBeUndefined();
+    expect(record(after.snap).memBase).not.toBe(flat.memBase);
   }, 180_000);
 
   it('refuses a restore whose inherited delta is corrupt', async () => {
