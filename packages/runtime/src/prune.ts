@@ -15,7 +15,9 @@
  *   their goldens are touched whenever they load them;
  * - (`rootfs-base/`) it is the newest one: the input of the next image build.
  *
- * Entries being built (`.build-*`, `*.tmp`) are never touched.
+ * Entries being built (`.build-*`, `*.tmp`) are never touched. An entry is renamed to
+ * `.prune-*` before it is removed, so nothing sees half of one; a crash leaves that name, which
+ * the next prune removes.
  * @module
  */
 import fs from 'node:fs/promises';
@@ -59,8 +61,18 @@ export async function pruneCache(opts: PruneOptions): Promise<PruneResult> {
   const olderThan = opts.olderThanMs ?? PRUNE_AFTER_MS;
   const now = Date.now();
 
-  // Every entry, by its real path.
+  // Every entry, by its real path. (A removal a crash cut short left a `.prune-*` dir: finished.)
   const entries: { path: string; kind: string; mtimeMs: number }[] = [];
+  for (const dir of [
+    ...(await Promise.all(BUILD_KINDS.map((k) => real(path.join(opts.cacheDir, k))))),
+    goldenDir,
+  ]) {
+    for (const name of await list(dir)) {
+      if (name.startsWith('.prune-') && !opts.dryRun) {
+        await fs.rm(path.join(dir, name), { recursive: true, force: true });
+      }
+    }
+  }
   for (const kind of BUILD_KINDS) {
     const dir = await real(path.join(opts.cacheDir, kind));
     for (const name of await list(dir)) {
