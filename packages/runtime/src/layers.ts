@@ -234,7 +234,8 @@ export class LayerStore {
       const current = await this.readSnapshot(snap.id);
       // Deleted or changed meanwhile: the sweeper removes what was made.
       if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
-      const { delta: _d, chain: _c, ...rest } = current;
+      // (Its digests covered the files replaced: the runtime computes new ones.)
+      const { delta: _d, chain: _c, digests: _g, ...rest } = current;
       let next: SnapshotRecord;
       if (flatten || one.bytes > this.flattenBytes / 2) {
         flat = this.newPath('mem', '.mem');

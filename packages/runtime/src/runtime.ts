@@ -150,7 +150,8 @@ export class QemuRuntime implements Runtime {
       this.#opts.memoryChain,
     );
     // A VM whose memory view is a snapshot just flattened or merged moves onto the new file, so
-    // that the files it replaced can go (a VM snapshotted every step keeps one chain alive).
+    // that the files it replaced can go (a VM snapshotted every step keeps one chain alive); the
+    // snapshot's digests are computed again for it.
     this.#layers.onConsolidated = async (snapshotId, before, after) => {
       const same = (v: MemView | undefined) =>
         v !== undefined &&
@@ -166,6 +167,8 @@ export class QemuRuntime implements Runtime {
             }),
           ),
       ).catch(() => {});
+      // Digests of the new file (none at start-up yet: `resume` below finds the snapshot).
+      this.#digests?.start(snapshotId);
     };
     await this.#layers.init();
     this.#digests = new SnapshotDigester(this.#layers, this.#log);

@@ -121,6 +121,8 @@ describe('snapshot memory chains (real QEMU VM)', () => {
     const merged = record(snap);
     expect(merged.chain).toBeUndefined();
     expect(merged.delta!.bytes).toBeGreaterThanOrEqual(5 * MiB);
+    // Its digests cover the merged file now.
+    expect(merged.digests?.layers.memory?.file).toBe(merged.delta!.path);
     await rt.restore({ id: `${P}-m`, snapshotId: snap });
     expect(await state(`${P}-m`)).toBe(expected.get(snap));
     await rt.destroy(`${P}-m`);
