@@ -223,7 +223,7 @@ async function removeAll(client: FastVM): Promise<void> {
   }
 }
 
-/** Waits until no snapshot of the server's runtime still names a delta (background flatten done). */
+/** Waits until no snapshot of the server's runtime still waits for its background flatten. */
 async function waitFlattened(dataDir: string, timeoutMs = 120_000): Promise<void> {
   const dir = path.join(dataDir, 'runtime', 'snapshots');
   const deadline = now() + timeoutMs;
@@ -232,9 +232,15 @@ async function waitFlattened(dataDir: string, timeoutMs = 120_000): Promise<void
     for (const s of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
       try {
         const rec = JSON.parse(fs.readFileSync(path.join(dir, s, 'snapshot.json'), 'utf8')) as {
-          delta?: unknown;
+          delta?: { bytes: number };
+          chain?: { bytes: number }[];
         };
-        if (rec.delta) pending = true;
+        // Deltas past the runtime's flatten threshold (32 MiB) are flattened in the background.
+        const bytes = [...(rec.chain ?? []), ...(rec.delta ? [rec.delta] : [])].reduce(
+          (n, d) => n + d.bytes,
+          0,
+        );
+        if (bytes > 32 * 2 ** 20) pending = true;
       } catch {
         /* being written */
       }

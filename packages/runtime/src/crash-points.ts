@@ -1,7 +1,8 @@
 /**
  * Crash points for the crash tests (`test/crash.test.ts`): with `FASTVM_CRASH_AT=<name>` the
  * process SIGKILLs itself on reaching that step, exactly as a `kill -9` landing there would.
- * Names: `snapshot:intent|switched|migrated|frozen|written`, `restore:spawned|migrated`,
+ * Names: `snapshot:intent|switched|migrated|frozen|dumped|written`, `flatten:written`,
+ * `merge:written`, `restore:spawned|migrated`,
  * `pool:renamed`, `disk:resized`, `pause:stopped`, `destroy:stopped`.
  * @module
  */

@@ -3,11 +3,13 @@
  * written into its `snapshot.json`, and checked before a restore, so that a corrupted layer file
  * is refused with `RuntimeError` `snapshot_corrupt` instead of booting garbage.
  *
- * - **What is hashed.** Only the layers a snapshot owns: its memory (the flattened base file,
- *   or the delta if the flatten did not happen), its frozen disk layer (`disk[0]`) and its
- *   device state. The layers below (the golden's, a parent snapshot's) belong to their own
- *   snapshots. Plain SHA-256 of the whole file, holes read as zeros: `sha256sum <file>` gives
- *   the same value.
+ * - **What is hashed.** The layers a snapshot owns: its memory (its own delta, or the flattened
+ *   base file), its frozen disk layer (`disk[0]`) and its device state; and, as `inherited`, the
+ *   other memory files a restore of it reads: the deltas of its chain and a base file that is not
+ *   a golden's (they may outlive the snapshots that made them). Those usually come from the cache
+ *   below (hashed for the parent already), so they cost no second read. The disk layers below
+ *   belong to their own snapshots. Plain SHA-256 of the whole file, holes read as zeros:
+ *   `sha256sum <file>` gives the same value.
  * - **Off the hot path.** The snapshot is `ready` first; the job then waits for the background
  *   flatten (the memory file changes once more) and hashes in a child process at nice 10, so
  *   neither the server's event loop nor running VMs wait for it. A 2 GiB memory file takes
@@ -45,6 +47,8 @@ export interface DigestRecord {
   readonly algorithm: 'sha256';
   readonly computedAt: string;
   readonly layers: Readonly<Partial<Record<DigestLayer, LayerDigest>>>;
+  /** The memory files below the snapshot's own that a restore reads (`inheritedLayers`). */
+  readonly inherited?: readonly LayerDigest[];
 }
 
 /** Background hashing runs at this nice value (like pool fills): running VMs come first. */
@@ -65,6 +69,16 @@ export function ownedLayers(snap: SnapshotRecord): Partial<Record<DigestLayer, s
     state: snap.state,
   };
   if (snap.disk[0]) out.disk = snap.disk[0];
+  return out;
+}
+
+/**
+ * The memory files a restore of `snap` reads that it does not own: the deltas below its own, and
+ * its base file unless that is its own (flattened) or a golden's (outside `dataDir`).
+ */
+export function inheritedLayers(snap: SnapshotRecord, dataDir: string): string[] {
+  const out = (snap.chain ?? []).map((d) => d.path);
+  if (snap.delta && snap.memBase.startsWith(dataDir + '/')) out.unshift(snap.memBase);
   return out;
 }
 
@@ -142,9 +156,17 @@ export class SnapshotDigester {
     const digests = snap.digests;
     if (!digests) return;
     const owned = ownedLayers(snap);
+    const inherited = new Set(inheritedLayers(snap, this.layers.dataDir));
+    const checks: [string, LayerDigest][] = [
+      ...Object.entries(digests.layers).filter(
+        ([layer, want]) => owned[layer as DigestLayer] === want.file,
+      ),
+      ...(digests.inherited ?? [])
+        .filter((d) => inherited.has(d.file))
+        .map((d): [string, LayerDigest] => ['inherited memory', d]),
+    ];
     await Promise.all(
-      Object.entries(digests.layers).map(async ([layer, want]) => {
-        if (owned[layer as DigestLayer] !== want.file) return;
+      checks.map(async ([layer, want]) => {
         let got: string;
         try {
           got = await this.#check(want.file, want.sha256);
@@ -211,6 +233,7 @@ export class SnapshotDigester {
       layers[layer] = { file, ...hashed[i]! };
       this.#verified.set(after, hashed[i]!.sha256);
     }
+    const inherited = await this.#inherited(inheritedLayers(snap, this.layers.dataDir));
     // Written over the record as it is now; a flatten or a delete meanwhile wins.
     const current = await this.layers.readSnapshot(snapshotId);
     if (!current || current.digests) return;
@@ -218,13 +241,41 @@ export class SnapshotDigester {
       algorithm: 'sha256',
       computedAt: new Date().toISOString(),
       layers,
+      ...(inherited.length ? { inherited } : {}),
     };
-    if (JSON.stringify(ownedLayers(current)) !== JSON.stringify(ownedLayers(snap))) return;
+    const files = (r: SnapshotRecord) =>
+      JSON.stringify([ownedLayers(r), inheritedLayers(r, this.layers.dataDir)]);
+    if (files(current) !== files(snap)) return;
     await this.layers.writeSnapshot({ ...current, digests: record });
     const bytes = Object.values(layers).reduce((n, d) => n + d.bytes, 0);
     this.log(
       `runtime: digests of ${snapshotId}: ${bytes >> 20} MiB in ${(performance.now() - t0).toFixed(0)} ms`,
     );
+  }
+
+  /**
+   * Digests of inherited memory files: from the cache when this runtime hashed or verified the
+   * file as it is (the parent's own delta or flattened base, usually), else hashed now.
+   */
+  async #inherited(files: readonly string[]): Promise<LayerDigest[]> {
+    const keys = await Promise.all(files.map(async (f) => statKey(f, await fs.stat(f))));
+    const missing = files.filter((_, i) => !this.#verified.has(keys[i]!));
+    const hashed = missing.length ? await this.#hash(missing, DIGEST_NICE) : [];
+    const out: LayerDigest[] = [];
+    for (const [i, file] of files.entries()) {
+      const cached = this.#verified.get(keys[i]!);
+      if (cached) {
+        out.push({ file, bytes: (await fs.stat(file)).size, sha256: cached });
+        continue;
+      }
+      const h = hashed[missing.indexOf(file)]!;
+      if (statKey(file, await fs.stat(file)) !== keys[i]) {
+        throw new Error(`${file} changed while it was hashed`);
+      }
+      this.#verified.set(keys[i]!, h.sha256);
+      out.push({ file, ...h });
+    }
+    return out;
   }
 
   /**

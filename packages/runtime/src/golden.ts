@@ -3,7 +3,8 @@
  * shared file, warmed up and frozen; every launch is a restore of it. Goldens are an immutable
  * cache shared by every runtime on the host (`~/.cache/fastvm/golden/golden-<machine>-<key>/`),
  * keyed by format, image, machine type, accelerator, kernel command line and QEMU version. Built
- * in a private directory and renamed into place; never swept. The accelerator probe and the TSC
+ * in a private directory and renamed into place; never swept by a runtime (unused ones are pruned by
+ * `prune.ts`: `fastvm-server prune`). The accelerator probe and the TSC
  * frequency are cached next to them (they depend on the host, not on a data dir).
  * See docs/ARCHITECTURE.md ("Every VM is a restore").
  * @module
@@ -64,7 +65,13 @@ export class GoldenCache {
       .slice(0, 16);
     const id = `golden-${machine}-${key}`;
     const existing = await readJson<SnapshotRecord>(path.join(goldenDir, id, 'snapshot.json'));
-    if (existing) return existing;
+    if (existing) {
+      // Marks it as in use for the cache pruning (prune.ts): its mtime is when a runtime last
+      // loaded it.
+      const t = new Date();
+      await fs.utimes(path.join(goldenDir, id), t, t).catch(() => {});
+      return existing;
+    }
     const t0 = Date.now();
     log(`runtime: building golden snapshot for ${machine} (cold boot)`);
     const rec = await this.#boot(id, machine);

@@ -1,7 +1,7 @@
 /**
  * The layer store: where a runtime's VMs, snapshots and layer files live in its data dir, the
- * qcow2 overlays a VM writes to, the background flatten of snapshot deltas, and the mark-and-sweep
- * GC of layer files. See docs/ARCHITECTURE.md ("Storage layout and reference counting").
+ * qcow2 overlays a VM writes to, the background consolidation of snapshot memory (flatten or merge
+ * of a delta chain), and the mark-and-sweep GC of layer files. See docs/ARCHITECTURE.md ("Storage layout and reference counting").
  *
  *   <dataDir>/vms/<id>/vm.json            <dataDir>/snapshots/<id>/{snapshot.json, state.bin}
  *   <dataDir>/layers/disk/<uuid>.qcow2    <dataDir>/layers/mem/<uuid>.{mem,delta}
@@ -17,17 +17,48 @@ import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { flattenDelta } from './memory.js';
-import { ID_RE, readJson, writeJson, type SnapshotRecord, type VmRecord } from './records.js';
+import { crashPoint } from './crash-points.js';
+import { flattenDeltas, mergeDeltas } from './memory.js';
+import {
+  ID_RE,
+  readJson,
+  snapshotDeltas,
+  snapshotMemFiles,
+  writeJson,
+  type MemView,
+  type SnapshotRecord,
+  type VmRecord,
+} from './records.js';
 
 const execFileP = promisify(execFile);
+
+/** When a snapshot's memory is consolidated (`LayerStore.consolidate`). */
+export interface MemoryChainLimits {
+  /**
+   * Deltas holding more than this are flattened with their base into a standalone base file: a
+   * restore then maps its pages (shared by every fork) instead of copying them into private
+   * memory. Default 32 MiB.
+   */
+  readonly flattenBytes?: number;
+  /** A longer chain is merged into one delta (or flattened, as above). Default 16. */
+  readonly maxDeltas?: number;
+  /**
+   * A snapshot restored this many times (in one runtime's life) is a fork source: its deltas are
+   * flattened in the background, so later restores map its pages (shared, nothing to copy)
+   * instead of copying the chain into each fork. Default 2; 0: never.
+   */
+  readonly flattenAfterRestores?: number;
+}
+
+export const FLATTEN_BYTES = 32 * 2 ** 20;
+export const MAX_CHAIN = 16;
 
 export class LayerStore {
   /** Layer files created but not yet named by a record. */
   readonly #pending = new Set<string>();
   /** Layer files a restore is reading right now (path -> users). */
   readonly #pins = new Map<string, number>();
-  /** Background flattens of snapshot deltas into standalone base files, by snapshot id. */
+  /** Background flattens and merges of snapshot memory (`consolidate`), by snapshot id. */
   readonly #flattening = new Map<string, Promise<void>>();
   /** While a sweep runs, files settled meanwhile stay protected until it ends. */
   #sweeping = false;
@@ -35,21 +66,37 @@ export class LayerStore {
   #gcRun: Promise<void> | undefined;
   #gcAgain = false;
 
+  readonly flattenBytes: number;
+  readonly maxDeltas: number;
+  readonly flattenAfterRestores: number;
+  /** Restores per snapshot id, for `flattenAfterRestores`. */
+  readonly #restores = new Map<string, number>();
+
   constructor(
     readonly dataDir: string,
     private readonly memdelta: string,
     private readonly log: (msg: string) => void,
-  ) {}
+    limits: MemoryChainLimits = {},
+  ) {
+    this.flattenBytes = limits.flattenBytes ?? FLATTEN_BYTES;
+    this.maxDeltas = limits.maxDeltas ?? MAX_CHAIN;
+    this.flattenAfterRestores = limits.flattenAfterRestores ?? 2;
+  }
 
   /** Creates the directories, and removes snapshot dirs that a crash left without a record. */
   async init(): Promise<void> {
     for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'templates']) {
       await fs.mkdir(path.join(this.dataDir, d), { recursive: true });
     }
-    // A snapshot's record is written last: a snapshot dir without one is what a crash left.
+    // A snapshot's record is written last: a snapshot dir without one is what a crash left. One
+    // whose flatten or merge a crash cut short gets it again.
     for (const id of await fs.readdir(path.join(this.dataDir, 'snapshots'))) {
-      const rec = path.join(this.snapDir(id), 'snapshot.json');
-      if (!(await exists(rec))) await fs.rm(this.snapDir(id), { recursive: true, force: true });
+      if (!(await exists(path.join(this.snapDir(id), 'snapshot.json')))) {
+        await fs.rm(this.snapDir(id), { recursive: true, force: true });
+        continue;
+      }
+      const rec = await this.readSnapshot(id);
+      if (rec) this.consolidate(rec);
     }
   }
 
@@ -121,7 +168,7 @@ export class LayerStore {
     await fs.copyFile(tmpl, file);
   }
 
-  /** The flatten of a snapshot's delta, if one is running. */
+  /** The flatten or merge of a snapshot's memory, if one is running. */
   flattening(snapshotId: string): Promise<void> | undefined {
     return this.#flattening.get(snapshotId);
   }
@@ -132,30 +179,90 @@ export class LayerStore {
   }
 
   /**
-   * Merge a snapshot's delta into a standalone base file in the background, then point the
-   * snapshot at it: later restores map it directly and share its pages instead of each copying
-   * the delta into private memory.
+   * Called after a consolidation switched a snapshot's record from the memory files `before` to
+   * `after` (same content): the runtime moves VMs whose `memView` is that snapshot's onto it, so
+   * the replaced files can go. Awaited before the sweep.
    */
-  startFlatten(snap: SnapshotRecord): void {
-    const delta = snap.delta;
-    if (!delta) return;
-    const out = this.newPath('mem', '.mem');
+  onConsolidated?: (snapshotId: string, before: string[], after: MemView) => Promise<void>;
+
+  /**
+   * Keeps a new snapshot's memory cheap to restore and its chain short, in the background, once
+   * its deltas hold more than `flattenBytes` or number more than `maxDeltas`: the chain is merged
+   * into one delta (each page once: a page the VM changed at every step is stored once); if
+   * that still holds more than half of `flattenBytes`, it is flattened with the base into a
+   * standalone base file (restores then map its pages, shared by every fork, instead of copying
+   * them into private memory). Otherwise nothing: the snapshot stays a delta over its parent's
+   * memory.
+   */
+  consolidate(snap: SnapshotRecord): void {
+    const deltas = snapshotDeltas(snap);
+    const bytes = deltas.reduce((n, d) => n + d.bytes, 0);
+    if (bytes > this.flattenBytes || deltas.length > this.maxDeltas) this.#consolidate(snap);
+  }
+
+  /** Counts a restore of `snap`; flattens it in the background once it is a fork source. */
+  restored(snap: SnapshotRecord): void {
+    const n = (this.#restores.get(snap.id) ?? 0) + 1;
+    this.#restores.set(snap.id, n);
+    if (
+      this.flattenAfterRestores > 0 &&
+      n >= this.flattenAfterRestores &&
+      snapshotDeltas(snap).length > 0 &&
+      !this.#flattening.has(snap.id)
+    ) {
+      this.#consolidate(snap, true);
+    }
+  }
+
+  #consolidate(snap: SnapshotRecord, flatten = false): void {
+    const deltas = snapshotDeltas(snap);
+    const files = snapshotMemFiles(snap);
+    const merged = deltas.length > 1 ? this.newPath('mem', '.delta') : undefined;
+    let flat: string | undefined;
     const job = (async () => {
       const t0 = performance.now();
-      await flattenDelta(this.memdelta, snap.memBase, delta.path, out);
+      let one = deltas[0]!;
+      if (merged) {
+        const m = await mergeDeltas(
+          this.memdelta,
+          deltas.map((d) => d.path),
+          merged,
+        );
+        one = { path: merged, bytes: m.bytes };
+        crashPoint('merge:written');
+      }
       const current = await this.readSnapshot(snap.id);
-      if (!current?.delta) return; // deleted meanwhile; the sweeper removes `out`
-      const { delta: _merged, ...rest } = current;
-      await this.writeSnapshot({ ...rest, memBase: out });
+      // Deleted or changed meanwhile: the sweeper removes what was made.
+      if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
+      // (Its digests covered the files replaced: the runtime computes new ones.)
+      const { delta: _d, chain: _c, digests: _g, ...rest } = current;
+      let next: SnapshotRecord;
+      if (flatten || one.bytes > this.flattenBytes / 2) {
+        flat = this.newPath('mem', '.mem');
+        await flattenDeltas(this.memdelta, snap.memBase, [one.path], flat);
+        crashPoint('flatten:written');
+        next = { ...rest, memBase: flat };
+      } else {
+        next = { ...rest, delta: one };
+      }
+      const again = await this.readSnapshot(snap.id);
+      if (!again || snapshotMemFiles(again).join('\n') !== files.join('\n')) return;
+      await this.writeSnapshot(next);
+      await this.onConsolidated?.(snap.id, files, {
+        memBase: next.memBase,
+        deltas: snapshotDeltas(next),
+      }).catch(() => {});
+      const mib = deltas.reduce((n, d) => n + d.bytes, 0) / 2 ** 20;
       this.log(
-        `runtime: flattened ${snap.id} (${delta.bytes >> 20} MiB delta) in ${(performance.now() - t0).toFixed(0)} ms`,
+        `runtime: ${flat ? 'flattened' : 'merged'} ${snap.id} (${deltas.length} deltas, ${mib.toFixed(1)} MiB${merged ? `, ${(one.bytes / 2 ** 20).toFixed(1)} MiB merged` : ''}) in ${(performance.now() - t0).toFixed(0)} ms`,
       );
     })()
       .catch((err: unknown) => this.log(`runtime: flatten of ${snap.id} failed: ${String(err)}`))
       .finally(() => {
-        this.settle(out);
+        this.settle(...(merged ? [merged] : []), ...(flat ? [flat] : []));
         this.#flattening.delete(snap.id);
-        void this.gc();
+        // (Awaited by the job: once it is settled, the files it replaced are gone.)
+        return this.gc();
       });
     this.#flattening.set(snap.id, job);
   }
@@ -189,14 +296,18 @@ export class LayerStore {
         if (!rec) continue;
         live.add(rec.memBase).add(rec.disk.top);
         rec.disk.chain.forEach((l) => live.add(l));
+        // The memory its next snapshot is compared with (and builds on).
+        if (rec.memView) {
+          live.add(rec.memView.memBase);
+          rec.memView.deltas.forEach((d) => live.add(d.path));
+        }
         if (rec.nextTop) live.add(rec.nextTop);
       }
       for (const id of await fs.readdir(path.join(this.dataDir, 'snapshots'))) {
         const s = await this.readSnapshot(id);
         if (!s) continue;
-        live.add(s.memBase);
+        snapshotMemFiles(s).forEach((f) => live.add(f));
         s.disk.forEach((l) => live.add(l));
-        if (s.delta) live.add(s.delta.path);
       }
       // Checked at the time of each deletion: made or pinned since the marking is kept too.
       const keep = (p: string) => live.has(p) || this.#pending.has(p) || this.#pins.has(p);

@@ -3,8 +3,9 @@
  *
  * A running VM maps one *base* memory file privately (see native/memshim.c), so the pages it has
  * changed since it started are exactly its private anonymous pages in that mapping. A snapshot
- * stores those pages as a *delta* file; restoring maps the same base file and writes the delta's
- * pages into the new process's RAM before the guest runs. The page copying is done by
+ * stores the ones that differ from the VM's previous snapshot as a *delta* file over that
+ * snapshot's memory (base file + chain of deltas); restoring maps the base file and writes the
+ * chain's pages into the new process's RAM before the guest runs. The page copying is done by
  * native/memdelta.c (process_vm_readv/writev over the run list from /proc/PID/pagemap).
  */
 import { execFile } from 'node:child_process';
@@ -36,41 +37,57 @@ export function findRamMapping(pid: number, memPath: string, size: number): RamM
   throw new Error(`guest RAM mapping of ${memPath} (${size} bytes) not found in pid ${pid}`);
 }
 
-/** Copy the process's changed pages into a delta file. */
+/**
+ * Copy the process's changed pages into a delta file: with `view`, only the pages whose content
+ * differs from it (the VM's memory at its previous snapshot), else every private page.
+ */
 export async function dumpDelta(
   tool: string,
   pid: number,
   map: RamMapping,
   deltaPath: string,
-): Promise<{ runs: number; bytes: number }> {
+  view?: { memBase: string; deltas: readonly string[] },
+): Promise<{ runs: number; bytes: number; examined: number }> {
   const { stdout } = await execFileP(tool, [
     'dump',
     String(pid),
     String(map.start),
     String(map.size),
     deltaPath,
+    ...(view ? [view.memBase, ...view.deltas] : []),
   ]);
-  return JSON.parse(stdout) as { runs: number; bytes: number };
+  return JSON.parse(stdout) as { runs: number; bytes: number; examined: number };
 }
 
-/** Write a delta's pages into a (not yet running) process's RAM. */
-export async function applyDelta(
+/** Write deltas' pages, in order, into a (not yet running) process's RAM. */
+export async function applyDeltas(
   tool: string,
   pid: number,
   map: RamMapping,
-  deltaPath: string,
+  deltas: readonly string[],
 ): Promise<void> {
-  await execFileP(tool, ['apply', String(pid), String(map.start), deltaPath]);
+  if (deltas.length === 0) return;
+  await execFileP(tool, ['apply', String(pid), String(map.start), ...deltas]);
 }
 
-/** Build a standalone base file: `base` (holes kept) with the delta written over it. */
-export async function flattenDelta(
+/** Build a standalone base file: `base` (holes kept) with the deltas written over it in order. */
+export async function flattenDeltas(
   tool: string,
   base: string,
-  deltaPath: string,
+  deltas: readonly string[],
   out: string,
 ): Promise<void> {
   // Background work that runs right when forks of the new snapshot start: at nice 10 it yields
-  // the CPU to them (they apply the delta themselves until the flatten is done).
-  await execFileP('nice', ['-n', '10', tool, 'flatten', base, deltaPath, out]);
+  // the CPU to them (they apply the deltas themselves until the flatten is done).
+  await execFileP('nice', ['-n', '10', tool, 'flatten', base, out, ...deltas]);
+}
+
+/** Merge a chain of deltas into one (each page from the last delta that has it). */
+export async function mergeDeltas(
+  tool: string,
+  deltas: readonly string[],
+  out: string,
+): Promise<{ runs: number; bytes: number }> {
+  const { stdout } = await execFileP('nice', ['-n', '10', tool, 'merge', out, ...deltas]);
+  return JSON.parse(stdout) as { runs: number; bytes: number };
 }

@@ -27,6 +27,31 @@ export interface DiskState {
   chain: string[];
 }
 
+/** A delta file of guest memory (native/memdelta.c) and its data bytes. */
+export interface DeltaRef {
+  path: string;
+  bytes: number;
+}
+
+/**
+ * Guest memory as a base file with deltas written over it in order (later ones win): what a
+ * snapshot's memory is, and what a VM's next snapshot is compared with.
+ */
+export interface MemView {
+  memBase: string;
+  deltas: DeltaRef[];
+}
+
+/** The deltas a restore of `snap` applies, in order. */
+export function snapshotDeltas(snap: SnapshotRecord): DeltaRef[] {
+  return [...(snap.chain ?? []), ...(snap.delta ? [snap.delta] : [])];
+}
+
+/** Every memory file a restore of `snap` reads. */
+export function snapshotMemFiles(snap: SnapshotRecord): string[] {
+  return [snap.memBase, ...snapshotDeltas(snap).map((d) => d.path)];
+}
+
 /** `vms/<id>/vm.json`: enough to re-adopt or clean up a VM after a restart. */
 export interface VmRecord {
   id: string;
@@ -38,6 +63,12 @@ export interface VmRecord {
   disk: DiskState;
   nodeCounter: number;
   snapshotId?: string;
+  /**
+   * The VM's memory as of its last snapshot (or of its restore): its next snapshot stores only the
+   * pages that differ from it. `snapshotId` names the snapshot it came from, whose record may
+   * since point at a flattened equivalent. Absent: `memBase` alone (a launch from a golden).
+   */
+  memView?: MemView & { snapshotId?: string };
   network?: VmNetwork;
   /** `GUEST_NET_VERSION` of the guest's network configuration (absent: per-VM, from before it). */
   guestNet?: number;
@@ -65,8 +96,15 @@ export interface SnapshotRecord {
   qemu?: string;
   imageId: string;
   cmdline: string;
+  /** The memory file a restore maps (a golden's, or a flattened one). */
   memBase: string;
-  delta?: { path: string; bytes: number };
+  /**
+   * The snapshot's own delta: the pages that differ from its parent's memory view (`memBase` with
+   * `chain`). Absent once flattened into `memBase`.
+   */
+  delta?: DeltaRef;
+  /** Deltas below `delta`, oldest first, shared with earlier snapshots (absent: none). */
+  chain?: DeltaRef[];
   /** Frozen disk layers, nearest first. */
   disk: string[];
   state: string;

@@ -12,12 +12,12 @@ import { crashPoint } from './crash-points.js';
 import { GUEST_NET, GUEST_NET_VERSION, pinGatewayMac } from './guest-net.js';
 import { applyIdentity, freshIdentity, plugTap } from './identity.js';
 import type { LayerStore } from './layers.js';
-import { applyDelta, findRamMapping } from './memory.js';
+import { applyDeltas, findRamMapping } from './memory.js';
 import { isMigrationEnd, stateUri } from './migration.js';
 import { spawnQemu, stopProcess } from './process.js';
 import { type Accel, type GuestImage, qemuArgs, qemuBinary } from './qemu.js';
 import { QmpClient } from './qmp.js';
-import type { SnapshotRecord, VmRecord } from './records.js';
+import { type SnapshotRecord, type VmRecord, snapshotDeltas } from './records.js';
 import { MACHINES, type NetworkOption, RuntimeError, type VmNetwork } from './types.js';
 import { LiveVm } from './vm-state.js';
 
@@ -87,6 +87,10 @@ export async function restoreVm(
       accel,
       pid: 0,
       memBase: snap.memBase,
+      // Its first snapshot stores only what differs from this snapshot (not from a golden).
+      ...(snapshotId
+        ? { memView: { snapshotId, memBase: snap.memBase, deltas: snapshotDeltas(snap) } }
+        : {}),
       disk: { top, topNode: 'disk0', chain: snap.disk },
       nodeCounter: 0,
       ...(snapshotId ? { snapshotId } : {}),
@@ -134,8 +138,14 @@ export async function restoreVm(
     // guest answers the moment it runs.
     const agentP = AgentClient.connect(path.join(dir, 'agent.sock'), { timeoutMs: 30_000 });
     agentP.catch(() => {});
-    if (snap.delta) {
-      await applyDelta(image.memdelta, pid, map, snap.delta.path);
+    const deltas = snapshotDeltas(snap);
+    if (deltas.length) {
+      await applyDeltas(
+        image.memdelta,
+        pid,
+        map,
+        deltas.map((d) => d.path),
+      );
       phases('delta');
     }
     await qmp.execute('migrate-set-capabilities', {

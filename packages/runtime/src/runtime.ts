@@ -18,7 +18,7 @@ import { AgentClient } from './agent-client.js';
 import { crashPoint } from './crash-points.js';
 import { GoldenCache, cachedAccel, cachedTscKhz } from './golden.js';
 import { syncClock } from './identity.js';
-import { LayerStore } from './layers.js';
+import { LayerStore, type MemoryChainLimits } from './layers.js';
 import { WarmPool } from './pool.js';
 import { alive, isQemuOf, qemuDirOf, qemusOf, stopProcess } from './process.js';
 import {
@@ -32,7 +32,13 @@ import {
 } from './qemu.js';
 import { PacedInput } from './paced-input.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
-import { checkId, type SnapshotRecord } from './records.js';
+import {
+  checkId,
+  type MemView,
+  type SnapshotRecord,
+  snapshotDeltas,
+  snapshotMemFiles,
+} from './records.js';
 import { SnapshotDigester } from './digests.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
 import { growDisk, reconcileDisk, snapshotVm, type SnapshotContext } from './snapshot.js';
@@ -57,12 +63,6 @@ import {
 } from './types.js';
 import { LiveVm } from './vm-state.js';
 
-/**
- * A restore of a snapshot whose delta is larger than this waits for the background flatten, so
- * that forks share the flattened pages instead of each copying the delta.
- */
-const FLATTEN_WAIT_BYTES = 32 * 2 ** 20;
-
 export interface QemuRuntimeOptions {
   /**
    * Where VMs, snapshots and layers live (e.g. `~/.local/share/fastvm/runtime`). One runtime at a
@@ -85,6 +85,11 @@ export interface QemuRuntimeOptions {
    */
   readonly pool?: number;
   readonly log?: (msg: string) => void;
+  /**
+   * When a snapshot's memory (a delta over its parent's) is flattened or its chain merged; see
+   * `MemoryChainLimits`. Defaults suit production; tests lower them.
+   */
+  readonly memoryChain?: MemoryChainLimits;
 }
 
 export async function createQemuRuntime(opts: QemuRuntimeOptions): Promise<QemuRuntime> {
@@ -138,7 +143,33 @@ export class QemuRuntime implements Runtime {
     await fs.mkdir(this.dataDir, { recursive: true });
     await fs.mkdir(this.goldenDir, { recursive: true });
     await this.#lock();
-    this.#layers = new LayerStore(this.dataDir, this.#image.memdelta, this.#log);
+    this.#layers = new LayerStore(
+      this.dataDir,
+      this.#image.memdelta,
+      this.#log,
+      this.#opts.memoryChain,
+    );
+    // A VM whose memory view is a snapshot just flattened or merged moves onto the new file, so
+    // that the files it replaced can go (a VM snapshotted every step keeps one chain alive); the
+    // snapshot's digests are computed again for it.
+    this.#layers.onConsolidated = async (snapshotId, before, after) => {
+      const same = (v: MemView | undefined) =>
+        v !== undefined &&
+        [v.memBase, ...v.deltas.map((d) => d.path)].join('\n') === before.join('\n');
+      await Promise.all(
+        [...this.#vms.values()]
+          .filter((vm) => vm.record.memView?.snapshotId === snapshotId)
+          .map((vm) =>
+            vm.serially(async () => {
+              if (!same(vm.record.memView) || vm.gone) return;
+              vm.record.memView = { snapshotId, ...after };
+              await this.#layers.writeVm(vm.dir, vm.record);
+            }),
+          ),
+      ).catch(() => {});
+      // Digests of the new file (none at start-up yet: `resume` below finds the snapshot).
+      this.#digests?.start(snapshotId);
+    };
     await this.#layers.init();
     this.#digests = new SnapshotDigester(this.#layers, this.#log);
     // Snapshots whose digest job a restart cut short get theirs now, one at a time.
@@ -244,14 +275,25 @@ export class QemuRuntime implements Runtime {
     if (!snap) {
       throw new RuntimeError('snapshot_not_found', `snapshot ${opts.snapshotId} not found`);
     }
+    // Deltas this large are being flattened: wait, so that forks share the flattened pages
+    // instead of each copying the deltas.
     const flattening = this.#layers.flattening(snap.id);
-    if (flattening && (snap.delta?.bytes ?? 0) > FLATTEN_WAIT_BYTES) {
+    const bytes = snapshotDeltas(snap).reduce((n, d) => n + d.bytes, 0);
+    if (flattening && bytes > this.#layers.flattenBytes) {
       await flattening;
       snap = (await this.#layers.readSnapshot(opts.snapshotId)) ?? snap;
     }
-    const pinned = [snap.memBase, snap.state, ...snap.disk];
-    if (snap.delta) pinned.push(snap.delta.path);
-    this.#layers.pin(pinned, 1);
+    // Pinned, then read again: a flatten or merge may have switched the record (and the sweeper
+    // taken the old files) before the pin.
+    let pinned: string[];
+    for (;;) {
+      pinned = [...snapshotMemFiles(snap), snap.state, ...snap.disk];
+      this.#layers.pin(pinned, 1);
+      const again = await this.#layers.readSnapshot(opts.snapshotId);
+      if (!again || snapshotMemFiles(again).join('\n') === snapshotMemFiles(snap).join('\n')) break;
+      this.#layers.pin(pinned, -1);
+      snap = again;
+    }
     try {
       // Refuse corrupted layers before QEMU maps them (cached: one hash per file per runtime).
       await this.#digests.verify(snap);
@@ -264,6 +306,7 @@ export class QemuRuntime implements Runtime {
           snapshotId: snap.id,
         });
         this.#register(vm);
+        this.#layers.restored(snap);
         return this.#info(vm);
       } finally {
         this.#starting.delete(opts.id);
@@ -373,6 +416,11 @@ export class QemuRuntime implements Runtime {
 
   snapshotDigests(snapshotId: string): Promise<SnapshotDigests | undefined> {
     return this.#digests.get(snapshotId);
+  }
+
+  /** Waits for a snapshot's background flatten or merge, if one runs (tests, benches). */
+  async memorySettled(snapshotId: string): Promise<void> {
+    await this.#layers.flattening(snapshotId);
   }
 
   /** Waits for a snapshot's background digest job, if one runs (tests, benches). */

@@ -12,7 +12,7 @@ import type { LayerStore } from './layers.js';
 import { dumpDelta, findRamMapping } from './memory.js';
 import { memshimFork, migrateToFile, resumeAfterMigration, stateUri } from './migration.js';
 import type { GuestImage } from './qemu.js';
-import type { SnapshotRecord } from './records.js';
+import { type MemView, type SnapshotRecord, type VmRecord, snapshotDeltas } from './records.js';
 import { wrapQemuError } from './restore.js';
 import { MACHINES, RuntimeError, type SnapshotInfo } from './types.js';
 import type { LiveVm } from './vm-state.js';
@@ -59,6 +59,9 @@ export async function snapshotVm(
   let pauseStart = 0;
   let pauseMs = 0;
   let delta: { runs: number; bytes: number };
+  // What the VM's memory is compared with: its previous snapshot's (pinned until the end).
+  const view = await parentView(layers, rec);
+  const viewFiles = [view.memBase, ...view.deltas.map((d) => d.path)];
   let frozen: { pid: number; release(): void } | undefined;
   let recorded: Promise<void> | undefined;
   try {
@@ -101,8 +104,12 @@ export async function snapshotVm(
     // (Written after the pause, while the delta is copied: until then the intent covers a crash.)
     recorded = layers.writeVm(vm.dir, rec);
     recorded.catch(() => {});
-    delta = await dumpDelta(image.memdelta, frozen.pid, map, deltaPath);
+    delta = await dumpDelta(image.memdelta, frozen.pid, map, deltaPath, {
+      memBase: view.memBase,
+      deltas: view.deltas.map((d) => d.path),
+    });
     await recorded;
+    crashPoint('snapshot:dumped');
   } catch (err) {
     if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
     await fs.rm(dir, { recursive: true, force: true });
@@ -119,7 +126,9 @@ export async function snapshotVm(
     throw await wrapQemuError(err, `snapshot of ${rec.id} failed`, vm.dir);
   } finally {
     frozen?.release();
+    layers.pin(viewFiles, -1);
   }
+  const own = { path: deltaPath, bytes: delta.bytes };
   const snap: SnapshotRecord = {
     id: snapshotId,
     vmId: rec.id,
@@ -129,8 +138,9 @@ export async function snapshotVm(
     qemu: ctx.qemu,
     imageId: image.imageId,
     cmdline: ctx.cmdline,
-    memBase: rec.memBase,
-    delta: { path: deltaPath, bytes: delta.bytes },
+    memBase: view.memBase,
+    delta: own,
+    ...(view.deltas.length ? { chain: view.deltas } : {}),
     disk: rec.disk.chain,
     state,
     paused: true,
@@ -139,8 +149,12 @@ export async function snapshotVm(
   };
   await layers.writeSnapshot(snap);
   crashPoint('snapshot:written');
+  // The VM's next snapshot is compared with this one. (A crash before this write leaves the older
+  // view: the next delta is larger, not wrong.)
+  rec.memView = { snapshotId, memBase: view.memBase, deltas: [...view.deltas, own] };
+  await layers.writeVm(vm.dir, rec);
   layers.settle(newTop, deltaPath);
-  layers.startFlatten(snap);
+  layers.consolidate(snap);
   return {
     id: snapshotId,
     vmId: rec.id,
@@ -149,6 +163,37 @@ export async function snapshotVm(
     pauseMs,
     totalMs: performance.now() - t0,
   };
+}
+
+/**
+ * The memory a VM's next snapshot is compared with, pinned (the caller unpins it): the snapshot it
+ * last took or came from as that snapshot's record has it now (flattened or merged since, perhaps:
+ * the same content in fewer files), else the files its own record names, else its base file.
+ */
+async function parentView(layers: LayerStore, rec: VmRecord): Promise<MemView> {
+  const own: MemView = rec.memView ?? { memBase: rec.memBase, deltas: [] };
+  const snap = rec.memView?.snapshotId
+    ? await layers.readSnapshot(rec.memView.snapshotId)
+    : undefined;
+  const ownFiles = [own.memBase, ...own.deltas.map((d) => d.path)];
+  const view = snap && { memBase: snap.memBase, deltas: snapshotDeltas(snap) };
+  const files = view ? [view.memBase, ...view.deltas.map((d) => d.path)] : ownFiles;
+  if (view && files.join('\n') !== ownFiles.join('\n')) {
+    layers.pin(files, 1);
+    // Deleted (and swept) between the read and the pin: fall back to the VM's own files.
+    const there = await Promise.all(
+      files.map((f) =>
+        fs.access(f).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
+    if (there.every(Boolean)) return view;
+    layers.pin(files, -1);
+  }
+  layers.pin(ownFiles, 1);
+  return own;
 }
 
 /** Grows a VM's disk: the top overlay in QEMU, then the filesystem online in the guest. */

@@ -8,6 +8,7 @@
  *   quotas set --org ORG [--vcpu N] [--memory-mib N] [--disk-gib N] [--snapshot-count N]
  *              [--volume-count N] [--volume-gib N]      (N may be "default")
  *   quotas get --org ORG
+ *   prune [--data-dir D] [--older-than DAYS] [--dry-run]
  *   openapi
  *
  * Admin commands work on the same database as a running server (SQLite WAL allows it).
@@ -18,6 +19,8 @@
  * storage listener VMs reach on their gateway; default any free port), FASTVM_STORAGE_URL (base of
  * presigned URLs when clients and VMs should use another address; see services/files.ts),
  * FASTVM_STAGING_BYTES_PER_ORG (most bytes of staged files one org may hold; default 32 GiB).
+ * Guest cache: `serve` prunes unused guest builds and goldens at start (FASTVM_PRUNE=off: not;
+ * FASTVM_PRUNE_AFTER_DAYS: grace for unreferenced entries, default 7), as `prune` does.
  * @module
  */
 import fs from 'node:fs/promises';
@@ -47,6 +50,9 @@ const USAGE = `usage: fastvm-server <command>
   quotas set --org ORG [--vcpu N] [--memory-mib N] [--disk-gib N] [--snapshot-count N]
              [--volume-count N] [--volume-gib N]     (N = a number or "default")
   quotas get --org ORG
+  prune [--older-than DAYS] [--dry-run]
+                            remove guest builds and goldens in the guest cache that no VM,
+                            snapshot or process uses and that were not used for DAYS (default 7)
   openapi                   print the OpenAPI document (as served at /openapi.json)
 
 Admin commands accept --data-dir and --database-url like serve.`;
@@ -96,6 +102,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     case 'keys':
     case 'quotas':
       return admin(command, rest, io);
+    case 'prune':
+      return prune(rest, io);
     case undefined:
     case 'help':
     case '--help':
@@ -127,6 +135,19 @@ async function serve(args: string[]): Promise<number> {
   const config = resolveServeConfig(values);
   const logger = pino({ level: config.logLevel });
   const runtime = await createRuntime(config, logger);
+  if (!config.fakeRuntime && process.env.FASTVM_PRUNE !== 'off') {
+    // In the background: never holds up the start.
+    void pruneGuestCache(config.dataDir, pruneAfterDays(process.env.FASTVM_PRUNE_AFTER_DAYS), false)
+      .then((res) => {
+        if (res.removed.length) {
+          logger.info(
+            { removed: res.removed.map((e) => e.path), mib: Math.round(res.bytes / 2 ** 20) },
+            'pruned unused guest builds and goldens',
+          );
+        }
+      })
+      .catch((err: unknown) => logger.warn({ err }, 'guest cache pruning failed'));
+  }
   // VM networking (taps, public IPv6, firewall) only with real VMs.
   const net = config.fakeRuntime
     ? undefined
@@ -281,6 +302,57 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
     // The CLI's default machine: build its golden snapshot at start so first launches are fast.
     prewarm: ['c1m2'],
     pool: config.pool,
+  });
+}
+
+// ---- prune ----------------------------------------------------------------------------------
+
+/** `prune`: see `pruneCache` in the runtime (packages/runtime/src/prune.ts). */
+async function prune(args: string[], io: CliIo): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      'data-dir': { type: 'string' },
+      'older-than': { type: 'string' },
+      'dry-run': { type: 'boolean' },
+    },
+    strict: true,
+  });
+  const dataDir = values['data-dir'] ? path.resolve(values['data-dir']) : defaultDataDir();
+  const dry = values['dry-run'] === true;
+  const res = await pruneGuestCache(dataDir, pruneAfterDays(values['older-than']), dry);
+  for (const e of res.removed) {
+    io.out(`${dry ? 'would remove' : 'removed'} ${e.path} (${(e.bytes / 2 ** 20).toFixed(0)} MiB)`);
+  }
+  io.out(
+    `${res.removed.length} unused entries, ${(res.bytes / 2 ** 20).toFixed(0)} MiB ${dry ? 'would be freed' : 'freed'}; ${res.kept.length} kept`,
+  );
+  return 0;
+}
+
+function pruneAfterDays(value: string | undefined): number {
+  if (value === undefined || value === '') return 7;
+  const days = Number(value);
+  if (!Number.isFinite(days) || days < 0) {
+    throw new UsageError(
+      `--older-than / FASTVM_PRUNE_AFTER_DAYS: expected days >= 0, got ${value}`,
+    );
+  }
+  return days;
+}
+
+/** Prunes the guest cache with the server's runtime data dir (`<dataDir>/runtime`) as references. */
+async function pruneGuestCache(
+  dataDir: string,
+  days: number,
+  dryRun: boolean,
+): Promise<import('@fastvm/runtime').PruneResult> {
+  const rt = await import('@fastvm/runtime');
+  return rt.pruneCache({
+    cacheDir: rt.defaultCacheDir(),
+    dataDirs: [path.join(dataDir, 'runtime')],
+    olderThanMs: days * 24 * 3600 * 1000,
+    dryRun,
   });
 }
 
