@@ -111,6 +111,8 @@ export interface QemuArgs {
   readonly tap?: string;
   readonly mac: string;
   readonly incoming: boolean;
+  /** QEMU's seccomp sandbox (`-sandbox` value), when confined. */
+  readonly sandbox?: string | undefined;
 }
 
 /**
@@ -186,6 +188,7 @@ export function qemuArgs(a: QemuArgs): string[] {
     a.cmdline,
   ];
   if (a.incoming) args.push('-incoming', 'defer');
+  if (a.sandbox) args.push('-sandbox', a.sandbox);
   return args;
 }
 

@@ -15,6 +15,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
+import { Confinement, type ConfineOptions } from './confine.js';
 import { crashPoint } from './crash-points.js';
 import { GoldenCache, cachedAccel, cachedTscKhz } from './golden.js';
 import { syncClock } from './identity.js';
@@ -84,6 +85,12 @@ export interface QemuRuntimeOptions {
    * ~30 MiB of host memory per waiting VM. Default 0 (off).
    */
   readonly pool?: number;
+  /**
+   * Confinement of QEMU (its own user, seccomp sandbox, a cgroup per VM; see confine.ts): on
+   * when the runtime is root, unless `FASTVM_CONFINE=off`; `false` turns it off here. The
+   * limits can be changed (tests).
+   */
+  readonly confine?: false | ConfineOptions;
   readonly log?: (msg: string) => void;
 }
 
@@ -106,6 +113,7 @@ export class QemuRuntime implements Runtime {
   #goldens!: GoldenCache;
   #pool!: WarmPool;
   #digests!: SnapshotDigester;
+  #confine: Confinement | undefined;
   readonly #vms = new Map<string, LiveVm>();
   /** Ids of VMs being made right now (not registered yet): adopt() must not take them. */
   readonly #starting = new Set<string>();
@@ -127,6 +135,11 @@ export class QemuRuntime implements Runtime {
     return this.#image;
   }
 
+  /** QEMU's confinement, or undefined when QEMU runs unconfined as the server's user. */
+  get confinement(): Confinement | undefined {
+    return this.#confine;
+  }
+
   /** `qemu --version` of the QEMU this runtime runs. */
   get qemuVersion(): string {
     return this.#qemu;
@@ -140,6 +153,7 @@ export class QemuRuntime implements Runtime {
     await this.#lock();
     this.#layers = new LayerStore(this.dataDir, this.#image.memdelta, this.#log);
     await this.#layers.init();
+    this.#initConfinement();
     this.#digests = new SnapshotDigester(this.#layers, this.#log);
     // Snapshots whose digest job a restart cut short get theirs now, one at a time.
     this.#digests.resume(await fs.readdir(path.join(this.dataDir, 'snapshots')));
@@ -171,6 +185,38 @@ export class QemuRuntime implements Runtime {
         (err: unknown) => this.#log(`runtime: golden ${m} failed: ${String(err)}`),
       );
     }
+  }
+
+  /** Confinement on (user, dirs QEMU must reach, cgroup slice) or off with the reason. */
+  #initConfinement(): void {
+    const c = this.#opts.confine === false ? 'off by option' : Confinement.create(this.#opts.confine);
+    if (typeof c === 'string') {
+      this.#log(`runtime: QEMU runs unconfined: ${c}`);
+      return;
+    }
+    this.#confine = c;
+    // QEMU opens the image, the goldens and the layers by path: every directory on the way must
+    // be searchable (not listable) by its user.
+    c.searchable(
+      [
+        path.dirname(this.#image.kernel),
+        path.dirname(this.#image.rootfs),
+        this.goldenDir,
+        ...['vms', 'snapshots', 'layers/disk', 'layers/mem'].map((d) => path.join(this.dataDir, d)),
+      ],
+      this.#log,
+    );
+    // Other VMs' files are reached by name only: the directories are not listable.
+    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem']) {
+      fs.chmod(path.join(this.dataDir, d), 0o711).catch(() => {});
+    }
+    c.cgroups?.sweep();
+    this.#log(
+      `runtime: QEMU confined: user uid ${c.user.uid}, seccomp sandbox, ` +
+        (c.cgroups
+          ? `cgroup v${c.cgroups.version} ${c.cgroups.slices.join(' ')}`
+          : `no cgroups (${c.cgroupsMissing})`),
+    );
   }
 
   /**
@@ -342,6 +388,7 @@ export class QemuRuntime implements Runtime {
     if (vm) {
       if (vm.can('destroying')) vm.to('destroying');
       await stopProcess(vm.record.pid, vm.qmp);
+      this.#confine?.release(vm.record.pid);
       crashPoint('destroy:stopped');
       vm.agent.close();
       vm.qmp.close();
@@ -349,6 +396,7 @@ export class QemuRuntime implements Runtime {
     } else {
       const rec = await this.#layers.readVm(vmId);
       if (rec && this.#isOurQemu(rec.pid)) await stopProcess(rec.pid);
+      if (rec) this.#confine?.release(rec.pid);
     }
     await fs.rm(this.#layers.vmDir(vmId), { recursive: true, force: true });
     await this.#layers.gc();
@@ -516,6 +564,11 @@ export class QemuRuntime implements Runtime {
         // The record may be a step behind QEMU (a crash in the middle of a snapshot): QEMU's own
         // view of the disk chain wins, before the sweeper decides which layers are in use.
         await reconcileDisk(vm, this.#log);
+        // A crash between handing a file to QEMU's user and taking it back leaves it granted.
+        if (this.#confine) {
+          await this.#confine.sealVmDir(dir);
+          await this.#confine.seal(0o600, rec.disk.top);
+        }
         delete rec.nextTop;
         await this.#layers.writeVm(dir, rec);
         this.#register(vm);
@@ -531,6 +584,7 @@ export class QemuRuntime implements Runtime {
       if (!onDisk.includes(id) && !this.#vms.has(id)) lost.push(id);
     }
     await this.#stopStrayQemus();
+    this.#confine?.cgroups?.sweep();
     await this.#layers.gc();
     return { adopted, lost, orphans };
   }
@@ -577,6 +631,7 @@ export class QemuRuntime implements Runtime {
       accel: this.#accel,
       qemu: this.#qemu,
       log: this.#log,
+      confine: this.#confine,
     };
     return restoreVm(ctx, snap, target);
   }
@@ -588,6 +643,7 @@ export class QemuRuntime implements Runtime {
       cmdline: this.#cmdline,
       qemu: this.#qemu,
       log: this.#log,
+      confine: this.#confine,
     };
   }
 
@@ -597,6 +653,7 @@ export class QemuRuntime implements Runtime {
       if (vm.state === 'exited' || vm.state === 'detached') return;
       const expected = vm.state === 'destroying';
       vm.to('exited');
+      this.#confine?.release(vm.record.pid);
       if (expected) return;
       this.#log(`runtime: VM ${vm.id} exited unexpectedly: ${reason}`);
       this.#events.emit('exit', vm.id, reason);
@@ -614,6 +671,7 @@ export class QemuRuntime implements Runtime {
   async #discard(vm: LiveVm): Promise<void> {
     if (vm.can('destroying')) vm.to('destroying');
     await stopProcess(vm.record.pid, vm.qmp);
+    this.#confine?.release(vm.record.pid);
     vm.agent.close();
     vm.qmp.close();
     await fs.rm(vm.dir, { recursive: true, force: true });
