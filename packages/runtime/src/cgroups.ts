@@ -91,11 +91,23 @@ function tryWrite(file: string, value: string | number): void {
   }
 }
 
-function rmLeaf(dir: string): void {
+function rmLeaf(dir: string): boolean {
   try {
     fs.rmdirSync(dir);
-  } catch {
-    /* busy (still a process in it) or already gone */
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT'; // else busy: a process is in it
+  }
+}
+
+/**
+ * Removes leaves of a process that just exited. The kernel keeps an exited process in its cgroup
+ * until its parent reaps it, so a busy leaf is tried again for a few seconds.
+ */
+function rmLeavesSoon(dirs: readonly string[], triesLeft = 50): void {
+  const busy = dirs.filter((d) => !rmLeaf(d));
+  if (busy.length > 0 && triesLeft > 0) {
+    setTimeout(() => rmLeavesSoon(busy, triesLeft - 1), 100).unref();
   }
 }
 
@@ -126,7 +138,7 @@ class V2 implements Cgroups {
     write(path.join(leaf, 'cgroup.procs'), pid);
   }
   release(pid: number): void {
-    rmLeaf(path.join(this.slice, `vm-${pid}`));
+    rmLeavesSoon(this.leaves(pid));
   }
   sweep(): void {
     leafDirs(this.slice).forEach(rmLeaf);
@@ -162,7 +174,7 @@ class V1 implements Cgroups {
     for (const leaf of leaves) write(path.join(leaf, 'cgroup.procs'), pid);
   }
   release(pid: number): void {
-    for (const slice of this.slices) rmLeaf(path.join(slice, `vm-${pid}`));
+    rmLeavesSoon(this.leaves(pid));
   }
   sweep(): void {
     for (const slice of this.slices) leafDirs(slice).forEach(rmLeaf);

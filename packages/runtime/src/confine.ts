@@ -28,7 +28,8 @@ export const QEMU_USER = process.env.FASTVM_QEMU_USER || 'fastvm-qemu';
  * RAM for each snapshot (a `clone` without thread flags), which that set kills (measured: the
  * snapshot's QEMU dies of SIGSYS). Everything else is denied.
  */
-export const SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny';
+export const SANDBOX =
+  process.env.FASTVM_QEMU_SANDBOX || 'on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny';
 
 /**
  * QEMU's own memory on top of guest RAM (TCG translation buffer `tb-size=64`, QEMU's heap, page
@@ -191,7 +192,16 @@ export function ensureUser(name = QEMU_USER): Identity {
     try {
       execFileSync(
         'useradd',
-        ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--user-group', name],
+        [
+          '--system',
+          '--no-create-home',
+          '--home-dir',
+          '/nonexistent',
+          '--shell',
+          '/usr/sbin/nologin',
+          '--user-group',
+          name,
+        ],
         { stdio: 'ignore' },
       );
     } catch {

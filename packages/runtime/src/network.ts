@@ -821,9 +821,11 @@ table inet ${t} {
     if (opts.fresh) {
       // Owned by QEMU's user when QEMU is confined: it attaches to its tap itself (confine.ts).
       const owner = tapOwnerArgs().join(' ');
-      await ipBatch([`tuntap add dev ${p.tap} mode tap ${owner}`.trim(), ...setup], false, nice).catch(
-        ensureThenSetup,
-      );
+      await ipBatch(
+        [`tuntap add dev ${p.tap} mode tap ${owner}`.trim(), ...setup],
+        false,
+        nice,
+      ).catch(ensureThenSetup);
     } else {
       await ensureThenSetup();
     }

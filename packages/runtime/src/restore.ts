@@ -126,11 +126,11 @@ export async function restoreVm(
       dir,
       args,
       {
-      LD_PRELOAD: image.memshim,
-      FASTVM_MEMSHIM_PATH: memFile,
-      FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
-      // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
-      ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
+        LD_PRELOAD: image.memshim,
+        FASTVM_MEMSHIM_PATH: memFile,
+        FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
+        // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
+        ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
         ...(confine ? { FASTVM_MEMSHIM_NODUMP: '1' } : {}),
       },
       confine?.spawnAs,

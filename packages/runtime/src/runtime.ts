@@ -12,6 +12,7 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
@@ -189,9 +190,17 @@ export class QemuRuntime implements Runtime {
 
   /** Confinement on (user, dirs QEMU must reach, cgroup slice) or off with the reason. */
   #initConfinement(): void {
-    const c = this.#opts.confine === false ? 'off by option' : Confinement.create(this.#opts.confine);
+    const c =
+      this.#opts.confine === false ? 'off by option' : Confinement.create(this.#opts.confine);
     if (typeof c === 'string') {
       this.#log(`runtime: QEMU runs unconfined: ${c}`);
+      return;
+    }
+    // A confined QEMU needs the memshim's read-only open of the memory file (built by setup).
+    if (!readFileSync(this.#image.memshim).includes('FASTVM_MEMSHIM_NODUMP')) {
+      this.#log(
+        `runtime: QEMU runs unconfined: ${this.#image.memshim} predates confinement; run \`npm run setup\``,
+      );
       return;
     }
     this.#confine = c;
