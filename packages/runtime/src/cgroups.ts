@@ -234,3 +234,25 @@ function readControllers(dir: string): string[] {
     return [];
   }
 }
+
+/**
+ * What `detectCgroups` would use, without creating anything (`doctor`): `{version, where}` or
+ * the reason there is nothing.
+ */
+export function probeCgroups(): { version: 1 | 2; where: string } | string {
+  const all = mounts();
+  const v2 = all.find((m) => m.type === 'cgroup2');
+  if (v2 && ['cpu', 'memory', 'pids'].every((c) => readControllers(v2.dir).includes(c))) {
+    return { version: 2, where: `${v2.dir} (cpu, memory, pids)` };
+  }
+  const v1 = (['cpu', 'memory', 'pids'] as const).filter((c) =>
+    all.some((x) => x.type === 'cgroup' && x.options.includes(c)),
+  );
+  if (v1.length === 3) return { version: 1, where: 'controllers cpu, memory, pids' };
+  if (v1.length > 0) {
+    return `only the v1 controllers ${v1.join(', ')} are mounted (cpu, memory and pids are needed)`;
+  }
+  return v2
+    ? `${v2.dir} offers "${readControllers(v2.dir).join(' ')}", not cpu, memory and pids`
+    : `no cgroup filesystem under ${ROOT}`;
+}

@@ -33,5 +33,5 @@ export {
   lookupUser,
 } from './confine.js';
 export type { ConfineOptions } from './confine.js';
-export { detectCgroups } from './cgroups.js';
+export { detectCgroups, probeCgroups } from './cgroups.js';
 export type { CgroupLimits, Cgroups } from './cgroups.js';

@@ -103,7 +103,9 @@ export async function restoreVm(
     if (confine) {
       // QEMU creates its sockets and serial log in `dir` and opens `top` for writing as it
       // starts; both go back to root once it has (sealVmDir below), before the guest runs.
+      // Shared layers are read by every QEMU (a flatten writes its base file 0600).
       confine.readable(snap.state);
+      confine.readable(memFile);
       await confine.grant(dir, top);
     }
     const args = qemuArgs({

@@ -59,6 +59,15 @@ import {
 } from './types.js';
 import { LiveVm } from './vm-state.js';
 
+/** Whether a memshim build has what a confined QEMU needs (its read-only open of the memory file). */
+function memshimConfines(file: string): boolean {
+  try {
+    return readFileSync(file).includes('FASTVM_MEMSHIM_NODUMP');
+  } catch {
+    return false; // missing: restores refuse to run the guest (its RAM would be shared)
+  }
+}
+
 /**
  * A restore of a snapshot whose delta is larger than this waits for the background flatten, so
  * that forks share the flattened pages instead of each copying the delta.
@@ -197,7 +206,7 @@ export class QemuRuntime implements Runtime {
       return;
     }
     // A confined QEMU needs the memshim's read-only open of the memory file (built by setup).
-    if (!readFileSync(this.#image.memshim).includes('FASTVM_MEMSHIM_NODUMP')) {
+    if (!memshimConfines(this.#image.memshim)) {
       this.#log(
         `runtime: QEMU runs unconfined: ${this.#image.memshim} predates confinement; run \`npm run setup\``,
       );
