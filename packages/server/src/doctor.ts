@@ -101,7 +101,11 @@ export async function runDoctor(opts: DoctorOptions): Promise<Check[]> {
   }));
   add(
     net.available
-      ? { name: 'networking', status: 'ok', detail: 'taps, routes and nftables netdev egress usable' }
+      ? {
+          name: 'networking',
+          status: 'ok',
+          detail: 'taps, routes and nftables netdev egress usable',
+        }
       : {
           name: 'networking',
           status: 'warn',
@@ -171,7 +175,8 @@ function kvmCheck(cacheDir: string): Check {
     return {
       name: 'kvm',
       status: 'warn',
-      detail: '/dev/kvm is not usable: VMs run under TCG (software emulation, several times slower)',
+      detail:
+        '/dev/kvm is not usable: VMs run under TCG (software emulation, several times slower)',
       fix: 'enable virtualization (nested virtualization in a VM) and load kvm_intel/kvm_amd',
     };
   }
@@ -260,7 +265,8 @@ function imageChecks(cacheDir: string): Check[] {
       : {
           name: 'goldens',
           status: 'warn',
-          detail: 'none cached: the first launch of each machine type cold-boots it (~1 min on TCG)',
+          detail:
+            'none cached: the first launch of each machine type cold-boots it (~1 min on TCG)',
           fix: 'start the server once (it builds c1m2 at start)',
         },
   );
