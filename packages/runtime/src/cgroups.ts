@@ -14,6 +14,7 @@
  * @module
  */
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
 
 export interface CgroupLimits {
@@ -27,8 +28,11 @@ export interface Cgroups {
   readonly version: 1 | 2;
   /** The slice directories (one per v1 controller), for logs and `doctor`. */
   readonly slices: readonly string[];
-  /** Creates the leaf of `pid` with `limits` and moves the process (all its threads) into it. */
-  place(pid: number, limits: CgroupLimits): void;
+  /**
+   * Creates the leaf of `pid` with `limits` and moves the process (all its threads) into it
+   * (asynchronous: a few ms of cgroupfs work that must not block the server's event loop).
+   */
+  place(pid: number, limits: CgroupLimits): Promise<void>;
   /** Removes the leaf of an exited process (ignored while it still holds a process). */
   release(pid: number): void;
   /** Removes every empty leaf (what a crash left). */
@@ -87,9 +91,13 @@ function tryWrite(file: string, value: string | number): void {
   try {
     write(file, value);
   } catch {
-    /* an optional knob this kernel lacks (swap accounting) */
+    /* an optional knob this kernel lacks */
   }
 }
+
+const put = (file: string, value: string | number) => fsp.writeFile(file, String(value));
+const tryPut = (file: string, value: string | number) =>
+  put(file, value).catch(() => {}); /* an optional knob this kernel lacks (swap accounting) */
 
 function rmLeaf(dir: string): boolean {
   try {
@@ -128,14 +136,16 @@ class V2 implements Cgroups {
   constructor(readonly slice: string) {
     this.slices = [slice];
   }
-  place(pid: number, l: CgroupLimits): void {
+  async place(pid: number, l: CgroupLimits): Promise<void> {
     const leaf = path.join(this.slice, `vm-${pid}`);
-    fs.mkdirSync(leaf, { recursive: true });
-    write(path.join(leaf, 'cpu.max'), `${Math.round(l.cpus * PERIOD_US)} ${PERIOD_US}`);
-    write(path.join(leaf, 'memory.max'), l.memoryBytes);
-    tryWrite(path.join(leaf, 'memory.swap.max'), 0);
-    write(path.join(leaf, 'pids.max'), l.pids);
-    write(path.join(leaf, 'cgroup.procs'), pid);
+    await fsp.mkdir(leaf, { recursive: true });
+    await Promise.all([
+      put(path.join(leaf, 'cpu.max'), `${Math.round(l.cpus * PERIOD_US)} ${PERIOD_US}`),
+      put(path.join(leaf, 'memory.max'), l.memoryBytes),
+      tryPut(path.join(leaf, 'memory.swap.max'), 0),
+      put(path.join(leaf, 'pids.max'), l.pids),
+    ]);
+    await put(path.join(leaf, 'cgroup.procs'), pid);
   }
   release(pid: number): void {
     rmLeavesSoon(this.leaves(pid));
@@ -154,24 +164,24 @@ class V1 implements Cgroups {
   constructor(private readonly byCtrl: ReadonlyMap<'cpu' | 'memory' | 'pids', string>) {
     this.slices = [...byCtrl.values()];
   }
-  place(pid: number, l: CgroupLimits): void {
-    const leaves: string[] = [];
-    for (const [ctrl, slice] of this.byCtrl) {
-      const leaf = path.join(slice, `vm-${pid}`);
-      fs.mkdirSync(leaf, { recursive: true });
-      if (ctrl === 'cpu') {
-        write(path.join(leaf, 'cpu.cfs_period_us'), PERIOD_US);
-        write(path.join(leaf, 'cpu.cfs_quota_us'), Math.round(l.cpus * PERIOD_US));
-      } else if (ctrl === 'memory') {
-        write(path.join(leaf, 'memory.limit_in_bytes'), l.memoryBytes);
-        // memory + swap: the same value, so the VM cannot spill into swap either.
-        tryWrite(path.join(leaf, 'memory.memsw.limit_in_bytes'), l.memoryBytes);
-      } else {
-        write(path.join(leaf, 'pids.max'), l.pids);
-      }
-      leaves.push(leaf);
-    }
-    for (const leaf of leaves) write(path.join(leaf, 'cgroup.procs'), pid);
+  async place(pid: number, l: CgroupLimits): Promise<void> {
+    await Promise.all(
+      [...this.byCtrl].map(async ([ctrl, slice]) => {
+        const leaf = path.join(slice, `vm-${pid}`);
+        await fsp.mkdir(leaf, { recursive: true });
+        if (ctrl === 'cpu') {
+          await put(path.join(leaf, 'cpu.cfs_period_us'), PERIOD_US);
+          await put(path.join(leaf, 'cpu.cfs_quota_us'), Math.round(l.cpus * PERIOD_US));
+        } else if (ctrl === 'memory') {
+          await put(path.join(leaf, 'memory.limit_in_bytes'), l.memoryBytes);
+          // memory + swap: the same value, so the VM cannot spill into swap either.
+          await tryPut(path.join(leaf, 'memory.memsw.limit_in_bytes'), l.memoryBytes);
+        } else {
+          await put(path.join(leaf, 'pids.max'), l.pids);
+        }
+        await put(path.join(leaf, 'cgroup.procs'), pid);
+      }),
+    );
   }
   release(pid: number): void {
     rmLeavesSoon(this.leaves(pid));

@@ -99,8 +99,8 @@ export class Confinement {
   }
 
   /** Moves a started QEMU into its cgroup leaf (nothing without cgroups). */
-  place(pid: number, machine: MachineType): void {
-    this.cgroups?.place(pid, this.limits(machine));
+  async place(pid: number, machine: MachineType): Promise<void> {
+    await this.cgroups?.place(pid, this.limits(machine));
   }
 
   release(pid: number): void {

@@ -137,13 +137,19 @@ export async function restoreVm(
       },
       confine?.spawnAs,
     );
-    confine?.place(pid, snap.machine);
+    // Into its cgroup while QMP starts; before the guest's memory is touched (delta, migration).
+    const placed = confine?.place(pid, snap.machine);
+    placed?.catch(() => {}); // awaited below
     crashPoint('restore:spawned');
     record.pid = pid;
     await layers.writeVm(dir, record);
     phases('spawn');
     qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
-    if (confine) await Promise.all([confine.sealVmDir(dir), confine.seal(0o600, top)]);
+    // QEMU has opened and bound all it needs: the files go back to root while the delta is
+    // applied, and must be before the guest runs (the incoming migration below).
+    const sealed = confine && Promise.all([confine.sealVmDir(dir), confine.seal(0o600, top)]);
+    sealed?.catch(() => {}); // awaited below
+    await placed;
     phases('qmp');
     const map = findRamMapping(pid, memFile, spec.memoryMiB * 2 ** 20);
     if (!map.private) {
@@ -166,6 +172,7 @@ export async function restoreVm(
         { capability: 'events', state: true },
       ],
     });
+    await sealed; // the guest runs as soon as the migration completes
     const done = qmp.waitEvent('MIGRATION', { timeoutMs: 30_000, match: isMigrationEnd });
     await qmp.execute('migrate-incoming', { uri: stateUri(qemu, snap.state, 'in') });
     const ev = await done;
