@@ -63,6 +63,7 @@ const GROUPS = [
   'proxy',
   'snapdisk',
   'density',
+  'confine',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
@@ -107,6 +108,7 @@ const N = quick
       restoreUnflat: 3,
       gen2Small: 3,
       launch: 8,
+      confine: 8,
       cold: 3,
       snapVms: 1,
       snapPer: 5,
@@ -126,6 +128,7 @@ const N = quick
       restoreUnflat: 10,
       gen2Small: 5,
       launch: 20,
+      confine: 20,
       cold: 8,
       snapVms: 2,
       snapPer: 5,
@@ -977,6 +980,79 @@ async function groupProxy(): Promise<void> {
   }
 }
 
+/**
+ * Confinement's cost: restore (a flattened c1m2 snapshot) and launch (golden restore + identity)
+ * to the first `true`, by the bench's runtime (confined when the bench runs as root) and by a
+ * second runtime with confinement off (`confine: false`, as `FASTVM_CONFINE=off`), interleaved.
+ */
+async function groupConfine(): Promise<void> {
+  if (!rt.confinement) {
+    rec.note('confine_restore_ratio', 'skipped: the bench runtime is not confined (not root?)');
+    return;
+  }
+  const snap = await ensureBaseSnapshot();
+  const off = await createQemuRuntime({
+    dataDir: path.join(benchRoot, 'unconfined-rt'),
+    log: runtimeLog,
+    confine: false,
+  });
+  runtimes.add(off);
+  const restoreOn: number[] = [];
+  const restoreOff: number[] = [];
+  const launchOn: number[] = [];
+  const launchOff: number[] = [];
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  try {
+    // The unconfined runtime restores the same snapshot: it reads the bench runtime's layers.
+    await off.launch({ id: 'cf-warm', machine: 'c1m2' }).then(() => off.destroy('cf-warm'));
+    const snapDir = path.join(benchRoot, 'rt', 'snapshots', snap);
+    fs.cpSync(snapDir, path.join(benchRoot, 'unconfined-rt', 'snapshots', snap), {
+      recursive: true,
+    });
+    // Not measured: the unconfined runtime's first restore hashes the layers (digests.ts).
+    for (const r of [rt, off]) {
+      await r.restore({ id: 'cf-warm-r', snapshotId: snap });
+      await r.destroy('cf-warm-r');
+    }
+    for (let i = 0; i < N.confine; i++) {
+      for (const [r, restores, launches, tag] of [
+        [rt, restoreOn, launchOn, 'on'],
+        [off, restoreOff, launchOff, 'off'],
+      ] as const) {
+        const t0 = now();
+        await r.restore({ id: `cf-r-${tag}-${i}`, snapshotId: snap });
+        await firstCmd(r, `cf-r-${tag}-${i}`);
+        restores.push(now() - t0);
+        await r.destroy(`cf-r-${tag}-${i}`);
+        rec.add(`confine_restore_${tag}`, 'ms', restores.at(-1)!);
+        const t1 = now();
+        await r.launch({ id: `cf-l-${tag}-${i}`, machine: 'c1m2' });
+        await firstCmd(r, `cf-l-${tag}-${i}`);
+        launches.push(now() - t1);
+        await r.destroy(`cf-l-${tag}-${i}`);
+        rec.add(`confine_launch_${tag}`, 'ms', launches.at(-1)!);
+      }
+    }
+  } finally {
+    await off.destroyAll();
+    runtimes.delete(off);
+  }
+  rec.add('confine_restore_ratio', 'ratio', median(restoreOn) / median(restoreOff));
+  rec.add('confine_launch_ratio', 'ratio', median(launchOn) / median(launchOff));
+  rec.note(
+    'confine_restore_on',
+    'restore of a flattened c1m2 snapshot + first `true`, QEMU confined (user, seccomp, cgroup)',
+  );
+  rec.note('confine_restore_off', 'the same by a runtime with confinement off, interleaved');
+  rec.note('confine_restore_ratio', 'median on / median off (target ≤ 1.05)');
+  rec.note(
+    'confine_launch_on',
+    'launch() without a pool (golden restore + identity) + first `true`, confined',
+  );
+  rec.note('confine_launch_off', 'the same with confinement off, interleaved');
+  rec.note('confine_launch_ratio', 'median on / median off (target ≤ 1.05)');
+}
+
 // -------------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
@@ -1046,6 +1122,7 @@ async function main(): Promise<number> {
           : { chain: 10, restores: 8, baseline: 4 },
         log,
       }),
+    confine: groupConfine,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

@@ -5,7 +5,7 @@
 #
 #   guest/setup.sh                    install + build what is missing, with progress
 #   guest/setup.sh --quiet-if-cached  same, but print nothing when everything is cached
-#   guest/setup.sh --deps-only        install host packages only
+#   guest/setup.sh --deps-only        install host packages (and add the fastvm-qemu user) only
 #
 # Output: $FASTVM_CACHE_DIR (default ~/.cache/fastvm)/guest.json naming the kernel, root
 # filesystem image and agent that the runtime boots.
@@ -107,7 +107,20 @@ install_deps() {
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
+# The unprivileged user every VM's QEMU runs as (packages/runtime/src/confine.ts); the server
+# also creates it at start when it is missing.
+qemu_user=${FASTVM_QEMU_USER:-fastvm-qemu}
+add_qemu_user() {
+  getent passwd "$qemu_user" >/dev/null && return 0
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "setup: adding the system user $qemu_user (QEMU runs as it)"
+  $sudo useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+    --user-group "$qemu_user"
+}
+
 install_deps
+add_qemu_user
 [ "$deps_only" -eq 1 ] && exit 0
 
 kernel_hash=$(

@@ -11,7 +11,11 @@
  * /proc/PID/pagemap and /proc/PID/mem.
  *
  * Hole punching on that file (QEMU's RAM discard for shared file memory) is refused, so the
- * snapshot file can never be modified through this process.
+ * snapshot file can never be modified through this process. A confined QEMU (its own
+ * unprivileged user) may not open the file for writing at all: QEMU opens it O_RDWR, and when
+ * that is refused the shim opens it O_RDONLY instead (a private mapping of a read-only file is
+ * writable). With $FASTVM_MEMSHIM_NODUMP=1 the process makes itself non-dumpable, so that other
+ * processes of the same user (other VMs' QEMUs) cannot ptrace it or read its memory.
  *
  * Freezing memory for a snapshot without a long pause: when $FASTVM_MEMSHIM_CTL names a socket
  * path, a thread serves it. On a connection that sends "fork" it forks a frozen copy of the
@@ -33,7 +37,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -56,6 +62,84 @@ static int fd_is_target(int fd)
         return 0;
     path[n] = '\0';
     return strcmp(path, target) == 0;
+}
+
+/*
+ * open() of the memory file for writing, refused (a confined QEMU): open it read-only instead.
+ * Any other file, or another error, is left as it was.
+ */
+static int reopen_readonly(int fd, int err, int dirfd, const char *path, int flags)
+{
+    int ro;
+
+    if (fd >= 0 || target[0] == '\0' || (flags & O_ACCMODE) != O_RDWR ||
+        (err != EACCES && err != EPERM && err != EROFS))
+        return fd;
+    ro = (int)syscall(SYS_openat, dirfd, path, (flags & ~(O_ACCMODE | O_CREAT | O_TRUNC)) | O_RDONLY, 0);
+    if (ro >= 0 && fd_is_target(ro))
+        return ro;
+    if (ro >= 0)
+        close(ro);
+    errno = err;
+    return -1;
+}
+
+static int open_at(int dirfd, const char *path, int flags, mode_t mode)
+{
+    int fd = (int)syscall(SYS_openat, dirfd, path, flags, mode);
+    return reopen_readonly(fd, fd < 0 ? errno : 0, dirfd, path, flags);
+}
+
+static mode_t mode_arg(int flags, va_list ap)
+{
+    return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_arg(flags, ap);
+    va_end(ap);
+    return open_at(AT_FDCWD, path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_arg(flags, ap);
+    va_end(ap);
+    return open_at(AT_FDCWD, path, flags, mode);
+}
+
+int openat(int dirfd, const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_arg(flags, ap);
+    va_end(ap);
+    return open_at(dirfd, path, flags, mode);
+}
+
+int openat64(int dirfd, const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_arg(flags, ap);
+    va_end(ap);
+    return open_at(dirfd, path, flags, mode);
+}
+
+/* The _FORTIFY_SOURCE entry points (no mode: O_CREAT is not allowed there). */
+int __open_2(const char *path, int flags)
+{
+    return open_at(AT_FDCWD, path, flags, 0);
+}
+
+int __open64_2(const char *path, int flags)
+{
+    return open_at(AT_FDCWD, path, flags, 0);
 }
 
 /* The one converted mapping (guest RAM); set once by mmap(). */
@@ -183,6 +267,11 @@ __attribute__((constructor)) static void memshim_init(void)
     int fd;
 
     const char *nice = getenv("FASTVM_MEMSHIM_NICE");
+    const char *nodump = getenv("FASTVM_MEMSHIM_NODUMP");
+
+    if (nodump != NULL && strcmp(nodump, "1") == 0)
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    unsetenv("FASTVM_MEMSHIM_NODUMP");
 
     /* Set here, before QEMU creates a thread, so that every thread inherits it. */
     if (nice != NULL)

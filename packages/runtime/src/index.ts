@@ -26,3 +26,14 @@ export type {
   NetworkProbe,
   ReconcileResult,
 } from './network.js';
+export {
+  Confinement,
+  MEMORY_OVERHEAD_MIB,
+  QEMU_USER,
+  SANDBOX,
+  ensureUser,
+  lookupUser,
+} from './confine.js';
+export type { ConfineOptions } from './confine.js';
+export { detectCgroups, probeCgroups } from './cgroups.js';
+export type { CgroupLimits, Cgroups } from './cgroups.js';

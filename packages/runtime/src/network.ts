@@ -43,6 +43,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { tapOwnerArgs } from './confine.js';
 import { GUEST_NET } from './guest-net.js';
 import type { VmNetwork } from './types.js';
 
@@ -812,13 +813,19 @@ table inet ${t} {
       const links = await run('ip', ['-j', 'link', 'show', 'dev', p.tap])
         .then((out) => JSON.parse(out) as unknown[])
         .catch(() => []);
-      if (links.length === 0) await run('ip', ['tuntap', 'add', 'dev', p.tap, 'mode', 'tap']);
+      if (links.length === 0) {
+        await run('ip', ['tuntap', 'add', 'dev', p.tap, 'mode', 'tap', ...tapOwnerArgs()]);
+      }
       await ipBatch(setup, false, nice);
     };
     if (opts.fresh) {
-      await ipBatch([`tuntap add dev ${p.tap} mode tap`, ...setup], false, nice).catch(
-        ensureThenSetup,
-      );
+      // Owned by QEMU's user when QEMU is confined: it attaches to its tap itself (confine.ts).
+      const owner = tapOwnerArgs().join(' ');
+      await ipBatch(
+        [`tuntap add dev ${p.tap} mode tap ${owner}`.trim(), ...setup],
+        false,
+        nice,
+      ).catch(ensureThenSetup);
     } else {
       await ensureThenSetup();
     }

@@ -15,13 +15,14 @@ import { RuntimeError } from './types.js';
  * Starts QEMU detached with its output in `<dir>/qemu.log` and no pipes to us, so the VM outlives
  * a restart of the server and is re-adopted. QEMU is started directly: a wrapper (nice, env, ...)
  * would load the LD_PRELOAD memshim and take its settings, and QEMU would then map guest RAM
- * shared.
+ * shared. With `as` it runs as that user (confinement; libuv drops supplementary groups).
  */
 export async function spawnQemu(
   binary: string,
   dir: string,
   args: string[],
   env: Record<string, string>,
+  as?: { uid: number; gid: number },
 ): Promise<number> {
   const log = await fsp.open(path.join(dir, 'qemu.log'), 'a');
   try {
@@ -29,6 +30,7 @@ export async function spawnQemu(
       detached: true,
       stdio: ['ignore', log.fd, log.fd],
       env: { ...process.env, ...env },
+      ...(as ? { uid: as.uid, gid: as.gid } : {}),
     });
     child.on('error', () => {});
     child.unref();

@@ -2,9 +2,11 @@
  * QEMU command lines, the guest image manifest, and accelerator selection.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { MachineSpec } from './types.js';
 import { RuntimeError } from './types.js';
 
@@ -37,11 +39,36 @@ export function loadGuestImage(cacheDir = defaultCacheDir()): GuestImage {
       `no guest image at ${file}: run \`npm run setup\` to build it`,
     );
   }
-  const image = JSON.parse(raw) as GuestImage;
+  const image = ownHelpers(JSON.parse(raw) as GuestImage, cacheDir);
   for (const f of [image.kernel, image.rootfs, image.memshim, image.memdelta]) {
     if (!f || !fs.existsSync(f)) {
       throw new RuntimeError('image_missing', `guest file ${f} is missing: run \`npm run setup\``);
     }
+  }
+  return image;
+}
+
+/**
+ * The memshim and memdelta built from this checkout's sources (`guest/setup.sh` keys them by the
+ * hash of `native/*.c`), when they are in the cache: `guest.json` is shared by every checkout on
+ * the host and names the helpers of whichever ran setup last, which may lack what this runtime
+ * needs (e.g. the memshim's read-only open for confinement).
+ */
+function ownHelpers(image: GuestImage, cacheDir: string): GuestImage {
+  try {
+    const dir = fileURLToPath(new URL('../native/', import.meta.url));
+    const sources = fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith('.c'))
+      .sort();
+    const hash = crypto.createHash('sha256');
+    for (const f of sources) hash.update(fs.readFileSync(path.join(dir, f)));
+    const built = path.join(cacheDir, 'native', hash.digest('hex').slice(0, 16));
+    const memshim = path.join(built, 'fastvm-memshim.so');
+    const memdelta = path.join(built, 'fastvm-memdelta');
+    if (fs.existsSync(memshim) && fs.existsSync(memdelta)) return { ...image, memshim, memdelta };
+  } catch {
+    /* not a source checkout */
   }
   return image;
 }
@@ -111,6 +138,8 @@ export interface QemuArgs {
   readonly tap?: string;
   readonly mac: string;
   readonly incoming: boolean;
+  /** QEMU's seccomp sandbox (`-sandbox` value), when confined. */
+  readonly sandbox?: string | undefined;
 }
 
 /**
@@ -186,6 +215,7 @@ export function qemuArgs(a: QemuArgs): string[] {
     a.cmdline,
   ];
   if (a.incoming) args.push('-incoming', 'defer');
+  if (a.sandbox) args.push('-sandbox', a.sandbox);
   return args;
 }
 

@@ -8,6 +8,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
+import type { Confinement } from './confine.js';
+import { SANDBOX } from './confine.js';
 import { crashPoint } from './crash-points.js';
 import { GUEST_NET, GUEST_NET_VERSION, pinGatewayMac } from './guest-net.js';
 import { applyIdentity, freshIdentity, plugTap } from './identity.js';
@@ -31,6 +33,8 @@ export interface RestoreContext {
   /** `qemu --version`. */
   readonly qemu: string;
   readonly log: (msg: string) => void;
+  /** QEMU's user, sandbox and cgroup (undefined: QEMU runs as the server, unconfined). */
+  readonly confine?: Confinement | undefined;
 }
 
 export interface RestoreTarget {
@@ -49,7 +53,7 @@ export async function restoreVm(
   snap: SnapshotRecord,
   target: RestoreTarget,
 ): Promise<LiveVm> {
-  const { layers, image, accel, qemu, log } = ctx;
+  const { layers, image, accel, qemu, log, confine } = ctx;
   const { id, hostname, snapshotId, pooled = false } = target;
   if (snap.accel !== accel) {
     throw new RuntimeError(
@@ -100,6 +104,14 @@ export async function restoreVm(
     };
     await layers.writeVm(dir, record);
     layers.settle(top);
+    if (confine) {
+      // QEMU creates its sockets and serial log in `dir` and opens `top` for writing as it
+      // starts; both go back to root once it has (sealVmDir below), before the guest runs.
+      // Shared layers are read by every QEMU (a flatten writes its base file 0600).
+      confine.readable(snap.state);
+      confine.readable(memFile);
+      await confine.grant(dir, top);
+    }
     const args = qemuArgs({
       accel,
       machine: spec,
@@ -113,19 +125,35 @@ export async function restoreVm(
       tap: network?.tap,
       mac: GUEST_NET.mac, // (a restored NIC keeps the snapshot's MAC: it is device state)
       incoming: true,
+      sandbox: confine ? SANDBOX : undefined,
     });
-    pid = await spawnQemu(qemuBinary(accel), dir, args, {
-      LD_PRELOAD: image.memshim,
-      FASTVM_MEMSHIM_PATH: memFile,
-      FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
-      // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
-      ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
-    });
+    pid = await spawnQemu(
+      qemuBinary(accel),
+      dir,
+      args,
+      {
+        LD_PRELOAD: image.memshim,
+        FASTVM_MEMSHIM_PATH: memFile,
+        FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
+        // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
+        ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
+        ...(confine ? { FASTVM_MEMSHIM_NODUMP: '1' } : {}),
+      },
+      confine?.spawnAs,
+    );
+    // Into its cgroup while QMP starts; before the guest's memory is touched (delta, migration).
+    const placed = confine?.place(pid, snap.machine);
+    placed?.catch(() => {}); // awaited below
     crashPoint('restore:spawned');
     record.pid = pid;
     await layers.writeVm(dir, record);
     phases('spawn');
     qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
+    // QEMU has opened and bound all it needs: the files go back to root while the delta is
+    // applied, and must be before the guest runs (the incoming migration below).
+    const sealed = confine && Promise.all([confine.sealVmDir(dir), confine.seal(0o600, top)]);
+    sealed?.catch(() => {}); // awaited below
+    await placed;
     phases('qmp');
     const map = findRamMapping(pid, memFile, spec.memoryMiB * 2 ** 20);
     if (!map.private) {
@@ -154,6 +182,7 @@ export async function restoreVm(
         { capability: 'events', state: true },
       ],
     });
+    await sealed; // the guest runs as soon as the migration completes
     const done = qmp.waitEvent('MIGRATION', { timeoutMs: 30_000, match: isMigrationEnd });
     await qmp.execute('migrate-incoming', { uri: stateUri(qemu, snap.state, 'in') });
     const ev = await done;
@@ -192,6 +221,7 @@ export async function restoreVm(
     agent?.close();
     qmp?.close();
     if (pid) await stopProcess(pid);
+    confine?.release(pid);
     const error = await wrapQemuError(err, `restore of ${snap.id} into ${id} failed`, dir);
     await fs.rm(dir, { recursive: true, force: true });
     await fs.rm(top, { force: true });

@@ -12,9 +12,11 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
+import { Confinement, type ConfineOptions } from './confine.js';
 import { crashPoint } from './crash-points.js';
 import { GoldenCache, cachedAccel, cachedTscKhz } from './golden.js';
 import { syncClock } from './identity.js';
@@ -63,6 +65,15 @@ import {
 } from './types.js';
 import { LiveVm } from './vm-state.js';
 
+/** Whether a memshim build has what a confined QEMU needs (its read-only open of the memory file). */
+function memshimConfines(file: string): boolean {
+  try {
+    return readFileSync(file).includes('FASTVM_MEMSHIM_NODUMP');
+  } catch {
+    return false; // missing: restores refuse to run the guest (its RAM would be shared)
+  }
+}
+
 export interface QemuRuntimeOptions {
   /**
    * Where VMs, snapshots and layers live (e.g. `~/.local/share/fastvm/runtime`). One runtime at a
@@ -84,6 +95,12 @@ export interface QemuRuntimeOptions {
    * ~30 MiB of host memory per waiting VM. Default 0 (off).
    */
   readonly pool?: number;
+  /**
+   * Confinement of QEMU (its own user, seccomp sandbox, a cgroup per VM; see confine.ts): on
+   * when the runtime is root, unless `FASTVM_CONFINE=off`; `false` turns it off here. The
+   * limits can be changed (tests).
+   */
+  readonly confine?: false | ConfineOptions;
   readonly log?: (msg: string) => void;
   /**
    * When a snapshot's memory (a delta over its parent's) is flattened or its chain merged; see
@@ -111,6 +128,7 @@ export class QemuRuntime implements Runtime {
   #goldens!: GoldenCache;
   #pool!: WarmPool;
   #digests!: SnapshotDigester;
+  #confine: Confinement | undefined;
   readonly #vms = new Map<string, LiveVm>();
   /** Ids of VMs being made right now (not registered yet): adopt() must not take them. */
   readonly #starting = new Set<string>();
@@ -130,6 +148,11 @@ export class QemuRuntime implements Runtime {
 
   get image(): GuestImage {
     return this.#image;
+  }
+
+  /** QEMU's confinement, or undefined when QEMU runs unconfined as the server's user. */
+  get confinement(): Confinement | undefined {
+    return this.#confine;
   }
 
   /** `qemu --version` of the QEMU this runtime runs. */
@@ -171,6 +194,7 @@ export class QemuRuntime implements Runtime {
       this.#digests?.start(snapshotId);
     };
     await this.#layers.init();
+    this.#initConfinement();
     this.#digests = new SnapshotDigester(this.#layers, this.#log);
     // Snapshots whose digest job a restart cut short get theirs now, one at a time.
     this.#digests.resume(await fs.readdir(path.join(this.dataDir, 'snapshots')));
@@ -202,6 +226,46 @@ export class QemuRuntime implements Runtime {
         (err: unknown) => this.#log(`runtime: golden ${m} failed: ${String(err)}`),
       );
     }
+  }
+
+  /** Confinement on (user, dirs QEMU must reach, cgroup slice) or off with the reason. */
+  #initConfinement(): void {
+    const c =
+      this.#opts.confine === false ? 'off by option' : Confinement.create(this.#opts.confine);
+    if (typeof c === 'string') {
+      this.#log(`runtime: QEMU runs unconfined: ${c}`);
+      return;
+    }
+    // A confined QEMU needs the memshim's read-only open of the memory file (built by setup).
+    if (!memshimConfines(this.#image.memshim)) {
+      this.#log(
+        `runtime: QEMU runs unconfined: ${this.#image.memshim} predates confinement; run \`npm run setup\``,
+      );
+      return;
+    }
+    this.#confine = c;
+    // QEMU opens the image, the goldens and the layers by path: every directory on the way must
+    // be searchable (not listable) by its user.
+    c.searchable(
+      [
+        path.dirname(this.#image.kernel),
+        path.dirname(this.#image.rootfs),
+        this.goldenDir,
+        ...['vms', 'snapshots', 'layers/disk', 'layers/mem'].map((d) => path.join(this.dataDir, d)),
+      ],
+      this.#log,
+    );
+    // Other VMs' files are reached by name only: the directories are not listable.
+    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem']) {
+      fs.chmod(path.join(this.dataDir, d), 0o711).catch(() => {});
+    }
+    c.cgroups?.sweep();
+    this.#log(
+      `runtime: QEMU confined: user uid ${c.user.uid}, seccomp sandbox, ` +
+        (c.cgroups
+          ? `cgroup v${c.cgroups.version} ${c.cgroups.slices.join(' ')}`
+          : `no cgroups (${c.cgroupsMissing})`),
+    );
   }
 
   /**
@@ -385,6 +449,7 @@ export class QemuRuntime implements Runtime {
     if (vm) {
       if (vm.can('destroying')) vm.to('destroying');
       await stopProcess(vm.record.pid, vm.qmp);
+      this.#confine?.release(vm.record.pid);
       crashPoint('destroy:stopped');
       vm.agent.close();
       vm.qmp.close();
@@ -392,6 +457,7 @@ export class QemuRuntime implements Runtime {
     } else {
       const rec = await this.#layers.readVm(vmId);
       if (rec && this.#isOurQemu(rec.pid)) await stopProcess(rec.pid);
+      if (rec) this.#confine?.release(rec.pid);
     }
     await fs.rm(this.#layers.vmDir(vmId), { recursive: true, force: true });
     await this.#layers.gc();
@@ -564,6 +630,11 @@ export class QemuRuntime implements Runtime {
         // The record may be a step behind QEMU (a crash in the middle of a snapshot): QEMU's own
         // view of the disk chain wins, before the sweeper decides which layers are in use.
         await reconcileDisk(vm, this.#log);
+        // A crash between handing a file to QEMU's user and taking it back leaves it granted.
+        if (this.#confine) {
+          await this.#confine.sealVmDir(dir);
+          await this.#confine.seal(0o600, rec.disk.top);
+        }
         delete rec.nextTop;
         await this.#layers.writeVm(dir, rec);
         this.#register(vm);
@@ -579,6 +650,7 @@ export class QemuRuntime implements Runtime {
       if (!onDisk.includes(id) && !this.#vms.has(id)) lost.push(id);
     }
     await this.#stopStrayQemus();
+    this.#confine?.cgroups?.sweep();
     await this.#layers.gc();
     return { adopted, lost, orphans };
   }
@@ -625,6 +697,7 @@ export class QemuRuntime implements Runtime {
       accel: this.#accel,
       qemu: this.#qemu,
       log: this.#log,
+      confine: this.#confine,
     };
     return restoreVm(ctx, snap, target);
   }
@@ -636,6 +709,7 @@ export class QemuRuntime implements Runtime {
       cmdline: this.#cmdline,
       qemu: this.#qemu,
       log: this.#log,
+      confine: this.#confine,
     };
   }
 
@@ -645,6 +719,7 @@ export class QemuRuntime implements Runtime {
       if (vm.state === 'exited' || vm.state === 'detached') return;
       const expected = vm.state === 'destroying';
       vm.to('exited');
+      this.#confine?.release(vm.record.pid);
       if (expected) return;
       this.#log(`runtime: VM ${vm.id} exited unexpectedly: ${reason}`);
       this.#events.emit('exit', vm.id, reason);
@@ -662,6 +737,7 @@ export class QemuRuntime implements Runtime {
   async #discard(vm: LiveVm): Promise<void> {
     if (vm.can('destroying')) vm.to('destroying');
     await stopProcess(vm.record.pid, vm.qmp);
+    this.#confine?.release(vm.record.pid);
     vm.agent.close();
     vm.qmp.close();
     await fs.rm(vm.dir, { recursive: true, force: true });

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import type { Confinement } from './confine.js';
 import { crashPoint } from './crash-points.js';
 import { syncClock } from './identity.js';
 import type { LayerStore } from './layers.js';
@@ -24,6 +25,8 @@ export interface SnapshotContext {
   /** `qemu --version`. */
   readonly qemu: string;
   readonly log: (msg: string) => void;
+  /** QEMU's user (undefined: unconfined): the new overlay and the state file are granted to it. */
+  readonly confine?: Confinement | undefined;
 }
 
 /**
@@ -37,7 +40,7 @@ export async function snapshotVm(
   vm: LiveVm,
   snapshotId: string,
 ): Promise<SnapshotInfo> {
-  const { layers, image } = ctx;
+  const { layers, image, confine } = ctx;
   if (vm.state !== 'running') {
     throw new RuntimeError('not_running', `VM ${vm.id} is ${vm.state}, not running`);
   }
@@ -70,6 +73,12 @@ export async function snapshotVm(
       fs.realpath(rec.memBase),
     ]);
     const map = findRamMapping(rec.pid, memFile, spec.memoryMiB * 2 ** 20);
+    if (confine) {
+      // A confined QEMU opens the new overlay and writes the state file as its user; the old
+      // top becomes a shared, read-only layer (QEMU may reopen it read-only).
+      await fs.writeFile(state, '', { mode: 0o600 });
+      await Promise.all([confine.grant(newTop, state), confine.seal(0o644, rec.disk.top)]);
+    }
     // Intent first: a crash from here on leaves a record that names the new overlay.
     rec.nextTop = newTop;
     await layers.writeVm(vm.dir, rec);
@@ -85,11 +94,13 @@ export async function snapshotVm(
       mode: 'existing',
     });
     crashPoint('snapshot:switched');
+    if (confine) await confine.seal(0o600, newTop);
     rec.disk = { top: newTop, topNode: node, chain: [rec.disk.top, ...rec.disk.chain] };
     rec.nodeCounter += 1;
     delete rec.nextTop;
     await migrateToFile(vm.qmp, stateUri(ctx.qemu, state, 'out'));
     crashPoint('snapshot:migrated');
+    if (confine) await confine.seal(0o644, state);
     // Freeze memory: a copy-on-write copy of the process (forked by the memshim) keeps the RAM
     // as it is now, and the VM runs on while the changed pages are copied out of the copy.
     frozen = await memshimFork(path.join(vm.dir, 'memshim.sock'));
@@ -112,6 +123,7 @@ export async function snapshotVm(
     crashPoint('snapshot:dumped');
   } catch (err) {
     if (pauseStart && !pauseMs) await vm.qmp.execute('cont').catch(() => {});
+    if (confine) await confine.seal(0o600, newTop).catch(() => {});
     await fs.rm(dir, { recursive: true, force: true });
     await fs.rm(deltaPath, { force: true });
     if (rec.nextTop) {

@@ -4,7 +4,6 @@
  * (`server.ts`), which adds the store, runtime recovery and the listener.
  * @module
  */
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import websocket from '@fastify/websocket';
 import Fastify, {
@@ -25,6 +24,7 @@ import {
   type RequestHandler,
 } from './http/listener.js';
 import { buildOpenApi, type RouteDoc } from './http/openapi.js';
+import { requestIdOf } from './http/request-id.js';
 import { fromDomainError } from './http/error-mapping.js';
 import { jsonSerializerCompiler, zodValidatorCompiler, type ZodTypeProvider } from './http/zod.js';
 import healthRoutes from './routes/health.js';
@@ -129,7 +129,6 @@ export interface BuiltApp {
   servers: ProtocolServers;
 }
 
-const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 /** How long the rest of a refused request body is read and dropped before the connection goes. */
 const UNREAD_BODY_DRAIN_MS = 10_000;
 
@@ -155,10 +154,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
       );
       return servers.h1;
     },
-    genReqId: (req) => {
-      const given = req.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID_RE.test(given) ? given : randomUUID();
-    },
+    genReqId: (req) => requestIdOf(req.headers),
     // Longer than any request line Node accepts (16 KiB of headers), so an over-long id is an
     // unknown id (401/404 like any other) rather than a router error.
     routerOptions: { maxParamLength: 16 * 1024, ignoreTrailingSlash: true },
@@ -384,6 +380,8 @@ function errorHandler(
   }
   if (apiError.statusCode >= 500 && apiError.code !== 'not_implemented') {
     request.log.warn({ err: apiError.cause ?? apiError, code: apiError.code }, apiError.message);
+  } else {
+    request.log.info({ code: apiError.code, status: apiError.statusCode }, apiError.message);
   }
   const retry = retryHint(apiError.statusCode, request.method, apiError.shouldRetry);
   if (retry !== undefined) reply.header('x-should-retry', String(retry));
@@ -392,5 +390,5 @@ function errorHandler(
   void reply
     .code(apiError.statusCode)
     .type('application/json; charset=utf-8')
-    .send(apiError.toBody());
+    .send({ ...apiError.toBody(), requestId: request.id });
 }

@@ -10,6 +10,7 @@
  *   quotas get --org ORG
  *   prune [--data-dir D] [--older-than DAYS] [--dry-run]
  *   openapi
+ *   doctor [--data-dir D]
  *
  * Admin commands work on the same database as a running server (SQLite WAL allows it).
  * Environment: FASTVM_HOST, FASTVM_PORT, FASTVM_DATA_DIR, FASTVM_DATABASE_URL,
@@ -31,6 +32,7 @@ import { pino, type Logger } from 'pino';
 import { buildApp, type AppServices } from './app.js';
 import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
 import { DEFAULT_QUOTA_LIMITS, DomainError, type QuotaValues } from './domain/index.js';
+import { createLogger } from './logging.js';
 import { startServer } from './server.js';
 import { createNetworkManager, networkSettingsFromEnv } from './services/host-network.js';
 import { OrgService } from './services/orgs.js';
@@ -54,6 +56,8 @@ const USAGE = `usage: fastvm-server <command>
                             remove guest builds and goldens in the guest cache that no VM,
                             snapshot or process uses and that were not used for DAYS (default 7)
   openapi                   print the OpenAPI document (as served at /openapi.json)
+  doctor [--data-dir D]     check this host (QEMU, KVM, networking, cgroups, image, disk)
+                            and print what to fix; exit status 1 if VMs cannot run
 
 Admin commands accept --data-dir and --database-url like serve.`;
 
@@ -98,6 +102,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     case 'openapi':
       io.out(JSON.stringify(await openApiDocument(), null, 2));
       return 0;
+    case 'doctor':
+      return doctor(rest, io);
     case 'orgs':
     case 'keys':
     case 'quotas':
@@ -133,7 +139,7 @@ async function serve(args: string[]): Promise<number> {
     strict: true,
   });
   const config = resolveServeConfig(values);
-  const logger = pino({ level: config.logLevel });
+  const logger = createLogger(config.logLevel);
   const runtime = await createRuntime(config, logger);
   if (!config.fakeRuntime && process.env.FASTVM_PRUNE !== 'off') {
     // In the background: never holds up the start.
@@ -354,6 +360,23 @@ async function pruneGuestCache(
     olderThanMs: days * 24 * 3600 * 1000,
     dryRun,
   });
+}
+
+/** `doctor`: the host checks of `doctor.ts`, printed; 1 when something required is missing. */
+async function doctor(args: string[], io: CliIo): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { 'data-dir': { type: 'string' } },
+    strict: true,
+  });
+  const { runDoctor, formatChecks } = await import('./doctor.js');
+  const { defaultCacheDir } = await import('@fastvm/runtime');
+  const checks = await runDoctor({
+    dataDir: values['data-dir'] ? path.resolve(values['data-dir']) : defaultDataDir(),
+    cacheDir: defaultCacheDir(),
+  });
+  for (const line of formatChecks(checks)) io.out(line);
+  return checks.some((c) => c.status === 'fail') ? 1 : 0;
 }
 
 /** Builds the app with inert services just to read its route schemas. */

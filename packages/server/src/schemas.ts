@@ -683,6 +683,10 @@ export const ErrorBody = z
     code: z.string().describe('Stable code from the error catalog.'),
     field: z.string().optional().describe('Offending request field (400).'),
     dimension: z.string().optional().describe('Exceeded quota dimension (429).'),
+    requestId: z
+      .string()
+      .optional()
+      .describe('The request id (also the `x-request-id` header), for finding its log lines.'),
   })
   .meta({ id: 'Error' });
 

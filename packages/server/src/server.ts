@@ -6,7 +6,8 @@
  */
 import fs from 'node:fs/promises';
 import type { Runtime } from '@fastvm/runtime';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createLogger } from './logging.js';
 import { buildApp, type App } from './app.js';
 import { DEFAULT_QUOTA_LIMITS, type Pricing, type QuotaValues } from './domain/index.js';
 import { listen, type Listener } from './http/listener.js';
@@ -144,7 +145,7 @@ export interface ServerHandle {
 /** Starts a FastVM API server. */
 export async function startServer(opts: StartServerOptions): Promise<ServerHandle> {
   const logger =
-    opts.logger ?? pino({ level: opts.logLevel ?? process.env.FASTVM_LOG_LEVEL ?? 'warn' });
+    opts.logger ?? createLogger(opts.logLevel ?? process.env.FASTVM_LOG_LEVEL ?? 'warn');
   await fs.mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
 
   const store = await openStore({

@@ -18,6 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { ApiError, retryHint } from '../errors.js';
 import { toHttpError } from '../http/error-mapping.js';
+import { requestIdOf } from '../http/request-id.js';
 import { UploadAbandoned, type FileService } from '../services/files.js';
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -25,15 +26,19 @@ type Res = http.ServerResponse | http2.Http2ServerResponse;
 
 /** Handles one storage request; `req.url` must start with `/storage/`. */
 export function handleStorage(files: FileService, logger: Logger, req: Req, res: Res): void {
+  const reqId = requestIdOf(req.headers);
+  res.setHeader('x-request-id', reqId);
   serve(files, req, res).catch((err: unknown) => {
+    const url = req.url?.split('?')[0];
     if (err instanceof UploadAbandoned) {
-      logger.debug({ url: req.url?.split('?')[0] }, 'storage upload abandoned by the client');
+      logger.debug({ reqId, url }, 'storage upload abandoned by the client');
       res.destroy();
       return;
     }
     const apiError = toHttpError(err);
-    if (!apiError) logger.error({ err }, 'storage request failed');
-    fail(req, res, apiError ?? new ApiError('internal', 'storage request failed'));
+    if (!apiError) logger.error({ reqId, url, err }, 'storage request failed');
+    else logger.info({ reqId, url, status: apiError.statusCode }, apiError.message);
+    fail(req, res, apiError ?? new ApiError('internal', 'storage request failed'), reqId);
   });
 }
 
@@ -75,9 +80,9 @@ async function serve(files: FileService, req: Req, res: Res): Promise<void> {
   });
 }
 
-function fail(req: Req, res: Res, err: ApiError): void {
+function fail(req: Req, res: Res, err: ApiError, requestId: string): void {
   const status = err.statusCode;
-  const body = JSON.stringify(err.toBody());
+  const body = JSON.stringify({ ...err.toBody(), requestId });
   if (res.headersSent) {
     res.destroy();
     return;
