@@ -20,6 +20,7 @@ import { QmpClient } from './qmp.js';
 import type { SnapshotRecord, VmRecord } from './records.js';
 import { MACHINES, type NetworkOption, RuntimeError, type VmNetwork } from './types.js';
 import { LiveVm } from './vm-state.js';
+import { addPlaceholders, dropPlaceholders } from './volumes.js';
 
 /** Pool fills run at this nice value, so that they yield the CPU to running VMs. */
 export const POOL_NICE = 10;
@@ -92,6 +93,7 @@ export async function restoreVm(
       ...(snapshotId ? { snapshotId } : {}),
       ...(network ? { network } : {}),
       guestNet: GUEST_NET_VERSION,
+      ...(snap.scsi ? { scsi: true } : {}),
       createdAt: new Date().toISOString(),
     };
     await layers.writeVm(dir, record);
@@ -109,6 +111,7 @@ export async function restoreVm(
       tap: network?.tap,
       mac: GUEST_NET.mac, // (a restored NIC keeps the snapshot's MAC: it is device state)
       incoming: true,
+      scsi: snap.scsi ?? false,
     });
     pid = await spawnQemu(qemuBinary(accel), dir, args, {
       LD_PRELOAD: image.memshim,
@@ -144,6 +147,10 @@ export async function restoreVm(
         { capability: 'events', state: true },
       ],
     });
+    // The snapshot's volumes are part of its device state: empty stand-ins until the guest
+    // has let go of them (below); the server attaches the real volumes afresh.
+    const placeholders = snap.volumes ?? [];
+    await addPlaceholders(qmp, placeholders);
     const done = qmp.waitEvent('MIGRATION', { timeoutMs: 30_000, match: isMigrationEnd });
     await qmp.execute('migrate-incoming', { uri: stateUri(qemu, snap.state, 'in') });
     const ev = await done;
@@ -176,6 +183,10 @@ export async function restoreVm(
     }
     await identity;
     phases('identity');
+    if (placeholders.length > 0) {
+      await dropPlaceholders({ agent, qmp }, placeholders);
+      phases('volumes');
+    }
     log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
     return new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');
   } catch (err) {

@@ -16,6 +16,7 @@ import type { SnapshotRecord } from './records.js';
 import { wrapQemuError } from './restore.js';
 import { MACHINES, RuntimeError, type SnapshotInfo } from './types.js';
 import type { LiveVm } from './vm-state.js';
+import { snapshotVolumes } from './volumes.js';
 
 export interface SnapshotContext {
   readonly layers: LayerStore;
@@ -44,6 +45,8 @@ export async function snapshotVm(
   const t0 = performance.now();
   const rec = vm.record;
   const spec = MACHINES[rec.machine];
+  // The SCSI disks in the device state (volumes attached now; attach/detach run serially).
+  const volumes = snapshotVolumes(vm);
   const dir = layers.snapDir(snapshotId);
   // (mkdir fails on an existing dir: a snapshot id is used once.)
   await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
@@ -135,6 +138,8 @@ export async function snapshotVm(
     state,
     paused: true,
     ...(rec.guestNet ? { guestNet: rec.guestNet } : {}),
+    ...(rec.scsi ? { scsi: true } : {}),
+    ...(volumes.length > 0 ? { volumes } : {}),
     createdAt: new Date().toISOString(),
   };
   await layers.writeSnapshot(snap);
@@ -148,6 +153,15 @@ export async function snapshotVm(
     diskGiB: rec.diskGiB,
     pauseMs,
     totalMs: performance.now() - t0,
+    ...(volumes.length > 0
+      ? {
+          volumes: volumes.map(({ volumeId, mountPath, readOnly }) => ({
+            volumeId,
+            mountPath,
+            readOnly,
+          })),
+        }
+      : {}),
   };
 }
 
