@@ -103,12 +103,13 @@ export async function resizeVolumeFile(file: string, sizeGiB: number): Promise<v
 }
 
 /**
- * Repairs a volume's filesystem on the host (`e2fsck -p`: replays the journal of a volume whose
- * VM died with it mounted). Never on a file a VM has open for writing.
+ * Checks a volume's filesystem on the host (`e2fsck -p`: replays the journal of a volume whose
+ * VM died with it mounted; `force`: a full check even when it looks clean). Never on a file a
+ * VM has open.
  */
-export async function fsck(file: string): Promise<void> {
+export async function fsck(file: string, force = true): Promise<void> {
   try {
-    await run('e2fsck', ['-f', '-p', file], { timeout: 300_000 });
+    await run('e2fsck', [...(force ? ['-f'] : []), '-p', file], { timeout: 300_000 });
   } catch (err) {
     // Exit 1: errors corrected. Anything above that is a filesystem that needs a human.
     const code = (err as { code?: number }).code;
