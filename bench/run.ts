@@ -34,6 +34,7 @@ import {
 import { loadAgent, loadWindow, startProxyBenchServer } from './proxy.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
+import { groupVolume } from './volume.js';
 import {
   cmdlineMentions,
   cpuMs,
@@ -61,6 +62,7 @@ const GROUPS = [
   'net',
   'proxy',
   'density',
+  'volume',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
@@ -1032,6 +1034,8 @@ async function main(): Promise<number> {
     net: groupNet,
     proxy: groupProxy,
     density: groupDensity,
+    volume: () =>
+      groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;
