@@ -224,8 +224,8 @@ export interface SnapshotVolumeRef {
   readOnly: boolean;
 }
 
-/** Mount paths volumes may use in the guest (contract §4.2.1): under `/mnt/` or `/data/`. */
-export const VOLUME_MOUNT_PATH_RE = /^\/(mnt|data)(\/[A-Za-z0-9._-]+)+$/;
+/** Mount paths volumes may use in the guest (contract §4.2.1): `/mnt`, `/data` or under them. */
+export const VOLUME_MOUNT_PATH_RE = /^\/(mnt|data)(\/[A-Za-z0-9._-]+)*$/;
 
 /** Statuses of volumes that count against `volumeCount` / `volumeGiB`. */
 export const VOLUME_STATUSES_USING_QUOTA: readonly VolumeStatus[] = [

@@ -754,7 +754,7 @@ export function checkMountPath(p: string, field: string): void {
     p.length > 256
   ) {
     throw new InvalidInputError(
-      'must be an absolute path under /mnt/ or /data/ (letters, digits, ".", "_", "-"; no "..")',
+      'must be /mnt, /data or a path under them (letters, digits, ".", "_", "-"; no "..")',
       field,
     );
   }
