@@ -43,12 +43,12 @@ describe('volumes (real QEMU VMs)', () => {
     expect(created.status).toBe(201);
     vol = created.body;
     file = path.join(vms.dataDir, 'volumes', `${vol.id}.ext4`);
-    [vm1, vm2] = (
-      await Promise.all([
-        launch({ machineType: 'c1m2', name: 'vol-1' }),
-        launch({ machineType: 'c1m2', name: 'vol-2' }),
-      ])
-    ).map((v) => v.id as string);
+    const [a, b] = await Promise.all([
+      launch({ machineType: 'c1m2', name: 'vol-1' }),
+      launch({ machineType: 'c1m2', name: 'vol-2' }),
+    ]);
+    vm1 = a.id as string;
+    vm2 = b.id as string;
   }, 240_000);
 
   afterAll(async () => {
