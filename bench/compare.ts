@@ -66,7 +66,7 @@ for (const n of names) {
     num(x?.p50),
     num(y?.p50),
     Number.isFinite(ratio) ? ratio.toFixed(2) : x ? 'gone' : 'new',
-    verdict(ratio, unit === 'req/s'),
+    verdict(ratio, unit === 'req/s' || unit === 'MiB/s'),
   ]);
 }
 const ratioNames = [...new Set([...Object.keys(a.ratios ?? {}), ...Object.keys(b.ratios ?? {})])];

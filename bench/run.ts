@@ -35,6 +35,7 @@ import { loadAgent, loadWindow, startProxyBenchServer } from './proxy.js';
 import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
+import { groupVolume } from './volume.js';
 import {
   cmdlineMentions,
   cpuMs,
@@ -64,6 +65,7 @@ const GROUPS = [
   'snapdisk',
   'density',
   'confine',
+  'volume',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
@@ -1123,6 +1125,8 @@ async function main(): Promise<number> {
         log,
       }),
     confine: groupConfine,
+    volume: () =>
+      groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

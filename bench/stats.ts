@@ -2,7 +2,7 @@
  * Sample collection and summaries for the benchmarks.
  */
 
-export type Unit = 'ms' | 'MiB' | 'req/s' | 'ratio' | 'count' | '%';
+export type Unit = 'ms' | 'MiB' | 'req/s' | 'MiB/s' | 'ratio' | 'count' | '%';
 
 /** One scenario in `latest.json`: exactly these fields (the issue's contract). */
 export interface ScenarioResult {

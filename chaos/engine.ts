@@ -11,8 +11,12 @@
  *   from the VMs that hold resources;
  * - broken disks: a VM lost data it had synced, cannot be snapshotted again, or its QEMU writes
  *   to a deleted layer file;
+ * - volumes: the run's volume is gone or not ready (a VM delete, restart or kill never deletes
+ *   one), two VMs hold it while one of them may write, an attachment of a running VM is left
+ *   `pending`/`detaching`, or its content is not the marker a synced write last confirmed (or
+ *   the one in flight at the kill);
  * - leftovers (after deleting everything and stopping): QEMU processes, taps, the bridge,
- *   nftables tables, network namespaces, layer files or VM directories.
+ *   nftables tables, network namespaces, layer files, VM directories or volume files.
  *
  * Used by `npm run chaos` (`chaos/run.ts`) and, with a few rounds, by the test suite.
  * @module
@@ -79,6 +83,7 @@ interface Vm {
   cpu: number;
   memoryMiB: number;
   diskGiB: number;
+  volumes?: Array<{ volumeId: string; mountStatus: string }>;
 }
 interface Snap {
   id: string;
@@ -289,6 +294,27 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     if (r.status < 300) model.deletedSnaps.add(id);
   }
 
+  // Volumes: one for the whole run, attached, written, detached and re-attached at random.
+  let volumeId = '';
+  /** Markers the volume may hold: the last one a synced write confirmed, plus any in flight. */
+  let volMarkers = new Set<string>();
+  const VOL_PATH = '/data/chaos';
+  const holdersOf = (vms: Vm[]) =>
+    vms.filter(
+      (v) =>
+        ['running', 'paused', 'provisioning', 'pausing', 'resuming'].includes(v.status) &&
+        (v.volumes ?? []).some((a) => a.volumeId === volumeId),
+    );
+  async function attachVolume(vmId: string): Promise<void> {
+    await api.call('POST', `/v1/vms/${vmId}/volumes`, { volumeId, mountPath: VOL_PATH });
+  }
+  async function writeVolume(vmId: string): Promise<void> {
+    const m = newName('vol');
+    volMarkers.add(m); // in flight: the kill may land before or after it reaches the disk
+    const w = await api.run(vmId, `printf %s ${m} > ${VOL_PATH}/marker && sync`);
+    if (w.exitCode === 0) volMarkers = new Set([m]);
+  }
+
   /** One random operation on the current state (not awaited by the round before the kill). */
   function operation(vms: Vm[], snaps: Snap[]): Promise<unknown> {
     const running = vms.filter((v) => v.status === 'running');
@@ -310,6 +336,14 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
           }),
         () => deleteVm(vm.id),
       );
+      const mine = (vm.volumes ?? []).find((a) => a.volumeId === volumeId);
+      if (!mine && holdersOf(vms).length === 0) choices.push(() => attachVolume(vm.id));
+      if (mine?.mountStatus === 'mounted') {
+        choices.push(
+          () => writeVolume(vm.id),
+          () => api.call('DELETE', `/v1/vms/${vm.id}/volumes/${volumeId}`),
+        );
+      }
     }
     if (paused.length) {
       const vm = pick(paused);
@@ -367,6 +401,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     }
     for (const s of snaps) if (s.status === 'ready') model.mustLiveSnaps.add(s.id);
 
+    await checkVolume(vms);
+
     // Quota: usage is the sum over the rows that hold resources, and those are exactly the VMs
     // whose QEMU runs.
     try {
@@ -382,6 +418,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         memoryMiB: holding.reduce((n, v) => n + v.memoryMiB, 0),
         diskGiB: holding.reduce((n, v) => n + v.diskGiB, 0),
         snapshotCount: snaps.filter((s) => ['creating', 'ready'].includes(s.status)).length,
+        volumeCount: 1,
+        volumeGiB: 1,
       };
       for (const [k, n] of Object.entries(want)) {
         if (q.body.usage[k] !== n)
@@ -456,6 +494,56 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     }
   }
 
+  /** The volume survived, one writer at most, nothing half-attached, its data as confirmed. */
+  async function checkVolume(vms: Vm[]): Promise<void> {
+    const v = await api.call<{ status: string }>(
+      'GET',
+      `/v1/volumes/${volumeId}`,
+      undefined,
+      30_000,
+    );
+    if (v.status !== 200 || v.body.status !== 'ready') {
+      flag('lost', `volume is ${v.status === 200 ? v.body.status : `gone (${v.status})`}`);
+      return;
+    }
+    const holders = holdersOf(vms);
+    if (holders.length > 1) flag('brokenDisks', `volume held by ${holders.length} VMs at once`);
+    for (const h of holders) {
+      const a = (h.volumes ?? []).find((x) => x.volumeId === volumeId)!;
+      if (h.status === 'running' && a.mountStatus !== 'mounted' && a.mountStatus !== 'failed') {
+        flag('stuck', `volume attachment of ${h.name} is ${a.mountStatus}`);
+      }
+    }
+    // Read it where it is mounted, or attach it to a running VM to read it.
+    let reader = holders.find((h) => h.status === 'running');
+    if (!reader && holders.length === 0) {
+      reader = vms.find((x) => x.status === 'running');
+      if (reader) {
+        const r = await api.call('POST', `/v1/vms/${reader.id}/volumes`, {
+          volumeId,
+          mountPath: VOL_PATH,
+        });
+        if (r.status !== 200) {
+          flag('brokenDisks', `volume does not attach: ${JSON.stringify(r.body)}`);
+          return;
+        }
+      }
+    }
+    if (!reader || volMarkers.size === 0) return;
+    const out = await api
+      .run(reader.id, `cat ${VOL_PATH}/marker 2>/dev/null; echo .`)
+      .catch(() => undefined);
+    if (!out) return;
+    const got = out.stdout.slice(0, -2);
+    if (!volMarkers.has(got)) {
+      flag(
+        'brokenDisks',
+        `volume marker ${JSON.stringify(got)} not in ${JSON.stringify([...volMarkers])}`,
+      );
+    }
+    volMarkers = new Set([got]);
+  }
+
   /** Between rounds (no kill): bound the number of VMs and snapshots, keep one running VM. */
   async function housekeeping(): Promise<void> {
     const vms = await listVms();
@@ -472,6 +560,14 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
 
   try {
     await server.start();
+    const vol = await api.call<{ id: string }>('POST', '/v1/volumes', {
+      name: 'chaos',
+      sizeGiB: 1,
+      accessMode: 'rw',
+    });
+    if (vol.status !== 201)
+      throw new Error(`creating the volume failed: ${JSON.stringify(vol.body)}`);
+    volumeId = vol.body.id;
     await launch();
     for (let round = 1; round <= opts.rounds; round++) {
       report.rounds = round;
@@ -494,6 +590,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     // Delete everything, stop, and look for anything left behind.
     for (const v of await listVms()) await deleteVm(v.id);
     for (const s of await listSnaps()) await deleteSnap(s.id);
+    const volDel = await api.call('DELETE', `/v1/volumes/${volumeId}`);
+    if (volDel.status !== 200) flag('leftovers', `volume delete: ${JSON.stringify(volDel.body)}`);
     await server.stop();
     for (const [pid, name] of qemuProcesses(runtimeDir)) flag('leftovers', `QEMU ${pid} (${name})`);
     for (const l of links()) {
@@ -505,6 +603,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       ...filesUnder(path.join(runtimeDir, 'layers')),
       ...filesUnder(path.join(runtimeDir, 'vms')),
       ...filesUnder(path.join(runtimeDir, 'snapshots')),
+      ...filesUnder(path.join(dataDir, 'volumes')),
     ]) {
       flag('leftovers', `file ${path.relative(dataDir, f)}`);
     }

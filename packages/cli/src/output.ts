@@ -121,6 +121,13 @@ export function vmToJson(vm: VM): Record<string, unknown> {
     ttl: vm.ttl,
     pausedAt: vm.pausedAt,
     sourceSnapshotId: vm.sourceSnapshotId,
+    volumes: (vm.volumes ?? []).map((a) => ({
+      volumeId: a.volumeId,
+      mountPath: a.mountPath,
+      mountStatus: a.mountStatus,
+      readOnly: a.readOnly,
+      ...(a.statusMessage !== null ? { statusMessage: a.statusMessage } : {}),
+    })),
   };
   if (vm.expiresAt !== null) out['expiresAtMs'] = vm.expiresAt;
   if (vm.ttlRemainingMs !== null) out['ttlRemainingMs'] = vm.ttlRemainingMs;

@@ -74,6 +74,19 @@ export function printVm(o: CommandBase, vm: VM): void {
       ['IPV6', vm.publicIpv6 ?? '-'],
       ['FIREWALL', formatFirewall(vm.firewall)],
       ['TTL', formatTtl(vm)],
+      ...(vm.volumes?.length
+        ? [
+            [
+              'VOLUMES',
+              vm.volumes
+                .map(
+                  (a) =>
+                    `${a.volumeId} at ${a.mountPath} (${a.readOnly ? 'ro' : 'rw'}, ${a.mountStatus})`,
+                )
+                .join('; '),
+            ] as [string, string],
+          ]
+        : []),
       ...(vm.pausedAt
         ? [['PAUSED', `${vm.pausedAt} (${age(vm.pausedAt)})`] as [string, string]]
         : []),

@@ -23,7 +23,7 @@ import { readJson, writeJson, type SnapshotRecord } from './records.js';
 import { MACHINES, type MachineType, RuntimeError } from './types.js';
 
 /** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
-export const GOLDEN_FORMAT = 6;
+export const GOLDEN_FORMAT = 7;
 
 export interface GoldenContext {
   readonly goldenDir: string;
@@ -110,6 +110,7 @@ export class GoldenCache {
         serialPath: path.join(work, 'serial.log'),
         mac: GUEST_NET.mac,
         incoming: false,
+        scsi: true,
       });
       pid = await spawnQemu(qemuBinary(accel), work, args, {});
       qmp = await QmpClient.connect(path.join(work, 'qmp.sock'), { timeoutMs: 10_000 });
@@ -149,6 +150,7 @@ export class GoldenCache {
         state: at(final).state,
         paused: false,
         guestNet: GUEST_NET_VERSION,
+        scsi: true,
         createdAt: new Date().toISOString(),
       };
       await writeJson(path.join(work, 'snapshot.json'), rec);

@@ -7,6 +7,13 @@ export { QmpClient, QmpCommandError, QmpConnectionError } from './qmp.js';
 export type { QmpEvent, QmpState } from './qmp.js';
 export { AgentClient } from './agent-client.js';
 export type { AgentProcess, ProcessExit, SpawnRequest } from './agent-client.js';
+export {
+  createVolumeFile,
+  fsck as fsckVolumeFile,
+  resizeVolumeFile,
+  volumeUsedBytes,
+  MAX_VOLUMES_PER_VM,
+} from './volumes.js';
 export { loadGuestImage, defaultCacheDir, qemuVersion } from './qemu.js';
 export type { GuestImage, Accel } from './qemu.js';
 export {

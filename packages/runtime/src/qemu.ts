@@ -140,12 +140,17 @@ export interface QemuArgs {
   readonly incoming: boolean;
   /** QEMU's seccomp sandbox (`-sandbox` value), when confined. */
   readonly sandbox?: string | undefined;
+  /**
+   * A virtio-scsi controller (`scsi0`) for hot-attached volumes (`volumes.ts`). Part of the
+   * device set, so a restore passes what the snapshot's machine had (older ones: none).
+   */
+  readonly scsi?: boolean;
 }
 
 /**
  * The QEMU command line of a FastVM guest. Every VM (golden boot, launch, restore) gets the same
  * device set, so migration state always matches: virtio-serial (agent), virtio-blk (root disk),
- * virtio-net, virtio-rng.
+ * virtio-net, virtio-rng, and (since volumes) virtio-scsi last, so the others keep their slots.
  */
 export function qemuArgs(a: QemuArgs): string[] {
   const mem = `${a.machine.memoryMiB}M`;
@@ -214,6 +219,7 @@ export function qemuArgs(a: QemuArgs): string[] {
     '-append',
     a.cmdline,
   ];
+  if (a.scsi) args.push('-device', 'virtio-scsi-device,id=scsi0');
   if (a.incoming) args.push('-incoming', 'defer');
   if (a.sandbox) args.push('-sandbox', a.sandbox);
   return args;

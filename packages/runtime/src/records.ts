@@ -83,6 +83,33 @@ export interface VmRecord {
    * and the sweeper keeps it until then.
    */
   nextTop?: string;
+  /** The VM has the virtio-scsi controller for volumes (absent: from a golden before it). */
+  scsi?: boolean;
+  /** Volumes attached (or being attached/detached) right now (`volumes.ts`). */
+  volumes?: AttachedVolume[];
+}
+
+/** A volume on one of a VM's SCSI targets. */
+export interface AttachedVolume {
+  volumeId: string;
+  /** The volume's file on the host. */
+  file: string;
+  readOnly: boolean;
+  mountPath: string;
+  /** SCSI target (LUN 0) on the VM's controller; names the QEMU node and device `vol<target>`. */
+  target: number;
+  bytes: number;
+  /** `attaching`/`detaching`: a crash may have cut the operation short (redo it). */
+  state: 'attaching' | 'mounted' | 'detaching';
+}
+
+/** A SCSI disk in a snapshot's device state (the volume's contents are not in the snapshot). */
+export interface SnapshotVolume {
+  volumeId: string;
+  mountPath: string;
+  readOnly: boolean;
+  target: number;
+  bytes: number;
 }
 
 /** `snapshots/<id>/snapshot.json` (goldens use the same shape). */
@@ -112,6 +139,10 @@ export interface SnapshotRecord {
   paused: boolean;
   /** `GUEST_NET_VERSION` of the guest's fixed network configuration (absent: from before it). */
   guestNet?: number;
+  /** The machine has the virtio-scsi controller (absent: taken before volumes existed). */
+  scsi?: boolean;
+  /** Volumes attached when taken; a restore re-creates their devices as placeholders. */
+  volumes?: SnapshotVolume[];
   createdAt: string;
   /** Content digests of the layers it owns, added in the background (`digests.ts`). */
   digests?: DigestRecord;

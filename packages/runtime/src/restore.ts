@@ -22,6 +22,7 @@ import { QmpClient } from './qmp.js';
 import { type SnapshotRecord, type VmRecord, snapshotDeltas } from './records.js';
 import { MACHINES, type NetworkOption, RuntimeError, type VmNetwork } from './types.js';
 import { LiveVm } from './vm-state.js';
+import { addPlaceholders, dropPlaceholders } from './volumes.js';
 
 /** Pool fills run at this nice value, so that they yield the CPU to running VMs. */
 export const POOL_NICE = 10;
@@ -100,6 +101,7 @@ export async function restoreVm(
       ...(snapshotId ? { snapshotId } : {}),
       ...(network ? { network } : {}),
       guestNet: GUEST_NET_VERSION,
+      ...(snap.scsi ? { scsi: true } : {}),
       createdAt: new Date().toISOString(),
     };
     await layers.writeVm(dir, record);
@@ -126,6 +128,7 @@ export async function restoreVm(
       mac: GUEST_NET.mac, // (a restored NIC keeps the snapshot's MAC: it is device state)
       incoming: true,
       sandbox: confine ? SANDBOX : undefined,
+      scsi: snap.scsi ?? false,
     });
     pid = await spawnQemu(
       qemuBinary(accel),
@@ -182,6 +185,10 @@ export async function restoreVm(
         { capability: 'events', state: true },
       ],
     });
+    // The snapshot's volumes are part of its device state: empty stand-ins until the guest
+    // has let go of them (below); the server attaches the real volumes afresh.
+    const placeholders = snap.volumes ?? [];
+    await addPlaceholders(qmp, placeholders);
     await sealed; // the guest runs as soon as the migration completes
     const done = qmp.waitEvent('MIGRATION', { timeoutMs: 30_000, match: isMigrationEnd });
     await qmp.execute('migrate-incoming', { uri: stateUri(qemu, snap.state, 'in') });
@@ -215,6 +222,10 @@ export async function restoreVm(
     }
     await identity;
     phases('identity');
+    if (placeholders.length > 0) {
+      await dropPlaceholders({ agent, qmp }, placeholders);
+      phases('volumes');
+    }
     log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
     return new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');
   } catch (err) {

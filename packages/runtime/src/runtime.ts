@@ -62,8 +62,10 @@ import {
   type SnapshotDigests,
   type SnapshotInfo,
   type VmInfo,
+  type VolumeAttachRequest,
 } from './types.js';
 import { LiveVm } from './vm-state.js';
+import { attachVolume, attachedVolumes, detachVolume, growVolume } from './volumes.js';
 
 /** Whether a memshim build has what a confined QEMU needs (its read-only open of the memory file). */
 function memshimConfines(file: string): boolean {
@@ -545,6 +547,33 @@ export class QemuRuntime implements Runtime {
     });
   }
 
+  // ---------------------------------------------------------------------------------------------
+  // Volumes (volumes.ts): SCSI disks hot-added to the VM's virtio-scsi controller, mounted by
+  // the agent. Serial with snapshots, so a snapshot's device state and record agree.
+
+  async attachVolume(vmId: string, req: VolumeAttachRequest): Promise<void> {
+    const vm = this.#live(vmId);
+    await vm.serially(async () => {
+      if (vm.state !== 'running')
+        throw new RuntimeError('not_running', `VM ${vmId} is not running`);
+      await attachVolume(this.#layers, vm, req);
+    });
+  }
+
+  async detachVolume(vmId: string, volumeId: string): Promise<void> {
+    const vm = this.#live(vmId);
+    await vm.serially(async () => {
+      if (vm.state !== 'running')
+        throw new RuntimeError('not_running', `VM ${vmId} is not running`);
+      await detachVolume(this.#layers, vm, volumeId);
+    });
+  }
+
+  async growVolume(vmId: string, volumeId: string, sizeGiB: number): Promise<void> {
+    const vm = this.#live(vmId);
+    await vm.serially(() => growVolume(this.#layers, vm, volumeId, sizeGiB));
+  }
+
   onExit(listener: (vmId: string, reason: string) => void): () => void {
     this.#events.on('exit', listener);
     return () => this.#events.off('exit', listener);
@@ -763,6 +792,7 @@ export class QemuRuntime implements Runtime {
       state: vm.state === 'paused' ? 'paused' : vm.state === 'running' ? 'running' : 'stopped',
       pid: vm.record.pid,
       ...(vm.record.snapshotId ? { snapshotId: vm.record.snapshotId } : {}),
+      ...(vm.record.volumes?.length ? { volumes: attachedVolumes(vm.record.volumes) } : {}),
     };
   }
 }

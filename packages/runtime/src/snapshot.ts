@@ -17,6 +17,7 @@ import { type MemView, type SnapshotRecord, type VmRecord, snapshotDeltas } from
 import { wrapQemuError } from './restore.js';
 import { MACHINES, RuntimeError, type SnapshotInfo } from './types.js';
 import type { LiveVm } from './vm-state.js';
+import { snapshotVolumes } from './volumes.js';
 
 export interface SnapshotContext {
   readonly layers: LayerStore;
@@ -47,6 +48,8 @@ export async function snapshotVm(
   const t0 = performance.now();
   const rec = vm.record;
   const spec = MACHINES[rec.machine];
+  // The SCSI disks in the device state (volumes attached now; attach/detach run serially).
+  const volumes = snapshotVolumes(vm);
   const dir = layers.snapDir(snapshotId);
   // (mkdir fails on an existing dir: a snapshot id is used once.)
   await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
@@ -157,6 +160,8 @@ export async function snapshotVm(
     state,
     paused: true,
     ...(rec.guestNet ? { guestNet: rec.guestNet } : {}),
+    ...(rec.scsi ? { scsi: true } : {}),
+    ...(volumes.length > 0 ? { volumes } : {}),
     createdAt: new Date().toISOString(),
   };
   await layers.writeSnapshot(snap);
@@ -174,6 +179,15 @@ export async function snapshotVm(
     diskGiB: rec.diskGiB,
     pauseMs,
     totalMs: performance.now() - t0,
+    ...(volumes.length > 0
+      ? {
+          volumes: volumes.map(({ volumeId, mountPath, readOnly }) => ({
+            volumeId,
+            mountPath,
+            readOnly,
+          })),
+        }
+      : {}),
   };
 }
 

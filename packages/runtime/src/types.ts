@@ -168,6 +168,27 @@ export interface ProcessSession {
 
 export type VmState = 'running' | 'paused' | 'stopped';
 
+/** A volume to hot-attach (see `Runtime.attachVolume`). */
+export interface VolumeAttachRequest {
+  /** Caller's id of the volume; a VM has each volume at most once. */
+  readonly volumeId: string;
+  /** The volume's file on the host: raw, with an ext4 filesystem (`createVolumeFile`). */
+  readonly file: string;
+  /** Opened read-only by QEMU (the guest's disk is write-protected) and mounted `ro`. */
+  readonly readOnly: boolean;
+  /** Absolute path in the guest, e.g. `/data/x`; created if missing. */
+  readonly mountPath: string;
+}
+
+/** A volume attached to a VM, as `VmInfo.volumes` lists it. */
+export interface VmVolume {
+  readonly volumeId: string;
+  readonly mountPath: string;
+  readonly readOnly: boolean;
+  /** False while an attach or detach is in progress (or was cut short by a crash). */
+  readonly mounted: boolean;
+}
+
 export interface VmInfo {
   readonly id: string;
   readonly machine: MachineType;
@@ -178,6 +199,8 @@ export interface VmInfo {
   readonly pid: number;
   /** Snapshot this VM was restored from, if any. */
   readonly snapshotId?: string;
+  /** Attached volumes. */
+  readonly volumes?: readonly VmVolume[];
 }
 
 export interface SnapshotInfo {
@@ -188,6 +211,8 @@ export interface SnapshotInfo {
   /** Time the VM was paused, in ms. */
   readonly pauseMs: number;
   readonly totalMs: number;
+  /** Volumes attached when it was taken (their devices, not their contents). */
+  readonly volumes?: readonly Omit<VmVolume, 'mounted'>[];
 }
 
 /** See `Runtime.snapshotDigests`: layer name → `"sha256:<hex>"`. */
@@ -250,6 +275,20 @@ export interface Runtime {
    * lost, and stop any other VM found on the host.
    */
   adopt(vmIds: readonly string[]): Promise<AdoptResult>;
+  /**
+   * Hot-attach a volume to a running VM and mount it in the guest. Idempotent (finishes an
+   * attach that a crash cut short). @throws RuntimeError `not_found` / `not_running` (paused: the
+   * caller attaches on resume), `unsupported` (a VM without the SCSI controller),
+   * `invalid_argument` (mount path taken, bad file), `guest_failed`.
+   */
+  attachVolume(vmId: string, req: VolumeAttachRequest): Promise<void>;
+  /**
+   * Unmount a volume in the guest and unplug it; a no-op for a volume that is not attached.
+   * @throws RuntimeError `busy` when the guest's mount is in use (it stays attached).
+   */
+  detachVolume(vmId: string, volumeId: string): Promise<void>;
+  /** Grow an attached read-write volume (its file and the mounted filesystem) to `sizeGiB`. */
+  growVolume(vmId: string, volumeId: string, sizeGiB: number): Promise<void>;
   /** Subscribe to unexpected VM exits (QEMU died). */
   onExit(listener: (vmId: string, reason: string) => void): () => void;
   /** Detach from all VMs without stopping them (server restart keeps VMs alive). */
@@ -269,7 +308,10 @@ export class RuntimeError extends Error {
       | 'invalid_argument'
       | 'agent_unavailable'
       | 'qemu_failed'
-      | 'image_missing',
+      | 'image_missing'
+      | 'unsupported'
+      | 'busy'
+      | 'guest_failed',
     message: string,
     options?: { cause?: unknown },
   ) {

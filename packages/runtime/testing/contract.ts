@@ -7,8 +7,12 @@
  * Imported as `@fastvm/runtime/testing`.
  * @module
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ExecRequest, Runtime } from '../src/types.js';
+import { createVolumeFile } from '../src/volumes.js';
 
 export interface ContractTarget {
   /** A runtime on fresh, empty state. */
@@ -43,7 +47,9 @@ export function runtimeContract(name: string, target: ContractTarget): void {
 
     afterAll(async () => {
       if (rt) await target.dispose(rt);
+      fs.rmSync(volDir, { recursive: true, force: true });
     });
+    const volDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fastvm-contract-vol-'));
 
     it('runs argv literally and strings through sh -c', async () => {
       const literal = await run(A, ['echo', 'a;b', '$HOME', '*']);
@@ -186,6 +192,37 @@ export function runtimeContract(name: string, target: ContractTarget): void {
       expect(await rt.snapshotDigests(nope)).toBeUndefined();
       await expect(rt.destroy(nope)).resolves.toBeUndefined();
     });
+
+    it('volumes: hot attach, write, detach, attach read-only elsewhere, read back', async () => {
+      const file = path.join(volDir, 'v1.ext4');
+      await createVolumeFile(file, 1);
+      const v = { volumeId: 'v1', file, mountPath: '/data/v' };
+      await rt.attachVolume(A, { ...v, readOnly: false });
+      await rt.attachVolume(A, { ...v, readOnly: false }); // idempotent
+      expect(rt.get(A)?.volumes).toEqual([
+        { volumeId: 'v1', mountPath: '/data/v', readOnly: false, mounted: true },
+      ]);
+      expect((await sh(A, 'cat > /data/v/f', { stdin: Buffer.from('on-volume') })).exitCode).toBe(
+        0,
+      );
+      await rt.detachVolume(A, 'v1');
+      await rt.detachVolume(A, 'v1'); // idempotent
+      expect(rt.get(A)?.volumes ?? []).toEqual([]);
+      expect((await run(A, ['cat', '/data/v/f'])).exitCode).not.toBe(0);
+      await rt.attachVolume(B, { ...v, readOnly: true });
+      expect((await run(B, ['cat', '/data/v/f'])).out).toBe('on-volume');
+      const refused = await sh(B, 'cat > /data/v/g', { stdin: Buffer.from('x') });
+      expect(refused.exitCode).not.toBe(0);
+      await rt.detachVolume(B, 'v1');
+      await rt.pause(A);
+      await expect(rt.attachVolume(A, { ...v, readOnly: true })).rejects.toMatchObject({
+        code: 'not_running',
+      });
+      await rt.resume(A);
+      await expect(
+        rt.attachVolume(`ct-${tag}-nope`, { ...v, readOnly: true }),
+      ).rejects.toMatchObject({ code: 'not_found' });
+    }, 120_000);
 
     it('after a restart adopts what it is asked for, reports the rest, keeps snapshots', async () => {
       const gone = `ct-${tag}-gone`;

@@ -33,6 +33,8 @@ import {
   sshKeyFromWire,
   sshKeysFromWire,
   vmFromWire,
+  volumeFromWire,
+  attachmentFromWire,
 } from './internal/wire.js';
 import {
   downloadDirectory,
@@ -63,6 +65,9 @@ import type {
   VM,
   VMRef,
   VMTtl,
+  Volume,
+  VolumeAttachment,
+  VolumeMount,
 } from './types.js';
 import { VERSION } from './version.js';
 
@@ -116,6 +121,8 @@ export interface LaunchOptions extends RequestOptions {
   envVars?: Record<string, string> | undefined;
   /** Time to live: after `seconds` of running the VM is paused or deleted. */
   ttl?: VMTtl | undefined;
+  /** Volumes to attach once it runs (the VM's `volumes` say how each went). */
+  volumes?: VolumeMount[] | undefined;
   /** How long to wait for the VM to be `running`, in milliseconds (default: the client's `timeout`). */
   timeout?: number | undefined;
 }
@@ -360,6 +367,7 @@ export class FastVM {
     if (options.metadata !== undefined) body['metadata'] = options.metadata;
     if (options.envVars !== undefined) body['envVars'] = { ...options.envVars };
     if (options.ttl !== undefined) body['ttl'] = { ...options.ttl };
+    if (options.volumes !== undefined) body['volumes'] = options.volumes.map(volumeMountToWire);
     return this.#createVm(body, options);
   }
 
@@ -1045,6 +1053,122 @@ export class FastVM {
   }
 
   // ------------------------------------------------------------------------------------------------
+  // Volumes
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Creates a persistent volume: an ext4 disk that outlives VMs. Not retried (a repeat would
+   * make a second volume).
+   *
+   * @param name - Volume name.
+   * @param sizeGib - Size in GiB (≥ 1).
+   * @param options - `accessMode` (`rw`, the default: one writable attachment at a time; `ro`:
+   *   read-only attachments only), signal and timeout.
+   * @throws {@link QuotaExceededError} past the org's `volumeCount` / `volumeGiB`.
+   */
+  async createVolume(
+    name: string,
+    sizeGib: number,
+    options: RequestOptions & { accessMode?: 'rw' | 'ro' } = {},
+  ): Promise<Volume> {
+    const body = { name, sizeGiB: sizeGib, accessMode: options.accessMode ?? 'rw' };
+    return volumeFromWire(
+      await this.#call('POST', '/v1/volumes', {
+        body,
+        signal: options.signal,
+        deadline: this.#deadline(options.timeout),
+        retryHttp: false,
+      }),
+    );
+  }
+
+  /** Lists the organisation's volumes. */
+  async listVolumes(options: RequestOptions = {}): Promise<Volume[]> {
+    return asArray(await this.#get('/v1/volumes', options)).map(volumeFromWire);
+  }
+
+  /** Fetches a volume by id or name. */
+  async getVolume(volume: VolumeRef, options: RequestOptions = {}): Promise<Volume> {
+    return volumeFromWire(await this.#get(`/v1/volumes/${seg(volume, 'volume')}`, options));
+  }
+
+  /**
+   * Renames a volume, changes its access mode, or resizes it: a grow works while it is attached
+   * read-write to a running VM (the guest's filesystem grows online); a shrink only while it is
+   * detached and its data fits.
+   */
+  async updateVolume(
+    volume: VolumeRef,
+    patch: { name?: string; sizeGib?: number; accessMode?: 'rw' | 'ro' },
+    options: RequestOptions = {},
+  ): Promise<Volume> {
+    const body: Record<string, unknown> = {};
+    if (patch.name !== undefined) body['name'] = patch.name;
+    if (patch.sizeGib !== undefined) body['sizeGiB'] = patch.sizeGib;
+    if (patch.accessMode !== undefined) body['accessMode'] = patch.accessMode;
+    const path = `/v1/volumes/${seg(volume, 'volume')}`;
+    return volumeFromWire(await this.#idempotent('PATCH', path, body, options));
+  }
+
+  /** Resizes a volume (see {@link FastVM.updateVolume}). */
+  async resizeVolume(
+    volume: VolumeRef,
+    sizeGib: number,
+    options: RequestOptions = {},
+  ): Promise<Volume> {
+    return this.updateVolume(volume, { sizeGib }, options);
+  }
+
+  /** Deletes a detached volume and its data. */
+  async removeVolume(volume: VolumeRef, options: RequestOptions = {}): Promise<void> {
+    await this.#idempotent('DELETE', `/v1/volumes/${seg(volume, 'volume')}`, undefined, options);
+  }
+
+  /** The volume's attachments (with `vmId`). */
+  async volumeAttachments(
+    volume: VolumeRef,
+    options: RequestOptions = {},
+  ): Promise<VolumeAttachment[]> {
+    const path = `/v1/volumes/${seg(volume, 'volume')}/attachments`;
+    return asArray(await this.#get(path, options)).map(attachmentFromWire);
+  }
+
+  /**
+   * Attaches a volume to a VM and mounts it at `mountPath` (`/mnt/…` or `/data/…`) while it
+   * runs; on a paused VM it stays `pending` until resume. Repeating it is harmless.
+   *
+   * @throws {@link ConflictError} when the volume is attached read-write elsewhere (or a
+   *   read-write attach meets other attachments).
+   */
+  async attachVolume(
+    vm: VMRef,
+    volume: VolumeRef,
+    mountPath: string,
+    options: RequestOptions & { readOnly?: boolean } = {},
+  ): Promise<VolumeAttachment> {
+    const body = volumeMountToWire({
+      volume,
+      mountPath,
+      ...(options.readOnly !== undefined ? { readOnly: options.readOnly } : {}),
+    });
+    const path = `/v1/vms/${seg(vm, 'vm')}/volumes`;
+    return attachmentFromWire(await this.#idempotent('POST', path, body, options));
+  }
+
+  /**
+   * Unmounts a volume in the guest and detaches it. A mount in use gives an
+   * {@link InternalServerError} with status 502 and `guest_umount_busy` (it stays attached).
+   */
+  async detachVolume(vm: VMRef, volume: VolumeRef, options: RequestOptions = {}): Promise<void> {
+    const path = `/v1/vms/${seg(vm, 'vm')}/volumes/${seg(volume, 'volume')}`;
+    await this.#call('DELETE', path, {
+      signal: options.signal,
+      deadline: this.#deadline(options.timeout),
+      retryHttp: false,
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------------
   // SSH keys and pricing
   // ------------------------------------------------------------------------------------------------
 
@@ -1384,7 +1508,17 @@ function lowerKeys(h: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(h).map(([k, v]) => [k.toLowerCase(), v]));
 }
 
-function idOf(ref: VMRef | SnapshotRef, what: string): string {
+type VolumeRef = string | Pick<Volume, 'id'>;
+
+function volumeMountToWire(m: VolumeMount): Record<string, unknown> {
+  return {
+    volumeId: idOf(m.volume, 'volume'),
+    mountPath: m.mountPath,
+    ...(m.readOnly !== undefined ? { readOnly: m.readOnly } : {}),
+  };
+}
+
+function idOf(ref: VMRef | SnapshotRef | VolumeRef, what: string): string {
   const id = typeof ref === 'string' ? ref : ref?.id;
   if (typeof id !== 'string' || id === '')
     throw new FastVMError(`${what}: expected an id, a name or an object with an id`);
@@ -1392,7 +1526,7 @@ function idOf(ref: VMRef | SnapshotRef, what: string): string {
 }
 
 /** The id as one percent-encoded path segment. */
-function seg(ref: VMRef | SnapshotRef, what: string): string {
+function seg(ref: VMRef | SnapshotRef | VolumeRef, what: string): string {
   const id = idOf(ref, what);
   if (id === '.' || id === '..') throw new FastVMError(`${what}: '${id}' is not a valid id`);
   return encodeURIComponent(id);

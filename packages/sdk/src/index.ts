@@ -82,5 +82,8 @@ export type {
   VMTtl,
   VMRef,
   VMStatus,
+  Volume,
+  VolumeAttachment,
+  VolumeMount,
 } from './types.js';
 export { VERSION } from './version.js';

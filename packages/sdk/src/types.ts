@@ -102,6 +102,8 @@ export interface VM {
   sourceSnapshotId: string | null;
   /** `firewall` plus one auto-rule per published service: what the host enforces (read-only). */
   effectiveFirewall: FirewallPolicy | null;
+  /** Attached volumes. */
+  volumes: VolumeAttachment[];
 }
 
 /** A VM's time to live: after `seconds` of running it is paused or deleted. */
@@ -253,6 +255,50 @@ export interface OrgQuotaValues {
   diskGib: number;
   /** Number of snapshots. */
   snapshotCount: number;
+  /** Number of volumes. */
+  volumeCount: number;
+  /** Volume space in GiB. */
+  volumeGib: number;
+}
+
+/** A persistent volume (an ext4 disk that outlives VMs), from {@link FastVM.createVolume}. */
+export interface Volume {
+  id: string;
+  name: string;
+  orgId: string;
+  /** Size in GiB (wire: `sizeGiB`). */
+  sizeGib: number;
+  /** `rw`: one writable attachment at a time; `ro`: read-only attachments only. */
+  accessMode: 'rw' | 'ro';
+  /** `creating`, `ready` or `deleting`. */
+  status: string;
+  /** Attachments mounted on running VMs. */
+  mountedCount: number;
+  createdAt: string;
+  /** Space in use in GiB, when the server knows it. */
+  usedGib: number | null;
+}
+
+/** A volume attached to a VM (`VM.volumes`, {@link FastVM.attachVolume}). */
+export interface VolumeAttachment {
+  volumeId: string;
+  mountPath: string;
+  /** `mounted`, `pending` (paused VM, or attach in progress), `failed` or `detaching`. */
+  mountStatus: string;
+  readOnly: boolean;
+  statusMessage: string | null;
+  /** The VM (only in {@link FastVM.volumeAttachments}). */
+  vmId?: string;
+}
+
+/** A volume to attach at launch or restore. */
+export interface VolumeMount {
+  /** Volume id or name, or a {@link Volume}. */
+  volume: string | Pick<Volume, 'id'>;
+  /** Guest path under `/mnt/` or `/data/`. */
+  mountPath: string;
+  /** Default: the volume's access mode. */
+  readOnly?: boolean;
 }
 
 /** Organisation quota limits and usage, from {@link FastVM.quotas}. */

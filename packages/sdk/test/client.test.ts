@@ -244,8 +244,22 @@ describe('requests and results', () => {
     const q = await client.quotas();
     expect(q).toEqual({
       orgId: 'org-1',
-      limits: { vcpu: 8, memoryMib: 2048, diskGib: 10, snapshotCount: 2 },
-      usage: { vcpu: 1, memoryMib: 2048, diskGib: 10, snapshotCount: 2 },
+      limits: {
+        vcpu: 8,
+        memoryMib: 2048,
+        diskGib: 10,
+        snapshotCount: 2,
+        volumeCount: 0,
+        volumeGib: 0,
+      },
+      usage: {
+        vcpu: 1,
+        memoryMib: 2048,
+        diskGib: 10,
+        snapshotCount: 2,
+        volumeCount: 0,
+        volumeGib: 0,
+      },
     });
     expect(
       server.requests.map((r) => `${r.method} ${r.path} ${JSON.stringify(r.body ?? null)}`),

@@ -39,6 +39,8 @@ import snapshotRoutes from './routes/snapshots.js';
 import serviceRoutes from './routes/services.js';
 import sshKeyRoutes from './routes/ssh-keys.js';
 import unimplementedRoutes from './routes/unimplemented.js';
+import volumeRoutes from './routes/volumes.js';
+import type { VolumeService } from './services/volume-service.js';
 import vmRoutes from './routes/vms.js';
 import { ExecSessions } from './services/exec-sessions.js';
 import { STORAGE_PREFIX, type FileService } from './services/files.js';
@@ -92,6 +94,8 @@ export interface AppServices {
   lifecycle: LifecycleService;
   /** Limits and usage (`GET /v1/org/quotas`). */
   quotas: QuotaService;
+  /** `/v1/volumes` and VM attachments. */
+  volumes: VolumeService;
   /** Served at `/metrics` and fed by the request hook (none: no `/metrics`). */
   metrics?: Metrics;
   /** Bearer token that opens `/metrics` to non-loopback callers (`FASTVM_METRICS_TOKEN`). */
@@ -298,6 +302,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(orgRoutes, pluginOpts);
   await app.register(sshKeyRoutes, pluginOpts);
   await app.register(serviceRoutes, pluginOpts);
+  await app.register(volumeRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);
 
   let doc: unknown;

@@ -38,6 +38,11 @@ export const ERROR_CATALOG = {
   not_implemented: 501,
   /** The VM or its runtime failed while serving the request (QEMU or guest agent). */
   vm_unavailable: 502,
+  /**
+   * A volume detach found its mount busy in the guest (a process uses it): it stays attached
+   * (contract §4.5: the body's `error` is `guest_umount_busy`).
+   */
+  guest_umount_busy: 502,
   /** The server is shutting down or not ready. */
   unavailable: 503,
   /**

@@ -210,6 +210,43 @@ export const IdParams = z.object({
   id: z.string().describe('Id, or a name that is unique in the org.'),
 });
 
+export const VolumeAttachBody = z
+  .object({
+    volumeId: z.string().min(1).max(256).describe('Volume id (or unique name).'),
+    mountPath: z.string().min(1).max(256).describe('Absolute guest path under /mnt/ or /data/.'),
+    readOnly: z
+      .boolean()
+      .nullish()
+      .describe("Read-only, enforced by the host; default: the volume's accessMode."),
+  })
+  .meta({ id: 'VolumeAttachRequest' });
+
+export const CreateVolumeBody = z
+  .object({
+    name: z.string().min(1).max(4096),
+    sizeGiB: z.number().int().min(1).max(16384),
+    accessMode: z.enum(['rw', 'ro']),
+  })
+  .meta({ id: 'VolumeCreateRequest' });
+
+export const UpdateVolumeBody = z
+  .object({
+    name: z.string().min(1).max(4096).optional(),
+    sizeGiB: z
+      .number()
+      .int()
+      .min(1)
+      .max(16384)
+      .optional()
+      .describe(
+        'Grow (online when attached read-write to a running VM), or shrink when detached and the data fits.',
+      ),
+    accessMode: z.enum(['rw', 'ro']).optional(),
+  })
+  .meta({ id: 'VolumeUpdateRequest' });
+
+export const VolumeParams = z.object({ id: z.string(), volumeId: z.string() });
+
 export const LaunchVmBody = z
   .object({
     machineType: z
@@ -230,7 +267,13 @@ export const LaunchVmBody = z
       "The VM's environment variables; on a restore, merged over the snapshot's.",
     ),
     ttl: Ttl.nullish(),
-    volumes: z.array(z.unknown()).optional().describe('Not supported yet (501 when non-empty).'),
+    volumes: z
+      .array(VolumeAttachBody)
+      .max(64)
+      .optional()
+      .describe(
+        "Volumes to attach once the VM runs; on a restore replaces the snapshot's list (omit to keep it).",
+      ),
     bucketMounts: z
       .array(z.unknown())
       .optional()
@@ -355,6 +398,44 @@ const FirewallPolicyOut = z
   })
   .meta({ id: 'FirewallPolicyView' });
 
+export const VolumeAttachmentItem = z
+  .object({
+    volumeId: z.string(),
+    mountPath: z.string(),
+    mountStatus: z
+      .enum(['mounted', 'failed', 'pending', 'detaching'])
+      .describe('pending on paused VMs and during a hot attach'),
+    readOnly: z.boolean(),
+    statusMessage: z.string().optional(),
+  })
+  .meta({ id: 'VolumeAttachmentItem' });
+
+export const VolumeAttachmentWithVm = VolumeAttachmentItem.extend({ vmId: z.string() }).meta({
+  id: 'VolumeAttachment',
+});
+
+export const Volume = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    orgId: z.string(),
+    sizeGiB: z.number().int(),
+    accessMode: z.enum(['rw', 'ro']),
+    status: z.enum(['creating', 'ready', 'deleting']),
+    mountedCount: z.number().int().describe('Attachments mounted on running VMs.'),
+    createdAt: z.string(),
+    pendingSizeGiB: z.number().int().optional().describe('While a resize is in flight.'),
+    usedGiB: z.number().optional().describe('Space in use, when known.'),
+  })
+  .meta({ id: 'Volume' });
+
+export const DetachResponse = z
+  .object({
+    detached: z.boolean(),
+    warnings: z.array(z.object({ type: z.string(), message: z.string() })).optional(),
+  })
+  .meta({ id: 'VolumeDetachResponse' });
+
 export const Vm = z
   .object({
     id: z.string(),
@@ -404,6 +485,7 @@ export const Vm = z
       .nullable()
       .optional()
       .describe('Lineage: the snapshot it was restored or forked from; null for a fresh launch.'),
+    volumes: z.array(VolumeAttachmentItem).optional(),
   })
   .meta({ id: 'Vm' });
 
@@ -419,6 +501,17 @@ export const VmLaunchResponse = Vm.extend({
     })
     .optional()
     .describe("Only on a restore whose snapshot's services could not be registered (none were)."),
+  attachmentWarnings: z
+    .object({
+      failedVolumeAttachments: z
+        .array(z.object({ volumeId: z.string(), mountPath: z.string(), statusMessage: z.string() }))
+        .optional(),
+      skippedSnapshotVolumes: z
+        .array(z.object({ volumeId: z.string(), mountPath: z.string(), reason: z.string() }))
+        .optional(),
+    })
+    .optional()
+    .describe('Volumes that were not attached, and why.'),
 }).meta({ id: 'VmLaunchResponse' });
 
 export const Snapshot = z
@@ -447,6 +540,10 @@ export const Snapshot = z
         'Lineage: the snapshot its VM (`vmId`) was restored from; null when that VM was a fresh ' +
           'launch. Kept when that snapshot is deleted.',
       ),
+    volumes: z
+      .array(z.object({ volumeId: z.string(), mountPath: z.string(), readOnly: z.boolean() }))
+      .optional()
+      .describe('Volume attachments when taken (not their contents); a restore re-attaches them.'),
     digests: z
       .record(z.string(), z.string())
       .optional()
@@ -706,3 +803,5 @@ export type SshKeyView = z.input<typeof SshKey>;
 export type ServiceView = z.input<typeof Service>;
 export type CreateSshKeyInput = z.output<typeof CreateSshKeyBody>;
 export type PricingView = z.input<typeof Pricing>;
+export type VolumeView = z.input<typeof Volume>;
+export type VolumeAttachmentView = z.input<typeof VolumeAttachmentItem>;

@@ -34,6 +34,7 @@ import { startSshGateway, type SshGateway } from './ssh/gateway.js';
 import { TaskTracker } from './services/tasks.js';
 import { TtlScheduler } from './services/ttl.js';
 import { VmEvents } from './services/vm-events.js';
+import { VolumeService } from './services/volume-service.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 
@@ -194,6 +195,14 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
     );
     const metrics = new Metrics({ store, quotas, runtime });
+    const volumes = new VolumeService({
+      store,
+      runtime,
+      quotas,
+      events,
+      logger,
+      dataDir: opts.dataDir,
+    });
     const ctx: ServiceContext = {
       store,
       runtime,
@@ -205,6 +214,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       events,
       staging: files,
       metrics,
+      volumes,
     };
     const vms = new VmService(ctx);
     const execs = new ExecSessions(vms, { events, logger });
@@ -228,6 +238,10 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       });
     });
     const recovery = await recover(store, runtime, network, logger);
+    // Volume creations/deletions and attaches/detaches a crash cut short are finished.
+    await volumes
+      .recover()
+      .catch((err: unknown) => logger.error({ err }, 'volume recovery failed'));
     // TTL expiries are stored on the rows: re-arm them (ones that passed meanwhile fire now).
     for (const vm of await store.listVmsByStatus(['running'])) ttl.watch(vm);
 
@@ -273,6 +287,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         execs,
         files,
         quotas,
+        volumes,
         metrics,
         ...(opts.metricsToken ? { metricsToken: opts.metricsToken } : {}),
         sshKeys: new SshKeyService(store),

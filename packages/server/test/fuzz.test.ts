@@ -709,6 +709,7 @@ describe(`cross-org: another org's key on every route (FUZZ_SEED=${SEED})`, () =
       'POST /v1/vms/{id}/files/fetch': { url: 'http://x/storage/y', path: '/root/x' },
       'PATCH /v1/snapshots/{id}': { name: 'stolen' },
       'POST /v1/snapshots/{id}/fork': { count: 1 },
+      'POST /v1/vms/{id}/volumes': { volumeId: 'x', mountPath: '/data/x' },
     };
     const tasks: Array<() => Promise<void>> = [];
     const clients: TestClient[] = [];

@@ -25,8 +25,8 @@ describe('quotas', () => {
         memoryMiB: 131072,
         diskGiB: 2048,
         snapshotCount: 256,
-        volumeCount: 0,
-        volumeGiB: 0,
+        volumeCount: 64,
+        volumeGiB: 1024,
       },
       usage: { vcpu: 0, memoryMiB: 0, diskGiB: 0, snapshotCount: 0, volumeCount: 0, volumeGiB: 0 },
     });

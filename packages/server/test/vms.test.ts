@@ -163,13 +163,16 @@ describe.each(TRANSPORTS)('VMs over %s', (transport) => {
     await api.del(`/v1/vms/${big.body.id}`);
   });
 
-  it('answers 501 for launch features that come later', async () => {
-    for (const extra of [{ volumes: [{}] }, { bucketMounts: [{}] }]) {
+  it('answers 501 for launch features that come later; 400 for malformed volumes', async () => {
+    for (const extra of [{ bucketMounts: [{}] }]) {
       const res = await api.post('/v1/vms', { machineType: 'c1m2', ...extra });
       expect(res.status).toBe(501);
       expect(res.body.code).toBe('not_implemented');
       expect(res.headers['x-should-retry']).toBe('false');
     }
+    const badVolume = await api.post('/v1/vms', { machineType: 'c1m2', volumes: [{}] });
+    expect(badVolume.status).toBe(400);
+    expect(badVolume.body.field).toMatch(/^volumes/);
     const nullTtl = await api.post('/v1/vms', { machineType: 'c1m2', ttl: null, firewall: null });
     expect(nullTtl.status).toBe(201);
     expect(nullTtl.body.firewall).toEqual({ mode: 'restricted', ingress: [] });

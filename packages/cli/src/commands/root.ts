@@ -14,6 +14,7 @@ import { newSnapshotCommand } from './snapshot/snapshot.js';
 import { newSshKeyCommand } from './ssh-key/ssh-key.js';
 import { newConsoleCommand } from './vm/console.js';
 import { newVmCommand } from './vm/vm.js';
+import { newVolumeCommand } from './volume/volume.js';
 
 const HELP = `FastVM command-line tool: launch, snapshot, restore and run commands in microVMs.
 
@@ -26,6 +27,7 @@ Commands:
   snapshot  create | list | get | rename | rm | restore | fork | tree
   firewall  get | set | patch
   service   add | ls | rm   (publish a VM's HTTP ports through the proxy)
+  volume    create | ls | rm | resize | attach | detach   (persistent disks)
   quota     show quota limits and usage
   ssh-key   add | list | rm   (keys for ssh through the SSH gateway: fastvm vm ssh <vm>)
   config    set | get | unset   (keys: api-key, base-url)
@@ -53,6 +55,8 @@ Examples:
   fastvm snapshot fork base -n 10 --prefix worker && fastvm snapshot tree base
   fastvm firewall set dev --mode restricted -r tcp:22 -r tcp:8080-8090@2001:db8::/32
   fastvm service add dev 8000:web && fastvm service ls dev
+  fastvm volume create data --size 20 && fastvm vm launch -n job --volume data:/data
+  fastvm volume attach dev data:/mnt/data:ro && fastvm volume detach dev data
   fastvm vm list --json | jq -r '.[].id'
 
 Config file: $XDG_CONFIG_HOME/fastvm/config.json (default ~/.config/fastvm/config.json).
@@ -75,6 +79,7 @@ const COMMANDS: Record<string, (f: Factory) => Command> = {
   service: newServiceCommand,
   quota: newQuotaCommand,
   'ssh-key': newSshKeyCommand,
+  volume: newVolumeCommand,
   config: newConfigCommand,
 };
 

@@ -16,6 +16,8 @@ import type {
   VM,
   VMTtl,
   Service,
+  Volume,
+  VolumeAttachment,
 } from '../types.js';
 
 type Json = Record<string, unknown>;
@@ -96,6 +98,7 @@ export function vmFromWire(v: unknown): VM {
     pausedAt: optStr(w['pausedAt']),
     sourceSnapshotId: optStr(w['sourceSnapshotId']),
     effectiveFirewall: firewallFromWire(w['effectiveFirewall']),
+    volumes: asArray(w['volumes'] ?? []).map(attachmentFromWire),
   };
 }
 
@@ -171,6 +174,35 @@ function quotaValuesFromWire(v: unknown): OrgQuotaValues {
     memoryMib: num(w['memoryMiB'] ?? w['memoryMib']),
     diskGib: num(w['diskGiB'] ?? w['diskGib']),
     snapshotCount: num(w['snapshotCount']),
+    volumeCount: num(w['volumeCount']),
+    volumeGib: num(w['volumeGiB'] ?? w['volumeGib']),
+  };
+}
+
+export function volumeFromWire(v: unknown): Volume {
+  const w = obj(v);
+  return {
+    id: str(w['id']),
+    name: str(w['name']),
+    orgId: str(w['orgId']),
+    sizeGib: num(w['sizeGiB'] ?? w['sizeGib']),
+    accessMode: w['accessMode'] === 'ro' ? 'ro' : 'rw',
+    status: str(w['status']),
+    mountedCount: num(w['mountedCount']),
+    createdAt: str(w['createdAt']),
+    usedGib: typeof w['usedGiB'] === 'number' ? w['usedGiB'] : null,
+  };
+}
+
+export function attachmentFromWire(v: unknown): VolumeAttachment {
+  const w = obj(v);
+  return {
+    volumeId: str(w['volumeId']),
+    mountPath: str(w['mountPath']),
+    mountStatus: str(w['mountStatus']),
+    readOnly: w['readOnly'] === true,
+    statusMessage: optStr(w['statusMessage']),
+    ...(typeof w['vmId'] === 'string' ? { vmId: w['vmId'] } : {}),
   };
 }
 

@@ -36,6 +36,7 @@ export type DomainErrorCode =
   | 'cancelled'
   | 'runtime_failed'
   | 'corrupt'
+  | 'guest_busy'
   | 'failed';
 
 /** Base class of every error in this module. */
@@ -192,6 +193,14 @@ export class RuntimeFailureError extends DomainError {
  */
 export class CorruptDataError extends DomainError {
   readonly code = 'corrupt';
+}
+
+/**
+ * The guest refused to let go of something in use (a volume's mount is busy: a process has a
+ * file open or its working directory there). Nothing changed; retry after the guest lets go.
+ */
+export class GuestBusyError extends DomainError {
+  readonly code = 'guest_busy';
 }
 
 /** An operation failed for a reason nobody planned for (a bug, the database…). */

@@ -98,8 +98,8 @@ export const DEFAULT_QUOTA_LIMITS: Readonly<QuotaValues> = {
   memoryMiB: 131072,
   diskGiB: 2048,
   snapshotCount: 256,
-  volumeCount: 0,
-  volumeGiB: 0,
+  volumeCount: 64,
+  volumeGiB: 1024,
 };
 
 /** An organisation: the unit of ownership and quota. */
@@ -180,7 +180,59 @@ export interface VmRecord {
   pausedAt?: string | null;
   /** Published services, sorted by name (optional in records built by older code). */
   services?: PublishedService[];
+  /** Volume attachments (optional in records built by older code; the store always sets it). */
+  volumes?: VolumeAttachment[];
 }
+
+/** Volume states as stored (contract §4.10); `deleted` rows are hidden. */
+export type VolumeStatus = 'creating' | 'ready' | 'deleting' | 'deleted';
+
+/** A persistent volume: an ext4 file on the host, attached to VMs at mount paths. */
+export interface VolumeRecord {
+  id: string;
+  orgId: string;
+  name: string;
+  sizeGiB: number;
+  /** `ro`: every attachment is read-only; `rw`: one writable attachment at a time. */
+  accessMode: 'rw' | 'ro';
+  status: VolumeStatus;
+  /** Size a resize in flight goes to (counted against `volumeGiB` until done). */
+  pendingSizeGiB: number | null;
+  /** Space in use in its filesystem, when known (measured while no VM writes to it). */
+  usedGiB: number | null;
+  createdAt: string;
+  updatedAt: string;
+  deletedAt: string | null;
+}
+
+/**
+ * A volume attached to a VM (contract §3.9 `VolumeAttachmentItem`). `pending` on a paused VM
+ * (until resume) or while the hot attach runs; `detaching` while the guest unmounts.
+ */
+export interface VolumeAttachment {
+  volumeId: string;
+  mountPath: string;
+  readOnly: boolean;
+  mountStatus: 'pending' | 'mounted' | 'failed' | 'detaching';
+  statusMessage?: string;
+}
+
+/** What a snapshot records of an attachment (contract §3.6): never the volume's contents. */
+export interface SnapshotVolumeRef {
+  volumeId: string;
+  mountPath: string;
+  readOnly: boolean;
+}
+
+/** Mount paths volumes may use in the guest (contract §4.2.1): `/mnt`, `/data` or under them. */
+export const VOLUME_MOUNT_PATH_RE = /^\/(mnt|data)(\/[A-Za-z0-9._-]+)*$/;
+
+/** Statuses of volumes that count against `volumeCount` / `volumeGiB`. */
+export const VOLUME_STATUSES_USING_QUOTA: readonly VolumeStatus[] = [
+  'creating',
+  'ready',
+  'deleting',
+];
 
 /** A snapshot row; carries what a restore inherits (machine, disk, firewall). */
 export interface SnapshotRecord {
@@ -205,6 +257,8 @@ export interface SnapshotRecord {
    * that snapshot is deleted (optional in records built by older code; the store always sets it).
    */
   parentSnapshotId?: string | null;
+  /** The VM's volume attachments when it was taken (a restore re-attaches what it can). */
+  volumes?: SnapshotVolumeRef[];
   /**
    * Content digests of the layers the snapshot owns, once the runtime has computed them (in the
    * background after `ready`); never stored in the database (`SnapshotService` asks the runtime).

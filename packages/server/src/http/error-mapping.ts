@@ -28,6 +28,7 @@ const WIRE_CODE: Readonly<Record<DomainErrorCode, ErrorCode>> = {
   cancelled: 'bad_request',
   runtime_failed: 'vm_unavailable',
   corrupt: 'snapshot_corrupt',
+  guest_busy: 'guest_umount_busy',
   failed: 'internal',
 };
 
@@ -81,6 +82,18 @@ export function fromDomainError(err: DomainError): ApiError {
       { ...err.details, dimension: wire, limit: err.limit, usage: err.usage },
       err.retryable,
       { cause: err },
+    );
+  }
+  if (err.code === 'guest_busy') {
+    // The contract's body (§1.8, §4.5): the message is the code; what is busy goes in `detail`.
+    return new ApiError(
+      'guest_umount_busy',
+      'guest_umount_busy',
+      { ...err.details, detail: err.message },
+      false,
+      {
+        cause: err,
+      },
     );
   }
   if (err instanceof HostCapacityError) {

@@ -57,9 +57,8 @@ export function firewallChangeOf(
   };
 }
 
-/** `POST /v1/vms`. Non-empty `volumes` and `bucketMounts` are 501. */
+/** `POST /v1/vms`. Non-empty `bucketMounts` are 501. */
 export function launchRequestOf(body: LaunchVmInput): LaunchRequest {
-  if (body.volumes && body.volumes.length > 0) throw notImplemented('volumes');
   if (body.bucketMounts && body.bucketMounts.length > 0) throw notImplemented('bucket mounts');
   return {
     machineType: body.machineType,
@@ -70,6 +69,15 @@ export function launchRequestOf(body: LaunchVmInput): LaunchRequest {
     metadata: body.metadata,
     envVars: body.envVars,
     ttl: body.ttl ? { seconds: body.ttl.seconds, action: body.ttl.action } : body.ttl,
+    ...(body.volumes
+      ? {
+          volumes: body.volumes.map((v) => ({
+            volumeId: v.volumeId,
+            mountPath: v.mountPath,
+            ...(v.readOnly !== undefined && v.readOnly !== null ? { readOnly: v.readOnly } : {}),
+          })),
+        }
+      : {}),
   };
 }
 

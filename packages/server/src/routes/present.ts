@@ -10,7 +10,9 @@ import {
   type SnapshotRecord,
   type SshKeyRecord,
   type VmRecord,
+  type VolumeAttachment,
 } from '../domain/index.js';
+import type { VolumeView as VolumeServiceView } from '../services/volume-service.js';
 import type {
   LineageNodeView,
   LineageView,
@@ -18,6 +20,8 @@ import type {
   SnapshotView,
   SshKeyView,
   VmView,
+  VolumeAttachmentView,
+  VolumeView,
 } from '../schemas.js';
 import type { Lineage, LineageNode } from '../services/lineage.js';
 
@@ -54,6 +58,7 @@ export function presentVm(vm: VmRecord): VmView {
     // Computed per response, never stored (contract §3.1).
     effectiveFirewall: presentFirewall(effectiveFirewall(vm.firewall, vm.services)),
     sourceSnapshotId: vm.sourceSnapshotId,
+    volumes: (vm.volumes ?? []).map(presentAttachment),
   };
   if (vm.error && (vm.status === 'error' || vm.status === 'stopped')) view.statusMessage = vm.error;
   // Contract §3.1: expiresAtMs only while running, ttlRemainingMs only while paused.
@@ -64,6 +69,35 @@ export function presentVm(vm: VmRecord): VmView {
     view.ttlRemainingMs = vm.ttlRemainingMs;
   }
   return view;
+}
+
+/** The contract's `VolumeAttachmentItem` (§3.9). */
+export function presentAttachment(a: VolumeAttachment): VolumeAttachmentView {
+  return {
+    volumeId: a.volumeId,
+    mountPath: a.mountPath,
+    mountStatus: a.mountStatus,
+    readOnly: a.readOnly,
+    ...(a.statusMessage ? { statusMessage: a.statusMessage } : {}),
+  };
+}
+
+/** The contract's `Volume` (§4.10). */
+export function presentVolume({ volume: v, mountedCount }: VolumeServiceView): VolumeView {
+  return {
+    id: v.id,
+    name: v.name,
+    orgId: v.orgId,
+    sizeGiB: v.sizeGiB,
+    accessMode: v.accessMode,
+    status: v.status === 'deleted' ? 'deleting' : v.status,
+    mountedCount,
+    createdAt: v.createdAt,
+    ...(v.pendingSizeGiB !== null && v.pendingSizeGiB !== v.sizeGiB
+      ? { pendingSizeGiB: v.pendingSizeGiB }
+      : {}),
+    ...(v.usedGiB !== null ? { usedGiB: v.usedGiB } : {}),
+  };
 }
 
 /** The contract's `Snapshot` (§3.6). */
@@ -81,6 +115,11 @@ export function presentSnapshot(s: SnapshotRecord): SnapshotView {
     envVars: { ...s.envVars },
     services: (s.services ?? []).map(({ name, port, h2c }) => ({ name, port, h2c })),
     parentSnapshotId: s.parentSnapshotId ?? null,
+    volumes: (s.volumes ?? []).map(({ volumeId, mountPath, readOnly }) => ({
+      volumeId,
+      mountPath,
+      readOnly,
+    })),
   };
   if (s.digests) view.digests = { ...s.digests };
   if (s.error && s.status === 'error') view.statusMessage = s.error;

@@ -12,8 +12,6 @@ import { requireAuth } from './util.js';
 
 /** [method, path, feature] of VM-scoped endpoints not implemented yet. */
 export const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
-  ['POST', '/v1/vms/:id/volumes', 'volumes'],
-  ['DELETE', '/v1/vms/:id/volumes/:volumeId', 'volumes'],
   ['GET', '/v1/vms/:id/bucket-mounts', 'bucket mounts'],
   ['POST', '/v1/vms/:id/bucket-mounts', 'bucket mounts'],
   ['GET', '/v1/vms/:id/bucket-mounts/:bucketMountId', 'bucket mounts'],
@@ -32,12 +30,6 @@ export const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> =
   ['POST', '/v1/builds', 'builds'],
   ['GET', '/v1/builds/:id', 'builds'],
   ['POST', '/v1/build-contexts/presign', 'builds'],
-  ['GET', '/v1/volumes', 'volumes'],
-  ['POST', '/v1/volumes', 'volumes'],
-  ['GET', '/v1/volumes/:id', 'volumes'],
-  ['PATCH', '/v1/volumes/:id', 'volumes'],
-  ['DELETE', '/v1/volumes/:id', 'volumes'],
-  ['GET', '/v1/volumes/:id/attachments', 'volumes'],
 ];
 
 const respond501 = { response: { 501: ErrorBody } };

@@ -47,14 +47,15 @@ export default async function vmRoutes(
     },
     async (request, reply) => {
       const { orgId } = requireAuth(request);
-      const { vm, ready, servicesWarning } = await vms.launch(orgId, launchRequestOf(request.body));
-      return reply
-        .code(ready && vm.status === 'running' ? 201 : 202)
-        .send(
-          servicesWarning
-            ? { ...presentVm(vm), snapshotRestoreWarnings: servicesWarning }
-            : presentVm(vm),
-        );
+      const { vm, ready, servicesWarning, attachmentWarnings } = await vms.launch(
+        orgId,
+        launchRequestOf(request.body),
+      );
+      return reply.code(ready && vm.status === 'running' ? 201 : 202).send({
+        ...presentVm(vm),
+        ...(servicesWarning ? { snapshotRestoreWarnings: servicesWarning } : {}),
+        ...(attachmentWarnings ? { attachmentWarnings } : {}),
+      });
     },
   );
 

@@ -10,6 +10,7 @@ import type { QuotaService } from './quota.js';
 import type { TaskTracker } from './tasks.js';
 import type { VmEvents } from './vm-events.js';
 import type { Metrics } from './metrics.js';
+import type { VolumeService } from './volume-service.js';
 
 /** Tunables of the services (defaults in `startServer`). */
 export interface ServiceSettings {
@@ -40,6 +41,8 @@ export interface ServiceContext {
   events: VmEvents;
   /** Operation counters and latencies (`/metrics`); none in tests that build a context by hand. */
   metrics?: Metrics;
+  /** Volumes: launch/restore attachments and the detach before a VM is destroyed. */
+  volumes?: VolumeService;
   /** File-transfer staging; a deleted VM's objects are dropped (see `files.ts`). */
   staging?: { dropVm(vmId: string): Promise<void> };
 }

@@ -61,6 +61,10 @@ export class SnapshotService {
       metadata: input.metadata ?? {},
       envVars: { ...vm.envVars },
       services: captureServices(vm.services),
+      // Attachments, not contents: a restore attaches the volumes as they are then.
+      volumes: (vm.volumes ?? [])
+        .filter((a) => a.mountStatus !== 'failed')
+        .map(({ volumeId, mountPath, readOnly }) => ({ volumeId, mountPath, readOnly })),
       parentSnapshotId: vm.sourceSnapshotId,
       createdAt: now,
       updatedAt: now,

@@ -32,6 +32,7 @@ import { hostnameFor, normalizeName } from './names.js';
 import { restoreServices, type ServiceRestore } from './published-services.js';
 import { resolveSnapshot, resolveVm } from './resolve.js';
 import { describeError, fromRuntimeError } from './runtime-errors.js';
+import { checkMountPath, type AttachRequest, type AttachmentWarnings } from './volume-service.js';
 
 /** Outcome of a launch: `ready` → 201 (running), otherwise 202 (still provisioning). */
 export interface LaunchOutcome {
@@ -39,6 +40,8 @@ export interface LaunchOutcome {
   ready: boolean;
   /** A restore whose snapshot services could not be registered again (contract §3.2). */
   servicesWarning?: ServiceRestore['warning'];
+  /** Volumes that were not attached (contract §3.2 `attachmentWarnings`). */
+  attachmentWarnings?: AttachmentWarnings;
 }
 
 /** Filters for `VmService.list`. */
@@ -80,6 +83,8 @@ export interface LaunchRequest {
   /** The VM's environment variables; a restore merges them over the snapshot's. */
   envVars?: EnvVars | undefined;
   ttl?: VmTtl | null | undefined;
+  /** Volumes to attach; on a restore replaces the snapshot's list (absent: keep it). */
+  volumes?: AttachRequest[] | undefined;
 }
 
 /** A command to run in a VM. */
@@ -120,11 +125,20 @@ export class VmService {
   async launch(orgId: string, input: LaunchRequest): Promise<LaunchOutcome> {
     const { settings } = this.ctx;
     const { vm, servicesWarning } = await this.prepare(orgId, input);
+    input.volumes?.forEach((v, i) => checkMountPath(v.mountPath, `volumes[${i}].mountPath`));
+    if (input.volumes?.length && !this.ctx.volumes) {
+      throw new InvalidInputError('this server has no volumes', 'volumes');
+    }
     await this.ctx.quotas.reserve(
       orgId,
       { vcpu: vm.cpu, memoryMiB: vm.memoryMiB, diskGiB: vm.diskGiB },
       (tx) => tx.insertVm(vm),
     );
+    // Claimed (pending) now; attached by `boot` once the VM runs.
+    const captured = vm.sourceSnapshotId
+      ? (await this.ctx.store.getSnapshot(orgId, vm.sourceSnapshotId))?.volumes
+      : undefined;
+    const attachmentWarnings = await this.ctx.volumes?.claimAtLaunch(vm, input.volumes, captured);
 
     const boot = this.ctx.tasks.track(vm.id, this.boot(vm));
     let timer: NodeJS.Timeout | undefined;
@@ -134,7 +148,10 @@ export class VmService {
         timer = setTimeout(() => resolve({ ready: null }), settings.launchWaitMs);
       }),
     ]).finally(() => clearTimeout(timer));
-    const warning = servicesWarning ? { servicesWarning } : {};
+    const warning = {
+      ...(servicesWarning ? { servicesWarning } : {}),
+      ...(attachmentWarnings ? { attachmentWarnings } : {}),
+    };
     if (waited.ready) return { vm: waited.ready, ready: true, ...warning };
     // Still booting: it continues in the background; failures are recorded on the row.
     boot.catch(() => {});
@@ -291,7 +308,7 @@ export class VmService {
       // A TTL counts running time: it starts now (and a PATCH made meanwhile is kept).
       const current = await store.getVm(vm.orgId, vm.id);
       const ttl = current ? current.ttl : vm.ttl;
-      const updated = await store.transitionVm(
+      let updated = await store.transitionVm(
         vm.id,
         { from: 'provisioning', to: 'running' },
         {
@@ -300,6 +317,11 @@ export class VmService {
         },
       );
       if (updated) this.ctx.events.changed(updated);
+      // Its volumes (pending since the launch was accepted) are attached before it is reported.
+      if (updated?.volumes?.length && this.ctx.volumes) {
+        await this.ctx.volumes.attachPending(vm.orgId, vm.id);
+        updated = (await store.getVm(vm.orgId, vm.id)) ?? updated;
+      }
       log.info({ ms: Date.now() - started, restoredFrom: vm.sourceSnapshotId }, 'vm running');
       this.ctx.metrics?.observe(operation, t0, true);
       // A delete that raced the boot owns the row now; it destroys the VM after this settles.
@@ -378,6 +400,10 @@ export class VmService {
     if (!marked) return { id: vm.id };
     this.ctx.events.changed(marked);
     await tasks.settled(vm.id);
+    // Its volumes are unmounted in the guest first (never deleted: they outlive the VM).
+    await this.ctx.volumes?.beforeVmDestroy(marked).catch((err: unknown) => {
+      logger.warn({ err, vmId: vm.id }, 'volume detach before delete failed');
+    });
     try {
       await runtime.destroy(vm.id);
     } catch (err) {
@@ -388,6 +414,9 @@ export class VmService {
       logger.warn({ err, vmId: vm.id }, 'network release failed');
     });
     await this.ctx.staging?.dropVm(vm.id).catch(() => {});
+    await this.ctx.volumes?.afterVmDestroy(marked).catch((err: unknown) => {
+      logger.warn({ err, vmId: vm.id }, 'volume check after delete failed');
+    });
     const deleted = await store.transitionVm(
       vm.id,
       { from: 'deleting', to: 'deleted' },

@@ -30,10 +30,15 @@ import {
   type VmRecord,
   type VmStatus,
   type VmTtl,
+  type VolumeAttachment,
+  type VolumeRecord,
+  type VolumeStatus,
+  type SnapshotVolumeRef,
+  VOLUME_STATUSES_USING_QUOTA,
 } from '../domain/index.js';
 import { migrateToLatest } from './migrations.js';
 import { prepared } from './prepared.js';
-import type { Database, SnapshotsTable, VmsTable } from './schema.js';
+import type { Database, SnapshotsTable, VmsTable, VolumesTable } from './schema.js';
 import type {
   OrgTx,
   QuotaOverrides,
@@ -42,6 +47,7 @@ import type {
   Store,
   VmPatch,
   VmTransitionPatch,
+  VolumePatch,
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
@@ -225,6 +231,11 @@ export class KyselyStore implements Store {
           await trx.insertInto('snapshots').values(fromSnapshot(s)).execute();
         },
         transitionVm: (id, move, patch) => transitionVmRow(trx, id, move, patch),
+        insertVolume: async (v) => {
+          if (v.status !== 'creating') throw new Error(`a new volume must be creating`);
+          await trx.insertInto('volumes').values(fromVolume(v)).execute();
+        },
+        updateVolume: (id, patch, onlyIf) => writeVolumeRow(trx, id, patch, onlyIf),
       };
       return fn(tx);
     });
@@ -444,6 +455,110 @@ export class KyselyStore implements Store {
     return rows.map(toSnapshot);
   }
 
+  // ---- volumes ------------------------------------------------------------------------------
+
+  async getVolume(orgId: string, id: string): Promise<VolumeRecord | undefined> {
+    const row = await this.db
+      .selectFrom('volumes')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('id', '=', id)
+      .where('deleted_at', 'is', null)
+      .executeTakeFirst();
+    return row && toVolume(row);
+  }
+
+  async findVolumesByName(orgId: string, name: string): Promise<VolumeRecord[]> {
+    const rows = await this.db
+      .selectFrom('volumes')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('name', '=', name)
+      .where('deleted_at', 'is', null)
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toVolume);
+  }
+
+  async listVolumes(orgId: string): Promise<VolumeRecord[]> {
+    const rows = await this.db
+      .selectFrom('volumes')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('deleted_at', 'is', null)
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    return rows.map(toVolume);
+  }
+
+  async findVolumeAnyOrg(id: string): Promise<VolumeRecord | undefined> {
+    const row = await this.db
+      .selectFrom('volumes')
+      .selectAll()
+      .where('id', '=', id)
+      .executeTakeFirst();
+    return row && toVolume(row);
+  }
+
+  async listVolumesByStatus(statuses: readonly VolumeStatus[]): Promise<VolumeRecord[]> {
+    const rows = await this.db
+      .selectFrom('volumes')
+      .selectAll()
+      .where('status', 'in', [...statuses])
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toVolume);
+  }
+
+  updateVolume(
+    id: string,
+    patch: VolumePatch,
+    onlyIf?: readonly VolumeStatus[],
+  ): Promise<VolumeRecord | undefined> {
+    return writeVolumeRow(this.db, id, patch, onlyIf);
+  }
+
+  async changeVmVolumes<T>(
+    orgId: string,
+    vmId: string,
+    change: (
+      vm: VmRecord,
+      others: readonly VmRecord[],
+    ) => { volumes?: VolumeAttachment[]; result: T },
+  ): Promise<{ vm: VmRecord; result: T } | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      // The org row write serialises attachment changes of the org (as in `withOrgLock`).
+      const res = await trx
+        .updateTable('orgs')
+        .set({ updated_at: nowIso() })
+        .where('id', '=', orgId)
+        .executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) return undefined;
+      const rows = await trx
+        .selectFrom('vms')
+        .selectAll()
+        .where('org_id', '=', orgId)
+        .where('deleted_at', 'is', null)
+        .execute();
+      const vms = rows.map(toVm);
+      const vm = vms.find((v) => v.id === vmId);
+      if (!vm) return undefined;
+      const { volumes, result } = change(
+        vm,
+        vms.filter((v) => v.id !== vmId),
+      );
+      if (volumes === undefined) return { vm, result };
+      const updated = await trx
+        .updateTable('vms')
+        .set({ volumes: JSON.stringify(volumes), updated_at: nowIso() })
+        .where('id', '=', vmId)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return { vm: toVm(updated), result };
+    });
+  }
+
   // ---- SSH keys -----------------------------------------------------------------------------
 
   async listSshKeys(orgId: string): Promise<SshKeyRecord[]> {
@@ -653,14 +768,37 @@ async function readUsage(db: Db, orgId: string): Promise<QuotaValues> {
     .where('deleted_at', 'is', null)
     .where('status', 'in', [...SNAPSHOT_STATUSES_USING_QUOTA])
     .executeTakeFirstOrThrow();
+  // A resize in flight counts at the larger of its two sizes.
+  const vol = await db
+    .selectFrom('volumes')
+    .select((eb) => [
+      eb.fn.countAll().as('n'),
+      eb.fn
+        .coalesce(
+          eb.fn.sum<number>(
+            eb
+              .case()
+              .when('pending_size_gib', '>', eb.ref('size_gib'))
+              .then(eb.ref('pending_size_gib'))
+              .else(eb.ref('size_gib'))
+              .end(),
+          ),
+          eb.lit(0),
+        )
+        .as('gib'),
+    ])
+    .where('org_id', '=', orgId)
+    .where('deleted_at', 'is', null)
+    .where('status', 'in', [...VOLUME_STATUSES_USING_QUOTA])
+    .executeTakeFirstOrThrow();
   // PostgreSQL returns SUM/COUNT as bigint strings.
   return {
     vcpu: Number(cpu.vcpu),
     memoryMiB: Number(vm.memory),
     diskGiB: Number(vm.disk),
     snapshotCount: Number(snap.n),
-    volumeCount: 0,
-    volumeGiB: 0,
+    volumeCount: Number(vol.n),
+    volumeGiB: Number(vol.gib),
   };
 }
 
@@ -703,6 +841,7 @@ function toVm(row: Selectable<VmsTable>): VmRecord {
     ttlRemainingMs: row.ttl_remaining_ms === null ? null : Number(row.ttl_remaining_ms),
     pausedAt: row.paused_at,
     services: JSON.parse(row.services) as PublishedService[],
+    volumes: JSON.parse(row.volumes ?? '[]') as VolumeAttachment[],
   };
 }
 
@@ -732,6 +871,7 @@ function fromVm(vm: VmRecord): VmsTable {
     ttl_remaining_ms: vm.ttlRemainingMs ?? null,
     paused_at: vm.pausedAt ?? null,
     services: JSON.stringify(vm.services ?? []),
+    volumes: JSON.stringify(vm.volumes ?? []),
   };
 }
 
@@ -752,6 +892,7 @@ function toSnapshot(row: Selectable<SnapshotsTable>): SnapshotRecord {
     envVars: JSON.parse(row.env_vars) as EnvVars,
     services: JSON.parse(row.services) as CapturedService[],
     parentSnapshotId: row.parent_snapshot_id,
+    volumes: JSON.parse(row.volumes ?? '[]') as SnapshotVolumeRef[],
     createdAt: row.created_at,
     updatedAt: row.updated_at,
     deletedAt: row.deleted_at,
@@ -775,10 +916,63 @@ function fromSnapshot(s: SnapshotRecord): SnapshotsTable {
     env_vars: JSON.stringify(s.envVars ?? {}),
     services: JSON.stringify(s.services ?? []),
     parent_snapshot_id: s.parentSnapshotId ?? null,
+    volumes: JSON.stringify(s.volumes ?? []),
     created_at: s.createdAt,
     updated_at: s.updatedAt,
     deleted_at: s.deletedAt,
   };
+}
+
+function toVolume(row: Selectable<VolumesTable>): VolumeRecord {
+  return {
+    id: row.id,
+    orgId: row.org_id,
+    name: row.name,
+    sizeGiB: Number(row.size_gib),
+    accessMode: row.access_mode as VolumeRecord['accessMode'],
+    status: row.status as VolumeStatus,
+    pendingSizeGiB: row.pending_size_gib === null ? null : Number(row.pending_size_gib),
+    usedGiB: row.used_gib === null ? null : Number(row.used_gib),
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    deletedAt: row.deleted_at,
+  };
+}
+
+function fromVolume(v: VolumeRecord): VolumesTable {
+  return {
+    id: v.id,
+    org_id: v.orgId,
+    name: v.name,
+    size_gib: v.sizeGiB,
+    pending_size_gib: v.pendingSizeGiB,
+    used_gib: v.usedGiB,
+    access_mode: v.accessMode,
+    status: v.status,
+    created_at: v.createdAt,
+    updated_at: v.updatedAt,
+    deleted_at: v.deletedAt,
+  };
+}
+
+async function writeVolumeRow(
+  db: Db,
+  id: string,
+  patch: VolumePatch,
+  onlyIf?: readonly VolumeStatus[],
+): Promise<VolumeRecord | undefined> {
+  const set: Partial<VolumesTable> = { updated_at: nowIso() };
+  if (patch.name !== undefined) set.name = patch.name;
+  if (patch.sizeGiB !== undefined) set.size_gib = patch.sizeGiB;
+  if (patch.accessMode !== undefined) set.access_mode = patch.accessMode;
+  if (patch.pendingSizeGiB !== undefined) set.pending_size_gib = patch.pendingSizeGiB;
+  if (patch.usedGiB !== undefined) set.used_gib = patch.usedGiB;
+  if (patch.status !== undefined) set.status = patch.status;
+  if (patch.deletedAt !== undefined) set.deleted_at = patch.deletedAt;
+  let q = db.updateTable('volumes').set(set).where('id', '=', id);
+  if (onlyIf) q = q.where('status', 'in', [...onlyIf]);
+  const row = await q.returningAll().executeTakeFirst();
+  return row && toVolume(row);
 }
 
 /** `ids` in slices small enough for one `IN (…)` (SQLite binds at most 32 766 parameters). */

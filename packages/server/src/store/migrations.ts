@@ -173,6 +173,37 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Volumes (issue 16): persistent disks of an org; a VM's attachments and what a snapshot
+  // recorded of them are JSON arrays on their rows (`[]` for older rows).
+  '0007_volumes': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('volumes')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('org_id', 'text', (c) => c.notNull().references('orgs.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('size_gib', 'integer', (c) => c.notNull())
+        .addColumn('pending_size_gib', 'integer')
+        .addColumn('used_gib', 'real')
+        .addColumn('access_mode', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addColumn('deleted_at', 'text')
+        .execute();
+      await db.schema
+        .createIndex('volumes_org_live')
+        .on('volumes')
+        .columns(['org_id', 'deleted_at'])
+        .execute();
+      for (const table of ['vms', 'snapshots']) {
+        await db.schema
+          .alterTable(table)
+          .addColumn('volumes', 'text', (c) => c.notNull().defaultTo('[]'))
+          .execute();
+      }
+    },
+  },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 

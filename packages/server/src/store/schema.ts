@@ -65,6 +65,8 @@ export interface VmsTable {
   env_vars: string;
   /** JSON array of published services, sorted by name (migration 0005; `[]` for older rows). */
   services: string;
+  /** JSON array of volume attachments (migration 0007; `[]` for older rows). */
+  volumes: string;
 }
 
 /** Snapshots, soft-deleted (`deleted_at`). */
@@ -90,6 +92,23 @@ export interface SnapshotsTable {
   services: string;
   /** Lineage: the source snapshot of the VM it was taken of (migration 0006); null: none. */
   parent_snapshot_id: string | null;
+  /** JSON array: the VM's volume attachments when taken (migration 0007). */
+  volumes: string;
+}
+
+/** Volumes of orgs (migration 0007), soft-deleted (`deleted_at`). */
+export interface VolumesTable {
+  id: string;
+  org_id: string;
+  name: string;
+  size_gib: number;
+  pending_size_gib: number | null;
+  used_gib: number | null;
+  access_mode: string;
+  status: string;
+  created_at: string;
+  updated_at: string;
+  deleted_at: string | null;
 }
 
 /** SSH public keys of orgs (migration 0004). */
@@ -111,4 +130,5 @@ export interface Database {
   vms: VmsTable;
   snapshots: SnapshotsTable;
   ssh_keys: SshKeysTable;
+  volumes: VolumesTable;
 }

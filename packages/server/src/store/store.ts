@@ -15,6 +15,9 @@ import type {
   SshKeyRecord,
   VmRecord,
   VmStatus,
+  VolumeAttachment,
+  VolumeRecord,
+  VolumeStatus,
 } from '../domain/index.js';
 
 /**
@@ -46,6 +49,14 @@ export type SnapshotPatch = Partial<Pick<SnapshotRecord, 'name' | 'metadata'>>;
 export type SnapshotTransitionPatch = SnapshotPatch &
   Partial<Pick<SnapshotRecord, 'error' | 'deletedAt'>>;
 
+/** Fields of a volume row that may change after insert. */
+export type VolumePatch = Partial<
+  Pick<
+    VolumeRecord,
+    'name' | 'sizeGiB' | 'accessMode' | 'pendingSizeGiB' | 'usedGiB' | 'status' | 'deletedAt'
+  >
+>;
+
 /** Per-org quota overrides; absent/null dimensions fall back to the server defaults. */
 export type QuotaOverrides = { [K in keyof QuotaValues]?: number | null };
 
@@ -57,6 +68,14 @@ export interface OrgTx {
   insertVm(vm: VmRecord): Promise<void>;
   /** Inserts a new snapshot; its status must be `SNAPSHOT_INITIAL_STATUS` (`creating`). */
   insertSnapshot(snapshot: SnapshotRecord): Promise<void>;
+  /** Inserts a new volume (status `creating`). */
+  insertVolume(volume: VolumeRecord): Promise<void>;
+  /** `Store.updateVolume` inside the lock (a resize that reserves `volumeGiB`). */
+  updateVolume(
+    id: string,
+    patch: VolumePatch,
+    onlyIf?: readonly VolumeStatus[],
+  ): Promise<VolumeRecord | undefined>;
   /** `Store.transitionVm` inside the lock (a resume that re-acquires quota). */
   transitionVm(
     id: string,
@@ -152,6 +171,36 @@ export interface Store {
   listVmsFromSnapshots(orgId: string, snapshotIds: readonly string[]): Promise<VmRecord[]>;
   /** Lineage: the org's snapshots taken of any of these VMs, deleted ones included. */
   listSnapshotsOfVms(orgId: string, vmIds: readonly string[]): Promise<SnapshotRecord[]>;
+
+  /** A live (not deleted) volume of the org. */
+  getVolume(orgId: string, id: string): Promise<VolumeRecord | undefined>;
+  findVolumesByName(orgId: string, name: string): Promise<VolumeRecord[]>;
+  /** Live volumes of the org, oldest first. */
+  listVolumes(orgId: string): Promise<VolumeRecord[]>;
+  /** A volume of any org by id, deleted or not (a restore tells `deleted` from `cross_org`). */
+  findVolumeAnyOrg(id: string): Promise<VolumeRecord | undefined>;
+  /** Volumes of every org in these statuses (startup recovery). */
+  listVolumesByStatus(statuses: readonly VolumeStatus[]): Promise<VolumeRecord[]>;
+  /** Applies `patch`; with `onlyIf`, only while the volume is in one of those statuses. */
+  updateVolume(
+    id: string,
+    patch: VolumePatch,
+    onlyIf?: readonly VolumeStatus[],
+  ): Promise<VolumeRecord | undefined>;
+  /**
+   * Changes a live VM's volume attachments under the org's lock (so the one-writer rule holds
+   * across concurrent attaches): `change` sees the VM and the org's other live VMs and returns
+   * the VM's new list (`volumes`, omitted: unchanged) and a result. Undefined when the VM does
+   * not exist or is deleted; errors thrown by `change` roll back and propagate.
+   */
+  changeVmVolumes<T>(
+    orgId: string,
+    vmId: string,
+    change: (
+      vm: VmRecord,
+      others: readonly VmRecord[],
+    ) => { volumes?: VolumeAttachment[]; result: T },
+  ): Promise<{ vm: VmRecord; result: T } | undefined>;
 
   /** The org's SSH keys, oldest first. */
   listSshKeys(orgId: string): Promise<SshKeyRecord[]>;

@@ -27,6 +27,7 @@ import {
   type SnapshotDigests,
   type SnapshotInfo,
   type VmInfo,
+  type VolumeAttachRequest,
 } from '@fastvm/runtime';
 import { FakeProcess } from './fake-process.js';
 import { FakePty } from './fake-pty.js';
@@ -62,7 +63,22 @@ interface FakeVm {
   files: Record<string, string>;
   /** Directories made by `mkdir -p` (besides the parents of files). */
   dirs?: string[];
+  /** Attached volumes: their files appear under `mountPath` in `files`. */
+  mounts?: FakeMount[];
 }
+
+interface FakeMount {
+  volumeId: string;
+  file: string;
+  mountPath: string;
+  readOnly: boolean;
+}
+
+/**
+ * The contents of fake volumes by host file (path → base64), process-wide like the files on a
+ * host: what a detach leaves in a volume is what the next attach anywhere finds.
+ */
+const volumeData = new Map<string, Record<string, string>>();
 
 const GONE = Symbol('vm destroyed');
 
@@ -190,7 +206,18 @@ export class FakeRuntime implements Runtime {
       pauseMs: Math.min(5, Date.now() - started),
       totalMs: Date.now() - started,
     };
-    this.snapshots.set(snapshotId, { ...info, files: { ...vm.files }, hostname: vm.hostname });
+    const onVolumes = (f: string) => vm.mounts?.some((m) => f.startsWith(`${m.mountPath}/`));
+    const files = Object.fromEntries(Object.entries(vm.files).filter(([f]) => !onVolumes(f)));
+    if (vm.mounts?.length) {
+      Object.assign(info, {
+        volumes: vm.mounts.map(({ volumeId, mountPath, readOnly }) => ({
+          volumeId,
+          mountPath,
+          readOnly,
+        })),
+      });
+    }
+    this.snapshots.set(snapshotId, { ...info, files, hostname: vm.hostname });
     this.persist();
     return info;
   }
@@ -271,6 +298,8 @@ export class FakeRuntime implements Runtime {
     throwIf(this.failDestroy, vmId);
     const vm = this.vms.get(vmId);
     if (vm) for (const c of running.get(vm) ?? []) c.abort(GONE);
+    // What the guest wrote to its volumes is on the host's files already.
+    for (const m of vm?.mounts ?? []) unmount(vm!, m);
     this.vms.delete(vmId);
     this.dropPtys(vmId);
     this.persist();
@@ -295,7 +324,66 @@ export class FakeRuntime implements Runtime {
   }
 
   get(vmId: string): VmInfo | undefined {
-    return this.vms.get(vmId)?.info;
+    const vm = this.vms.get(vmId);
+    if (!vm) return undefined;
+    if (!vm.mounts?.length) return vm.info;
+    const volumes = vm.mounts.map(({ volumeId, mountPath, readOnly }) => ({
+      volumeId,
+      mountPath,
+      readOnly,
+      mounted: true,
+    }));
+    return { ...vm.info, volumes };
+  }
+
+  /** The volume's files appear under the mount path (from what its last detach left). */
+  async attachVolume(vmId: string, req: VolumeAttachRequest): Promise<void> {
+    this.calls.push({ method: 'attachVolume', args: [vmId, req] });
+    const vm = this.requireRunning(vmId);
+    const mounts = (vm.mounts ??= []);
+    const same = mounts.find((m) => m.volumeId === req.volumeId);
+    if (same) {
+      if (same.mountPath === req.mountPath && same.readOnly === req.readOnly) return;
+      throw new FakeRuntimeError('invalid_argument', `volume ${req.volumeId} is already attached`);
+    }
+    if (mounts.some((m) => m.mountPath === req.mountPath)) {
+      throw new FakeRuntimeError('invalid_argument', `${req.mountPath} is taken by another volume`);
+    }
+    if (!fs.existsSync(req.file)) {
+      throw new FakeRuntimeError('invalid_argument', `volume file missing: ${req.file}`);
+    }
+    mounts.push({
+      volumeId: req.volumeId,
+      file: req.file,
+      mountPath: req.mountPath,
+      readOnly: req.readOnly,
+    });
+    (vm.dirs ??= []).push(req.mountPath);
+    for (const [rel, data] of Object.entries(volumeData.get(req.file) ?? {})) {
+      vm.files[`${req.mountPath}/${rel}`] = data;
+    }
+    this.persist();
+  }
+
+  /** The files under the mount path go back into the volume (unless read-only) and vanish. */
+  async detachVolume(vmId: string, volumeId: string): Promise<void> {
+    this.calls.push({ method: 'detachVolume', args: [vmId, volumeId] });
+    const vm = this.requireRunning(vmId);
+    const mount = vm.mounts?.find((m) => m.volumeId === volumeId);
+    if (!mount) return;
+    unmount(vm, mount);
+    this.persist();
+  }
+
+  async growVolume(vmId: string, volumeId: string, sizeGiB: number): Promise<void> {
+    this.calls.push({ method: 'growVolume', args: [vmId, volumeId, sizeGiB] });
+    const vm = this.requireRunning(vmId);
+    const mount = vm.mounts?.find((m) => m.volumeId === volumeId);
+    if (!mount) throw new FakeRuntimeError('not_found', `volume ${volumeId} is not attached`);
+    if (mount.readOnly) {
+      throw new FakeRuntimeError('invalid_argument', 'a read-only attachment cannot be grown');
+    }
+    fs.truncateSync(mount.file, sizeGiB * 2 ** 30);
   }
 
   /** A `FakePty` shell (prompt, echo, `tty`, `stty size`, `exit N`); see fake-pty.ts. */
@@ -432,6 +520,20 @@ export class FakeRuntime implements Runtime {
     fs.writeFileSync(tmp, JSON.stringify(state));
     fs.renameSync(tmp, this.stateFile);
   }
+}
+
+/** Moves a mount's files back into its volume (unless read-only) and out of the VM. */
+function unmount(vm: FakeVm, mount: FakeMount): void {
+  const prefix = `${mount.mountPath}/`;
+  const kept: Record<string, string> = {};
+  for (const [f, data] of Object.entries(vm.files)) {
+    if (!f.startsWith(prefix)) continue;
+    kept[f.slice(prefix.length)] = data;
+    delete vm.files[f];
+  }
+  if (!mount.readOnly) volumeData.set(mount.file, kept);
+  vm.mounts = (vm.mounts ?? []).filter((m) => m !== mount);
+  vm.dirs = (vm.dirs ?? []).filter((d) => d !== mount.mountPath);
 }
 
 function throwIf<A>(failure: FakeFailure<A> | undefined, arg: A): void {
@@ -638,6 +740,10 @@ class MiniShell {
       this.err.write(
         `sh: 1: cannot create ${file}: ${this.isDir(file) ? 'Is a directory' : 'Directory nonexistent'}\n`,
       );
+      return 2;
+    }
+    if (this.vm.mounts?.some((m) => m.readOnly && file.startsWith(`${m.mountPath}/`))) {
+      this.err.write(`sh: 1: cannot create ${file}: Read-only file system\n`);
       return 2;
     }
     const before =

@@ -1,6 +1,7 @@
 // fastvm vm launch: launch a VM and wait until it is running.
 import type { Command } from 'commander';
-import type { FirewallPolicy, VMTtl } from 'fastvm';
+import type { FirewallPolicy, VMTtl, VolumeMount } from 'fastvm';
+import { parseVolumeSpec } from '../volume/attach.js';
 import {
   collect,
   newCommand,
@@ -28,6 +29,8 @@ export interface VmLaunchOptions extends CommandBase {
   waitSec: number | undefined;
   /** Ports to publish through the service proxy once it runs (`--publish PORT[:NAME]`). */
   publish: Array<{ port: number; name: string }>;
+  /** Volumes to attach (`--volume NAME:/PATH[:ro]`). */
+  volumes?: VolumeMount[];
 }
 
 export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmLaunchRun): Command {
@@ -50,6 +53,11 @@ export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmL
       '-p, --publish <port[:name]>',
       'publish a port through the service proxy once running, e.g. 8000:web (repeatable)',
       collect,
+    )
+    .option(
+      '-v, --volume <volume:path[:ro]>',
+      'attach a volume at a path under /mnt/ or /data/, e.g. data:/data or data:/data:ro (repeatable)',
+      collect,
     );
   return onRun(f, cmd, (c, base) => {
     const o = c.opts<{
@@ -61,6 +69,7 @@ export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmL
       timeout?: string;
       ttl?: string;
       publish?: string[];
+      volume?: string[];
     }>();
     return runF({
       ...base,
@@ -71,6 +80,7 @@ export function newVmLaunchCommand(f: Factory, runF: RunF<VmLaunchOptions> = vmL
       firewall: policyFrom(o.mode, o.rule),
       waitSec: positiveInt(o.timeout, '--timeout'),
       publish: (o.publish ?? []).map((spec) => parsePublish(spec)),
+      volumes: (o.volume ?? []).map(parseVolumeSpec),
     });
   });
 }
@@ -85,6 +95,7 @@ export async function vmLaunchRun(o: VmLaunchOptions): Promise<number> {
       diskGib: o.diskGib,
       firewall: o.firewall,
       ttl: o.ttl,
+      ...(o.volumes?.length ? { volumes: o.volumes } : {}),
       timeout: o.waitSec === undefined ? undefined : o.waitSec * 1000,
     });
     spin.stop(`✓ VM ${vm.name} is running (${spin.elapsed})`);
