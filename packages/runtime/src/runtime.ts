@@ -131,6 +131,8 @@ export class QemuRuntime implements Runtime {
   #pool!: WarmPool;
   #digests!: SnapshotDigester;
   #confine: Confinement | undefined;
+  /** Volume files being opened by a confined QEMU (`#openForQemu`), by path. */
+  readonly #opening = new Map<string, Promise<void>>();
   readonly #vms = new Map<string, LiveVm>();
   /** Ids of VMs being made right now (not registered yet): adopt() must not take them. */
   readonly #starting = new Set<string>();
@@ -556,8 +558,37 @@ export class QemuRuntime implements Runtime {
     await vm.serially(async () => {
       if (vm.state !== 'running')
         throw new RuntimeError('not_running', `VM ${vmId} is not running`);
-      await attachVolume(this.#layers, vm, req);
+      await attachVolume(this.#layers, vm, req, (file, open) => this.#openForQemu(file, open));
     });
+  }
+
+  /**
+   * Runs `open` (a QMP call that makes QEMU open `file`) with the file handed to QEMU's user for
+   * just that long: root-owned and 0600 again once QEMU holds its descriptor, so no QEMU can
+   * open a volume it was not given. One open of a file at a time: two VMs attaching the same
+   * read-only volume must not take it back from each other mid-open.
+   */
+  async #openForQemu(file: string, open: () => Promise<void>): Promise<void> {
+    const confine = this.#confine;
+    if (!confine) return open();
+    const before = this.#opening.get(file) ?? Promise.resolve();
+    const turn = before
+      .catch(() => {})
+      .then(async () => {
+        confine.searchable([path.dirname(file)], this.#log);
+        await confine.grant(file);
+        try {
+          await open();
+        } finally {
+          await confine.seal(0o600, file);
+        }
+      });
+    this.#opening.set(file, turn);
+    try {
+      await turn;
+    } finally {
+      if (this.#opening.get(file) === turn) this.#opening.delete(file);
+    }
   }
 
   async detachVolume(vmId: string, volumeId: string): Promise<void> {
@@ -613,6 +644,12 @@ export class QemuRuntime implements Runtime {
     const lost: string[] = [];
     const orphans: string[] = [];
     const onDisk = await this.#layers.vmIds();
+    // QEMUs by name: a crash right after a spawn leaves one that no record names yet, still
+    // writing into its VM's dir; it is stopped before that dir is removed.
+    const running = await qemusOf(this.dataDir);
+    const stopNamed = async (...names: (string | undefined)[]) => {
+      for (const [pid, name] of running) if (names.includes(name)) await stopProcess(pid);
+    };
     for (const id of onDisk) {
       if (this.#pool.owns(id) || this.#starting.has(id)) continue; // ours: pooled or starting
       if (this.#vms.has(id)) {
@@ -625,11 +662,13 @@ export class QemuRuntime implements Runtime {
         // (A QEMU that the record does not name, or that has no record, is stopped by the sweep
         // of stray processes below.)
         if (rec && this.#isOurQemu(rec.pid)) await stopProcess(rec.pid);
+        await stopNamed(id, rec?.qemuName);
         await fs.rm(dir, { recursive: true, force: true });
         orphans.push(id);
         continue;
       }
       if (!isQemuOf(rec.pid, rec.qemuName ?? id)) {
+        await stopNamed(id, rec.qemuName);
         await fs.rm(dir, { recursive: true, force: true });
         lost.push(id);
         continue;

@@ -276,6 +276,8 @@ export async function attachVolume(
   layers: LayerStore,
   vm: LiveVm,
   req: VolumeAttachRequest,
+  /** Runs the QMP call that makes QEMU open the file (confinement hands the file over for it). */
+  opening: (file: string, open: () => Promise<void>) => Promise<void> = (_f, open) => open(),
 ): Promise<void> {
   requireController(vm);
   const rec = vm.record;
@@ -306,7 +308,10 @@ export async function attachVolume(
     await layers.writeVm(vm.dir, rec);
   }
   try {
-    await addDisk(vm.qmp, entry.target, { driver: 'file', filename: req.file }, req.readOnly);
+    const target = entry.target;
+    await opening(req.file, () =>
+      addDisk(vm.qmp, target, { driver: 'file', filename: req.file }, req.readOnly),
+    );
     const r = await guest(vm, MOUNT, [
       String(entry.target),
       req.mountPath,

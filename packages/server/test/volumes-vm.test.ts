@@ -64,6 +64,11 @@ describe('volumes (real QEMU VMs)', () => {
     console.log(`hot attach → mounted: ${Date.now() - t0} ms`);
     expect(att.status, JSON.stringify(att.body)).toBe(200);
     expect(att.body).toMatchObject({ mountStatus: 'mounted', readOnly: false });
+    if (vms.runtime.confinement) {
+      // A confined QEMU got the file for its open only: it is root's again, for root alone.
+      const st = fs.statSync(file);
+      expect({ uid: st.uid, mode: st.mode & 0o777 }).toEqual({ uid: 0, mode: 0o600 });
+    }
     const w = await sh(
       vm1,
       'head -c 4194304 /dev/urandom > /data/v/blob && sha256sum /data/v/blob | cut -d" " -f1 && grep " /data/v " /proc/mounts',
