@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-// Builds the packages users install: the SDK (`fastvm`: ESM + CJS + type declarations) and the CLI
-// (`@fastvm/cli`: one ESM file with commander bundled in; `fastvm` stays an import).
+// Builds the packages users install: the SDK (`fastvm`: ESM + CJS + type declarations), the CLI
+// (`@fastvm/cli`: one ESM file with commander bundled in; `fastvm` stays an import) and the web
+// console the server serves at `/` (`@fastvm/dashboard`: Vite, into packages/dashboard/dist).
 //
-//   node scripts/build.mjs [sdk] [cli] [--if-stale]
+//   node scripts/build.mjs [sdk] [cli] [dashboard] [--if-stale]
 //
-// --if-stale skips a package whose inputs (sources, package.json, this script, tsup's version)
-// hash to the value recorded by its last build (dist/.build-hash). Each build is written to a
+// --if-stale skips a package whose inputs (sources, package.json, this script, the versions of
+// tsup or Vite and of bundled packages) hash to the value recorded by its last build
+// (dist/.build-hash). Each build is written to a
 // temporary directory and its files renamed into dist/ one by one, so a process that loads dist/
 // while another build runs (a test next to `npm test`) sees whole files.
 import console from 'node:console';
@@ -73,6 +75,13 @@ const PACKAGES = {
     /** Licences of bundled code, copied next to the bundle. */
     licenses: { commander: 'LICENSE' },
   },
+  dashboard: {
+    dir: 'packages/dashboard',
+    // Built by Vite from index.html (vite.config.ts); everything it imports is bundled.
+    vite: true,
+    extraInputs: ['index.html', 'vite.config.ts', 'tsconfig.json'],
+    bundled: ['preact', '@xterm/xterm', '@xterm/addon-fit'],
+  },
 };
 
 /** The directory of `dep` as resolved from the package in `dir`. */
@@ -103,13 +112,14 @@ function inputs(pkg) {
     }
   };
   walk(path.join(dir, 'src'));
+  for (const extra of pkg.extraInputs ?? []) files.push(path.join(dir, extra));
   return files.sort();
 }
 
 function inputHash(pkg) {
   const h = createHash('sha256');
-  h.update(require('tsup/package.json').version);
-  for (const dep of pkg.tsup.noExternal ?? [])
+  h.update(require(pkg.vite ? 'vite/package.json' : 'tsup/package.json').version);
+  for (const dep of pkg.vite ? pkg.bundled : (pkg.tsup.noExternal ?? []))
     h.update(
       readJson(path.join(packageDir(path.join(repo, pkg.dir), dep), 'package.json')).version,
     );
@@ -120,6 +130,32 @@ function inputHash(pkg) {
     h.update('\0');
   }
   return h.digest('hex');
+}
+
+async function tsupBuild(pkg, dir, outDir) {
+  const { build: tsup } = await import('tsup');
+  await tsup({
+    ...pkg.tsup,
+    entry: pkg.tsup.entry.map((e) => path.join(dir, e)),
+    outDir,
+    platform: 'node',
+    target: 'node20',
+    tsconfig: path.join(dir, 'tsconfig.json'),
+    // Keep `node:` specifiers (the default strips them).
+    removeNodeProtocol: false,
+    silent: true,
+    config: false,
+  });
+}
+
+async function viteBuild(dir, outDir) {
+  const { build: vite } = await import('vite');
+  await vite({
+    root: dir,
+    configFile: path.join(dir, 'vite.config.ts'),
+    logLevel: 'warn',
+    build: { outDir, emptyOutDir: true },
+  });
 }
 
 async function build(name, ifStale) {
@@ -135,21 +171,10 @@ async function build(name, ifStale) {
       // not built yet
     }
   }
-  const { build: tsup } = await import('tsup');
   const tmp = fs.mkdtempSync(path.join(dir, '.dist-'));
   try {
-    await tsup({
-      ...pkg.tsup,
-      entry: pkg.tsup.entry.map((e) => path.join(dir, e)),
-      outDir: tmp,
-      platform: 'node',
-      target: 'node20',
-      tsconfig: path.join(dir, 'tsconfig.json'),
-      // Keep `node:` specifiers (the default strips them).
-      removeNodeProtocol: false,
-      silent: true,
-      config: false,
-    });
+    if (pkg.vite) await viteBuild(dir, tmp);
+    else await tsupBuild(pkg, dir, tmp);
     for (const [dep, file] of Object.entries(pkg.licenses ?? {})) {
       fs.mkdirSync(path.join(tmp, 'licenses'), { recursive: true });
       fs.copyFileSync(

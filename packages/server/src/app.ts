@@ -32,6 +32,7 @@ import fileRoutes from './routes/files.js';
 import lifecycleRoutes from './routes/lifecycle.js';
 import { handleStorage } from './routes/storage.js';
 import consoleRoutes from './routes/console.js';
+import { registerDashboard } from './routes/dashboard.js';
 import execRoutes from './routes/execs.js';
 import orgRoutes from './routes/org.js';
 import branchingRoutes from './routes/branching.js';
@@ -124,6 +125,8 @@ export interface BuildAppOptions {
   execBodyLimit?: number;
   /** Checked on every request; true answers 503 while the server drains. */
   isShuttingDown?: () => boolean;
+  /** The built web console served at `/` (`routes/dashboard.ts`); absent: not served. */
+  dashboardDir?: string;
 }
 
 /** A ready (not listening) app and the protocol servers bound to it. */
@@ -261,7 +264,10 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   });
 
   app.setErrorHandler(errorHandler);
-  app.setNotFoundHandler(async (request) => {
+  let dashboardPage: ReturnType<typeof registerDashboard> | undefined;
+  app.setNotFoundHandler(async (request, reply) => {
+    // A browser asking for a page of the web console (its routes are client-side).
+    if (dashboardPage?.(request, reply)) return reply;
     throw new ApiError('not_found', `no route for ${request.method} ${request.url.split('?')[0]}`);
   });
 
@@ -304,6 +310,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(serviceRoutes, pluginOpts);
   await app.register(volumeRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);
+  if (opts.dashboardDir !== undefined) dashboardPage = registerDashboard(app, opts.dashboardDir);
 
   let doc: unknown;
   app.get('/openapi.json', { config: { public: true, hidden: true } }, async (_request, reply) => {

@@ -16,6 +16,7 @@ import { ConsoleService } from './services/console.js';
 import { ExecSessions } from './services/exec-sessions.js';
 import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
+import { defaultDashboardDir } from './routes/dashboard.js';
 import { startStorageListener, type StorageListener } from './routes/storage.js';
 import { FileService } from './services/files.js';
 import { ForkService } from './services/fork.js';
@@ -114,6 +115,11 @@ export interface StartServerOptions {
    * cannot be bound (another server or sshd has it) is a warning and no gateway, not an error.
    */
   ssh?: { port: number; host?: string; optional?: boolean };
+  /**
+   * The built web console served at `/` (default: `packages/dashboard/dist` of this repository,
+   * built by `npm run build`); false: not served.
+   */
+  dashboardDir?: string | false;
 }
 
 /** A running server. */
@@ -297,6 +303,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       logger,
       isShuttingDown: () => shuttingDown,
+      ...(opts.dashboardDir !== false
+        ? { dashboardDir: opts.dashboardDir ?? defaultDashboardDir() }
+        : {}),
     });
     let listener: Listener;
     try {
