@@ -82,7 +82,7 @@ export function FirewallEditor(props: { vm: Vm; onSaved: (vm: Vm) => void }) {
           }
         }}
       >
-        <label>
+        <label class="fw-mode">
           Inbound
           <select
             value={mode}

@@ -14,12 +14,14 @@ export function Gauge(props: { label: string; used: number; limit: number; unit?
         aria-label={`${props.label}: ${used} of ${limit}${unit} used`}
       >
         <path class="track" d="M10,50 A40,40 0 0 1 90,50" pathLength={arc} />
-        <path
-          class="fill"
-          d="M10,50 A40,40 0 0 1 90,50"
-          pathLength={arc}
-          stroke-dasharray={`${arc * ratio} ${arc}`}
-        />
+        {ratio > 0 ? (
+          <path
+            class="fill"
+            d="M10,50 A40,40 0 0 1 90,50"
+            pathLength={arc}
+            stroke-dasharray={`${arc * ratio} ${arc}`}
+          />
+        ) : null}
         <text x="50" y="46" text-anchor="middle">
           {Math.round(ratio * 100)}%
         </text>

@@ -122,13 +122,15 @@ export function VmsPage() {
                       </Link>
                     )}
                   </td>
-                  <td>
+                  <td data-label="Status">
                     <StatusBadge status={vm.status} />
                   </td>
-                  <td>{vm.machineName}</td>
-                  <td class="mono">{vm.publicIpv6 ?? '—'}</td>
-                  <td>{age(vm.createdAt)}</td>
-                  <td>{ttlText(vm)}</td>
+                  <td data-label="Machine">{vm.machineName}</td>
+                  <td data-label="IPv6" class="mono">
+                    {vm.publicIpv6 ?? '—'}
+                  </td>
+                  <td data-label="Age">{age(vm.createdAt)}</td>
+                  <td data-label="TTL">{ttlText(vm)}</td>
                   <td class="actions">
                     {vm.status === 'running' ? (
                       <ActionButton
