@@ -54,6 +54,10 @@ describe('dashboard in Chromium (real VMs)', () => {
     await page.setViewport(DESKTOP);
     page.on('request', (r) => requested.push(r.url()));
     page.on('pageerror', (e) => pageErrors.push(String(e)));
+    // A CSP violation is reported on the console: nothing the console needs may be refused.
+    page.on('console', (m) => {
+      if (/Content Security Policy/i.test(m.text())) pageErrors.push(m.text());
+    });
     const cdp = await page.createCDPSession();
     await cdp.send('Network.enable');
     cdp.on('Network.webSocketCreated', (e) => requested.push(e.url));
@@ -184,6 +188,19 @@ describe('dashboard in Chromium (real VMs)', () => {
     await new Promise((r) => setTimeout(r, 500));
     expect(await page.$$('[data-section]')).toHaveLength(0);
     await shot('org');
+
+    // Keyboard: from the top of the (reloaded) page, Tab reaches the skip link, then the
+    // navigation; Enter follows a link.
+    await page.reload();
+    await page.waitForSelector('.gauge');
+    const focused: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      await page.keyboard.press('Tab');
+      focused.push(await page.evaluate(() => document.activeElement?.textContent?.trim() ?? ''));
+    }
+    expect(focused).toEqual(['Skip to content', 'FastVM', 'VMs', 'Snapshots']);
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('#snapshots-title');
   });
 
   it('made no third-party request and never put the key in a URL or a log line', () => {
