@@ -93,6 +93,10 @@ const RATIOS: [string, string][] = [
   // Through the service proxy / to the same VM port directly, same run (bench/proxy.ts, issue 14).
   ['proxy_rps', 'proxy_direct_rps'],
   ['proxy_latency', 'proxy_direct_latency'],
+  // The web console in Chromium / its floor, same run (bench/dashboard.ts, issue 21).
+  ['dash_load_cold', 'dash_blank'],
+  ['dash_load_warm', 'dash_blank'],
+  ['dash_exec', 'dash_exec_fetch'],
 ];
 
 export function buildReport(o: {

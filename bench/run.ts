@@ -17,6 +17,7 @@ import { FastVM } from 'fastvm';
 import { hostTscKhz, kernelCmdline } from '@fastvm/runtime/qemu';
 import { createVm, loadH1, loadH2, sdkRoundTrips, startApiServer, type ApiServer } from './api.js';
 import { cliStart } from './cli.js';
+import { dashboardBench, dashboardUnavailable } from './dashboard.js';
 import { coldBoot, plainRestore, plainSnapshot, type DirectEnv } from './direct.js';
 import { startPyExec, type PyExec } from './exec-py.js';
 import { densityC1m2 } from './density.js';
@@ -66,11 +67,12 @@ const GROUPS = [
   'density',
   'confine',
   'volume',
+  'dashboard',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
-const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy', 'density'];
+const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy', 'density', 'dashboard'];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -124,6 +126,7 @@ const N = quick
       apiSeconds: 3,
       roundTrips: 200,
       cliStart: 10,
+      dashboard: 5,
     }
   : {
       restore: 20,
@@ -145,6 +148,7 @@ const N = quick
       apiSeconds: 10,
       roundTrips: 200,
       cliStart: 30,
+      dashboard: 15,
     };
 
 if (argv.fanout) {
@@ -872,6 +876,42 @@ async function groupCli(): Promise<void> {
   rec.note('node_start', '`node -e 0`, spawn → exit, interleaved with cli_start (the floor)');
 }
 
+/** The web console in headless Chromium (bench/dashboard.ts), FakeRuntime server. */
+async function groupDashboard(): Promise<void> {
+  const why = dashboardUnavailable();
+  if (why) {
+    info.push(`dashboard: skipped, ${why}`);
+    log(`  dashboard: skipped, ${why}`);
+    return;
+  }
+  const dir = path.join(benchRoot, 'dashboard');
+  fs.mkdirSync(dir, { recursive: true });
+  const srv = await startApiServer(dir);
+  apiServers.add(srv);
+  try {
+    const vmIds: string[] = [];
+    for (let i = 0; i < 20; i++) vmIds.push(await createVm(srv));
+    const d = await dashboardBench(srv.url, srv.key, vmIds, N.dashboard);
+    for (const v of d.cold) rec.add('dash_load_cold', 'ms', v);
+    for (const v of d.warm) rec.add('dash_load_warm', 'ms', v);
+    for (const v of d.blank) rec.add('dash_blank', 'ms', v);
+    for (const v of d.exec) rec.add('dash_exec', 'ms', v);
+    for (const v of d.execFetch) rec.add('dash_exec_fetch', 'ms', v);
+    rec.note(
+      'dash_load_cold',
+      `new browser context (empty cache), signed in: navigation to / until the 20-VM table shows; ` +
+        `${d.assetKiB.toFixed(0)} KiB of JS/CSS (uncompressed)`,
+    );
+    rec.note('dash_load_warm', 'reload of the same page: assets from the cache (immutable)');
+    rec.note('dash_blank', 'navigation to /healthz in the same context: the floor of a page load');
+    rec.note('dash_exec', 'Enter in the exec form → streamed `echo` output and exit line shown');
+    rec.note('dash_exec_fetch', 'the same NDJSON exec by fetch from the page, no UI (baseline)');
+  } finally {
+    await srv.close();
+    apiServers.delete(srv);
+  }
+}
+
 /**
  * Networked scenarios (issue 23, bench/net.ts): the real server in a child process, through the
  * SDK, with host networking on (own bridge and subnet) and with FASTVM_NETWORK=off, one server
@@ -1127,6 +1167,7 @@ async function main(): Promise<number> {
     confine: groupConfine,
     volume: () =>
       groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
+    dashboard: groupDashboard,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;
