@@ -124,6 +124,39 @@ describe('dashboard in Chromium (real VMs)', () => {
     await waitText('.xterm-rows', '#');
     await page.keyboard.type('uname -a\n');
     await waitText('.xterm-rows', 'Linux');
+  });
+
+  it('uploads a file into the VM', async () => {
+    const local = path.join(t.dataDir, 'hello.txt');
+    fs.writeFileSync(local, 'from the browser\n');
+    const input = await page.$('input[type=file]');
+    await (input as import('puppeteer-core').ElementHandle<HTMLInputElement>).uploadFile(local);
+    await page.click('#files-title ~ form button[type=submit]');
+    await waitText('#files-title ~ p.ok', 'Uploaded hello.txt to /root/hello.txt');
+    const cat = await t.api.post(`/v1/vms/${vmId}/exec`, { command: ['cat', '/root/hello.txt'] });
+    expect(cat.body.stdout).toBe('from the browser\n');
+  });
+
+  it('edits the firewall: checks rules before saving, saves valid ones', async () => {
+    await page.click('#fw-title ~ form .row button[type=button]'); // Add rule
+    await page.type('input[aria-label="Rule 1 ports"]', '70000');
+    await waitText('#fw-title ~ form p.error', 'Rule 1: ports: 1-65535');
+    expect(await page.$eval('#fw-title ~ form button[type=submit]', (b) => b.disabled)).toBe(true);
+    await page.$eval(
+      'input[aria-label="Rule 1 ports"]',
+      (e) => ((e as HTMLInputElement).value = ''),
+    );
+    await page.type('input[aria-label="Rule 1 ports"]', '8080-8090');
+    await page.type('input[aria-label="Rule 1 sources"]', '2001:db8::/32');
+    await page.click('#fw-title ~ form button[type=submit]');
+    await waitText('#fw-title ~ form .ok', 'Saved');
+    const fw = (await t.api.get(`/v1/vms/${vmId}`)).body.firewall;
+    expect(fw).toEqual({
+      mode: 'restricted',
+      ingress: [
+        { protocol: 'tcp', portStart: 8080, portEnd: 8090, sourceCidrs: ['2001:db8::/32'] },
+      ],
+    });
     await shot('vm', true);
   });
 

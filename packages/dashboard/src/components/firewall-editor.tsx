@@ -56,6 +56,7 @@ export function FirewallEditor(props: { vm: Vm; onSaved: (vm: Vm) => void }) {
   const [rows, setRows] = useState<RuleRow[]>(props.vm.firewall.ingress.map(toRow));
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(undefined);
+  const [saved, setSaved] = useState(false);
   const problems = rows.map(parseRule).map((r) => (typeof r === 'string' ? r : undefined));
   const update = (i: number, patch: Partial<RuleRow>) =>
     setRows(rows.map((r, j) => (j === i ? { ...r, ...patch } : r)));
@@ -72,9 +73,11 @@ export function FirewallEditor(props: { vm: Vm; onSaved: (vm: Vm) => void }) {
           if (problems.some(Boolean)) return;
           setBusy(true);
           setError(undefined);
+          setSaved(false);
           try {
             const ingress = rows.map(parseRule) as FirewallRule[];
             props.onSaved(await setFirewall(props.vm.id, { mode, ingress }));
+            setSaved(true);
           } catch (err) {
             setError(err);
           } finally {
@@ -186,6 +189,11 @@ export function FirewallEditor(props: { vm: Vm; onSaved: (vm: Vm) => void }) {
           <button type="submit" class="primary" disabled={busy || problems.some(Boolean)}>
             {busy ? <Spinner label="Saving…" /> : 'Save firewall'}
           </button>
+          {saved ? (
+            <span class="ok" role="status">
+              Saved
+            </span>
+          ) : null}
         </div>
       </form>
     </section>
