@@ -274,12 +274,12 @@ function base64Bytes(b64: string): Uint8Array {
 
 /**
  * Runs `command` with streamed output (`Accept: application/x-ndjson`, contract §4.2.10):
- * `onOutput` gets decoded text per stream as it arrives; resolves with the exit event.
+ * `onBytes` gets each chunk of each stream as it arrives; resolves with the exit event.
  */
-export async function execStream(
+export async function execStreamBytes(
   id: string,
   command: string[],
-  onOutput: (stream: 'stdout' | 'stderr', text: string) => void,
+  onBytes: (stream: 'stdout' | 'stderr', bytes: Uint8Array) => void,
   signal?: AbortSignal,
 ): Promise<ExecExit> {
   const res = await fetch(`/v1/vms/${seg(id)}/exec`, {
@@ -294,7 +294,6 @@ export async function execStream(
     cache: 'no-store',
   });
   if (!res.ok || !res.body) throw await toApiError(res);
-  const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
   const lines = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffered = '';
   for (;;) {
@@ -314,15 +313,32 @@ export async function execStream(
         ms?: number;
       };
       if (event.t === 'o' || event.t === 'e') {
-        const stream = event.t === 'o' ? 'stdout' : 'stderr';
-        const text = decoders[stream].decode(base64Bytes(event.d ?? ''), { stream: true });
-        if (text) onOutput(stream, text);
+        if (event.d) onBytes(event.t === 'o' ? 'stdout' : 'stderr', base64Bytes(event.d));
       } else if (event.t === 'x') {
         return { exitCode: event.c ?? 0, timedOut: event.to === true, durationMs: event.ms ?? 0 };
       }
     }
   }
   throw new ApiError(502, 'the exec stream ended without an exit event');
+}
+
+/** `execStreamBytes` with each stream decoded as UTF-8 text (split characters kept whole). */
+export function execStream(
+  id: string,
+  command: string[],
+  onOutput: (stream: 'stdout' | 'stderr', text: string) => void,
+  signal?: AbortSignal,
+): Promise<ExecExit> {
+  const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+  return execStreamBytes(
+    id,
+    command,
+    (stream, bytes) => {
+      const text = decoders[stream].decode(bytes, { stream: true });
+      if (text) onOutput(stream, text);
+    },
+    signal,
+  );
 }
 
 /** Opens the VM's console WebSocket with a single-use ticket (never the API key). */
@@ -362,10 +378,6 @@ function sameOrigin(url: string): string {
   return u.pathname.startsWith('/storage/') ? u.pathname + u.search : url;
 }
 
-function quote(s: string): string {
-  return `'${s.replaceAll("'", `'\\''`)}'`;
-}
-
 export async function uploadFile(id: string, file: File, remotePath: string): Promise<void> {
   const p = await call<Presign>('POST', `/v1/vms/${seg(id)}/files/presign`, { path: remotePath });
   if (file.size > p.maxUploadBytes) {
@@ -391,20 +403,21 @@ export async function uploadFile(id: string, file: File, remotePath: string): Pr
   }
 }
 
+/**
+ * A guest file's bytes, streamed out by a `cat` exec (as the SDK and CLI do): works whether or
+ * not the VM has networking, which the presigned flow's guest-side `curl` would need.
+ */
 export async function downloadFile(id: string, remotePath: string): Promise<Blob> {
-  const p = await call<Presign>('POST', `/v1/vms/${seg(id)}/files/presign`, { path: remotePath });
-  const sent = await exec(id, [
-    'sh',
-    '-c',
-    `curl --fail --show-error -s -X PUT -H 'Content-Type: application/octet-stream' ` +
-      `-T ${quote(remotePath)} ${quote(p.uploadUrl)}`,
-  ]);
-  if (sent.exitCode !== 0 || sent.timedOut) {
-    throw new ApiError(502, sent.stderr.trim() || `upload from the VM exited ${sent.exitCode}`);
+  const parts: Uint8Array<ArrayBuffer>[] = [];
+  let stderr = '';
+  const exit = await execStreamBytes(id, ['cat', '--', remotePath], (stream, bytes) => {
+    if (stream === 'stdout') parts.push(bytes as Uint8Array<ArrayBuffer>);
+    else stderr += new TextDecoder().decode(bytes);
+  });
+  if (exit.exitCode !== 0 || exit.timedOut) {
+    throw new ApiError(502, stderr.trim() || `cat exited ${exit.exitCode}`);
   }
-  const res = await fetch(sameOrigin(p.downloadUrl), { credentials: 'omit', cache: 'no-store' });
-  if (!res.ok) throw await toApiError(res);
-  return res.blob();
+  return new Blob(parts, { type: 'application/octet-stream' });
 }
 
 // ---- snapshots ----------------------------------------------------------------------------------

@@ -137,6 +137,28 @@ describe('dashboard in Chromium (real VMs)', () => {
     expect(cat.body.stdout).toBe('from the browser\n');
   });
 
+  it('downloads a file from the VM', async () => {
+    const downloads = path.join(t.dataDir, 'downloads');
+    fs.mkdirSync(downloads);
+    const cdp = await browser.target().createCDPSession();
+    await cdp.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: downloads });
+    await page.type('#files-title ~ form input[placeholder="/etc/os-release"]', '/root/hello.txt');
+    await page.click('#files-title ~ form:nth-of-type(2) button[type=submit]');
+    await waitText('#files-title ~ p.ok', 'Downloaded /root/hello.txt (17 bytes)');
+    const file = path.join(downloads, 'hello.txt');
+    for (let i = 0; i < 100 && !fs.existsSync(file); i++)
+      await new Promise((r) => setTimeout(r, 100));
+    expect(fs.readFileSync(file, 'utf8')).toBe('from the browser\n');
+    // A missing file: the guest's error, as it said it.
+    await page.$eval(
+      '#files-title ~ form input[placeholder="/etc/os-release"]',
+      (e) => ((e as HTMLInputElement).value = ''),
+    );
+    await page.type('#files-title ~ form input[placeholder="/etc/os-release"]', '/root/nope');
+    await page.click('#files-title ~ form:nth-of-type(2) button[type=submit]');
+    await waitText('#files-title ~ p.error', 'No such file or directory');
+  });
+
   it('edits the firewall: checks rules before saving, saves valid ones', async () => {
     await page.click('#fw-title ~ form .row button[type=button]'); // Add rule
     await page.type('input[aria-label="Rule 1 ports"]', '70000');

@@ -2,7 +2,7 @@ import { useState } from 'preact/hooks';
 import { downloadFile, uploadFile } from '../api.js';
 import { ErrorText, Spinner } from '../ui.js';
 
-/** Upload a file into the VM and download one from it (presigned storage, contract §6). */
+/** Upload a file into the VM (presigned storage, contract §6) and download one (a streamed `cat`). */
 export function FilesPanel(props: { vmId: string; disabled: boolean }) {
   const [file, setFile] = useState<File | null>(null);
   const [dest, setDest] = useState('/root/');
