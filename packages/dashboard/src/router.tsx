@@ -1,6 +1,7 @@
 /**
- * Client-side routes on the History API: the server answers every page path with index.html
- * (`routes/dashboard.ts` in the server), so `/vms/<id>` can be reloaded and bookmarked.
+ * Client-side routes on the History API. The server answers these paths with index.html
+ * (`PAGE_RE` in the server's `routes/dashboard.ts`: keep the two in step), so `/vms/<id>` can be
+ * reloaded and bookmarked.
  * @module
  */
 import type { ComponentChildren } from 'preact';

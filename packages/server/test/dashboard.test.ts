@@ -67,13 +67,19 @@ describe('dashboard files', () => {
   });
 
   it('answers client-side routes with index.html for browsers, JSON 404 for API clients', async () => {
-    for (const p of ['/vms/abc', '/snapshots', '/snapshots/xyz', '/org', '/x/y?q=1']) {
+    for (const p of ['/vms', '/vms/abc', '/snapshots', '/snapshots/xyz?q=1', '/org', '/org/']) {
       const res = await api.get(p, { headers: html });
       expect(res.status, p).toBe(200);
       expect(res.text, p).toBe(HTML);
     }
     const json = await api.get('/vms/abc');
     expect(json.status).toBe(404);
+    // Other paths are not pages, whoever asks.
+    for (const p of ['/x/y', '/vms/a/b', '/V1/VMS', '//v1//vms', '/orgs']) {
+      const res = await api.get(p, { headers: html });
+      expect(res.status, p).toBe(404);
+      expect(res.body.code, p).toBe('not_found');
+    }
     expect(json.body).toMatchObject({ code: 'not_found', error: 'no route for GET /vms/abc' });
     const post = await api.post('/org', {}, { headers: html });
     expect(post.status).toBe(404);

@@ -1,12 +1,12 @@
 /**
  * The web console (`packages/dashboard`, built by `scripts/build.mjs` into its `dist/`), served
  * at `/` on the API's port:
- * - `GET /` (and any other non-API path a browser asks for as a page: the client-side routes
- *   `/vms/<id>`, `/snapshots`, `/org`) → `index.html`, revalidated on every load;
+ * - `GET /` → `index.html`, revalidated on every load; so are the console's client-side routes
+ *   (`/vms`, `/vms/<id>`, `/snapshots`, `/snapshots/<id>`, `/org`: `PAGE_RE`, kept in step with
+ *   `packages/dashboard/src/app.tsx`) when a browser asks for them as a page (GET/HEAD accepting
+ *   `text/html`), so they can be reloaded and bookmarked; everything else keeps the API's JSON 404;
  * - `GET /assets/<file>` → the built scripts, styles and fonts (content-hashed names, cached for a
  *   year).
- * The fallback to `index.html` is taken only for GET/HEAD requests that accept `text/html` and
- * are not under `/v1/`, `/assets/` or `/storage/`: API clients keep their JSON 404s.
  * Every answer carries a Content-Security-Policy that allows requests to this origin only.
  * @module
  */
@@ -53,8 +53,8 @@ export function defaultDashboardDir(): string {
   return fileURLToPath(new URL('../../../dashboard/dist', import.meta.url));
 }
 
-/** Paths the SPA fallback never answers: the API, the built assets, presigned storage. */
-const NOT_PAGES = /^\/(?:v1|assets|storage)(?:\/|$)/;
+/** The console's client-side routes: the only paths besides `/` answered with `index.html`. */
+export const PAGE_RE = /^\/(?:vms(?:\/[^/]+)?|snapshots(?:\/[^/]+)?|org)\/?$/;
 
 /** `/assets/…` file names as Vite writes them: no dot segments, no separators but `/`. */
 const ASSET_RE = /^\/assets\/[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/;
@@ -123,7 +123,7 @@ export function registerDashboard(
   return (request, reply) => {
     const urlPath = request.url.split('?')[0] as string;
     if (request.method !== 'GET' && request.method !== 'HEAD') return false;
-    if (NOT_PAGES.test(urlPath)) return false;
+    if (!PAGE_RE.test(urlPath)) return false;
     if (!(request.headers.accept ?? '').includes('text/html')) return false;
     sendIndex(reply);
     return true;
