@@ -24,6 +24,7 @@
  * FASTVM_PRUNE_AFTER_DAYS: grace for unreferenced entries, default 7), as `prune` does.
  * @module
  */
+import { existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -31,6 +32,7 @@ import type { Runtime } from '@fastvm/runtime';
 import { pino, type Logger } from 'pino';
 import { buildApp, type AppServices } from './app.js';
 import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
+import { defaultDashboardDir } from './routes/dashboard.js';
 import { DEFAULT_QUOTA_LIMITS, DomainError, type QuotaValues } from './domain/index.js';
 import { createLogger } from './logging.js';
 import { startServer } from './server.js';
@@ -206,6 +208,11 @@ async function serve(args: string[]): Promise<number> {
   }
   process.stdout.write(
     `Service proxy on ${server.proxy.scheme}://*.proxy.${server.proxy.domain}:${server.proxy.port}\n`,
+  );
+  process.stdout.write(
+    existsSync(path.join(defaultDashboardDir(), 'index.html'))
+      ? `Web console on ${server.url}/ (sign in with an API key)\n`
+      : 'Web console not built: run `npm run build`\n',
   );
   if (net) process.stdout.write(`${net.summary}\n`);
 
