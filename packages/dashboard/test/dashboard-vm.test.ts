@@ -6,7 +6,8 @@
  * them listed, delete them, and look at the org page. Every request the page makes goes to the
  * server's own origin, and the API key appears in no URL and no server log line.
  *
- * Screenshots of each page go to docs/screenshots/ (shown in the README).
+ * Screenshots of each page go to docs/screenshots/ (shown in the README), or to
+ * FASTVM_SCREENSHOTS_DIR.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,7 +18,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startVmTestServer, type VmTestServer } from '../../server/test/vm-server.js';
 
 const CHROMIUM = process.env.FASTVM_CHROMIUM ?? '/usr/bin/chromium';
-const SHOTS = path.resolve(import.meta.dirname, '../../../docs/screenshots');
+// Where the screenshots go (the README shows docs/screenshots; a run rewrites them).
+const SHOTS =
+  process.env.FASTVM_SCREENSHOTS_DIR ??
+  path.resolve(import.meta.dirname, '../../../docs/screenshots');
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844, isMobile: true, hasTouch: true, deviceScaleFactor: 1 };
 
