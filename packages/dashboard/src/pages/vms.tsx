@@ -38,14 +38,16 @@ export function VmsPage() {
   const [renaming, setRenaming] = useState<string | undefined>(undefined);
 
   const q = query.trim().toLowerCase();
-  const shown = (vms.data ?? []).filter(
-    (vm) =>
-      (status === '' || vm.status === status) &&
-      (q === '' ||
-        vm.name.toLowerCase().includes(q) ||
-        vm.id.includes(q) ||
-        (vm.publicIpv6 ?? '').includes(q)),
-  );
+  const shown = [...(vms.data ?? [])]
+    .sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }))
+    .filter(
+      (vm) =>
+        (status === '' || vm.status === status) &&
+        (q === '' ||
+          vm.name.toLowerCase().includes(q) ||
+          vm.id.includes(q) ||
+          (vm.publicIpv6 ?? '').includes(q)),
+    );
 
   return (
     <section aria-labelledby="vms-title">
