@@ -221,9 +221,18 @@ describe('dashboard in Chromium (real VMs)', () => {
     const forks = (await vmIds()).filter((id) => id !== vmId);
     for (const id of forks) await page.waitForSelector(`tr[data-vm-id="${id}"]`);
     await shot('vms');
+    // Switching to a touch screen reloads the page.
+    const allRows = () =>
+      page.waitForFunction(
+        (ids: string[]) => ids.every((id) => document.querySelector(`tr[data-vm-id="${id}"]`)),
+        {},
+        forks,
+      );
     await page.setViewport(PHONE);
+    await allRows();
     await shot('vms-phone');
     await page.setViewport(DESKTOP);
+    await allRows();
 
     for (const id of forks) {
       await page.click(`tr[data-vm-id="${id}"] button.danger`);
