@@ -85,6 +85,23 @@ describe('dashboard in Chromium (real VMs)', () => {
       text,
     );
 
+  /**
+   * Waits for `done` (a page predicate); an API error the page shows meanwhile at
+   * `alertSelector` fails the test with its text instead of a bare timeout.
+   */
+  const waitOrError = async (done: () => boolean, alertSelector: string) => {
+    const stop = new AbortController();
+    const alert = page.waitForSelector(alertSelector, { signal: stop.signal }).then(async (h) => {
+      throw new Error(`the page shows an error: ${await h?.evaluate((e) => e.textContent)}`);
+    });
+    alert.catch(() => {});
+    try {
+      await Promise.race([page.waitForFunction(done), alert]);
+    } finally {
+      stop.abort();
+    }
+  };
+
   const vmIds = async () =>
     ((await t.api.get('/v1/vms')).body as { id: string }[]).map((v) => v.id).sort();
 
@@ -191,7 +208,10 @@ describe('dashboard in Chromium (real VMs)', () => {
   it('snapshots the VM and restores 3 from the snapshot page', async () => {
     await page.type('input[name=snapshot-name]', 'console-snap');
     await page.click('form[aria-label="Take a snapshot"] button[type=submit]');
-    await page.waitForFunction(() => location.pathname.startsWith('/snapshots/'));
+    await waitOrError(
+      () => location.pathname.startsWith('/snapshots/'),
+      'form[aria-label="Take a snapshot"] [role=alert]',
+    );
     snapshotId = (await page.evaluate(() => location.pathname)).split('/')[2] as string;
     await waitText('#snapshot-title', 'console-snap');
     await page.waitForSelector('svg.lineage .node.selected');
@@ -201,8 +221,9 @@ describe('dashboard in Chromium (real VMs)', () => {
     await page.keyboard.press('Backspace');
     await count!.type('3');
     await page.click('form[aria-label="Restore VMs from this snapshot"] button[type=submit]');
-    await page.waitForFunction(
+    await waitOrError(
       () => document.querySelectorAll('.forked li .status-running').length === 3,
+      'form[aria-label="Restore VMs from this snapshot"] ~ [role=alert]',
     );
     const forks = (await vmIds()).filter((id) => id !== vmId);
     expect(forks).toHaveLength(3);
