@@ -264,18 +264,40 @@ describe('dashboard in Chromium (real VMs)', () => {
     expect(await vmIds()).toEqual([vmId]);
   });
 
-  it('shows quotas; sections the server does not have stay hidden', async () => {
+  it('shows quotas, and builds/imports/volumes only where the server lists them', async () => {
     await page.click('nav a[href="/org"]');
     await page.waitForSelector('.gauge');
     const labels = await page.$$eval('.gauge figcaption strong', (e) =>
       e.map((x) => x.textContent),
     );
-    expect(labels).toEqual(['vCPUs', 'Memory', 'Disk', 'Snapshots']);
+    const quotas = (await t.api.get('/v1/org/quotas')).body;
+    expect(labels).toEqual([
+      'vCPUs',
+      'Memory',
+      'Disk',
+      'Snapshots',
+      ...(quotas.limits.volumeCount > 0 ? ['Volumes'] : []),
+      ...(quotas.limits.volumeGiB > 0 ? ['Volume storage'] : []),
+    ]);
     // One running c1m2 VM and one snapshot.
     await waitText('.gauge figcaption', '1 / ');
-    // Builds and volumes answer 404/501 on this server: no section for them.
+    // Builds, imports and volumes: a section exactly where the server lists them.
+    const listed: string[] = [];
+    for (const p of ['/v1/builds', '/v1/snapshot-imports', '/v1/volumes']) {
+      const res = await t.api.get(p);
+      if (res.status === 200 && Array.isArray(res.body)) listed.push(p);
+      else expect([404, 501], p).toContain(res.status);
+    }
+    await page.waitForFunction(
+      (n: number) => document.querySelectorAll('[data-section]').length === n,
+      {},
+      listed.length,
+    );
     await new Promise((r) => setTimeout(r, 500));
-    expect(await page.$$('[data-section]')).toHaveLength(0);
+    const sections = await page.$$eval('[data-section]', (e) =>
+      e.map((x) => x.getAttribute('data-section')),
+    );
+    expect(sections).toEqual(listed);
     await shot('org');
 
     // Keyboard: from the top of the (reloaded) page, Tab reaches the skip link, then the
