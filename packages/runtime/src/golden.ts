@@ -23,7 +23,7 @@ import { readJson, writeJson, type SnapshotRecord } from './records.js';
 import { MACHINES, type MachineType, RuntimeError } from './types.js';
 
 /** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
-export const GOLDEN_FORMAT = 7;
+export const GOLDEN_FORMAT = 8;
 
 export interface GoldenContext {
   readonly goldenDir: string;
