@@ -27,7 +27,6 @@ export function fqdnPatternProblem(value: string): string | undefined {
   if (name === '*' || rest.length === 0) return 'a bare wildcard matches everything: use a CIDR';
   const labels = rest.split('.');
   if (!labels.every((l) => LABEL.test(l))) return 'is not a valid domain name';
-  if (wild && labels.length < 2) return 'a wildcard needs a domain of two labels or more';
   return undefined;
 }
 
