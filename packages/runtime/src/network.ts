@@ -560,11 +560,22 @@ export class NetworkManager {
       if (!p) return false;
       const known = this.#learned.get(p.tap) ?? new Map<string, Learned>();
       this.#learned.set(p.tap, known);
+      const policy = this.#policies.get(p.tap);
+      const sets = fqdnSetsFor(policy, key);
+      // The same answer again while the sets hold it for more than half its TTL: nothing to do
+      // (repeated lookups cost no nft run).
+      const prior = known.get(key);
+      if (
+        prior &&
+        prior.expiresAt - Date.now() > (ttl * 1000) / 2 &&
+        sameAddrs(prior.v4, v4) &&
+        sameAddrs(prior.v6, v6)
+      ) {
+        return sets.length > 0;
+      }
       known.delete(key);
       known.set(key, { v4, v6, expiresAt: Date.now() + ttl * 1000 });
       if (known.size > LEARNED_NAMES_MAX) known.delete(known.keys().next().value as string);
-      const policy = this.#policies.get(p.tap);
-      const sets = fqdnSetsFor(policy, key);
       if (sets.length === 0 || v4.length + v6.length === 0) return sets.length > 0;
       await nft(this.#learnScript(p, sets, v4, v6, ttl));
       return true;
@@ -1316,6 +1327,10 @@ function policyKey(policy: FirewallPolicy): string {
     policy.egress ?? null,
     policy.dns?.blockBypass ?? false,
   ]);
+}
+
+function sameAddrs(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && [...a].sort().join() === [...b].sort().join();
 }
 
 /** What `learn` remembers of a resolved name. */
