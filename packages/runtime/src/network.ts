@@ -577,7 +577,12 @@ export class NetworkManager {
       known.set(key, { v4, v6, expiresAt: Date.now() + ttl * 1000 });
       if (known.size > LEARNED_NAMES_MAX) known.delete(known.keys().next().value as string);
       if (sets.length === 0 || v4.length + v6.length === 0) return sets.length > 0;
-      await nft(this.#learnScript(p, sets, v4, v6, ttl));
+      try {
+        await nft(this.#learnScript(p, sets, v4, v6, ttl));
+      } catch (err) {
+        known.delete(key); // not in the sets: the next answer tries again
+        throw err;
+      }
       return true;
     });
   }

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FirewallPolicy } from '../src/domain/index.js';
-import { NoopNetworkManager } from '../src/services/network.js';
+import type { NetworkManager, VmNetworkAttachment } from '../src/services/network.js';
 import { startTestServer, TestClient, type TestServer } from './helpers.js';
 
 const PY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../python');
@@ -47,11 +47,17 @@ const V2_POLICY = {
 };
 
 /** Records the policies the server hands the network manager. */
-class RecordingNetwork extends NoopNetworkManager {
+class RecordingNetwork implements NetworkManager {
   readonly applied: Array<[string, FirewallPolicy]> = [];
-  override async onFirewallChange(vmId: string, policy: FirewallPolicy): Promise<void> {
+  async attach(): Promise<VmNetworkAttachment> {
+    return { publicIpv6: null };
+  }
+  async onFirewallChange(vmId: string, policy: FirewallPolicy): Promise<void> {
     this.applied.push([vmId, policy]);
   }
+  async release(): Promise<void> {}
+  async reconcile(): Promise<void> {}
+  async close(): Promise<void> {}
 }
 
 describe('firewall v1 and v2 on the wire', () => {
