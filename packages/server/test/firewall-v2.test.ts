@@ -6,10 +6,13 @@
  */
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FirewallPolicy } from '../src/domain/index.js';
+import { hostResolvers, upstreamsFromEnv } from '../src/services/dns-forwarder.js';
+import { networkSettingsFromEnv } from '../src/services/host-network.js';
 import type { NetworkManager, VmNetworkAttachment } from '../src/services/network.js';
 import { startTestServer, TestClient, type TestServer } from './helpers.js';
 
@@ -302,5 +305,30 @@ asyncio.run(main())
       mode: 'restricted',
       ingress: [['tcp', 8080, 8090, ['2001:db8::/32']]],
     });
+  });
+});
+
+describe('DNS forwarder settings', () => {
+  it('reads FASTVM_DNS_UPSTREAM and the host resolv.conf', () => {
+    expect(upstreamsFromEnv(undefined)).toBeUndefined();
+    expect(upstreamsFromEnv('192.0.2.1, 192.0.2.2:5353,[2001:db8::1]:53')).toEqual([
+      { host: '192.0.2.1', port: 53 },
+      { host: '192.0.2.2', port: 5353 },
+      { host: '2001:db8::1', port: 53 },
+    ]);
+    expect(() => upstreamsFromEnv('dns.example.com')).toThrow(/FASTVM_DNS_UPSTREAM/);
+    expect(networkSettingsFromEnv({ FASTVM_DNS_UPSTREAM: '192.0.2.9' }).dnsUpstreams).toEqual([
+      { host: '192.0.2.9', port: 53 },
+    ]);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fvresolv-'));
+    fs.writeFileSync(
+      path.join(dir, 'r'),
+      '# x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch a\n',
+    );
+    expect(hostResolvers(path.join(dir, 'r'))).toEqual([
+      { host: '127.0.0.53', port: 53 },
+      { host: 'fe80::1%eth0', port: 53 },
+    ]);
+    fs.rmSync(dir, { recursive: true });
   });
 });
