@@ -90,6 +90,8 @@ const RATIOS: [string, string][] = [
   ['fork10_net_ready', 'fork10_net_ready_off'],
   ['restore_run_net', 'restore_run_net_off'],
   ['launch_run_net', 'launch_run_net_off'],
+  ['egress_connect', 'egress_connect_off'],
+  ['egress_resolve', 'egress_resolve_off'],
   // Through the service proxy / to the same VM port directly, same run (bench/proxy.ts, issue 14).
   ['proxy_rps', 'proxy_direct_rps'],
   ['proxy_latency', 'proxy_direct_latency'],

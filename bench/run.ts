@@ -32,6 +32,7 @@ import {
   startVmServer,
   type VmServer,
 } from './net.js';
+import { benchEgress } from './egress.js';
 import { loadAgent, loadWindow, startProxyBenchServer } from './proxy.js';
 import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
@@ -68,11 +69,12 @@ const GROUPS = [
   'confine',
   'volume',
   'dashboard',
+  'egress',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
-const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy', 'density', 'dashboard'];
+const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy', 'density', 'dashboard', 'egress'];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -947,6 +949,15 @@ async function groupNet(): Promise<void> {
   }
 }
 
+/** Egress firewall on against off (issue 20, bench/egress.ts): connect and resolve from a VM. */
+async function groupEgress(): Promise<void> {
+  const skipped = await benchEgress(rec, log, { quick, root: benchRoot });
+  if (skipped) {
+    info.push(skipped);
+    log(`  ${skipped}`);
+  }
+}
+
 /**
  * The service proxy (issue 14, bench/proxy.ts): 1 KiB answers over 32 keep-alive connections
  * through the proxy and to the same VM port directly, in alternating windows; a server with
@@ -1168,6 +1179,7 @@ async function main(): Promise<number> {
     volume: () =>
       groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
     dashboard: groupDashboard,
+    egress: groupEgress,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

@@ -4,7 +4,7 @@
 //   tcp:443@2001:db8::/32      TCP 443 from one IPv6 prefix
 //   tcp:22@2001:db8::/32,fd00::/8
 // PROTO defaults to tcp when omitted (`-r 22`).
-import type { FirewallRule } from 'fastvm';
+import type { FirewallRule, FirewallRuleV2 } from 'fastvm';
 import { CliError } from './errors.js';
 
 /** Parses one `-r` value into a firewall rule. */
@@ -43,4 +43,45 @@ export function parseRule(spec: string): FirewallRule {
   if (portEnd !== undefined && portEnd !== portStart) rule.portEnd = portEnd;
   if (cidrs.length > 0) rule.sourceCidrs = cidrs;
   return rule;
+}
+
+// Egress rule syntax of `firewall egress --allow/--deny` (v2): PROTO[:PORTS]@TARGET
+//   tcp:443@*.github.com       TCP 443 to github.com's subdomains (by the VM's DNS answers)
+//   tcp:80-90@example.com      a port range to one name
+//   udp:123@192.0.2.0/24       UDP 123 to an IPv4 prefix
+//   any@2001:db8::/32          everything to an IPv6 prefix
+// PROTO is tcp, udp or any (any takes no ports); PORTS is N, N-M or any (default any).
+/** Parses one egress rule spec (the action comes from the flag). */
+export function parseEgressRule(spec: string, action: 'allow' | 'deny'): FirewallRuleV2 {
+  const fail = (why: string): never => {
+    throw new CliError(
+      `invalid egress rule '${spec}': ${why} (expected PROTO[:PORTS]@CIDR-or-NAME, e.g. tcp:443@*.github.com or any@10.0.0.0/8)`,
+    );
+  };
+  const at = spec.indexOf('@');
+  if (at === -1) fail('no @TARGET');
+  const head = spec.slice(0, at);
+  const value = spec.slice(at + 1).trim();
+  if (value === '') fail('empty target');
+  const colon = head.indexOf(':');
+  const protocol = (colon === -1 ? head : head.slice(0, colon)).toLowerCase();
+  const ports = colon === -1 ? 'any' : head.slice(colon + 1);
+  if (protocol !== 'tcp' && protocol !== 'udp' && protocol !== 'any')
+    fail(`protocol must be tcp, udp or any, not '${protocol}'`);
+  if (protocol === 'any' && ports !== 'any') fail('protocol any takes no ports');
+  if (ports !== 'any') {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(ports);
+    if (!m) fail(`bad ports '${ports}'`);
+    const a = Number(m![1]);
+    const b = m![2] === undefined ? a : Number(m![2]);
+    if (a < 1 || b > 65535 || b < a) fail(`ports '${ports}' out of range 1-65535`);
+  }
+  const isCidr = value.includes('/') || /^[\d.]+$/.test(value) || value.includes(':');
+  return {
+    action,
+    kind: isCidr ? 'cidr' : 'fqdn',
+    protocol: protocol as FirewallRuleV2['protocol'],
+    ports,
+    value,
+  };
 }

@@ -187,6 +187,55 @@ describe('--json', () => {
     expect(bad.stderr).toMatch(/^Error: invalid rule 'tcp:99999'/);
   });
 
+  it('firewall egress (v2): rules by name and CIDR, DNS policy; ingress kept; v1 get unchanged', async () => {
+    parse(await fastvm(['vm', 'launch', '-n', 'egress-vm', '--json']));
+    await fastvm(['firewall', 'set', 'egress-vm', '--mode', 'restricted', '-r', 'tcp:22']);
+    const set = parse(
+      await fastvm([
+        ...['firewall', 'egress', 'egress-vm', '--default', 'deny'],
+        ...[
+          '--allow',
+          'tcp:443@*.GitHub.com',
+          '--allow',
+          'any@10.0.0.0/8',
+          '--deny',
+          'udp:53@192.0.2.1',
+        ],
+        ...['--dns-deny', 'ads.example.com', '--block-bypass', '--json'],
+      ]),
+    );
+    expect(set).toEqual({
+      egress: {
+        default: 'deny',
+        rules: [
+          { action: 'deny', kind: 'cidr', protocol: 'udp', ports: '53', value: '192.0.2.1' },
+          { action: 'allow', kind: 'fqdn', protocol: 'tcp', ports: '443', value: '*.github.com' },
+          { action: 'allow', kind: 'cidr', protocol: 'any', ports: 'any', value: '10.0.0.0/8' },
+        ],
+      },
+      dns: { mode: 'deny', domains: ['ads.example.com'], blockBypass: true },
+    });
+    // The v1 view for `firewall get` is unchanged by egress rules.
+    expect(parse(await fastvm(['firewall', 'get', 'egress-vm', '--json']))).toEqual({
+      mode: 'restricted',
+      ingress: [{ protocol: 'tcp', portStart: 22 }],
+    });
+    const dead = await fastvm(['firewall', 'egress', 'egress-vm', '--dns-allow', 'example.org']);
+    expect(dead.code).toBe(1);
+    expect(dead.stderr).toMatch(/dead/);
+    const bad = await fastvm([
+      'firewall',
+      'egress',
+      'egress-vm',
+      '--default',
+      'deny',
+      '--allow',
+      'any:443@x.com',
+    ]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/^Error: invalid egress rule 'any:443@x.com'/);
+  });
+
   it('quota', async () => {
     const q = parse(await fastvm(['quota', '--json']));
     expect(q).toMatchObject({

@@ -22,8 +22,12 @@ import { QmpClient } from './qmp.js';
 import { readJson, writeJson, type SnapshotRecord } from './records.js';
 import { MACHINES, type MachineType, RuntimeError } from './types.js';
 
-/** Bump when the on-disk golden snapshot format or the QEMU device set changes. */
-export const GOLDEN_FORMAT = 7;
+/**
+ * Bump when the on-disk golden snapshot format, the QEMU device set or what the golden sets up
+ * in the guest changes (7: the virtio-scsi controller; 8: `/etc/resolv.conf` points at the
+ * gateway, the DNS forwarder).
+ */
+export const GOLDEN_FORMAT = 8;
 
 export interface GoldenContext {
   readonly goldenDir: string;

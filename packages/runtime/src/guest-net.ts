@@ -43,11 +43,15 @@ export function guestNetIdentity(): { net: string[]; routes: string[] } {
 
 /**
  * Shell commands that pin the gateway's MAC in the guest's neighbour table, so the guest never
- * asks for it (the host owns no address for IPv4's gateway, and answers nothing).
+ * asks for it (the host owns no address for IPv4's gateway, and answers nothing), and make the
+ * gateway the guest's resolver: the host translates `10.0.2.2:53` to the server's DNS
+ * forwarder, which applies the VM's DNS policy and learns the addresses of its FQDN rules.
  */
 export const GUEST_NEIGH_SCRIPT =
   `ip neigh replace ${GUEST_NET.ipv4Gateway} lladdr ${GUEST_NET.gatewayMac} dev eth0 nud permanent && ` +
-  `ip -6 neigh replace ${GUEST_NET.ipv6Gateway} lladdr ${GUEST_NET.gatewayMac} dev eth0 nud permanent`;
+  `ip -6 neigh replace ${GUEST_NET.ipv6Gateway} lladdr ${GUEST_NET.gatewayMac} dev eth0 nud permanent && ` +
+  `rm -f /etc/resolv.conf && ` +
+  `printf 'nameserver ${GUEST_NET.ipv4Gateway}\noptions timeout:2 attempts:2\n' > /etc/resolv.conf`;
 
 /** Runs `GUEST_NEIGH_SCRIPT` in the guest. */
 export async function pinGatewayMac(agent: {

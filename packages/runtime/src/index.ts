@@ -18,15 +18,30 @@ export { loadGuestImage, defaultCacheDir, qemuVersion } from './qemu.js';
 export type { GuestImage, Accel } from './qemu.js';
 export {
   BridgeInUseError,
+  DOH_ENDPOINTS,
   NetworkManager,
+  checkPorts,
+  normalizeCidr,
   probeNetworking,
   publicIpv6,
   tapPrefixFor,
   validatePolicy,
 } from './network.js';
 export { GUEST_NET } from './guest-net.js';
+export {
+  dnsGateAllows,
+  fqdnCovers,
+  fqdnIntersects,
+  fqdnMatches,
+  fqdnPatternProblem,
+  fqdnRuleIsDead,
+  normalizeName,
+} from './fqdn.js';
 export type {
   BridgeOwner,
+  DnsPolicy,
+  EgressPolicy,
+  EgressRule,
   FirewallPolicy,
   FirewallRule,
   NetworkManagerOptions,

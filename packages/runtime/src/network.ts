@@ -44,25 +44,116 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { tapOwnerArgs } from './confine.js';
+import { fqdnMatches, fqdnPatternProblem, normalizeName } from './fqdn.js';
 import { GUEST_NET } from './guest-net.js';
 import type { VmNetwork } from './types.js';
 
-/** One ingress rule of a VM's firewall (the API's v1 shape). */
+/**
+ * One ingress rule of a VM's firewall: the API's v1 shape, plus what v2 adds (`action`,
+ * protocol `any`, IPv4 sources). A rule without `action` is a v1 rule (allow, IPv6 sources).
+ */
 export interface FirewallRule {
-  readonly protocol: 'tcp' | 'udp';
+  readonly protocol: 'tcp' | 'udp' | 'any';
+  /** With protocol `any`: 1 (and `portEnd` 65535), i.e. every port. */
   readonly portStart: number;
   /** Inclusive end of a port range; absent for a single port. */
   readonly portEnd?: number;
-  /** IPv6 source prefixes; absent or empty means any source. */
+  /** Source prefixes (IPv6; IPv4 too in v2 rules); absent or empty means any source. */
   readonly sourceCidrs?: readonly string[];
+  /** v2: what a match does (absent: allow). Rules are tried in order; the first match decides. */
+  readonly action?: 'allow' | 'deny';
   readonly description?: string;
 }
 
-/** `open` admits everything; `restricted` only the rules (plus replies and essential ICMPv6). */
+/** One egress rule (v2): where the VM may (or may not) open connections to. */
+export interface EgressRule {
+  readonly action: 'allow' | 'deny';
+  /** `cidr`: `value` is an IPv4 or IPv6 prefix; `fqdn`: a name or `*.name` (see `fqdn.ts`). */
+  readonly kind: 'cidr' | 'fqdn';
+  readonly protocol: 'tcp' | 'udp' | 'any';
+  /** `443`, an inclusive range `8080-8090`, or `any` (the only choice with protocol `any`). */
+  readonly ports: string;
+  readonly value: string;
+  readonly description?: string;
+}
+
+/** New connections from the VM: rules in order (first match decides), else `default`. */
+export interface EgressPolicy {
+  readonly default: 'allow' | 'deny';
+  readonly rules: readonly EgressRule[];
+}
+
+/**
+ * The DNS gate of the VM's resolver (the server's forwarder): `allow` = only `domains` resolve
+ * (others get NXDOMAIN), `deny` = `domains` do not. `blockBypass` blocks other resolvers
+ * (port 53), DNS over TLS/QUIC (853) and the DNS-over-HTTPS endpoints in `DOH_ENDPOINTS`.
+ */
+export interface DnsPolicy {
+  readonly mode: 'allow' | 'deny';
+  readonly domains: readonly string[];
+  readonly blockBypass: boolean;
+}
+
+/**
+ * A VM's firewall. `mode`/`ingress` are the ingress policy (`open` = v2 default allow,
+ * `restricted` = default deny); `egress` and `dns` (v2) are absent for a v1 policy, which
+ * means: every destination allowed, every name resolved.
+ */
 export interface FirewallPolicy {
   readonly mode: 'open' | 'restricted';
   readonly ingress: readonly FirewallRule[];
+  readonly egress?: EgressPolicy;
+  readonly dns?: DnsPolicy;
 }
+
+/**
+ * Well-known public DNS-over-HTTPS (and DoT/DoQ) resolvers, blocked on ports 443 and 853 (TCP
+ * and UDP) when a policy sets `blockBypass`: Cloudflare, Google, Quad9, OpenDNS, AdGuard,
+ * CleanBrowsing, Mullvad and NextDNS anycast addresses. A bypass through any other HTTPS host
+ * needs that host to be reachable, which egress rules decide.
+ */
+export const DOH_ENDPOINTS: readonly string[] = [
+  '1.1.1.1',
+  '1.0.0.1',
+  '1.1.1.2',
+  '1.0.0.2',
+  '1.1.1.3',
+  '1.0.0.3',
+  '8.8.8.8',
+  '8.8.4.4',
+  '9.9.9.9',
+  '149.112.112.112',
+  '9.9.9.10',
+  '149.112.112.10',
+  '9.9.9.11',
+  '149.112.112.11',
+  '208.67.222.222',
+  '208.67.220.220',
+  '94.140.14.14',
+  '94.140.15.15',
+  '185.228.168.9',
+  '185.228.169.9',
+  '194.242.2.2',
+  '45.90.28.0/24',
+  '45.90.30.0/24',
+  '2606:4700:4700::1111',
+  '2606:4700:4700::1001',
+  '2606:4700:4700::1112',
+  '2606:4700:4700::1002',
+  '2001:4860:4860::8888',
+  '2001:4860:4860::8844',
+  '2620:fe::fe',
+  '2620:fe::9',
+  '2620:fe::10',
+  '2620:fe::11',
+  '2620:119:35::35',
+  '2620:119:53::53',
+  '2a10:50c0::ad1:ff',
+  '2a10:50c0::ad2:ff',
+  '2a0d:2a00:1::2',
+  '2a0d:2a00:2::2',
+  '2a07:e340::2',
+];
 
 export interface NetworkManagerOptions {
   /** Directory for `network.json` (allocations, the chosen prefix, changed sysctls). */
@@ -84,6 +175,16 @@ export interface NetworkManagerOptions {
   readonly hostTcpPorts?: readonly number[];
   /** Packet-mark bit that flags replies to a VM's own connections (default `0x01000000`). */
   readonly replyMark?: number;
+  /**
+   * Packet-mark bit with which a VM's table flags connections its egress policy refuses; the
+   * host's forward hook rejects new connections that carry it (default `0x02000000`).
+   */
+  readonly egressMark?: number;
+  /**
+   * Host port (on the IPv4 gateway, UDP and TCP) of the VMs' DNS forwarder: the guests' resolver
+   * `10.0.2.2:53` is translated to it. Default: a free port chosen once and kept in the state.
+   */
+  readonly dnsPort?: number;
   /** Who claims the bridge, as shown to a manager that is refused it (default: `stateDir`). */
   readonly owner?: string;
   readonly log?: (msg: string) => void;
@@ -138,6 +239,12 @@ const DEFAULT_BRIDGE = 'fvbr0';
 const DEFAULT_IPV4_SUBNET = '10.213.0.0/16';
 const DEFAULT_TAP_PREFIX = 'fvt';
 const DEFAULT_REPLY_MARK = 0x01000000;
+const DEFAULT_EGRESS_MARK = 0x02000000;
+/** Bounds of a learned address's lifetime in an FQDN rule's set (the record's TTL, clamped). */
+const LEARNED_TTL_MIN_S = 10;
+const LEARNED_TTL_MAX_S = 24 * 3600;
+/** Names remembered per VM to fill the sets of FQDN rules added later. */
+const LEARNED_NAMES_MAX = 4096;
 const DEFAULT_SPARE_PORTS = 8;
 /** Spare ports are made this long after the last hand-out, so that launches have the CPU first. */
 const REFILL_DELAY_MS = 500;
@@ -163,6 +270,8 @@ interface State {
   ports: Record<string, Port>;
   /** Where the search for a free IPv4 starts (host part). */
   nextIpv4?: number;
+  /** The DNS forwarder's host port (kept, since every VM table translates to it). */
+  dnsPort?: number;
   /** Original values of the global sysctls this manager changed (restored at teardown). */
   sysctls: Record<string, string>;
 }
@@ -239,11 +348,21 @@ export class NetworkManager {
   readonly ipv4Gateway: string;
   /** Start of every tap name this manager owns. */
   readonly tapPrefix: string;
+  /**
+   * Port of the VMs' DNS forwarder on `ipv4Gateway` (UDP and TCP): the guests ask `10.0.2.2:53`,
+   * which their tables translate to it. The server listens there.
+   */
+  readonly dnsPort: number;
 
   readonly #statePath: string;
   readonly #hostTable: string;
   readonly #vmTablePrefix: string;
   readonly #mark: number;
+  readonly #egressMark: number;
+  /** The policy installed on each port (by tap), for `learn`. */
+  readonly #policies = new Map<string, FirewallPolicy>();
+  /** Names each port's VM resolved (by tap): addresses and expiry, to fill new FQDN rules. */
+  readonly #learned = new Map<string, Map<string, Learned>>();
   readonly #spare: number;
   readonly #log: (msg: string) => void;
   readonly #v6: Cidr6;
@@ -276,6 +395,8 @@ export class NetworkManager {
     this.#hostTable = `fastvm_${this.bridge}`;
     this.#vmTablePrefix = `fastvm_${this.bridge}_`;
     this.#mark = opts.replyMark ?? DEFAULT_REPLY_MARK;
+    this.#egressMark = opts.egressMark ?? DEFAULT_EGRESS_MARK;
+    this.dnsPort = state.dnsPort ?? 0;
     this.#spare = opts.sparePorts ?? DEFAULT_SPARE_PORTS;
     this.#log = opts.log ?? (() => {});
     this.#hostTcpPorts = [...(opts.hostTcpPorts ?? [])];
@@ -308,6 +429,10 @@ export class NetworkManager {
     if (v4.len > 29) throw new Error(`ipv4Subnet must be /29 or larger, got /${v4.len}`);
 
     const probe = await probeNetworking();
+    if (probe.available) {
+      if (opts.dnsPort !== undefined) state.dnsPort = opts.dnsPort;
+      state.dnsPort ??= await freePort();
+    }
     const nm = new NetworkManager(probe.available, probe.reason, opts, state, v6, v4);
     if (!probe.available) return nm;
     fs.mkdirSync(opts.stateDir, { recursive: true });
@@ -333,6 +458,15 @@ export class NetworkManager {
   get(vmId: string): VmNetwork | undefined {
     const p = this.#portOf(vmId);
     return p ? this.#toVmNetwork(p) : undefined;
+  }
+
+  /** The VM whose public IPv6 or IPv4 is `addr` (how the DNS forwarder knows who asks). */
+  vmForAddress(addr: string): string | undefined {
+    const a = net.isIPv6(addr) ? formatIpv6(parseIpv6(addr)) : addr;
+    for (const p of Object.values(this.#state.ports)) {
+      if (p.vmId && (p.ipv4 === a || p.ipv6 === a)) return p.vmId;
+    }
+    return undefined;
   }
 
   /** Ids of the VMs that hold an allocation. */
@@ -394,16 +528,69 @@ export class NetworkManager {
     // Validate before queueing so a bad policy fails fast and never reaches nft.
     validatePolicy(policy);
     const key = policyKey(policy);
+    return this.#queueFirewall(vmId, async () => {
+      const p = this.#portOf(vmId);
+      if (!p) throw new Error(`VM ${vmId} has no network allocation`);
+      if (this.#installed.get(p.tap) === key) return;
+      await nft(this.#firewallScript(p, policy) + this.#refillScript(p, policy));
+      this.#installed.set(p.tap, key);
+      this.#policies.set(p.tap, policy);
+    });
+  }
+
+  /**
+   * Records what the VM's resolver answered for `name`: its addresses go into the sets of the
+   * VM's FQDN rules that match the name, for `ttlS` seconds (clamped to 10 s – 24 h). In effect
+   * when this resolves, so the forwarder answers the guest only after the addresses are allowed.
+   * Returns whether any rule matched. Queued with the VM's policy changes.
+   */
+  learn(
+    vmId: string,
+    name: string,
+    addrs: { readonly v4: readonly string[]; readonly v6: readonly string[] },
+    ttlS: number,
+  ): Promise<boolean> {
+    this.#requireAvailable();
+    const v4 = addrs.v4.filter((a) => net.isIPv4(a));
+    const v6 = addrs.v6.filter((a) => net.isIPv6(a)).map((a) => formatIpv6(parseIpv6(a)));
+    const ttl = Math.min(LEARNED_TTL_MAX_S, Math.max(LEARNED_TTL_MIN_S, Math.floor(ttlS)));
+    const key = normalizeName(name);
+    return this.#queueFirewall(vmId, async () => {
+      const p = this.#portOf(vmId);
+      if (!p) return false;
+      const known = this.#learned.get(p.tap) ?? new Map<string, Learned>();
+      this.#learned.set(p.tap, known);
+      const policy = this.#policies.get(p.tap);
+      const sets = fqdnSetsFor(policy, key);
+      // The same answer again while the sets hold it for more than half its TTL: nothing to do
+      // (repeated lookups cost no nft run).
+      const prior = known.get(key);
+      if (
+        prior &&
+        prior.expiresAt - Date.now() > (ttl * 1000) / 2 &&
+        sameAddrs(prior.v4, v4) &&
+        sameAddrs(prior.v6, v6)
+      ) {
+        return sets.length > 0;
+      }
+      known.delete(key);
+      known.set(key, { v4, v6, expiresAt: Date.now() + ttl * 1000 });
+      if (known.size > LEARNED_NAMES_MAX) known.delete(known.keys().next().value as string);
+      if (sets.length === 0 || v4.length + v6.length === 0) return sets.length > 0;
+      try {
+        await nft(this.#learnScript(p, sets, v4, v6, ttl));
+      } catch (err) {
+        known.delete(key); // not in the sets: the next answer tries again
+        throw err;
+      }
+      return true;
+    });
+  }
+
+  /** Runs `fn` after the VM's earlier firewall work (applies and learned addresses), in order. */
+  #queueFirewall<T>(vmId: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.#fwQueues.get(vmId) ?? Promise.resolve();
-    const next = prev
-      .catch(() => {})
-      .then(async () => {
-        const p = this.#portOf(vmId);
-        if (!p) throw new Error(`VM ${vmId} has no network allocation`);
-        if (this.#installed.get(p.tap) === key) return;
-        await nft(this.#firewallScript(p, policy));
-        this.#installed.set(p.tap, key);
-      });
+    const next = prev.catch(() => {}).then(fn);
     this.#fwQueues.set(vmId, next);
     void next
       .finally(() => {
@@ -692,6 +879,7 @@ export class NetworkManager {
     const t = this.#hostTable;
     const bit = hex32(this.#mark);
     const clear = hex32(~this.#mark >>> 0);
+    const egress = hex32(this.#egressMark);
     const ports = this.#hostTcpPorts.length
       ? `elements = { ${this.#hostTcpPorts.join(', ')} }`
       : '';
@@ -708,6 +896,7 @@ table inet ${t} {
     ct state invalid drop
     icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept
     icmp type { echo-request, destination-unreachable, time-exceeded } accept
+    ip daddr ${this.ipv4Gateway} meta l4proto { tcp, udp } th dport ${this.dnsPort} accept
     tcp dport @host_tcp accept
     meta l4proto tcp reject with tcp reset
     drop
@@ -715,6 +904,8 @@ table inet ${t} {
   chain forward {
     type filter hook forward priority filter; policy accept;
     iifname ${taps} oifname ${taps} drop
+    iifname ${taps} ct state new meta mark & ${egress} == ${egress} meta l4proto tcp counter reject with tcp reset
+    iifname ${taps} ct state new meta mark & ${egress} == ${egress} counter reject with icmpx type admin-prohibited
     oifname ${taps} meta mark set meta mark & ${clear}
     oifname ${taps} ct state established,related meta mark set meta mark | ${bit}
   }
@@ -834,11 +1025,16 @@ table inet ${t} {
       opts.keepFirewall === true &&
       (await listNftTables()).some((t) => t.family === 'netdev' && t.name === this.#vmTable(p));
     await nft(this.#vmTableScript(p, keep), nice);
-    if (!keep) this.#installed.set(p.tap, policyKey(CLOSED));
+    if (!keep) {
+      this.#installed.set(p.tap, policyKey(CLOSED));
+      this.#policies.set(p.tap, CLOSED);
+    }
   }
 
   async #removePort(p: Port): Promise<void> {
     this.#installed.delete(p.tap);
+    this.#policies.delete(p.tap);
+    this.#learned.delete(p.tap);
     this.#ready.delete(p.tap);
     await nft(`delete table netdev ${this.#vmTable(p)}\n`).catch(() => {});
     // Deleting the tap takes its routes and neighbour entries along.
@@ -905,18 +1101,26 @@ table inet ${t} {
       `table netdev ${t} {`,
       `  chain ingress { type filter hook ingress ${dev} }`,
       `  chain egress { type filter hook egress ${dev} }`,
+      `  chain outbound { }`,
       `}`,
       `flush chain netdev ${t} ingress`,
       `table netdev ${t} {`,
       `  chain ingress {`,
       `    ether saddr != ${g.mac} counter drop`,
       `    arp htype 1 arp ptype ip arp saddr ether ${g.mac} arp saddr ip ${g.ipv4} accept`,
-      // Stateless 1:1 translation: the guest's fixed address becomes the VM's own.
-      `    ip saddr ${g.ipv4} ip saddr set ${p.ipv4} accept`,
+      // The guest's resolver (its gateway, port 53) is the server's DNS forwarder on the host.
+      ...(['udp', 'tcp'] as const).map(
+        (proto) =>
+          `    ip saddr ${g.ipv4} ip daddr ${g.ipv4Gateway} ${proto} dport 53 ` +
+          `ip saddr set ${p.ipv4} ip daddr set ${this.ipv4Gateway} ${proto} dport set ${this.dnsPort} accept`,
+      ),
+      // Stateless 1:1 translation: the guest's fixed address becomes the VM's own; then the
+      // egress policy (its verdict is a mark that the host's forward hook acts on).
+      `    ip saddr ${g.ipv4} ip saddr set ${p.ipv4} goto outbound`,
       `    icmpv6 type { nd-router-advert, nd-redirect } counter drop`,
       // A neighbour advertisement may only announce the guest's own address (or its link-local).
       `    icmpv6 type nd-neighbor-advert @th,64,128 != ${target} @th,64,64 != 0xfe80000000000000 counter drop`,
-      `    ip6 saddr ${g.ipv6} ip6 saddr set ${p.ipv6} accept`,
+      `    ip6 saddr ${g.ipv6} ip6 saddr set ${p.ipv6} goto outbound`,
       `    ip6 saddr fe80::/64 accept`,
       `    ip6 saddr :: meta l4proto ipv6-icmp accept`,
       `    counter drop`,
@@ -934,6 +1138,12 @@ table inet ${t} {
       // Translation back to the guest's fixed addresses (the rules below never look at them).
       `ip daddr ${p.ipv4} ip daddr set ${g.ipv4}`,
       `ip6 daddr ${p.ipv6} ip6 daddr set ${g.ipv6}`,
+      // Answers of the DNS forwarder come from the guest's resolver address.
+      ...(['udp', 'tcp'] as const).map(
+        (proto) =>
+          `ip saddr ${this.ipv4Gateway} ${proto} sport ${this.dnsPort} ` +
+          `ip saddr set ${g.ipv4Gateway} ${proto} sport set 53`,
+      ),
       // Unicast frames for other MACs never enter this VM.
       `ether daddr != ${g.mac} ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop`,
       `meta protocol arp accept`,
@@ -941,31 +1151,128 @@ table inet ${t} {
       // Replies to the VM's own connections (and ICMP errors about them), marked by conntrack.
       `meta mark & ${hex32(this.#mark)} == ${hex32(this.#mark)} accept`,
     ];
-    if (policy.mode === 'open') {
-      rules.push('accept');
-    } else {
-      for (const r of policy.ingress) {
-        const ports =
-          r.portEnd && r.portEnd !== r.portStart ? `${r.portStart}-${r.portEnd}` : `${r.portStart}`;
-        const src = r.sourceCidrs?.length
-          ? `ip6 saddr { ${r.sourceCidrs.map(normalizeCidr6).join(', ')} } `
-          : '';
-        rules.push(`${src}${r.protocol} dport ${ports} accept`);
+    for (const r of policy.ingress) {
+      const verdict = r.action === 'deny' ? 'counter drop' : 'accept';
+      const ports =
+        r.portEnd && r.portEnd !== r.portStart ? `${r.portStart}-${r.portEnd}` : `${r.portStart}`;
+      const l4 = r.protocol === 'any' ? '' : `${r.protocol} dport ${ports} `;
+      const cidrs = (r.sourceCidrs ?? []).map(normalizeCidr);
+      const v6 = cidrs.filter((c) => c.includes(':'));
+      const v4 = cidrs.filter((c) => !c.includes(':'));
+      if (cidrs.length === 0) {
+        rules.push(r.protocol === 'any' ? verdict : `${l4}${verdict}`);
+        continue;
       }
-      rules.push('counter drop');
+      if (v6.length) rules.push(`ip6 saddr { ${v6.join(', ')} } ${l4}${verdict}`);
+      if (v4.length) rules.push(`ip saddr { ${v4.join(', ')} } ${l4}${verdict}`);
     }
+    rules.push(policy.mode === 'open' ? 'accept' : 'counter drop');
+    const out = this.#outboundRules(policy);
+    const sets = fqdnRules(policy).flatMap((pattern) => [
+      `  set ${fqdnSetName(pattern, 4)} { type ipv4_addr; flags timeout; }`,
+      `  set ${fqdnSetName(pattern, 6)} { type ipv6_addr; flags timeout; }`,
+    ]);
     return [
       `table netdev ${t} {`,
       `  chain egress { type filter hook egress device "${p.tap}" priority filter; policy drop; }`,
+      `  chain outbound { }`,
+      ...sets,
       `}`,
       `flush chain netdev ${t} egress`,
+      `flush chain netdev ${t} outbound`,
       `table netdev ${t} {`,
       `  chain egress {`,
       ...rules.map((r) => `    ${r}`),
       `  }`,
+      `  chain outbound {`,
+      ...out.map((r) => `    ${r}`),
+      `  }`,
       `}`,
       '',
     ].join('\n');
+  }
+
+  /**
+   * The egress policy, for frames from the VM after translation. Traffic to the host's
+   * gateways passes (the host table decides what the VM may reach there). A refusal is a mark
+   * (`egressMark`): the host's forward hook rejects *new* connections that carry it, so
+   * established ones survive policy changes and the expiry of learned addresses.
+   */
+  #outboundRules(policy: FirewallPolicy): string[] {
+    const refuse = `meta mark set meta mark | ${hex32(this.#egressMark)} accept`;
+    const verdict = (action: 'allow' | 'deny'): string => (action === 'deny' ? refuse : 'accept');
+    const rules = [`ip daddr ${this.ipv4Gateway} accept`, `ip6 daddr ${this.ipv6Gateway} accept`];
+    if (policy.dns?.blockBypass) {
+      const v4 = DOH_ENDPOINTS.filter((a) => !a.includes(':'));
+      const v6 = DOH_ENDPOINTS.filter((a) => a.includes(':'));
+      rules.push(
+        `meta l4proto { tcp, udp } th dport { 53, 853 } ${refuse}`,
+        `ip daddr { ${v4.join(', ')} } meta l4proto { tcp, udp } th dport 443 ${refuse}`,
+        `ip6 daddr { ${v6.join(', ')} } meta l4proto { tcp, udp } th dport 443 ${refuse}`,
+      );
+    }
+    for (const r of policy.egress?.rules ?? []) {
+      const l4 = egressL4(r);
+      if (r.kind === 'cidr') {
+        const c = normalizeCidr(r.value);
+        rules.push(`${c.includes(':') ? 'ip6' : 'ip'} daddr ${c} ${l4}${verdict(r.action)}`);
+      } else {
+        rules.push(`ip daddr @${fqdnSetName(r.value, 4)} ${l4}${verdict(r.action)}`);
+        rules.push(`ip6 daddr @${fqdnSetName(r.value, 6)} ${l4}${verdict(r.action)}`);
+      }
+    }
+    rules.push(policy.egress?.default === 'deny' ? refuse : 'accept');
+    return rules;
+  }
+
+  /** Elements for the sets of a policy's FQDN rules, from names the VM resolved before. */
+  #refillScript(p: Port, policy: FirewallPolicy): string {
+    const known = this.#learned.get(p.tap);
+    if (!known || fqdnRules(policy).length === 0) return '';
+    const now = Date.now();
+    let script = '';
+    for (const [name, l] of known) {
+      const left = Math.floor((l.expiresAt - now) / 1000);
+      if (left < 1) {
+        known.delete(name);
+        continue;
+      }
+      const sets = fqdnSetsFor(policy, name);
+      if (sets.length) script += this.#learnScript(p, sets, l.v4, l.v6, left);
+    }
+    return script;
+  }
+
+  /**
+   * Puts addresses into sets with a new timeout: add (so that it exists), delete, add again, in
+   * one transaction (a plain add keeps an existing element's older timeout).
+   */
+  #learnScript(
+    p: Port,
+    patterns: readonly string[],
+    v4: readonly string[],
+    v6: readonly string[],
+    ttl: number,
+  ): string {
+    const t = this.#vmTable(p);
+    const lines: string[] = [];
+    for (const pattern of patterns) {
+      for (const [family, addrs] of [
+        [4, v4],
+        [6, v6],
+      ] as const) {
+        if (addrs.length === 0) continue;
+        const set = `netdev ${t} ${fqdnSetName(pattern, family)}`;
+        const plain = addrs.join(', ');
+        const timed = addrs.map((a) => `${a} timeout ${ttl}s`).join(', ');
+        lines.push(
+          `add element ${set} { ${timed} }`,
+          `delete element ${set} { ${plain} }`,
+          `add element ${set} { ${timed} }`,
+        );
+      }
+    }
+    return lines.length ? `${lines.join('\n')}\n` : '';
   }
 
   /** Links named like this manager's taps (ours, or left by a crashed run of ours). */
@@ -1015,15 +1322,66 @@ const CLOSED: FirewallPolicy = { mode: 'restricted', ingress: [] };
 function policyKey(policy: FirewallPolicy): string {
   return JSON.stringify([
     policy.mode,
-    policy.mode === 'open'
-      ? []
-      : policy.ingress.map((r) => [
-          r.protocol,
-          r.portStart,
-          r.portEnd ?? r.portStart,
-          [...(r.sourceCidrs ?? [])].map(normalizeCidr6).sort(),
-        ]),
+    policy.ingress.map((r) => [
+      r.action ?? 'allow',
+      r.protocol,
+      r.portStart,
+      r.portEnd ?? r.portStart,
+      [...(r.sourceCidrs ?? [])].map(normalizeCidr).sort(),
+    ]),
+    policy.egress ?? null,
+    policy.dns?.blockBypass ?? false,
   ]);
+}
+
+function sameAddrs(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && [...a].sort().join() === [...b].sort().join();
+}
+
+/** What `learn` remembers of a resolved name. */
+interface Learned {
+  v4: readonly string[];
+  v6: readonly string[];
+  expiresAt: number;
+}
+
+/** The distinct patterns of a policy's FQDN egress rules. */
+function fqdnRules(policy: FirewallPolicy | undefined): string[] {
+  const out = new Set<string>();
+  for (const r of policy?.egress?.rules ?? []) {
+    if (r.kind === 'fqdn') out.add(normalizeName(r.value));
+  }
+  return [...out];
+}
+
+/** The patterns of the policy's FQDN rules that match `name`. */
+function fqdnSetsFor(policy: FirewallPolicy | undefined, name: string): string[] {
+  return fqdnRules(policy).filter((pattern) => fqdnMatches(pattern, name));
+}
+
+/** Name of the nft set holding the learned addresses of one FQDN pattern, per family. */
+function fqdnSetName(pattern: string, family: 4 | 6): string {
+  const h = crypto.createHash('sha256').update(normalizeName(pattern)).digest('hex').slice(0, 16);
+  return `fq${family}_${h}`;
+}
+
+/** `tcp dport 443 ` / `meta l4proto udp ` / `` for an egress rule's protocol and ports. */
+function egressL4(r: EgressRule): string {
+  if (r.protocol === 'any') return '';
+  if (r.ports === 'any') return `meta l4proto ${r.protocol} `;
+  return `${r.protocol} dport ${r.ports} `;
+}
+
+/** A free port on the loopback (TCP), for the DNS forwarder. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
 }
 
 /**
@@ -1185,9 +1543,17 @@ function validateOptions(opts: NetworkManagerOptions): void {
     throw new Error(`tapPrefix must be 1-8 letters/digits, got ${prefix}`);
   }
   const mark = opts.replyMark ?? DEFAULT_REPLY_MARK;
-  if (!Number.isInteger(mark) || mark <= 0 || mark > 0xffffffff || (mark & (mark - 1)) !== 0) {
-    throw new Error('replyMark must be a single bit');
+  const egress = opts.egressMark ?? DEFAULT_EGRESS_MARK;
+  for (const [what, bit] of [
+    ['replyMark', mark],
+    ['egressMark', egress],
+  ] as const) {
+    if (!Number.isInteger(bit) || bit <= 0 || bit > 0xffffffff || (bit & (bit - 1)) !== 0) {
+      throw new Error(`${what} must be a single bit`);
+    }
   }
+  if (mark === egress) throw new Error('replyMark and egressMark must differ');
+  if (opts.dnsPort !== undefined) checkPort(opts.dnsPort, 'dnsPort');
   for (const p of opts.hostTcpPorts ?? []) checkPort(p, 'host port');
   const spare = opts.sparePorts ?? DEFAULT_SPARE_PORTS;
   if (!Number.isInteger(spare) || spare < 0 || spare > 1024) {
@@ -1201,8 +1567,13 @@ export function validatePolicy(policy: FirewallPolicy): void {
     throw new Error(`invalid firewall mode ${String(policy.mode)}`);
   }
   if (!Array.isArray(policy.ingress)) throw new Error('firewall ingress must be an array');
+  validateEgress(policy);
   for (const r of policy.ingress) {
-    if (r.protocol !== 'tcp' && r.protocol !== 'udp') {
+    const v2 = r.action !== undefined;
+    if (v2 && r.action !== 'allow' && r.action !== 'deny') {
+      throw new Error(`invalid action ${String(r.action)}`);
+    }
+    if (r.protocol !== 'tcp' && r.protocol !== 'udp' && !(v2 && r.protocol === 'any')) {
       throw new Error(`invalid protocol ${String(r.protocol)}`);
     }
     checkPort(r.portStart, 'portStart');
@@ -1210,8 +1581,57 @@ export function validatePolicy(policy: FirewallPolicy): void {
       checkPort(r.portEnd, 'portEnd');
       if (r.portEnd < r.portStart) throw new Error('portEnd must be >= portStart');
     }
-    for (const c of r.sourceCidrs ?? []) normalizeCidr6(c);
+    for (const c of r.sourceCidrs ?? []) (v2 ? normalizeCidr : normalizeCidr6)(c);
   }
+}
+
+function validateEgress(policy: FirewallPolicy): void {
+  const { egress, dns } = policy;
+  if (dns !== undefined) {
+    if (dns.mode !== 'allow' && dns.mode !== 'deny') throw new Error('invalid dns mode');
+    if (typeof dns.blockBypass !== 'boolean') throw new Error('dns.blockBypass must be a boolean');
+    for (const d of dns.domains) {
+      const problem = fqdnPatternProblem(d);
+      if (problem) throw new Error(`dns domain ${d} ${problem}`);
+    }
+  }
+  if (egress === undefined) return;
+  if (egress.default !== 'allow' && egress.default !== 'deny') {
+    throw new Error(`invalid egress default ${String(egress.default)}`);
+  }
+  for (const r of egress.rules) {
+    if (r.action !== 'allow' && r.action !== 'deny') throw new Error('invalid action');
+    if (r.protocol !== 'tcp' && r.protocol !== 'udp' && r.protocol !== 'any') {
+      throw new Error(`invalid protocol ${String(r.protocol)}`);
+    }
+    checkPorts(r.ports, r.protocol);
+    if (r.kind === 'cidr') normalizeCidr(r.value);
+    else if (r.kind === 'fqdn') {
+      const problem = fqdnPatternProblem(r.value);
+      if (problem) throw new Error(`fqdn ${r.value} ${problem}`);
+    } else throw new Error(`invalid kind ${String(r.kind)}`);
+  }
+}
+
+/** `443`, `8080-8090` or `any` (and only `any` with protocol `any`). */
+export function checkPorts(ports: string, protocol: string): void {
+  if (ports === 'any') return;
+  if (protocol === 'any') throw new Error('ports must be "any" when protocol is "any"');
+  const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(ports);
+  if (!m) throw new Error(`ports must be "443", "8080-8090" or "any", got ${ports}`);
+  const a = Number(m[1]);
+  const b = m[2] === undefined ? a : Number(m[2]);
+  checkPort(a, 'port');
+  checkPort(b, 'port');
+  if (b < a) throw new Error(`port range ${ports} ends before it starts`);
+}
+
+/** An IPv4 or IPv6 `addr` or `addr/len` → the masked `network/len` nft expects. */
+export function normalizeCidr(cidr: string): string {
+  const [addr = ''] = cidr.split('/');
+  if (!net.isIPv4(addr)) return normalizeCidr6(cidr);
+  const c = parseCidr4(cidr.includes('/') ? cidr : `${cidr}/32`, 'CIDR');
+  return `${formatIpv4(c.base)}/${c.len}`;
 }
 
 function checkPort(p: unknown, what: string): void {

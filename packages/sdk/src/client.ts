@@ -50,6 +50,7 @@ import type {
   ExecEvent,
   ExecSession,
   FirewallPolicy,
+  FirewallPolicyV2,
   Lineage,
   MachineType,
   OrgQuotaUsage,
@@ -90,6 +91,12 @@ export interface ClientOptions {
   maxRetries?: number | undefined;
   /** Extra headers sent with every request. */
   defaultHeaders?: Record<string, string> | undefined;
+  /**
+   * Which firewall shape the server answers in (contract §3.8): 1 (default) fills `VM.firewall`
+   * with the v1 ingress policy, 2 fills `VM.firewallV2` with ingress, egress and DNS policy
+   * (sent as `X-FastVM-Firewall-Version`). Either shape can be written in both modes.
+   */
+  firewallVersion?: 1 | 2 | undefined;
   /** TLS settings for `https://` base URLs (e.g. a private CA). */
   tls?: TLSOptions | undefined;
 }
@@ -111,7 +118,7 @@ export interface LaunchOptions extends RequestOptions {
   /** Disk size in GiB (default: the machine's default). */
   diskGib?: number | undefined;
   /** Public IPv6 ingress firewall policy. */
-  firewall?: FirewallPolicy | undefined;
+  firewall?: FirewallPolicy | FirewallPolicyV2 | undefined;
   /** User metadata (string → string). */
   metadata?: Record<string, string> | undefined;
   /**
@@ -174,7 +181,7 @@ export interface RestoreOptions extends RequestOptions {
   /** VM name; the server generates one when omitted. */
   name?: string | undefined;
   /** Overrides the firewall policy captured in the snapshot. */
-  firewall?: FirewallPolicy | undefined;
+  firewall?: FirewallPolicy | FirewallPolicyV2 | undefined;
   /** User metadata (string → string). */
   metadata?: Record<string, string> | undefined;
   /** Environment variables merged over the snapshot's (same rules as {@link LaunchOptions.envVars}). */
@@ -188,7 +195,7 @@ export interface ForkOptions extends RequestOptions {
   /** VM names are `<namePrefix>-1` … `<namePrefix>-<n>`; default: the snapshot's name. */
   namePrefix?: string | undefined;
   /** Every fork's firewall policy (default: the snapshot's). */
-  firewall?: FirewallPolicy | undefined;
+  firewall?: FirewallPolicy | FirewallPolicyV2 | undefined;
   /** Environment variables merged over the snapshot's, for every fork. */
   envVars?: Record<string, string> | undefined;
   /** User metadata of every fork. */
@@ -302,6 +309,7 @@ export class FastVM {
     this.#headers = {
       accept: 'application/json',
       'user-agent': `fastvm-typescript/${VERSION} node/${typeof process === 'undefined' ? 'unknown' : process.version}`,
+      ...(options.firewallVersion === 2 ? { 'x-fastvm-firewall-version': '2' } : {}),
       ...lowerKeys(options.defaultHeaders ?? {}),
       'x-api-key': this.#apiKey,
     };
@@ -435,29 +443,35 @@ export class FastVM {
   }
 
   /**
-   * Replaces the VM's public IPv6 ingress firewall policy.
+   * Replaces the VM's firewall policy. A v1 policy replaces the ingress policy (egress and DNS
+   * policy stay); a v2 policy replaces all of it (missing blocks take the defaults).
    *
    * @param vm - VM id (or name), or a {@link VM}.
-   * @param policy - The new policy.
+   * @param policy - The new policy, v1 or v2.
    * @param options - Signal and timeout.
    * @returns The updated VM.
    */
-  async setFirewall(vm: VMRef, policy: FirewallPolicy, options: RequestOptions = {}): Promise<VM> {
+  async setFirewall(
+    vm: VMRef,
+    policy: FirewallPolicy | FirewallPolicyV2,
+    options: RequestOptions = {},
+  ): Promise<VM> {
     const path = `/v1/vms/${seg(vm, 'vm')}/firewall`;
     return vmFromWire(await this.#idempotent('PUT', path, firewallToWire(policy), options));
   }
 
   /**
-   * Partially updates the VM's firewall: only the given fields change (`ingress: []` clears rules).
+   * Partially updates the VM's firewall: only the given fields change (`ingress: []` clears rules;
+   * with v2, each block given replaces that block).
    *
    * @param vm - VM id (or name), or a {@link VM}.
-   * @param patch - Mode and/or ingress rules.
+   * @param patch - v1: mode and/or ingress rules; v2: any of `ingress`, `egress`, `dns`.
    * @param options - Signal and timeout.
    * @returns The updated VM.
    */
   async patchFirewall(
     vm: VMRef,
-    patch: PatchFirewallPolicy,
+    patch: PatchFirewallPolicy | FirewallPolicyV2,
     options: RequestOptions = {},
   ): Promise<VM> {
     const path = `/v1/vms/${seg(vm, 'vm')}/firewall`;

@@ -50,6 +50,47 @@ export interface FirewallPolicy {
   ingress?: FirewallRule[];
 }
 
+/**
+ * One rule of a v2 firewall (contract §3.8): ingress rules are `cidr` (IPv4 or IPv6 source);
+ * egress rules are `cidr` or `fqdn` (a name, or `*.name` for one or more labels below it).
+ */
+export interface FirewallRuleV2 {
+  action: 'allow' | 'deny';
+  kind: 'cidr' | 'fqdn';
+  protocol: 'tcp' | 'udp' | 'any';
+  /** `"443"`, an inclusive range `"8080-8090"`, or `"any"` (required with protocol `any`). */
+  ports: string;
+  /** A CIDR, or for `fqdn` a domain name pattern. */
+  value: string;
+  description?: string;
+}
+
+/** A v2 rule list: `default` applies when no rule matches (rules are tried in order). */
+export interface FirewallDirectionV2 {
+  default: 'allow' | 'deny';
+  rules?: FirewallRuleV2[];
+}
+
+/** The DNS gate of a VM's resolver. */
+export interface DnsPolicy {
+  /** `allow`: only `domains` resolve (others NXDOMAIN); `deny` (default): `domains` do not. */
+  mode?: 'allow' | 'deny';
+  domains?: string[];
+  /** Block other resolvers (53), DNS over TLS/QUIC (853) and known DNS-over-HTTPS endpoints. */
+  blockBypass?: boolean;
+}
+
+/**
+ * A v2 firewall policy: ingress, egress and DNS. Every block is optional; on `setFirewall`
+ * missing blocks take the defaults (ingress deny, egress allow, DNS resolves everything), on
+ * `patchFirewall` they are kept.
+ */
+export interface FirewallPolicyV2 {
+  ingress?: FirewallDirectionV2;
+  egress?: FirewallDirectionV2;
+  dns?: DnsPolicy;
+}
+
 /** Partial firewall update: only the given fields change; `ingress: []` clears all rules. */
 export interface PatchFirewallPolicy {
   /** New mode, or omit to keep the current one. */
@@ -82,8 +123,13 @@ export interface VM {
   sourceName: string;
   /** Public IPv6 address, if assigned. */
   publicIpv6: string | null;
-  /** Firewall policy, if configured. */
+  /** Firewall policy in the v1 shape; `null` when the server answered in v2 (see `firewallV2`). */
   firewall: FirewallPolicy | null;
+  /**
+   * The v2 policy, when the server answered in v2: with `firewallVersion: 2` on the client, or
+   * in the answer to a v2 write. `null` otherwise.
+   */
+  firewallV2: FirewallPolicyV2 | null;
   /** Deletion timestamp, or `null`. */
   deletedAt: string | null;
   /** User metadata (string → string). */
@@ -209,6 +255,8 @@ export interface Snapshot {
   createdAt: string;
   /** Firewall policy captured from the source VM, if any. */
   firewall: FirewallPolicy | null;
+  /** The v2 policy when the server answered in v2, else `null`. */
+  firewallV2: FirewallPolicyV2 | null;
   /**
    * Lineage: the snapshot its VM (`vmId`) was restored from; `null` when that VM was a fresh
    * launch. Kept when that snapshot is deleted.

@@ -136,6 +136,47 @@ describe('the remaining calls', () => {
     expect(cleared.firewall?.ingress ?? []).toEqual([]);
   });
 
+  it('speaks firewall v2 when asked, and v1 otherwise', async () => {
+    const egress = {
+      default: 'deny' as const,
+      rules: [
+        {
+          action: 'allow' as const,
+          kind: 'fqdn' as const,
+          protocol: 'tcp' as const,
+          ports: '443',
+          value: '*.example.com',
+        },
+      ],
+    };
+    // A v2 write is answered in v2 even by a v1 client; its later reads are v1.
+    const vm = await client.launch({ firewall: { egress, dns: { blockBypass: true } } });
+    expect(vm.firewall).toBeNull();
+    expect(vm.firewallV2?.egress).toEqual(egress);
+    const v1 = await client.get(vm.id);
+    expect(v1.firewall).toEqual({ mode: 'restricted', ingress: [] });
+    expect(v1.firewallV2).toBeNull();
+    // Straight to the server: the proxy counts this file's one connection.
+    const v2client = new FastVM({ apiKey: server.key, baseUrl: server.url, firewallVersion: 2 });
+    try {
+      const v2 = await v2client.get(vm.id);
+      expect(v2.firewall).toBeNull();
+      expect(v2.firewallV2).toEqual({
+        ingress: { default: 'deny', rules: [] },
+        egress,
+        dns: { mode: 'deny', domains: [], blockBypass: true },
+      });
+      // v1 writes through the v2 client keep egress and DNS.
+      const set = await v2client.setFirewall(vm, { mode: 'open' });
+      expect(set.firewallV2?.ingress).toEqual({ default: 'allow', rules: [] });
+      expect(set.firewallV2?.egress).toEqual(egress);
+      const patched = await v2client.patchFirewall(vm, { egress: { default: 'allow' } });
+      expect(patched.firewallV2?.egress).toEqual({ default: 'allow', rules: [] });
+    } finally {
+      await v2client.close();
+    }
+  });
+
   it('lists, renames and removes snapshots; reports quotas', async () => {
     const vm = await client.launch();
     const snap = await client.snapshot(vm);

@@ -16,6 +16,11 @@ export type { App, AppServices, BuildAppOptions } from './app.js';
 export { ApiError, ERROR_CATALOG } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export { NoopNetworkManager } from './services/network.js';
+export {
+  createNetworkManager,
+  networkSettingsFromEnv,
+  type NetworkSettings,
+} from './services/host-network.js';
 export type { NetworkManager, VmNetworkAttachment } from './services/network.js';
 export { openStore } from './store/index.js';
 export type { Store } from './store/index.js';

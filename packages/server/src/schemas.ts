@@ -6,6 +6,7 @@
  */
 import net from 'node:net';
 import { z } from 'zod';
+import { checkPorts, fqdnPatternProblem } from '@fastvm/runtime';
 import { ENV_VARS_LIMITS, MACHINES, MAX_FORK_COUNT, MAX_TTL_SECONDS } from './domain/index.js';
 
 // ---- shared pieces ------------------------------------------------------------------------------
@@ -162,23 +163,156 @@ const Ingress = z.array(FirewallRule, {
   error: 'must be an array of rules {protocol, portStart, portEnd?, sourceCidrs?, description?}',
 });
 
-export const FirewallPolicy = z
+export const FirewallPolicyV1 = z
   .object({
     mode: z.enum(['open', 'restricted']),
     ingress: Ingress.max(256).nullish(),
   })
   .meta({
-    id: 'FirewallPolicy',
+    id: 'FirewallPolicyV1',
     description:
       'v1 public IPv6 ingress policy: `open` allows all inbound; `restricted` only the listed rules.',
   });
 
-export const FirewallPatch = z
+const FirewallPatchV1 = z
   .object({
     mode: z.enum(['open', 'restricted']).optional(),
     ingress: Ingress.max(256).nullish().describe('Replaces all rules; [] clears them.'),
   })
-  .meta({ id: 'FirewallPatch' });
+  .meta({ id: 'FirewallPatchV1' });
+
+/** Why `value` is not an IPv4 or IPv6 CIDR (or bare address), or undefined. */
+function checkCidr(value: string): string | undefined {
+  const [addr = '', len, ...rest] = value.split('/');
+  if (rest.length > 0) return 'is not a CIDR';
+  const max = net.isIPv4(addr) ? 32 : net.isIPv6(addr) ? 128 : 0;
+  if (max === 0) return 'is not an IPv4 or IPv6 CIDR';
+  if (len !== undefined && (!/^\d{1,3}$/.test(len) || Number(len) > max)) {
+    return `has an invalid prefix length (0-${max})`;
+  }
+  return undefined;
+}
+
+const V2Rule = (kinds: readonly ['cidr'] | readonly ['cidr', 'fqdn']) =>
+  z
+    .object({
+      action: z.enum(['allow', 'deny']),
+      kind: z.enum(kinds),
+      protocol: z.enum(['tcp', 'udp', 'any']),
+      ports: z.string().max(11).describe('"443", an inclusive range "8080-8090", or "any".'),
+      value: z.string().max(253).describe('An IPv4/IPv6 CIDR, or (fqdn) a name or *.name.'),
+      description: z.string().max(256).nullish(),
+    })
+    .superRefine((r, ctx) => {
+      try {
+        checkPorts(r.ports, r.protocol);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', path: ['ports'], message: (err as Error).message });
+      }
+      const problem = r.kind === 'fqdn' ? fqdnPatternProblem(r.value) : checkCidr(r.value);
+      if (problem) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['value'],
+          message: `${JSON.stringify(r.value)} ${problem}`,
+        });
+      }
+    });
+
+export const IngressRuleV2 = V2Rule(['cidr']).meta({ id: 'IngressRule' });
+export const EgressRuleV2 = V2Rule(['cidr', 'fqdn']).meta({ id: 'EgressRule' });
+
+const DnsPolicyV2 = z
+  .object({
+    mode: z.enum(['allow', 'deny']).nullish().describe('allow = allowlist, deny = blocklist.'),
+    domains: z
+      .array(
+        z
+          .string()
+          .max(253)
+          .superRefine((v, ctx) => {
+            const problem = fqdnPatternProblem(v);
+            if (problem)
+              ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} ${problem}` });
+          }),
+      )
+      .max(256)
+      .nullish(),
+    blockBypass: z
+      .boolean()
+      .nullish()
+      .describe('Block other resolvers (53), DoT/DoQ (853) and known DoH endpoints.'),
+  })
+  .meta({ id: 'DNSPolicy' });
+
+export const FirewallPolicyV2 = z
+  .object({
+    ingress: z
+      .object({
+        default: z.enum(['allow', 'deny']),
+        rules: z.array(IngressRuleV2).max(256).nullish(),
+      })
+      .nullish(),
+    egress: z
+      .object({
+        default: z.enum(['allow', 'deny']),
+        rules: z.array(EgressRuleV2).max(256).nullish(),
+      })
+      .nullish(),
+    dns: DnsPolicyV2.nullish(),
+  })
+  .meta({
+    id: 'FirewallPolicyV2',
+    description:
+      'v2 policy: ingress and egress rules by CIDR (egress also by FQDN) and a DNS gate.',
+  });
+
+/**
+ * v1 when the body has `mode` or an array `ingress` (contract §3.8); v2 when it has an object
+ * `ingress`, `egress` or `dns`; anything else (`{}`, only nulls) is v1, the older shape.
+ */
+function firewallShapeOf(v: unknown): 'v1' | 'v2' {
+  if (typeof v !== 'object' || v === null) return 'v1';
+  const o = v as Record<string, unknown>;
+  if ('mode' in o || Array.isArray(o.ingress)) return 'v1';
+  const block = (k: string): boolean => typeof o[k] === 'object' && o[k] !== null;
+  return block('ingress') || block('egress') || block('dns') ? 'v2' : 'v1';
+}
+
+/** Adds `shape` (v1/v2) to an object body, so a discriminated union picks the generation. */
+function tagShape(v: unknown): unknown {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+    ? { ...(v as object), shape: firewallShapeOf(v) }
+    : v;
+}
+
+const EITHER =
+  'v1 `{mode, ingress: FirewallRule[]}` or v2 `{ingress?: {default, rules}, egress?: {default, rules}, dns?}`, ' +
+  'told apart by `mode` and the JSON type of `ingress`.';
+
+/** A firewall body of either generation, told apart by its shape; errors name the field. */
+export const FirewallPolicy = z
+  .preprocess(
+    tagShape,
+    z.discriminatedUnion('shape', [
+      FirewallPolicyV1.extend({ shape: z.literal('v1') }),
+      FirewallPolicyV2.extend({ shape: z.literal('v2') }),
+    ]),
+  )
+  .meta({ id: 'FirewallPolicy', description: EITHER });
+
+export const FirewallPatch = z
+  .preprocess(
+    tagShape,
+    z.discriminatedUnion('shape', [
+      FirewallPatchV1.extend({ shape: z.literal('v1') }),
+      FirewallPolicyV2.extend({ shape: z.literal('v2') }),
+    ]),
+  )
+  .meta({
+    id: 'FirewallPatch',
+    description: `${EITHER} v2: each block given replaces that block.`,
+  });
 
 const Name = z
   .string()
@@ -383,20 +517,46 @@ export const ListSnapshotsQuery = z
 
 const Timestamp = z.string().describe('RFC 3339, UTC');
 
+const V2RuleOut = z.object({
+  action: z.enum(['allow', 'deny']),
+  kind: z.enum(['cidr', 'fqdn']),
+  protocol: z.enum(['tcp', 'udp', 'any']),
+  ports: z.string(),
+  value: z.string(),
+  description: z.string().optional(),
+});
+
 const FirewallPolicyOut = z
-  .object({
-    mode: z.enum(['open', 'restricted']),
-    ingress: z.array(
-      z.object({
-        protocol: z.enum(['tcp', 'udp']),
-        portStart: z.number().int(),
-        portEnd: z.number().int().optional(),
-        sourceCidrs: z.array(z.string()).optional(),
-        description: z.string().optional(),
+  .union([
+    z.object({
+      mode: z.enum(['open', 'restricted']),
+      ingress: z.array(
+        z.object({
+          protocol: z.enum(['tcp', 'udp']),
+          portStart: z.number().int(),
+          portEnd: z.number().int().optional(),
+          sourceCidrs: z.array(z.string()).optional(),
+          description: z.string().optional(),
+        }),
+      ),
+    }),
+    z.object({
+      ingress: z.object({ default: z.enum(['allow', 'deny']), rules: z.array(V2RuleOut) }),
+      egress: z.object({ default: z.enum(['allow', 'deny']), rules: z.array(V2RuleOut) }),
+      dns: z.object({
+        mode: z.enum(['allow', 'deny']),
+        domains: z.array(z.string()),
+        blockBypass: z.boolean(),
       }),
-    ),
-  })
-  .meta({ id: 'FirewallPolicyView' });
+    }),
+  ])
+  .meta({
+    id: 'FirewallPolicyView',
+    description:
+      'v1 for v1 clients, v2 for v2 clients: `X-FastVM-Firewall-Version: 1|2`, else the client ' +
+      '(Stainless Python: v1; Stainless JS >= 0.7: v2), else the shape of a firewall write in the ' +
+      'same request, else v1.',
+  });
 
 export const VolumeAttachmentItem = z
   .object({

@@ -113,7 +113,11 @@ describe.each(TRANSPORTS)('VMs over %s', (transport) => {
         },
         'firewall.ingress[0].sourceCidrs[0]',
       ],
-      [{ machineType: 'c1m2', firewall: { ingress: { default: 'deny' } } }, 'firewall.mode'],
+      // v2 (contract §3.8) is accepted; its fields are validated like v1's.
+      [
+        { machineType: 'c1m2', firewall: { ingress: { default: 'maybe' } } },
+        'firewall.ingress.default',
+      ],
       [{ machineType: 'c1m2', metadata: { k: 1 } }, 'metadata.k'],
       [{ machineType: 'c1m2', metadata: { '': 'v' } }, 'metadata'],
     ];

@@ -25,7 +25,7 @@ Commands:
   cp        copy files and directories: cp <local> <vm>:<path>, cp <vm>:<path> <local>
   console   an interactive shell in a VM (same as vm console; Ctrl-] disconnects)
   snapshot  create | list | get | rename | rm | restore | fork | tree
-  firewall  get | set | patch
+  firewall  get | set | patch | egress
   service   add | ls | rm   (publish a VM's HTTP ports through the proxy)
   volume    create | ls | rm | resize | attach | detach   (persistent disks)
   quota     show quota limits and usage

@@ -4,6 +4,7 @@ import type {
   CommandResult,
   ExecSession,
   FirewallPolicy,
+  FirewallPolicyV2,
   FirewallRule,
   Lineage,
   LineageNode,
@@ -45,8 +46,22 @@ export function firewallRuleFromWire(v: unknown): FirewallRule {
   return rule;
 }
 
+/** Whether a policy (ours or the server's) is in the v2 shape (contract §3.8). */
+export function isFirewallV2(p: unknown): boolean {
+  if (typeof p !== 'object' || p === null) return false;
+  const o = p as Record<string, unknown>;
+  if ('mode' in o || Array.isArray(o['ingress'])) return false;
+  const block = (k: string): boolean => typeof o[k] === 'object' && o[k] !== null;
+  return block('ingress') || block('egress') || block('dns');
+}
+
+export function firewallV2FromWire(v: unknown): FirewallPolicyV2 | null {
+  if (!isFirewallV2(v)) return null;
+  return JSON.parse(JSON.stringify(v)) as FirewallPolicyV2;
+}
+
 export function firewallFromWire(v: unknown): FirewallPolicy | null {
-  if (typeof v !== 'object' || v === null) return null;
+  if (typeof v !== 'object' || v === null || isFirewallV2(v)) return null;
   const f = obj(v);
   const policy: FirewallPolicy = { mode: str(f['mode']) };
   if (Array.isArray(f['ingress'])) policy.ingress = f['ingress'].map(firewallRuleFromWire);
@@ -61,10 +76,15 @@ function ruleToWire(r: FirewallRule): Json {
   return out;
 }
 
-export function firewallToWire(p: FirewallPolicy | PatchFirewallPolicy): Json {
+export function firewallToWire(p: FirewallPolicy | PatchFirewallPolicy | FirewallPolicyV2): Json {
+  // v2 goes as it is (undefined members dropped).
+  if (!('mode' in p) && !Array.isArray(p.ingress) && isFirewallV2(p)) {
+    return JSON.parse(JSON.stringify(p)) as Json;
+  }
+  const v1 = p as PatchFirewallPolicy;
   const out: Json = {};
-  if (p.mode !== undefined) out['mode'] = p.mode;
-  if (p.ingress !== undefined) out['ingress'] = p.ingress.map(ruleToWire);
+  if (v1.mode !== undefined) out['mode'] = v1.mode;
+  if (v1.ingress !== undefined) out['ingress'] = v1.ingress.map(ruleToWire);
   return out;
 }
 
@@ -89,6 +109,7 @@ export function vmFromWire(v: unknown): VM {
     sourceName: str(w['sourceName']),
     publicIpv6: optStr(w['publicIpv6']),
     firewall: firewallFromWire(w['firewall']),
+    firewallV2: firewallV2FromWire(w['firewall']),
     deletedAt: optStr(w['deletedAt']),
     metadata,
     envVars,
@@ -119,6 +140,7 @@ export function snapshotFromWire(v: unknown): Snapshot {
     status: str(w['status']),
     createdAt: str(w['createdAt']),
     firewall: firewallFromWire(w['firewall']),
+    firewallV2: firewallV2FromWire(w['firewall']),
     parentSnapshotId: optStr(w['parentSnapshotId']),
     digests: digestsFromWire(w['digests']),
   };

@@ -8,3 +8,4 @@ export * from './model.js';
 export * from './transitions.js';
 export * from './errors.js';
 export * from './published.js';
+export * from './firewall.js';

@@ -8,7 +8,15 @@ import type { FirewallPolicy, MachineType } from '@fastvm/runtime';
 import type { CapturedService, PublishedService } from './published.js';
 
 export { DEFAULT_DISK_GIB, MACHINES, isMachineType } from '@fastvm/runtime';
-export type { FirewallPolicy, FirewallRule, MachineSpec, MachineType } from '@fastvm/runtime';
+export type {
+  DnsPolicy,
+  EgressPolicy,
+  EgressRule,
+  FirewallPolicy,
+  FirewallRule,
+  MachineSpec,
+  MachineType,
+} from '@fastvm/runtime';
 
 /** VM lifecycle states as stored. `deleted` never leaves the server (deleted rows are hidden). */
 export type VmStatus =

@@ -70,7 +70,7 @@ export function effectiveFirewall(
   services: ReadonlyArray<{ name: string; port: number }> | undefined,
 ): FirewallPolicy {
   if (policy.mode === 'open' || !services || services.length === 0) return policy;
-  return { mode: policy.mode, ingress: [...policy.ingress, ...services.map(autoRuleFor)] };
+  return { ...policy, ingress: [...policy.ingress, ...services.map(autoRuleFor)] };
 }
 
 /** What a snapshot keeps of a VM's services. */

@@ -6,8 +6,10 @@
  */
 import type { App, AppServices } from '../app.js';
 import { ErrorBody, ForkResponse, ForkSnapshotBody, IdParams, Lineage } from '../schemas.js';
-import { firewallPolicyOf } from './inputs.js';
+import { firewallWriteOf } from './inputs.js';
 import { presentLineage, presentVm } from './present.js';
+import { firewallShape } from './firewall-shape.js';
+import { writeShape } from '../domain/index.js';
 import { requireAuth } from './util.js';
 
 export default async function branchingRoutes(
@@ -33,14 +35,16 @@ export default async function branchingRoutes(
     async (request, reply) => {
       const { orgId } = requireAuth(request);
       const body = request.body;
+      const firewall = body.firewall ? firewallWriteOf(body.firewall) : undefined;
       const vms = await opts.services.forks.fork(orgId, request.params.id, {
         count: body.count,
         namePrefix: body.namePrefix,
-        firewall: body.firewall ? firewallPolicyOf(body.firewall) : undefined,
+        firewall,
         envVars: body.envVars,
         metadata: body.metadata,
       });
-      return reply.code(201).send({ vms: vms.map(presentVm) });
+      const shape = firewallShape(request, firewall ? writeShape(firewall) : undefined);
+      return reply.code(201).send({ vms: vms.map((vm) => presentVm(vm, shape)) });
     },
   );
 

@@ -5,7 +5,7 @@
  * bytes. Fields the server does not support yet are refused here (501).
  * @module
  */
-import type { FirewallPolicy, FirewallRule } from '../domain/index.js';
+import type { FirewallRule, FirewallWrite, V2Rule, V2Write } from '../domain/index.js';
 import { badRequest, notImplemented } from '../errors.js';
 import type {
   CreateSshKeyInput,
@@ -14,14 +14,9 @@ import type {
   FirewallPatchInput,
   LaunchVmInput,
 } from '../schemas.js';
-import {
-  checkArgv,
-  type ExecCommand,
-  type FirewallChange,
-  type LaunchRequest,
-} from '../services/vm-service.js';
+import { checkArgv, type ExecCommand, type LaunchRequest } from '../services/vm-service.js';
 
-type WireRule = NonNullable<FirewallPolicyInput['ingress']>[number];
+type WireRule = NonNullable<Extract<FirewallPolicyInput, { shape: 'v1' }>['ingress']>[number];
 
 /** A wire rule with its empty optionals dropped. */
 function firewallRuleOf(r: WireRule): FirewallRule {
@@ -36,19 +31,47 @@ function firewallRuleOf(r: WireRule): FirewallRule {
   };
 }
 
-/** A validated wire policy as the domain's `FirewallPolicy` (no rules: none). */
-export function firewallPolicyOf(input: FirewallPolicyInput): FirewallPolicy {
-  return { mode: input.mode, ingress: (input.ingress ?? []).map(firewallRuleOf) };
+/** The v2 blocks of a body, as the domain's write (null and absent alike: not given). */
+function v2WriteOf(input: Extract<FirewallPolicyInput, { shape: 'v2' }>): V2Write {
+  const rules = (
+    rs:
+      | ReadonlyArray<Omit<V2Rule, 'description'> & { description?: string | null }>
+      | null
+      | undefined,
+  ): V2Rule[] =>
+    (rs ?? []).map((r) => ({
+      action: r.action,
+      kind: r.kind,
+      protocol: r.protocol,
+      ports: r.ports,
+      value: r.value,
+      ...(r.description != null ? { description: r.description } : {}),
+    }));
+  return {
+    ...(input.ingress
+      ? { ingress: { default: input.ingress.default, rules: rules(input.ingress.rules) } }
+      : {}),
+    ...(input.egress
+      ? { egress: { default: input.egress.default, rules: rules(input.egress.rules) } }
+      : {}),
+    ...(input.dns ? { dns: input.dns } : {}),
+  };
 }
 
-/** `PUT` (the whole policy) or `PATCH` (mode and/or rules) of `/v1/vms/{id}/firewall`. */
-export function firewallChangeOf(
-  change: { replace: FirewallPolicyInput } | { patch: FirewallPatchInput },
-): FirewallChange {
-  if ('replace' in change) return { replace: firewallPolicyOf(change.replace) };
-  const { mode, ingress } = change.patch;
+/** A validated launch/restore/PUT body, in the generation it was sent in. */
+export function firewallWriteOf(input: FirewallPolicyInput): FirewallWrite {
+  if (input.shape === 'v1') {
+    return { v1: { mode: input.mode, ingress: (input.ingress ?? []).map(firewallRuleOf) } };
+  }
+  return { v2: v2WriteOf(input) };
+}
+
+/** A validated `PATCH /v1/vms/{id}/firewall` body. */
+export function firewallPatchOf(input: FirewallPatchInput): FirewallWrite {
+  if (input.shape === 'v2') return { v2Patch: v2WriteOf(input) };
+  const { mode, ingress } = input;
   return {
-    patch: {
+    v1Patch: {
       ...(mode !== undefined ? { mode } : {}),
       ...(ingress !== undefined && ingress !== null
         ? { ingress: ingress.map(firewallRuleOf) }
@@ -65,7 +88,7 @@ export function launchRequestOf(body: LaunchVmInput): LaunchRequest {
     snapshotId: body.snapshotId,
     name: body.name,
     diskGiB: body.diskGiB,
-    firewall: body.firewall ? firewallPolicyOf(body.firewall) : undefined,
+    firewall: body.firewall ? firewallWriteOf(body.firewall) : undefined,
     metadata: body.metadata,
     envVars: body.envVars,
     ttl: body.ttl ? { seconds: body.ttl.seconds, action: body.ttl.action } : body.ttl,

@@ -6,6 +6,7 @@
 import type { App, AppServices } from '../app.js';
 import { ErrorBody, IdParams, Vm } from '../schemas.js';
 import { presentVm } from './present.js';
+import { firewallShape } from './firewall-shape.js';
 import { requireAuth } from './util.js';
 
 export default async function lifecycleRoutes(
@@ -28,7 +29,7 @@ export default async function lifecycleRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentVm(await lifecycle.pause(orgId, request.params.id));
+      return presentVm(await lifecycle.pause(orgId, request.params.id), firewallShape(request));
     },
   );
 
@@ -44,7 +45,7 @@ export default async function lifecycleRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentVm(await lifecycle.resume(orgId, request.params.id));
+      return presentVm(await lifecycle.resume(orgId, request.params.id), firewallShape(request));
     },
   );
 
@@ -60,7 +61,10 @@ export default async function lifecycleRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentVm(await lifecycle.refreshTtl(orgId, request.params.id));
+      return presentVm(
+        await lifecycle.refreshTtl(orgId, request.params.id),
+        firewallShape(request),
+      );
     },
   );
 }

@@ -5,7 +5,10 @@
  */
 import {
   effectiveFirewall,
+  toV1,
+  toV2,
   type FirewallPolicy,
+  type FirewallShape,
   type PublishedService,
   type SnapshotRecord,
   type SshKeyRecord,
@@ -25,18 +28,13 @@ import type {
 } from '../schemas.js';
 import type { Lineage, LineageNode } from '../services/lineage.js';
 
-function presentFirewall(p: FirewallPolicy): VmView['firewall'] {
-  return {
-    mode: p.mode,
-    ingress: p.ingress.map(({ sourceCidrs, ...r }) => ({
-      ...r,
-      ...(sourceCidrs ? { sourceCidrs: [...sourceCidrs] } : {}),
-    })),
-  };
+/** The policy in the generation the client reads (`firewall-shape.ts`). */
+function presentFirewall(p: FirewallPolicy, shape: FirewallShape): VmView['firewall'] {
+  return shape === 2 ? toV2(p) : toV1(p);
 }
 
 /** The contract's `Vm` (§3.1). */
-export function presentVm(vm: VmRecord): VmView {
+export function presentVm(vm: VmRecord, shape: FirewallShape): VmView {
   const view: VmView = {
     id: vm.id,
     name: vm.name,
@@ -51,12 +49,12 @@ export function presentVm(vm: VmRecord): VmView {
     publicIpv6: vm.publicIpv6,
     deletedAt: vm.deletedAt,
     metadata: { ...vm.metadata },
-    firewall: presentFirewall(vm.firewall),
+    firewall: presentFirewall(vm.firewall, shape),
     envVars: { ...vm.envVars },
     ttl: vm.ttl ? { seconds: vm.ttl.seconds, action: vm.ttl.action } : null,
     pausedAt: vm.pausedAt ?? null,
     // Computed per response, never stored (contract §3.1).
-    effectiveFirewall: presentFirewall(effectiveFirewall(vm.firewall, vm.services)),
+    effectiveFirewall: presentFirewall(effectiveFirewall(vm.firewall, vm.services), shape),
     sourceSnapshotId: vm.sourceSnapshotId,
     volumes: (vm.volumes ?? []).map(presentAttachment),
   };
@@ -101,7 +99,7 @@ export function presentVolume({ volume: v, mountedCount }: VolumeServiceView): V
 }
 
 /** The contract's `Snapshot` (§3.6). */
-export function presentSnapshot(s: SnapshotRecord): SnapshotView {
+export function presentSnapshot(s: SnapshotRecord, shape: FirewallShape): SnapshotView {
   const view: SnapshotView = {
     id: s.id,
     name: s.name,
@@ -110,7 +108,7 @@ export function presentSnapshot(s: SnapshotRecord): SnapshotView {
     status: s.status as SnapshotView['status'],
     createdAt: s.createdAt,
     machineName: s.machine,
-    firewall: presentFirewall(s.firewall),
+    firewall: presentFirewall(s.firewall, shape),
     metadata: { ...s.metadata },
     envVars: { ...s.envVars },
     services: (s.services ?? []).map(({ name, port, h2c }) => ({ name, port, h2c })),

@@ -14,6 +14,7 @@ import {
   UpdateSnapshotBody,
 } from '../schemas.js';
 import { metadataFilters, presentSnapshot } from './present.js';
+import { firewallShape } from './firewall-shape.js';
 import { requireAuth } from './util.js';
 
 export default async function snapshotRoutes(
@@ -32,7 +33,7 @@ export default async function snapshotRoutes(
     async (request, reply) => {
       const { orgId } = requireAuth(request);
       const snap = await snapshots.create(orgId, request.body);
-      return reply.code(201).send(presentSnapshot(snap));
+      return reply.code(201).send(presentSnapshot(snap, firewallShape(request)));
     },
   );
 
@@ -50,7 +51,7 @@ export default async function snapshotRoutes(
       const list = await snapshots.list(orgId, {
         metadata: metadataFilters(request.query as Record<string, unknown>),
       });
-      return list.map(presentSnapshot);
+      return list.map((s) => presentSnapshot(s, firewallShape(request)));
     },
   );
 
@@ -62,7 +63,7 @@ export default async function snapshotRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentSnapshot(await snapshots.get(orgId, request.params.id));
+      return presentSnapshot(await snapshots.get(orgId, request.params.id), firewallShape(request));
     },
   );
 
@@ -82,7 +83,10 @@ export default async function snapshotRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentSnapshot(await snapshots.update(orgId, request.params.id, request.body));
+      return presentSnapshot(
+        await snapshots.update(orgId, request.params.id, request.body),
+        firewallShape(request),
+      );
     },
   );
 

@@ -20,9 +20,11 @@ import {
   Vm,
   VmLaunchResponse,
 } from '../schemas.js';
-import { execCommandOf, firewallChangeOf, launchRequestOf } from './inputs.js';
+import { execCommandOf, firewallPatchOf, firewallWriteOf, launchRequestOf } from './inputs.js';
 import { presentExecSession, startExecStream } from './execs.js';
 import { metadataFilters, presentVm } from './present.js';
+import { firewallShape } from './firewall-shape.js';
+import { writeShape } from '../domain/index.js';
 import { requireAuth, wantsNdjson } from './util.js';
 
 export default async function vmRoutes(
@@ -47,12 +49,11 @@ export default async function vmRoutes(
     },
     async (request, reply) => {
       const { orgId } = requireAuth(request);
-      const { vm, ready, servicesWarning, attachmentWarnings } = await vms.launch(
-        orgId,
-        launchRequestOf(request.body),
-      );
+      const input = launchRequestOf(request.body);
+      const { vm, ready, servicesWarning, attachmentWarnings } = await vms.launch(orgId, input);
+      const shape = firewallShape(request, input.firewall ? writeShape(input.firewall) : undefined);
       return reply.code(ready && vm.status === 'running' ? 201 : 202).send({
-        ...presentVm(vm),
+        ...presentVm(vm, shape),
         ...(servicesWarning ? { snapshotRestoreWarnings: servicesWarning } : {}),
         ...(attachmentWarnings ? { attachmentWarnings } : {}),
       });
@@ -80,7 +81,7 @@ export default async function vmRoutes(
         ...(statuses ? { statuses } : {}),
         metadata: metadataFilters(q),
       });
-      return list.map(presentVm);
+      return list.map((vm) => presentVm(vm, firewallShape(request)));
     },
   );
 
@@ -92,7 +93,7 @@ export default async function vmRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      return presentVm(await vms.get(orgId, request.params.id));
+      return presentVm(await vms.get(orgId, request.params.id), firewallShape(request));
     },
   );
 
@@ -111,6 +112,7 @@ export default async function vmRoutes(
           ...(metadata !== undefined ? { metadata } : {}),
           ...(ttl !== undefined ? { ttl } : {}),
         }),
+        firewallShape(request),
       );
     },
   );
@@ -189,8 +191,9 @@ export default async function vmRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      const change = firewallChangeOf({ replace: request.body });
-      return presentVm(await vms.setFirewall(orgId, request.params.id, change));
+      const change = firewallWriteOf(request.body);
+      const vm = await vms.setFirewall(orgId, request.params.id, change);
+      return presentVm(vm, firewallShape(request, writeShape(change)));
     },
   );
 
@@ -206,8 +209,9 @@ export default async function vmRoutes(
     },
     async (request) => {
       const { orgId } = requireAuth(request);
-      const change = firewallChangeOf({ patch: request.body });
-      return presentVm(await vms.setFirewall(orgId, request.params.id, change));
+      const change = firewallPatchOf(request.body);
+      const vm = await vms.setFirewall(orgId, request.params.id, change);
+      return presentVm(vm, firewallShape(request, writeShape(change)));
     },
   );
 }

@@ -19,7 +19,7 @@ import {
   QuotaExceededError,
   RuntimeFailureError,
   type EnvVars,
-  type FirewallPolicy,
+  type FirewallWrite,
   type Metadata,
   type QuotaValues,
   type VmRecord,
@@ -36,7 +36,7 @@ export interface ForkRequest {
   /** Names are `<namePrefix>-1` … `<namePrefix>-<count>`; absent: the snapshot's name. */
   namePrefix?: string | null | undefined;
   /** Every fork's policy; absent: the snapshot's. */
-  firewall?: FirewallPolicy | null | undefined;
+  firewall?: FirewallWrite | null | undefined;
   /** Merged over the snapshot's, for every fork. */
   envVars?: EnvVars | undefined;
   metadata?: Metadata | undefined;

@@ -13,7 +13,9 @@
  * - `FASTVM_BRIDGE` — name of the host interface holding the host's addresses in the VMs'
  *   prefix and subnet (default `fvbr0`; other names also get their own tap prefix);
  * - `FASTVM_HOST_TCP_PORTS` — comma-separated host TCP ports VMs may connect to (default none;
- *   the API port stays unreachable from VMs).
+ *   the API port stays unreachable from VMs);
+ * - `FASTVM_DNS_UPSTREAM` — the resolvers the VMs' DNS forwarder asks (`ip`, `ip:port`,
+ *   `[ipv6]:port`, comma-separated; default: the host's `/etc/resolv.conf`).
  *
  * A bridge belongs to one data dir at a time: a server whose bridge another running server
  * (with another data dir) owns refuses to start, saying to set `FASTVM_BRIDGE` and a subnet of
@@ -25,6 +27,7 @@ import path from 'node:path';
 import { BridgeInUseError, NetworkManager as HostNetwork, publicIpv6 } from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import type { FirewallPolicy } from '../domain/index.js';
+import { DnsForwarder, hostResolvers, upstreamsFromEnv, type Upstream } from './dns-forwarder.js';
 import { NoopNetworkManager, type NetworkManager, type VmNetworkAttachment } from './network.js';
 
 export interface NetworkSettings {
@@ -33,6 +36,8 @@ export interface NetworkSettings {
   ipv4Subnet?: string;
   bridge?: string;
   hostTcpPorts?: number[];
+  /** Resolvers behind the VMs' DNS forwarder (default: the host's). */
+  dnsUpstreams?: Upstream[];
 }
 
 type Env = Record<string, string | undefined>;
@@ -59,6 +64,8 @@ export function networkSettingsFromEnv(env: Env = process.env): NetworkSettings 
         return n;
       });
   }
+  const upstreams = upstreamsFromEnv(env.FASTVM_DNS_UPSTREAM);
+  if (upstreams) settings.dnsUpstreams = upstreams;
   return settings;
 }
 
@@ -71,6 +78,9 @@ export class HostNetworkManager implements NetworkManager {
   private readonly latest = new Map<string, FirewallPolicy>();
   /** Host TCP ports open to VMs: the configured ones plus those added by `allowHostTcpPort`. */
   private readonly hostPorts: Set<number>;
+  /** The policy each live VM's port holds (for the DNS forwarder's gate). */
+  private readonly policies = new Map<string, FirewallPolicy>();
+  private forwarder: DnsForwarder | undefined;
 
   constructor(
     readonly host: HostNetwork,
@@ -86,6 +96,26 @@ export class HostNetworkManager implements NetworkManager {
     );
   }
 
+  /**
+   * Starts the VMs' DNS forwarder on the IPv4 gateway (`host.dnsPort`). Without it the guests'
+   * resolver does not answer (names do not resolve; addresses still work).
+   */
+  async startDns(upstreams: readonly Upstream[]): Promise<void> {
+    const forwarder = new DnsForwarder({
+      host: this.host.ipv4Gateway,
+      port: this.host.dnsPort,
+      upstreams,
+      logger: this.logger,
+      vmFor: (addr) => {
+        const vmId = this.host.vmForAddress(addr);
+        return vmId ? { vmId, dns: this.policies.get(vmId)?.dns } : undefined;
+      },
+      learn: (vmId, name, addrs, ttl) => this.host.learn(vmId, name, addrs, ttl),
+    });
+    await forwarder.start();
+    this.forwarder = forwarder;
+  }
+
   async allowHostTcpPort(port: number): Promise<void> {
     this.hostPorts.add(port);
     await this.host.setHostTcpPorts([...this.hostPorts]);
@@ -96,7 +126,9 @@ export class HostNetworkManager implements NetworkManager {
     try {
       // Before the VM runs, so it is never reachable under a policy it was not given. Applies
       // are queued per VM in call order, so a later change is never overtaken by this one.
-      await this.host.applyFirewall(vmId, this.latest.get(vmId) ?? firewall);
+      const policy = this.latest.get(vmId) ?? firewall;
+      await this.host.applyFirewall(vmId, policy);
+      this.policies.set(vmId, policy);
     } catch (err) {
       await this.host.release(vmId).catch(() => {});
       throw err;
@@ -107,11 +139,15 @@ export class HostNetworkManager implements NetworkManager {
   async onFirewallChange(vmId: string, policy: FirewallPolicy): Promise<void> {
     this.latest.set(vmId, policy);
     // No tap yet (still launching, or launched while networking was off): `attach` applies it.
-    if (this.host.get(vmId)) await this.host.applyFirewall(vmId, policy);
+    if (this.host.get(vmId)) {
+      await this.host.applyFirewall(vmId, policy);
+      this.policies.set(vmId, policy);
+    }
   }
 
   release(vmId: string): Promise<void> {
     this.latest.delete(vmId);
+    this.policies.delete(vmId);
     return this.host.release(vmId);
   }
 
@@ -119,6 +155,7 @@ export class HostNetworkManager implements NetworkManager {
     const result = await this.host.reconcile(live.map((vm) => vm.id));
     for (const vm of live) {
       if (!this.host.get(vm.id)) continue;
+      this.policies.set(vm.id, vm.firewall);
       await this.host.applyFirewall(vm.id, vm.firewall).catch((err: unknown) => {
         this.logger.error({ err, vmId: vm.id }, 'could not re-apply firewall policy');
       });
@@ -134,10 +171,12 @@ export class HostNetworkManager implements NetworkManager {
     );
   }
 
-  close(): Promise<void> {
-    // VMs survive a server restart, so their taps and rules stay; with none left, the bridge
-    // and host rules go too.
-    return this.host.close();
+  async close(): Promise<void> {
+    await this.forwarder?.close();
+    this.forwarder = undefined;
+    // VMs survive a server restart, so their taps and rules stay (learned addresses included);
+    // with none left, the bridge and host rules go too.
+    await this.host.close();
   }
 }
 
@@ -196,8 +235,18 @@ export async function createNetworkManager(opts: {
     `networking: one routed tap per VM (${host.tapPrefix}…, host interface ${host.bridge}), ` +
     `public IPv6 ${host.ipv6Prefix}, IPv4 ${host.ipv4Subnet} NAT`;
   logger.info(summary);
-  return {
-    network: new HostNetworkManager(host, logger, settings.hostTcpPorts ?? []),
-    summary,
-  };
+  const network = new HostNetworkManager(host, logger, settings.hostTcpPorts ?? []);
+  const upstreams = settings.dnsUpstreams ?? hostResolvers();
+  try {
+    await network.startDns(upstreams);
+  } catch (err) {
+    await host.close().catch(() => {});
+    throw new Error(
+      `VM DNS forwarder cannot listen on ${host.ipv4Gateway}:${host.dnsPort}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  const dnsSummary = `${summary}; DNS for VMs via ${upstreams.map((u) => `${u.host}:${u.port}`).join(', ') || 'no upstream resolver'}`;
+  logger.info(dnsSummary);
+  return { network, summary: dnsSummary };
 }

@@ -10,6 +10,7 @@ import {
   DEFAULT_DISK_GIB,
   ENV_VARS_LIMITS,
   MACHINES,
+  applyFirewallWrite,
   defaultFirewall,
   effectiveFirewall,
   isMachineType,
@@ -19,7 +20,7 @@ import {
   NotFoundError,
   StateConflictError,
   type FirewallPolicy,
-  type FirewallRule,
+  type FirewallWrite,
   type MachineType,
   type EnvVars,
   type Metadata,
@@ -77,8 +78,11 @@ export interface LaunchRequest {
   name?: string | null | undefined;
   /** Root disk size; 0 or absent means the default (and a restore's: the snapshot's). */
   diskGiB?: number | null | undefined;
-  /** Absent: `restricted` with no rules (a restore: the snapshot's). */
-  firewall?: FirewallPolicy | null | undefined;
+  /**
+   * Absent: `restricted` with no rules (a restore: the snapshot's). A v1 policy on a restore
+   * replaces the snapshot's ingress policy and keeps its egress and DNS blocks.
+   */
+  firewall?: FirewallWrite | null | undefined;
   metadata?: Metadata | undefined;
   /** The VM's environment variables; a restore merges them over the snapshot's. */
   envVars?: EnvVars | undefined;
@@ -95,11 +99,6 @@ export interface ExecCommand {
   /** Absent: the server's default (`defaultExecTimeoutSec`). */
   timeoutSec?: number | null | undefined;
 }
-
-/** A change of firewall policy: a whole new one, or a new mode and/or new rules. */
-export type FirewallChange =
-  | { replace: FirewallPolicy }
-  | { patch: { mode?: FirewallPolicy['mode'] | undefined; ingress?: readonly FirewallRule[] } };
 
 /** Whether `argv` names a program (`InvalidInputError` on `command` otherwise). */
 export function checkArgv(argv: readonly string[]): void {
@@ -210,7 +209,9 @@ export class VmService {
       }
       machine = snap.machine;
       diskGiB = snap.diskGiB;
-      firewall = input.firewall ?? snap.firewall;
+      firewall = input.firewall
+        ? applyFirewallWrite(snap.firewall, input.firewall, 'firewall.')
+        : snap.firewall;
       envVars = { ...snap.envVars, ...input.envVars };
       const count = Object.keys(envVars).length;
       if (
@@ -248,7 +249,9 @@ export class VmService {
           'diskGiB',
         );
       }
-      firewall = input.firewall ?? defaultFirewall();
+      firewall = input.firewall
+        ? applyFirewallWrite(undefined, input.firewall, 'firewall.')
+        : defaultFirewall();
     }
 
     const spec = MACHINES[machine];
@@ -488,15 +491,9 @@ export class VmService {
   }
 
   /** PUT (`replace`) or PATCH the VM's firewall policy, then tells the network manager. */
-  async setFirewall(orgId: string, ref: string, change: FirewallChange): Promise<VmRecord> {
+  async setFirewall(orgId: string, ref: string, change: FirewallWrite): Promise<VmRecord> {
     const vm = await this.get(orgId, ref);
-    let policy: FirewallPolicy;
-    if ('replace' in change) {
-      policy = change.replace;
-    } else {
-      const p = change.patch;
-      policy = { mode: p.mode ?? vm.firewall.mode, ingress: p.ingress ?? vm.firewall.ingress };
-    }
+    const policy = applyFirewallWrite(vm.firewall, change);
     const updated = (await this.ctx.store.updateVm(vm.id, { firewall: policy })) ?? vm;
     // Paused VMs keep their tap and rules, so a change applies to them too.
     if (['running', 'provisioning', 'pausing', 'paused', 'resuming'].includes(updated.status)) {
