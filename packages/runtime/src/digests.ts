@@ -82,6 +82,13 @@ export function inheritedLayers(snap: SnapshotRecord, dataDir: string): string[]
   return out;
 }
 
+/** The snapshot's owned layers whose current file has no digest yet (all of them at first). */
+export function staleLayers(snap: SnapshotRecord): [DigestLayer, string][] {
+  return (Object.entries(ownedLayers(snap)) as [DigestLayer, string][]).filter(
+    ([layer, file]) => snap.digests?.layers[layer]?.file !== file,
+  );
+}
+
 /** Computes, records, serves and checks snapshot digests for one runtime (see the module). */
 export class SnapshotDigester {
   /** Layer files known to match a digest: stat key → sha256. */
@@ -118,7 +125,7 @@ export class SnapshotDigester {
       for (const id of snapshotIds) {
         if (this.#closed) return;
         const snap = await this.layers.readSnapshot(id);
-        if (!snap || snap.digests) continue;
+        if (!snap || staleLayers(snap).length === 0) continue;
         this.start(id);
         await this.#jobs.get(id);
       }
@@ -135,7 +142,8 @@ export class SnapshotDigester {
     const known = this.#known.get(snapshotId);
     if (known) return known;
     const snap = await this.layers.readSnapshot(snapshotId);
-    if (!snap?.digests) return undefined;
+    // None while a layer's current file has no digest yet (just taken, or just flattened).
+    if (!snap?.digests || staleLayers(snap).length > 0) return undefined;
     const out: Record<string, string> = {};
     for (const [layer, d] of Object.entries(snap.digests.layers)) out[layer] = `sha256:${d.sha256}`;
     this.#known.set(snapshotId, out);
@@ -218,15 +226,23 @@ export class SnapshotDigester {
   async #compute(snapshotId: string): Promise<void> {
     await this.layers.flattening(snapshotId)?.catch(() => {});
     const snap = await this.layers.readSnapshot(snapshotId);
-    if (!snap || snap.digests) return;
-    const owned = Object.entries(ownedLayers(snap)) as [DigestLayer, string][];
+    if (!snap) return;
+    // Only layers without a digest of their current file are hashed (after a flatten or merge:
+    // the memory); the others keep the digest taken when the snapshot was made.
+    const owned = staleLayers(snap);
+    if (owned.length === 0) return;
     const t0 = performance.now();
     const before = await Promise.all(owned.map(async ([, f]) => statKey(f, await fs.stat(f))));
     const hashed = await this.#hash(
       owned.map(([, f]) => f),
       DIGEST_NICE,
     );
-    const layers: Partial<Record<DigestLayer, LayerDigest>> = {};
+    const current0 = ownedLayers(snap);
+    const layers: Partial<Record<DigestLayer, LayerDigest>> = Object.fromEntries(
+      Object.entries(snap.digests?.layers ?? {}).filter(
+        ([layer, d]) => current0[layer as DigestLayer] === d.file,
+      ),
+    );
     for (const [i, [layer, file]] of owned.entries()) {
       const after = statKey(file, await fs.stat(file));
       if (after !== before[i]) throw new Error(`${file} changed while it was hashed`);
@@ -236,7 +252,7 @@ export class SnapshotDigester {
     const inherited = await this.#inherited(inheritedLayers(snap, this.layers.dataDir));
     // Written over the record as it is now; a flatten or a delete meanwhile wins.
     const current = await this.layers.readSnapshot(snapshotId);
-    if (!current || current.digests) return;
+    if (!current || current.digests?.computedAt !== snap.digests?.computedAt) return;
     const record: DigestRecord = {
       algorithm: 'sha256',
       computedAt: new Date().toISOString(),

@@ -234,8 +234,10 @@ export class LayerStore {
       const current = await this.readSnapshot(snap.id);
       // Deleted or changed meanwhile: the sweeper removes what was made.
       if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
-      // (Its digests covered the files replaced: the runtime computes new ones.)
-      const { delta: _d, chain: _c, digests: _g, ...rest } = current;
+      // Its digests stay: those of the layers kept (device state, disk) still hold, the memory
+      // one names the file replaced and is skipped by checks until the runtime hashes the new
+      // file (re-hashing the kept layers could bless a corruption made meanwhile).
+      const { delta: _d, chain: _c, ...rest } = current;
       let next: SnapshotRecord;
       if (flatten || one.bytes > this.flattenBytes / 2) {
         flat = this.newPath('mem', '.mem');

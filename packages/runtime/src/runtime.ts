@@ -195,6 +195,7 @@ export class QemuRuntime implements Runtime {
           ),
       ).catch(() => {});
       // Digests of the new file (none at start-up yet: `resume` below finds the snapshot).
+      this.#digests?.forget(snapshotId);
       this.#digests?.start(snapshotId);
     };
     await this.#layers.init();
