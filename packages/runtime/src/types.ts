@@ -46,6 +46,19 @@ export interface VmNetwork {
  */
 export type NetworkOption = VmNetwork | Promise<VmNetwork | undefined>;
 
+/**
+ * A root filesystem other than the platform's guest image (an imported OCI image): an ext4 file
+ * with the guest agent and what the guest needs added. Launching from one cold-boots it (or
+ * restores its own cached golden); the VM's disk is a copy-on-write layer over the file, which
+ * stays read-only and shared.
+ */
+export interface BaseImage {
+  /** Stable id, [a-z0-9-]{1,64} (e.g. `oci-<first 16 hex of the manifest digest>`). */
+  readonly id: string;
+  /** The ext4 file. */
+  readonly rootfsPath: string;
+}
+
 export interface LaunchOptions {
   /** Caller-chosen id; names the VM's working directory. [A-Za-z0-9-]{1,64} */
   readonly id: string;
@@ -53,6 +66,8 @@ export interface LaunchOptions {
   readonly diskGiB?: number;
   readonly hostname?: string;
   readonly network?: NetworkOption;
+  /** Boot this root filesystem instead of the platform's guest image. */
+  readonly baseImage?: BaseImage;
 }
 
 export interface RestoreOptions {
