@@ -82,16 +82,16 @@ export async function extractTar(file: string, dest: string, maxBytes: number): 
     }
   })();
   const source = fs.createReadStream(file);
-  const feeding = gz
-    ? pipeline(source, zlib.createGunzip(), extract)
-    : pipeline(source, extract);
+  const feeding = gz ? pipeline(source, zlib.createGunzip(), extract) : pipeline(source, extract);
   try {
     await Promise.all([feeding, done]);
   } catch (err) {
     source.destroy();
     extract.destroy();
     if (err instanceof ContextError) throw err;
-    throw new ContextError(`the build context is not a valid tar${gz ? '.gz' : ''} archive: ${(err as Error).message}`);
+    throw new ContextError(
+      `the build context is not a valid tar${gz ? '.gz' : ''} archive: ${(err as Error).message}`,
+    );
   }
   return total;
 }
@@ -106,7 +106,9 @@ export async function extractZip(file: string, dest: string, maxBytes: number): 
       ),
     );
   } catch (err) {
-    throw new ContextError(`the build context is not a valid ZIP archive: ${(err as Error).message}`);
+    throw new ContextError(
+      `the build context is not a valid ZIP archive: ${(err as Error).message}`,
+    );
   }
   let total = 0;
   try {
@@ -151,7 +153,9 @@ export async function extractZip(file: string, dest: string, maxBytes: number): 
   } catch (err) {
     zip.close();
     if (err instanceof ContextError) throw err;
-    throw new ContextError(`the build context is not a valid ZIP archive: ${(err as Error).message}`);
+    throw new ContextError(
+      `the build context is not a valid ZIP archive: ${(err as Error).message}`,
+    );
   }
   return total;
 }
@@ -175,7 +179,10 @@ export function parseDockerignore(text: string): IgnoreMatcher {
       negate = true;
       line = line.slice(1).trim();
     }
-    let pattern = path.posix.normalize(line.replace(/\\/g, '/')).replace(/^\/+/, '').replace(/\/+$/, '');
+    let pattern = path.posix
+      .normalize(line.replace(/\\/g, '/'))
+      .replace(/^\/+/, '')
+      .replace(/\/+$/, '');
     if (pattern === '.' || pattern === '') pattern = '**';
     rules.push({ negate, match: picomatch(pattern, { dot: true }) });
   }
@@ -264,7 +271,8 @@ export async function resolveCopy(req: CopyRequest): Promise<CopyEntry[]> {
       }
       return fail(`${req.keyword} ${source}: not found in the build context`);
     }
-    if (!inside(real)) fail(`${req.keyword} ${source}: a symlink in the build context points outside it`);
+    if (!inside(real))
+      fail(`${req.keyword} ${source}: a symlink in the build context points outside it`);
     if (rel !== '' && req.ignore(rel)) {
       fail(`${req.keyword} ${source}: not found in the build context (excluded by .dockerignore)`);
     }
@@ -285,7 +293,14 @@ export async function resolveCopy(req: CopyRequest): Promise<CopyEntry[]> {
         const lst = await fsp.lstat(abs);
         const to = path.posix.join(dest, sub);
         if (lst.isSymbolicLink()) {
-          out.push({ dest: to, type: 'symlink', mode: 0o777, size: 0, linkname: await fsp.readlink(abs), mtime: lst.mtime });
+          out.push({
+            dest: to,
+            type: 'symlink',
+            mode: 0o777,
+            size: 0,
+            linkname: await fsp.readlink(abs),
+            mtime: lst.mtime,
+          });
         } else if (lst.isDirectory()) {
           out.push(entry(to, 'directory', lst, req.chmod));
         } else if (lst.isFile()) {
@@ -294,7 +309,14 @@ export async function resolveCopy(req: CopyRequest): Promise<CopyEntry[]> {
       }
     } else if (st.isFile()) {
       if (req.keyword === 'ADD' && (await isTarArchive(m.abs))) {
-        out.push({ dest, type: 'archive', src: m.abs, mode: 0o755, size: st.size, mtime: st.mtime });
+        out.push({
+          dest,
+          type: 'archive',
+          src: m.abs,
+          mode: 0o755,
+          size: st.size,
+          mtime: st.mtime,
+        });
         continue;
       }
       const to = destIsDir ? path.posix.join(dest, path.posix.basename(m.rel || m.abs)) : dest;

@@ -177,7 +177,10 @@ function parseInstruction(line: number, text: string): Instruction {
     json === undefined &&
     /<<-?\s*["']?[A-Za-z_][A-Za-z0-9_]*["']?/.test(args)
   ) {
-    throw new DockerfileError(line, `${keyword} with a heredoc (<<) is not supported by this builder`);
+    throw new DockerfileError(
+      line,
+      `${keyword} with a heredoc (<<) is not supported by this builder`,
+    );
   }
   if (keyword === 'SHELL' && (json === undefined || json.length === 0)) {
     throw new DockerfileError(line, 'SHELL needs a JSON array, e.g. SHELL ["/bin/bash", "-c"]');
@@ -301,7 +304,8 @@ export function keyValues(
   const firstWord = /^\S+/.exec(ins.args)?.[0] ?? '';
   if (opts.legacy && !firstWord.includes('=')) {
     const rest = ins.args.slice(firstWord.length).trim();
-    if (rest === '') throw new DockerfileError(ins.line, `${ins.keyword} ${firstWord} needs a value`);
+    if (rest === '')
+      throw new DockerfileError(ins.line, `${ins.keyword} ${firstWord} needs a value`);
     return [[firstWord, expandWord(rest, vars, escape, ins.line)]];
   }
   const out: Array<[string, string | undefined]> = [];
@@ -309,7 +313,10 @@ export function keyValues(
     const eq = word.indexOf('=');
     if (eq < 0) {
       if (!opts.allowBare) {
-        throw new DockerfileError(ins.line, `${ins.keyword} expects KEY=VALUE, got ${JSON.stringify(word)}`);
+        throw new DockerfileError(
+          ins.line,
+          `${ins.keyword} expects KEY=VALUE, got ${JSON.stringify(word)}`,
+        );
       }
       out.push([word, undefined]);
       continue;
@@ -360,10 +367,16 @@ export function planStages(
     if (words.length === 3 && words[1]!.toUpperCase() === 'AS') {
       name = words[2]!.toLowerCase();
       if (!/^[a-z][a-z0-9._-]*$/.test(name)) {
-        throw new DockerfileError(current.from.line, `invalid stage name ${JSON.stringify(words[2])}`);
+        throw new DockerfileError(
+          current.from.line,
+          `invalid stage name ${JSON.stringify(words[2])}`,
+        );
       }
       if (stages.some((s) => s.name === name)) {
-        throw new DockerfileError(current.from.line, `stage name ${JSON.stringify(name)} is used twice`);
+        throw new DockerfileError(
+          current.from.line,
+          `stage name ${JSON.stringify(name)} is used twice`,
+        );
       }
     } else if (words.length !== 1) {
       throw new DockerfileError(current.from.line, 'FROM expects an image [AS name]');
@@ -403,14 +416,16 @@ export function planStages(
   let target = stages.length - 1;
   if (opts.target !== undefined && opts.target !== '') {
     const t = stages.findIndex((s) => s.name === opts.target!.toLowerCase());
-    if (t < 0) throw new DockerfileError(0, `target stage ${JSON.stringify(opts.target)} not found`);
+    if (t < 0)
+      throw new DockerfileError(0, `target stage ${JSON.stringify(opts.target)} not found`);
     target = t;
   }
   const order: number[] = [];
   const visiting = new Set<number>();
   const visit = (idx: number, line: number): void => {
     if (order.includes(idx)) return;
-    if (visiting.has(idx)) throw new DockerfileError(line, 'stages depend on each other in a circle');
+    if (visiting.has(idx))
+      throw new DockerfileError(line, 'stages depend on each other in a circle');
     visiting.add(idx);
     const stage = stages[idx]!;
     const base = stageRef(stages, stage.image, idx);
@@ -435,7 +450,11 @@ export function planStages(
 }
 
 /** The index of an earlier stage that `ref` names (name or number), if any. */
-export function stageRef(stages: readonly Stage[], ref: string, before: number): number | undefined {
+export function stageRef(
+  stages: readonly Stage[],
+  ref: string,
+  before: number,
+): number | undefined {
   if (/^\d+$/.test(ref)) {
     const n = Number(ref);
     return n < before ? n : undefined;
