@@ -59,7 +59,9 @@ describe('parseDockerfile', () => {
   });
 
   it('reads parser directives (escape, syntax) only at the top', () => {
-    const p = parseDockerfile('# syntax=docker/dockerfile:1\n# escape=`\nFROM x\nRUN echo a `\n  b\n');
+    const p = parseDockerfile(
+      '# syntax=docker/dockerfile:1\n# escape=`\nFROM x\nRUN echo a `\n  b\n',
+    );
     expect(p.escape).toBe('`');
     expect(p.syntax).toBe('docker/dockerfile:1');
     expect(p.instructions[1]!.args).toBe('echo a   b');
@@ -95,7 +97,9 @@ describe('parseDockerfile', () => {
     expect(refusal('FROM a\nSHELL /bin/bash').message).toMatch(/line 2: SHELL needs a JSON array/);
     expect(refusal('RUN true').message).toMatch(/line 1: the first instruction must be FROM/);
     expect(refusal('# only\n\n').message).toMatch(/no instructions/);
-    expect(refusal('FROM a\nCOPY --chown x y').message).toMatch(/line 2: COPY --chown needs a value/);
+    expect(refusal('FROM a\nCOPY --chown x y').message).toMatch(
+      /line 2: COPY --chown needs a value/,
+    );
   });
 });
 
@@ -119,8 +123,9 @@ describe('variable substitution', () => {
     expect(() => expandWord('${A/x/y}', v, '\\', 4)).toThrow(/line 4: bad substitution/);
   });
   it('reads KEY=VALUE pairs and the legacy ENV form', () => {
-    const [env1, env2] = parseDockerfile('FROM a\nENV A=1 B="two words" C=$A\nENV LEGACY some value\n')
-      .instructions.slice(1);
+    const [env1, env2] = parseDockerfile(
+      'FROM a\nENV A=1 B="two words" C=$A\nENV LEGACY some value\n',
+    ).instructions.slice(1);
     expect(keyValues(env1!, vars({ A: 'z' }), '\\', { legacy: true })).toEqual([
       ['A', '1'],
       ['B', 'two words'],
@@ -168,9 +173,13 @@ describe('planStages', () => {
     expect(() => planStages(parseDockerfile(text), { target: 'nope' })).toThrow(
       /target stage "nope" not found/,
     );
-    expect(() => planStages(parseDockerfile('FROM a AS first\nFROM b AS later\nCOPY --from=first /x /y\nCOPY --from=nope /x /y'))).toThrow(
-      /line 4: COPY --from=nope: no earlier stage/,
-    );
+    expect(() =>
+      planStages(
+        parseDockerfile(
+          'FROM a AS first\nFROM b AS later\nCOPY --from=first /x /y\nCOPY --from=nope /x /y',
+        ),
+      ),
+    ).toThrow(/line 4: COPY --from=nope: no earlier stage/);
     expect(() => planStages(parseDockerfile('FROM a AS x\nFROM b AS x'))).toThrow(
       /line 2: stage name "x" is used twice/,
     );
@@ -266,7 +275,10 @@ describe('build context', () => {
     };
     const dest = await fs.mkdtemp(path.join(os.tmpdir(), 'fastvm-ctx-out-'));
     try {
-      const ok = await make([{ name: 'Dockerfile', body: 'FROM x' }, { name: 'd/f', body: 'ff' }]);
+      const ok = await make([
+        { name: 'Dockerfile', body: 'FROM x' },
+        { name: 'd/f', body: 'ff' },
+      ]);
       expect(await extractTar(ok, dest, 1000)).toBe(8);
       expect(await fs.readFile(path.join(dest, 'd/f'), 'utf8')).toBe('ff');
       const bad = await make([{ name: '../escape', body: 'x' }]);

@@ -20,8 +20,7 @@ export const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = 
 ];
 
 /** [method, path, feature] of org-level endpoints not implemented yet. */
-export const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
-];
+export const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [];
 
 const respond501 = { response: { 501: ErrorBody } };
 
