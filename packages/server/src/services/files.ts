@@ -336,7 +336,8 @@ export class FileService {
     const object = `${owner}.${crypto.randomBytes(16).toString('hex')}`;
     const maxUploadBytes = Math.min(maxBytes, this.stagingBytesPerOrg);
     const url = this.sign(object, Math.floor(Date.now() / 1000) + this.urlTtlSec, maxUploadBytes);
-    const full = `${(this.publicBaseUrl ?? baseUrl).replace(/\/+$/, '')}${url}`;
+    // The client uploads (not a VM): the API's own origin, which serves /storage/ too.
+    const full = `${baseUrl.replace(/\/+$/, '')}${url}`;
     return {
       uploadUrl: full,
       downloadUrl: full,
