@@ -377,6 +377,7 @@ class Runner {
       return;
     }
     const vmId = await this.ensureVm();
+    this.checkCancelled();
     const started = Date.now();
     await exec(vmId);
     this.checkCancelled();
@@ -525,6 +526,8 @@ class Runner {
     });
     const kill = (): void => proc.kill(9);
     this.job.signal.addEventListener('abort', kill, { once: true });
+    // Cancelled while the VM was starting or the command was being opened.
+    if (this.job.signal.aborted) kill();
     const timer = setTimeout(kill, this.host.runTimeoutMs);
     try {
       if (input) {
