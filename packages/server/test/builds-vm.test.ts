@@ -173,12 +173,12 @@ describe('builds (real QEMU VMs)', () => {
     })();
     expect(contextRef).toEqual(expect.any(String));
     const res = await api.post('/v1/builds', {
-      dockerfileContent: 'FROM fastvm/base\nRUN echo running-now && sleep 300\n',
+      dockerfileContent: 'FROM fastvm/base\nRUN echo running-$((40+2)) && sleep 300\n',
     });
     const until = Date.now() + 120_000;
     for (;;) {
       const logs = await api.get(`/v1/builds/${res.body.id}/logs`);
-      if (String(logs.body.data).includes('running-now')) break;
+      if (String(logs.body.data).includes('running-42')) break;
       if (Date.now() > until) throw new Error('the RUN never started');
       await sleep(200);
     }
