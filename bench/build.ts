@@ -3,7 +3,7 @@
  * driven through the SDK's `client.build()` (zip + upload + start + poll every 50 ms) with a
  * 3-step Dockerfile on the platform base (COPY a file, RUN, RUN):
  *
- * - `build_cold`: a new value in an `ENV` before the steps changes every step's cache key;
+ * - `build_cold`: new content for the COPY (and a new `ENV` value) changes every step's cache key;
  * - `build_cached`: the same Dockerfile again (every step from the step cache: one restore of
  *   the last step and the result snapshot; target ≤ 1 s);
  * - `build_last_step`: only the last RUN changed (≈ one step);
@@ -64,6 +64,8 @@ export async function groupBuild(opts: {
     await build(dockerfile('warm', 'true'), { cached: 0 }); // warm-up: golden, pool, paths
     for (let i = 0; i < opts.rounds; i++) {
       const nonce = crypto.randomBytes(6).toString('hex');
+      // New content too: a COPY's key is its content, not the ENV before it.
+      fs.writeFileSync(path.join(ctx, 'app.txt'), nonce + 'x'.repeat(64 * 1024));
       const cold = await build(dockerfile(nonce, 'echo one'), { cached: 0 });
       const cached = await build(dockerfile(nonce, 'echo one'), { cached: 3 });
       const last = await build(dockerfile(nonce, 'echo two'), { cached: 2 });

@@ -90,7 +90,11 @@ describe('builds (real QEMU VMs)', () => {
   it('builds, restores with files/env/user, and caches steps', async () => {
     const url = await context(CONTEXT);
     const run = 'RUN echo "$GREETING from $(id -un) in $(pwd)" > built.txt';
-    const first = await build({ dockerfileContent: dockerfile(run), contextDownloadUrl: url, name: 'app-image' });
+    const first = await build({
+      dockerfileContent: dockerfile(run),
+      contextDownloadUrl: url,
+      name: 'app-image',
+    });
     expect(first.status, first.error ?? first.log).toBe('completed');
     expect(first.steps).toEqual({ total: 3, cached: 0, ran: 3 });
 
@@ -162,7 +166,9 @@ describe('builds (real QEMU VMs)', () => {
       contextDownloadUrl: await context({ 'a.txt': 'a' }),
     });
     expect(escape.status).toBe('failed');
-    expect(escape.error).toMatch(/^Dockerfile line 3: COPY \.\.\/x: the path is outside the build context/);
+    expect(escape.error).toMatch(
+      /^Dockerfile line 3: COPY \.\.\/x: the path is outside the build context/,
+    );
   }, 600_000);
 
   it('cancel stops the build VM and leaves nothing behind', async () => {
