@@ -1161,7 +1161,7 @@ export class FastVM {
     })) as { uploadUrl: string; contextRef: string };
     const put = await fetch(presign.uploadUrl, {
       method: 'PUT',
-      body: zip,
+      body: new Uint8Array(zip),
       headers: { 'content-type': 'application/zip' },
       ...(options.signal ? { signal: options.signal } : {}),
     });

@@ -450,6 +450,8 @@ export interface SnapshotImport {
   steps?: { total: number; cached: number; ran: number };
   source: Record<string, unknown>;
   createdAt: string;
+  startedAt?: string;
+  finishedAt?: string;
 }
 
 /** What `watchImport` yields: events, build output, and the final state last. */

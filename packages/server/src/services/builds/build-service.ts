@@ -106,6 +106,8 @@ export interface BuildInput {
 interface Secrets {
   username?: string;
   password?: string;
+  /** Dockerfile builds: the registry the credentials are for. */
+  host?: string;
 }
 
 interface Active {
@@ -253,6 +255,9 @@ export class BuildService {
     return this.#submit(record, {
       ...(src.registryUsername !== undefined ? { username: src.registryUsername } : {}),
       ...(src.registryPassword !== undefined ? { password: src.registryPassword } : {}),
+      ...(src.type === 'dockerfile' && src.registryHost !== undefined
+        ? { host: src.registryHost }
+        : {}),
     });
   }
 
@@ -688,9 +693,15 @@ export class BuildService {
       begin('saving');
       r.progress = 'saving the snapshot';
       await this.#save(active);
+      const saving = Date.now();
       const snap = await this.#saveSnapshot(r, vmId, result.config);
       r.snapshotId = snap.id;
-      this.#event(active, 'saving', 'completed', `snapshot ${snap.id}`);
+      this.#event(
+        active,
+        'saving',
+        'completed',
+        `snapshot ${snap.id} in ${Date.now() - saving} ms`,
+      );
       this.#event(active, 'done', 'completed');
       await this.#finish(active, 'succeeded');
       logger.info({ buildId: r.id, snapshotId: snap.id, steps: r.steps }, 'build succeeded');

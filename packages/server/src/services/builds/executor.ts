@@ -78,7 +78,11 @@ export interface BuildJob {
   readonly target?: string;
   readonly machine: MachineType;
   readonly diskGiB: number;
-  readonly registry?: { username?: string; password?: string };
+  /**
+   * Registry credentials; with `host`, only sent for images on that registry (a Dockerfile's
+   * other FROMs are pulled anonymously).
+   */
+  readonly registry?: { username?: string; password?: string; host?: string };
   readonly platform?: string;
   readonly signal: AbortSignal;
   /** Build output (step headers, RUN output). */
@@ -252,13 +256,12 @@ class Runner {
     this.job.progress(`pulling ${stage.image}`);
     this.job.pull?.('started', `pulling ${stage.image}`);
     try {
+      const reg = this.job.registry;
+      const creds =
+        reg?.username !== undefined &&
+        (reg.host === undefined || registryOf(stage.image) === reg.host.toLowerCase());
       const resolved = await this.host.images.resolve(stage.image, {
-        ...(this.job.registry?.username !== undefined
-          ? { username: this.job.registry.username }
-          : {}),
-        ...(this.job.registry?.password !== undefined
-          ? { password: this.job.registry.password }
-          : {}),
+        ...(creds ? { username: reg.username!, password: reg.password ?? '' } : {}),
         ...(platform !== undefined ? { platform } : {}),
         signal: this.job.signal,
         onProgress: (m) => {
@@ -477,7 +480,13 @@ class Runner {
   /** A VM at the target's final state (its WORKDIR exists). */
   async finish(final: StageResult): Promise<string> {
     this.checkCancelled();
+    const started = Date.now();
+    const fresh = this.vm === undefined;
     const vmId = await this.ensureVm();
+    if (fresh) {
+      const what = this.snapshot !== undefined ? 'restored the last step' : 'launched the base';
+      this.job.log(`#final ${what} in ${Date.now() - started} ms\n`);
+    }
     if (final.config.workdir !== '/') await this.mkdirWorkdir(vmId, final.config);
     return vmId;
   }
@@ -856,4 +865,12 @@ function cloneState(s: StageState): StageState {
 function truncate(s: string, max = 120): string {
   const one = s.replace(/\s+/g, ' ');
   return one.length > max ? `${one.slice(0, max - 1)}…` : one;
+}
+
+/** The registry host of an image reference (`docker.io` when it names none). */
+export function registryOf(ref: string): string {
+  const first = ref.split('/')[0]!;
+  const named =
+    ref.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost');
+  return named ? first.toLowerCase() : 'docker.io';
 }
