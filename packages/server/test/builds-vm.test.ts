@@ -148,18 +148,30 @@ describe('builds (real QEMU VMs)', () => {
     expect(vms!.runtime.list().filter((v) => v.id.startsWith('bld-'))).toEqual([]);
   }, 600_000);
 
-  it('multi-stage COPY --from, and COPY ../x failing on its line', async () => {
+  it('multi-stage COPY --from, ADD of a tar, --chmod, and COPY ../x failing on its line', async () => {
+    const inner = await tarGz({ 'pkg/lib.txt': 'from-the-archive\n' });
+    const p = await api.post('/v1/build-contexts/presign');
+    const pack = tarStream.pack();
+    pack.entry({ name: 'bundle.tar.gz', mode: 0o644 }, inner);
+    pack.entry({ name: 'run.sh', mode: 0o644 }, 'echo script-ran\n');
+    pack.finalize();
+    const chunks: Buffer[] = [];
+    for await (const c of pack) chunks.push(c as Buffer);
+    await fetch(p.body.uploadUrl, { method: 'PUT', body: zlib.gzipSync(Buffer.concat(chunks)) });
     const multi = await build({
       dockerfileContent: [
         'FROM fastvm/base AS builder',
         'RUN mkdir -p /out && echo artifact-$((6*7)) > /out/a.bin',
         'FROM fastvm/base',
         'COPY --from=builder /out/a.bin /opt/',
-        'RUN cat /opt/a.bin',
+        'ADD bundle.tar.gz /opt/bundle/',
+        'COPY --chmod=755 run.sh /usr/local/bin/run.sh',
+        'RUN cat /opt/a.bin /opt/bundle/pkg/lib.txt && run.sh && stat -c %a /usr/local/bin/run.sh',
       ].join('\n'),
+      contextDownloadUrl: p.body.downloadUrl,
     });
     expect(multi.status, multi.error ?? multi.log).toBe('completed');
-    expect(multi.log).toContain('artifact-42');
+    expect(multi.log).toContain('artifact-42\nfrom-the-archive\nscript-ran\n755\n');
 
     const escape = await build({
       dockerfileContent: 'FROM fastvm/base\nRUN true\nCOPY ../x /x\n',

@@ -440,7 +440,7 @@ export class BuildService {
   async get(orgId: string, id: string, kind: 'build' | 'import'): Promise<BuildRecord> {
     const live = this.#active.get(id)?.record;
     if (live && live.orgId === orgId && live.kind === kind) return { ...live };
-    const rec = await this.ctx.store.getBuild(orgId, id).catch(() => undefined);
+    const rec = await this.ctx.store.getBuild(orgId, id);
     if (!rec || rec.kind !== kind)
       throw new NotFoundError(kind === 'build' ? 'build' : 'snapshot import');
     return rec;
