@@ -448,6 +448,29 @@ describe('builds and snapshot imports (fake runtime)', () => {
     expect((await api.del(`/v1/snapshot-imports/${res.body.id}`)).status).toBe(200);
   });
 
+  it('the step cache is per org', async () => {
+    const dockerfile = 'FROM fastvm/base\nRUN echo per-org-cache\n';
+    const first = await api.post('/v1/builds', { dockerfileContent: dockerfile });
+    expect((await waitFor(api, `/v1/builds/${first.body.id}`, terminalBuild)).steps).toEqual({
+      total: 1,
+      cached: 0,
+      ran: 1,
+    });
+    const other = api.withKey(await createOrgWithKey(t.server, 'builds-cache-org'));
+    const theirs = await other.post('/v1/builds', { dockerfileContent: dockerfile });
+    expect((await waitFor(other, `/v1/builds/${theirs.body.id}`, terminalBuild)).steps).toEqual({
+      total: 1,
+      cached: 0,
+      ran: 1,
+    });
+    const mine = await api.post('/v1/builds', { dockerfileContent: dockerfile });
+    expect((await waitFor(api, `/v1/builds/${mine.body.id}`, terminalBuild)).steps).toEqual({
+      total: 1,
+      cached: 1,
+      ran: 0,
+    });
+  });
+
   it('quota is checked before work starts', async () => {
     const key = await createOrgWithKey(t.server, 'builds-quota-org');
     const org = api.withKey(key);
