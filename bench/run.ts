@@ -39,6 +39,7 @@ import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
 import { groupVolume } from './volume.js';
+import { groupBuild } from './build.js';
 import {
   cmdlineMentions,
   cpuMs,
@@ -71,6 +72,7 @@ const GROUPS = [
   'volume',
   'dashboard',
   'egress',
+  'build',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
@@ -1212,6 +1214,23 @@ async function main(): Promise<number> {
       groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
     dashboard: groupDashboard,
     egress: groupEgress,
+    build: () =>
+      groupBuild({
+        rec,
+        root: benchRoot,
+        runtime: async (dataDir) => {
+          const r = await createQemuRuntime({ dataDir, log: runtimeLog });
+          runtimes.add(r);
+          return r;
+        },
+        release: async (r) => {
+          await r.destroyAll();
+          runtimes.delete(r);
+        },
+        track: (s, live) => (live ? servers.add(s) : servers.delete(s)),
+        rounds: quick ? 3 : 8,
+        log,
+      }),
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

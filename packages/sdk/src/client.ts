@@ -3,6 +3,7 @@ import { consoleUrl, openConsole, type ConsoleSession } from './console.js';
 import fsp from 'node:fs/promises';
 import {
   APIError,
+  BuildError,
   FileTransferError,
   FastVMError,
   SnapshotError,
@@ -46,6 +47,9 @@ import {
 } from './internal/files.js';
 import { backoffMs, readEnv, retryAfterMs, sleep } from './internal/utils.js';
 import type {
+  BuildEvent,
+  BuildStreamItem,
+  SnapshotImport,
   CommandResult,
   ExecEvent,
   ExecSession,
@@ -71,6 +75,7 @@ import type {
   VolumeMount,
 } from './types.js';
 import { VERSION } from './version.js';
+import { zipDirectory, zipEntries } from './internal/zip.js';
 
 /** The base URL used when neither the `baseUrl` option nor `FASTVM_BASE_URL` is set. */
 export const DEFAULT_BASE_URL = 'https://api.fastvm.org';
@@ -226,6 +231,46 @@ export interface SnapshotOptions extends RequestOptions {
   name?: string | undefined;
   /** How long to wait for the snapshot to be `ready`, in milliseconds (default: the client's `timeout`). */
   timeout?: number | undefined;
+}
+
+/** Options of {@link FastVM.build}. */
+export interface BuildOptions extends WatchOptions {
+  /** The Dockerfile's text; when omitted, `dockerfilePath` inside the context is used. */
+  dockerfile?: string | undefined;
+  /** Path of the Dockerfile inside the context (default `Dockerfile`). */
+  dockerfilePath?: string | undefined;
+  /** The build context: a local directory, or the bytes of a ZIP of it. */
+  context?: string | Uint8Array | undefined;
+  /** Name of the produced snapshot. */
+  name?: string | undefined;
+  buildArgs?: Record<string, string> | undefined;
+  /** Multi-stage target (default: the last stage). */
+  target?: string | undefined;
+  machineType?: MachineType | undefined;
+  diskGiB?: number | undefined;
+}
+
+/** Options of {@link FastVM.importImage}. */
+export interface ImportImageOptions extends WatchOptions {
+  name?: string | undefined;
+  /** Default `linux/amd64`. */
+  platform?: string | undefined;
+  registryUsername?: string | undefined;
+  registryPassword?: string | undefined;
+  machineType?: MachineType | undefined;
+  diskGiB?: number | undefined;
+}
+
+/** How a build is followed. */
+export interface WatchOptions {
+  /** Every new event (phases: preparing, pull, fetch_context, build, saving, done). */
+  onEvent?: ((event: BuildEvent) => void) | undefined;
+  /** Build output as it arrives (step headers, RUN output, cache hits). */
+  onLog?: ((data: string) => void) | undefined;
+  /** Aborting cancels the build on the server. */
+  signal?: AbortSignal | undefined;
+  /** Poll interval in milliseconds (default 500). */
+  pollInterval?: number | undefined;
 }
 
 type Method = WireRequest['method'];
@@ -1054,6 +1099,217 @@ export class FastVM {
   }
 
   // ------------------------------------------------------------------------------------------------
+  // Builds and image imports (snapshot imports, contract §4.7)
+  // ------------------------------------------------------------------------------------------------
+
+  /**
+   * Builds a snapshot from a Dockerfile: zips the context (a directory, or ZIP bytes), uploads
+   * it, starts the build and follows it until it ends. Every step is cached on the server, so a
+   * rebuild runs only what changed.
+   *
+   * @returns The produced (ready) snapshot.
+   * @throws {@link BuildError} when the build fails or is cancelled.
+   */
+  async build(options: BuildOptions): Promise<Snapshot> {
+    const started = await this.startBuild(options);
+    return this.#follow(started.id, options);
+  }
+
+  /**
+   * Imports an image (`fastvm/base`, `debian:bookworm`, or a registry image when the server can
+   * pull them) as a snapshot and follows it until it ends.
+   *
+   * @returns The produced (ready) snapshot.
+   * @throws {@link BuildError} when the import fails or is cancelled.
+   */
+  async importImage(ref: string, options: ImportImageOptions = {}): Promise<Snapshot> {
+    const started = await this.startImageImport(ref, options);
+    return this.#follow(started.id, options);
+  }
+
+  /** Uploads the context and starts a Dockerfile build; returns the pending import. */
+  async startBuild(options: BuildOptions): Promise<SnapshotImport> {
+    let dockerfilePath = options.dockerfilePath ?? 'Dockerfile';
+    const extra =
+      options.dockerfile !== undefined
+        ? [
+            {
+              name: (dockerfilePath = '.fastvm.Dockerfile'),
+              data: Buffer.from(options.dockerfile),
+              mode: 0o100644,
+            },
+          ]
+        : [];
+    let zip: Buffer;
+    if (options.context === undefined) {
+      zip = zipEntries(extra);
+    } else if (typeof options.context === 'string') {
+      zip = await zipDirectory(options.context, extra);
+    } else {
+      if (extra.length > 0) {
+        throw new FastVMError(
+          'build: give the Dockerfile inside the ZIP (dockerfilePath) when the context is ZIP bytes',
+        );
+      }
+      zip = Buffer.from(options.context);
+    }
+    const presign = (await this.#call('POST', '/v1/snapshot-imports/context-presign', {
+      body: { sizeBytes: zip.length },
+      signal: options.signal,
+      deadline: this.#deadline(undefined),
+      retryHttp: true,
+    })) as { uploadUrl: string; contextRef: string };
+    const put = await fetch(presign.uploadUrl, {
+      method: 'PUT',
+      body: new Uint8Array(zip),
+      headers: { 'content-type': 'application/zip' },
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    if (!put.ok) {
+      const text = await put.text();
+      throw APIError.fromResponse(put.status, parseJson(text), {});
+    }
+    await put.arrayBuffer().catch(() => undefined);
+    const source: Record<string, unknown> = {
+      type: 'dockerfile',
+      contextRef: presign.contextRef,
+      dockerfilePath,
+    };
+    if (options.target !== undefined) source['target'] = options.target;
+    if (options.buildArgs !== undefined) source['buildArgs'] = options.buildArgs;
+    return this.#startImport(source, options);
+  }
+
+  /** Starts an image import; returns the pending import. */
+  async startImageImport(ref: string, options: ImportImageOptions = {}): Promise<SnapshotImport> {
+    const source: Record<string, unknown> = { type: 'image', image: ref };
+    if (options.platform !== undefined) source['platform'] = options.platform;
+    if (options.registryUsername !== undefined)
+      source['registryUsername'] = options.registryUsername;
+    if (options.registryPassword !== undefined)
+      source['registryPassword'] = options.registryPassword;
+    return this.#startImport(source, options);
+  }
+
+  async #startImport(
+    source: Record<string, unknown>,
+    options: {
+      name?: string | undefined;
+      machineType?: string | undefined;
+      diskGiB?: number | undefined;
+      signal?: AbortSignal | undefined;
+    },
+  ): Promise<SnapshotImport> {
+    const body: Record<string, unknown> = { source };
+    if (options.name !== undefined) body['name'] = options.name;
+    if (options.machineType !== undefined) body['machineType'] = options.machineType;
+    if (options.diskGiB !== undefined) body['diskGiB'] = options.diskGiB;
+    return (await this.#call('POST', '/v1/snapshot-imports', {
+      body,
+      signal: options.signal,
+      deadline: this.#deadline(undefined),
+      retryHttp: false,
+    })) as SnapshotImport;
+  }
+
+  /** A snapshot import by id. */
+  async getImport(id: string, options: RequestOptions = {}): Promise<SnapshotImport> {
+    return (await this.#get(
+      `/v1/snapshot-imports/${encodeURIComponent(id)}`,
+      options,
+    )) as SnapshotImport;
+  }
+
+  /** The organisation's snapshot imports, newest first. */
+  async listImports(options: RequestOptions = {}): Promise<SnapshotImport[]> {
+    return asArray(await this.#get('/v1/snapshot-imports', options)) as SnapshotImport[];
+  }
+
+  /** Cancels a running import (idempotent); returns its state. */
+  async cancelImport(id: string, options: RequestOptions = {}): Promise<SnapshotImport> {
+    return (await this.#idempotent(
+      'POST',
+      `/v1/snapshot-imports/${encodeURIComponent(id)}/cancel`,
+      undefined,
+      options,
+    )) as SnapshotImport;
+  }
+
+  /** Deletes a finished import and the snapshot it produced. */
+  async removeImport(id: string, options: RequestOptions = {}): Promise<void> {
+    await this.#idempotent(
+      'DELETE',
+      `/v1/snapshot-imports/${encodeURIComponent(id)}`,
+      undefined,
+      options,
+    );
+  }
+
+  /**
+   * Follows an import: yields its new events and build output as they come, then `done` with
+   * the final state. Aborting `signal` stops following (it does not cancel the import).
+   */
+  async *watchImport(
+    id: string,
+    options: WatchOptions = {},
+  ): AsyncGenerator<BuildStreamItem, void, undefined> {
+    const every = options.pollInterval ?? 500;
+    let seen = 0;
+    let offset = 0;
+    for (;;) {
+      const state = await this.getImport(id, { signal: options.signal });
+      const logs = (await this.#get(
+        `/v1/snapshot-imports/${encodeURIComponent(id)}/logs?offset=${offset}`,
+        {
+          signal: options.signal,
+        },
+      )) as { data: string; nextOffset: number };
+      if (logs.data !== '') yield { type: 'log', data: logs.data };
+      offset = logs.nextOffset;
+      for (const event of state.events.slice(seen)) yield { type: 'event', event };
+      seen = state.events.length;
+      if (['succeeded', 'failed', 'cancelled'].includes(state.status)) {
+        // The rest of the output.
+        for (;;) {
+          const more = (await this.#get(
+            `/v1/snapshot-imports/${encodeURIComponent(id)}/logs?offset=${offset}`,
+            {
+              signal: options.signal,
+            },
+          )) as { data: string; nextOffset: number };
+          if (more.data === '') break;
+          yield { type: 'log', data: more.data };
+          offset = more.nextOffset;
+        }
+        yield { type: 'done', import: state };
+        return;
+      }
+      await sleep(every, options.signal);
+    }
+  }
+
+  async #follow(id: string, options: WatchOptions): Promise<Snapshot> {
+    const onAbort = (): void => {
+      void this.cancelImport(id).catch(() => undefined);
+    };
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      for await (const item of this.watchImport(id, { ...options, signal: undefined })) {
+        if (item.type === 'event') options.onEvent?.(item.event);
+        else if (item.type === 'log') options.onLog?.(item.data);
+        else if (item.import.status === 'succeeded' && item.import.snapshotId) {
+          return this.getSnapshot(item.import.snapshotId);
+        } else {
+          throw new BuildError(id, item.import.status, item.import.error ?? item.import.status);
+        }
+      }
+      throw new BuildError(id, 'unknown', 'stopped following the build');
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------------
   // Quotas
   // ------------------------------------------------------------------------------------------------
 
@@ -1544,4 +1800,12 @@ function seg(ref: VMRef | SnapshotRef | VolumeRef, what: string): string {
   const id = idOf(ref, what);
   if (id === '.' || id === '..') throw new FastVMError(`${what}: '${id}' is not a valid id`);
   return encodeURIComponent(id);
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
 }

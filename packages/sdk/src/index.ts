@@ -30,6 +30,9 @@ export {
   type TransferOptions,
   type RunOptions,
   type SnapshotOptions,
+  type BuildOptions,
+  type ImportImageOptions,
+  type WatchOptions,
 } from './client.js';
 export type { ConnectionStats, Protocol, TLSOptions } from './core/transport.js';
 export { ConsoleSession, type ConsoleEvents, type ConsoleExit } from './console.js';
@@ -53,9 +56,13 @@ export {
   SnapshotError,
   SnapshotNotReadyError,
   FileTransferError,
+  BuildError,
   type Headers,
 } from './core/errors.js';
 export type {
+  BuildEvent,
+  BuildStreamItem,
+  SnapshotImport,
   CommandResult,
   ExecEvent,
   ExecSession,

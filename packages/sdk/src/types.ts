@@ -422,3 +422,40 @@ export type VMRef = string | Pick<VM, 'id'>;
 
 /** A snapshot given by id (or name) or as an object with an `id`. */
 export type SnapshotRef = string | Pick<Snapshot, 'id'>;
+
+/** One step of a build or image import (contract §4.7 event). */
+export interface BuildEvent {
+  /** `preparing`, `pull`, `fetch_context`, `build`, `saving`, `done`, … */
+  phase: string;
+  /** `started`, `completed`, `failed`, `skipped` or `cancelled`. */
+  status: string;
+  timestampMs: number;
+  message?: string;
+}
+
+/** A snapshot import (a Dockerfile build or an image import), as the server reports it. */
+export interface SnapshotImport {
+  id: string;
+  /** `pending`, `claimed`, `running`, `succeeded`, `failed` or `cancelled`. */
+  status: string;
+  name?: string;
+  /** The produced snapshot, once `succeeded`. */
+  snapshotId?: string;
+  /** Why it failed (user-safe, at most 4 KiB). */
+  error?: string;
+  /** What it is doing now, while it runs. */
+  progress?: string;
+  events: BuildEvent[];
+  /** Steps of the Dockerfile: all, restored from the step cache, run. */
+  steps?: { total: number; cached: number; ran: number };
+  source: Record<string, unknown>;
+  createdAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+}
+
+/** What `watchImport` yields: events, build output, and the final state last. */
+export type BuildStreamItem =
+  | { type: 'event'; event: BuildEvent }
+  | { type: 'log'; data: string }
+  | { type: 'done'; import: SnapshotImport };

@@ -37,6 +37,8 @@ import { registerDashboard } from './routes/dashboard.js';
 import execRoutes from './routes/execs.js';
 import orgRoutes from './routes/org.js';
 import branchingRoutes from './routes/branching.js';
+import buildRoutes from './routes/builds.js';
+import type { BuildService } from './services/builds/build-service.js';
 import snapshotRoutes from './routes/snapshots.js';
 import serviceRoutes from './routes/services.js';
 import sshKeyRoutes from './routes/ssh-keys.js';
@@ -104,6 +106,8 @@ export interface AppServices {
   metricsToken?: string;
   /** Presigned file transfer; its `/storage/` URLs are served before Fastify sees them. */
   files: FileService;
+  /** Builds and snapshot imports (none: those routes answer 501). */
+  builds?: BuildService;
   /** The caller org's SSH keys (default: one over `store`). */
   sshKeys?: SshKeyService;
   /** Exec sessions (default: one over `vms` with the default limits). */
@@ -316,6 +320,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(sshKeyRoutes, pluginOpts);
   await app.register(serviceRoutes, pluginOpts);
   await app.register(volumeRoutes, pluginOpts);
+  await app.register(buildRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);
   if (opts.dashboardDir !== undefined) dashboardPage = registerDashboard(app, opts.dashboardDir);
 

@@ -20,6 +20,8 @@
  * storage listener VMs reach on their gateway; default any free port), FASTVM_STORAGE_URL (base of
  * presigned URLs when clients and VMs should use another address; see services/files.ts),
  * FASTVM_STAGING_BYTES_PER_ORG (most bytes of staged files one org may hold; default 32 GiB).
+ * Builds: FASTVM_BUILD_CONTEXT_MAX_BYTES (largest uploaded build context, default 512 MiB),
+ * FASTVM_BUILD_CONCURRENCY (builds running at once, default 2; see services/builds/).
  * Guest cache: `serve` prunes unused guest builds and goldens at start (FASTVM_PRUNE=off: not;
  * FASTVM_PRUNE_AFTER_DAYS: grace for unreferenced entries, default 7), as `prune` does.
  * @module
@@ -181,6 +183,7 @@ async function serve(args: string[]): Promise<number> {
     ...(config.sqliteSynchronous ? { sqliteSynchronous: config.sqliteSynchronous } : {}),
     ...(net ? { network: net.network } : {}),
     storage: storageSettingsFromEnv(),
+    builds: buildSettingsFromEnv(),
     pricing: pricingFromEnv(),
     hostCapacity: config.hostCapacity,
     ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
@@ -234,6 +237,28 @@ async function serve(args: string[]): Promise<number> {
     process.once('SIGINT', stop);
   });
   return 0;
+}
+
+/** `FASTVM_BUILD_CONTEXT_MAX_BYTES` / `FASTVM_BUILD_CONCURRENCY`; throws a user-facing message. */
+function buildSettingsFromEnv(env: Record<string, string | undefined> = process.env): {
+  contextMaxBytes?: number;
+  concurrency?: number;
+} {
+  const out: { contextMaxBytes?: number; concurrency?: number } = {};
+  const positive = (name: string): number | undefined => {
+    const v = env[name]?.trim();
+    if (!v) return undefined;
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1) {
+      throw new Error(`${name} must be a positive integer, got ${v}`);
+    }
+    return n;
+  };
+  const max = positive('FASTVM_BUILD_CONTEXT_MAX_BYTES');
+  if (max !== undefined) out.contextMaxBytes = max;
+  const conc = positive('FASTVM_BUILD_CONCURRENCY');
+  if (conc !== undefined) out.concurrency = conc;
+  return out;
 }
 
 /**

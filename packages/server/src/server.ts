@@ -16,6 +16,8 @@ import { ConsoleService } from './services/console.js';
 import { ExecSessions } from './services/exec-sessions.js';
 import { NoopNetworkManager, type NetworkManager } from './services/network.js';
 import { recover, type RecoveryReport } from './services/recovery.js';
+import { BuildService, type BuildSettings } from './services/builds/build-service.js';
+import type { ImageSource } from './services/image-source.js';
 import { defaultDashboardDir } from './routes/dashboard.js';
 import { startStorageListener, type StorageListener } from './routes/storage.js';
 import { FileService } from './services/files.js';
@@ -120,6 +122,13 @@ export interface StartServerOptions {
    * built by `npm run build`); false: not served.
    */
   dashboardDir?: string | false;
+  /**
+   * Where a build's non-platform `FROM` (and an image import) is pulled from; absent: only the
+   * platform base (`fastvm/base`, `debian:bookworm`) can be built on.
+   */
+  images?: ImageSource;
+  /** Build limits (context size, concurrency, step-cache size; `services/builds/`). */
+  builds?: Partial<BuildSettings>;
 }
 
 /** A running server. */
@@ -168,6 +177,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   let storageListener: StorageListener | undefined;
   let sshGateway: SshGateway | undefined;
   let proxy: ServiceProxy | undefined;
+  let builds: BuildService | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -244,6 +254,16 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       });
     });
     const recovery = await recover(store, runtime, network, logger);
+    builds = new BuildService(ctx, files, {
+      dataDir: opts.dataDir,
+      ...(opts.images ? { images: opts.images } : {}),
+      ...(opts.builds ? { settings: opts.builds } : {}),
+    });
+    builds.snapshots = snapshots;
+    const failedBuilds = await builds.recover();
+    if (failedBuilds.length > 0) {
+      logger.warn({ builds: failedBuilds }, 'builds cut off by the restart marked failed');
+    }
     // Volume creations/deletions and attaches/detaches a crash cut short are finished.
     await volumes
       .recover()
@@ -292,6 +312,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         consoles,
         execs,
         files,
+        builds,
         quotas,
         volumes,
         metrics,
@@ -400,6 +421,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             proxy?.close(graceMs),
           ]);
           files?.close();
+          await builds?.close();
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
           }

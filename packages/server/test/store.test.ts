@@ -7,6 +7,7 @@ import {
   SNAPSHOT_TRANSITIONS,
   VM_INITIAL_STATUS,
   VM_TRANSITIONS,
+  type BuildRecord,
   type SnapshotRecord,
   type VmRecord,
   type VmStatus,
@@ -300,6 +301,86 @@ describe.each(DIALECTS)('store on %s', (_name, databaseUrl) => {
       await store.transitionSnapshot(snap.id, { from: 'deleting', to: 'deleted' }),
     ).toMatchObject({ status: 'deleted' });
     expect(await store.transitionSnapshot(snap.id, { to: 'deleting' })).toBeUndefined();
+  });
+  it('keeps builds (newest first, by kind and status) and the step cache per org', async () => {
+    const other = (await createOrg(store, `org-${randomUUID()}`)).id;
+    const build = (over: Partial<BuildRecord>): BuildRecord => ({
+      id: randomUUID(),
+      orgId,
+      kind: 'import',
+      status: 'pending',
+      name: 'b',
+      machine: 'c1m2',
+      cpu: 1,
+      memoryMiB: 2048,
+      diskGiB: 10,
+      source: { type: 'image', image: 'fastvm/base' },
+      events: [],
+      createdAt: new Date().toISOString(),
+      updatedAt: new Date().toISOString(),
+      ...over,
+    });
+    const a = build({ createdAt: '2026-01-01T00:00:00.000Z' });
+    const b = build({ createdAt: '2026-01-02T00:00:00.000Z', kind: 'build' });
+    const c = build({ createdAt: '2026-01-03T00:00:00.000Z' });
+    for (const r of [a, b, c]) await store.insertBuild(r);
+    expect((await store.listBuilds(orgId, 'import')).map((r) => r.id)).toEqual([c.id, a.id]);
+    expect(await store.getBuild(other, a.id)).toBeUndefined();
+    await store.saveBuild({
+      ...a,
+      status: 'running',
+      events: [{ phase: 'preparing', status: 'started', timestampMs: 1 }],
+    });
+    expect(await store.getBuild(orgId, a.id)).toMatchObject({
+      status: 'running',
+      events: [{ phase: 'preparing' }],
+    });
+    const running = (await store.listBuildsByStatus(['running'])).map((r) => r.id);
+    expect(running).toContain(a.id);
+    expect(running).not.toContain(c.id);
+    await store.deleteBuild(c.id);
+    expect(await store.getBuild(orgId, c.id)).toBeUndefined();
+
+    const at = (s: string) => `2026-01-01T00:00:0${s}.000Z`;
+    await store.putBuildCacheEntry({
+      orgId,
+      key: 'k1',
+      snapshotId: 's1',
+      createdAt: at('1'),
+      lastUsedAt: at('1'),
+    });
+    await store.putBuildCacheEntry({
+      orgId,
+      key: 'k2',
+      snapshotId: 's2',
+      createdAt: at('2'),
+      lastUsedAt: at('2'),
+    });
+    await store.putBuildCacheEntry({
+      orgId: other,
+      key: 'k1',
+      snapshotId: 'o1',
+      createdAt: at('1'),
+      lastUsedAt: at('1'),
+    });
+    // Replacing a key's entry.
+    await store.putBuildCacheEntry({
+      orgId,
+      key: 'k2',
+      snapshotId: 's3',
+      createdAt: at('3'),
+      lastUsedAt: at('3'),
+    });
+    expect((await store.getBuildCacheEntry(orgId, 'k1'))?.snapshotId).toBe('s1');
+    expect((await store.getBuildCacheEntry(other, 'k1'))?.snapshotId).toBe('o1');
+    expect((await store.getBuildCacheEntry(orgId, 'k2'))?.snapshotId).toBe('s3');
+    await store.touchBuildCacheEntry(orgId, 'k1', at('9'));
+    expect((await store.listBuildCacheEntries(orgId)).map((e) => e.key)).toEqual(['k2', 'k1']);
+    expect(await store.isBuildCacheSnapshot('s3')).toBe(true);
+    expect(await store.isBuildCacheSnapshot('s2')).toBe(false);
+    await store.deleteBuildCacheEntry(orgId, 'k1');
+    expect(await store.getBuildCacheEntry(orgId, 'k1')).toBeUndefined();
+    expect(await store.getBuildCacheEntry(other, 'k1')).toBeDefined();
   });
 });
 

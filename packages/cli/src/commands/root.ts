@@ -5,7 +5,9 @@ import { addGlobalOptions, newCommand } from '../cmdutil.js';
 import { CliError } from '../errors.js';
 import type { Factory } from '../factory.js';
 import { VERSION } from '../version.js';
+import { newBuildCommand } from './build.js';
 import { newConfigCommand } from './config/config.js';
+import { newImageCommand } from './image/image.js';
 import { newCpCommand } from './cp.js';
 import { newFirewallCommand } from './firewall/firewall.js';
 import { newQuotaCommand } from './quota.js';
@@ -28,6 +30,8 @@ Commands:
   firewall  get | set | patch | egress
   service   add | ls | rm   (publish a VM's HTTP ports through the proxy)
   volume    create | ls | rm | resize | attach | detach   (persistent disks)
+  build     build a snapshot from a Dockerfile: build -f Dockerfile [-t name] [--build-arg K=V] DIR
+  image     import   (an image as a snapshot: image import debian:bookworm -n base)
   quota     show quota limits and usage
   ssh-key   add | list | rm   (keys for ssh through the SSH gateway: fastvm vm ssh <vm>)
   config    set | get | unset   (keys: api-key, base-url)
@@ -57,6 +61,7 @@ Examples:
   fastvm service add dev 8000:web && fastvm service ls dev
   fastvm volume create data --size 20 && fastvm vm launch -n job --volume data:/data
   fastvm volume attach dev data:/mnt/data:ro && fastvm volume detach dev data
+  fastvm build -t app --build-arg VERSION=2 . && fastvm snapshot restore app -n app1
   fastvm vm list --json | jq -r '.[].id'
 
 Config file: $XDG_CONFIG_HOME/fastvm/config.json (default ~/.config/fastvm/config.json).
@@ -80,6 +85,8 @@ const COMMANDS: Record<string, (f: Factory) => Command> = {
   quota: newQuotaCommand,
   'ssh-key': newSshKeyCommand,
   volume: newVolumeCommand,
+  build: newBuildCommand,
+  image: newImageCommand,
   config: newConfigCommand,
 };
 

@@ -313,3 +313,21 @@ function errorCode(body: unknown): string | undefined {
     ? e
     : undefined;
 }
+
+/** A build or image import ended `failed` or `cancelled`. */
+export class BuildError extends FastVMError {
+  override name = 'BuildError';
+
+  /**
+   * @param importId - Id of the snapshot import.
+   * @param status - `failed` or `cancelled`.
+   * @param reason - The server's error text.
+   */
+  constructor(
+    readonly importId: string,
+    readonly status: string,
+    readonly reason: string,
+  ) {
+    super(`build ${importId} ${status}: ${reason}`);
+  }
+}

@@ -9,3 +9,4 @@ export * from './transitions.js';
 export * from './errors.js';
 export * from './published.js';
 export * from './firewall.js';
+export * from './builds.js';

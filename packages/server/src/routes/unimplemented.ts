@@ -20,17 +20,7 @@ export const VM_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = 
 ];
 
 /** [method, path, feature] of org-level endpoints not implemented yet. */
-export const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [
-  ['POST', '/v1/snapshot-imports', 'snapshot imports'],
-  ['GET', '/v1/snapshot-imports', 'snapshot imports'],
-  ['POST', '/v1/snapshot-imports/context-presign', 'snapshot imports'],
-  ['GET', '/v1/snapshot-imports/:id', 'snapshot imports'],
-  ['DELETE', '/v1/snapshot-imports/:id', 'snapshot imports'],
-  ['POST', '/v1/snapshot-imports/:id/cancel', 'snapshot imports'],
-  ['POST', '/v1/builds', 'builds'],
-  ['GET', '/v1/builds/:id', 'builds'],
-  ['POST', '/v1/build-contexts/presign', 'builds'],
-];
+export const ORG_SCOPED: ReadonlyArray<readonly [HTTPMethods, string, string]> = [];
 
 const respond501 = { response: { 501: ErrorBody } };
 

@@ -54,6 +54,11 @@ const OBJECT_RE = /^([A-Za-z0-9][A-Za-z0-9_-]{0,63})\.([0-9a-f]{32})$/;
 const CHUNK_BYTES = 1024 * 1024 - 16 * 1024;
 /** Default of `stagingBytesPerOrg` (`FASTVM_STAGING_BYTES_PER_ORG`): 32 GiB. */
 export const DEFAULT_STAGING_BYTES_PER_ORG = 32 * 2 ** 30;
+/** Owner part of an org's build-context objects (`bctx-<orgId>.<key>`). */
+export const CONTEXT_OWNER_PREFIX = 'bctx-';
+export function contextOwner(orgId: string): string {
+  return `${CONTEXT_OWNER_PREFIX}${orgId}`;
+}
 /** VM states whose storage URLs work: every state but being deleted. */
 const VM_STATUSES_WITH_STAGING: ReadonlySet<VmStatus> = new Set<
   Exclude<VmStatus, 'deleting' | 'deleted'>
@@ -211,6 +216,9 @@ export class FileService {
     for (const vm of await store.listVmsByStatus([...VM_STATUSES_WITH_STAGING])) {
       this.#vmOrg.set(vm.id, vm.orgId);
     }
+    for (const org of await store.listOrgs()) {
+      this.#vmOrg.set(contextOwner(org.id), org.id);
+    }
     for (const name of await fsp.readdir(this.stagingDir)) {
       const file = path.join(this.stagingDir, name);
       const vmId = OBJECT_RE.exec(name)?.[1];
@@ -276,6 +284,7 @@ export class FileService {
   async authorize(grant: StorageGrant): Promise<void> {
     const orgId = this.#vmOrg.get(grant.vmId);
     if (orgId === undefined) throw vmGone();
+    if (grant.vmId.startsWith(CONTEXT_OWNER_PREFIX)) return; // an org's build contexts
     const vm = await this.ctx.store.getVm(orgId, grant.vmId);
     if (!vm || !VM_STATUSES_WITH_STAGING.has(vm.status)) {
       await this.dropVm(grant.vmId);
@@ -305,6 +314,70 @@ export class FileService {
       expiresInSec: this.urlTtlSec,
       maxUploadBytes,
     };
+  }
+
+  /**
+   * Mints URLs for a new build-context object of the org (`build-contexts/presign`,
+   * `snapshot-imports/context-presign`): owner `bctx-<orgId>`, at most `maxBytes`.
+   */
+  presignContext(
+    orgId: string,
+    baseUrl: string,
+    maxBytes: number,
+  ): {
+    uploadUrl: string;
+    downloadUrl: string;
+    expiresInSec: number;
+    maxUploadBytes: number;
+    object: string;
+  } {
+    const owner = contextOwner(orgId);
+    this.#vmOrg.set(owner, orgId);
+    const object = `${owner}.${crypto.randomBytes(16).toString('hex')}`;
+    const maxUploadBytes = Math.min(maxBytes, this.stagingBytesPerOrg);
+    const url = this.sign(object, Math.floor(Date.now() / 1000) + this.urlTtlSec, maxUploadBytes);
+    // The client uploads (not a VM): the API's own origin, which serves /storage/ too.
+    const full = `${baseUrl.replace(/\/+$/, '')}${url}`;
+    return {
+      uploadUrl: full,
+      downloadUrl: full,
+      expiresInSec: this.urlTtlSec,
+      maxUploadBytes,
+      object,
+    };
+  }
+
+  /**
+   * The org's uploaded context `object`, hard-linked (or, with `consume`, moved) to `dest`;
+   * returns its size. `NotFoundError` when it is not the org's, was never uploaded or was used
+   * up.
+   */
+  async takeContext(
+    orgId: string,
+    object: string,
+    dest: string,
+    consume: boolean,
+  ): Promise<number> {
+    const m = OBJECT_RE.exec(object);
+    if (!m || m[1] !== contextOwner(orgId)) throw new NotFoundError('build context');
+    const file = path.join(this.stagingDir, object);
+    const st = await fsp.stat(file).catch(() => undefined);
+    if (!st?.isFile()) {
+      throw new NotFoundError('build context', {
+        message: 'the build context was not uploaded (or was already used, or expired)',
+      });
+    }
+    if (consume) {
+      await fsp.rename(file, dest).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EXDEV') throw err;
+        await fsp.copyFile(file, dest);
+        await fsp.rm(file, { force: true });
+      });
+      this.#forget(object);
+    } else {
+      await fsp.link(file, dest).catch(() => fsp.copyFile(file, dest));
+    }
+    return st.size;
   }
 
   /** `/storage/<object>?exp=…&max=…&sig=…` (exported for tests that forge or expire URLs). */

@@ -5,6 +5,10 @@
  */
 import type { Kysely, Selectable, Transaction } from 'kysely';
 import {
+  type BuildCacheEntry,
+  type BuildKind,
+  type BuildRecord,
+  type BuildStatus,
   SNAPSHOT_INITIAL_STATUS,
   SNAPSHOT_STATUSES_USING_QUOTA,
   SNAPSHOT_TRANSITIONS,
@@ -38,7 +42,14 @@ import {
 } from '../domain/index.js';
 import { migrateToLatest } from './migrations.js';
 import { prepared } from './prepared.js';
-import type { Database, SnapshotsTable, VmsTable, VolumesTable } from './schema.js';
+import type {
+  BuildCacheTable,
+  BuildsTable,
+  Database,
+  SnapshotsTable,
+  VmsTable,
+  VolumesTable,
+} from './schema.js';
 import type {
   OrgTx,
   QuotaOverrides,
@@ -677,6 +688,157 @@ export class KyselyStore implements Store {
       .executeTakeFirst();
     return row && toSshKey(row);
   }
+
+  // ---- builds and the step cache --------------------------------------------------------------
+
+  async insertBuild(b: BuildRecord): Promise<void> {
+    await this.db.insertInto('builds').values(fromBuild(b)).execute();
+  }
+
+  async getBuild(orgId: string, id: string): Promise<BuildRecord | undefined> {
+    const row = await this.db
+      .selectFrom('builds')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('id', '=', id)
+      .executeTakeFirst();
+    return row && toBuild(row);
+  }
+
+  async listBuilds(orgId: string, kind: BuildKind): Promise<BuildRecord[]> {
+    const rows = await this.db
+      .selectFrom('builds')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('kind', '=', kind)
+      .orderBy('created_at', 'desc')
+      .orderBy('id', 'desc')
+      .execute();
+    return rows.map(toBuild);
+  }
+
+  async saveBuild(b: BuildRecord): Promise<void> {
+    const row = fromBuild(b);
+    await this.db
+      .updateTable('builds')
+      .set({ status: row.status, updated_at: row.updated_at, doc: row.doc })
+      .where('id', '=', b.id)
+      .execute();
+  }
+
+  async deleteBuild(id: string): Promise<void> {
+    await this.db.deleteFrom('builds').where('id', '=', id).execute();
+  }
+
+  async listBuildsByStatus(statuses: readonly BuildStatus[]): Promise<BuildRecord[]> {
+    if (statuses.length === 0) return [];
+    const rows = await this.db
+      .selectFrom('builds')
+      .selectAll()
+      .where('status', 'in', [...statuses])
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toBuild);
+  }
+
+  async getBuildCacheEntry(orgId: string, key: string): Promise<BuildCacheEntry | undefined> {
+    const row = await this.db
+      .selectFrom('build_cache')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where('key', '=', key)
+      .executeTakeFirst();
+    return row && toCacheEntry(row);
+  }
+
+  async putBuildCacheEntry(e: BuildCacheEntry): Promise<void> {
+    await this.db
+      .insertInto('build_cache')
+      .values({
+        org_id: e.orgId,
+        key: e.key,
+        snapshot_id: e.snapshotId,
+        created_at: e.createdAt,
+        last_used_at: e.lastUsedAt,
+      })
+      .onConflict((oc) =>
+        oc.columns(['org_id', 'key']).doUpdateSet({
+          snapshot_id: e.snapshotId,
+          created_at: e.createdAt,
+          last_used_at: e.lastUsedAt,
+        }),
+      )
+      .execute();
+  }
+
+  async touchBuildCacheEntry(orgId: string, key: string, at: string): Promise<void> {
+    await this.db
+      .updateTable('build_cache')
+      .set({ last_used_at: at })
+      .where('org_id', '=', orgId)
+      .where('key', '=', key)
+      .execute();
+  }
+
+  async deleteBuildCacheEntry(orgId: string, key: string): Promise<void> {
+    await this.db
+      .deleteFrom('build_cache')
+      .where('org_id', '=', orgId)
+      .where('key', '=', key)
+      .execute();
+  }
+
+  async listBuildCacheEntries(orgId: string): Promise<BuildCacheEntry[]> {
+    const rows = await this.db
+      .selectFrom('build_cache')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .orderBy('last_used_at')
+      .execute();
+    return rows.map(toCacheEntry);
+  }
+
+  async isBuildCacheSnapshot(snapshotId: string): Promise<boolean> {
+    const row = await this.db
+      .selectFrom('build_cache')
+      .select('key')
+      .where('snapshot_id', '=', snapshotId)
+      .executeTakeFirst();
+    return row !== undefined;
+  }
+}
+
+function toBuild(row: Selectable<BuildsTable>): BuildRecord {
+  const doc = JSON.parse(row.doc) as BuildRecord;
+  return {
+    ...doc,
+    id: row.id,
+    orgId: row.org_id,
+    kind: row.kind as BuildKind,
+    status: row.status as BuildStatus,
+  };
+}
+
+function fromBuild(b: BuildRecord): BuildsTable {
+  return {
+    id: b.id,
+    org_id: b.orgId,
+    kind: b.kind,
+    status: b.status,
+    created_at: b.createdAt,
+    updated_at: b.updatedAt,
+    doc: JSON.stringify(b),
+  };
+}
+
+function toCacheEntry(row: Selectable<BuildCacheTable>): BuildCacheEntry {
+  return {
+    orgId: row.org_id,
+    key: row.key,
+    snapshotId: row.snapshot_id,
+    createdAt: row.created_at,
+    lastUsedAt: row.last_used_at,
+  };
 }
 
 function toSshKey(row: Selectable<Database['ssh_keys']>): SshKeyRecord {

@@ -204,6 +204,33 @@ const migrations: Record<string, Migration> = {
       }
     },
   },
+  '0008_builds': {
+    async up(db: Kysely<any>): Promise<void> {
+      // Builds and snapshot imports (one table, `kind`); the record is a JSON document.
+      await db.schema
+        .createTable('builds')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('org_id', 'text', (c) => c.notNull().references('orgs.id'))
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addColumn('doc', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('builds_org').on('builds').columns(['org_id', 'kind']).execute();
+      await db.schema.createIndex('builds_status').on('builds').column('status').execute();
+      // The step cache: internal snapshots by key, per org (never shared across orgs).
+      await db.schema
+        .createTable('build_cache')
+        .addColumn('org_id', 'text', (c) => c.notNull().references('orgs.id'))
+        .addColumn('key', 'text', (c) => c.notNull())
+        .addColumn('snapshot_id', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('last_used_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('build_cache_pk', ['org_id', 'key'])
+        .execute();
+    },
+  },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 

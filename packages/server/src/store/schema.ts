@@ -122,6 +122,26 @@ export interface SshKeysTable {
   created_at: string;
 }
 
+/** Builds and snapshot imports (migration 0008); `doc` is the JSON `BuildRecord`. */
+export interface BuildsTable {
+  id: string;
+  org_id: string;
+  kind: string;
+  status: string;
+  created_at: string;
+  updated_at: string;
+  doc: string;
+}
+
+/** The build step cache (migration 0008). */
+export interface BuildCacheTable {
+  org_id: string;
+  key: string;
+  snapshot_id: string;
+  created_at: string;
+  last_used_at: string;
+}
+
 /** All tables, for `Kysely<Database>`. */
 export interface Database {
   orgs: OrgsTable;
@@ -131,4 +151,6 @@ export interface Database {
   snapshots: SnapshotsTable;
   ssh_keys: SshKeysTable;
   volumes: VolumesTable;
+  builds: BuildsTable;
+  build_cache: BuildCacheTable;
 }

@@ -6,6 +6,10 @@
  */
 import type {
   ApiKeyRecord,
+  BuildCacheEntry,
+  BuildKind,
+  BuildRecord,
+  BuildStatus,
   Move,
   PublishedService,
   OrgRecord,
@@ -213,4 +217,26 @@ export interface Store {
   deleteSshKey(orgId: string, fingerprint: string): Promise<SshKeyRecord | undefined>;
   /** The key with this fingerprint, whichever org holds it (the SSH gateway's login lookup). */
   findSshKey(fingerprint: string): Promise<SshKeyRecord | undefined>;
+
+  /** Inserts a build or import record. */
+  insertBuild(build: BuildRecord): Promise<void>;
+  /** The org's build or import by id. */
+  getBuild(orgId: string, id: string): Promise<BuildRecord | undefined>;
+  /** The org's builds of one kind, newest first. */
+  listBuilds(orgId: string, kind: BuildKind): Promise<BuildRecord[]>;
+  /** Writes the whole record (status and document). */
+  saveBuild(build: BuildRecord): Promise<void>;
+  deleteBuild(id: string): Promise<void>;
+  /** Builds of every org in these statuses (startup recovery). */
+  listBuildsByStatus(statuses: readonly BuildStatus[]): Promise<BuildRecord[]>;
+
+  getBuildCacheEntry(orgId: string, key: string): Promise<BuildCacheEntry | undefined>;
+  /** Inserts or replaces the entry of `key`. */
+  putBuildCacheEntry(entry: BuildCacheEntry): Promise<void>;
+  touchBuildCacheEntry(orgId: string, key: string, at: string): Promise<void>;
+  deleteBuildCacheEntry(orgId: string, key: string): Promise<void>;
+  /** The org's entries, least recently used first. */
+  listBuildCacheEntries(orgId: string): Promise<BuildCacheEntry[]>;
+  /** Whether any org's cache entry holds this snapshot. */
+  isBuildCacheSnapshot(snapshotId: string): Promise<boolean>;
 }
