@@ -43,6 +43,7 @@ import {
 } from './records.js';
 import { SnapshotDigester } from './digests.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
+import { checkBaseImage } from './base-image.js';
 import { growDisk, reconcileDisk, snapshotVm, type SnapshotContext } from './snapshot.js';
 import {
   type AdoptResult,
@@ -318,10 +319,28 @@ export class QemuRuntime implements Runtime {
         `diskGiB must be at least ${this.#image.rootfsGiB}`,
       );
     }
-    const [golden] = await Promise.all([this.#goldens.get(opts.machine), this.#claim(opts.id)]);
+    const base = opts.baseImage;
+    if (base) checkBaseImage(base);
+    let golden: SnapshotRecord;
+    if (base) {
+      // Built (a cold boot) before the id is claimed: a base that does not boot leaves nothing.
+      golden = await this.#goldens.get(opts.machine, base);
+      if (diskGiB < golden.diskGiB) {
+        throw new RuntimeError(
+          'invalid_argument',
+          `diskGiB must be at least ${golden.diskGiB} for ${base.id}`,
+        );
+      }
+      await this.#claim(opts.id);
+    } else {
+      [golden] = await Promise.all([this.#goldens.get(opts.machine), this.#claim(opts.id)]);
+    }
     let vm: LiveVm;
     try {
-      const pooled = await this.#pool.take(opts.machine, opts.id, opts.hostname, opts.network);
+      // The warm pool holds VMs of the platform's image only: a base image restores its golden.
+      const pooled = base
+        ? undefined
+        : await this.#pool.take(opts.machine, opts.id, opts.hostname, opts.network);
       vm =
         pooled ??
         (await this.#restore(golden, {
@@ -333,7 +352,7 @@ export class QemuRuntime implements Runtime {
     } finally {
       this.#starting.delete(opts.id);
     }
-    this.#pool.fill(opts.machine);
+    if (!base) this.#pool.fill(opts.machine);
     if (diskGiB > golden.diskGiB) await vm.serially(() => growDisk(this.#layers, vm, diskGiB));
     return this.#info(vm);
   }
@@ -833,6 +852,7 @@ export class QemuRuntime implements Runtime {
       pid: vm.record.pid,
       ...(vm.record.snapshotId ? { snapshotId: vm.record.snapshotId } : {}),
       ...(vm.record.volumes?.length ? { volumes: attachedVolumes(vm.record.volumes) } : {}),
+      ...(vm.record.baseImage ? { baseImage: vm.record.baseImage } : {}),
     };
   }
 }
