@@ -48,7 +48,17 @@ export function helperArgv(tool: 'ip' | 'resize2fs', args: readonly string[]): s
 export function helperNeighArgvs(): string[][] {
   const g = GUEST_NET;
   return [
-    helperArgv('ip', ['neigh', 'replace', g.ipv4Gateway, 'lladdr', g.gatewayMac, 'dev', 'eth0', 'nud', 'permanent']),
+    helperArgv('ip', [
+      'neigh',
+      'replace',
+      g.ipv4Gateway,
+      'lladdr',
+      g.gatewayMac,
+      'dev',
+      'eth0',
+      'nud',
+      'permanent',
+    ]),
     helperArgv('ip', [
       '-6',
       'neigh',
@@ -100,7 +110,12 @@ async function realDirs(root: string, dir: string): Promise<void> {
   }
 }
 
-async function writeIn(root: string, p: string, data: string | Buffer, mode = 0o644): Promise<void> {
+async function writeIn(
+  root: string,
+  p: string,
+  data: string | Buffer,
+  mode = 0o644,
+): Promise<void> {
   const target = await place(root, p);
   await fs.writeFile(target, data, { mode });
   await fs.chmod(target, mode);
@@ -137,7 +152,8 @@ export async function installGuestSupport(root: string, opts: GuestSupportOption
     '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 fastvm\n',
   );
   await writeIn(root, '/usr/local/share/fastvm/machine-id', '');
-  for (const f of ['hostname', 'hosts', 'machine-id']) await linkIn(root, `/etc/${f}`, `/run/fastvm/${f}`);
+  for (const f of ['hostname', 'hosts', 'machine-id'])
+    await linkIn(root, `/etc/${f}`, `/run/fastvm/${f}`);
   await linkIn(root, '/etc/mtab', '/proc/self/mounts');
   await writeIn(
     root,
@@ -205,9 +221,13 @@ export async function makeExt4(root: string, out: string, signal?: AbortSignal):
   } catch (err) {
     await fs.rm(tmp, { force: true });
     const e = err as { stderr?: string; message?: string };
-    throw new RuntimeError('qemu_failed', `mke2fs failed: ${(e.stderr || e.message || '').trim()}`, {
-      cause: err,
-    });
+    throw new RuntimeError(
+      'qemu_failed',
+      `mke2fs failed: ${(e.stderr || e.message || '').trim()}`,
+      {
+        cause: err,
+      },
+    );
   }
   await fs.chmod(tmp, 0o644);
   await fs.rename(tmp, out);
@@ -217,9 +237,15 @@ export async function makeExt4(root: string, out: string, signal?: AbortSignal):
 /** Refuses a malformed `BaseImage` (its id names golden directories; its file must exist as a path). */
 export function checkBaseImage(base: BaseImage): void {
   if (!/^[a-z0-9-]{1,64}$/.test(base.id)) {
-    throw new RuntimeError('invalid_argument', `base image id ${JSON.stringify(base.id)} is invalid`);
+    throw new RuntimeError(
+      'invalid_argument',
+      `base image id ${JSON.stringify(base.id)} is invalid`,
+    );
   }
   if (!path.isAbsolute(base.rootfsPath)) {
-    throw new RuntimeError('invalid_argument', `base image ${base.id}: rootfsPath must be absolute`);
+    throw new RuntimeError(
+      'invalid_argument',
+      `base image ${base.id}: rootfsPath must be absolute`,
+    );
   }
 }

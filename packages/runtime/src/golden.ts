@@ -70,7 +70,11 @@ export class GoldenCache {
     const parts: unknown[] = [GOLDEN_FORMAT, image.imageId, machine, accel, cmdline, qemu];
     // A base image's golden: keyed by its id and file too (the platform's keys stay as they were).
     if (base) parts.push(base.id, base.rootfsPath, BASE_GOLDEN_FORMAT);
-    const key = crypto.createHash('sha256').update(JSON.stringify(parts)).digest('hex').slice(0, 16);
+    const key = crypto
+      .createHash('sha256')
+      .update(JSON.stringify(parts))
+      .digest('hex')
+      .slice(0, 16);
     const id = base ? `golden-${machine}-${base.id}-${key}` : `golden-${machine}-${key}`;
     const existing = await readJson<SnapshotRecord>(path.join(goldenDir, id, 'snapshot.json'));
     if (existing) {
@@ -81,7 +85,9 @@ export class GoldenCache {
       return existing;
     }
     const t0 = Date.now();
-    log(`runtime: building golden snapshot for ${machine}${base ? ` on ${base.id}` : ''} (cold boot)`);
+    log(
+      `runtime: building golden snapshot for ${machine}${base ? ` on ${base.id}` : ''} (cold boot)`,
+    );
     const rec = await this.#boot(id, machine, base);
     log(`runtime: golden ${machine} ready in ${Date.now() - t0} ms`);
     return rec;
@@ -143,7 +149,11 @@ export class GoldenCache {
         await pinGatewayMac(agent);
         // Warm the guest's page cache with what users run first; forks share these pages.
         const warm = await agent.exec({
-          argv: ['sh', '-c', 'python3 -c pass; curl --version >/dev/null; tmux -V >/dev/null; sync'],
+          argv: [
+            'sh',
+            '-c',
+            'python3 -c pass; curl --version >/dev/null; tmux -V >/dev/null; sync',
+          ],
           timeoutMs: 60_000,
         });
         if (warm.exitCode !== 0) {

@@ -323,6 +323,7 @@ export class QemuRuntime implements Runtime {
     if (base) checkBaseImage(base);
     let golden: SnapshotRecord;
     if (base) {
+      this.#grantBase(base.rootfsPath);
       // Built (a cold boot) before the id is claimed: a base that does not boot leaves nothing.
       golden = await this.#goldens.get(opts.machine, base);
       if (diskGiB < golden.diskGiB) {
@@ -357,6 +358,13 @@ export class QemuRuntime implements Runtime {
     return this.#info(vm);
   }
 
+  /** A confined QEMU opens a base image's file (the end of a disk chain) by path. */
+  #grantBase(file: string): void {
+    if (!this.#confine) return;
+    this.#confine.searchable([path.dirname(file)], this.#log);
+    this.#confine.readable(file);
+  }
+
   async restore(opts: RestoreOptions): Promise<VmInfo> {
     checkId(opts.id);
     let snap = await this.#layers.readSnapshot(opts.snapshotId);
@@ -383,6 +391,7 @@ export class QemuRuntime implements Runtime {
       snap = again;
     }
     try {
+      if (snap.baseImage) this.#grantBase(snap.disk[snap.disk.length - 1]!);
       // Refuse corrupted layers before QEMU maps them (cached: one hash per file per runtime).
       await this.#digests.verify(snap);
       await this.#claim(opts.id);

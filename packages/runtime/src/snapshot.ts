@@ -232,7 +232,9 @@ export async function growDisk(layers: LayerStore, vm: LiveVm, diskGiB: number):
   });
   crashPoint('disk:resized');
   // A base image may have no resize2fs of its own: it has ours (base-image.ts).
-  const argv = vm.record.baseImage ? helperArgv('resize2fs', ['/dev/vda']) : ['resize2fs', '/dev/vda'];
+  const argv = vm.record.baseImage
+    ? helperArgv('resize2fs', ['/dev/vda'])
+    : ['resize2fs', '/dev/vda'];
   const r = await vm.agent.exec({ argv, timeoutMs: 60_000 });
   if (r.exitCode !== 0) {
     throw new RuntimeError('qemu_failed', `resize2fs failed: ${r.stderr.toString().trim()}`);

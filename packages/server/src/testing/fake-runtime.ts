@@ -149,7 +149,10 @@ export class FakeRuntime implements Runtime {
       throw new FakeRuntimeError('invalid_argument', `unknown machine ${opts.machine}`);
     }
     if (opts.baseImage && !/^[a-z0-9-]{1,64}$/.test(opts.baseImage.id)) {
-      throw new FakeRuntimeError('invalid_argument', `base image id ${opts.baseImage.id} is invalid`);
+      throw new FakeRuntimeError(
+        'invalid_argument',
+        `base image id ${opts.baseImage.id} is invalid`,
+      );
     }
     this.assertFreeId(opts.id);
     const spec = MACHINES[opts.machine];
