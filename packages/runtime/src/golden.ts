@@ -75,7 +75,8 @@ export class GoldenCache {
       .update(JSON.stringify(parts))
       .digest('hex')
       .slice(0, 16);
-    const id = base ? `golden-${machine}-${base.id}-${key}` : `golden-${machine}-${key}`;
+    // (The same shape for base images: the build directory's socket paths must stay short.)
+    const id = `golden-${machine}-${key}`;
     const existing = await readJson<SnapshotRecord>(path.join(goldenDir, id, 'snapshot.json'));
     if (existing) {
       // Marks it as in use for the cache pruning (prune.ts): its mtime is when a runtime last

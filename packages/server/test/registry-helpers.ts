@@ -191,7 +191,7 @@ export type Compression = 'gzip' | 'zstd' | 'none';
 export async function tarOf(entries: readonly LayerEntry[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
-  pack.on('data', (c: Buffer) => chunks.push(c));
+  pack.on('data', (c: unknown) => chunks.push(c as Buffer));
   const done = new Promise<void>((r) => pack.on('end', () => r()));
   const mtime = new Date('2026-01-01T00:00:00Z');
   for (const e of entries) {
@@ -270,7 +270,7 @@ export async function pushBlob(t: PushTarget, repo: string, blob: Buffer): Promi
   const put = await fetch(loc, {
     method: 'PUT',
     headers: { ...authHeader(t), 'content-type': 'application/octet-stream' },
-    body: blob,
+    body: new Uint8Array(blob),
   });
   if (put.status !== 201) throw new Error(`blob upload: HTTP ${put.status} ${await put.text()}`);
   return digest;
@@ -286,7 +286,7 @@ export async function pushManifest(
   const res = await fetch(`${t.url}/v2/${repo}/manifests/${reference}`, {
     method: 'PUT',
     headers: { ...authHeader(t), 'content-type': mediaType },
-    body,
+    body: new Uint8Array(body),
   });
   if (res.status !== 201) throw new Error(`manifest push: HTTP ${res.status} ${await res.text()}`);
   return digestOf(body);
@@ -394,7 +394,7 @@ export function busyboxLayer(): Promise<Buffer> | undefined {
   } catch {
     /* "not a dynamic executable" */
   }
-  const applets = ['sh', 'cat', 'ls', 'echo', 'test', 'mkdir', 'rm', 'true', 'false', 'id', 'stat'];
+  const applets = ['sh', 'cat', 'ls', 'echo', 'test', 'mkdir', 'rm', 'true', 'false', 'id', 'stat', 'df', 'sync', 'sleep', 'uname'];
   return tarOf([
     { type: 'dir', path: 'bin' },
     { type: 'file', path: 'bin/busybox', data: fs.readFileSync(bin), mode: 0o755 },
