@@ -50,7 +50,8 @@ export async function benchImport(
   log: (s: string) => void,
   opts: { quick: boolean; root: string },
 ): Promise<string | undefined> {
-  if (!haveRegistry()) return 'build_import: skipped, needs docker-registry (guest/setup.sh --deps-only)';
+  if (!haveRegistry())
+    return 'build_import: skipped, needs docker-registry (guest/setup.sh --deps-only)';
   let agent: string;
   try {
     agent = loadGuestImage().agent;
@@ -66,14 +67,19 @@ export async function benchImport(
     const pushed = await pushImage(registry, 'bench/import', 'v1', {
       layers: [
         { tar: await baseLayer(work), compression: 'gzip' },
-        { tar: await tarOf([{ type: 'file', path: 'opt/blob.bin', data: random }]), compression: 'zstd' },
+        {
+          tar: await tarOf([{ type: 'file', path: 'opt/blob.bin', data: random }]),
+          compression: 'zstd',
+        },
       ],
       config: { Env: ['PATH=/usr/bin:/bin'], Cmd: ['/bin/sh'] },
     });
     const mib = pushed.bytes / 2 ** 20;
     log(`  build_import: image ${mib.toFixed(1)} MiB compressed (${pushed.digest.slice(0, 19)}…)`);
     const ref = `${registry.host}/bench/import:v1`;
-    const manifest = JSON.parse(pushed.manifest.toString()) as { layers: Array<{ digest: string }> };
+    const manifest = JSON.parse(pushed.manifest.toString()) as {
+      layers: Array<{ digest: string }>;
+    };
     const rounds = opts.quick ? 2 : 4;
     for (let i = 0; i < rounds; i++) {
       // Baseline: the same bytes over the same HTTP path, to nowhere.
@@ -91,9 +97,13 @@ export async function benchImport(
       const r = await source.resolve(ref);
       const cold = now() - t1;
       const unpacked = Number(
-        (JSON.parse(fs.readFileSync(path.join(source.dir, r.baseImage.id, 'image.json'), 'utf8')) as {
-          unpackedBytes: number;
-        }).unpackedBytes,
+        (
+          JSON.parse(
+            fs.readFileSync(path.join(source.dir, r.baseImage.id, 'image.json'), 'utf8'),
+          ) as {
+            unpackedBytes: number;
+          }
+        ).unpackedBytes,
       );
       const t2 = now();
       const again = await source.resolve(ref);
@@ -111,7 +121,10 @@ export async function benchImport(
       'build_import_cold',
       `${mib.toFixed(1)} MiB compressed (gzip + zstd layers) from docker-registry on 127.0.0.1: pull, unpack, mke2fs -d`,
     );
-    rec.note('build_import_cached', 'same reference again: one manifest request, cache hit by digest');
+    rec.note(
+      'build_import_cached',
+      'same reference again: one manifest request, cache hit by digest',
+    );
     return undefined;
   } finally {
     await registry.stop();

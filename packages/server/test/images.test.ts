@@ -36,8 +36,14 @@ describe('image references', () => {
       repository: 'library/debian',
       tag: 'latest',
     });
-    expect(parseReference('alpine:3.20')).toMatchObject({ repository: 'library/alpine', tag: '3.20' });
-    expect(parseReference('org/app:v1')).toMatchObject({ registry: 'docker.io', repository: 'org/app' });
+    expect(parseReference('alpine:3.20')).toMatchObject({
+      repository: 'library/alpine',
+      tag: '3.20',
+    });
+    expect(parseReference('org/app:v1')).toMatchObject({
+      registry: 'docker.io',
+      repository: 'org/app',
+    });
     expect(parseReference('ghcr.io/org/app')).toMatchObject({
       registry: 'ghcr.io',
       repository: 'org/app',
@@ -48,7 +54,10 @@ describe('image references', () => {
       repository: 'x/y',
       tag: 't',
     });
-    expect(parseReference('localhost/app')).toMatchObject({ registry: 'localhost', repository: 'app' });
+    expect(parseReference('localhost/app')).toMatchObject({
+      registry: 'localhost',
+      repository: 'app',
+    });
     const d = `sha256:${'a'.repeat(64)}`;
     expect(parseReference(`host.io/app@${d}`)).toEqual({
       registry: 'host.io',
@@ -63,7 +72,15 @@ describe('image references', () => {
   });
 
   it('refuses malformed references with invalid', () => {
-    for (const bad of ['', 'UPPER/case', 'a//b', 'app@sha256:12', 'app:bad tag', 'x/../y', 'a:b:c']) {
+    for (const bad of [
+      '',
+      'UPPER/case',
+      'a//b',
+      'app@sha256:12',
+      'app:bad tag',
+      'x/../y',
+      'a:b:c',
+    ]) {
       expect(() => parseReference(bad)).toThrow(ImageError);
       try {
         parseReference(bad);
@@ -77,10 +94,12 @@ describe('image references', () => {
     expect(isInsecureRegistry('127.0.0.1:5000', {})).toBe(true);
     expect(isInsecureRegistry('localhost:1', {})).toBe(true);
     expect(isInsecureRegistry('docker.io', {})).toBe(false);
-    expect(isInsecureRegistry('reg.lan:5000', { FASTVM_INSECURE_REGISTRIES: 'other, reg.lan:5000' })).toBe(
-      true,
+    expect(
+      isInsecureRegistry('reg.lan:5000', { FASTVM_INSECURE_REGISTRIES: 'other, reg.lan:5000' }),
+    ).toBe(true);
+    expect(isInsecureRegistry('reg.lan:5001', { FASTVM_INSECURE_REGISTRIES: 'reg.lan:5000' })).toBe(
+      false,
     );
-    expect(isInsecureRegistry('reg.lan:5001', { FASTVM_INSECURE_REGISTRIES: 'reg.lan:5000' })).toBe(false);
   });
 
   it('picks the platform from an index and parses auth challenges', () => {
@@ -91,7 +110,12 @@ describe('image references', () => {
       platform: { os: 'linux', architecture: arch, ...(variant ? { variant } : {}) },
     });
     const entries = [
-      { mediaType: 'm', digest: 'att', size: 1, platform: { os: 'unknown', architecture: 'unknown' } },
+      {
+        mediaType: 'm',
+        digest: 'att',
+        size: 1,
+        platform: { os: 'unknown', architecture: 'unknown' },
+      },
       d('arm64', 'v8'),
       d('amd64'),
       d('arm', 'v7'),
@@ -101,8 +125,14 @@ describe('image references', () => {
     expect(pickPlatform(entries, 'linux/arm64')?.digest).toBe('arm64');
     expect(pickPlatform(entries, 'linux/s390x')).toBeUndefined();
     expect(
-      parseChallenge('Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull"'),
-    ).toEqual({ realm: 'https://auth.io/token', service: 'registry.io', scope: 'repository:a/b:pull' });
+      parseChallenge(
+        'Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull"',
+      ),
+    ).toEqual({
+      realm: 'https://auth.io/token',
+      service: 'registry.io',
+      scope: 'repository:a/b:pull',
+    });
     expect(parseChallenge('Basic realm="x"')).toEqual({ realm: 'x' });
   });
 });
@@ -167,7 +197,11 @@ describe('layer unpacking', () => {
       applyLayer(await layerFile([{ type: 'file', path: '../escape', data: 'x' }]), root, state()),
     ).rejects.toMatchObject({ code: 'invalid' });
     await expect(
-      applyLayer(await layerFile([{ type: 'file', path: 'a/../../escape', data: 'x' }]), root, state()),
+      applyLayer(
+        await layerFile([{ type: 'file', path: 'a/../../escape', data: 'x' }]),
+        root,
+        state(),
+      ),
     ).rejects.toMatchObject({ code: 'invalid' });
     // A symlink to a host path, then entries through it: they land under the root's own path.
     await applyLayer(
@@ -198,7 +232,11 @@ describe('layer unpacking', () => {
     expect(fs.lstatSync(path.join(root, 'file-link')).isFile()).toBe(true);
     // A hard link must name something inside the root.
     await expect(
-      applyLayer(await layerFile([{ type: 'link', path: 'h', target: '../../etc/passwd' }]), root, state()),
+      applyLayer(
+        await layerFile([{ type: 'link', path: 'h', target: '../../etc/passwd' }]),
+        root,
+        state(),
+      ),
     ).rejects.toMatchObject({ code: 'invalid' });
   });
 
@@ -208,7 +246,14 @@ describe('layer unpacking', () => {
     await applyLayer(
       await layerFile([
         { type: 'dir', path: 'usr/bin', mode: 0o755 },
-        { type: 'file', path: 'usr/bin/tool', data: '#!/bin/sh\n', mode: 0o4755, uid: 1000, gid: 50 },
+        {
+          type: 'file',
+          path: 'usr/bin/tool',
+          data: '#!/bin/sh\n',
+          mode: 0o4755,
+          uid: 1000,
+          gid: 50,
+        },
         { type: 'link', path: 'usr/bin/tool2', target: 'usr/bin/tool' },
         { type: 'symlink', path: 'usr/bin/t', target: 'tool' },
         { type: 'char', path: 'dev-null' },
@@ -271,7 +316,10 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
       ]),
       compression: 'zstd' as const,
     },
-    { tar: await tarOf([{ type: 'file', path: 'plain.txt', data: 'plain\n' }]), compression: 'none' as const },
+    {
+      tar: await tarOf([{ type: 'file', path: 'plain.txt', data: 'plain\n' }]),
+      compression: 'none' as const,
+    },
   ];
 
   beforeAll(async () => {
@@ -299,7 +347,9 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
       },
     });
     const progress: string[] = [];
-    const r = await source.resolve(`${open.host}/test/app:v1`, { onProgress: (m) => progress.push(m) });
+    const r = await source.resolve(`${open.host}/test/app:v1`, {
+      onProgress: (m) => progress.push(m),
+    });
     expect(r.digest).toBe(pushed.digest);
     expect(r.baseImage.id).toBe(`oci-${pushed.digest.slice(7, 23)}`);
     expect(r.pulledBytes).toBe(pushed.bytes);
@@ -360,15 +410,25 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
       layers: [{ tar: await tarOf([{ type: 'file', path: 'arch', data: 'arm64\n' }]) }],
     });
     await pushIndex(open, 'test/multi', 'latest', [
-      { digest: arm.digest, size: arm.manifest.length, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
-      { digest: amd.digest, size: amd.manifest.length, platform: { os: 'linux', architecture: 'amd64' } },
+      {
+        digest: arm.digest,
+        size: arm.manifest.length,
+        platform: { os: 'linux', architecture: 'arm64', variant: 'v8' },
+      },
+      {
+        digest: amd.digest,
+        size: amd.manifest.length,
+        platform: { os: 'linux', architecture: 'amd64' },
+      },
     ]);
     const r = await source.resolve(`${open.host}/test/multi`);
     expect(r.digest).toBe(amd.digest);
     expect(ext4Cat(r.baseImage.rootfsPath, '/arch')).toBe('amd64\n');
     const a = await source.resolve(`${open.host}/test/multi`, { platform: 'linux/arm64' });
     expect(a.digest).toBe(arm.digest);
-    await expect(source.resolve(`${open.host}/test/multi`, { platform: 'linux/s390x' })).rejects.toMatchObject({
+    await expect(
+      source.resolve(`${open.host}/test/multi`, { platform: 'linux/s390x' }),
+    ).rejects.toMatchObject({
       code: 'not_found',
       message: expect.stringContaining('linux/amd64'),
     });
@@ -385,12 +445,16 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
   }, 120_000);
 
   it('answers not_found for an unknown repository or tag, unreachable for a closed port', async () => {
-    await expect(source.resolve(`${open.host}/test/nope:v1`)).rejects.toMatchObject({ code: 'not_found' });
+    await expect(source.resolve(`${open.host}/test/nope:v1`)).rejects.toMatchObject({
+      code: 'not_found',
+    });
     await expect(source.resolve(`${open.host}/test/app:nope`)).rejects.toMatchObject({
       code: 'not_found',
       message: expect.stringContaining('tag nope'),
     });
-    await expect(source.resolve(`${open.host}/test/app@sha256:${'0'.repeat(64)}`)).rejects.toMatchObject({
+    await expect(
+      source.resolve(`${open.host}/test/app@sha256:${'0'.repeat(64)}`),
+    ).rejects.toMatchObject({
       code: 'not_found',
     });
     const closed = await (await import('./registry-helpers.js')).freePort();
@@ -410,7 +474,9 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
     const r = await source.resolve(ref, creds);
     expect(ext4Cat(r.baseImage.rootfsPath, '/secret.txt')).toBe('private\n');
     const wrong = 'Wr0ng-Pa55word-xyz';
-    const err = await source.resolve(ref, { username: creds.username, password: wrong }).catch((e: unknown) => e);
+    const err = await source
+      .resolve(ref, { username: creds.username, password: wrong })
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ImageError);
     expect(err).toMatchObject({ code: 'unauthorized' });
     expect((err as Error).message).not.toContain(wrong);
@@ -456,9 +522,20 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
 
   it('refuses a layer larger than the limit with too_large', async () => {
     await pushImage(open, 'test/big', 'v1', {
-      layers: [{ tar: await tarOf([{ type: 'file', path: 'big', data: Buffer.alloc(2 << 20, 7) }]), compression: 'none' }],
+      layers: [
+        {
+          tar: await tarOf([{ type: 'file', path: 'big', data: Buffer.alloc(2 << 20, 7) }]),
+          compression: 'none',
+        },
+      ],
     });
-    const small = new OciImageSource({ dataDir: path.join(tmp, 'small'), agent, maxBytes: 1 << 20 });
-    await expect(small.resolve(`${open.host}/test/big:v1`)).rejects.toMatchObject({ code: 'too_large' });
+    const small = new OciImageSource({
+      dataDir: path.join(tmp, 'small'),
+      agent,
+      maxBytes: 1 << 20,
+    });
+    await expect(small.resolve(`${open.host}/test/big:v1`)).rejects.toMatchObject({
+      code: 'too_large',
+    });
   }, 60_000);
 });

@@ -89,7 +89,13 @@ export async function startRegistry(
     try {
       const res = await fetch(`${url}/v2/`);
       if (res.status === 200 || res.status === 401) {
-        return { host: `127.0.0.1:${port}`, url, dir, ...(opts.auth ? { auth: opts.auth } : {}), stop };
+        return {
+          host: `127.0.0.1:${port}`,
+          url,
+          dir,
+          ...(opts.auth ? { auth: opts.auth } : {}),
+          stop,
+        };
       }
     } catch {
       /* not up yet */
@@ -120,7 +126,10 @@ export async function startTokenFront(
     if (u.pathname === '/token') {
       tokenRequests.push(u.search);
       const scope = u.searchParams.get('scope') ?? '';
-      if (u.searchParams.get('service') !== 'fastvm-test' || !/^repository:[a-z0-9/._-]+:pull/.test(scope)) {
+      if (
+        u.searchParams.get('service') !== 'fastvm-test' ||
+        !/^repository:[a-z0-9/._-]+:pull/.test(scope)
+      ) {
         res.writeHead(400).end();
         return;
       }
@@ -221,7 +230,14 @@ export async function tarOf(entries: readonly LayerEntry[]): Promise<Buffer> {
         pack.entry({ name: `${e.dir}/.wh..wh..opq`, mode: 0o644, mtime }, Buffer.alloc(0));
         break;
       case 'char':
-        pack.entry({ name: e.path, type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666, mtime });
+        pack.entry({
+          name: e.path,
+          type: 'character-device',
+          devmajor: 1,
+          devminor: 3,
+          mode: 0o666,
+          mtime,
+        });
         break;
     }
   }
@@ -233,7 +249,10 @@ export async function tarOf(entries: readonly LayerEntry[]): Promise<Buffer> {
 /** Compresses a tar as a layer blob; returns the blob and its media type. */
 export function compressLayer(t: Buffer, how: Compression): { blob: Buffer; mediaType: string } {
   if (how === 'gzip') {
-    return { blob: zlib.gzipSync(t, { level: 1 }), mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' };
+    return {
+      blob: zlib.gzipSync(t, { level: 1 }),
+      mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+    };
   }
   if (how === 'zstd') {
     const blob = execFileSync('zstd', ['-q', '-c', '-1'], { input: t, maxBuffer: 1 << 30 });
@@ -244,7 +263,9 @@ export function compressLayer(t: Buffer, how: Compression): { blob: Buffer; medi
 
 /** A layer from a host directory (GNU tar, numeric owners), e.g. a busybox root. */
 export function tarOfDir(dir: string): Buffer {
-  return execFileSync('tar', ['-C', dir, '--numeric-owner', '-cf', '-', '.'], { maxBuffer: 2 << 30 });
+  return execFileSync('tar', ['-C', dir, '--numeric-owner', '-cf', '-', '.'], {
+    maxBuffer: 2 << 30,
+  });
 }
 
 const digestOf = (b: Buffer) => `sha256:${crypto.createHash('sha256').update(b).digest('hex')}`;
@@ -256,14 +277,19 @@ interface PushTarget {
 
 function authHeader(t: PushTarget): Record<string, string> {
   return t.auth
-    ? { authorization: `Basic ${Buffer.from(`${t.auth.username}:${t.auth.password}`).toString('base64')}` }
+    ? {
+        authorization: `Basic ${Buffer.from(`${t.auth.username}:${t.auth.password}`).toString('base64')}`,
+      }
     : {};
 }
 
 /** Pushes one blob (monolithic upload: POST then PUT with the digest). */
 export async function pushBlob(t: PushTarget, repo: string, blob: Buffer): Promise<string> {
   const digest = digestOf(blob);
-  const start = await fetch(`${t.url}/v2/${repo}/blobs/uploads/`, { method: 'POST', headers: authHeader(t) });
+  const start = await fetch(`${t.url}/v2/${repo}/blobs/uploads/`, {
+    method: 'POST',
+    headers: authHeader(t),
+  });
   if (start.status !== 202) throw new Error(`blob upload start: HTTP ${start.status}`);
   const loc = new URL(start.headers.get('location')!, t.url);
   loc.searchParams.set('digest', digest);
@@ -364,7 +390,11 @@ export async function pushIndex(
   t: PushTarget,
   repo: string,
   tag: string,
-  entries: ReadonlyArray<{ digest: string; size: number; platform: { os: string; architecture: string; variant?: string } }>,
+  entries: ReadonlyArray<{
+    digest: string;
+    size: number;
+    platform: { os: string; architecture: string; variant?: string };
+  }>,
 ): Promise<string> {
   const body = Buffer.from(
     JSON.stringify({
@@ -394,7 +424,23 @@ export function busyboxLayer(): Promise<Buffer> | undefined {
   } catch {
     /* "not a dynamic executable" */
   }
-  const applets = ['sh', 'cat', 'ls', 'echo', 'test', 'mkdir', 'rm', 'true', 'false', 'id', 'stat', 'df', 'sync', 'sleep', 'uname'];
+  const applets = [
+    'sh',
+    'cat',
+    'ls',
+    'echo',
+    'test',
+    'mkdir',
+    'rm',
+    'true',
+    'false',
+    'id',
+    'stat',
+    'df',
+    'sync',
+    'sleep',
+    'uname',
+  ];
   return tarOf([
     { type: 'dir', path: 'bin' },
     { type: 'file', path: 'bin/busybox', data: fs.readFileSync(bin), mode: 0o755 },
