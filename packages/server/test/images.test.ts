@@ -230,6 +230,21 @@ describe('layer unpacking', () => {
     expect(fs.readFileSync(path.join(root, outside, 'two'), 'utf8')).toBe('2');
     // The entry itself replaced the symlink instead of writing through it.
     expect(fs.lstatSync(path.join(root, 'file-link')).isFile()).toBe(true);
+    // Within one layer: a directory used as a parent, then replaced by a symlink out of the
+    // root, then used again: the second entry goes through the new symlink, inside the root.
+    const outside2 = path.join(tmp, `outside2-${n}`);
+    fs.mkdirSync(outside2);
+    await applyLayer(
+      await layerFile([
+        { type: 'file', path: 'swap/first', data: '1' },
+        { type: 'symlink', path: 'swap', target: outside2 },
+        { type: 'file', path: 'swap/second', data: '2' },
+      ]),
+      root,
+      state(),
+    );
+    expect(fs.readdirSync(outside2)).toEqual([]);
+    expect(fs.readFileSync(path.join(root, outside2, 'second'), 'utf8')).toBe('2');
     // A hard link must name something inside the root.
     await expect(
       applyLayer(

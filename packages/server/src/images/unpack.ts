@@ -13,6 +13,9 @@
  * - the uncompressed total is capped (`too_large`).
  *
  * zstd goes through Debian's `zstd` (Node 20's zlib has none). tar parsing is `tar-stream`.
+ * Where the time goes (a Debian root, 8,500 entries, 177 MiB): parsing ~1 s; creating the
+ * inodes on the host's file system the rest (`open(O_CREAT)` ~1.2 ms each on the loaded test
+ * host's ext4). Synchronous calls were tried: no faster there, and they hold the event loop.
  * @module
  */
 import { spawn } from 'node:child_process';
@@ -136,11 +139,12 @@ export async function applyLayer(file: string, root: string, state: UnpackState)
   const extract = tar.extract();
   /** Paths (relative, resolved) this layer made: an opaque marker keeps them. */
   const added = new Set<string>();
+  const layer: LayerCtx = { added, dirs: new Map(), state };
   stream.on('error', (err: Error) => extract.destroy(err));
   stream.pipe(extract);
   try {
     for await (const entry of extract) {
-      await applyEntry(root, entry.header, entry, added, state);
+      await applyEntry(root, entry.header, entry, layer);
       entry.resume(); // drains what applyEntry did not read
     }
     await done;
@@ -156,18 +160,42 @@ export async function applyLayer(file: string, root: string, state: UnpackState)
   }
 }
 
+/** One layer's application: what it made, and the directories it resolved (a cache). */
+interface LayerCtx {
+  readonly added: Set<string>;
+  /**
+   * Parent paths as written in the tar → their resolved real directory. Cleared whenever a
+   * directory or symlink is removed or replaced (whiteouts, opaque markers, type changes).
+   */
+  readonly dirs: Map<string, string>;
+  readonly state: UnpackState;
+}
+
+async function parentDir(root: string, parts: readonly string[], layer: LayerCtx): Promise<string> {
+  const key = parts.join('/');
+  let dir = layer.dirs.get(key);
+  if (!dir) {
+    dir = (await resolveDir(root, parts, true))!;
+    layer.dirs.set(key, dir);
+  }
+  return dir;
+}
+
+const AS_ROOT = process.getuid?.() === 0;
+
 async function applyEntry(
   root: string,
   h: tar.Header,
   body: Entry,
-  added: Set<string>,
-  state: UnpackState,
+  layer: LayerCtx,
 ): Promise<void> {
+  const { added, state } = layer;
   const parts = entryParts(h.name);
   if (parts.length === 0) return; // the root itself
   const base = parts[parts.length - 1]!;
   const parentParts = parts.slice(0, -1);
   if (base === OPAQUE) {
+    layer.dirs.clear();
     const dir = await resolveDir(root, parentParts, true);
     const rel = path.relative(root, dir!);
     for (const child of await fsp.readdir(dir!)) {
@@ -178,6 +206,7 @@ async function applyEntry(
     return;
   }
   if (base.startsWith(WH)) {
+    layer.dirs.clear();
     const dir = await resolveDir(root, parentParts, false);
     const name = base.slice(WH.length);
     if (dir && name && name !== '.' && name !== '..') {
@@ -185,11 +214,18 @@ async function applyEntry(
     }
     return;
   }
-  const dir = await resolveDir(root, parentParts, true);
-  const target = path.join(dir!, base);
+  const dir = await parentDir(root, parentParts, layer);
+  const target = path.join(dir, base);
   const rel = path.relative(root, target);
   const mode = (h.mode ?? 0o644) & 0o7777;
   const existing = await fsp.lstat(target).catch(() => undefined);
+  // Replacing a directory or a symlink changes what cached parent paths resolve to.
+  if (
+    existing &&
+    (existing.isSymbolicLink() || (existing.isDirectory() && h.type !== 'directory'))
+  ) {
+    layer.dirs.clear();
+  }
   switch (h.type) {
     case 'directory': {
       if (existing && !existing.isDirectory())
@@ -233,7 +269,8 @@ async function applyEntry(
       return;
   }
   added.add(rel);
-  await fsp.lchown(target, h.uid ?? 0, h.gid ?? 0);
+  // What we just made as root is root's already.
+  if (existing || !AS_ROOT || h.uid || h.gid) await fsp.lchown(target, h.uid ?? 0, h.gid ?? 0);
   if (h.type !== 'symlink') await fsp.chmod(target, mode);
   if (h.mtime) await fsp.lutimes(target, h.mtime, h.mtime).catch(() => {});
 }
