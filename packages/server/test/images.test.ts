@@ -535,6 +535,33 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
     }
   }, 120_000);
 
+  it('a cancelled pull stops and leaves nothing; the temp directory of a crashed build goes at start', async () => {
+    await pushImage(open, 'test/cancel', 'v1', {
+      layers: [
+        { tar: await tarOf([{ type: 'file', path: 'a', data: 'a' }]) },
+        { tar: await tarOf([{ type: 'file', path: 'b', data: 'b' }]) },
+      ],
+    });
+    const dataDir = path.join(tmp, 'cancel');
+    const stale = path.join(dataDir, 'images', '.tmp-oci-0123456789abcdef-999999999-abcd1234');
+    fs.mkdirSync(path.join(stale, 'root'), { recursive: true });
+    const own = new OciImageSource({ dataDir, agent });
+    const ac = new AbortController();
+    const err = await own
+      .resolve(`${open.host}/test/cancel:v1`, {
+        signal: ac.signal,
+        onProgress: (m) => {
+          if (m.includes('layer 1/2')) ac.abort(new Error('stop it'));
+        },
+      })
+      .catch((e: unknown) => e);
+    expect((err as Error).message).toBe('stop it');
+    expect(fs.readdirSync(own.dir)).toEqual([]);
+    // The same image resolves afterwards (nothing half-made was kept).
+    const r = await own.resolve(`${open.host}/test/cancel:v1`);
+    expect(ext4Cat(r.baseImage.rootfsPath, '/b')).toBe('b');
+  }, 60_000);
+
   it('refuses a layer larger than the limit with too_large', async () => {
     await pushImage(open, 'test/big', 'v1', {
       layers: [
