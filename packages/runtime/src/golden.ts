@@ -2,7 +2,8 @@
  * The golden-image cache: one snapshot per machine type, cold-booted once with its RAM in a
  * shared file, warmed up and frozen; every launch is a restore of it. Goldens are an immutable
  * cache shared by every runtime on the host (`~/.cache/fastvm/golden/golden-<machine>-<key>/`),
- * keyed by format, image, machine type, accelerator, kernel command line and QEMU version. Built
+ * keyed by format, image, machine type, accelerator, kernel command line and QEMU version (and,
+ * for an imported root filesystem, `BaseImage`: its id and file; booted without warm-up). Built
  * in a private directory and renamed into place; never swept by a runtime (unused ones are pruned by
  * `prune.ts`: `fastvm-server prune`). The accelerator probe and the TSC
  * frequency are cached next to them (they depend on the host, not on a data dir).
