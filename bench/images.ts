@@ -92,7 +92,7 @@ export async function benchImport(
       }
       const download = now() - t0;
       const dataDir = path.join(work, `data-${i}`);
-      const source = new OciImageSource({ dataDir, agent });
+      const source = new OciImageSource({ dataDir, agent, log: (m) => log(`  ${m}`) });
       const t1 = now();
       const r = await source.resolve(ref);
       const cold = now() - t1;

@@ -215,17 +215,25 @@ export class OciImageSource implements ImageSource {
       };
       for (let i = 0; i < Math.min(3, n); i++) launchNext();
       const state: UnpackState = { bytes: 0, maxBytes: max, skipped: 0 };
+      let waitMs = 0;
+      let unpackMs = 0;
       for (let i = 0; i < n; i++) {
+        const tw = Date.now();
         const file = await downloads[i]!;
+        waitMs += Date.now() - tw;
         launchNext();
         progress(`pull: layer ${i + 1}/${n}, ${mib(got)} of ${mib(compressed)} MiB`);
+        const tu = Date.now();
         await applyLayer(file, root, state);
+        unpackMs += Date.now() - tu;
         await fs.rm(file, { force: true });
         opts.signal?.throwIfAborted();
       }
       progress(`rootfs: ${mib(state.bytes)} MiB unpacked, making the ext4`);
       await installGuestSupport(root, { agent: this.#opts.agent });
+      const te = Date.now();
       const sizeGiB = await makeExt4(root, path.join(work, 'rootfs.ext4'), opts.signal);
+      const ext4Ms = Date.now() - te;
       await fs.rm(root, { recursive: true, force: true });
       const rec: ImageRecord = {
         id,
@@ -251,7 +259,8 @@ export class OciImageSource implements ImageSource {
       }
       this.#opts.log?.(
         `images: ${ref} (${digest}) → ${id}: ${mib(compressed)} MiB pulled, ${mib(state.bytes)} MiB unpacked` +
-          `${state.skipped ? `, ${state.skipped} device/fifo entries skipped` : ''} in ${Date.now() - t0} ms`,
+          `${state.skipped ? `, ${state.skipped} device/fifo entries skipped` : ''} in ${Date.now() - t0} ms ` +
+          `(waiting for downloads ${waitMs}, unpacking ${unpackMs}, mke2fs ${ext4Ms})`,
       );
       return rec;
     } catch (err) {
