@@ -525,6 +525,16 @@ describe.skipIf(!haveRegistry())('pulls from a registry on 127.0.0.1', () => {
     } finally {
       await front.stop();
     }
+    // Tokens that expire during the pull (after two requests here) are renewed.
+    const short = await startTokenFront(open, creds, 2);
+    try {
+      const own = new OciImageSource({ dataDir: path.join(tmp, 'short'), agent });
+      const r = await own.resolve(`${short.host}/tok/app:v1`, creds);
+      expect(ext4Cat(r.baseImage.rootfsPath, '/t.txt')).toBe('token\n');
+      expect(short.tokenRequests.length).toBeGreaterThanOrEqual(2);
+    } finally {
+      await short.stop();
+    }
     // Anonymous tokens (a public repository on a token registry).
     const anon = await startTokenFront(open, undefined);
     try {

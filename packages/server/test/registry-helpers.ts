@@ -116,8 +116,10 @@ export async function startRegistry(
 export async function startTokenFront(
   registry: TestRegistry,
   creds: { username: string; password: string } | undefined,
+  /** Requests a token is good for (then it has "expired"); default unlimited. */
+  tokenUses = Infinity,
 ): Promise<TestRegistry & { tokenRequests: string[] }> {
-  const tokens = new Set<string>();
+  const tokens = new Map<string, number>();
   const tokenRequests: string[] = [];
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
@@ -142,13 +144,15 @@ export async function startTokenFront(
         }
       }
       const token = crypto.randomBytes(16).toString('hex');
-      tokens.add(token);
+      tokens.set(token, tokenUses);
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ token, expires_in: 300 }));
       return;
     }
     const auth = req.headers.authorization ?? '';
-    if (!auth.startsWith('Bearer ') || !tokens.has(auth.slice(7))) {
+    const left = tokens.get(auth.slice(7)) ?? 0;
+    if (auth.startsWith('Bearer ')) tokens.set(auth.slice(7), left - 1);
+    if (!auth.startsWith('Bearer ') || left <= 0) {
       const repo = /^\/v2\/(.+)\/(manifests|blobs)\//.exec(u.pathname)?.[1];
       res.writeHead(401, {
         'www-authenticate': `Bearer realm="${base}/token",service="fastvm-test"${repo ? `,scope="repository:${repo}:pull"` : ''}`,

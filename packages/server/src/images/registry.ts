@@ -117,9 +117,11 @@ export class RegistryClient {
       ...(this.#auth ? { authorization: this.#auth } : {}),
     });
     let res = await this.#fetch(url, headers(), timeoutMs);
-    if (res.status === 401 && !this.#auth) {
+    // The first request, or a token that expired during a long pull: answer the challenge once.
+    if (res.status === 401) {
       const challenge = res.headers.get('www-authenticate') ?? '';
       await res.body?.cancel().catch(() => {});
+      this.#auth = undefined;
       await this.#authenticate(challenge);
       res = await this.#fetch(url, headers(), timeoutMs);
     }
