@@ -34,6 +34,7 @@ import {
   type VmServer,
 } from './net.js';
 import { benchEgress } from './egress.js';
+import { benchImport } from './images.js';
 import { loadAgent, loadWindow, startProxyBenchServer } from './proxy.js';
 import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
@@ -72,12 +73,22 @@ const GROUPS = [
   'volume',
   'dashboard',
   'egress',
+  'build_import',
   'build',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
-const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy', 'density', 'dashboard', 'egress'];
+const NO_VM: readonly Group[] = [
+  'api',
+  'cli',
+  'net',
+  'proxy',
+  'density',
+  'dashboard',
+  'egress',
+  'build_import',
+];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -983,6 +994,15 @@ async function groupNet(): Promise<void> {
   }
 }
 
+/** Image import (issue 15, bench/images.ts): pull + unpack + ext4 of a ~100 MiB image, cold and cached. */
+async function groupBuildImport(): Promise<void> {
+  const skipped = await benchImport(rec, log, { quick, root: benchRoot });
+  if (skipped) {
+    info.push(skipped);
+    log(`  ${skipped}`);
+  }
+}
+
 /** Egress firewall on against off (issue 20, bench/egress.ts): connect and resolve from a VM. */
 async function groupEgress(): Promise<void> {
   const skipped = await benchEgress(rec, log, { quick, root: benchRoot });
@@ -1214,6 +1234,7 @@ async function main(): Promise<number> {
       groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
     dashboard: groupDashboard,
     egress: groupEgress,
+    build_import: groupBuildImport,
     build: () =>
       groupBuild({
         rec,

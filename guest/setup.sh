@@ -25,10 +25,13 @@ done
 # Debian packages the host needs: QEMU, the kernel source and its build tools, the rootfs
 # builder, the static agent toolchain, and networking tools; the OpenSSH client and tmux drive
 # the SSH gateway's tests, Chromium (and a font, which it only recommends) the web console's,
-# h2load (nghttp2-client) the bench's API load.
+# h2load (nghttp2-client) the bench's API load. Image imports: zstd (zstd layers); the image tests
+# run Debian's docker-registry on 127.0.0.1 (htpasswd from apache2-utils for its basic auth) with
+# images made from busybox-static.
 host_packages=(qemu-system-x86 qemu-utils linux-source-6.1 mmdebstrap musl-tools e2fsprogs
   build-essential bc flex bison libelf-dev libssl-dev xz-utils cpio nftables iproute2 curl
-  openssh-client tmux chromium fonts-liberation nghttp2-client)
+  openssh-client tmux chromium fonts-liberation nghttp2-client zstd docker-registry apache2-utils
+  busybox-static)
 
 # QEMU comes from bookworm-backports, pinned to 10.0.x (with the SeaBIOS it needs): its TCG keys translated code by physical
 # address (position-independent translation blocks), so a command's shared libraries are
@@ -104,6 +107,11 @@ install_deps() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   echo "setup: $(qemu-system-x86_64 --version | head -1)"
+  # docker-registry is for the tests, which start their own on 127.0.0.1: not the system
+  # service Debian enables (it would listen on :5000 on every interface).
+  if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+    $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 }
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }

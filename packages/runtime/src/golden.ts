@@ -2,7 +2,8 @@
  * The golden-image cache: one snapshot per machine type, cold-booted once with its RAM in a
  * shared file, warmed up and frozen; every launch is a restore of it. Goldens are an immutable
  * cache shared by every runtime on the host (`~/.cache/fastvm/golden/golden-<machine>-<key>/`),
- * keyed by format, image, machine type, accelerator, kernel command line and QEMU version. Built
+ * keyed by format, image, machine type, accelerator, kernel command line and QEMU version (and,
+ * for an imported root filesystem, `BaseImage`: its id and file; booted without warm-up). Built
  * in a private directory and renamed into place; never swept by a runtime (unused ones are pruned by
  * `prune.ts`: `fastvm-server prune`). The accelerator probe and the TSC
  * frequency are cached next to them (they depend on the host, not on a data dir).
@@ -19,8 +20,9 @@ import { migrateToFile, stateUri } from './migration.js';
 import { spawnQemu, stopProcess, waitExit } from './process.js';
 import { type Accel, type GuestImage, hostTscKhz, probeKvm, qemuArgs, qemuBinary } from './qemu.js';
 import { QmpClient } from './qmp.js';
+import { helperNeighArgvs } from './base-image.js';
 import { readJson, writeJson, type SnapshotRecord } from './records.js';
-import { MACHINES, type MachineType, RuntimeError } from './types.js';
+import { type BaseImage, MACHINES, type MachineType, RuntimeError } from './types.js';
 
 /**
  * Bump when the on-disk golden snapshot format, the QEMU device set or what the golden sets up
@@ -40,17 +42,21 @@ export interface GoldenContext {
 }
 
 export class GoldenCache {
-  readonly #byMachine = new Map<MachineType, Promise<SnapshotRecord>>();
+  readonly #byMachine = new Map<string, Promise<SnapshotRecord>>();
 
   constructor(private readonly ctx: GoldenContext) {}
 
-  /** The golden of a machine type: loaded from the cache, or built once (concurrent calls share). */
-  get(machine: MachineType): Promise<SnapshotRecord> {
-    let p = this.#byMachine.get(machine);
+  /**
+   * The golden of a machine type (on the platform's image, or on `base`): loaded from the cache,
+   * or built once (concurrent calls share).
+   */
+  get(machine: MachineType, base?: BaseImage): Promise<SnapshotRecord> {
+    const k = base ? `${machine}/${base.id}/${base.rootfsPath}` : machine;
+    let p = this.#byMachine.get(k);
     if (!p) {
-      p = this.#loadOrBuild(machine);
-      this.#byMachine.set(machine, p);
-      p.catch(() => this.#byMachine.delete(machine));
+      p = this.#loadOrBuild(machine, base);
+      this.#byMachine.set(k, p);
+      p.catch(() => this.#byMachine.delete(k));
     }
     return p;
   }
@@ -60,13 +66,17 @@ export class GoldenCache {
     await Promise.allSettled([...this.#byMachine.values()]);
   }
 
-  async #loadOrBuild(machine: MachineType): Promise<SnapshotRecord> {
+  async #loadOrBuild(machine: MachineType, base?: BaseImage): Promise<SnapshotRecord> {
     const { image, accel, cmdline, qemu, goldenDir, log } = this.ctx;
+    const parts: unknown[] = [GOLDEN_FORMAT, image.imageId, machine, accel, cmdline, qemu];
+    // A base image's golden: keyed by its id and file too (the platform's keys stay as they were).
+    if (base) parts.push(base.id, base.rootfsPath, BASE_GOLDEN_FORMAT);
     const key = crypto
       .createHash('sha256')
-      .update(JSON.stringify([GOLDEN_FORMAT, image.imageId, machine, accel, cmdline, qemu]))
+      .update(JSON.stringify(parts))
       .digest('hex')
       .slice(0, 16);
+    // (The same shape for base images: the build directory's socket paths must stay short.)
     const id = `golden-${machine}-${key}`;
     const existing = await readJson<SnapshotRecord>(path.join(goldenDir, id, 'snapshot.json'));
     if (existing) {
@@ -77,15 +87,19 @@ export class GoldenCache {
       return existing;
     }
     const t0 = Date.now();
-    log(`runtime: building golden snapshot for ${machine} (cold boot)`);
-    const rec = await this.#boot(id, machine);
+    log(
+      `runtime: building golden snapshot for ${machine}${base ? ` on ${base.id}` : ''} (cold boot)`,
+    );
+    const rec = await this.#boot(id, machine, base);
     log(`runtime: golden ${machine} ready in ${Date.now() - t0} ms`);
     return rec;
   }
 
   /** Cold-boot the guest with RAM in a shared file, warm it up, and freeze it. */
-  async #boot(id: string, machine: MachineType): Promise<SnapshotRecord> {
+  async #boot(id: string, machine: MachineType, base?: BaseImage): Promise<SnapshotRecord> {
     const { image, accel, cmdline, qemu, goldenDir } = this.ctx;
+    const rootfs = base ? base.rootfsPath : image.rootfs;
+    const rootfsGiB = base ? await baseGiB(base) : image.rootfsGiB;
     const final = path.join(goldenDir, id);
     const work = path.join(
       goldenDir,
@@ -101,7 +115,7 @@ export class GoldenCache {
     let qmp: QmpClient | undefined;
     let agent: AgentClient | undefined;
     try {
-      await qemuImgCreate(at(work).disk, image.rootfs, 'raw', image.rootfsGiB);
+      await qemuImgCreate(at(work).disk, rootfs, 'raw', rootfsGiB);
       const args = qemuArgs({
         accel,
         machine: MACHINES[machine],
@@ -121,14 +135,32 @@ export class GoldenCache {
       agent = await AgentClient.connect(path.join(work, 'agent.sock'), { timeoutMs: 120_000 });
       // The network configuration every VM keeps (guest-net.ts): set once, here.
       await agent.setIdentity(guestNetIdentity());
-      await pinGatewayMac(agent);
-      // Warm the guest's page cache with what users run first; forks share these pages.
-      const warm = await agent.exec({
-        argv: ['sh', '-c', 'python3 -c pass; curl --version >/dev/null; tmux -V >/dev/null; sync'],
-        timeoutMs: 60_000,
-      });
-      if (warm.exitCode !== 0) {
-        throw new RuntimeError('qemu_failed', `golden warm-up failed: ${warm.stderr.toString()}`);
+      if (base) {
+        // A base image may have no shell or ip(8): its own copies (base-image.ts) pin the
+        // gateway; its resolv.conf was written when it was made. Nothing to warm up.
+        for (const argv of helperNeighArgvs()) {
+          const r = await agent.exec({ argv, timeoutMs: 30_000 });
+          if (r.exitCode !== 0) {
+            throw new RuntimeError(
+              'qemu_failed',
+              `pinning the gateway's MAC in ${base.id} failed: ${r.stderr.toString().trim()}`,
+            );
+          }
+        }
+      } else {
+        await pinGatewayMac(agent);
+        // Warm the guest's page cache with what users run first; forks share these pages.
+        const warm = await agent.exec({
+          argv: [
+            'sh',
+            '-c',
+            'python3 -c pass; curl --version >/dev/null; tmux -V >/dev/null; sync',
+          ],
+          timeoutMs: 60_000,
+        });
+        if (warm.exitCode !== 0) {
+          throw new RuntimeError('qemu_failed', `golden warm-up failed: ${warm.stderr.toString()}`);
+        }
       }
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
@@ -144,13 +176,14 @@ export class GoldenCache {
         id,
         vmId: id,
         machine,
-        diskGiB: image.rootfsGiB,
+        diskGiB: rootfsGiB,
         accel,
         qemu,
         imageId: image.imageId,
         cmdline,
         memBase: at(final).mem,
-        disk: [at(final).disk, image.rootfs],
+        disk: [at(final).disk, rootfs],
+        ...(base ? { baseImage: base.id } : {}),
         state: at(final).state,
         paused: false,
         guestNet: GUEST_NET_VERSION,
@@ -177,6 +210,18 @@ export class GoldenCache {
       await stopProcess(pid);
     }
   }
+}
+
+/** Bumped when what a base image's golden sets up in the guest changes. */
+const BASE_GOLDEN_FORMAT = 1;
+
+/** Size of a base image's file in whole GiB (its filesystem spans it). */
+async function baseGiB(base: BaseImage): Promise<number> {
+  const st = await fs.stat(base.rootfsPath).catch(() => undefined);
+  if (!st?.isFile()) {
+    throw new RuntimeError('image_missing', `base image ${base.id}: ${base.rootfsPath} is missing`);
+  }
+  return Math.max(1, Math.floor(st.size / 2 ** 30));
 }
 
 /**

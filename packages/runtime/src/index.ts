@@ -14,6 +14,14 @@ export {
   volumeUsedBytes,
   MAX_VOLUMES_PER_VM,
 } from './volumes.js';
+export {
+  HELPER_DIR,
+  checkBaseImage,
+  helperArgv,
+  installGuestSupport,
+  makeExt4,
+} from './base-image.js';
+export type { GuestSupportOptions } from './base-image.js';
 export { loadGuestImage, defaultCacheDir, qemuVersion } from './qemu.js';
 export type { GuestImage, Accel } from './qemu.js';
 export {

@@ -115,11 +115,15 @@ export async function pruneCache(opts: PruneOptions): Promise<PruneResult> {
   for (const [file, pid] of await openFiles(cacheDir, goldenDir)) keep(file, `open in pid ${pid}`);
 
   // Goldens of the current image stay; a kept golden keeps the image and kernel it was built on.
+  // Goldens of imported images (`baseImage`) stay only while used or recently loaded, like the
+  // rest: there may be one per image ever launched, and a launch rebuilds a missing one.
   const imageOf = new Map<string, string>();
   for (const e of entries.filter((x) => x.kind === 'golden')) {
     const rec = await readJson<SnapshotRecord>(path.join(e.path, 'snapshot.json'));
     if (rec) imageOf.set(e.path, rec.imageId);
-    if (manifest && rec?.imageId === manifest.imageId) keep(e.path, 'golden of the current image');
+    if (manifest && rec?.imageId === manifest.imageId && !rec.baseImage) {
+      keep(e.path, 'golden of the current image');
+    }
   }
   for (const e of entries) {
     if (!reasons.has(e.path) && now - e.mtimeMs < olderThan) keep(e.path, 'recently used');

@@ -87,6 +87,8 @@ export interface VmRecord {
   scsi?: boolean;
   /** Volumes attached (or being attached/detached) right now (`volumes.ts`). */
   volumes?: AttachedVolume[];
+  /** `BaseImage.id` of the root filesystem it booted (absent: the platform's image). */
+  baseImage?: string;
 }
 
 /** A volume on one of a VM's SCSI targets. */
@@ -146,6 +148,11 @@ export interface SnapshotRecord {
   createdAt: string;
   /** Content digests of the layers it owns, added in the background (`digests.ts`). */
   digests?: DigestRecord;
+  /**
+   * `BaseImage.id` of the root filesystem under its disk chain (absent: the platform's image).
+   * The chain's last entry is that file, which no runtime sweeps or prunes.
+   */
+  baseImage?: string;
 }
 
 /** A JSON file, or undefined when it is missing or unreadable. */

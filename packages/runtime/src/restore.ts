@@ -102,6 +102,7 @@ export async function restoreVm(
       ...(network ? { network } : {}),
       guestNet: GUEST_NET_VERSION,
       ...(snap.scsi ? { scsi: true } : {}),
+      ...(snap.baseImage ? { baseImage: snap.baseImage } : {}),
       createdAt: new Date().toISOString(),
     };
     await layers.writeVm(dir, record);

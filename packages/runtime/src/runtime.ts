@@ -43,6 +43,7 @@ import {
 } from './records.js';
 import { SnapshotDigester } from './digests.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
+import { checkBaseImage } from './base-image.js';
 import { growDisk, reconcileDisk, snapshotVm, type SnapshotContext } from './snapshot.js';
 import {
   type AdoptResult,
@@ -318,10 +319,29 @@ export class QemuRuntime implements Runtime {
         `diskGiB must be at least ${this.#image.rootfsGiB}`,
       );
     }
-    const [golden] = await Promise.all([this.#goldens.get(opts.machine), this.#claim(opts.id)]);
+    const base = opts.baseImage;
+    if (base) checkBaseImage(base);
+    let golden: SnapshotRecord;
+    if (base) {
+      this.#grantBase(base.rootfsPath);
+      // Built (a cold boot) before the id is claimed: a base that does not boot leaves nothing.
+      golden = await this.#goldens.get(opts.machine, base);
+      if (diskGiB < golden.diskGiB) {
+        throw new RuntimeError(
+          'invalid_argument',
+          `diskGiB must be at least ${golden.diskGiB} for ${base.id}`,
+        );
+      }
+      await this.#claim(opts.id);
+    } else {
+      [golden] = await Promise.all([this.#goldens.get(opts.machine), this.#claim(opts.id)]);
+    }
     let vm: LiveVm;
     try {
-      const pooled = await this.#pool.take(opts.machine, opts.id, opts.hostname, opts.network);
+      // The warm pool holds VMs of the platform's image only: a base image restores its golden.
+      const pooled = base
+        ? undefined
+        : await this.#pool.take(opts.machine, opts.id, opts.hostname, opts.network);
       vm =
         pooled ??
         (await this.#restore(golden, {
@@ -333,9 +353,16 @@ export class QemuRuntime implements Runtime {
     } finally {
       this.#starting.delete(opts.id);
     }
-    this.#pool.fill(opts.machine);
+    if (!base) this.#pool.fill(opts.machine);
     if (diskGiB > golden.diskGiB) await vm.serially(() => growDisk(this.#layers, vm, diskGiB));
     return this.#info(vm);
+  }
+
+  /** A confined QEMU opens a base image's file (the end of a disk chain) by path. */
+  #grantBase(file: string): void {
+    if (!this.#confine) return;
+    this.#confine.searchable([path.dirname(file)], this.#log);
+    this.#confine.readable(file);
   }
 
   async restore(opts: RestoreOptions): Promise<VmInfo> {
@@ -364,6 +391,7 @@ export class QemuRuntime implements Runtime {
       snap = again;
     }
     try {
+      if (snap.baseImage) this.#grantBase(snap.disk[snap.disk.length - 1]!);
       // Refuse corrupted layers before QEMU maps them (cached: one hash per file per runtime).
       await this.#digests.verify(snap);
       await this.#claim(opts.id);
@@ -844,6 +872,7 @@ export class QemuRuntime implements Runtime {
       pid: vm.record.pid,
       ...(vm.record.snapshotId ? { snapshotId: vm.record.snapshotId } : {}),
       ...(vm.record.volumes?.length ? { volumes: attachedVolumes(vm.record.volumes) } : {}),
+      ...(vm.record.baseImage ? { baseImage: vm.record.baseImage } : {}),
     };
   }
 }

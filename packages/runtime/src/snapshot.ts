@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { helperArgv } from './base-image.js';
 import type { Confinement } from './confine.js';
 import { crashPoint } from './crash-points.js';
 import { syncClock } from './identity.js';
@@ -162,6 +163,7 @@ export async function snapshotVm(
     ...(rec.guestNet ? { guestNet: rec.guestNet } : {}),
     ...(rec.scsi ? { scsi: true } : {}),
     ...(volumes.length > 0 ? { volumes } : {}),
+    ...(rec.baseImage ? { baseImage: rec.baseImage } : {}),
     createdAt: new Date().toISOString(),
   };
   await layers.writeSnapshot(snap);
@@ -229,7 +231,11 @@ export async function growDisk(layers: LayerStore, vm: LiveVm, diskGiB: number):
     size: diskGiB * 2 ** 30,
   });
   crashPoint('disk:resized');
-  const r = await vm.agent.exec({ argv: ['resize2fs', '/dev/vda'], timeoutMs: 60_000 });
+  // A base image may have no resize2fs of its own: it has ours (base-image.ts).
+  const argv = vm.record.baseImage
+    ? helperArgv('resize2fs', ['/dev/vda'])
+    : ['resize2fs', '/dev/vda'];
+  const r = await vm.agent.exec({ argv, timeoutMs: 60_000 });
   if (r.exitCode !== 0) {
     throw new RuntimeError('qemu_failed', `resize2fs failed: ${r.stderr.toString().trim()}`);
   }

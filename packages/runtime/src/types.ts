@@ -216,6 +216,8 @@ export interface VmInfo {
   readonly snapshotId?: string;
   /** Attached volumes. */
   readonly volumes?: readonly VmVolume[];
+  /** `BaseImage.id` of the root filesystem it runs (absent: the platform's image). */
+  readonly baseImage?: string;
 }
 
 export interface SnapshotInfo {

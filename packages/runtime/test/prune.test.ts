@@ -27,10 +27,13 @@ describe('pruneCache', () => {
     const t = new Date(Date.now() - ageDays * DAY);
     fs.utimesSync(at(rel), t, t);
   };
-  const golden = (name: string, imageId: string, ageDays: number) => {
+  const golden = (name: string, imageId: string, ageDays: number, baseImage?: string) => {
     fs.mkdirSync(at('golden', name), { recursive: true });
     fs.writeFileSync(at('golden', name, 'mem'), 'm');
-    fs.writeFileSync(at('golden', name, 'snapshot.json'), JSON.stringify({ id: name, imageId }));
+    fs.writeFileSync(
+      at('golden', name, 'snapshot.json'),
+      JSON.stringify({ id: name, imageId, ...(baseImage ? { baseImage } : {}) }),
+    );
     const t = new Date(Date.now() - ageDays * DAY);
     fs.utimesSync(at('golden', name), t, t);
   };
@@ -67,6 +70,9 @@ describe('pruneCache', () => {
     golden('golden-c1m2-live', 'k5-i5', 30); // a process (some other runtime's QEMU) has it open
     golden('golden-c1m2-gone', 'k9-i9', 30); // nothing uses it
     golden('golden-c2m4-recent', 'k9-i9', 2); // loaded by a runtime two days ago
+    // Goldens of imported images on the current image: kept only while used (or recent).
+    golden('golden-c1m2-base-unused', 'k1-i1', 30, 'oci-00000000000000aa');
+    golden('golden-c1m2-base-used', 'k1-i1', 30, 'oci-00000000000000bb');
     // A data dir whose snapshot (a chain on the older golden) and VM name cache files.
     fs.mkdirSync(path.join(dataDir, 'snapshots', 's1'), { recursive: true });
     fs.writeFileSync(
@@ -75,6 +81,16 @@ describe('pruneCache', () => {
         id: 's1',
         memBase: at('golden/golden-c1m2-old/mem'),
         disk: [path.join(dataDir, 'layers/disk/x.qcow2'), at('golden/golden-c1m2-old/disk.qcow2')],
+      }),
+    );
+    fs.mkdirSync(path.join(dataDir, 'vms', 'v1'), { recursive: true });
+    fs.writeFileSync(
+      path.join(dataDir, 'vms', 'v1', 'vm.json'),
+      JSON.stringify({
+        id: 'v1',
+        memBase: at('golden/golden-c1m2-base-used/mem'),
+        disk: { top: path.join(dataDir, 'layers/disk/y.qcow2'), chain: [] },
+        baseImage: 'oci-00000000000000bb',
       }),
     );
     // A live process holding a file of a golden open (fd 3).
@@ -90,7 +106,13 @@ describe('pruneCache', () => {
   });
 
   // (k9/i9 stay: a recently used golden was built on them.)
-  const unused = ['agent/a0', 'golden/golden-c1m2-gone', 'native/n0', 'rootfs-base/b0'];
+  const unused = [
+    'agent/a0',
+    'golden/golden-c1m2-base-unused',
+    'golden/golden-c1m2-gone',
+    'native/n0',
+    'rootfs-base/b0',
+  ];
 
   it('a dry run lists what is unused and removes nothing', async () => {
     const res = await pruneCache({ cacheDir: cache, dataDirs: [dataDir], dryRun: true });
@@ -110,6 +132,7 @@ describe('pruneCache', () => {
       'native/n1': 'named by guest.json',
       'golden/golden-c1m2-current': 'golden of the current image',
       'golden/golden-c1m2-old': `used by ${dataDir}`,
+      'golden/golden-c1m2-base-used': `used by ${dataDir}`,
       // The older golden a snapshot uses keeps the image and kernel it was built on.
       'image/i0': 'built on by golden-c1m2-old',
       'kernel/k0': 'built on by golden-c1m2-old',

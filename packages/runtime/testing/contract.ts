@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ExecRequest, Runtime } from '../src/types.js';
+import type { BaseImage, ExecRequest, Runtime } from '../src/types.js';
 import { createVolumeFile } from '../src/volumes.js';
 
 export interface ContractTarget {
@@ -21,6 +21,12 @@ export interface ContractTarget {
   restart(rt: Runtime): Promise<Runtime>;
   /** Stops every VM and removes the state. */
   dispose(rt: Runtime): Promise<void>;
+  /**
+   * A bootable base image (an ext4 root with the agent, see `installGuestSupport`), for the
+   * `launch({ baseImage })` case; without it that case is skipped (it costs the real runtime a
+   * cold boot, so the QEMU suite leaves it to `base-image-vm.test.ts`).
+   */
+  baseImage?(): Promise<BaseImage>;
 }
 
 /** Defines the contract suite for one runtime. */
@@ -177,6 +183,30 @@ export function runtimeContract(name: string, target: ContractTarget): void {
       const sha = expect.stringMatching(/^sha256:[0-9a-f]{64}$/);
       expect(digests).toEqual({ memory: sha, disk: sha, state: sha });
     }, 90_000);
+
+    it.skipIf(!target.baseImage)(
+      'launches from a base image; its snapshots restore on it; a bad base id is refused',
+      async () => {
+        const base = await target.baseImage!();
+        const C = `ct-${tag}-c`;
+        const D = `ct-${tag}-d`;
+        const bad = { ...base, id: 'Not/An-Id' };
+        await expect(rt.launch({ id: C, machine: 'c1m2', baseImage: bad })).rejects.toMatchObject({
+          code: 'invalid_argument',
+        });
+        const info = await rt.launch({ id: C, machine: 'c1m2', baseImage: base });
+        expect(info).toMatchObject({ id: C, state: 'running', baseImage: base.id });
+        expect((await run(C, ['echo', 'on-base'])).out).toBe('on-base\n');
+        await rt.snapshot(C, `${SNAP}-base`);
+        const fork = await rt.restore({ id: D, snapshotId: `${SNAP}-base` });
+        expect(fork).toMatchObject({ id: D, baseImage: base.id, snapshotId: `${SNAP}-base` });
+        expect((await run(D, ['echo', 'fork'])).out).toBe('fork\n');
+        await rt.destroy(C);
+        await rt.destroy(D);
+        await rt.deleteSnapshot(`${SNAP}-base`);
+      },
+      600_000,
+    );
 
     it('answers unknown ids with not_found / snapshot_not_found; destroy is idempotent', async () => {
       const nope = `ct-${tag}-nope`;

@@ -25,6 +25,7 @@ import {
 } from './http/listener.js';
 import { buildOpenApi, type RouteDoc } from './http/openapi.js';
 import { requestIdOf } from './http/request-id.js';
+import type { ImageSource } from './services/image-source.js';
 import { fromDomainError } from './http/error-mapping.js';
 import { fastReads } from './http/fast-reads.js';
 import { jsonSerializerCompiler, zodValidatorCompiler, type ZodTypeProvider } from './http/zod.js';
@@ -118,6 +119,8 @@ export interface AppServices {
   published?: PublishedServices;
   /** Where the service proxy listens, for the URLs in service responses. */
   proxyAddress?: () => ProxyAddress;
+  /** Image references → bootable bases (builds' `FROM`, image imports); none: no pulls. */
+  images?: ImageSource;
 }
 
 /** Inputs of `buildApp`. */

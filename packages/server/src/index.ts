@@ -26,3 +26,7 @@ export { openStore } from './store/index.js';
 export type { Store } from './store/index.js';
 export { DEFAULT_QUOTA_LIMITS } from './domain/index.js';
 export type { FirewallPolicy, FirewallRule, QuotaValues } from './domain/index.js';
+export { OciImageSource } from './images/oci-image-source.js';
+export type { OciImageSourceOptions } from './images/oci-image-source.js';
+export { ImageError, isPlatformBase } from './services/image-source.js';
+export type { ImageSource, ResolvedImage, ImageConfig } from './services/image-source.js';

@@ -5,7 +5,7 @@
  * @module
  */
 import fs from 'node:fs/promises';
-import type { Runtime } from '@fastvm/runtime';
+import { loadGuestImage, type Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import { createLogger } from './logging.js';
 import { buildApp, type App } from './app.js';
@@ -40,6 +40,7 @@ import { VmEvents } from './services/vm-events.js';
 import { VolumeService } from './services/volume-service.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
+import { OciImageSource } from './images/oci-image-source.js';
 
 /** Options of `startServer`. */
 export interface StartServerOptions {
@@ -51,6 +52,12 @@ export interface StartServerOptions {
   dataDir: string;
   /** The VM runtime (`QemuRuntime`, or `FakeRuntime` in tests). */
   runtime: Runtime;
+  /**
+   * What a build's `FROM` / an import's `source.image` resolves through. Default: an
+   * `OciImageSource` over `<dataDir>/images` when the guest image (its agent) is built; `false`:
+   * none.
+   */
+  images?: ImageSource | false;
   /** Key for the default org on first start (otherwise one is generated). */
   bootstrapKey?: string;
   logger?: Logger;
@@ -122,11 +129,6 @@ export interface StartServerOptions {
    * built by `npm run build`); false: not served.
    */
   dashboardDir?: string | false;
-  /**
-   * Where a build's non-platform `FROM` (and an image import) is pulled from; absent: only the
-   * platform base (`fastvm/base`, `debian:bookworm`) can be built on.
-   */
-  images?: ImageSource;
   /** Build limits (context size, concurrency, step-cache size; `services/builds/`). */
   builds?: Partial<BuildSettings>;
 }
@@ -149,6 +151,8 @@ export interface ServerHandle {
   recovery: RecoveryReport;
   /** Where the service proxy listens (scheme, domain, port). */
   proxy: ProxyAddress;
+  /** The image source the services use (none without a guest image). */
+  images?: ImageSource;
   /** Graceful: stop accepting, drain, detach from the runtime (VMs survive), close the DB. */
   close(): Promise<void>;
   /**
@@ -156,6 +160,27 @@ export interface ServerHandle {
    * detaching, leaving durable state exactly as a kill -9 would.
    */
   kill(): Promise<void>;
+}
+
+/**
+ * The OCI image source over `<dataDir>/images`, when the guest image is built (its agent goes
+ * into every imported root filesystem); none otherwise (a fake-runtime server on a bare host).
+ */
+function defaultImageSource(dataDir: string, logger: Logger): ImageSource | undefined {
+  let agent: string;
+  try {
+    agent = loadGuestImage().agent;
+  } catch {
+    return undefined;
+  }
+  return new OciImageSource({
+    dataDir,
+    agent,
+    ...(process.env.FASTVM_IMAGE_MAX_BYTES
+      ? { maxBytes: Number(process.env.FASTVM_IMAGE_MAX_BYTES) }
+      : {}),
+    log: (msg) => logger.info(msg),
+  });
 }
 
 /** Starts a FastVM API server. */
@@ -210,6 +235,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
           : {}),
       },
     );
+    const images =
+      opts.images === false ? undefined : (opts.images ?? defaultImageSource(opts.dataDir, logger));
     const metrics = new Metrics({ store, quotas, runtime });
     const volumes = new VolumeService({
       store,
@@ -256,7 +283,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     const recovery = await recover(store, runtime, network, logger);
     builds = new BuildService(ctx, files, {
       dataDir: opts.dataDir,
-      ...(opts.images ? { images: opts.images } : {}),
+      ...(images ? { images } : {}),
       ...(opts.builds ? { settings: opts.builds } : {}),
     });
     builds.snapshots = snapshots;
@@ -319,6 +346,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         ...(opts.metricsToken ? { metricsToken: opts.metricsToken } : {}),
         sshKeys: new SshKeyService(store),
         published,
+        ...(images ? { images } : {}),
         proxyAddress: () => proxyAddress,
         ...(opts.pricing ? { pricing: opts.pricing } : {}),
       },
@@ -410,6 +438,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       store,
       recovery,
       proxy: proxyAddress,
+      ...(images ? { images } : {}),
       close() {
         closing ??= (async () => {
           shuttingDown = true;

@@ -28,4 +28,8 @@ runtimeContract('FakeRuntime', {
     await rt.destroyAll();
     fs.rmSync(dirs.get(rt as FakeRuntime)!, { recursive: true, force: true });
   },
+  // The fake boots nothing: a path is all it records.
+  async baseImage() {
+    return { id: 'oci-0123456789abcdef', rootfsPath: '/nonexistent/rootfs.ext4' };
+  },
 });

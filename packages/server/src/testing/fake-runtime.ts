@@ -87,8 +87,15 @@ const running = new WeakMap<FakeVm, Set<AbortController>>();
 
 interface PersistedState {
   vms: FakeVm[];
-  snapshots: Array<SnapshotInfo & { files: Record<string, string>; hostname: string }>;
+  snapshots: Array<FakeSnapshot>;
 }
+
+/** A snapshot as the fake keeps it: the VM's files, hostname and base image go with it. */
+type FakeSnapshot = SnapshotInfo & {
+  files: Record<string, string>;
+  hostname: string;
+  baseImage?: string;
+};
 
 /** One call the fake received, for assertions. */
 export interface FakeCall {
@@ -114,10 +121,7 @@ export class FakeRuntime implements Runtime {
   readonly calls: FakeCall[] = [];
 
   private readonly vms = new Map<string, FakeVm>();
-  private readonly snapshots = new Map<
-    string,
-    SnapshotInfo & { files: Record<string, string>; hostname: string }
-  >();
+  private readonly snapshots = new Map<string, FakeSnapshot>();
   private readonly exitListeners = new Set<(vmId: string, reason: string) => void>();
   private nextPid = 40_000;
   /** Console shells by VM (see `openPty`, `FakePty`). */
@@ -144,6 +148,12 @@ export class FakeRuntime implements Runtime {
     if (!Object.hasOwn(MACHINES, opts.machine)) {
       throw new FakeRuntimeError('invalid_argument', `unknown machine ${opts.machine}`);
     }
+    if (opts.baseImage && !/^[a-z0-9-]{1,64}$/.test(opts.baseImage.id)) {
+      throw new FakeRuntimeError(
+        'invalid_argument',
+        `base image id ${opts.baseImage.id} is invalid`,
+      );
+    }
     this.assertFreeId(opts.id);
     const spec = MACHINES[opts.machine];
     const info: VmInfo = {
@@ -154,6 +164,8 @@ export class FakeRuntime implements Runtime {
       diskGiB: opts.diskGiB ?? 10,
       state: 'running',
       pid: this.nextPid++,
+      // Recorded (the fake boots nothing): restores and snapshots carry it like the real runtime.
+      ...(opts.baseImage ? { baseImage: opts.baseImage.id } : {}),
     };
     this.vms.set(opts.id, { info, hostname: opts.hostname ?? opts.id, files: {} });
     this.persist();
@@ -179,6 +191,7 @@ export class FakeRuntime implements Runtime {
       state: 'running',
       pid: this.nextPid++,
       snapshotId: snap.id,
+      ...(snap.baseImage ? { baseImage: snap.baseImage } : {}),
     };
     this.vms.set(opts.id, {
       info,
@@ -217,7 +230,12 @@ export class FakeRuntime implements Runtime {
         })),
       });
     }
-    this.snapshots.set(snapshotId, { ...info, files, hostname: vm.hostname });
+    this.snapshots.set(snapshotId, {
+      ...info,
+      files,
+      hostname: vm.hostname,
+      ...(vm.info.baseImage ? { baseImage: vm.info.baseImage } : {}),
+    });
     this.persist();
     return info;
   }
