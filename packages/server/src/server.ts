@@ -38,6 +38,12 @@ import { VmEvents } from './services/vm-events.js';
 import { VolumeService } from './services/volume-service.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
+import { ClusterRouter } from './cluster/forward.js';
+import { HostRegistry } from './cluster/host-registry.js';
+import type { SnapshotMobility } from './cluster/seams.js';
+import { loadHostId } from './cluster/host-id.js';
+import type { KyselyStore } from './store/kysely-store.js';
+import { MACHINES } from './domain/index.js';
 
 /** Options of `startServer`. */
 export interface StartServerOptions {
@@ -120,6 +126,31 @@ export interface StartServerOptions {
    * built by `npm run build`); false: not served.
    */
   dashboardDir?: string | false;
+  /**
+   * Several hosts (`cluster/`, docs/ARCHITECTURE.md "Several hosts"): on when the store is
+   * PostgreSQL and `secret` is set; otherwise ignored (one machine, nothing changes).
+   */
+  cluster?: ClusterOptions;
+}
+
+/** See `StartServerOptions.cluster`. */
+export interface ClusterOptions {
+  /** The shared secret of the internal channel (`FASTVM_CLUSTER_SECRET`). */
+  secret: string;
+  /** This host's id (`FASTVM_HOST_ID`; default: one generated once into `<dataDir>/host-id`). */
+  hostId?: string;
+  /** How peers reach this host's API (`FASTVM_ADVERTISE_URL`; default: the listener's URL). */
+  advertiseUrl?: string;
+  /** Heartbeat interval (`FASTVM_HEARTBEAT_MS`, default 2000). */
+  heartbeatMs?: number;
+  /** A host silent for longer is lost (`FASTVM_HOST_TIMEOUT_MS`, default 15000). */
+  hostTimeoutMs?: number;
+  /** Guest image version, recorded for placement. */
+  guestImage?: string;
+  /** How long a forward waits for a connection to the serving host (default 3000 ms). */
+  connectTimeoutMs?: number;
+  /** Snapshot mobility (absent: a restore runs on the host that took the snapshot). */
+  mobility?: SnapshotMobility;
 }
 
 /** A running server. */
@@ -140,6 +171,8 @@ export interface ServerHandle {
   recovery: RecoveryReport;
   /** Where the service proxy listens (scheme, domain, port). */
   proxy: ProxyAddress;
+  /** This host's registry entry when in cluster mode. */
+  cluster?: HostRegistry;
   /** Graceful: stop accepting, drain, detach from the runtime (VMs survive), close the DB. */
   close(): Promise<void>;
   /**
@@ -168,6 +201,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   let storageListener: StorageListener | undefined;
   let sshGateway: SshGateway | undefined;
   let proxy: ServiceProxy | undefined;
+  let registry: HostRegistry | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -182,10 +216,17 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     // The TTL scheduler acts through the lifecycle service and hears of VM changes through
     // `events`, which the services publish to without knowing who listens.
     const tasks = new TaskTracker();
+    const clusterOn = Boolean(opts.cluster?.secret) && store.dialect === 'postgres';
+    if (opts.cluster?.secret && !clusterOn) {
+      logger.warn('FASTVM_CLUSTER_SECRET is set but the store is SQLite: running as one host');
+    }
+    // In a cluster every host admits against its own capacity, which placement reads.
+    const hostCapacity =
+      opts.hostCapacity || clusterOn ? new HostCapacity(store, opts.hostCapacity ?? {}) : undefined;
     const quotas = new QuotaService(
       store,
       { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults },
-      opts.hostCapacity ? new HostCapacity(store, opts.hostCapacity) : undefined,
+      hostCapacity,
     );
     const events = new VmEvents(logger);
     files = await FileService.create(
@@ -243,6 +284,40 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         logger.error({ err, vmId }, 'recording VM exit failed');
       });
     });
+    if (clusterOn && opts.cluster && hostCapacity) {
+      const hostId = opts.cluster.hostId ?? (await loadHostId(opts.dataDir));
+      registry = new HostRegistry(
+        store as KyselyStore,
+        {
+          hostId,
+          advertiseUrl: opts.cluster.advertiseUrl ?? '',
+          memoryLimitMiB: hostCapacity.memoryLimitMiB,
+          vcpuLimit: hostCapacity.vcpuLimit,
+          machineTypes: Object.keys(MACHINES),
+          guestImage: opts.cluster.guestImage ?? '',
+        },
+        logger,
+        {
+          ...(opts.cluster.heartbeatMs ? { intervalMs: opts.cluster.heartbeatMs } : {}),
+          ...(opts.cluster.hostTimeoutMs ? { timeoutMs: opts.cluster.hostTimeoutMs } : {}),
+        },
+        // Back after being declared lost while running: its VMs marked `error` are stopped.
+        async () => {
+          for (const vm of await store.listVmsByStatus(['error'])) {
+            if (!runtime.get(vm.id)) continue;
+            await runtime.destroy(vm.id).catch((err: unknown) => {
+              logger.warn({ err, vmId: vm.id }, 'could not stop a VM of the lost period');
+            });
+            await network.release(vm.id).catch(() => {});
+          }
+        },
+      );
+      // Before recovery: from here on this host's queries see its own rows only, and a peer
+      // checking for lost hosts sees a fresh heartbeat (so it does not race the recovery).
+      const before = await registry.register();
+      store.bindHost(hostId);
+      logger.info({ hostId, previousState: before ?? 'new' }, 'cluster: host registered');
+    }
     const recovery = await recover(store, runtime, network, logger);
     // Volume creations/deletions and attaches/detaches a crash cut short are finished.
     await volumes
@@ -303,6 +378,25 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       logger,
       isShuttingDown: () => shuttingDown,
+      ...(registry && opts.cluster
+        ? {
+            cluster: {
+              secret: opts.cluster.secret,
+              router: new ClusterRouter({
+                registry,
+                store,
+                secret: opts.cluster.secret,
+                logger,
+                hasSnapshot: (id) => runtime.hasSnapshot(id),
+                ...(opts.cluster.mobility ? { mobility: opts.cluster.mobility } : {}),
+                ...(opts.cluster.connectTimeoutMs
+                  ? { connectTimeoutMs: opts.cluster.connectTimeoutMs }
+                  : {}),
+              }),
+              describeHost: async () => (await registry?.host(registry.hostId)) ?? {},
+            },
+          }
+        : {}),
       ...(opts.dashboardDir !== false
         ? { dashboardDir: opts.dashboardDir ?? defaultDashboardDir() }
         : {}),
@@ -366,6 +460,10 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     const hostForUrl = listener.host.includes(':') ? `[${listener.host}]` : listener.host;
     const url = `${listener.secure ? 'https' : 'http'}://${hostForUrl}:${listener.port}`;
     logger.info({ url }, 'FastVM API listening');
+    if (registry) {
+      if (!opts.cluster?.advertiseUrl) await registry.setAdvertiseUrl(url);
+      registry.start();
+    }
 
     let closing: Promise<void> | undefined;
     const graceMs = opts.shutdownGraceMs ?? 30_000;
@@ -389,9 +487,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       store,
       recovery,
       proxy: proxyAddress,
+      ...(registry ? { cluster: registry } : {}),
       close() {
         closing ??= (async () => {
           shuttingDown = true;
+          await registry?.stop();
           await ttl?.stop();
           await Promise.all([
             listener.close(graceMs),
@@ -415,6 +515,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       async kill() {
         shuttingDown = true;
+        void registry?.stop();
         void ttl?.stop();
         files?.close();
         void storageListener?.close();
@@ -428,6 +529,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     };
   } catch (err) {
     unsubscribe?.();
+    await registry?.stop();
     await ttl?.stop();
     files?.close();
     await storageListener?.close();

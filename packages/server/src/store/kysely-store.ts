@@ -58,6 +58,7 @@ export class KyselyStore implements Store {
   readonly #activeKeyByHash;
   readonly #liveVmById;
   readonly #liveSnapshotById;
+  #hostId: string | undefined;
 
   constructor(
     readonly db: Kysely<Database>,
@@ -87,6 +88,14 @@ export class KyselyStore implements Store {
         .where('id', '=', id)
         .where('deleted_at', 'is', null),
     );
+  }
+
+  bindHost(hostId: string): void {
+    this.#hostId = hostId;
+  }
+
+  get hostId(): string | undefined {
+    return this.#hostId;
   }
 
   migrate(): Promise<string[]> {
@@ -222,13 +231,19 @@ export class KyselyStore implements Store {
           if (vm.status !== VM_INITIAL_STATUS) {
             throw new Error(`a new VM must be ${VM_INITIAL_STATUS}, not ${vm.status}`);
           }
-          await trx.insertInto('vms').values(fromVm(vm)).execute();
+          await trx
+            .insertInto('vms')
+            .values({ ...fromVm(vm), ...(this.#hostId ? { host_id: this.#hostId } : {}) })
+            .execute();
         },
         insertSnapshot: async (s) => {
           if (s.status !== SNAPSHOT_INITIAL_STATUS) {
             throw new Error(`a new snapshot must be ${SNAPSHOT_INITIAL_STATUS}, not ${s.status}`);
           }
-          await trx.insertInto('snapshots').values(fromSnapshot(s)).execute();
+          await trx
+            .insertInto('snapshots')
+            .values({ ...fromSnapshot(s), ...(this.#hostId ? { host_id: this.#hostId } : {}) })
+            .execute();
         },
         transitionVm: (id, move, patch) => transitionVmRow(trx, id, move, patch),
         insertVolume: async (v) => {
@@ -290,12 +305,9 @@ export class KyselyStore implements Store {
   }
 
   async listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]> {
-    const rows = await this.db
-      .selectFrom('vms')
-      .selectAll()
-      .where('status', 'in', [...statuses])
-      .orderBy('created_at')
-      .execute();
+    let q = this.db.selectFrom('vms').selectAll().where('status', 'in', [...statuses]);
+    if (this.#hostId) q = q.where('host_id', '=', this.#hostId);
+    const rows = await q.orderBy('created_at').execute();
     return rows.map(toVm);
   }
 
@@ -446,12 +458,9 @@ export class KyselyStore implements Store {
   }
 
   async listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]> {
-    const rows = await this.db
-      .selectFrom('snapshots')
-      .selectAll()
-      .where('status', 'in', [...statuses])
-      .orderBy('created_at')
-      .execute();
+    let q = this.db.selectFrom('snapshots').selectAll().where('status', 'in', [...statuses]);
+    if (this.#hostId) q = q.where('host_id', '=', this.#hostId);
+    const rows = await q.orderBy('created_at').execute();
     return rows.map(toSnapshot);
   }
 
