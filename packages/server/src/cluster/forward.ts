@@ -74,6 +74,12 @@ export interface ClusterRouterOptions {
 export class ClusterRouter {
   readonly #o: ClusterRouterOptions;
   #hosts: { at: number; list: Promise<HostInfo[]> } | undefined;
+  /**
+   * What this host has placed and not yet seen answered, per host: added to the registry's
+   * usage, so that concurrent placements from here spread instead of all picking the host that
+   * looked emptiest.
+   */
+  readonly #inFlight = new Map<string, { memoryMiB: number; vcpu: number }>();
 
   constructor(opts: ClusterRouterOptions) {
     this.#o = opts;
@@ -101,7 +107,20 @@ export class ClusterRouter {
       if (auth) reply.header(SERVED_BY_HEADER, this.selfId);
       return false;
     }
-    const target = await this.#target(request, auth.orgId);
+    const placed: { host?: string; memoryMiB: number; vcpu: number } = { memoryMiB: 0, vcpu: 0 };
+    const target = await this.#target(request, auth.orgId, placed);
+    if (placed.host) {
+      const id = placed.host;
+      const cur = this.#inFlight.get(id) ?? { memoryMiB: 0, vcpu: 0 };
+      cur.memoryMiB += placed.memoryMiB;
+      cur.vcpu += placed.vcpu;
+      this.#inFlight.set(id, cur);
+      reply.raw.once('close', () => {
+        cur.memoryMiB -= placed.memoryMiB;
+        cur.vcpu -= placed.vcpu;
+        if (cur.memoryMiB <= 0 && cur.vcpu <= 0) this.#inFlight.delete(id);
+      });
+    }
     if (!target || target === this.selfId) {
       reply.header(SERVED_BY_HEADER, this.selfId);
       return false;
@@ -127,7 +146,11 @@ export class ClusterRouter {
   }
 
   /** The id of the host that should serve the request (undefined: this one). */
-  async #target(request: FastifyRequest, orgId: string): Promise<string | undefined> {
+  async #target(
+    request: FastifyRequest,
+    orgId: string,
+    placed: { host?: string; memoryMiB: number; vcpu: number },
+  ): Promise<string | undefined> {
     const path = (request.url.split('?')[0] ?? '').replace(/\/+$/, '');
     const method = request.method;
     const { store, registry } = this.#o;
@@ -141,14 +164,17 @@ export class ClusterRouter {
     if (path === '/v1/vms' && method === 'POST') {
       if (typeof body.snapshotId === 'string') {
         const snap = await resolveSnapshot(store, orgId, body.snapshotId).catch(() => undefined);
-        return snap && this.#placeRestore(snap, 1);
+        return snap && this.#placeRestore(snap, 1, placed);
       }
       if (typeof body.machineType !== 'string' || !isMachineType(body.machineType)) {
         return undefined;
       }
       const spec = MACHINES[body.machineType];
       const holders = await registry.goldenHolders(body.machineType);
-      return this.#place({ memoryMiB: spec.memoryMiB, vcpu: spec.vcpus, prefer: holders });
+      return this.#place(
+        { memoryMiB: spec.memoryMiB, vcpu: spec.vcpus, prefer: holders },
+        placed,
+      );
     }
     if (path === '/v1/snapshots' && method === 'POST' && typeof body.vmId === 'string') {
       const vm = await resolveVm(store, orgId, body.vmId).catch(() => undefined);
@@ -161,13 +187,17 @@ export class ClusterRouter {
       if (method === 'DELETE') return (await registry.snapshotHost(snap.id)) ?? undefined;
       const count = Number(body.count);
       if (!Number.isSafeInteger(count) || count < 1) return undefined;
-      return this.#placeRestore(snap, count);
+      return this.#placeRestore(snap, count, placed);
     }
     return undefined;
   }
 
   /** A restore (or fork of `count`) of `snap`: where it can run, and where it should. */
-  async #placeRestore(snap: SnapshotRecord, count: number): Promise<string | undefined> {
+  async #placeRestore(
+    snap: SnapshotRecord,
+    count: number,
+    placed: { host?: string; memoryMiB: number; vcpu: number },
+  ): Promise<string | undefined> {
     if (snap.status !== 'ready') return undefined; // the local route explains the 409
     const { registry, mobility } = this.#o;
     const taker = await registry.snapshotHost(snap.id);
@@ -178,16 +208,35 @@ export class ClusterRouter {
     } else if (taker) {
       req.only = new Set([taker]);
     }
-    const target = await this.#place(req, snap.id);
+    const target = await this.#place(req, placed, snap.id);
     if (target === this.selfId && mobility && !(await this.#o.hasSnapshot(snap.id))) {
       await mobility.ensureLocal(snap.id);
     }
     return target;
   }
 
-  async #place(req: PlacementRequest, snapshotId?: string): Promise<string> {
-    const result = place(await this.#hostList(false), req);
-    if ('host' in result) return result.host.id;
+  async #place(
+    req: PlacementRequest,
+    placed: { host?: string; memoryMiB: number; vcpu: number },
+    snapshotId?: string,
+  ): Promise<string> {
+    const hosts = (await this.#hostList(false)).map((h) => {
+      const pending = this.#inFlight.get(h.id);
+      return pending
+        ? {
+            ...h,
+            memoryUsedMiB: h.memoryUsedMiB + pending.memoryMiB,
+            vcpuUsed: h.vcpuUsed + pending.vcpu,
+          }
+        : h;
+    });
+    const result = place(hosts, req);
+    if ('host' in result) {
+      placed.host = result.host.id;
+      placed.memoryMiB = req.memoryMiB;
+      placed.vcpu = req.vcpu;
+      return result.host.id;
+    }
     const what = snapshotId ? `restore of snapshot ${snapshotId}` : 'launch';
     if (result.reason === 'no_room') {
       throw new ApiError('host_capacity', `no host can take this ${what}: ${result.detail}`, {}, true, {
