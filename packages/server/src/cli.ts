@@ -133,6 +133,9 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
   }
 }
 
+/** Machine types whose golden `serve` builds at start. */
+const PREWARM = ['c1m2'] as const;
+
 // ---- serve ----------------------------------------------------------------------------------
 
 async function serve(args: string[]): Promise<number> {
@@ -194,7 +197,9 @@ async function serve(args: string[]): Promise<number> {
     pricing: pricingFromEnv(),
     hostCapacity: config.hostCapacity,
     ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
-    ...(config.cluster ? { cluster: config.cluster } : {}),
+    ...(config.cluster
+      ? { cluster: { ...config.cluster, goldens: config.fakeRuntime ? [] : [...PREWARM] } }
+      : {}),
     proxy: {
       port: config.proxyPort,
       domain: config.proxyDomain,
@@ -324,7 +329,7 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
     logger: runtimeLogger,
     log: (msg) => runtimeLogger.info(msg),
     // The CLI's default machine: build its golden snapshot at start so first launches are fast.
-    prewarm: ['c1m2'],
+    prewarm: [...PREWARM],
     pool: config.pool,
   });
 }

@@ -43,7 +43,6 @@ import { HostRegistry } from './cluster/host-registry.js';
 import type { SnapshotMobility } from './cluster/seams.js';
 import { loadHostId } from './cluster/host-id.js';
 import type { KyselyStore } from './store/kysely-store.js';
-import { MACHINES } from './domain/index.js';
 
 /** Options of `startServer`. */
 export interface StartServerOptions {
@@ -145,6 +144,8 @@ export interface ClusterOptions {
   heartbeatMs?: number;
   /** A host silent for longer is lost (`FASTVM_HOST_TIMEOUT_MS`, default 15000). */
   hostTimeoutMs?: number;
+  /** Machine types whose golden this host builds at start (placement prefers holders). */
+  goldens?: string[];
   /** Guest image version, recorded for placement. */
   guestImage?: string;
   /** How long a forward waits for a connection to the serving host (default 3000 ms). */
@@ -293,7 +294,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
           advertiseUrl: opts.cluster.advertiseUrl ?? '',
           memoryLimitMiB: hostCapacity.memoryLimitMiB,
           vcpuLimit: hostCapacity.vcpuLimit,
-          machineTypes: Object.keys(MACHINES),
+          machineTypes: opts.cluster.goldens ?? [],
           guestImage: opts.cluster.guestImage ?? '',
         },
         logger,

@@ -301,7 +301,10 @@ export class HostRegistry implements ClusterPeers {
     return row?.host_id;
   }
 
-  /** The hosts that ran a VM of this machine type (their golden is in their cache). */
+  /**
+   * The hosts that hold the golden of this machine type: those that registered it (built at
+   * start: `serve` prewarms c1m2) and those that ran a VM of it (built then, kept in their cache).
+   */
   async goldenHolders(machine: string): Promise<Set<string>> {
     const rows = await this.store.db
       .selectFrom('vms')
@@ -310,7 +313,12 @@ export class HostRegistry implements ClusterPeers {
       .where('machine', '=', machine)
       .where('host_id', 'is not', null)
       .execute();
-    return new Set(rows.map((r) => r.host_id!));
+    const out = new Set(rows.map((r) => r.host_id!));
+    const hosts = await this.store.db.selectFrom('hosts').select(['id', 'machine_types']).execute();
+    for (const h of hosts) {
+      if ((JSON.parse(h.machine_types) as string[]).includes(machine)) out.add(h.id);
+    }
+    return out;
   }
 }
 
