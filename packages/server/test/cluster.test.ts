@@ -13,6 +13,7 @@ import { CLUSTER_TOKEN_HEADER } from '../src/cluster/seams.js';
 import { startServer, type ServerHandle } from '../src/index.js';
 import { FakeRuntime } from '../src/testing/index.js';
 import { createScratchDb, type ScratchDb } from './cluster-db.js';
+import { ConsoleClient, consoleUrl } from './console-helpers.js';
 import { TestClient, createOrgWithKey, makeDataDir, sleep } from './helpers.js';
 
 const SECRET = 'cluster-test-secret-0123456789';
@@ -224,6 +225,24 @@ describe.skipIf(!scratch.db)(`three hosts on one PostgreSQL${scratch.db ? '' : `
       { headers: { 'x-fastvm-forwarded-by': 'mh-x' } },
     );
     expect(forged.headers['x-fastvm-host']).toBe(home);
+  });
+
+  it('forwards the console WebSocket to the VM host, both ways; refusals pass through', async () => {
+    const vmId = vms['mh-c']!;
+    const home = owner(vmId)[0]!;
+    const other = hosts.find((h) => h.id !== home)!;
+    const tok = await other.api.post(`/v1/vms/${vmId}/console-token`);
+    expect(tok.status, tok.text).toBe(200);
+    const c = await ConsoleClient.open(consoleUrl(other.server.url, tok.body));
+    await c.waitFor(/fake\$ $/);
+    c.type('echo through-the-forward\r');
+    await c.waitFor(/through-the-forward/);
+    expect(byId(home).runtime.calls.some((x) => x.method === 'openPty')).toBe(true);
+    expect(other.runtime.calls.some((x) => x.method === 'openPty')).toBe(false);
+    c.close();
+    // A used (single-use) token: the owner's refusal comes back as an HTTP answer.
+    const again = await ConsoleClient.refused(consoleUrl(other.server.url, tok.body));
+    expect(again.status).toBe(401);
   });
 
   it('snapshots on the VM host; restore and fork without mobility run there; delete there', async () => {

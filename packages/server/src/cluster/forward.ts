@@ -103,12 +103,16 @@ export class ClusterRouter {
    */
   async route(request: FastifyRequest, reply: FastifyReply): Promise<boolean> {
     const auth = request.auth;
-    if (!auth || this.isForwarded(request)) {
-      if (auth) reply.header(SERVED_BY_HEADER, this.selfId);
+    if (this.isForwarded(request)) {
+      reply.header(SERVED_BY_HEADER, this.selfId);
       return false;
     }
     const placed: { host?: string; memoryMiB: number; vcpu: number } = { memoryMiB: 0, vcpu: 0 };
-    const target = await this.#target(request, auth.orgId, placed);
+    // Public routes of a VM (the console WebSocket, whose credential is its single-use token
+    // held by the VM's host) go by VM id alone; the serving host checks the credential.
+    const target = auth
+      ? await this.#target(request, auth.orgId, placed)
+      : await this.#publicTarget(request);
     if (placed.host) {
       const id = placed.host;
       const cur = this.#inFlight.get(id) ?? { memoryMiB: 0, vcpu: 0 };
@@ -143,6 +147,14 @@ export class ClusterRouter {
     }
     await this.#forward(request, reply, host);
     return true;
+  }
+
+  /** A route without an API key under `/v1/vms/{id}/…`: the VM's host, by id only. */
+  async #publicTarget(request: FastifyRequest): Promise<string | undefined> {
+    const m = /^\/v1\/vms\/([^/]+)\/.+$/.exec(request.url.split('?')[0] ?? '');
+    if (!m) return undefined;
+    const vm = await this.#o.store.findLiveVm(decode(m[1]!));
+    return vm ? ((await this.#o.registry.vmHost(vm.id)) ?? undefined) : undefined;
   }
 
   /** The id of the host that should serve the request (undefined: this one). */
