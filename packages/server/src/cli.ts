@@ -351,7 +351,7 @@ async function hosts(args: string[], io: CliIo): Promise<number> {
   const [verb, hostId] = positionals;
   const databaseUrl = values['database-url'] ?? process.env.FASTVM_DATABASE_URL;
   if (!databaseUrl || !/^postgres(ql)?:\/\//.test(databaseUrl)) {
-    throw new UsageError('hosts needs the cluster\'s PostgreSQL: --database-url postgres://…');
+    throw new UsageError("hosts needs the cluster's PostgreSQL: --database-url postgres://…");
   }
   const dataDir = values['data-dir'] ? path.resolve(values['data-dir']) : defaultDataDir();
   const store = (await openStore({ dataDir, databaseUrl })) as KyselyStore;

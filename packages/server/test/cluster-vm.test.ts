@@ -36,8 +36,10 @@ function whyNot(): string | undefined {
   } catch {
     return 'ip netns is unavailable';
   }
-  if (!fs.existsSync(path.join(process.env.HOME ?? '/root', '.cache/fastvm/guest.json')) &&
-    !process.env.FASTVM_CACHE_DIR) {
+  if (
+    !fs.existsSync(path.join(process.env.HOME ?? '/root', '.cache/fastvm/guest.json')) &&
+    !process.env.FASTVM_CACHE_DIR
+  ) {
     return 'no guest cache (run npm run setup)';
   }
   return undefined;
@@ -106,10 +108,24 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
     const child = spawn(
       'ip',
       [
-        'netns', 'exec', `mh-${h.name}`,
-        process.execPath, '--import', 'tsx', MAIN, 'serve',
-        '--host', h.ip, '--port', '8080', '--data-dir', h.dataDir,
-        '--database-url', db.url, '--log-level', process.env.FASTVM_TEST_LOG_LEVEL ?? 'warn',
+        'netns',
+        'exec',
+        `mh-${h.name}`,
+        process.execPath,
+        '--import',
+        'tsx',
+        MAIN,
+        'serve',
+        '--host',
+        h.ip,
+        '--port',
+        '8080',
+        '--data-dir',
+        h.dataDir,
+        '--database-url',
+        db.url,
+        '--log-level',
+        process.env.FASTVM_TEST_LOG_LEVEL ?? 'warn',
       ],
       {
         env: {
@@ -138,10 +154,15 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
       if (child.exitCode !== null) {
         throw new Error(`host ${h.id} exited:\n${fs.readFileSync(h.log, 'utf8').slice(-4000)}`);
       }
-      const ok = await fetch(`http://${h.ip}:8080/healthz`).then((r) => r.ok, () => false);
+      const ok = await fetch(`http://${h.ip}:8080/healthz`).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (ok) return;
       if (Date.now() > deadline) {
-        throw new Error(`host ${h.id} did not start:\n${fs.readFileSync(h.log, 'utf8').slice(-4000)}`);
+        throw new Error(
+          `host ${h.id} did not start:\n${fs.readFileSync(h.log, 'utf8').slice(-4000)}`,
+        );
       }
       await sleep(300);
     }
@@ -292,11 +313,22 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
   }, 300_000);
 
   it('admits exactly the quota for concurrent launches through two hosts', async () => {
-    const io = { lines: [] as string[], out(l: string) { this.lines.push(l); }, err(l: string) { this.lines.push(l); } };
+    const io = {
+      lines: [] as string[],
+      out(l: string) {
+        this.lines.push(l);
+      },
+      err(l: string) {
+        this.lines.push(l);
+      },
+    };
     expect(await runCli(['orgs', 'create', 'mh-race', '--database-url', db.url], io)).toBe(0);
     const key = /api key \(shown once\): (\S+)/.exec(io.lines.join('\n'))![1]!;
     expect(
-      await runCli(['quotas', 'set', '--org', 'mh-race', '--vcpu', '2', '--database-url', db.url], io),
+      await runCli(
+        ['quotas', 'set', '--org', 'mh-race', '--vcpu', '2', '--database-url', db.url],
+        io,
+      ),
     ).toBe(0);
     const results = await Promise.all(
       Array.from({ length: 6 }, (_, i) =>
@@ -342,13 +374,29 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
     const all = (await a.api.get('/v1/vms')).body as { id: string }[];
     expect(all.filter((v) => v.id === vmId)).toHaveLength(1);
     expect(qemuPids(b)).toEqual([]);
-    const io = { lines: [] as string[], out(l: string) { this.lines.push(l); }, err(l: string) { this.lines.push(l); } };
+    const io = {
+      lines: [] as string[],
+      out(l: string) {
+        this.lines.push(l);
+      },
+      err(l: string) {
+        this.lines.push(l);
+      },
+    };
     expect(await runCli(['hosts', 'ls', '--database-url', db.url], io)).toBe(0);
     expect(io.lines.join('\n')).toMatch(/mh-b\tactive/);
   }, 300_000);
 
   it('drain: new launches avoid the drained host', async () => {
-    const io = { lines: [] as string[], out(l: string) { this.lines.push(l); }, err(l: string) { this.lines.push(l); } };
+    const io = {
+      lines: [] as string[],
+      out(l: string) {
+        this.lines.push(l);
+      },
+      err(l: string) {
+        this.lines.push(l);
+      },
+    };
     expect(await runCli(['hosts', 'drain', 'mh-c', '--database-url', db.url], io)).toBe(0);
     const placed: string[] = [];
     for (let i = 0; i < 2; i++) {

@@ -183,10 +183,7 @@ export class ClusterRouter {
       }
       const spec = MACHINES[body.machineType];
       const holders = await registry.goldenHolders(body.machineType);
-      return this.#place(
-        { memoryMiB: spec.memoryMiB, vcpu: spec.vcpus, prefer: holders },
-        placed,
-      );
+      return this.#place({ memoryMiB: spec.memoryMiB, vcpu: spec.vcpus, prefer: holders }, placed);
     }
     if (path === '/v1/snapshots' && method === 'POST' && typeof body.vmId === 'string') {
       const vm = await resolveVm(store, orgId, body.vmId).catch(() => undefined);
@@ -251,9 +248,15 @@ export class ClusterRouter {
     }
     const what = snapshotId ? `restore of snapshot ${snapshotId}` : 'launch';
     if (result.reason === 'no_room') {
-      throw new ApiError('host_capacity', `no host can take this ${what}: ${result.detail}`, {}, true, {
-        retryAfterSec: 10,
-      });
+      throw new ApiError(
+        'host_capacity',
+        `no host can take this ${what}: ${result.detail}`,
+        {},
+        true,
+        {
+          retryAfterSec: 10,
+        },
+      );
     }
     throw new ApiError('unavailable', `no host can run this ${what}: ${result.detail}`, {}, true, {
       retryAfterSec: 10,
@@ -407,7 +410,8 @@ export class ClusterRouter {
       const lines = [`HTTP/1.1 ${res.statusCode} ${res.statusMessage ?? ''}`];
       for (let i = 0; i < res.rawHeaders.length; i += 2) {
         const name = res.rawHeaders[i]!.toLowerCase();
-        if (name === 'connection' || name === 'keep-alive' || name === 'transfer-encoding') continue;
+        if (name === 'connection' || name === 'keep-alive' || name === 'transfer-encoding')
+          continue;
         lines.push(`${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}`);
       }
       lines.push('connection: close');

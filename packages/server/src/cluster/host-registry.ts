@@ -144,7 +144,11 @@ export class HostRegistry implements ClusterPeers {
           state_reason = CASE WHEN hosts.state = 'draining' THEN hosts.state_reason ELSE NULL END,
           heartbeat_at = now(),
           started_at = now()`.execute(trx);
-      await trx.updateTable('vms').set({ host_id: me.hostId }).where('host_id', 'is', null).execute();
+      await trx
+        .updateTable('vms')
+        .set({ host_id: me.hostId })
+        .where('host_id', 'is', null)
+        .execute();
       await trx
         .updateTable('snapshots')
         .set({ host_id: me.hostId })
@@ -274,7 +278,9 @@ export class HostRegistry implements ClusterPeers {
   // ---- ClusterPeers ---------------------------------------------------------------------------
 
   async peers(): Promise<readonly PeerHost[]> {
-    return (await this.list()).filter((h) => h.live && h.state !== 'lost' && h.id !== this.me.hostId);
+    return (await this.list()).filter(
+      (h) => h.live && h.state !== 'lost' && h.id !== this.me.hostId,
+    );
   }
 
   async peer(hostId: string): Promise<PeerHost | undefined> {

@@ -24,7 +24,10 @@ export function requireClusterToken(
   if (secret.length === 0) throw new Error('the cluster secret must not be empty');
   return async (request) => {
     if (!clusterTokenMatches(secret, request.headers[CLUSTER_TOKEN_HEADER])) {
-      throw new ApiError('unauthorized', `internal route: missing or wrong ${CLUSTER_TOKEN_HEADER}`);
+      throw new ApiError(
+        'unauthorized',
+        `internal route: missing or wrong ${CLUSTER_TOKEN_HEADER}`,
+      );
     }
   };
 }

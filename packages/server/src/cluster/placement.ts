@@ -31,8 +31,7 @@ export interface PlacementRequest {
 
 /** Why no host was chosen. */
 export type PlacementFailure =
-  | { reason: 'no_host'; detail: string }
-  | { reason: 'no_room'; detail: string };
+  { reason: 'no_host'; detail: string } | { reason: 'no_room'; detail: string };
 
 /** The chosen host, or why there is none. */
 export type PlacementResult = { host: HostInfo } | PlacementFailure;
@@ -52,7 +51,10 @@ export function place(hosts: readonly HostInfo[], req: PlacementRequest): Placem
     const states = req.only
       ? hosts
           .filter((h) => req.only!.has(h.id))
-          .map((h) => `${h.id}: ${h.live ? h.state : h.state === 'lost' ? 'lost' : 'not heartbeating'}`)
+          .map(
+            (h) =>
+              `${h.id}: ${h.live ? h.state : h.state === 'lost' ? 'lost' : 'not heartbeating'}`,
+          )
       : [];
     return {
       reason: 'no_host',
@@ -79,11 +81,6 @@ export function place(hosts: readonly HostInfo[], req: PlacementRequest): Placem
   const freeMem = (h: HostInfo) => (h.memoryLimitMiB - h.memoryUsedMiB) / h.memoryLimitMiB;
   const freeCpu = (h: HostInfo) => (h.vcpuLimit - h.vcpuUsed) / h.vcpuLimit;
   const score = (h: HostInfo) => freeMem(h) + (req.prefer?.has(h.id) ? PREFER_BONUS : 0);
-  fits.sort(
-    (a, b) =>
-      score(b) - score(a) ||
-      freeCpu(b) - freeCpu(a) ||
-      a.id.localeCompare(b.id),
-  );
+  fits.sort((a, b) => score(b) - score(a) || freeCpu(b) - freeCpu(a) || a.id.localeCompare(b.id));
   return { host: fits[0]! };
 }

@@ -305,7 +305,10 @@ export class KyselyStore implements Store {
   }
 
   async listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]> {
-    let q = this.db.selectFrom('vms').selectAll().where('status', 'in', [...statuses]);
+    let q = this.db
+      .selectFrom('vms')
+      .selectAll()
+      .where('status', 'in', [...statuses]);
     if (this.#hostId) q = q.where('host_id', '=', this.#hostId);
     const rows = await q.orderBy('created_at').execute();
     return rows.map(toVm);
@@ -458,7 +461,10 @@ export class KyselyStore implements Store {
   }
 
   async listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]> {
-    let q = this.db.selectFrom('snapshots').selectAll().where('status', 'in', [...statuses]);
+    let q = this.db
+      .selectFrom('snapshots')
+      .selectAll()
+      .where('status', 'in', [...statuses]);
     if (this.#hostId) q = q.where('host_id', '=', this.#hostId);
     const rows = await q.orderBy('created_at').execute();
     return rows.map(toSnapshot);
