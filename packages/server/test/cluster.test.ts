@@ -208,7 +208,14 @@ describe.skipIf(!scratch.db)(
       expect(stream.headers['content-type']).toContain('ndjson');
       expect(stream.text).toContain(Buffer.from('streamed\n').toString('base64'));
       expect(stream.text).toContain('"t":"x"');
-      // Addressed by name, too; a read is served where it was asked.
+      // Over h2c too (the answer's headers are written to an HTTP/2 stream).
+    const h2 = new TestClient(other.server.url, KEY, 'h2');
+    const viaH2 = await h2.post(`/v1/vms/${vmId}/exec`, { command: ['echo', 'h2'] });
+    h2.close();
+    expect(viaH2.status, viaH2.text).toBe(200);
+    expect(viaH2.body.stdout).toBe('h2\n');
+    expect(viaH2.headers['x-fastvm-host']).toBe(home);
+    // Addressed by name, too; a read is served where it was asked.
       const byName = await other.api.post(`/v1/vms/via-mh-a/exec`, { command: ['hostname'] });
       expect(byName.status).toBe(200);
       const read = await other.api.get(`/v1/vms/${vmId}`);
