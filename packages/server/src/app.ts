@@ -142,8 +142,8 @@ export interface BuildAppOptions {
 export interface ClusterAppOptions {
   router: ClusterRouter;
   secret: string;
-  /** Route plugins registered under `/internal/v1` behind the token check. */
-  internalRoutes?: readonly FastifyPluginAsync[];
+  /** Route plugins registered under `/internal/v1` behind the token check (given the services). */
+  internalRoutes?: readonly ((app: App, opts: { services: AppServices }) => Promise<void>)[];
   /** What `GET /internal/v1/host` answers (this host's id and state). */
   describeHost?: () => Promise<unknown>;
 }
@@ -311,7 +311,9 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
         scope.get('/host', { config: { hidden: true } }, async () =>
           cluster.describeHost ? cluster.describeHost() : { id: cluster.router.selfId },
         );
-        for (const plugin of cluster.internalRoutes ?? []) await scope.register(plugin, pluginOpts);
+        for (const plugin of cluster.internalRoutes ?? []) {
+          await scope.register(plugin as FastifyPluginAsync<{ services: AppServices }>, pluginOpts);
+        }
       },
       { prefix: INTERNAL_PREFIX },
     );

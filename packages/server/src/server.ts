@@ -40,6 +40,8 @@ import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 import { ClusterRouter } from './cluster/forward.js';
 import { HostRegistry } from './cluster/host-registry.js';
+import { ClusterForkSpread } from './cluster/fork-spread.js';
+import clusterInternalRoutes from './cluster/internal-routes.js';
 import type { SnapshotMobility } from './cluster/seams.js';
 import { loadHostId } from './cluster/host-id.js';
 import type { KyselyStore } from './store/kysely-store.js';
@@ -264,27 +266,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       metrics,
       volumes,
     };
-    const vms = new VmService(ctx);
-    const execs = new ExecSessions(vms, { events, logger });
-    const snapshots = new SnapshotService(ctx);
-    const forks = new ForkService(ctx, vms);
-    const consoles = new ConsoleService(
-      { store, runtime, logger },
-      opts.consoleTokenTtlSec ? { tokenTtlSec: opts.consoleTokenTtlSec } : {},
-    );
-    const lifecycle = new LifecycleService(ctx, vms);
-    ttl = new TtlScheduler({
-      events,
-      onExpire: (orgId, vmId) => lifecycle.expire(orgId, vmId),
-      logger,
-    });
-
-    // Subscribe before adopting so exits during adoption are not missed.
-    unsubscribe = runtime.onExit((vmId, reason) => {
-      vms.onRuntimeExit(vmId, reason).catch((err: unknown) => {
-        logger.error({ err, vmId }, 'recording VM exit failed');
-      });
-    });
+    // The registry exists before the services (a fork spreads through it); it registers just
+    // before the recovery below.
     if (clusterOn && opts.cluster && hostCapacity) {
       const hostId = opts.cluster.hostId ?? (await loadHostId(opts.dataDir));
       registry = new HostRegistry(
@@ -313,8 +296,43 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
           }
         },
       );
+    }
+    const vms = new VmService(ctx);
+    const execs = new ExecSessions(vms, { events, logger });
+    const snapshots = new SnapshotService(ctx);
+    const forks = new ForkService(
+      ctx,
+      vms,
+      registry && opts.cluster
+        ? new ClusterForkSpread(
+            registry,
+            opts.cluster.secret,
+            (id) => runtime.hasSnapshot(id),
+            opts.cluster.mobility,
+          )
+        : undefined,
+    );
+    const consoles = new ConsoleService(
+      { store, runtime, logger },
+      opts.consoleTokenTtlSec ? { tokenTtlSec: opts.consoleTokenTtlSec } : {},
+    );
+    const lifecycle = new LifecycleService(ctx, vms);
+    ttl = new TtlScheduler({
+      events,
+      onExpire: (orgId, vmId) => lifecycle.expire(orgId, vmId),
+      logger,
+    });
+
+    // Subscribe before adopting so exits during adoption are not missed.
+    unsubscribe = runtime.onExit((vmId, reason) => {
+      vms.onRuntimeExit(vmId, reason).catch((err: unknown) => {
+        logger.error({ err, vmId }, 'recording VM exit failed');
+      });
+    });
+    if (registry) {
       // Before recovery: from here on this host's queries see its own rows only, and a peer
       // checking for lost hosts sees a fresh heartbeat (so it does not race the recovery).
+      const hostId = registry.hostId;
       const before = await registry.register();
       store.bindHost(hostId);
       logger.info({ hostId, previousState: before ?? 'new' }, 'cluster: host registered');
@@ -395,6 +413,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
                   : {}),
               }),
               describeHost: async () => (await registry?.host(registry.hostId)) ?? {},
+              internalRoutes: [clusterInternalRoutes],
             },
           }
         : {}),

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/cli.js';
 import type { HostInfo } from '../src/cluster/host-registry.js';
 import { place } from '../src/cluster/placement.js';
-import { CLUSTER_TOKEN_HEADER } from '../src/cluster/seams.js';
+import { CLUSTER_TOKEN_HEADER, type SnapshotMobility } from '../src/cluster/seams.js';
 import { startServer, type ServerHandle } from '../src/index.js';
 import { FakeRuntime } from '../src/testing/index.js';
 import { createScratchDb, type ScratchDb } from './cluster-db.js';
@@ -209,13 +209,13 @@ describe.skipIf(!scratch.db)(
       expect(stream.text).toContain(Buffer.from('streamed\n').toString('base64'));
       expect(stream.text).toContain('"t":"x"');
       // Over h2c too (the answer's headers are written to an HTTP/2 stream).
-    const h2 = new TestClient(other.server.url, KEY, 'h2');
-    const viaH2 = await h2.post(`/v1/vms/${vmId}/exec`, { command: ['echo', 'h2'] });
-    h2.close();
-    expect(viaH2.status, viaH2.text).toBe(200);
-    expect(viaH2.body.stdout).toBe('h2\n');
-    expect(viaH2.headers['x-fastvm-host']).toBe(home);
-    // Addressed by name, too; a read is served where it was asked.
+      const h2 = new TestClient(other.server.url, KEY, 'h2');
+      const viaH2 = await h2.post(`/v1/vms/${vmId}/exec`, { command: ['echo', 'h2'] });
+      h2.close();
+      expect(viaH2.status, viaH2.text).toBe(200);
+      expect(viaH2.body.stdout).toBe('h2\n');
+      expect(viaH2.headers['x-fastvm-host']).toBe(home);
+      // Addressed by name, too; a read is served where it was asked.
       const byName = await other.api.post(`/v1/vms/via-mh-a/exec`, { command: ['hostname'] });
       expect(byName.status).toBe(200);
       const read = await other.api.get(`/v1/vms/${vmId}`);
@@ -389,3 +389,153 @@ describe.skipIf(!scratch.db)(
     });
   },
 );
+
+/**
+ * A stand-in for snapshot mobility over FakeRuntimes (the real one streams layers between
+ * hosts; here a host "pulls" by copying the fake snapshot record): enough to drive the
+ * placement and fork-spreading side, which is what this file tests.
+ */
+class FakeMobility implements SnapshotMobility {
+  static runtimes = new Map<string, FakeRuntime>();
+  readonly pulls: string[] = [];
+  constructor(private readonly self: string) {}
+  async holders(snapshotId: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const [id, rt] of FakeMobility.runtimes)
+      if (await rt.hasSnapshot(snapshotId)) out.push(id);
+    return out;
+  }
+  async ensureLocal(snapshotId: string): Promise<void> {
+    const mine = FakeMobility.runtimes.get(this.self)!;
+    if (await mine.hasSnapshot(snapshotId)) return;
+    for (const rt of FakeMobility.runtimes.values()) {
+      const snaps = (rt as unknown as { snapshots: Map<string, unknown> }).snapshots;
+      const s = snaps.get(snapshotId);
+      if (s) {
+        (mine as unknown as { snapshots: Map<string, unknown> }).snapshots.set(snapshotId, s);
+        this.pulls.push(snapshotId);
+        return;
+      }
+    }
+    throw new Error(`no host holds ${snapshotId}`);
+  }
+  async recordLocal(): Promise<void> {}
+  async forget(): Promise<void> {}
+}
+
+const scratch2 = scratch.db ? await createScratchDb() : scratch;
+
+describe.skipIf(!scratch2.db)('with snapshot mobility: fork N spreads over the hosts', () => {
+  const db = scratch2.db as ScratchDb;
+  const hosts: Array<{
+    id: string;
+    dataDir: string;
+    runtime: FakeRuntime;
+    server: ServerHandle;
+    api: TestClient;
+    mobility: FakeMobility;
+  }> = [];
+
+  beforeAll(async () => {
+    for (const id of ['mh-m1', 'mh-m2', 'mh-m3']) {
+      const runtime = new FakeRuntime();
+      FakeMobility.runtimes.set(id, runtime);
+      const mobility = new FakeMobility(id);
+      const dataDir = await makeDataDir();
+      const server = await startServer({
+        port: 0,
+        dataDir,
+        runtime,
+        databaseUrl: db.url,
+        bootstrapKey: KEY,
+        logLevel: process.env.FASTVM_TEST_LOG_LEVEL ?? 'silent',
+        dashboardDir: false,
+        hostCapacity: {
+          hostMemoryMiB: 65536,
+          hostCpus: 32,
+          reserveMiB: 0,
+          memoryOvercommit: 1,
+          cpuOvercommit: 1,
+          memAvailableMiB: () => 1_000_000,
+        },
+        cluster: {
+          secret: SECRET,
+          hostId: id,
+          heartbeatMs: 200,
+          hostTimeoutMs: TIMEOUT_MS,
+          mobility,
+        },
+      });
+      hosts.push({ id, dataDir, runtime, server, api: new TestClient(server.url, KEY), mobility });
+    }
+  });
+
+  afterAll(async () => {
+    for (const h of hosts) {
+      h.api.close();
+      await h.server.close().catch(() => {});
+      await fs.rm(h.dataDir, { recursive: true, force: true });
+    }
+    FakeMobility.runtimes.clear();
+    await db.drop();
+  });
+
+  it('deals 6 forks out over the three hosts, each pulling the snapshot; quota counted once', async () => {
+    const [m1, m2, m3] = hosts as [(typeof hosts)[0], (typeof hosts)[0], (typeof hosts)[0]];
+    const vm = await m1.api.post('/v1/vms', { machineType: 'c1m2', name: 'src' });
+    expect(vm.status, vm.text).toBe(201);
+    const home = vm.headers['x-fastvm-host']!;
+    const snap = await m2.api.post('/v1/snapshots', { vmId: vm.body.id, name: 'src-snap' });
+    expect(snap.status, snap.text).toBe(201);
+    const fork = await m3.api.post(`/v1/snapshots/${snap.body.id}/fork`, { count: 6 });
+    expect(fork.status, fork.text).toBe(201);
+    const ids = (fork.body.vms as { id: string; status: string }[]).map((v) => v.id);
+    expect(fork.body.vms.every((v: { status: string }) => v.status === 'running')).toBe(true);
+    const where = ids.map((id) => hosts.filter((h) => h.runtime.get(id)).map((h) => h.id));
+    for (const w of where) expect(w).toHaveLength(1);
+    const counts = new Map<string, number>();
+    for (const [w] of where) counts.set(w!, (counts.get(w!) ?? 0) + 1);
+    expect([...counts.values()].sort()).toEqual([2, 2, 2]);
+    // The hosts other than the snapshot's pulled it.
+    for (const h of hosts) expect(h.mobility.pulls.includes(snap.body.id)).toBe(h.id !== home);
+    const org = (await m1.server.store.findOrg('default'))!;
+    expect((await m1.server.store.getUsage(org.id)).vcpu).toBe(7);
+    // Each fork is an ordinary VM of its host: exec through any host.
+    for (const id of ids) {
+      const r = await m1.api.post(`/v1/vms/${id}/exec`, { command: ['echo', 'ok'] });
+      expect(r.body.stdout).toBe('ok\n');
+    }
+    for (const id of [...ids, vm.body.id])
+      expect((await m2.api.del(`/v1/vms/${id}`)).status).toBeLessThan(300);
+    for (const h of hosts) for (const id of ids) expect(h.runtime.get(id)).toBeUndefined();
+  });
+
+  it('a fork that fails on one host deletes every fork, on every host', async () => {
+    const [m1, m2] = hosts as [(typeof hosts)[0], (typeof hosts)[0]];
+    const vm = await m1.api.post('/v1/vms', { machineType: 'c1m2', name: 'src2' });
+    const snap = await m1.api.post('/v1/snapshots', { vmId: vm.body.id, name: 'src2-snap' });
+    expect(snap.status).toBe(201);
+    const failing = hosts.find((h) => h.id !== vm.headers['x-fastvm-host'])!;
+    failing.runtime.failRestore = new Error('injected restore failure');
+    try {
+      const fork = await m2.api.post(`/v1/snapshots/${snap.body.id}/fork`, { count: 6 });
+      expect(fork.status).toBeGreaterThanOrEqual(500);
+      expect(fork.text).toContain('injected restore failure');
+    } finally {
+      failing.runtime.failRestore = undefined;
+    }
+    const list = (await m1.api.get('/v1/vms')).body as { id: string; name: string }[];
+    expect(list.map((v) => v.name)).toEqual(['src2']);
+    // Every fork that was restored anywhere is gone again.
+    let restored = 0;
+    for (const h of hosts) {
+      for (const c of h.runtime.calls.filter((x) => x.method === 'restore')) {
+        const id = (c.args[0] as { id: string }).id;
+        restored++;
+        expect(h.runtime.get(id)).toBeUndefined();
+      }
+    }
+    expect(restored).toBeGreaterThan(6); // the first test's six, and some of these
+    await m1.api.del(`/v1/vms/${vm.body.id}`);
+  });
+});

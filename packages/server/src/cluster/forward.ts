@@ -9,7 +9,9 @@
  *   runs on the host of its `vmId`, `DELETE /v1/snapshots/{id}` on the host that took it.
  * - Launch and restore (`POST /v1/vms`) and fork (`POST /v1/snapshots/{id}/fork`) are placed
  *   (`placement.ts`): by free memory and vCPUs, preferring hosts that hold the golden or the
- *   snapshot; a restore without snapshot mobility goes to the host that took the snapshot.
+ *   snapshot; a restore or fork without snapshot mobility goes to the host that took the
+ *   snapshot. With mobility a fork is coordinated by the host asked and spread
+ *   (`fork-spread.ts`).
  * - Everything else (lists, reads, org, keys, quotas) is served from the shared store by the host
  *   that got it.
  * - The forwarded request carries the cluster token and this host's id; the receiving host
@@ -194,6 +196,8 @@ export class ClusterRouter {
       const snap = await resolveSnapshot(store, orgId, decode(snapOp[1]!)).catch(() => undefined);
       if (!snap) return undefined;
       if (method === 'DELETE') return (await registry.snapshotHost(snap.id)) ?? undefined;
+      // With mobility a fork is dealt out over the hosts from here (`fork-spread.ts`).
+      if (this.#o.mobility) return undefined;
       const count = Number(body.count);
       if (!Number.isSafeInteger(count) || count < 1) return undefined;
       return this.#placeRestore(snap, count, placed);

@@ -227,13 +227,16 @@ export class KyselyStore implements Store {
       const tx: OrgTx = {
         getQuotaOverrides: () => readQuotaOverrides(trx, orgId),
         getUsage: () => readUsage(trx, orgId),
-        insertVm: async (vm) => {
+        insertVm: async (vm, hostId) => {
           if (vm.status !== VM_INITIAL_STATUS) {
             throw new Error(`a new VM must be ${VM_INITIAL_STATUS}, not ${vm.status}`);
           }
           await trx
             .insertInto('vms')
-            .values({ ...fromVm(vm), ...(this.#hostId ? { host_id: this.#hostId } : {}) })
+            .values({
+              ...fromVm(vm),
+              ...((hostId ?? this.#hostId) ? { host_id: hostId ?? this.#hostId } : {}),
+            })
             .execute();
         },
         insertSnapshot: async (s) => {

@@ -64,8 +64,11 @@ export type QuotaOverrides = { [K in keyof QuotaValues]?: number | null };
 export interface OrgTx {
   getQuotaOverrides(): Promise<QuotaOverrides>;
   getUsage(): Promise<QuotaValues>;
-  /** Inserts a new VM; its status must be `VM_INITIAL_STATUS` (`provisioning`). */
-  insertVm(vm: VmRecord): Promise<void>;
+  /**
+   * Inserts a new VM; its status must be `VM_INITIAL_STATUS` (`provisioning`). `hostId`: the
+   * host that will run it (a fork spread over hosts); default the bound host.
+   */
+  insertVm(vm: VmRecord, hostId?: string): Promise<void>;
   /** Inserts a new snapshot; its status must be `SNAPSHOT_INITIAL_STATUS` (`creating`). */
   insertSnapshot(snapshot: SnapshotRecord): Promise<void>;
   /** Inserts a new volume (status `creating`). */
