@@ -33,6 +33,7 @@ import {
   type VmServer,
 } from './net.js';
 import { benchEgress } from './egress.js';
+import { benchCluster } from './cluster.js';
 import { loadAgent, loadWindow, startProxyBenchServer } from './proxy.js';
 import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
@@ -70,11 +71,21 @@ const GROUPS = [
   'volume',
   'dashboard',
   'egress',
+  'cluster',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
 /** Groups that run no VM of the bench's runtime (no warm-up launches needed). */
-const NO_VM: readonly Group[] = ['api', 'cli', 'net', 'proxy', 'density', 'dashboard', 'egress'];
+const NO_VM: readonly Group[] = [
+  'api',
+  'cli',
+  'net',
+  'proxy',
+  'density',
+  'dashboard',
+  'egress',
+  'cluster',
+];
 type Group = (typeof GROUPS)[number];
 
 const { values: argv } = parseArgs({
@@ -958,6 +969,15 @@ async function groupEgress(): Promise<void> {
   }
 }
 
+/** Several hosts (issue 22, bench/cluster.ts): the forwarding hop, a placed launch. */
+async function groupCluster(): Promise<void> {
+  const skipped = await benchCluster(rec, log, { quick });
+  if (skipped) {
+    info.push(skipped);
+    log(`  ${skipped}`);
+  }
+}
+
 /**
  * The service proxy (issue 14, bench/proxy.ts): 1 KiB answers over 32 keep-alive connections
  * through the proxy and to the same VM port directly, in alternating windows; a server with
@@ -1180,6 +1200,7 @@ async function main(): Promise<number> {
       groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
     dashboard: groupDashboard,
     egress: groupEgress,
+    cluster: groupCluster,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

@@ -335,6 +335,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       const hostId = registry.hostId;
       const before = await registry.register();
       store.bindHost(hostId);
+      // Heartbeats from now on: a slow start (recovery, networking) must not look like a loss.
+      registry.start();
       logger.info({ hostId, previousState: before ?? 'new' }, 'cluster: host registered');
     }
     const recovery = await recover(store, runtime, network, logger);
@@ -482,7 +484,6 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     logger.info({ url }, 'FastVM API listening');
     if (registry) {
       if (!opts.cluster?.advertiseUrl) await registry.setAdvertiseUrl(url);
-      registry.start();
     }
 
     let closing: Promise<void> | undefined;

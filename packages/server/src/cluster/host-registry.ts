@@ -37,7 +37,10 @@ export interface HostInfo extends PeerHost {
   readonly guestImage: string;
   readonly heartbeatAt: string;
   readonly startedAt: string;
-  /** Whether the heartbeat is within the timeout now (the database's clock). */
+  /**
+   * Whether the heartbeat is within the timeout now (the database's clock) and the host has said
+   * where it listens.
+   */
   readonly live: boolean;
   /** Memory and vCPUs its VMs hold now (as `services/host-capacity.ts` counts them). */
   readonly memoryUsedMiB: number;
@@ -97,6 +100,7 @@ export class HostRegistry implements ClusterPeers {
   #timer: NodeJS.Timeout | undefined;
   #beating: Promise<void> | undefined;
   #stopped = false;
+  #reconciling: Promise<void> | undefined;
 
   constructor(
     private readonly store: KyselyStore,
@@ -191,6 +195,7 @@ export class HostRegistry implements ClusterPeers {
     clearInterval(this.#timer);
     this.#timer = undefined;
     await this.#beating;
+    await this.#reconciling;
   }
 
   /** One heartbeat, then the check for lost peers. */
@@ -205,14 +210,22 @@ export class HostRegistry implements ClusterPeers {
       // Removed from the registry (an operator's DELETE): register again.
       await this.register();
     } else if (row.state === 'lost') {
-      this.logger.warn({ hostId: this.me.hostId }, 'this host was marked lost; reconciling');
-      await this.onReturn();
-      await this.store.db
-        .updateTable('hosts')
-        .set({ state: 'active', state_reason: null })
-        .where('id', '=', this.me.hostId)
-        .where('state', '=', 'lost')
-        .execute();
+      // Beside the heartbeats, which go on meanwhile (the host stays `lost`, so nothing is placed
+      // on it, until its VMs of the lost period are stopped).
+      this.#reconciling ??= (async () => {
+        this.logger.warn({ hostId: this.me.hostId }, 'this host was marked lost; reconciling');
+        await this.onReturn();
+        await this.store.db
+          .updateTable('hosts')
+          .set({ state: 'active', state_reason: null })
+          .where('id', '=', this.me.hostId)
+          .where('state', '=', 'lost')
+          .execute();
+      })()
+        .catch((err: unknown) => this.logger.warn({ err }, 'reconciling after lost failed'))
+        .finally(() => {
+          this.#reconciling = undefined;
+        });
     }
     await this.markLostHosts();
   }
@@ -331,7 +344,8 @@ export class HostRegistry implements ClusterPeers {
 /** Every host with its usage; `timeoutSec` decides `live`. */
 export async function listHosts(store: KyselyStore, timeoutSec: number): Promise<HostInfo[]> {
   const res = await sql<HostRow>`
-    SELECT h.*, h.heartbeat_at >= now() - make_interval(secs => ${timeoutSec}) AS live,
+    SELECT h.*, h.heartbeat_at >= now() - make_interval(secs => ${timeoutSec})
+        AND h.advertise_url <> '' AS live,
       (SELECT coalesce(sum(v.memory_mib), 0) FROM vms v
         WHERE v.host_id = h.id AND v.status IN (${sql.join([...HOLDS_MEMORY])})) AS memory_used,
       (SELECT coalesce(sum(v.cpu), 0) FROM vms v
