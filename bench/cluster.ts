@@ -61,7 +61,7 @@ export async function benchCluster(
           logLevel: 'silent',
           dashboardDir: false,
           launchWaitMs: 120_000,
-          cluster: { secret: 'bench-cluster-secret-0123456789', hostId: id },
+          cluster: { secret: 'bench-cluster-secret-0123456789', hostId: id, goldens: ['c1m2'] },
         }),
       );
     }
