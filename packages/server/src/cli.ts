@@ -198,7 +198,13 @@ async function serve(args: string[]): Promise<number> {
     hostCapacity: config.hostCapacity,
     ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
     ...(config.cluster
-      ? { cluster: { ...config.cluster, goldens: config.fakeRuntime ? [] : [...PREWARM] } }
+      ? {
+          cluster: {
+            ...config.cluster,
+            goldens: config.fakeRuntime ? [] : [...PREWARM],
+            guestImage: config.fakeRuntime ? 'fake' : await guestImageId(),
+          },
+        }
       : {}),
     proxy: {
       port: config.proxyPort,
@@ -287,6 +293,18 @@ function storageSettingsFromEnv(env: Record<string, string | undefined> = proces
     out.publicBaseUrl = url;
   }
   return out;
+}
+
+/** The guest image's id (`guest.json` of the guest cache; goldens are keyed by it), or ''. */
+async function guestImageId(): Promise<string> {
+  try {
+    const mod = (await import('@fastvm/runtime')) as {
+      loadGuestImage?: () => { imageId?: string };
+    };
+    return mod.loadGuestImage?.().imageId ?? '';
+  } catch {
+    return '';
+  }
 }
 
 /** The real QEMU runtime, or the FakeRuntime with state kept next to the database. */

@@ -7,6 +7,8 @@
 import fs from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/cli.js';
+import { clusterFromEnv } from '../src/config.js';
+import { loadHostId } from '../src/cluster/host-id.js';
 import type { HostInfo } from '../src/cluster/host-registry.js';
 import { place } from '../src/cluster/placement.js';
 import { CLUSTER_TOKEN_HEADER, type SnapshotMobility } from '../src/cluster/seams.js';
@@ -82,6 +84,81 @@ describe('placement', () => {
     });
     expect('host' in drained && drained.host.id).toBe('a');
   });
+});
+
+describe('cluster settings', () => {
+  it('reads FASTVM_CLUSTER_SECRET and the rest, refusing bad values', () => {
+    expect(clusterFromEnv({})).toBeUndefined();
+    expect(
+      clusterFromEnv({
+        FASTVM_CLUSTER_SECRET: SECRET,
+        FASTVM_HOST_ID: 'mh-a',
+        FASTVM_ADVERTISE_URL: 'http://10.0.0.2:8080/',
+        FASTVM_HEARTBEAT_MS: '1000',
+        FASTVM_HOST_TIMEOUT_MS: '5000',
+      }),
+    ).toEqual({
+      secret: SECRET,
+      hostId: 'mh-a',
+      advertiseUrl: 'http://10.0.0.2:8080',
+      heartbeatMs: 1000,
+      hostTimeoutMs: 5000,
+    });
+    expect(() => clusterFromEnv({ FASTVM_CLUSTER_SECRET: 'short' })).toThrow(/16 characters/);
+    expect(() => clusterFromEnv({ FASTVM_CLUSTER_SECRET: SECRET, FASTVM_HOST_ID: 'A_b' })).toThrow(
+      /FASTVM_HOST_ID/,
+    );
+    expect(() =>
+      clusterFromEnv({ FASTVM_CLUSTER_SECRET: SECRET, FASTVM_ADVERTISE_URL: '10.0.0.2:8080' }),
+    ).toThrow(/FASTVM_ADVERTISE_URL/);
+    expect(() =>
+      clusterFromEnv({
+        FASTVM_CLUSTER_SECRET: SECRET,
+        FASTVM_HEARTBEAT_MS: '3000',
+        FASTVM_HOST_TIMEOUT_MS: '5000',
+      }),
+    ).toThrow(/twice/);
+  });
+
+  it('keeps a generated host id in the data dir', async () => {
+    const dir = await makeDataDir();
+    try {
+      const id = await loadHostId(dir);
+      expect(id).toMatch(/^h-[0-9a-f]{12}$/);
+      expect(await loadHostId(dir)).toBe(id);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+it('with SQLite the cluster secret changes nothing (one host, no internal routes)', async () => {
+  const dataDir = await makeDataDir();
+  const server = await startServer({
+    port: 0,
+    dataDir,
+    runtime: new FakeRuntime(),
+    bootstrapKey: KEY,
+    logLevel: 'silent',
+    dashboardDir: false,
+    cluster: { secret: SECRET },
+  });
+  try {
+    expect(server.cluster).toBeUndefined();
+    const api = new TestClient(server.url, KEY);
+    const r = await api.get('/internal/v1/host', {
+      noAuth: true,
+      headers: { [CLUSTER_TOKEN_HEADER]: SECRET },
+    });
+    expect(r.status).toBe(404);
+    const vm = await api.post('/v1/vms', { machineType: 'c1m2' });
+    expect(vm.status).toBe(201);
+    expect(vm.headers['x-fastvm-host']).toBeUndefined();
+    api.close();
+  } finally {
+    await server.close();
+    await fs.rm(dataDir, { recursive: true, force: true });
+  }
 });
 
 interface Host {
