@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import type { Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import { createLogger } from './logging.js';
-import { buildApp, type App } from './app.js';
+import { buildApp, type App, type ClusterAppOptions } from './app.js';
 import { DEFAULT_QUOTA_LIMITS, type Pricing, type QuotaValues } from './domain/index.js';
 import { listen, type Listener } from './http/listener.js';
 import type { ServiceContext, ServiceSettings } from './services/context.js';
@@ -42,7 +42,7 @@ import { ClusterRouter } from './cluster/forward.js';
 import { HostRegistry } from './cluster/host-registry.js';
 import { ClusterForkSpread } from './cluster/fork-spread.js';
 import clusterInternalRoutes from './cluster/internal-routes.js';
-import type { SnapshotMobility } from './cluster/seams.js';
+import type { ClusterPeers, SnapshotMobility } from './cluster/seams.js';
 import { loadHostId } from './cluster/host-id.js';
 import type { KyselyStore } from './store/kysely-store.js';
 
@@ -152,8 +152,25 @@ export interface ClusterOptions {
   guestImage?: string;
   /** How long a forward waits for a connection to the serving host (default 3000 ms). */
   connectTimeoutMs?: number;
-  /** Snapshot mobility (absent: a restore runs on the host that took the snapshot). */
-  mobility?: SnapshotMobility;
+  /**
+   * Snapshot mobility (absent: a restore runs on the host that took the snapshot): an instance,
+   * or a factory given the host registry (`ClusterPeers`) and this host's store and runtime.
+   */
+  mobility?: SnapshotMobility | ((deps: MobilityDeps) => SnapshotMobility);
+  /**
+   * More route plugins under `/internal/v1` behind the cluster token (e.g. mobility's layer
+   * streams, `routes/internal-snapshots.ts`); each gets `{ services }` like the public routes.
+   */
+  internalRoutes?: ClusterAppOptions['internalRoutes'];
+}
+
+/** What a snapshot mobility factory is given (`ClusterOptions.mobility`). */
+export interface MobilityDeps {
+  peers: ClusterPeers;
+  hostId: string;
+  store: Store;
+  runtime: Runtime;
+  logger: Logger;
 }
 
 /** A running server. */
@@ -297,6 +314,13 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         },
       );
     }
+    const mobilityOpt = opts.cluster?.mobility;
+    const mobility: SnapshotMobility | undefined =
+      registry && typeof mobilityOpt === 'function'
+        ? mobilityOpt({ peers: registry, hostId: registry.hostId, store, runtime, logger })
+        : registry && mobilityOpt && typeof mobilityOpt !== 'function'
+          ? mobilityOpt
+          : undefined;
     const vms = new VmService(ctx);
     const execs = new ExecSessions(vms, { events, logger });
     const snapshots = new SnapshotService(ctx);
@@ -308,7 +332,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             registry,
             opts.cluster.secret,
             (id) => runtime.hasSnapshot(id),
-            opts.cluster.mobility,
+            mobility,
           )
         : undefined,
     );
@@ -409,13 +433,13 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
                 secret: opts.cluster.secret,
                 logger,
                 hasSnapshot: (id) => runtime.hasSnapshot(id),
-                ...(opts.cluster.mobility ? { mobility: opts.cluster.mobility } : {}),
+                ...(mobility ? { mobility } : {}),
                 ...(opts.cluster.connectTimeoutMs
                   ? { connectTimeoutMs: opts.cluster.connectTimeoutMs }
                   : {}),
               }),
               describeHost: async () => (await registry?.host(registry.hostId)) ?? {},
-              internalRoutes: [clusterInternalRoutes],
+              internalRoutes: [clusterInternalRoutes, ...(opts.cluster.internalRoutes ?? [])],
             },
           }
         : {}),

@@ -540,7 +540,11 @@ describe.skipIf(!scratch2.db)('with snapshot mobility: fork N spreads over the h
           hostId: id,
           heartbeatMs: 200,
           hostTimeoutMs: TIMEOUT_MS,
-          mobility,
+          // The factory form, as the integration wires it (given the registry as peers).
+          mobility: ({ hostId, peers }) => {
+            expect(peers.self.id).toBe(hostId);
+            return mobility;
+          },
         },
       });
       hosts.push({ id, dataDir, runtime, server, api: new TestClient(server.url, KEY), mobility });
