@@ -35,6 +35,7 @@ import {
 } from './net.js';
 import { benchEgress } from './egress.js';
 import { benchImport } from './images.js';
+import { benchCluster } from './cluster.js';
 import { loadAgent, loadWindow, startProxyBenchServer } from './proxy.js';
 import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
@@ -75,6 +76,7 @@ const GROUPS = [
   'egress',
   'build_import',
   'build',
+  'cluster',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
@@ -88,6 +90,7 @@ const NO_VM: readonly Group[] = [
   'dashboard',
   'egress',
   'build_import',
+  'cluster',
 ];
 type Group = (typeof GROUPS)[number];
 
@@ -1012,6 +1015,15 @@ async function groupEgress(): Promise<void> {
   }
 }
 
+/** Several hosts (issue 22, bench/cluster.ts): the forwarding hop, a placed launch. */
+async function groupCluster(): Promise<void> {
+  const skipped = await benchCluster(rec, log, { quick });
+  if (skipped) {
+    info.push(skipped);
+    log(`  ${skipped}`);
+  }
+}
+
 /**
  * The service proxy (issue 14, bench/proxy.ts): 1 KiB answers over 32 keep-alive connections
  * through the proxy and to the same VM port directly, in alternating windows; a server with
@@ -1252,6 +1264,7 @@ async function main(): Promise<number> {
         rounds: quick ? 3 : 8,
         log,
       }),
+    cluster: groupCluster,
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

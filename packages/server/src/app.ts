@@ -7,6 +7,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import websocket from '@fastify/websocket';
 import Fastify, {
+  type FastifyPluginAsync,
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
@@ -16,6 +17,8 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { ApiKeyResolver } from './auth.js';
+import type { ClusterRouter } from './cluster/forward.js';
+import { INTERNAL_PREFIX, requireClusterToken } from './cluster/internal-auth.js';
 import { DomainError, type Pricing } from './domain/index.js';
 import { ApiError, retryHint } from './errors.js';
 import {
@@ -135,6 +138,22 @@ export interface BuildAppOptions {
   isShuttingDown?: () => boolean;
   /** The built web console served at `/` (`routes/dashboard.ts`); absent: not served. */
   dashboardDir?: string;
+  /**
+   * Several hosts (`cluster/`): the forwarding layer (`router`, a `preValidation` hook in front
+   * of every route) and the internal routes under `/internal/v1`, guarded by the cluster token
+   * (`secret`). Absent on one machine.
+   */
+  cluster?: ClusterAppOptions;
+}
+
+/** See `BuildAppOptions.cluster`. */
+export interface ClusterAppOptions {
+  router: ClusterRouter;
+  secret: string;
+  /** Route plugins registered under `/internal/v1` behind the token check (given the services). */
+  internalRoutes?: readonly ((app: App, opts: { services: AppServices }) => Promise<void>)[];
+  /** What `GET /internal/v1/host` answers (this host's id and state). */
+  describeHost?: () => Promise<unknown>;
 }
 
 /** A ready (not listening) app and the protocol servers bound to it. */
@@ -293,6 +312,26 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
     },
     execBodyLimit: opts.execBodyLimit ?? 16 * 1024 * 1024,
   };
+  const cluster = opts.cluster;
+  if (cluster) {
+    // After authentication (onRequest) and body parsing, before validation: a request served by
+    // another host is streamed there as it came (`cluster/forward.ts`).
+    app.addHook('preValidation', async (request, reply) => {
+      if (await cluster.router.route(request, reply)) return reply;
+    });
+    await app.register(
+      async (scope: App) => {
+        scope.addHook('onRequest', requireClusterToken(cluster.secret));
+        scope.get('/host', { config: { hidden: true } }, async () =>
+          cluster.describeHost ? cluster.describeHost() : { id: cluster.router.selfId },
+        );
+        for (const plugin of cluster.internalRoutes ?? []) {
+          await scope.register(plugin as FastifyPluginAsync<{ services: AppServices }>, pluginOpts);
+        }
+      },
+      { prefix: INTERNAL_PREFIX },
+    );
+  }
   installMetrics(app, opts.services);
   await app.register(healthRoutes);
   await app.register(vmRoutes, pluginOpts);

@@ -11,6 +11,7 @@
  *   prune [--data-dir D] [--older-than DAYS] [--dry-run]
  *   openapi
  *   doctor [--data-dir D]
+ *   hosts ls | hosts drain HOST_ID | hosts undrain HOST_ID      (several hosts; PostgreSQL)
  *
  * Admin commands work on the same database as a running server (SQLite WAL allows it).
  * Environment: FASTVM_HOST, FASTVM_PORT, FASTVM_DATA_DIR, FASTVM_DATABASE_URL,
@@ -22,6 +23,8 @@
  * FASTVM_STAGING_BYTES_PER_ORG (most bytes of staged files one org may hold; default 32 GiB).
  * Builds: FASTVM_BUILD_CONTEXT_MAX_BYTES (largest uploaded build context, default 512 MiB),
  * FASTVM_BUILD_CONCURRENCY (builds running at once, default 2; see services/builds/).
+ * Several hosts (PostgreSQL store): FASTVM_CLUSTER_SECRET (turns it on), FASTVM_HOST_ID,
+ * FASTVM_ADVERTISE_URL, FASTVM_HEARTBEAT_MS, FASTVM_HOST_TIMEOUT_MS (see cluster/).
  * Guest cache: `serve` prunes unused guest builds and goldens at start (FASTVM_PRUNE=off: not;
  * FASTVM_PRUNE_AFTER_DAYS: grace for unreferenced entries, default 7), as `prune` does.
  * @module
@@ -33,7 +36,9 @@ import { parseArgs } from 'node:util';
 import type { Runtime } from '@fastvm/runtime';
 import { pino, type Logger } from 'pino';
 import { buildApp, type AppServices } from './app.js';
-import { defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
+import { clusterFromEnv, defaultDataDir, resolveServeConfig, type ServeConfig } from './config.js';
+import { DEFAULT_HOST_TIMEOUT_MS, listHosts, setHostState } from './cluster/host-registry.js';
+import type { KyselyStore } from './store/kysely-store.js';
 import { defaultDashboardDir } from './routes/dashboard.js';
 import { DEFAULT_QUOTA_LIMITS, DomainError, type QuotaValues } from './domain/index.js';
 import { createLogger } from './logging.js';
@@ -60,6 +65,9 @@ const USAGE = `usage: fastvm-server <command>
                             remove guest builds and goldens in the guest cache that no VM,
                             snapshot or process uses and that were not used for DAYS (default 7)
   openapi                   print the OpenAPI document (as served at /openapi.json)
+  hosts ls                  the hosts of a cluster (PostgreSQL): state, heartbeat, usage
+  hosts drain HOST_ID       no new VMs are placed on the host (its VMs keep running)
+  hosts undrain HOST_ID
   doctor [--data-dir D]     check this host (QEMU, KVM, networking, cgroups, image, disk)
                             and print what to fix; exit status 1 if VMs cannot run
 
@@ -114,6 +122,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       return admin(command, rest, io);
     case 'prune':
       return prune(rest, io);
+    case 'hosts':
+      return hosts(rest, io);
     case undefined:
     case 'help':
     case '--help':
@@ -124,6 +134,9 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       throw new UsageError(`unknown command: ${command}`);
   }
 }
+
+/** Machine types whose golden `serve` builds at start. */
+const PREWARM = ['c1m2'] as const;
 
 // ---- serve ----------------------------------------------------------------------------------
 
@@ -187,6 +200,15 @@ async function serve(args: string[]): Promise<number> {
     pricing: pricingFromEnv(),
     hostCapacity: config.hostCapacity,
     ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
+    ...(config.cluster
+      ? {
+          cluster: {
+            ...config.cluster,
+            goldens: config.fakeRuntime ? [] : [...PREWARM],
+            guestImage: config.fakeRuntime ? 'fake' : await guestImageId(),
+          },
+        }
+      : {}),
     proxy: {
       port: config.proxyPort,
       domain: config.proxyDomain,
@@ -298,6 +320,18 @@ function storageSettingsFromEnv(env: Record<string, string | undefined> = proces
   return out;
 }
 
+/** The guest image's id (`guest.json` of the guest cache; goldens are keyed by it), or ''. */
+async function guestImageId(): Promise<string> {
+  try {
+    const mod = (await import('@fastvm/runtime')) as {
+      loadGuestImage?: () => { imageId?: string };
+    };
+    return mod.loadGuestImage?.().imageId ?? '';
+  } catch {
+    return '';
+  }
+}
+
 /** The real QEMU runtime, or the FakeRuntime with state kept next to the database. */
 async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runtime> {
   if (config.fakeRuntime) {
@@ -338,9 +372,77 @@ async function createRuntime(config: ServeConfig, logger: Logger): Promise<Runti
     logger: runtimeLogger,
     log: (msg) => runtimeLogger.info(msg),
     // The CLI's default machine: build its golden snapshot at start so first launches are fast.
-    prewarm: ['c1m2'],
+    prewarm: [...PREWARM],
     pool: config.pool,
   });
+}
+
+// ---- hosts ----------------------------------------------------------------------------------
+
+/** `hosts ls|drain|undrain`: the cluster's host registry in the PostgreSQL store. */
+async function hosts(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      'database-url': { type: 'string' },
+      'data-dir': { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  const [verb, hostId] = positionals;
+  const databaseUrl = values['database-url'] ?? process.env.FASTVM_DATABASE_URL;
+  if (!databaseUrl || !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    throw new UsageError("hosts needs the cluster's PostgreSQL: --database-url postgres://…");
+  }
+  const dataDir = values['data-dir'] ? path.resolve(values['data-dir']) : defaultDataDir();
+  const store = (await openStore({ dataDir, databaseUrl })) as KyselyStore;
+  try {
+    switch (verb) {
+      case 'ls':
+      case 'list': {
+        const timeoutSec = (clusterFromEnv()?.hostTimeoutMs ?? DEFAULT_HOST_TIMEOUT_MS) / 1000;
+        const list = await listHosts(store, timeoutSec);
+        if (values.json) {
+          io.out(JSON.stringify(list, null, 2));
+          return 0;
+        }
+        io.out('ID\tSTATE\tHEARTBEAT\tMEMORY MiB\tVCPUS\tURL\tREASON');
+        for (const h of list) {
+          const state = h.state !== 'lost' && !h.live ? `${h.state} (silent)` : h.state;
+          io.out(
+            [
+              h.id,
+              state,
+              h.heartbeatAt,
+              `${h.memoryUsedMiB}/${h.memoryLimitMiB}`,
+              `${h.vcpuUsed}/${h.vcpuLimit}`,
+              h.advertiseUrl,
+              h.stateReason ?? '',
+            ].join('\t'),
+          );
+        }
+        return 0;
+      }
+      case 'drain':
+      case 'undrain': {
+        if (!hostId) throw new UsageError(`hosts ${verb} HOST_ID`);
+        const state = verb === 'drain' ? 'draining' : 'active';
+        const reason = verb === 'drain' ? `drained at ${new Date().toISOString()}` : null;
+        if (!(await setHostState(store, hostId, state, reason))) {
+          io.err(`fastvm-server: no host ${hostId}`);
+          return 1;
+        }
+        io.out(`host ${hostId} ${state}`);
+        return 0;
+      }
+      default:
+        throw new UsageError('hosts ls | hosts drain HOST_ID | hosts undrain HOST_ID');
+    }
+  } finally {
+    await store.close();
+  }
 }
 
 // ---- prune ----------------------------------------------------------------------------------

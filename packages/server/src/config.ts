@@ -41,6 +41,17 @@ export interface ServeConfig {
   hostCapacity: HostCapacityConfig;
   /** Bearer token that opens `/metrics` to non-loopback callers (`FASTVM_METRICS_TOKEN`). */
   metricsToken?: string;
+  /** Several hosts: set when `FASTVM_CLUSTER_SECRET` is (effective with a PostgreSQL store). */
+  cluster?: ClusterConfig;
+}
+
+/** `FASTVM_CLUSTER_SECRET`, `FASTVM_HOST_ID`, `FASTVM_ADVERTISE_URL`, heartbeat settings. */
+export interface ClusterConfig {
+  secret: string;
+  hostId?: string;
+  advertiseUrl?: string;
+  heartbeatMs?: number;
+  hostTimeoutMs?: number;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -118,6 +129,8 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     config.tlsKeyFile = tlsKeyFile;
   }
   if (env.FASTVM_METRICS_TOKEN) config.metricsToken = env.FASTVM_METRICS_TOKEN;
+  const cluster = clusterFromEnv(env);
+  if (cluster) config.cluster = cluster;
   if (env.FASTVM_BOOTSTRAP_KEY) config.bootstrapKey = env.FASTVM_BOOTSTRAP_KEY;
   if (sync) config.sqliteSynchronous = sync;
   return config;
@@ -147,5 +160,43 @@ export function hostCapacityFromEnv(env: Env = process.env): HostCapacityConfig 
   if (reserve !== undefined) out.reserveMiB = reserve;
   if (hostMem !== undefined) out.hostMemoryMiB = hostMem;
   if (hostCpus !== undefined) out.hostCpus = hostCpus;
+  return out;
+}
+
+/** Cluster settings from the environment (undefined without `FASTVM_CLUSTER_SECRET`). */
+export function clusterFromEnv(env: Env = process.env): ClusterConfig | undefined {
+  const secret = env.FASTVM_CLUSTER_SECRET;
+  if (!secret) return undefined;
+  if (secret.length < 16) throw new Error('FASTVM_CLUSTER_SECRET must be at least 16 characters');
+  const out: ClusterConfig = { secret };
+  const hostId = env.FASTVM_HOST_ID;
+  if (hostId) {
+    if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(hostId)) {
+      throw new Error(`FASTVM_HOST_ID must be lowercase letters, digits and -, got ${hostId}`);
+    }
+    out.hostId = hostId;
+  }
+  const url = env.FASTVM_ADVERTISE_URL;
+  if (url) {
+    if (!/^https?:\/\/[^/]+\/?$/.test(url)) {
+      throw new Error(`FASTVM_ADVERTISE_URL must be http(s)://host:port, got ${url}`);
+    }
+    out.advertiseUrl = url.replace(/\/$/, '');
+  }
+  const ms = (name: string, min: number): number | undefined => {
+    const text = env[name];
+    if (text === undefined || text === '') return undefined;
+    if (!/^\d+$/.test(text) || Number(text) < min) {
+      throw new Error(`${name} must be a number of milliseconds ≥ ${min}, got ${text}`);
+    }
+    return Number(text);
+  };
+  const heartbeat = ms('FASTVM_HEARTBEAT_MS', 100);
+  const timeout = ms('FASTVM_HOST_TIMEOUT_MS', 500);
+  if (heartbeat !== undefined) out.heartbeatMs = heartbeat;
+  if (timeout !== undefined) out.hostTimeoutMs = timeout;
+  if ((timeout ?? 15_000) <= 2 * (heartbeat ?? 2000)) {
+    throw new Error('FASTVM_HOST_TIMEOUT_MS must be more than twice FASTVM_HEARTBEAT_MS');
+  }
   return out;
 }

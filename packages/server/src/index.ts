@@ -10,7 +10,8 @@
  * @module
  */
 export { startServer } from './server.js';
-export type { ServerHandle, StartServerOptions } from './server.js';
+export type { ClusterOptions, MobilityDeps, ServerHandle, StartServerOptions } from './server.js';
+export type { ClusterPeers, PeerHost, SnapshotMobility } from './cluster/seams.js';
 export { buildApp } from './app.js';
 export type { App, AppServices, BuildAppOptions } from './app.js';
 export { ApiError, ERROR_CATALOG } from './errors.js';

@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import { loadGuestImage, type Runtime } from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import { createLogger } from './logging.js';
-import { buildApp, type App } from './app.js';
+import { buildApp, type App, type ClusterAppOptions } from './app.js';
 import { DEFAULT_QUOTA_LIMITS, type Pricing, type QuotaValues } from './domain/index.js';
 import { listen, type Listener } from './http/listener.js';
 import type { ServiceContext, ServiceSettings } from './services/context.js';
@@ -41,6 +41,13 @@ import { VolumeService } from './services/volume-service.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
 import { OciImageSource } from './images/oci-image-source.js';
+import { ClusterRouter } from './cluster/forward.js';
+import { HostRegistry } from './cluster/host-registry.js';
+import { ClusterForkSpread } from './cluster/fork-spread.js';
+import clusterInternalRoutes from './cluster/internal-routes.js';
+import type { ClusterPeers, SnapshotMobility } from './cluster/seams.js';
+import { loadHostId } from './cluster/host-id.js';
+import type { KyselyStore } from './store/kysely-store.js';
 
 /** Options of `startServer`. */
 export interface StartServerOptions {
@@ -131,6 +138,50 @@ export interface StartServerOptions {
   dashboardDir?: string | false;
   /** Build limits (context size, concurrency, step-cache size; `services/builds/`). */
   builds?: Partial<BuildSettings>;
+  /**
+   * Several hosts (`cluster/`, docs/ARCHITECTURE.md "Several hosts"): on when the store is
+   * PostgreSQL and `secret` is set; otherwise ignored (one machine, nothing changes).
+   */
+  cluster?: ClusterOptions;
+}
+
+/** See `StartServerOptions.cluster`. */
+export interface ClusterOptions {
+  /** The shared secret of the internal channel (`FASTVM_CLUSTER_SECRET`). */
+  secret: string;
+  /** This host's id (`FASTVM_HOST_ID`; default: one generated once into `<dataDir>/host-id`). */
+  hostId?: string;
+  /** How peers reach this host's API (`FASTVM_ADVERTISE_URL`; default: the listener's URL). */
+  advertiseUrl?: string;
+  /** Heartbeat interval (`FASTVM_HEARTBEAT_MS`, default 2000). */
+  heartbeatMs?: number;
+  /** A host silent for longer is lost (`FASTVM_HOST_TIMEOUT_MS`, default 15000). */
+  hostTimeoutMs?: number;
+  /** Machine types whose golden this host builds at start (placement prefers holders). */
+  goldens?: string[];
+  /** Guest image version, recorded for placement. */
+  guestImage?: string;
+  /** How long a forward waits for a connection to the serving host (default 3000 ms). */
+  connectTimeoutMs?: number;
+  /**
+   * Snapshot mobility (absent: a restore runs on the host that took the snapshot): an instance,
+   * or a factory given the host registry (`ClusterPeers`) and this host's store and runtime.
+   */
+  mobility?: SnapshotMobility | ((deps: MobilityDeps) => SnapshotMobility);
+  /**
+   * More route plugins under `/internal/v1` behind the cluster token (e.g. mobility's layer
+   * streams, `routes/internal-snapshots.ts`); each gets `{ services }` like the public routes.
+   */
+  internalRoutes?: ClusterAppOptions['internalRoutes'];
+}
+
+/** What a snapshot mobility factory is given (`ClusterOptions.mobility`). */
+export interface MobilityDeps {
+  peers: ClusterPeers;
+  hostId: string;
+  store: Store;
+  runtime: Runtime;
+  logger: Logger;
 }
 
 /** A running server. */
@@ -153,6 +204,8 @@ export interface ServerHandle {
   proxy: ProxyAddress;
   /** The image source the services use (none without a guest image). */
   images?: ImageSource;
+  /** This host's registry entry when in cluster mode. */
+  cluster?: HostRegistry;
   /** Graceful: stop accepting, drain, detach from the runtime (VMs survive), close the DB. */
   close(): Promise<void>;
   /**
@@ -203,6 +256,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   let sshGateway: SshGateway | undefined;
   let proxy: ServiceProxy | undefined;
   let builds: BuildService | undefined;
+  let registry: HostRegistry | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -217,10 +271,17 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     // The TTL scheduler acts through the lifecycle service and hears of VM changes through
     // `events`, which the services publish to without knowing who listens.
     const tasks = new TaskTracker();
+    const clusterOn = Boolean(opts.cluster?.secret) && store.dialect === 'postgres';
+    if (opts.cluster?.secret && !clusterOn) {
+      logger.warn('FASTVM_CLUSTER_SECRET is set but the store is SQLite: running as one host');
+    }
+    // In a cluster every host admits against its own capacity, which placement reads.
+    const hostCapacity =
+      opts.hostCapacity || clusterOn ? new HostCapacity(store, opts.hostCapacity ?? {}) : undefined;
     const quotas = new QuotaService(
       store,
       { ...DEFAULT_QUOTA_LIMITS, ...opts.quotaDefaults },
-      opts.hostCapacity ? new HostCapacity(store, opts.hostCapacity) : undefined,
+      hostCapacity,
     );
     const events = new VmEvents(logger);
     files = await FileService.create(
@@ -259,10 +320,59 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       metrics,
       volumes,
     };
+    // The registry exists before the services (a fork spreads through it); it registers just
+    // before the recovery below.
+    if (clusterOn && opts.cluster && hostCapacity) {
+      const hostId = opts.cluster.hostId ?? (await loadHostId(opts.dataDir));
+      registry = new HostRegistry(
+        store as KyselyStore,
+        {
+          hostId,
+          advertiseUrl: opts.cluster.advertiseUrl ?? '',
+          memoryLimitMiB: hostCapacity.memoryLimitMiB,
+          vcpuLimit: hostCapacity.vcpuLimit,
+          machineTypes: opts.cluster.goldens ?? [],
+          guestImage: opts.cluster.guestImage ?? '',
+        },
+        logger,
+        {
+          ...(opts.cluster.heartbeatMs ? { intervalMs: opts.cluster.heartbeatMs } : {}),
+          ...(opts.cluster.hostTimeoutMs ? { timeoutMs: opts.cluster.hostTimeoutMs } : {}),
+        },
+        // Back after being declared lost while running: its VMs marked `error` are stopped.
+        async () => {
+          for (const vm of await store.listVmsByStatus(['error'])) {
+            if (!runtime.get(vm.id)) continue;
+            await runtime.destroy(vm.id).catch((err: unknown) => {
+              logger.warn({ err, vmId: vm.id }, 'could not stop a VM of the lost period');
+            });
+            await network.release(vm.id).catch(() => {});
+          }
+        },
+      );
+    }
+    const mobilityOpt = opts.cluster?.mobility;
+    const mobility: SnapshotMobility | undefined =
+      registry && typeof mobilityOpt === 'function'
+        ? mobilityOpt({ peers: registry, hostId: registry.hostId, store, runtime, logger })
+        : registry && mobilityOpt && typeof mobilityOpt !== 'function'
+          ? mobilityOpt
+          : undefined;
     const vms = new VmService(ctx);
     const execs = new ExecSessions(vms, { events, logger });
     const snapshots = new SnapshotService(ctx);
-    const forks = new ForkService(ctx, vms);
+    const forks = new ForkService(
+      ctx,
+      vms,
+      registry && opts.cluster
+        ? new ClusterForkSpread(
+            registry,
+            opts.cluster.secret,
+            (id) => runtime.hasSnapshot(id),
+            mobility,
+          )
+        : undefined,
+    );
     const consoles = new ConsoleService(
       { store, runtime, logger },
       opts.consoleTokenTtlSec ? { tokenTtlSec: opts.consoleTokenTtlSec } : {},
@@ -280,6 +390,16 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         logger.error({ err, vmId }, 'recording VM exit failed');
       });
     });
+    if (registry) {
+      // Before recovery: from here on this host's queries see its own rows only, and a peer
+      // checking for lost hosts sees a fresh heartbeat (so it does not race the recovery).
+      const hostId = registry.hostId;
+      const before = await registry.register();
+      store.bindHost(hostId);
+      // Heartbeats from now on: a slow start (recovery, networking) must not look like a loss.
+      registry.start();
+      logger.info({ hostId, previousState: before ?? 'new' }, 'cluster: host registered');
+    }
     const recovery = await recover(store, runtime, network, logger);
     builds = new BuildService(ctx, files, {
       dataDir: opts.dataDir,
@@ -352,6 +472,26 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       logger,
       isShuttingDown: () => shuttingDown,
+      ...(registry && opts.cluster
+        ? {
+            cluster: {
+              secret: opts.cluster.secret,
+              router: new ClusterRouter({
+                registry,
+                store,
+                secret: opts.cluster.secret,
+                logger,
+                hasSnapshot: (id) => runtime.hasSnapshot(id),
+                ...(mobility ? { mobility } : {}),
+                ...(opts.cluster.connectTimeoutMs
+                  ? { connectTimeoutMs: opts.cluster.connectTimeoutMs }
+                  : {}),
+              }),
+              describeHost: async () => (await registry?.host(registry.hostId)) ?? {},
+              internalRoutes: [clusterInternalRoutes, ...(opts.cluster.internalRoutes ?? [])],
+            },
+          }
+        : {}),
       ...(opts.dashboardDir !== false
         ? { dashboardDir: opts.dashboardDir ?? defaultDashboardDir() }
         : {}),
@@ -415,6 +555,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     const hostForUrl = listener.host.includes(':') ? `[${listener.host}]` : listener.host;
     const url = `${listener.secure ? 'https' : 'http'}://${hostForUrl}:${listener.port}`;
     logger.info({ url }, 'FastVM API listening');
+    if (registry) {
+      if (!opts.cluster?.advertiseUrl) await registry.setAdvertiseUrl(url);
+    }
 
     let closing: Promise<void> | undefined;
     const graceMs = opts.shutdownGraceMs ?? 30_000;
@@ -439,9 +582,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       recovery,
       proxy: proxyAddress,
       ...(images ? { images } : {}),
+      ...(registry ? { cluster: registry } : {}),
       close() {
         closing ??= (async () => {
           shuttingDown = true;
+          await registry?.stop();
           await ttl?.stop();
           await Promise.all([
             listener.close(graceMs),
@@ -466,6 +611,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       async kill() {
         shuttingDown = true;
+        void registry?.stop();
         void ttl?.stop();
         files?.close();
         void storageListener?.close();
@@ -479,6 +625,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
     };
   } catch (err) {
     unsubscribe?.();
+    await registry?.stop();
     await ttl?.stop();
     files?.close();
     await storageListener?.close();

@@ -10,6 +10,7 @@
  *                     pausing ─► running      (the runtime refused the pause)
  *                     resuming ─► paused      (the runtime refused the resume)
  *           running, pausing, paused, resuming ─► stopped    (QEMU exited, or was lost at a restart)
+ *           running, pausing, paused, resuming ─► error      (its host stopped heartbeating)
  *           every status but deleted ─► deleting ─► deleted  (deleting ─► deleting: a retried delete)
  * snapshot  (new row) creating ─► ready | error;  ready ─► error  (its data is gone at a restart)
  *           creating, ready, error ─► deleting ─► deleted
@@ -23,7 +24,8 @@
  * - `services/snapshot-service.ts`: `creating` → `ready` | `error`, delete;
  * - `services/recovery.ts`: what a restart finds half done (interrupted launches and snapshots →
  *   `error`, a pause or resume cut short → where the runtime says the VM is, lost VMs →
- *   `stopped`, deletes finished, snapshots whose data is gone → `error`).
+ *   `stopped`, deletes finished, snapshots whose data is gone → `error`);
+ * - `cluster/host-registry.ts`: the VMs of a host that stopped heartbeating (→ `error`).
  * @module
  */
 import type { SnapshotStatus, VmStatus } from './model.js';
@@ -37,10 +39,10 @@ export const SNAPSHOT_INITIAL_STATUS = 'creating' satisfies SnapshotStatus;
 /** For each VM status, the statuses it may move to. */
 export const VM_TRANSITIONS: Readonly<Record<VmStatus, readonly VmStatus[]>> = {
   provisioning: ['running', 'error', 'deleting'],
-  running: ['pausing', 'stopped', 'deleting'],
-  pausing: ['paused', 'running', 'stopped', 'deleting'],
-  paused: ['resuming', 'stopped', 'deleting'],
-  resuming: ['running', 'paused', 'stopped', 'deleting'],
+  running: ['pausing', 'stopped', 'error', 'deleting'],
+  pausing: ['paused', 'running', 'stopped', 'error', 'deleting'],
+  paused: ['resuming', 'stopped', 'error', 'deleting'],
+  resuming: ['running', 'paused', 'stopped', 'error', 'deleting'],
   stopped: ['deleting'],
   error: ['deleting'],
   // A delete that failed half-way is retried from `deleting` (DELETE again, or at start).

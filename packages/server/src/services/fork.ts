@@ -9,6 +9,10 @@
  * - The N restores run concurrently. If any fails, every fork of the call is deleted (the ones
  *   that started and the failed ones alike), which releases the quota, and the first failure
  *   is reported. A fork never leaks VMs.
+ * - **Several hosts** (`ForkSpread`, `cluster/fork-spread.ts`): where the snapshot can be pulled
+ *   to other hosts, the N rows are still reserved in one transaction here, each with the host
+ *   that will run it, and each host boots its share (this one directly, the others through the
+ *   internal channel); a failure anywhere deletes all N as above.
  * @module
  */
 import {
@@ -42,12 +46,60 @@ export interface ForkRequest {
   metadata?: Metadata | undefined;
 }
 
+/** How a fork spreads over the hosts of a cluster (absent: it all runs here). */
+export interface ForkSpread {
+  /** This host's id. */
+  readonly selfId: string;
+  /** The host of each of `count` forks, in order; undefined: all here. */
+  plan(
+    snapshotId: string,
+    count: number,
+    unit: { memoryMiB: number; vcpu: number },
+  ): Promise<readonly string[] | undefined>;
+  /** Boots stored `provisioning` rows on another host; resolves with them running. */
+  boot(hostId: string, orgId: string, vmIds: readonly string[]): Promise<VmRecord[]>;
+  /** Deletes VMs on another host. */
+  remove(hostId: string, orgId: string, vmIds: readonly string[]): Promise<void>;
+  /** Makes the snapshot present here before a restore (snapshot mobility). */
+  ensureLocal(snapshotId: string): Promise<void>;
+}
+
 /** See the module comment. */
 export class ForkService {
   constructor(
     private readonly ctx: ServiceContext,
     private readonly vms: VmService,
+    private readonly spread?: ForkSpread,
   ) {}
+
+  /**
+   * Boots forks another host reserved for this one (`ForkSpread.boot` lands here): the rows
+   * must be this org's and `provisioning`. Resolves with them running, or throws the first
+   * failure (the coordinating host then deletes all of them).
+   */
+  async bootHere(orgId: string, vmIds: readonly string[]): Promise<VmRecord[]> {
+    const rows: VmRecord[] = [];
+    for (const id of vmIds) {
+      const vm = await this.ctx.store.getVm(orgId, id);
+      if (!vm || vm.status !== 'provisioning') {
+        throw new InvalidInputError(`VM ${id} is not a provisioning VM of this org`, 'vmIds');
+      }
+      rows.push(vm);
+    }
+    const snapshots = new Set(rows.map((vm) => vm.sourceSnapshotId).filter((x) => x !== null));
+    for (const id of snapshots) await this.spread?.ensureLocal(id);
+    const results = await Promise.allSettled(
+      rows.map((vm) => this.ctx.tasks.track(vm.id, this.vms.boot(vm))),
+    );
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    return results.map((r) => (r as PromiseFulfilledResult<VmRecord>).value);
+  }
+
+  /** Deletes forks of this host (the cleanup of a failed spread fork). */
+  async removeHere(orgId: string, vmIds: readonly string[]): Promise<void> {
+    await Promise.allSettled(vmIds.map((id) => this.vms.delete(orgId, id)));
+  }
 
   /** Restores `count` VMs from the snapshot; resolves with them, all running, in name order. */
   async fork(orgId: string, snapshotRef: string, input: ForkRequest): Promise<VmRecord[]> {
@@ -74,10 +126,24 @@ export class ForkService {
       memoryMiB: first.memoryMiB,
       diskGiB: first.diskGiB,
     };
+    const plan = await this.spread?.plan(snap.id, count, {
+      memoryMiB: first.memoryMiB,
+      vcpu: first.cpu,
+    });
+    const hostOf = (i: number): string | undefined => {
+      const h = plan?.[i];
+      return h && h !== this.spread?.selfId ? h : undefined;
+    };
+    const here = rows.filter((_, i) => hostOf(i) === undefined).length;
     await this.ctx.quotas
-      .reserve(orgId, times(unit, count), async (tx) => {
-        for (const vm of rows) await tx.insertVm(vm);
-      })
+      .reserve(
+        orgId,
+        times(unit, count),
+        async (tx) => {
+          for (const [i, vm] of rows.entries()) await tx.insertVm(vm, hostOf(i));
+        },
+        { vcpu: first.cpu * here, memoryMiB: first.memoryMiB * here },
+      )
       .catch(async (err: unknown) => {
         if (!(err instanceof QuotaExceededError)) throw err;
         const { limits, usage } = await this.ctx.quotas.get(orgId);
@@ -92,7 +158,33 @@ export class ForkService {
       });
 
     const t0 = Date.now();
-    const boots = rows.map((vm) => this.ctx.tasks.track(vm.id, this.vms.boot(vm)));
+    // This host's share restores from the snapshot here: pulled first where it is elsewhere.
+    const pulled = plan && here > 0 ? this.spread!.ensureLocal(snap.id) : Promise.resolve();
+    pulled.catch(() => {});
+    const groups = new Map<string, string[]>();
+    rows.forEach((vm, i) => {
+      const h = hostOf(i);
+      if (h) groups.set(h, [...(groups.get(h) ?? []), vm.id]);
+    });
+    const remote = new Map<string, Promise<VmRecord[]>>();
+    for (const [h, ids] of groups) {
+      const p = this.spread!.boot(h, orgId, ids);
+      p.catch(() => {});
+      remote.set(h, p);
+    }
+    const boots = rows.map((vm, i) => {
+      const h = hostOf(i);
+      if (!h)
+        return this.ctx.tasks.track(
+          vm.id,
+          pulled.then(() => this.vms.boot(vm)),
+        );
+      return remote.get(h)!.then((list) => {
+        const got = list.find((v) => v.id === vm.id);
+        if (!got) throw new RuntimeFailureError(`host ${h} did not report VM ${vm.id}`);
+        return got;
+      });
+    });
     const results = await Promise.allSettled(boots);
     const failures = results.flatMap((r, i) =>
       r.status === 'rejected' ? [{ i, err: r.reason as unknown }] : [],
@@ -105,7 +197,10 @@ export class ForkService {
       return results.map((r, i) => (r.status === 'fulfilled' ? r.value : rows[i]!));
     }
     // All or nothing here too: the forks that started are deleted with the failed ones.
-    const cleanup = await Promise.allSettled(rows.map((vm) => this.vms.delete(orgId, vm.id)));
+    const cleanup = await Promise.allSettled([
+      ...rows.filter((_, i) => !hostOf(i)).map((vm) => this.vms.delete(orgId, vm.id)),
+      ...[...groups].map(([h, ids]) => this.spread!.remove(h, orgId, ids)),
+    ]);
     const leftovers = cleanup.filter((r) => r.status === 'rejected').length;
     this.ctx.logger.warn(
       { snapshotId: snap.id, count, failed: failures.length, leftovers, err: failures[0]!.err },

@@ -43,6 +43,8 @@ export class QuotaService {
     orgId: string,
     request: Partial<QuotaValues>,
     write: (tx: OrgTx) => Promise<T>,
+    /** What of `request` lands on this host (a fork spread over hosts); default all of it. */
+    onThisHost: { vcpu?: number; memoryMiB?: number } = request,
   ): Promise<T> {
     const reserve = (): Promise<T> =>
       this.store.withOrgLock(orgId, async (tx) => {
@@ -52,7 +54,7 @@ export class QuotaService {
         if (over) throw quotaExceededError(over, limits, usage, request);
         return write(tx);
       });
-    const { vcpu = 0, memoryMiB = 0 } = request;
+    const { vcpu = 0, memoryMiB = 0 } = onThisHost;
     if (!this.host || (vcpu <= 0 && memoryMiB <= 0)) return reserve();
     return this.host.admit({ vcpu, memoryMiB }, reserve);
   }

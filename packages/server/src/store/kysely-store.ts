@@ -83,6 +83,7 @@ export class KyselyStore implements Store {
   readonly #activeKeyByHash;
   readonly #liveVmById;
   readonly #liveSnapshotById;
+  #hostId: string | undefined;
 
   /** Live VM rows by id, valid while the store's generation stands still (see `ReadCacheOptions`). */
   readonly #vmRows = new Map<string, VmsRow>();
@@ -117,6 +118,14 @@ export class KyselyStore implements Store {
         .where('id', '=', id)
         .where('deleted_at', 'is', null),
     );
+  }
+
+  bindHost(hostId: string): void {
+    this.#hostId = hostId;
+  }
+
+  get hostId(): string | undefined {
+    return this.#hostId;
   }
 
   migrate(): Promise<string[]> {
@@ -248,17 +257,26 @@ export class KyselyStore implements Store {
       const tx: OrgTx = {
         getQuotaOverrides: () => readQuotaOverrides(trx, orgId),
         getUsage: () => readUsage(trx, orgId),
-        insertVm: async (vm) => {
+        insertVm: async (vm, hostId) => {
           if (vm.status !== VM_INITIAL_STATUS) {
             throw new Error(`a new VM must be ${VM_INITIAL_STATUS}, not ${vm.status}`);
           }
-          await trx.insertInto('vms').values(fromVm(vm)).execute();
+          await trx
+            .insertInto('vms')
+            .values({
+              ...fromVm(vm),
+              ...((hostId ?? this.#hostId) ? { host_id: hostId ?? this.#hostId } : {}),
+            })
+            .execute();
         },
         insertSnapshot: async (s) => {
           if (s.status !== SNAPSHOT_INITIAL_STATUS) {
             throw new Error(`a new snapshot must be ${SNAPSHOT_INITIAL_STATUS}, not ${s.status}`);
           }
-          await trx.insertInto('snapshots').values(fromSnapshot(s)).execute();
+          await trx
+            .insertInto('snapshots')
+            .values({ ...fromSnapshot(s), ...(this.#hostId ? { host_id: this.#hostId } : {}) })
+            .execute();
         },
         transitionVm: (id, move, patch) => transitionVmRow(trx, id, move, patch),
         insertVolume: async (v) => {
@@ -337,12 +355,12 @@ export class KyselyStore implements Store {
   }
 
   async listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]> {
-    const rows = await this.db
+    let q = this.db
       .selectFrom('vms')
       .selectAll()
-      .where('status', 'in', [...statuses])
-      .orderBy('created_at')
-      .execute();
+      .where('status', 'in', [...statuses]);
+    if (this.#hostId) q = q.where('host_id', '=', this.#hostId);
+    const rows = await q.orderBy('created_at').execute();
     return rows.map(toVm);
   }
 
@@ -493,12 +511,12 @@ export class KyselyStore implements Store {
   }
 
   async listSnapshotsByStatus(statuses: readonly SnapshotStatus[]): Promise<SnapshotRecord[]> {
-    const rows = await this.db
+    let q = this.db
       .selectFrom('snapshots')
       .selectAll()
-      .where('status', 'in', [...statuses])
-      .orderBy('created_at')
-      .execute();
+      .where('status', 'in', [...statuses]);
+    if (this.#hostId) q = q.where('host_id', '=', this.#hostId);
+    const rows = await q.orderBy('created_at').execute();
     return rows.map(toSnapshot);
   }
 

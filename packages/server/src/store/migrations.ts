@@ -231,6 +231,39 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Several hosts (issue 22): the host registry, and the host that owns each VM and took each
+  // snapshot (null on one machine, and for rows written before; the first host of a cluster
+  // claims those). Heartbeats are the database's clock, so hosts' clocks may disagree.
+  '0009_hosts': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('hosts')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('advertise_url', 'text', (c) => c.notNull())
+        .addColumn('memory_limit_mib', 'integer', (c) => c.notNull())
+        .addColumn('vcpu_limit', 'integer', (c) => c.notNull())
+        .addColumn('machine_types', 'text', (c) => c.notNull().defaultTo('[]'))
+        .addColumn('guest_image', 'text', (c) => c.notNull().defaultTo(''))
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('state_reason', 'text')
+        .addColumn('heartbeat_at', 'timestamptz', (c) => c.notNull())
+        .addColumn('started_at', 'timestamptz', (c) => c.notNull())
+        .execute();
+      for (const table of ['vms', 'snapshots']) {
+        await db.schema.alterTable(table).addColumn('host_id', 'text').execute();
+      }
+      await db.schema
+        .createIndex('vms_host_status')
+        .on('vms')
+        .columns(['host_id', 'status'])
+        .execute();
+      await db.schema
+        .createIndex('snapshots_host_status')
+        .on('snapshots')
+        .columns(['host_id', 'status'])
+        .execute();
+    },
+  },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 

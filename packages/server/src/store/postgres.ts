@@ -22,6 +22,9 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Kys
     connectionString: opts.connectionString,
     max: opts.maxConnections ?? 10,
   });
+  // An idle connection the server ends (a restart, an administrator) would otherwise be an
+  // uncaught error; the pool replaces it at the next query.
+  pool.on('error', () => {});
   const db = new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
   return new KyselyStore(db, 'postgres');
 }

@@ -67,6 +67,8 @@ export interface VmsTable {
   services: string;
   /** JSON array of volume attachments (migration 0007; `[]` for older rows). */
   volumes: string;
+  /** The host that runs it (migration 0009); null on one machine. */
+  host_id?: string | null;
 }
 
 /** Snapshots, soft-deleted (`deleted_at`). */
@@ -94,6 +96,8 @@ export interface SnapshotsTable {
   parent_snapshot_id: string | null;
   /** JSON array: the VM's volume attachments when taken (migration 0007). */
   volumes: string;
+  /** The host that took it (migration 0009); null on one machine. */
+  host_id?: string | null;
 }
 
 /** Volumes of orgs (migration 0007), soft-deleted (`deleted_at`). */
@@ -142,6 +146,26 @@ export interface BuildCacheTable {
   last_used_at: string;
 }
 
+/** Hosts of a cluster (migration 0009; see `cluster/host-registry.ts`). */
+export interface HostsTable {
+  id: string;
+  /** How peers reach the host's API and internal routes, e.g. `http://10.0.0.2:8080`. */
+  advertise_url: string;
+  /** Host admission limits (`services/host-capacity.ts`): memory on paper and vCPUs. */
+  memory_limit_mib: number;
+  vcpu_limit: number;
+  /** JSON array of the machine types whose golden this host holds. */
+  machine_types: string;
+  /** Guest image version (goldens are keyed by it). */
+  guest_image: string;
+  /** `active` | `draining` | `lost`. */
+  state: string;
+  state_reason: string | null;
+  /** The database's clock (PostgreSQL `now()`) at the last heartbeat. */
+  heartbeat_at: Date | string;
+  started_at: Date | string;
+}
+
 /** All tables, for `Kysely<Database>`. */
 export interface Database {
   orgs: OrgsTable;
@@ -153,4 +177,5 @@ export interface Database {
   volumes: VolumesTable;
   builds: BuildsTable;
   build_cache: BuildCacheTable;
+  hosts: HostsTable;
 }

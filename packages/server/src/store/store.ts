@@ -68,8 +68,11 @@ export type QuotaOverrides = { [K in keyof QuotaValues]?: number | null };
 export interface OrgTx {
   getQuotaOverrides(): Promise<QuotaOverrides>;
   getUsage(): Promise<QuotaValues>;
-  /** Inserts a new VM; its status must be `VM_INITIAL_STATUS` (`provisioning`). */
-  insertVm(vm: VmRecord): Promise<void>;
+  /**
+   * Inserts a new VM; its status must be `VM_INITIAL_STATUS` (`provisioning`). `hostId`: the
+   * host that will run it (a fork spread over hosts); default the bound host.
+   */
+  insertVm(vm: VmRecord, hostId?: string): Promise<void>;
   /** Inserts a new snapshot; its status must be `SNAPSHOT_INITIAL_STATUS` (`creating`). */
   insertSnapshot(snapshot: SnapshotRecord): Promise<void>;
   /** Inserts a new volume (status `creating`). */
@@ -94,6 +97,14 @@ export interface Store {
   /** Applies pending migrations; returns their names. */
   migrate(): Promise<string[]>;
   close(): Promise<void>;
+  /**
+   * Several hosts (`cluster/`): VMs and snapshots inserted from now on belong to this host, and
+   * the host-local queries (`listVmsByStatus`, `listSnapshotsByStatus`: recovery, admission,
+   * TTLs, metrics) see only this host's rows. Never called on one machine.
+   */
+  bindHost(hostId: string): void;
+  /** The host bound by `bindHost`, if any. */
+  readonly hostId: string | undefined;
 
   createOrg(org: OrgRecord): Promise<void>;
   getOrg(id: string): Promise<OrgRecord | undefined>;
@@ -140,7 +151,7 @@ export interface Store {
    * of those statuses. Returns the updated row, or undefined if nothing matched.
    */
   updateVm(id: string, patch: VmPatch, onlyIf?: readonly VmStatus[]): Promise<VmRecord | undefined>;
-  /** VMs of every org in the given states (startup recovery). */
+  /** VMs of every org in the given states (startup recovery); only this host's when bound. */
   listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]>;
   /** A live (not deleted) VM of any org by id (the service proxy's lookup). */
   findLiveVm(id: string): Promise<VmRecord | undefined>;
