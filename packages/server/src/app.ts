@@ -178,6 +178,8 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
     store: opts.services.store,
     metrics: opts.services.metrics,
     isShuttingDown: opts.isShuttingDown,
+    // A read is served where it arrives, also in a cluster: named as the forwarding layer does.
+    ...(opts.cluster ? { servedBy: opts.cluster.router.selfId } : {}),
   });
   const app = Fastify({
     loggerInstance: opts.logger as FastifyBaseLogger,

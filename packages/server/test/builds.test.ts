@@ -98,7 +98,9 @@ describe('builds and snapshot imports (fake runtime)', () => {
   let api: TestClient;
 
   beforeAll(async () => {
-    t = await startTestServer({ builds: { contextMaxBytes: 64 * 1024 } });
+    // No image source: registry references fail clearly, with no traffic (registry pulls are
+    // tested against a local registry in images*.test.ts).
+    t = await startTestServer({ builds: { contextMaxBytes: 64 * 1024 }, images: false });
     api = new TestClient(t.url, t.key);
   });
   afterAll(async () => {

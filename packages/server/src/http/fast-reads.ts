@@ -10,6 +10,7 @@
 import type http from 'node:http';
 import type http2 from 'node:http2';
 import type { ApiKeyResolver } from '../auth.js';
+import { SERVED_BY_HEADER } from '../cluster/forward.js';
 import { firewallShape } from '../routes/firewall-shape.js';
 import { presentVm } from '../routes/present.js';
 import type { Metrics } from '../services/metrics.js';
@@ -28,6 +29,8 @@ export interface FastReadsOptions {
   readonly store: Store;
   readonly metrics?: Metrics | undefined;
   readonly isShuttingDown?: (() => boolean) | undefined;
+  /** Several hosts: this host's id, answered in `x-fastvm-host` (`cluster/forward.ts`). */
+  readonly servedBy?: string | undefined;
 }
 
 /**
@@ -35,7 +38,8 @@ export interface FastReadsOptions {
  * a lookup that found nothing to answer with) — never both.
  */
 export function fastReads(opts: FastReadsOptions): (req: Req, res: Res, next: () => void) => void {
-  const { keys, store, metrics, isShuttingDown } = opts;
+  const { keys, store, metrics, isShuttingDown, servedBy } = opts;
+  const extra = servedBy === undefined ? {} : { [SERVED_BY_HEADER]: servedBy };
   return (req, res, next) => {
     const match = req.method === 'GET' ? VM_GET.exec(req.url ?? '') : null;
     const auth = match && !isShuttingDown?.() && hasHost(req) ? keys.peek(req) : undefined;
@@ -49,6 +53,7 @@ export function fastReads(opts: FastReadsOptions): (req: Req, res: Res, next: ()
           'x-request-id': requestIdOf(req.headers),
           'content-type': 'application/json; charset=utf-8',
           'content-length': Buffer.byteLength(body),
+          ...extra,
         });
         res.end(body);
         metrics?.request('GET', ROUTE, 200, (performance.now() - t0) / 1000);
