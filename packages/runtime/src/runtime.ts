@@ -423,12 +423,12 @@ export class QemuRuntime implements Runtime {
   }
 
   async exec(vmId: string, req: ExecRequest): Promise<ExecResult> {
-    return this.#live(vmId).agent.exec(req);
+    return (await this.#identified(vmId)).agent.exec(req);
   }
 
   /** An interactive command on a new pty in the guest (the console); see `Runtime.openPty`. */
   async openPty(vmId: string, req: PtyRequest): Promise<PtySession> {
-    return this.#live(vmId).agent.spawn({
+    return (await this.#identified(vmId)).agent.spawn({
       argv: req.argv,
       ...(req.env ? { env: req.env } : {}),
       ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
@@ -440,7 +440,7 @@ export class QemuRuntime implements Runtime {
 
   /** A command with open stdin and separate output streams (SSH exec); see `Runtime.openProcess`. */
   async openProcess(vmId: string, req: ProcessRequest): Promise<ProcessSession> {
-    const { agent } = this.#live(vmId);
+    const { agent } = await this.#identified(vmId);
     // Refusals of input (the agent's queue is full) belong to the pacer, made once it runs.
     const pacer: { input?: PacedInput } = {};
     const proc = await agent.spawn({
@@ -850,6 +850,25 @@ export class QemuRuntime implements Runtime {
     vm.qmp.close();
     await fs.rm(vm.dir, { recursive: true, force: true });
     await this.#layers.gc();
+  }
+
+  /**
+   * A running VM whose guest has taken its new identity: a command waits for the IDENTITY that
+   * was still on its way when the VM was handed over (`LiveVm.settleIdentity`), so nothing runs
+   * in a guest that kept its source's hostname, machine id or random state.
+   */
+  async #identified(vmId: string): Promise<LiveVm> {
+    const vm = this.#live(vmId);
+    if (!vm.identity) return vm;
+    try {
+      await vm.identity;
+    } catch (err) {
+      throw new RuntimeError(
+        'not_running',
+        `VM ${vmId} did not take its identity: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+    return this.#live(vmId);
   }
 
   #live(vmId: string): LiveVm {

@@ -73,10 +73,10 @@ export class LiveVm {
   identity: Promise<void> | undefined;
 
   /**
-   * Hands the VM over while its IDENTITY is still on its way: the agent serves one connection in
-   * order, so every request sent after it (exec, files, a terminal) finds the new identity
-   * applied, and the operations that run `serially` (snapshot, pause) wait for it. The caller
-   * saves the round trip (the runtime supervises the outcome: a failure stops the VM).
+   * Hands the VM over while its IDENTITY is still on its way: the launch or restore returns (and
+   * the server answers) meanwhile; commands wait for it (`QemuRuntime`'s `#identified`), and the
+   * operations that run `serially` (snapshot, pause, volumes) too. The runtime supervises the
+   * outcome: a failure stops the VM.
    */
   settleIdentity(identity: Promise<void>): void {
     this.identity = identity;

@@ -129,11 +129,13 @@ describe('warm pool (real QEMU VMs)', () => {
     const exits: Array<[string, string]> = [];
     const off = rt.onExit((vm, reason) => exits.push([vm, reason]));
     try {
-      // The agent refuses this hostname, but only after launch() has returned: the VM must not
-      // go on as its source.
+      // The agent refuses this hostname, but only after launch() has returned: no command runs
+      // in it (it would run as its source), and the VM is stopped.
       const bad = `${PREFIX}-bad`;
       await rt.launch({ id: bad, machine: 'c1m2', hostname: 'not a hostname!' });
-      await expect(rt.exec(bad, { argv: ['true'], timeoutMs: 30_000 })).rejects.toThrow();
+      await expect(rt.exec(bad, { argv: ['true'], timeoutMs: 30_000 })).rejects.toThrow(
+        /identity|not running|not found/,
+      );
       const deadline = Date.now() + 30_000;
       while (!exits.some(([vm]) => vm === bad)) {
         if (Date.now() > deadline) throw new Error('the VM that refused its identity still runs');
