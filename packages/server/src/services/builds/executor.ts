@@ -766,7 +766,10 @@ class Runner {
     if (plain.length > 0) {
       const script =
         `${OWNER_FN}\nset -e; o="$1"; l=/tmp/.fastvm-copied-$$; cd /\n` +
-        'tar -x --no-overwrite-dir -v -f - > "$l"\n' +
+        // GNU tar: existing directories keep their owner and mode. Minimal images' tar
+        // (busybox) has no such option: there, a copied directory's mode lands on an existing one.
+        'nd=; tar --help 2>&1 | grep -q -e --no-overwrite-dir && nd=--no-overwrite-dir\n' +
+        'tar -x $nd -v -f - > "$l"\n' +
         'if [ -n "$o" ]; then o=$(owner "$o"); while IFS= read -r f; do chown -h -- "$o" "/${f%/}"; done < "$l"; fi\n' +
         'rm -f "$l"';
       const code = await this.stream(
