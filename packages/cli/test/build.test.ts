@@ -44,6 +44,9 @@ beforeAll(async () => {
     runtime: new FakeRuntime(),
     bootstrapKey: KEY,
     logLevel: 'silent',
+    // No image source: registry images fail clearly (a registry image end to end is in
+    // packages/server/test/images-api-vm.test.ts).
+    images: false,
   });
 });
 

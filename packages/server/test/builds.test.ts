@@ -98,7 +98,8 @@ describe('builds and snapshot imports (fake runtime)', () => {
   let api: TestClient;
 
   beforeAll(async () => {
-    t = await startTestServer({ builds: { contextMaxBytes: 64 * 1024 } });
+    // No image source: registry images fail clearly (the real one is images-api-vm.test.ts).
+    t = await startTestServer({ builds: { contextMaxBytes: 64 * 1024 }, images: false });
     api = new TestClient(t.url, t.key);
   });
   afterAll(async () => {

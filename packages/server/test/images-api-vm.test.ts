@@ -187,9 +187,7 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
 
   it('imports a registry image: §4.7 events, a snapshot that restores with its files and ENV', async () => {
     imported = await importImage({ type: 'image', image, ...creds }, 'ix-busy');
-    expect(imported.status, `${String(imported.error)}\n${String(imported.log)}`).toBe(
-      'succeeded',
-    );
+    expect(imported.status, `${String(imported.error)}\n${String(imported.log)}`).toBe('succeeded');
     const events = imported.events as Array<{ phase: string; status: string }>;
     expect(events.map((e) => `${e.phase}:${e.status}`)).toEqual([
       'preparing:started',
@@ -275,11 +273,13 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
     const missing = `${registry.host}/ix/busy:nope`;
     const unknown = await importImage({ type: 'image', image: missing, ...creds });
     expect(unknown.status).toBe('failed');
-    expect(unknown.error).toContain(missing);
-    expect(unknown.error).not.toMatch(/\n\s+at /);
-    expect(unknown.events).toEqual(
-      expect.arrayContaining([expect.objectContaining({ status: 'failed' })]),
+    // About the image (an image import has no Dockerfile), not a stack trace.
+    expect(unknown.error).toMatch(new RegExp(`^${missing.replace(/[.:/]/g, '\\$&')}: .*not found`));
+    expect(unknown.error).not.toMatch(/\n\s+at |Dockerfile/);
+    const phases = (unknown.events as Array<{ phase: string; status: string }>).map(
+      (e) => `${e.phase}:${e.status}`,
     );
+    expect(phases.slice(-3)).toEqual(['pull:started', 'pull:failed', 'build:failed']);
 
     // The image is cached on the server by now: a wrong password still must not get it.
     const wrong = await importImage({
@@ -289,7 +289,8 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
       registryPassword: 'ix-wrong-Secret-9',
     });
     expect(wrong.status).toBe('failed');
-    expect(wrong.error).toMatch(/auth|credential|denied|unauthori[sz]ed/i);
+    expect(wrong.error).toMatch(new RegExp(`^${image.replace(/[.:/]/g, '\\$&')}: `));
+    expect(wrong.error).toMatch(/credentials/);
     expect(wrong.error).not.toMatch(/\n\s+at /);
     expect(JSON.stringify(wrong)).not.toContain('ix-wrong-Secret-9');
     expect(wrong.snapshotId).toBeUndefined();
@@ -324,7 +325,10 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
           },
         },
         stderr: {
-          write: (c: string | Uint8Array) => (progress.push({ at: Date.now(), text: text(c) }), true),
+          write: (c: string | Uint8Array) => (
+            progress.push({ at: Date.now(), text: text(c) }),
+            true
+          ),
         },
         stdin: {},
         env: {
@@ -342,7 +346,7 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
     expect(stderr).toMatch(/==> pull completed/);
     expect(stderr).toMatch(/==> done completed/);
     // Live: the first progress line came well before the end, not all at once.
-    expect(stdoutAt - progress[0]!.at).toBeGreaterThan(500);
+    expect(stdoutAt - progress[0]!.at).toBeGreaterThan(250);
     const snap = JSON.parse(stdout) as { id: string; name: string; status: string };
     expect(snap).toMatchObject({ name: 'ix-cli', status: 'ready' });
     expect(stdout + stderr).not.toContain(AUTH.password);

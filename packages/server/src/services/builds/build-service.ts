@@ -709,7 +709,10 @@ export class BuildService {
       const cancelled = signal.aborted;
       const message = cancelled
         ? `the ${r.kind === 'build' ? 'build' : 'import'} was cancelled`
-        : userMessage(err);
+        : r.source.type === 'image' && err instanceof DockerfileError
+          ? // An image import has no Dockerfile to point at: the reason is about the image.
+            err.detail.replace(/^FROM /, '')
+          : userMessage(err);
       if (
         !cancelled &&
         !(

@@ -89,8 +89,8 @@ export interface BuildJob {
   log(text: string): void;
   /** Phase text while running. */
   progress(text: string): void;
-  /** The image pull started/finished (imports show it as the `pull` phase). */
-  pull?(status: 'started' | 'completed' | 'skipped', message?: string): void;
+  /** The image pull started/finished/failed (imports show it as the `pull` phase). */
+  pull?(status: 'started' | 'completed' | 'skipped' | 'failed', message?: string): void;
   /** Called before a step snapshot is taken and after it is in the cache. */
   trackSnapshot(id: string, pending: boolean): Promise<void>;
   /** A build VM started (`running`) or was destroyed; the caller destroys what is left. */
@@ -277,6 +277,7 @@ class Runner {
     } catch (err) {
       this.checkCancelled();
       const msg = err instanceof Error ? err.message : String(err);
+      this.job.pull?.('failed', `${stage.image}: ${msg}`);
       throw new DockerfileError(stage.from.line, `FROM ${stage.image}: ${msg}`);
     }
   }
