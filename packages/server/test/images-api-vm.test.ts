@@ -5,18 +5,18 @@
  * one, with the image's ENV; a Dockerfile import `FROM` that image with COPY and RUN, and its
  * unchanged rebuild served by the step cache; an unknown tag and a wrong password failing with
  * clear reasons; the password never in any response; and `fastvm image import REF --json` (the
- * CLI in process) against the same registry with live progress.
+ * built binary, spawned) against the same registry with live progress.
  *
  * The image's goldens go to a private golden directory (removed at the end), not the shared
  * guest cache.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { defaultCacheDir } from '@fastvm/runtime';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { disposeRuntime, testRuntime } from '../../runtime/test/helpers.js';
-import { main as cliMain } from '../../cli/src/main.js';
 import { startServer, type ServerHandle } from '../src/index.js';
 import { TestClient, makeDataDir, sleep } from './helpers.js';
 import {
@@ -301,10 +301,11 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
     let stdout = '';
     let stdoutAt = 0;
     const progress: Array<{ at: number; text: string }> = [];
-    const text = (c: string | Uint8Array): string =>
-      typeof c === 'string' ? c : Buffer.from(c).toString();
-    const code = await cliMain(
+    // The real `fastvm` binary (built by vitest's globalSetup), as a user runs it.
+    const child = spawn(
+      process.execPath,
       [
+        path.resolve(import.meta.dirname, '../../cli/bin/fastvm.cjs'),
         'image',
         'import',
         image,
@@ -317,29 +318,23 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
         '--json',
       ],
       {
-        stdout: {
-          write: (c: string | Uint8Array) => {
-            stdout += text(c);
-            stdoutAt = Date.now();
-            return true;
-          },
-        },
-        stderr: {
-          write: (c: string | Uint8Array) => (
-            progress.push({ at: Date.now(), text: text(c) }),
-            true
-          ),
-        },
-        stdin: {},
         env: {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
           HOME: home,
           XDG_CONFIG_HOME: path.join(home, '.config'),
           FASTVM_API_KEY: server.bootstrapKey,
           FASTVM_BASE_URL: server.url,
           IX_REGISTRY_PASSWORD: AUTH.password,
         },
+        stdio: ['ignore', 'pipe', 'pipe'],
       },
     );
+    child.stdout.on('data', (c: Buffer) => {
+      stdout += c.toString();
+      stdoutAt = Date.now();
+    });
+    child.stderr.on('data', (c: Buffer) => progress.push({ at: Date.now(), text: c.toString() }));
+    const code = await new Promise<number | null>((r) => child.on('close', r));
     const stderr = progress.map((p) => p.text).join('');
     expect(code, stderr).toBe(0);
     expect(stderr).toMatch(/==> preparing/);
