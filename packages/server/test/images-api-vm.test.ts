@@ -192,9 +192,9 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
     expect(events.map((e) => `${e.phase}:${e.status}`)).toEqual([
       'preparing:started',
       'preparing:completed',
-      'build:started',
       'pull:started',
       'pull:completed',
+      'build:started',
       'build:completed',
       'saving:started',
       'saving:completed',
@@ -279,7 +279,12 @@ describe.skipIf(!ready)('registry images through the API (real QEMU VMs)', () =>
     const phases = (unknown.events as Array<{ phase: string; status: string }>).map(
       (e) => `${e.phase}:${e.status}`,
     );
-    expect(phases.slice(-3)).toEqual(['pull:started', 'pull:failed', 'build:failed']);
+    expect(phases).toEqual([
+      'preparing:started',
+      'preparing:completed',
+      'pull:started',
+      'pull:failed',
+    ]);
 
     // The image is cached on the server by now: a wrong password still must not get it.
     const wrong = await importImage({
