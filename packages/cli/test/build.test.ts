@@ -47,6 +47,9 @@ beforeAll(async () => {
     images: false,
     bootstrapKey: KEY,
     logLevel: 'silent',
+    // No image source: registry images fail clearly (a registry image end to end is in
+    // packages/server/test/images-api-vm.test.ts).
+    images: false,
   });
 });
 

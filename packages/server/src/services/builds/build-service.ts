@@ -629,7 +629,17 @@ export class BuildService {
       }
 
       let pulled = false;
-      begin('build');
+      // An image import pulls before it builds (§4.7's phase order: pull, then build); in a
+      // Dockerfile build each FROM pulls inside `build`.
+      const imageImport = r.source.type === 'image';
+      let building = false;
+      const beginBuild = (): void => {
+        if (building) return;
+        building = true;
+        begin('build');
+      };
+      if (imageImport) phase = 'pull';
+      else beginBuild();
       await this.#save(active);
       const result = await runBuild(
         {
@@ -661,10 +671,12 @@ export class BuildService {
           pull: (status, message) => {
             if (status === 'skipped') {
               if (!pulled) this.#event(active, 'pull', 'skipped', message);
-            } else {
+            } else if (!(imageImport && status === 'failed')) {
+              // (an image import's failed pull is the failure event itself, below)
               this.#event(active, 'pull', status, message);
             }
             pulled = true;
+            if (imageImport && (status === 'completed' || status === 'skipped')) beginBuild();
           },
           trackSnapshot: async (id, pending) => {
             const list = new Set(r.pendingSnapshots ?? []);
@@ -709,7 +721,10 @@ export class BuildService {
       const cancelled = signal.aborted;
       const message = cancelled
         ? `the ${r.kind === 'build' ? 'build' : 'import'} was cancelled`
-        : userMessage(err);
+        : r.source.type === 'image' && err instanceof DockerfileError
+          ? // An image import has no Dockerfile to point at: the reason is about the image.
+            err.detail.replace(/^FROM /, '')
+          : userMessage(err);
       if (
         !cancelled &&
         !(

@@ -11,7 +11,8 @@
 export class DockerfileError extends Error {
   constructor(
     readonly line: number,
-    detail: string,
+    /** The message without its `Dockerfile line N:` prefix. */
+    readonly detail: string,
   ) {
     super(line > 0 ? `Dockerfile line ${line}: ${detail}` : `Dockerfile: ${detail}`);
     this.name = 'DockerfileError';

@@ -89,8 +89,8 @@ export interface BuildJob {
   log(text: string): void;
   /** Phase text while running. */
   progress(text: string): void;
-  /** The image pull started/finished (imports show it as the `pull` phase). */
-  pull?(status: 'started' | 'completed' | 'skipped', message?: string): void;
+  /** The image pull started/finished/failed (imports show it as the `pull` phase). */
+  pull?(status: 'started' | 'completed' | 'skipped' | 'failed', message?: string): void;
   /** Called before a step snapshot is taken and after it is in the cache. */
   trackSnapshot(id: string, pending: boolean): Promise<void>;
   /** A build VM started (`running`) or was destroyed; the caller destroys what is left. */
@@ -277,6 +277,7 @@ class Runner {
     } catch (err) {
       this.checkCancelled();
       const msg = err instanceof Error ? err.message : String(err);
+      this.job.pull?.('failed', `${stage.image}: ${msg}`);
       throw new DockerfileError(stage.from.line, `FROM ${stage.image}: ${msg}`);
     }
   }
@@ -766,7 +767,10 @@ class Runner {
     if (plain.length > 0) {
       const script =
         `${OWNER_FN}\nset -e; o="$1"; l=/tmp/.fastvm-copied-$$; cd /\n` +
-        'tar -x --no-overwrite-dir -v -f - > "$l"\n' +
+        // GNU tar: existing directories keep their owner and mode. Minimal images' tar
+        // (busybox) has no such option: there, a copied directory's mode lands on an existing one.
+        'nd=; tar --help 2>&1 | grep -q -e --no-overwrite-dir && nd=--no-overwrite-dir\n' +
+        'tar -x $nd -v -f - > "$l"\n' +
         'if [ -n "$o" ]; then o=$(owner "$o"); while IFS= read -r f; do chown -h -- "$o" "/${f%/}"; done < "$l"; fi\n' +
         'rm -f "$l"';
       const code = await this.stream(
