@@ -42,9 +42,6 @@ beforeAll(async () => {
     port: 0,
     dataDir,
     runtime: new FakeRuntime(),
-    // No registry pulls here (the registry path is tested against a local registry in the
-    // server's images tests): a registry reference must fail clearly, without any traffic.
-    images: false,
     bootstrapKey: KEY,
     logLevel: 'silent',
     // No image source: registry images fail clearly (a registry image end to end is in
