@@ -42,6 +42,7 @@ import type { Database, SnapshotsTable, VmsTable, VolumesTable } from './schema.
 import type {
   OrgTx,
   QuotaOverrides,
+  SnapshotHolder,
   SnapshotPatch,
   SnapshotTransitionPatch,
   Store,
@@ -640,6 +641,37 @@ export class KyselyStore implements Store {
       .returningAll()
       .executeTakeFirst();
     return row && toSshKey(row);
+  }
+
+  async addSnapshotHolder(snapshotId: string, hostId: string): Promise<void> {
+    const verifiedAt = new Date().toISOString();
+    await this.db
+      .insertInto('snapshot_holders')
+      .values({ snapshot_id: snapshotId, host_id: hostId, verified_at: verifiedAt })
+      .onConflict((oc) =>
+        oc.columns(['snapshot_id', 'host_id']).doUpdateSet({ verified_at: verifiedAt }),
+      )
+      .execute();
+  }
+
+  async listSnapshotHolders(snapshotId: string): Promise<SnapshotHolder[]> {
+    const rows = await this.db
+      .selectFrom('snapshot_holders')
+      .selectAll()
+      .where('snapshot_id', '=', snapshotId)
+      .orderBy('verified_at', 'desc')
+      .execute();
+    return rows.map((r) => ({
+      snapshotId: r.snapshot_id,
+      hostId: r.host_id,
+      verifiedAt: r.verified_at,
+    }));
+  }
+
+  async removeSnapshotHolder(snapshotId: string, hostId?: string): Promise<void> {
+    let q = this.db.deleteFrom('snapshot_holders').where('snapshot_id', '=', snapshotId);
+    if (hostId !== undefined) q = q.where('host_id', '=', hostId);
+    await q.execute();
   }
 }
 

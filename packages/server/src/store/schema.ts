@@ -122,6 +122,13 @@ export interface SshKeysTable {
   created_at: string;
 }
 
+/** Which hosts hold a verified copy of a snapshot's files (migration 0010, multi-host). */
+export interface SnapshotHoldersTable {
+  snapshot_id: string;
+  host_id: string;
+  verified_at: string;
+}
+
 /** All tables, for `Kysely<Database>`. */
 export interface Database {
   orgs: OrgsTable;
@@ -131,4 +138,5 @@ export interface Database {
   snapshots: SnapshotsTable;
   ssh_keys: SshKeysTable;
   volumes: VolumesTable;
+  snapshot_holders: SnapshotHoldersTable;
 }

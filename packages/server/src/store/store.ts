@@ -213,4 +213,21 @@ export interface Store {
   deleteSshKey(orgId: string, fingerprint: string): Promise<SshKeyRecord | undefined>;
   /** The key with this fingerprint, whichever org holds it (the SSH gateway's login lookup). */
   findSshKey(fingerprint: string): Promise<SshKeyRecord | undefined>;
+
+  /**
+   * Multi-host (migration 0010): records that a host holds a complete, verified copy of a
+   * snapshot's files (`cluster/snapshot-mobility.ts`); idempotent, refreshes `verifiedAt`.
+   */
+  addSnapshotHolder(snapshotId: string, hostId: string): Promise<void>;
+  /** The hosts holding a snapshot, most recently verified first. */
+  listSnapshotHolders(snapshotId: string): Promise<SnapshotHolder[]>;
+  /** Forgets one host's copy, or (no `hostId`) every copy. */
+  removeSnapshotHolder(snapshotId: string, hostId?: string): Promise<void>;
+}
+
+/** A host holding a copy of a snapshot (`Store.addSnapshotHolder`). */
+export interface SnapshotHolder {
+  readonly snapshotId: string;
+  readonly hostId: string;
+  readonly verifiedAt: string;
 }
