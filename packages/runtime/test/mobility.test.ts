@@ -25,7 +25,7 @@ function flipAt(at: number): Transform {
     transform(chunk: Buffer, _enc, cb) {
       if (at >= pos && at < pos + chunk.length) {
         chunk = Buffer.from(chunk);
-        chunk[at - pos] ^= 0x01;
+        chunk[at - pos]! ^= 0x01;
       }
       pos += chunk.length;
       cb(null, chunk);

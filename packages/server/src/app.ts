@@ -33,6 +33,7 @@ import lifecycleRoutes from './routes/lifecycle.js';
 import { handleStorage } from './routes/storage.js';
 import consoleRoutes from './routes/console.js';
 import { registerDashboard } from './routes/dashboard.js';
+import internalSnapshotRoutes, { type InternalSnapshotDeps } from './routes/internal-snapshots.js';
 import execRoutes from './routes/execs.js';
 import orgRoutes from './routes/org.js';
 import branchingRoutes from './routes/branching.js';
@@ -113,6 +114,8 @@ export interface AppServices {
   published?: PublishedServices;
   /** Where the service proxy listens, for the URLs in service responses. */
   proxyAddress?: () => ProxyAddress;
+  /** Multi-host: the internal snapshot routes (`routes/internal-snapshots.ts`); absent: none. */
+  internalSnapshots?: InternalSnapshotDeps;
 }
 
 /** Inputs of `buildApp`. */
@@ -310,6 +313,9 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   await app.register(serviceRoutes, pluginOpts);
   await app.register(volumeRoutes, pluginOpts);
   await app.register(unimplementedRoutes, pluginOpts);
+  if (opts.services.internalSnapshots) {
+    await app.register(internalSnapshotRoutes, { deps: opts.services.internalSnapshots });
+  }
   if (opts.dashboardDir !== undefined) dashboardPage = registerDashboard(app, opts.dashboardDir);
 
   let doc: unknown;

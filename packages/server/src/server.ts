@@ -38,6 +38,8 @@ import { VmEvents } from './services/vm-events.js';
 import { VolumeService } from './services/volume-service.js';
 import { VmService } from './services/vm-service.js';
 import { openStore, type Store } from './store/index.js';
+import type { ClusterPeers } from './cluster/seams.js';
+import { ClusterSnapshotMobility } from './cluster/snapshot-mobility.js';
 
 /** Options of `startServer`. */
 export interface StartServerOptions {
@@ -120,6 +122,13 @@ export interface StartServerOptions {
    * built by `npm run build`); false: not served.
    */
   dashboardDir?: string | false;
+  /**
+   * Multi-host. Cluster mode is on when the store is PostgreSQL (`databaseUrl`) and `secret`
+   * (`FASTVM_CLUSTER_SECRET`) is set; otherwise this is ignored. `peers`: the other hosts (the
+   * host registry, or `StaticPeers`). `snapshotReplicas` (`FASTVM_SNAPSHOT_REPLICAS`, default
+   * 0): other hosts each ready snapshot is copied to.
+   */
+  cluster?: { secret: string; peers: ClusterPeers; snapshotReplicas?: number };
 }
 
 /** A running server. */
@@ -140,6 +149,8 @@ export interface ServerHandle {
   recovery: RecoveryReport;
   /** Where the service proxy listens (scheme, domain, port). */
   proxy: ProxyAddress;
+  /** Snapshot mobility, in cluster mode. */
+  mobility?: ClusterSnapshotMobility;
   /** Graceful: stop accepting, drain, detach from the runtime (VMs survive), close the DB. */
   close(): Promise<void>;
   /**
@@ -168,6 +179,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   let storageListener: StorageListener | undefined;
   let sshGateway: SshGateway | undefined;
   let proxy: ServiceProxy | undefined;
+  let mobility: ClusterSnapshotMobility | undefined;
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -209,6 +221,19 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       logger,
       dataDir: opts.dataDir,
     });
+    // Cluster mode: PostgreSQL as the shared state, and the cluster's secret for the internal
+    // channel (SQLite is one host: nothing of this runs).
+    const clusterOn = opts.cluster !== undefined && !!opts.databaseUrl && !!opts.cluster.secret;
+    mobility = clusterOn
+      ? new ClusterSnapshotMobility({
+          store,
+          runtime,
+          peers: opts.cluster!.peers,
+          secret: opts.cluster!.secret,
+          replicas: opts.cluster!.snapshotReplicas ?? 0,
+          logger,
+        })
+      : undefined;
     const ctx: ServiceContext = {
       store,
       runtime,
@@ -221,6 +246,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       staging: files,
       metrics,
       volumes,
+      ...(mobility ? { mobility } : {}),
     };
     const vms = new VmService(ctx);
     const execs = new ExecSessions(vms, { events, logger });
@@ -243,7 +269,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         logger.error({ err, vmId }, 'recording VM exit failed');
       });
     });
-    const recovery = await recover(store, runtime, network, logger);
+    const recovery = await recover(store, runtime, network, logger, mobility);
     // Volume creations/deletions and attaches/detaches a crash cut short are finished.
     await volumes
       .recover()
@@ -299,6 +325,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         sshKeys: new SshKeyService(store),
         published,
         proxyAddress: () => proxyAddress,
+        ...(mobility
+          ? { internalSnapshots: { runtime, mobility, secret: opts.cluster!.secret } }
+          : {}),
         ...(opts.pricing ? { pricing: opts.pricing } : {}),
       },
       logger,
@@ -389,6 +418,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       store,
       recovery,
       proxy: proxyAddress,
+      ...(mobility ? { mobility } : {}),
       close() {
         closing ??= (async () => {
           shuttingDown = true;
@@ -400,6 +430,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             proxy?.close(graceMs),
           ]);
           files?.close();
+          await mobility?.close();
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
           }
@@ -415,6 +446,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       },
       async kill() {
         shuttingDown = true;
+        void mobility?.close();
         void ttl?.stop();
         files?.close();
         void storageListener?.close();

@@ -1,0 +1,95 @@
+/**
+ * `/internal/v1/snapshots/…`: the internal channel snapshot mobility pulls over (multi-host,
+ * `cluster/snapshot-mobility.ts`). Registered only in cluster mode; hidden from the OpenAPI
+ * document; no API key, but every request must carry the cluster's shared secret in
+ * `x-fastvm-cluster-token` (401 without it, 403 with a wrong one; nothing else is read first).
+ *
+ *   GET    …/{id}/manifest?haveGoldens=a,b   the files a restore needs, with sizes and SHA-256
+ *   GET    …/{id}/files/{name}               one file of the manifest, streamed
+ *   POST   …/{id}/pull                       pull the snapshot here, in the background (202)
+ *   DELETE …/{id}                            drop this host's copy (the snapshot was deleted)
+ * @module
+ */
+import type { Runtime } from '@fastvm/runtime';
+import type { App } from '../app.js';
+import type { ClusterSnapshotMobility } from '../cluster/snapshot-mobility.js';
+import { CLUSTER_TOKEN_HEADER, clusterTokenMatches } from '../cluster/seams.js';
+import { ApiError } from '../errors.js';
+import { fromRuntimeError, isRuntimeError } from '../services/runtime-errors.js';
+
+export interface InternalSnapshotDeps {
+  readonly runtime: Runtime;
+  readonly mobility: ClusterSnapshotMobility;
+  readonly secret: string;
+}
+
+const SNAPSHOT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/;
+const config = { hidden: true, public: true } as const;
+
+export default async function internalSnapshotRoutes(
+  app: App,
+  opts: { deps: InternalSnapshotDeps },
+): Promise<void> {
+  const { runtime, mobility, secret } = opts.deps;
+
+  app.addHook('onRequest', async (request) => {
+    const presented = request.headers[CLUSTER_TOKEN_HEADER];
+    if (presented === undefined) {
+      throw new ApiError('unauthorized', `internal route: missing ${CLUSTER_TOKEN_HEADER}`);
+    }
+    if (!clusterTokenMatches(secret, presented)) {
+      throw new ApiError('forbidden', 'internal route: wrong cluster token');
+    }
+  });
+
+  const idOf = (params: unknown): string => {
+    const id = (params as { id?: string }).id ?? '';
+    if (!SNAPSHOT_ID.test(id)) throw new ApiError('bad_request', 'invalid snapshot id', { field: 'id' });
+    return id;
+  };
+  const mapped = (err: unknown, id: string): unknown => {
+    if (isRuntimeError(err) && (err.code === 'snapshot_not_found' || err.code === 'not_found')) {
+      return new ApiError('not_found', err.message, { snapshotId: id });
+    }
+    return isRuntimeError(err) ? fromRuntimeError(err, 'snapshot export', { snapshotId: id }) : err;
+  };
+
+  app.get('/internal/v1/snapshots/:id/manifest', { config }, async (request) => {
+    const id = idOf(request.params);
+    const have = String((request.query as { haveGoldens?: string }).haveGoldens ?? '')
+      .split(',')
+      .filter((g) => SNAPSHOT_ID.test(g));
+    try {
+      return await runtime.exportSnapshot!(id, { haveGoldens: have });
+    } catch (err) {
+      throw mapped(err, id);
+    }
+  });
+
+  app.get('/internal/v1/snapshots/:id/files/:name', { config }, async (request, reply) => {
+    const id = idOf(request.params);
+    const name = (request.params as { name?: string }).name ?? '';
+    if (!FILE_NAME.test(name)) throw new ApiError('bad_request', 'invalid file name', { field: 'name' });
+    let stream;
+    try {
+      stream = await runtime.openSnapshotFile!(id, name);
+    } catch (err) {
+      throw mapped(err, id);
+    }
+    reply.header('content-type', 'application/octet-stream');
+    return reply.send(stream);
+  });
+
+  app.post('/internal/v1/snapshots/:id/pull', { config }, async (request, reply) => {
+    const id = idOf(request.params);
+    mobility.pullInBackground(id);
+    return reply.code(202).send({ id, pulling: true });
+  });
+
+  app.delete('/internal/v1/snapshots/:id', { config }, async (request, reply) => {
+    const id = idOf(request.params);
+    await mobility.dropLocal(id);
+    return reply.code(204).send();
+  });
+}
