@@ -38,6 +38,7 @@ import { groupSnapDisk } from './snapdisk.js';
 import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
 import { groupVolume } from './volume.js';
+import { groupMobility } from './mobility.js';
 import {
   cmdlineMentions,
   cpuMs,
@@ -70,6 +71,7 @@ const GROUPS = [
   'volume',
   'dashboard',
   'egress',
+  'mobility',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
@@ -1180,6 +1182,8 @@ async function main(): Promise<number> {
       groupVolume(rt, rec, benchRoot, quick ? { attach: 5, io: 3 } : { attach: 15, io: 6 }),
     dashboard: groupDashboard,
     egress: groupEgress,
+    mobility: () =>
+      groupMobility({ rt, rec, root: benchRoot, samples: quick ? 3 : 8, log, runtimeLog }),
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

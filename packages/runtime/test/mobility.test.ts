@@ -4,12 +4,16 @@
  * there with its disk and its memory (a process started before the snapshot still runs); a byte
  * flipped in transit is refused and leaves nothing on B; a snapshot B takes of the restored VM
  * goes back to A, whose copies of the layers it stands on are reused, with its qcow2 backing
- * file pointed at A's data dir.
+ * file pointed at A's data dir. A third runtime with a golden dir of its own gets the golden
+ * carried along and restores from it; a snapshot whose disk stands on a root filesystem outside
+ * the data dir (a `BaseImage`) carries that file, used in place where the host has it.
  */
 import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SnapshotRecord } from '../src/records.js';
 import type { QemuRuntime } from '../src/runtime.js';
@@ -66,8 +70,12 @@ describe('snapshot mobility between two runtimes (real QEMU VMs)', () => {
     await a.digestsSettled(s1);
   });
 
+  let c: QemuRuntime | undefined;
+  const scratch: string[] = [];
+
   afterAll(async () => {
-    await Promise.all([disposeRuntime(a), disposeRuntime(b)]);
+    await Promise.all([disposeRuntime(a), disposeRuntime(b), disposeRuntime(c)]);
+    for (const d of scratch) fs.rmSync(d, { recursive: true, force: true });
   });
 
   let manifest: SnapshotManifest;
@@ -145,5 +153,76 @@ describe('snapshot mobility between two runtimes (real QEMU VMs)', () => {
     await a.restore({ id: back, snapshotId: s2 });
     expect(await sh(a, back, 'cat /root/mob.txt /root/two.txt')).toBe('moved-by-mobility\nsecond');
     expect(await sh(a, back, `kill -0 ${sleeperPid} && echo alive`)).toBe('alive');
+  });
+
+  it('carries the golden to a host that lacks it; the snapshot restores from the carried golden', async () => {
+    const goldenDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mob-golden-'));
+    scratch.push(goldenDir);
+    c = await testRuntime(undefined, { goldenDir, accel: a.accel });
+    expect(await c.goldenIds()).toEqual([]);
+    const m = await a.exportSnapshot(s1, { haveGoldens: await c.goldenIds() });
+    const golden = m.files.filter((f) => f.kind === 'golden');
+    expect(golden.map((f) => path.basename(f.path)).sort()).toEqual(['disk.qcow2', 'mem', 'state.bin']);
+    const res = await c.importSnapshot(m, fetchFrom(a, s1));
+    expect(res).toMatchObject({ files: m.files.length, skipped: 0 });
+    expect(await c.goldenIds()).toEqual([m.golden]);
+    const g = JSON.parse(
+      fs.readFileSync(path.join(goldenDir, m.golden!, 'snapshot.json'), 'utf8'),
+    ) as SnapshotRecord;
+    expect(g.memBase).toBe(path.join(goldenDir, m.golden!, 'mem'));
+    expect(record(c, s1).memBase).toBe(g.memBase);
+    // The golden's memory stays sparse: holes are not written.
+    const st = fs.statSync(g.memBase);
+    expect(st.blocks * 512).toBeLessThan(st.size / 4);
+    const vm = `${P}-onc`;
+    await c.restore({ id: vm, snapshotId: s1 });
+    expect(await sh(c, vm, 'cat /root/mob.txt')).toBe('moved-by-mobility');
+    expect(await sh(c, vm, `kill -0 ${sleeperPid} && echo alive`)).toBe('alive');
+    await c.destroy(vm);
+  });
+
+  it('a disk standing on a root filesystem outside the data dir carries it (used in place where present)', async () => {
+    // A synthetic snapshot on A: s1's memory and device state, its disk a qcow2 layer over a raw
+    // root filesystem file of its own (what a snapshot of a `BaseImage` VM stands on).
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mob-base-'));
+    scratch.push(dir);
+    const base = path.join(dir, 'rootfs.ext4');
+    fs.writeFileSync(base, Buffer.concat([Buffer.alloc(1 << 20, 7), Buffer.alloc(1 << 20)]));
+    const sb = `${P}-sb`;
+    const layer = path.join(a.dataDir, 'layers', 'disk', `${randomUUID()}.qcow2`);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, layer, '2M']);
+    const src = record(a, s1);
+    fs.mkdirSync(path.join(a.dataDir, 'snapshots', sb));
+    const state = path.join(a.dataDir, 'snapshots', sb, 'state.bin');
+    fs.copyFileSync(src.state, state);
+    const { digests: _d, ...rest } = src;
+    const rec: SnapshotRecord = { ...rest, id: sb, disk: [layer, base], state };
+    fs.writeFileSync(path.join(a.dataDir, 'snapshots', sb, 'snapshot.json'), JSON.stringify(rec));
+
+    const m = await a.exportSnapshot(sb, { haveGoldens: await b.goldenIds() });
+    const carried = m.files.find((f) => f.kind === 'base');
+    expect(carried).toMatchObject({ path: base, bytes: 2 << 20 });
+    const bytes = new Map<string, Buffer>();
+    for (const f of m.files) {
+      const chunks: Buffer[] = [];
+      for await (const x of await a.openSnapshotFile(sb, f.name)) chunks.push(x as Buffer);
+      bytes.set(f.name, Buffer.concat(chunks));
+    }
+    const serve = async (f: SnapshotManifestFile) => Readable.from([bytes.get(f.name)!]);
+    // C has the file where A has it (same content): used in place.
+    const onC = await c!.importSnapshot(m, serve);
+    expect(record(c!, sb).disk[1]).toBe(base);
+    expect(onC.skipped).toBeGreaterThanOrEqual(1);
+    // B does not (moved away): it gets a copy under its data dir, and the layer points at it.
+    fs.renameSync(base, `${base}.moved`);
+    await b.importSnapshot(m, serve);
+    const onB = record(b, sb);
+    expect(onB.disk[1]!.startsWith(path.join(b.dataDir, 'bases') + '/')).toBe(true);
+    expect(fs.readFileSync(onB.disk[1]!).equals(bytes.get(carried!.name)!)).toBe(true);
+    const info = JSON.parse(
+      execFileSync('qemu-img', ['info', '-U', '--output=json', onB.disk[0]!], { encoding: 'utf8' }),
+    ) as { 'backing-filename': string };
+    expect(info['backing-filename']).toBe(onB.disk[1]);
+    for (const rt of [a, b, c!]) await rt.deleteSnapshot(sb);
   });
 });

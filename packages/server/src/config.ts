@@ -41,6 +41,11 @@ export interface ServeConfig {
   hostCapacity: HostCapacityConfig;
   /** Bearer token that opens `/metrics` to non-loopback callers (`FASTVM_METRICS_TOKEN`). */
   metricsToken?: string;
+  /**
+   * Multi-host: other hosts each ready snapshot is copied to in the background
+   * (`FASTVM_SNAPSHOT_REPLICAS`, default 0 = only the host that took it holds it).
+   */
+  snapshotReplicas: number;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -85,6 +90,10 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
   if (!/^\d+$/.test(poolText) || Number(poolText) > 64) {
     throw new Error(`FASTVM_POOL must be a number from 0 to 64, got ${poolText}`);
   }
+  const replicasText = env.FASTVM_SNAPSHOT_REPLICAS || '0';
+  if (!/^\d{1,2}$/.test(replicasText) || Number(replicasText) > 16) {
+    throw new Error(`FASTVM_SNAPSHOT_REPLICAS must be a number from 0 to 16, got ${replicasText}`);
+  }
   const sshText = env.FASTVM_SSH_PORT ?? '2222';
   const sshOff = /^(off|false|no|none)$/i.test(sshText);
   if (!sshOff && (!/^\d+$/.test(sshText) || Number(sshText) > 65535)) {
@@ -111,6 +120,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Env = process.env): S
     sshPort: sshOff ? undefined : Number(sshText),
     sshPortSet: env.FASTVM_SSH_PORT !== undefined,
     hostCapacity: hostCapacityFromEnv(env),
+    snapshotReplicas: Number(replicasText),
   };
   if (databaseUrl) config.databaseUrl = databaseUrl;
   if (tlsCertFile && tlsKeyFile) {
