@@ -172,6 +172,20 @@ describe.skipIf(!hasPg)('snapshot mobility across hosts (real QEMU VMs, PostgreS
     expect(await b.runtime.hasSnapshot(id)).toBe(false);
     expect(await fs.readdir(path.join(b.runtime.dataDir, 'imports'))).toEqual([]);
     expect(await holders(id)).toEqual(['mob-a']);
+    // With its only holder down, a pull is refused as retryable, naming the host.
+    c.peers.down('mob-a');
+    try {
+      await expect(c.server.mobility!.ensureLocal(id)).rejects.toMatchObject({
+        code: 'runtime_failed',
+        retryable: true,
+        message: expect.stringMatching(/held only by hosts that are down \(mob-a\)/),
+      });
+    } finally {
+      c.peers.down('mob-a', false);
+    }
+    await expect(c.server.mobility!.ensureLocal('no-such-snapshot')).rejects.toThrow(
+      /has no copy on any host/,
+    );
   });
 
   let s2 = '';

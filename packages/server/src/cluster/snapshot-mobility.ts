@@ -20,7 +20,8 @@
 import { Readable, Transform } from 'node:stream';
 import type { Runtime, SnapshotManifest, SnapshotManifestFile } from '@fastvm/runtime';
 import type { Logger } from 'pino';
-import { ApiError } from '../errors.js';
+import { DomainError, RuntimeFailureError } from '../domain/index.js';
+import { isRuntimeError } from '../services/runtime-errors.js';
 import type { Store } from '../store/index.js';
 import {
   CLUSTER_TOKEN_HEADER,
@@ -103,13 +104,12 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
     const live = new Map((await peers.peers()).map((p) => [p.id, p]));
     const sources = holders.map((h) => live.get(h)).filter((p): p is PeerHost => !!p);
     if (sources.length === 0) {
-      throw new ApiError(
-        'unavailable',
+      throw new RuntimeFailureError(
         holders.length === 0
           ? `snapshot ${snapshotId} has no copy on any host`
           : `snapshot ${snapshotId} is held only by hosts that are down (${holders.join(', ')})`,
         { snapshotId },
-        true,
+        { retryable: true },
       );
     }
     let last: unknown;
@@ -124,7 +124,14 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
         if (this.#closing.signal.aborted) break;
       }
     }
-    throw last;
+    // A refusal of the data (corrupt, wrong image) as the runtime said it; a transfer failure
+    // as a retryable one.
+    if (isRuntimeError(last) || last instanceof DomainError) throw last;
+    throw new RuntimeFailureError(
+      `snapshot ${snapshotId}: pull failed: ${last instanceof Error ? last.message : String(last)}`,
+      { snapshotId },
+      { retryable: true, cause: last },
+    );
   }
 
   async #pullFrom(source: PeerHost, snapshotId: string): Promise<void> {
