@@ -149,7 +149,8 @@ export async function exportSnapshot(
   for (const e of entries) {
     if (skipGolden && e.kind === 'golden') continue;
     const st = await fs.stat(e.path).catch(() => undefined);
-    if (!st) throw new RuntimeError('snapshot_not_found', `snapshot ${snapshotId}: ${e.path} is gone`);
+    if (!st)
+      throw new RuntimeError('snapshot_not_found', `snapshot ${snapshotId}: ${e.path} is gone`);
     const sha256 = recorded.get(e.path) ?? (await ctx.digests.digestOf(e.path)).sha256;
     files.push({ ...e, bytes: st.size, sha256 });
   }
@@ -191,7 +192,8 @@ function corrupt(snapshotId: string, msg: string): RuntimeError {
 }
 
 function checkManifest(m: SnapshotManifest): void {
-  const bad = (msg: string) => new RuntimeError('invalid_argument', `bad snapshot manifest: ${msg}`);
+  const bad = (msg: string) =>
+    new RuntimeError('invalid_argument', `bad snapshot manifest: ${msg}`);
   if (m?.format !== 1) throw bad('unknown format');
   if (typeof m.snapshotId !== 'string' || !ID_RE.test(m.snapshotId)) throw bad('snapshot id');
   if (!Array.isArray(m.files)) throw bad('files');
@@ -229,7 +231,9 @@ async function download(
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const stream =
-    src instanceof Readable ? src : Readable.fromWeb(src as import('node:stream/web').ReadableStream);
+    src instanceof Readable
+      ? src
+      : Readable.fromWeb(src as import('node:stream/web').ReadableStream);
   const fh = await fs.open(dest, 'wx', 0o600);
   const hash = createHash('sha256');
   let pos = 0;
@@ -337,7 +341,8 @@ export async function importSnapshot(
   }
   const t0 = performance.now();
   const gid = manifest.golden;
-  const haveGolden = gid !== undefined && (await exists(path.join(goldenDir, gid, 'snapshot.json')));
+  const haveGolden =
+    gid !== undefined && (await exists(path.join(goldenDir, gid, 'snapshot.json')));
   const goldenFiles = manifest.files.filter((f) => f.kind === 'golden');
   if (gid && !haveGolden && (goldenFiles.length === 0 || !manifest.goldenRecord)) {
     throw new RuntimeError(
@@ -395,7 +400,11 @@ export async function importSnapshot(
           skipped += 1;
           continue;
         }
-        final = path.join(layers.dataDir, 'bases', `${f.sha256.slice(0, 32)}-${path.basename(f.path)}`);
+        final = path.join(
+          layers.dataDir,
+          'bases',
+          `${f.sha256.slice(0, 32)}-${path.basename(f.path)}`,
+        );
         if (await exists(final)) {
           finalOf.set(f.path, final);
           skipped += 1;
@@ -504,9 +513,7 @@ function rewriteRecord(
     };
     const digests: DigestRecord = {
       ...src.digests,
-      layers: Object.fromEntries(
-        Object.entries(src.digests.layers).map(([k, d]) => [k, fix(d!)]),
-      ),
+      layers: Object.fromEntries(Object.entries(src.digests.layers).map(([k, d]) => [k, fix(d!)])),
       ...(src.digests.inherited ? { inherited: src.digests.inherited.map(fix) } : {}),
     };
     rec.digests = digests;

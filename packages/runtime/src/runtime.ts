@@ -42,7 +42,12 @@ import {
   snapshotMemFiles,
 } from './records.js';
 import { SnapshotDigester } from './digests.js';
-import { exportSnapshot, importSnapshot, openSnapshotFile, type MobilityContext } from './mobility.js';
+import {
+  exportSnapshot,
+  importSnapshot,
+  openSnapshotFile,
+  type MobilityContext,
+} from './mobility.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
 import { growDisk, reconcileDisk, snapshotVm, type SnapshotContext } from './snapshot.js';
 import {
@@ -532,7 +537,12 @@ export class QemuRuntime implements Runtime {
     const out: string[] = [];
     for (const name of await fs.readdir(this.goldenDir).catch(() => [] as string[])) {
       if (!name.startsWith('golden-')) continue;
-      if (await fs.access(path.join(this.goldenDir, name, 'snapshot.json')).then(() => true, () => false)) {
+      if (
+        await fs.access(path.join(this.goldenDir, name, 'snapshot.json')).then(
+          () => true,
+          () => false,
+        )
+      ) {
         out.push(name);
       }
     }

@@ -106,9 +106,9 @@ describe('snapshot mobility between two runtimes (real QEMU VMs)', () => {
 
   it('refuses a byte flipped in transit and leaves nothing on B', async () => {
     const biggest = [...manifest.files].sort((x, y) => y.bytes - x.bytes)[0]!;
-    await expect(
-      b.importSnapshot(manifest, fetchFrom(a, s1, biggest.name)),
-    ).rejects.toMatchObject({ code: 'snapshot_corrupt' });
+    await expect(b.importSnapshot(manifest, fetchFrom(a, s1, biggest.name))).rejects.toMatchObject({
+      code: 'snapshot_corrupt',
+    });
     expect(await b.hasSnapshot(s1)).toBe(false);
     expect(fs.readdirSync(path.join(b.dataDir, 'snapshots'))).toEqual([]);
     expect(fs.readdirSync(path.join(b.dataDir, 'imports'))).toEqual([]);
@@ -162,7 +162,11 @@ describe('snapshot mobility between two runtimes (real QEMU VMs)', () => {
     expect(await c.goldenIds()).toEqual([]);
     const m = await a.exportSnapshot(s1, { haveGoldens: await c.goldenIds() });
     const golden = m.files.filter((f) => f.kind === 'golden');
-    expect(golden.map((f) => path.basename(f.path)).sort()).toEqual(['disk.qcow2', 'mem', 'state.bin']);
+    expect(golden.map((f) => path.basename(f.path)).sort()).toEqual([
+      'disk.qcow2',
+      'mem',
+      'state.bin',
+    ]);
     const res = await c.importSnapshot(m, fetchFrom(a, s1));
     expect(res).toMatchObject({ files: m.files.length, skipped: 0 });
     expect(await c.goldenIds()).toEqual([m.golden]);

@@ -18,7 +18,12 @@
  * @module
  */
 import { Readable, Transform } from 'node:stream';
-import type { Runtime, SnapshotManifest, SnapshotManifestFile } from '@fastvm/runtime';
+import {
+  decodeZeroRuns,
+  type Runtime,
+  type SnapshotManifest,
+  type SnapshotManifestFile,
+} from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import { DomainError, RuntimeFailureError } from '../domain/index.js';
 import { isRuntimeError } from '../services/runtime-errors.js';
@@ -29,6 +34,9 @@ import {
   type PeerHost,
   type SnapshotMobility,
 } from './seams.js';
+
+/** Response header naming the body's encoding of a snapshot file (`zero-runs`). */
+export const ENCODING_HEADER = 'x-fastvm-encoding';
 
 export interface SnapshotMobilityOptions {
   readonly store: Store;
@@ -51,6 +59,8 @@ export interface PullReport {
   readonly from: string;
   readonly files: number;
   readonly bytes: number;
+  /** What crossed the network for them (zero runs travel as their length). */
+  readonly wireBytes: number;
   readonly ms: number;
 }
 
@@ -144,12 +154,19 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
     const manifest = (await res.json()) as SnapshotManifest;
     // One controller per pull: a stalled transfer (or closing) aborts it.
     const pull = new AbortController();
+    let wire = 0;
     const stop = () => pull.abort(new Error('the server is closing'));
     this.#closing.signal.addEventListener('abort', stop, { once: true });
     try {
       const result = await runtime.importSnapshot!(
         manifest,
-        (file) => this.#fetchFile(`${base}/files/${encodeURIComponent(file.name)}`, file, pull),
+        (file) =>
+          this.#fetchFile(
+            `${base}/files/${encodeURIComponent(file.name)}?encoding=zero-runs`,
+            file,
+            pull,
+            (n) => (wire += n),
+          ),
         { signal: pull.signal },
       );
       const report: PullReport = {
@@ -157,6 +174,7 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
         from: source.id,
         files: result.files,
         bytes: result.bytes,
+        wireBytes: wire,
         ms: performance.now() - t0,
       };
       this.pulls.push(report);
@@ -168,7 +186,12 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
   }
 
   /** One file's body as a stream; no byte for `idleTimeoutMs` aborts the pull. */
-  async #fetchFile(url: string, file: SnapshotManifestFile, pull: AbortController): Promise<Readable> {
+  async #fetchFile(
+    url: string,
+    file: SnapshotManifestFile,
+    pull: AbortController,
+    count: (bytes: number) => void,
+  ): Promise<Readable> {
     const idleMs = this.opts.idleTimeoutMs ?? 30_000;
     const res = await fetch(url, {
       headers: { [CLUSTER_TOKEN_HEADER]: this.opts.secret },
@@ -186,8 +209,9 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
     arm();
     const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
     const watch = new Transform({
-      transform(chunk, _enc, cb) {
+      transform(chunk: Buffer, _enc, cb) {
         arm();
+        count(chunk.length);
         cb(null, chunk);
       },
       flush(cb) {
@@ -197,7 +221,11 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
     });
     watch.on('close', () => clearTimeout(timer));
     body.on('error', (err) => watch.destroy(err));
-    return body.pipe(watch);
+    const out = body.pipe(watch);
+    if (res.headers.get(ENCODING_HEADER) !== 'zero-runs') return out;
+    const decoded = decodeZeroRuns();
+    out.on('error', (err) => decoded.destroy(err));
+    return out.pipe(decoded);
   }
 
   #request(url: string, method: string, body?: unknown): Promise<Response> {

@@ -5,14 +5,14 @@
  * `x-fastvm-cluster-token` (401 without it, 403 with a wrong one; nothing else is read first).
  *
  *   GET    …/{id}/manifest?haveGoldens=a,b   the files a restore needs, with sizes and SHA-256
- *   GET    …/{id}/files/{name}               one file of the manifest, streamed
+ *   GET    …/{id}/files/{name}[?encoding=zero-runs]  one file of the manifest, streamed
  *   POST   …/{id}/pull                       pull the snapshot here, in the background (202)
  *   DELETE …/{id}                            drop this host's copy (the snapshot was deleted)
  * @module
  */
-import type { Runtime } from '@fastvm/runtime';
+import { encodeZeroRuns, type Runtime } from '@fastvm/runtime';
 import type { App } from '../app.js';
-import type { ClusterSnapshotMobility } from '../cluster/snapshot-mobility.js';
+import { ENCODING_HEADER, type ClusterSnapshotMobility } from '../cluster/snapshot-mobility.js';
 import { CLUSTER_TOKEN_HEADER, clusterTokenMatches } from '../cluster/seams.js';
 import { ApiError } from '../errors.js';
 import { fromRuntimeError, isRuntimeError } from '../services/runtime-errors.js';
@@ -45,7 +45,8 @@ export default async function internalSnapshotRoutes(
 
   const idOf = (params: unknown): string => {
     const id = (params as { id?: string }).id ?? '';
-    if (!SNAPSHOT_ID.test(id)) throw new ApiError('bad_request', 'invalid snapshot id', { field: 'id' });
+    if (!SNAPSHOT_ID.test(id))
+      throw new ApiError('bad_request', 'invalid snapshot id', { field: 'id' });
     return id;
   };
   const mapped = (err: unknown, id: string): unknown => {
@@ -70,7 +71,8 @@ export default async function internalSnapshotRoutes(
   app.get('/internal/v1/snapshots/:id/files/:name', { config }, async (request, reply) => {
     const id = idOf(request.params);
     const name = (request.params as { name?: string }).name ?? '';
-    if (!FILE_NAME.test(name)) throw new ApiError('bad_request', 'invalid file name', { field: 'name' });
+    if (!FILE_NAME.test(name))
+      throw new ApiError('bad_request', 'invalid file name', { field: 'name' });
     let stream;
     try {
       stream = await runtime.openSnapshotFile!(id, name);
@@ -78,6 +80,13 @@ export default async function internalSnapshotRoutes(
       throw mapped(err, id);
     }
     reply.header('content-type', 'application/octet-stream');
+    // Memory files are mostly holes: zero runs travel as their length (`zero-runs.ts`).
+    if ((request.query as { encoding?: string }).encoding === 'zero-runs') {
+      reply.header(ENCODING_HEADER, 'zero-runs');
+      const encoded = encodeZeroRuns();
+      stream.on('error', (err) => encoded.destroy(err));
+      return reply.send(stream.pipe(encoded));
+    }
     return reply.send(stream);
   });
 
