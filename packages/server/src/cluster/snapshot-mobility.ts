@@ -66,6 +66,8 @@ export interface PullReport {
 
 export class ClusterSnapshotMobility implements SnapshotMobility {
   readonly #pulls = new Map<string, Promise<void>>();
+  /** Snapshots this host is listed as holding (no database write per restore of them). */
+  readonly #listed = new Set<string>();
   /** Background work (replication, pulls asked for by peers), awaited by `close`. */
   readonly #background = new Set<Promise<unknown>>();
   readonly #closing = new AbortController();
@@ -104,10 +106,10 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
   }
 
   async #ensure(snapshotId: string): Promise<void> {
-    const { runtime, store, peers, logger } = this.opts;
+    const { runtime, peers, logger } = this.opts;
     if (await runtime.hasSnapshot(snapshotId)) {
       // A copy here already (cached, or taken here): make sure it is listed.
-      await store.addSnapshotHolder(snapshotId, this.selfId);
+      await this.#list(snapshotId);
       return;
     }
     const holders = (await this.holders(snapshotId)).filter((h) => h !== this.selfId);
@@ -126,7 +128,7 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
     for (const source of sources) {
       try {
         await this.#pullFrom(source, snapshotId);
-        await store.addSnapshotHolder(snapshotId, this.selfId);
+        await this.#list(snapshotId);
         return;
       } catch (err) {
         last = err;
@@ -243,8 +245,14 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
     });
   }
 
-  async recordLocal(snapshotId: string): Promise<void> {
+  async #list(snapshotId: string): Promise<void> {
+    if (this.#listed.has(snapshotId)) return;
     await this.opts.store.addSnapshotHolder(snapshotId, this.selfId);
+    this.#listed.add(snapshotId);
+  }
+
+  async recordLocal(snapshotId: string): Promise<void> {
+    await this.#list(snapshotId);
     if ((this.opts.replicas ?? 0) > 0) this.#track(this.replicate(snapshotId));
   }
 
@@ -286,6 +294,7 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
 
   async forget(snapshotId: string): Promise<void> {
     const { store, peers, logger } = this.opts;
+    this.#listed.delete(snapshotId);
     await store.removeSnapshotHolder(snapshotId, this.selfId);
     for (const hostId of await this.holders(snapshotId)) {
       const peer = await peers.peer(hostId);
@@ -306,6 +315,7 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
   /** This host drops its copy (a peer's `forget`). */
   async dropLocal(snapshotId: string): Promise<void> {
     await this.#pulls.get(snapshotId)?.catch(() => {});
+    this.#listed.delete(snapshotId);
     await this.opts.runtime.deleteSnapshot(snapshotId);
     await this.opts.store.removeSnapshotHolder(snapshotId, this.selfId);
   }

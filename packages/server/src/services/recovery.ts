@@ -137,7 +137,10 @@ export async function recover(
 
   for (const snap of await store.listSnapshotsByStatus(['ready'])) {
     if (snap.deletedAt !== null) continue;
-    if (!(await runtime.hasSnapshot(snap.id))) {
+    if (await runtime.hasSnapshot(snap.id)) {
+      // A crash between `ready` and the holder row: listed again, so other hosts find it.
+      if (mobility) await store.addSnapshotHolder(snap.id, mobility.selfId);
+    } else {
       if (mobility) {
         // Not (or no longer) here: restorable while another host holds a copy.
         await store.removeSnapshotHolder(snap.id, mobility.selfId);
