@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SnapshotRecord } from '../src/records.js';
 import type { QemuRuntime } from '../src/runtime.js';
 import type { SnapshotManifest, SnapshotManifestFile } from '../src/types.js';
-import { disposeRuntime, strayFiles, testRuntime, text, uid } from './helpers.js';
+import { disposeRuntime, strayFiles, tempDataDir, testRuntime, text, uid } from './helpers.js';
 
 const P = uid('mob');
 
@@ -228,5 +228,24 @@ describe('snapshot mobility between two runtimes (real QEMU VMs)', () => {
     ) as { 'backing-filename': string };
     expect(info['backing-filename']).toBe(onB.disk[1]);
     for (const rt of [a, b, c!]) await rt.deleteSnapshot(sb);
+  });
+
+  it('what a crash in the middle of an import leaves is gone after a restart', async () => {
+    // As if killed after the layers were renamed in and before the snapshot's dir was.
+    const dir = tempDataDir();
+    scratch.push(dir);
+    const first = await testRuntime(dir);
+    await first.detach();
+    const half = path.join(dir, 'imports', `${P}-half.1234`);
+    fs.mkdirSync(path.join(half, 'snap'), { recursive: true });
+    fs.writeFileSync(path.join(half, 'snap', 'state.bin'), 'x');
+    const layer = path.join(dir, 'layers', 'disk', `${randomUUID()}.qcow2`);
+    fs.writeFileSync(layer, 'layer');
+    const again = await testRuntime(dir);
+    await again.adopt([]);
+    expect(fs.existsSync(path.join(dir, 'imports'))).toBe(false);
+    expect(fs.existsSync(layer)).toBe(false);
+    expect(await again.hasSnapshot(`${P}-half`)).toBe(false);
+    await again.detach();
   });
 });

@@ -145,7 +145,7 @@ describe.skipIf(!hasPg)('snapshot mobility across hosts (real QEMU VMs, PostgreS
     expect(pull).toMatchObject({ from: 'mob-a' });
     expect(pull!.bytes).toBeGreaterThan(0);
     console.log(
-      `pulled ${s1} to B: ${pull!.files} files, ${(pull!.bytes / 2 ** 20).toFixed(1)} MiB in ${pull!.ms.toFixed(0)} ms`,
+      `pulled ${s1} to B: ${pull!.files} files, ${(pull!.bytes / 2 ** 20).toFixed(1)} MiB (${(pull!.wireBytes / 2 ** 20).toFixed(1)} MiB on the wire) in ${pull!.ms.toFixed(0)} ms`,
     );
     expect(await holders(s1)).toEqual(['mob-a', 'mob-b']);
   });
