@@ -16,6 +16,7 @@ import { startServer, type ServerHandle } from '@fastvm/server';
 import { FastVM } from 'fastvm';
 import { hostTscKhz, kernelCmdline } from '@fastvm/runtime/qemu';
 import { createVm, loadH1, loadH2, sdkRoundTrips, startApiServer, type ApiServer } from './api.js';
+import { h2loadUnavailable, loadApiH2Load, loadFloor } from './h2load.js';
 import { cliStart } from './cli.js';
 import { dashboardBench, dashboardUnavailable } from './dashboard.js';
 import { coldBoot, plainRestore, plainSnapshot, type DirectEnv } from './direct.js';
@@ -128,6 +129,7 @@ const N = quick
       ] as [number, number][],
       exec: 100,
       apiSeconds: 3,
+      h2loadRequests: 60_000,
       roundTrips: 200,
       cliStart: 10,
       dashboard: 5,
@@ -150,6 +152,7 @@ const N = quick
       ] as [number, number][],
       exec: 500,
       apiSeconds: 10,
+      h2loadRequests: 200_000,
       roundTrips: 200,
       cliStart: 30,
       dashboard: 15,
@@ -803,6 +806,13 @@ async function groupExec(): Promise<void> {
   }
 }
 
+/** The body `GET /v1/vms/{id}` answers (for the floor server to answer with). */
+async function fetchVmBody(srv: ApiServer, vmId: string): Promise<string> {
+  const res = await fetch(`${srv.url}/v1/vms/${vmId}`, { headers: { 'x-api-key': srv.key } });
+  if (!res.ok) throw new Error(`GET /v1/vms/${vmId}: ${res.status}`);
+  return res.text();
+}
+
 /** GET /v1/vms/{id} throughput, HTTP/2 vs HTTP/1.1 (FakeRuntime server in a child process). */
 async function groupApi(): Promise<void> {
   const dir = path.join(benchRoot, 'api');
@@ -843,6 +853,28 @@ async function groupApi(): Promise<void> {
       'CPU time of the server process per request (utime+stime / requests): less load-sensitive than req/s',
     );
     if (h2.errors || h1.errors) errors.push(`api: ${h2.errors} h2 / ${h1.errors} h1 errors`);
+    // The same GET under a C load generator, against the floor of a bare node:http2 server.
+    const why = h2loadUnavailable();
+    if (why) {
+      info.push(`api_h2load: skipped, ${why}`);
+    } else {
+      const body = await fetchVmBody(srv, vmId);
+      const api = await loadApiH2Load(srv, vmId, N.h2loadRequests);
+      const floor = await loadFloor(body, N.h2loadRequests);
+      rec.add('api_h2load_rps', 'req/s', api.rps);
+      rec.add('api_h2load_server_cpu_per_req', 'ms', api.serverCpuMsPerReq);
+      rec.add('api_h2_floor_rps', 'req/s', floor.rps);
+      rec.add('api_h2_floor_server_cpu_per_req', 'ms', floor.serverCpuMsPerReq);
+      rec.note(
+        'api_h2load_rps',
+        `h2load -c1 -m64 (one HTTP/2 connection, 64 streams), ${api.requests} × GET /v1/vms/{id} after a warm-up; FakeRuntime server`,
+      );
+      rec.note(
+        'api_h2_floor_rps',
+        'the same h2load run against a bare node:http2 server answering the same body (no routing, auth, store, metrics)',
+      );
+      if (api.failed) errors.push(`api_h2load: ${api.failed} requests failed`);
+    }
   } finally {
     await srv.close();
     apiServers.delete(srv);

@@ -24,10 +24,11 @@ done
 
 # Debian packages the host needs: QEMU, the kernel source and its build tools, the rootfs
 # builder, the static agent toolchain, and networking tools; the OpenSSH client and tmux drive
-# the SSH gateway's tests, Chromium (and a font, which it only recommends) the web console's.
+# the SSH gateway's tests, Chromium (and a font, which it only recommends) the web console's,
+# h2load (nghttp2-client) the bench's API load.
 host_packages=(qemu-system-x86 qemu-utils linux-source-6.1 mmdebstrap musl-tools e2fsprogs
   build-essential bc flex bison libelf-dev libssl-dev xz-utils cpio nftables iproute2 curl
-  openssh-client tmux chromium fonts-liberation)
+  openssh-client tmux chromium fonts-liberation nghttp2-client)
 
 # QEMU comes from bookworm-backports, pinned to 10.0.x (with the SeaBIOS it needs): its TCG keys translated code by physical
 # address (position-independent translation blocks), so a command's shared libraries are

@@ -103,6 +103,7 @@ export class WarmPool {
       void this.#discard(vm).then(() => this.fill(machine));
     });
     try {
+      await vm.identity; // (a pooled VM is not supervised yet)
       // (The guest's network is configured already: it keeps the golden's, see guest-net.ts.)
       for (const argv of WARMUP) await vm.agent.exec({ argv, timeoutMs: 30_000 });
     } catch (err) {
@@ -134,7 +135,8 @@ export class WarmPool {
       const t0 = performance.now();
       const poolName = vm.id;
       // The guest's identity, the tap and the record are independent: all at once (the guest
-      // keeps its network configuration, so the tap needs nothing from it).
+      // keeps its network configuration, so the tap needs nothing from it). The VM is handed
+      // over before the guest acknowledges its identity (`LiveVm.settleIdentity`).
       const identity = applyIdentity(vm.agent, freshIdentity(id, hostname));
       const plugged = network ? plugTap(vm.qmp, network.tap) : undefined;
       identity.catch(() => {});
@@ -149,7 +151,7 @@ export class WarmPool {
         vm.dir = dir;
         if (network) vm.record.network = network;
         vm.record.createdAt = new Date().toISOString();
-        await Promise.all([this.layers.writeVm(dir, vm.record), identity, plugged]);
+        await Promise.all([this.layers.writeVm(dir, vm.record), plugged]);
       } catch (err) {
         this.log(`runtime: pooled VM ${poolName} could not become ${id}: ${String(err)}`);
         await this.#discard(vm);
@@ -157,6 +159,8 @@ export class WarmPool {
       }
       this.#ids.delete(poolName);
       vm.to('running');
+      // Not awaited: the guest applies it before anything sent after it (see `settleIdentity`).
+      vm.settleIdentity(identity);
       this.log(
         `runtime: launched ${id} from the pool in ${(performance.now() - t0).toFixed(1)} ms`,
       );

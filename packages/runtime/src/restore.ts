@@ -210,7 +210,7 @@ export async function restoreVm(
       await applyIdentity(agent, freshIdentity(id, hostname, legacyNet));
       if (legacyNet) await pinGatewayMac(agent);
     })();
-    identity.catch(() => {}); // awaited below
+    identity.catch(() => {}); // supervised once the VM is registered (runtime.ts)
     if (later) {
       network = await later;
       if (network) {
@@ -220,14 +220,17 @@ export async function restoreVm(
       }
       phases('network');
     }
-    await identity;
-    phases('identity');
     if (placeholders.length > 0) {
+      // (Sent after the IDENTITY, so applied after it.)
       await dropPlaceholders({ agent, qmp }, placeholders);
       phases('volumes');
     }
     log(`runtime: restored ${id} from ${snap.id}: ${phases.summary()}`);
-    return new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');
+    const vm = new LiveVm(record, dir, qmp, agent, pooled ? 'pooled' : 'running');
+    // Handed over before the guest acknowledges its identity: see `LiveVm.settleIdentity`. A
+    // pooled VM gets a new one when it is taken; this one only has to be applied by then.
+    vm.settleIdentity(identity);
+    return vm;
   } catch (err) {
     agent?.close();
     qmp?.close();

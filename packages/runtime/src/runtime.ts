@@ -868,6 +868,17 @@ export class QemuRuntime implements Runtime {
     };
     // QMP closes exactly when QEMU exits (or is killed).
     vm.qmp.on('close', () => onGone('qemu exited'));
+    // A guest that did not take its new identity must not run anything as its source: stopped.
+    vm.identity?.then(
+      () => (vm.identity = undefined),
+      (err: unknown) => {
+        if (vm.gone) return;
+        onGone(
+          `the guest did not take its identity: ${err instanceof Error ? err.message : String(err)}`,
+        );
+        void stopProcess(vm.record.pid, vm.qmp).catch(() => {});
+      },
+    );
     vm.qmp.on('event', (e: QmpEvent) => {
       if (e.event === 'SHUTDOWN' || e.event === 'GUEST_PANICKED')
         onGone(`guest ${e.event.toLowerCase()}`);

@@ -66,6 +66,24 @@ export class LiveVm {
     this.#state = to;
   }
 
+  /**
+   * The IDENTITY sent to the guest and not yet acknowledged (see `settleIdentity`), or undefined
+   * once the VM was handed over with it applied.
+   */
+  identity: Promise<void> | undefined;
+
+  /**
+   * Hands the VM over while its IDENTITY is still on its way: the agent serves one connection in
+   * order, so every request sent after it (exec, files, a terminal) finds the new identity
+   * applied, and the operations that run `serially` (snapshot, pause) wait for it. The caller
+   * saves the round trip (the runtime supervises the outcome: a failure stops the VM).
+   */
+  settleIdentity(identity: Promise<void>): void {
+    this.identity = identity;
+    const after = this.#queue.then(() => identity);
+    this.#queue = after.catch(() => {});
+  }
+
   /** Runs `fn` after every operation queued before it (a failure does not block the next). */
   serially<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.#queue.then(fn);

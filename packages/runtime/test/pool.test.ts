@@ -124,6 +124,33 @@ describe('warm pool (real QEMU VMs)', () => {
     expect(pooled()).toContain(before[1]);
   });
 
+  it('hands a VM over before the guest acknowledges its identity; one it refuses is stopped', async () => {
+    await waitPool(rt, 2);
+    const exits: Array<[string, string]> = [];
+    const off = rt.onExit((vm, reason) => exits.push([vm, reason]));
+    try {
+      // The agent refuses this hostname, but only after launch() has returned: the VM must not
+      // go on as its source.
+      const bad = `${PREFIX}-bad`;
+      await rt.launch({ id: bad, machine: 'c1m2', hostname: 'not a hostname!' });
+      await expect(rt.exec(bad, { argv: ['true'], timeoutMs: 30_000 })).rejects.toThrow();
+      const deadline = Date.now() + 30_000;
+      while (!exits.some(([vm]) => vm === bad)) {
+        if (Date.now() > deadline) throw new Error('the VM that refused its identity still runs');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(exits.find(([vm]) => vm === bad)![1]).toMatch(/did not take its identity.*hostname/);
+      await rt.destroy(bad);
+      // What is sent right after a launch already sees the new identity.
+      const good = `${PREFIX}-g`;
+      await rt.launch({ id: good, machine: 'c1m2', hostname: 'fresh-host' });
+      expect((await sh(good, 'hostname')).out).toBe('fresh-host\n');
+      await rt.destroy(good);
+    } finally {
+      off();
+    }
+  });
+
   it('re-adopts a VM that came from the pool; close leaves no pooled VM behind', async () => {
     const a = `${PREFIX}-a`;
     const dataDir = rt.dataDir;

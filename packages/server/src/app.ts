@@ -26,6 +26,7 @@ import {
 import { buildOpenApi, type RouteDoc } from './http/openapi.js';
 import { requestIdOf } from './http/request-id.js';
 import { fromDomainError } from './http/error-mapping.js';
+import { fastReads } from './http/fast-reads.js';
 import { jsonSerializerCompiler, zodValidatorCompiler, type ZodTypeProvider } from './http/zod.js';
 import healthRoutes from './routes/health.js';
 import fileRoutes from './routes/files.js';
@@ -148,6 +149,13 @@ const UNREAD_BODY_DRAIN_MS = 10_000;
  */
 export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   let servers: ProtocolServers | undefined;
+  const keys = new ApiKeyResolver(opts.services.store);
+  const fast = fastReads({
+    keys,
+    store: opts.services.store,
+    metrics: opts.services.metrics,
+    isShuttingDown: opts.isShuttingDown,
+  });
   const app = Fastify({
     loggerInstance: opts.logger as FastifyBaseLogger,
     bodyLimit: opts.bodyLimit ?? 1024 * 1024,
@@ -160,7 +168,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
       servers = createProtocolServers((req, res) =>
         files && req.url?.startsWith(STORAGE_PREFIX)
           ? handleStorage(files, opts.logger, req, res)
-          : fastify(req, res),
+          : fast(req, res, () => fastify(req, res)),
       );
       return servers.h1;
     },
@@ -201,7 +209,6 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
   // One hook for everything a request goes through before its route (each async hook costs a
   // promise and a tick per request): the Host rule, upgrade handling, the request id, shutdown,
   // and authentication.
-  const keys = new ApiKeyResolver(opts.services.store);
   const files = opts.services.files as FileService | undefined;
   app.addHook('onRequest', async (request, reply) => {
     const raw = request.raw;

@@ -3,7 +3,7 @@
  * → the caller's org. Keys are created, hashed and revoked in `services/orgs.ts`.
  * @module
  */
-import type { FastifyRequest } from 'fastify';
+import type { IncomingHttpHeaders } from 'node:http';
 import { ApiError } from './errors.js';
 import { hashApiKey } from './services/orgs.js';
 import type { Store } from './store/index.js';
@@ -22,7 +22,7 @@ declare module 'fastify' {
 }
 
 /** The key from `X-API-Key` or `Authorization: Bearer`, if any. */
-export function extractApiKey(request: FastifyRequest): string | undefined {
+export function extractApiKey(request: { headers: IncomingHttpHeaders }): string | undefined {
   const header = request.headers['x-api-key'];
   const xKey = Array.isArray(header) ? header[0] : header;
   if (xKey && xKey.trim() !== '') return xKey.trim();
@@ -52,8 +52,18 @@ export class ApiKeyResolver {
     this.#ttlMs = ttlMs;
   }
 
+  /**
+   * The caller's org when its key's answer is cached and fresh, else undefined (without a store
+   * lookup: `authenticate` does that, and answers the refusals).
+   */
+  peek(request: { headers: IncomingHttpHeaders }): AuthContext | undefined {
+    const key = extractApiKey(request);
+    const hit = key === undefined ? undefined : this.#cache.get(key);
+    return hit && hit.until > Date.now() ? hit.auth : undefined;
+  }
+
   /** The caller's org, or throws 401. */
-  async authenticate(request: FastifyRequest): Promise<AuthContext> {
+  async authenticate(request: { headers: IncomingHttpHeaders }): Promise<AuthContext> {
     const key = extractApiKey(request);
     if (!key) {
       throw new ApiError(

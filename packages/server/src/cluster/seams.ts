@@ -41,7 +41,10 @@ export interface SnapshotMobility {
 export const CLUSTER_TOKEN_HEADER = 'x-fastvm-cluster-token';
 
 /** Constant-time check of an internal request's token against the cluster secret. */
-export function clusterTokenMatches(secret: string, presented: string | string[] | undefined): boolean {
+export function clusterTokenMatches(
+  secret: string,
+  presented: string | string[] | undefined,
+): boolean {
   if (typeof presented !== 'string' || secret.length === 0) return false;
   const a = crypto.createHash('sha256').update(secret).digest();
   const b = crypto.createHash('sha256').update(presented).digest();

@@ -10,18 +10,21 @@
  * 4. otherwise v1, the seed's and the Python CLI's shape, so a v1 client never gets v2.
  * @module
  */
-import type { FastifyRequest } from 'fastify';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { FirewallShape } from '../domain/index.js';
 
 export const FIREWALL_VERSION_HEADER = 'x-fastvm-firewall-version';
 
-function header(request: FastifyRequest, name: string): string | undefined {
+/** What the shape is read from: a request (Fastify's, or Node's on the fast path). */
+type WithHeaders = { headers: IncomingHttpHeaders };
+
+function header(request: WithHeaders, name: string): string | undefined {
   const v = request.headers[name];
   return (Array.isArray(v) ? v[0] : v)?.trim().toLowerCase();
 }
 
 /** The generation `request`'s client reads (`written`: the shape of a firewall it sent). */
-export function firewallShape(request: FastifyRequest, written?: FirewallShape): FirewallShape {
+export function firewallShape(request: WithHeaders, written?: FirewallShape): FirewallShape {
   const explicit = header(request, FIREWALL_VERSION_HEADER);
   if (explicit === '1' || explicit === 'v1') return 1;
   if (explicit === '2' || explicit === 'v2') return 2;

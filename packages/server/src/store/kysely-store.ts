@@ -53,6 +53,20 @@ import type {
 
 type Db = Kysely<Database> | Transaction<Database>;
 
+type VmsRow = Selectable<VmsTable>;
+
+/**
+ * A store whose database only this process writes through it (SQLite: one connection, admin
+ * commands in other processes are seen through `data_version`) can keep what it read: the rows
+ * hold while `generation()` (moved by every write) is unchanged. Only `getVm` uses it — the
+ * lookup every `GET /v1/vms/{id}` makes.
+ */
+export interface ReadCacheOptions {
+  generation(): number;
+}
+
+const VM_ROW_CACHE_MAX = 10_000;
+
 /** Shared implementation; construct through `openSqliteStore` / `openPostgresStore`. */
 export class KyselyStore implements Store {
   // Hot lookups (every request authenticates and most address one VM), compiled once.
@@ -60,10 +74,15 @@ export class KyselyStore implements Store {
   readonly #liveVmById;
   readonly #liveSnapshotById;
 
+  /** Live VM rows by id, valid while the store's generation stands still (see `ReadCacheOptions`). */
+  readonly #vmRows = new Map<string, VmsRow>();
+  #vmRowsGeneration = -1;
+
   constructor(
     readonly db: Kysely<Database>,
     readonly dialect: 'sqlite' | 'postgres',
     private readonly onClose?: () => Promise<void> | void,
+    private readonly readCache?: ReadCacheOptions,
   ) {
     this.#activeKeyByHash = prepared(db, 1, (hash: string) =>
       db
@@ -245,7 +264,24 @@ export class KyselyStore implements Store {
   // ---- VMs ----------------------------------------------------------------------------------
 
   async getVm(orgId: string, id: string): Promise<VmRecord | undefined> {
+    const cache = this.readCache;
+    if (!cache) {
+      const [row] = await this.#liveVmById(orgId, id);
+      return row && toVm(row);
+    }
+    // The generation is read before the query: a write after it makes the row stale.
+    const generation = cache.generation();
+    if (generation !== this.#vmRowsGeneration) {
+      this.#vmRows.clear();
+      this.#vmRowsGeneration = generation;
+    }
+    const hit = this.#vmRows.get(id);
+    if (hit) return hit.org_id === orgId ? toVm(hit) : undefined;
     const [row] = await this.#liveVmById(orgId, id);
+    if (row && cache.generation() === generation) {
+      if (this.#vmRows.size >= VM_ROW_CACHE_MAX) this.#vmRows.clear();
+      this.#vmRows.set(id, row);
+    }
     return row && toVm(row);
   }
 
