@@ -62,6 +62,10 @@ export interface MobilityContext {
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/;
+/** `layer.<disk|mem>.<uuid>.<ext>`: a layer file's wire name. */
+const LAYER_NAME_RE = /^layer\.(disk|mem)\.[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.(qcow2|delta|mem)$/;
+/** The files of a golden's dir that a restore reads. */
+const GOLDEN_FILES = ['mem', 'disk.qcow2', 'state.bin'];
 
 /** A file a restore of the snapshot reads, without its digest yet. */
 type Entry = Omit<SnapshotManifestFile, 'bytes' | 'sha256'>;
@@ -212,6 +216,17 @@ function checkManifest(m: SnapshotManifest): void {
     if (f.kind === 'golden' && (typeof f.golden !== 'string' || !ID_RE.test(f.golden))) {
       throw bad(`golden of ${f.name}`);
     }
+    // Names become paths here: only the shapes an export makes.
+    const base = path.basename(f.path);
+    const ok =
+      f.kind === 'state'
+        ? f.name === 'state.bin'
+        : f.kind === 'layer'
+          ? LAYER_NAME_RE.test(f.name)
+          : f.kind === 'golden'
+            ? GOLDEN_FILES.includes(base)
+            : NAME_RE.test(base);
+    if (!ok) throw bad(`file ${f.name} (${base})`);
   }
   const rec = m.record as SnapshotRecord | undefined;
   if (!rec || rec.id !== m.snapshotId || !Array.isArray(rec.disk)) throw bad('record');
@@ -466,6 +481,15 @@ export async function importSnapshot(
       } catch {
         // Another runtime placed the same golden first: use that one.
         await fs.rm(goldenTmp, { recursive: true, force: true });
+      }
+    }
+    // Everything the record names is here now (the device state moves with its dir).
+    for (const f of [...snapshotMemFiles(rec), ...rec.disk]) {
+      if (!(await exists(f))) {
+        throw new RuntimeError(
+          'invalid_argument',
+          `snapshot ${id}: ${f} is missing after the pull`,
+        );
       }
     }
     try {

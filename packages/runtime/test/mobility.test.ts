@@ -115,6 +115,22 @@ describe('snapshot mobility between two runtimes (real QEMU VMs)', () => {
     expect(strayFiles(b.dataDir)).toEqual([]);
   });
 
+  it('refuses a manifest whose names would leave the data dir', async () => {
+    const layer = manifest.files.find((f) => f.kind === 'layer')!;
+    for (const evil of [
+      { ...layer, name: 'layer.disk..' },
+      { ...layer, name: 'layer.disk.x.qcow2/../../y' },
+      { ...layer, kind: 'golden' as const, golden: 'golden-x', path: '/a/golden-x/..' },
+      { ...layer, kind: 'base' as const, path: '/a/..' },
+    ]) {
+      const bad = { ...manifest, files: [...manifest.files.filter((f) => f !== layer), evil] };
+      await expect(b.importSnapshot(bad, fetchFrom(a, s1))).rejects.toMatchObject({
+        code: 'invalid_argument',
+      });
+    }
+    expect(await b.hasSnapshot(s1)).toBe(false);
+  });
+
   it('imports into B and restores there: disk and memory as on A', async () => {
     const res = await b.importSnapshot(manifest, fetchFrom(a, s1));
     expect(res).toMatchObject({ present: false, files: 3, skipped: 0 });
