@@ -28,6 +28,8 @@ export interface FastReadsOptions {
   readonly store: Store;
   readonly metrics?: Metrics | undefined;
   readonly isShuttingDown?: (() => boolean) | undefined;
+  /** Several hosts: this host's id, sent as `x-fastvm-host` like the full path does. */
+  readonly servedBy?: string | undefined;
 }
 
 /**
@@ -35,7 +37,7 @@ export interface FastReadsOptions {
  * a lookup that found nothing to answer with) — never both.
  */
 export function fastReads(opts: FastReadsOptions): (req: Req, res: Res, next: () => void) => void {
-  const { keys, store, metrics, isShuttingDown } = opts;
+  const { keys, store, metrics, isShuttingDown, servedBy } = opts;
   return (req, res, next) => {
     const match = req.method === 'GET' ? VM_GET.exec(req.url ?? '') : null;
     const auth = match && !isShuttingDown?.() && hasHost(req) ? keys.peek(req) : undefined;
@@ -49,6 +51,7 @@ export function fastReads(opts: FastReadsOptions): (req: Req, res: Res, next: ()
           'x-request-id': requestIdOf(req.headers),
           'content-type': 'application/json; charset=utf-8',
           'content-length': Buffer.byteLength(body),
+          ...(servedBy ? { 'x-fastvm-host': servedBy } : {}),
         });
         res.end(body);
         metrics?.request('GET', ROUTE, 200, (performance.now() - t0) / 1000);
