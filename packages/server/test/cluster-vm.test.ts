@@ -186,7 +186,8 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
     Object.values(vms).find((id) => runsOn(id)[0] === hostId)!;
   /** The one host besides `taker` that holds the snapshot, once replication has copied it. */
   async function replicaOf(snapshotId: string, taker: Host): Promise<Host> {
-    const deadline = Date.now() + 180_000;
+    // Replication retries a pull that failed (a loaded holder still digesting the snapshot).
+    const deadline = Date.now() + 300_000;
     for (;;) {
       const copies = hosts.filter((h) => h !== taker && holds(h, snapshotId));
       if (copies.length > 0) {
@@ -508,5 +509,5 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
     });
     expect(cat.body.stdout).toBe('marker\n');
     expect((await third.api.del(`/v1/vms/${restored.body.id}`)).status).toBeLessThan(300);
-  }, 300_000);
+  }, 450_000);
 });

@@ -18,6 +18,7 @@
  * @module
  */
 import { Readable, Transform } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   decodeZeroRuns,
   type Runtime,
@@ -51,6 +52,8 @@ export interface SnapshotMobilityOptions {
   readonly requestTimeoutMs?: number;
   /** A file transfer that delivers no byte for this long is aborted (default 30 s). */
   readonly idleTimeoutMs?: number;
+  /** Waits before each new try of a failed replica pull (default 2 s, 10 s, 30 s). */
+  readonly replicaRetryDelaysMs?: readonly number[];
 }
 
 /** What the last pull moved (benches, logs). */
@@ -283,13 +286,40 @@ export class ClusterSnapshotMobility implements SnapshotMobility {
     return asked;
   }
 
-  /** A peer asked this host to pull a snapshot (replication): in the background. */
+  /**
+   * A peer asked this host to pull a snapshot (replication): in the background, tried again
+   * after a retryable failure (a holder busy past the request timeout, e.g. still digesting a
+   * fresh snapshot on a loaded host) up to `replicaRetryDelaysMs.length` times.
+   */
   pullInBackground(snapshotId: string): void {
-    this.#track(
-      this.ensureLocal(snapshotId).catch((err: unknown) =>
-        this.opts.logger.warn({ err, snapshotId }, 'replica pull failed'),
-      ),
-    );
+    this.#track(this.#replicaPull(snapshotId));
+  }
+
+  async #replicaPull(snapshotId: string): Promise<void> {
+    const delays = this.opts.replicaRetryDelaysMs ?? [2_000, 10_000, 30_000];
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.ensureLocal(snapshotId);
+        return;
+      } catch (err) {
+        const again =
+          (err as { retryable?: boolean }).retryable === true &&
+          attempt < delays.length &&
+          !this.#closing.signal.aborted;
+        this.opts.logger.warn(
+          { err, snapshotId, attempt: attempt + 1 },
+          again ? 'replica pull failed; trying again' : 'replica pull failed',
+        );
+        if (!again) return;
+        const slept = await sleep(delays[attempt], undefined, {
+          signal: this.#closing.signal,
+        }).then(
+          () => true,
+          () => false,
+        );
+        if (!slept) return;
+      }
+    }
   }
 
   async forget(snapshotId: string): Promise<void> {
