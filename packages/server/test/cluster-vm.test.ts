@@ -242,7 +242,8 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
   }, 400_000);
 
   afterAll(async () => {
-    for (const h of hosts.filter((x) => x.child?.exitCode === null)) {
+    const running = (h: Host) => h.child?.exitCode === null && h.child.signalCode === null;
+    for (const h of hosts.filter(running)) {
       // Delete what is left (through a host still running), so that no VM outlives the test.
       const list = await h.api.get('/v1/vms').catch(() => undefined);
       for (const vm of (list?.body ?? []) as { id: string }[]) {
@@ -251,8 +252,8 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
       break;
     }
     for (const h of hosts) {
-      if (h.child && h.child.exitCode === null) {
-        h.child.kill('SIGTERM');
+      if (running(h)) {
+        h.child!.kill('SIGTERM');
         await new Promise((r) => h.child!.once('exit', r));
       }
       for (const pid of qemuPids(h)) {
