@@ -42,6 +42,7 @@ import { buildReport, printReport, writeReport } from './report.js';
 import { Recorder } from './stats.js';
 import { groupVolume } from './volume.js';
 import { groupBuild } from './build.js';
+import { groupMobility } from './mobility.js';
 import {
   cmdlineMentions,
   cpuMs,
@@ -77,6 +78,7 @@ const GROUPS = [
   'build_import',
   'build',
   'cluster',
+  'mobility',
 ] as const;
 /** Groups a plain run leaves out (minutes of CPU, or they fill the host): `--only` them. */
 const OPT_IN: readonly Group[] = ['density'];
@@ -1272,6 +1274,8 @@ async function main(): Promise<number> {
         log,
       }),
     cluster: groupCluster,
+    mobility: () =>
+      groupMobility({ rt, rec, root: benchRoot, samples: quick ? 3 : 8, log, runtimeLog }),
   };
   for (const g of GROUPS) {
     if (!only.has(g)) continue;

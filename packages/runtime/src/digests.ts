@@ -195,6 +195,25 @@ export class SnapshotDigester {
     );
   }
 
+  /**
+   * A file's SHA-256 and size: from the cache when this runtime hashed or verified the file as
+   * it is, else hashed now (and remembered). For exports of layers without a recorded digest.
+   */
+  async digestOf(file: string): Promise<{ sha256: string; bytes: number }> {
+    const st = await fs.stat(file);
+    const key = statKey(file, st);
+    const known = this.#verified.get(key);
+    if (known) return { sha256: known, bytes: st.size };
+    const [d] = await this.#hash([file], 0);
+    if (statKey(file, await fs.stat(file)) === key) this.#verified.set(key, d!.sha256);
+    return d!;
+  }
+
+  /** Remembers a file as verified against `sha256` (an import checked it as it streamed). */
+  async seed(file: string, sha256: string): Promise<void> {
+    this.#verified.set(statKey(file, await fs.stat(file)), sha256);
+  }
+
   /** Kills hashing children and stops starting new jobs. */
   close(): void {
     this.#closed = true;

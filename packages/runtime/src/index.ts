@@ -1,6 +1,7 @@
 export * from './types.js';
 export { QemuRuntime, createQemuRuntime } from './runtime.js';
 export { PRUNE_AFTER_MS, pruneCache } from './prune.js';
+export { decodeZeroRuns, encodeZeroRuns } from './zero-runs.js';
 export type { PruneOptions, PruneResult } from './prune.js';
 export type { QemuRuntimeOptions } from './runtime.js';
 export { QmpClient, QmpCommandError, QmpConnectionError } from './qmp.js';

@@ -85,9 +85,11 @@ export class LayerStore {
 
   /** Creates the directories, and removes snapshot dirs that a crash left without a record. */
   async init(): Promise<void> {
-    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'templates']) {
+    for (const d of ['vms', 'snapshots', 'layers/disk', 'layers/mem', 'templates', 'bases']) {
       await fs.mkdir(path.join(this.dataDir, d), { recursive: true });
     }
+    // What a crash left of imports (mobility.ts): never named by a record.
+    await fs.rm(path.join(this.dataDir, 'imports'), { recursive: true, force: true });
     // A snapshot's record is written last: a snapshot dir without one is what a crash left. One
     // whose flatten or merge a crash cut short gets it again.
     for (const id of await fs.readdir(path.join(this.dataDir, 'snapshots'))) {
@@ -134,6 +136,11 @@ export class LayerStore {
     const p = path.join(this.dataDir, 'layers', kind, crypto.randomUUID() + ext);
     this.#pending.add(p);
     return p;
+  }
+
+  /** Protects files about to be named by a record (an import renames them in first) until `settle`. */
+  hold(...paths: string[]): void {
+    for (const p of paths) this.#pending.add(p);
   }
 
   /** The files are named by a record now (or gone): the sweeper may judge them. */

@@ -42,6 +42,12 @@ import {
   snapshotMemFiles,
 } from './records.js';
 import { SnapshotDigester } from './digests.js';
+import {
+  exportSnapshot,
+  importSnapshot,
+  openSnapshotFile,
+  type MobilityContext,
+} from './mobility.js';
 import { restoreVm, type RestoreContext, type RestoreTarget } from './restore.js';
 import { checkBaseImage } from './base-image.js';
 import { growDisk, reconcileDisk, snapshotVm, type SnapshotContext } from './snapshot.js';
@@ -61,11 +67,15 @@ import {
   type Runtime,
   RuntimeError,
   type SnapshotDigests,
+  type SnapshotFileFetch,
+  type SnapshotImportResult,
   type SnapshotInfo,
+  type SnapshotManifest,
   type VmInfo,
   type VolumeAttachRequest,
 } from './types.js';
 import { LiveVm } from './vm-state.js';
+import type { Readable } from 'node:stream';
 import { attachVolume, attachedVolumes, detachVolume, growVolume } from './volumes.js';
 
 /** Whether a memshim build has what a confined QEMU needs (its read-only open of the memory file). */
@@ -138,6 +148,8 @@ export class QemuRuntime implements Runtime {
   /** Ids of VMs being made right now (not registered yet): adopt() must not take them. */
   readonly #starting = new Set<string>();
   readonly #events = new EventEmitter<{ exit: [string, string] }>();
+  /** Imports in progress, by snapshot id (concurrent imports of one snapshot share one). */
+  readonly #imports = new Map<string, Promise<SnapshotImportResult>>();
   #locked = false;
 
   constructor(opts: QemuRuntimeOptions) {
@@ -257,7 +269,9 @@ export class QemuRuntime implements Runtime {
         path.dirname(this.#image.kernel),
         path.dirname(this.#image.rootfs),
         this.goldenDir,
-        ...['vms', 'snapshots', 'layers/disk', 'layers/mem'].map((d) => path.join(this.dataDir, d)),
+        ...['vms', 'snapshots', 'layers/disk', 'layers/mem', 'bases'].map((d) =>
+          path.join(this.dataDir, d),
+        ),
       ],
       this.#log,
     );
@@ -515,6 +529,65 @@ export class QemuRuntime implements Runtime {
 
   snapshotDigests(snapshotId: string): Promise<SnapshotDigests | undefined> {
     return this.#digests.get(snapshotId);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Snapshot mobility (mobility.ts): export, serve and import snapshots between hosts.
+
+  exportSnapshot(
+    snapshotId: string,
+    opts?: { haveGoldens?: readonly string[] },
+  ): Promise<SnapshotManifest> {
+    return exportSnapshot(this.#mobility(), snapshotId, opts);
+  }
+
+  openSnapshotFile(snapshotId: string, name: string): Promise<Readable> {
+    return openSnapshotFile(this.#mobility(), snapshotId, name);
+  }
+
+  importSnapshot(
+    manifest: SnapshotManifest,
+    fetch: SnapshotFileFetch,
+    opts?: { signal?: AbortSignal },
+  ): Promise<SnapshotImportResult> {
+    const id = String(manifest?.snapshotId);
+    let run = this.#imports.get(id);
+    if (!run) {
+      run = importSnapshot(this.#mobility(), manifest, fetch, opts).finally(() =>
+        this.#imports.delete(id),
+      );
+      this.#imports.set(id, run);
+    }
+    return run;
+  }
+
+  async goldenIds(): Promise<string[]> {
+    const out: string[] = [];
+    for (const name of await fs.readdir(this.goldenDir).catch(() => [] as string[])) {
+      if (!name.startsWith('golden-')) continue;
+      if (
+        await fs.access(path.join(this.goldenDir, name, 'snapshot.json')).then(
+          () => true,
+          () => false,
+        )
+      ) {
+        out.push(name);
+      }
+    }
+    return out;
+  }
+
+  #mobility(): MobilityContext {
+    return {
+      layers: this.#layers,
+      digests: this.#digests,
+      goldenDir: this.goldenDir,
+      image: this.#image,
+      accel: this.#accel,
+      qemu: this.#qemu,
+      log: this.#log,
+      confine: this.#confine,
+    };
   }
 
   /** Waits for a snapshot's background flatten or merge, if one runs (tests, benches). */

@@ -235,6 +235,92 @@ export interface SnapshotInfo {
 /** See `Runtime.snapshotDigests`: layer name → `"sha256:<hex>"`. */
 export type SnapshotDigests = Readonly<Record<string, string>>;
 
+/** One file of an exported snapshot (`Runtime.exportSnapshot`). */
+export interface SnapshotManifestFile {
+  /** Name on the wire, `[A-Za-z0-9._-]`, unique in the manifest (`openSnapshotFile`). */
+  readonly name: string;
+  /**
+   * `state`: the device state; `layer`: a memory or disk layer of the data dir (the snapshot's own
+   * or one it stands on); `golden`: a file of the golden it stands on; `base`: a root filesystem
+   * other than the guest image (a `BaseImage`).
+   */
+  readonly kind: 'state' | 'layer' | 'golden' | 'base';
+  /** Where the file is on the exporting host (the importer maps it to its own paths). */
+  readonly path: string;
+  readonly bytes: number;
+  /** Lower-case hex SHA-256 of the whole file. */
+  readonly sha256: string;
+  /** A golden's file: the golden's id (content-keyed; a host that has it skips the file). */
+  readonly golden?: string;
+}
+
+/** Everything a host needs to restore a snapshot taken elsewhere (`Runtime.exportSnapshot`). */
+export interface SnapshotManifest {
+  readonly format: 1;
+  readonly snapshotId: string;
+  readonly machine: MachineType;
+  readonly imageId: string;
+  readonly accel: string;
+  readonly qemu?: string;
+  /** The golden the snapshot stands on (its files are listed unless the asker said it has it). */
+  readonly golden?: string;
+  /** Paths on the exporting host that are not files of the manifest. */
+  readonly roots: { readonly dataDir: string; readonly goldenDir: string; readonly rootfs: string };
+  /** The runtime's own records (opaque to callers): the snapshot's, and the golden's if listed. */
+  readonly record: unknown;
+  readonly goldenRecord?: unknown;
+  readonly files: readonly SnapshotManifestFile[];
+  /** Sum of the files' bytes. */
+  readonly bytes: number;
+}
+
+/** What `importSnapshot` did. */
+export interface SnapshotImportResult {
+  /** Files downloaded (and verified), and their bytes. */
+  readonly files: number;
+  readonly bytes: number;
+  /** Files this host had already (layers shared with an earlier import, a golden). */
+  readonly skipped: number;
+  /** The snapshot was here already: nothing was fetched. */
+  readonly present: boolean;
+}
+
+/** Where `importSnapshot` gets a file's bytes: a Node stream or a web stream. */
+export type SnapshotFileFetch = (
+  file: SnapshotManifestFile,
+) => Promise<import('node:stream').Readable | ReadableStream<Uint8Array>>;
+
+/**
+ * Moving snapshots between hosts (multi-host): optional on a `Runtime`; both the QEMU runtime and
+ * the FakeRuntime have it.
+ */
+export interface SnapshotMobilitySupport {
+  /**
+   * Every file needed to restore the snapshot elsewhere, transitively (state, memory and disk
+   * layers, the golden unless `haveGoldens` names it, a base root filesystem), each with its size
+   * and SHA-256 (recorded digests reused). @throws RuntimeError `snapshot_not_found`.
+   */
+  exportSnapshot(
+    snapshotId: string,
+    opts?: { haveGoldens?: readonly string[] },
+  ): Promise<SnapshotManifest>;
+  /** A file of `exportSnapshot`'s manifest, by name. @throws `snapshot_not_found` / `not_found`. */
+  openSnapshotFile(snapshotId: string, name: string): Promise<import('node:stream').Readable>;
+  /**
+   * Brings an exported snapshot onto this host: fetches the files it lacks into a private temp
+   * dir, checks each one's size and SHA-256 as it streams (`snapshot_corrupt` otherwise), rewrites
+   * paths for this host, and renames into place, the snapshot's record last: a failure or a crash
+   * leaves nothing that `hasSnapshot` reports. A no-op when the snapshot is here already.
+   */
+  importSnapshot(
+    manifest: SnapshotManifest,
+    fetch: SnapshotFileFetch,
+    opts?: { signal?: AbortSignal },
+  ): Promise<SnapshotImportResult>;
+  /** Ids of the goldens this host holds (for `exportSnapshot`'s `haveGoldens`). */
+  goldenIds(): Promise<string[]>;
+}
+
 export interface AdoptResult {
   /** VMs whose QEMU survived and are under supervision again. */
   readonly adopted: string[];
@@ -244,7 +330,7 @@ export interface AdoptResult {
   readonly orphans: string[];
 }
 
-export interface Runtime {
+export interface Runtime extends Partial<SnapshotMobilitySupport> {
   /** Start a fresh VM (restored from the machine type's golden snapshot). */
   launch(opts: LaunchOptions): Promise<VmInfo>;
   /** Start a new VM from a snapshot; any number may run concurrently. */

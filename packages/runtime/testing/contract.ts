@@ -7,9 +7,11 @@
  * Imported as `@fastvm/runtime/testing`.
  * @module
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BaseImage, ExecRequest, Runtime } from '../src/types.js';
 import { createVolumeFile } from '../src/volumes.js';
@@ -207,6 +209,54 @@ export function runtimeContract(name: string, target: ContractTarget): void {
       },
       600_000,
     );
+    it('mobility: exports a snapshot, imports it back verified by digest, refuses a flipped byte', async () => {
+      if (!rt.exportSnapshot || !rt.openSnapshotFile || !rt.importSnapshot || !rt.goldenIds) {
+        return; // optional part of the contract (multi-host)
+      }
+      const id = `${SNAP}-mob`;
+      const vm = `${B}-mob`;
+      await sh(A, 'cat > /root/mob', { stdin: Buffer.from('moved') });
+      await rt.snapshot(A, id);
+      const manifest = await rt.exportSnapshot(id, { haveGoldens: await rt.goldenIds() });
+      expect(manifest).toMatchObject({ format: 1, snapshotId: id, machine: 'c1m2' });
+      expect(manifest.files.length).toBeGreaterThan(0);
+      expect(manifest.files.some((f) => f.kind === 'golden')).toBe(false);
+      // The bytes as served, then the snapshot gone from this host.
+      const bytes = new Map<string, Buffer>();
+      for (const f of manifest.files) {
+        const chunks: Buffer[] = [];
+        for await (const c of await rt.openSnapshotFile(id, f.name)) chunks.push(c as Buffer);
+        const buf = Buffer.concat(chunks);
+        expect(buf.length).toBe(f.bytes);
+        expect(createHash('sha256').update(buf).digest('hex')).toBe(f.sha256);
+        bytes.set(f.name, buf);
+      }
+      await expect(rt.openSnapshotFile(id, 'no-such-file')).rejects.toMatchObject({
+        code: 'not_found',
+      });
+      await rt.deleteSnapshot(id);
+      expect(await rt.hasSnapshot(id)).toBe(false);
+      // (Every file flipped: a runtime may skip files it still has, never all of them.)
+      const serve =
+        (flip = false) =>
+        async (f: { name: string }) => {
+          const buf = Buffer.from(bytes.get(f.name)!);
+          if (flip && buf.length > 0) buf[buf.length >> 1]! ^= 0x01;
+          return Readable.from([buf]);
+        };
+      await expect(rt.importSnapshot(manifest, serve(true))).rejects.toMatchObject({
+        code: 'snapshot_corrupt',
+      });
+      expect(await rt.hasSnapshot(id)).toBe(false);
+      const res = await rt.importSnapshot(manifest, serve());
+      expect(res.present).toBe(false);
+      expect(await rt.hasSnapshot(id)).toBe(true);
+      expect((await rt.importSnapshot(manifest, serve())).present).toBe(true);
+      await rt.restore({ id: vm, snapshotId: id });
+      expect((await run(vm, ['cat', '/root/mob'])).out).toBe('moved');
+      await rt.destroy(vm);
+      await rt.deleteSnapshot(id);
+    });
 
     it('answers unknown ids with not_found / snapshot_not_found; destroy is idempotent', async () => {
       const nope = `ct-${tag}-nope`;

@@ -38,6 +38,7 @@ import lifecycleRoutes from './routes/lifecycle.js';
 import { handleStorage } from './routes/storage.js';
 import consoleRoutes from './routes/console.js';
 import { registerDashboard } from './routes/dashboard.js';
+import type { InternalSnapshotDeps } from './routes/internal-snapshots.js';
 import execRoutes from './routes/execs.js';
 import orgRoutes from './routes/org.js';
 import branchingRoutes from './routes/branching.js';
@@ -124,6 +125,8 @@ export interface AppServices {
   proxyAddress?: () => ProxyAddress;
   /** Image references → bootable bases (builds' `FROM`, image imports); none: no pulls. */
   images?: ImageSource;
+  /** Snapshot mobility's internal routes (`routes/internal-snapshots.ts`); absent: none. */
+  internalSnapshots?: InternalSnapshotDeps;
 }
 
 /** Inputs of `buildApp`. */

@@ -45,13 +45,21 @@ export interface ServeConfig {
   cluster?: ClusterConfig;
 }
 
-/** `FASTVM_CLUSTER_SECRET`, `FASTVM_HOST_ID`, `FASTVM_ADVERTISE_URL`, heartbeat settings. */
+/**
+ * `FASTVM_CLUSTER_SECRET`, `FASTVM_HOST_ID`, `FASTVM_ADVERTISE_URL`, heartbeat settings,
+ * `FASTVM_SNAPSHOT_REPLICAS`.
+ */
 export interface ClusterConfig {
   secret: string;
   hostId?: string;
   advertiseUrl?: string;
   heartbeatMs?: number;
   hostTimeoutMs?: number;
+  /**
+   * Other hosts each ready snapshot is copied to in the background
+   * (`FASTVM_SNAPSHOT_REPLICAS`, 0–16, default 0 = only the host that took it holds it).
+   */
+  snapshotReplicas?: number;
 }
 
 /** Raw `serve` flags as parsed by `node:util` `parseArgs`. */
@@ -169,6 +177,11 @@ export function clusterFromEnv(env: Env = process.env): ClusterConfig | undefine
   if (!secret) return undefined;
   if (secret.length < 16) throw new Error('FASTVM_CLUSTER_SECRET must be at least 16 characters');
   const out: ClusterConfig = { secret };
+  const replicasText = env.FASTVM_SNAPSHOT_REPLICAS || '0';
+  if (!/^\d{1,2}$/.test(replicasText) || Number(replicasText) > 16) {
+    throw new Error(`FASTVM_SNAPSHOT_REPLICAS must be a number from 0 to 16, got ${replicasText}`);
+  }
+  out.snapshotReplicas = Number(replicasText);
   const hostId = env.FASTVM_HOST_ID;
   if (hostId) {
     if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(hostId)) {

@@ -48,6 +48,8 @@ import clusterInternalRoutes from './cluster/internal-routes.js';
 import type { ClusterPeers, SnapshotMobility } from './cluster/seams.js';
 import { loadHostId } from './cluster/host-id.js';
 import type { KyselyStore } from './store/kysely-store.js';
+import { ClusterSnapshotMobility } from './cluster/snapshot-mobility.js';
+import internalSnapshotRoutes from './routes/internal-snapshots.js';
 
 /** Options of `startServer`. */
 export interface StartServerOptions {
@@ -164,10 +166,17 @@ export interface ClusterOptions {
   /** How long a forward waits for a connection to the serving host (default 3000 ms). */
   connectTimeoutMs?: number;
   /**
-   * Snapshot mobility (absent: a restore runs on the host that took the snapshot): an instance,
-   * or a factory given the host registry (`ClusterPeers`) and this host's store and runtime.
+   * Snapshot mobility. Absent: `ClusterSnapshotMobility` over the host registry (a restore or
+   * fork may run on any host, which pulls the snapshot first). An instance, or a factory given
+   * the registry (`ClusterPeers`) and this host's store and runtime, replaces it; `false`: none
+   * (a restore runs on the host that took the snapshot).
    */
-  mobility?: SnapshotMobility | ((deps: MobilityDeps) => SnapshotMobility);
+  mobility?: SnapshotMobility | ((deps: MobilityDeps) => SnapshotMobility) | false;
+  /**
+   * Other hosts each ready snapshot is copied to in the background (`FASTVM_SNAPSHOT_REPLICAS`,
+   * 0–16, default 0), so it outlives the loss of the host that took it (built-in mobility).
+   */
+  snapshotReplicas?: number;
   /**
    * More route plugins under `/internal/v1` behind the cluster token (e.g. mobility's layer
    * streams, `routes/internal-snapshots.ts`); each gets `{ services }` like the public routes.
@@ -206,6 +215,8 @@ export interface ServerHandle {
   images?: ImageSource;
   /** This host's registry entry when in cluster mode. */
   cluster?: HostRegistry;
+  /** Snapshot mobility, in cluster mode (unless turned off). */
+  mobility?: SnapshotMobility;
   /** Graceful: stop accepting, drain, detach from the runtime (VMs survive), close the DB. */
   close(): Promise<void>;
   /**
@@ -257,6 +268,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   let proxy: ServiceProxy | undefined;
   let builds: BuildService | undefined;
   let registry: HostRegistry | undefined;
+  let mobility: SnapshotMobility | undefined;
+  // Background replication and pulls end with the server.
+  const closeMobility = async (): Promise<void> => {
+    await (mobility as { close?: () => Promise<void> } | undefined)?.close?.();
+  };
   try {
     const boot = await ensureBootstrapKey(store, opts.dataDir, opts.bootstrapKey);
     if (boot.generated) logger.info({ file: boot.keyFile }, 'generated bootstrap API key');
@@ -307,19 +323,6 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       logger,
       dataDir: opts.dataDir,
     });
-    const ctx: ServiceContext = {
-      store,
-      runtime,
-      network,
-      logger,
-      tasks,
-      settings,
-      quotas,
-      events,
-      staging: files,
-      metrics,
-      volumes,
-    };
     // The registry exists before the services (a fork spreads through it); it registers just
     // before the recovery below.
     if (clusterOn && opts.cluster && hostCapacity) {
@@ -351,13 +354,40 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         },
       );
     }
+    // Snapshot mobility over the registry's hosts (the default), the caller's, or none.
     const mobilityOpt = opts.cluster?.mobility;
-    const mobility: SnapshotMobility | undefined =
-      registry && typeof mobilityOpt === 'function'
-        ? mobilityOpt({ peers: registry, hostId: registry.hostId, store, runtime, logger })
-        : registry && mobilityOpt && typeof mobilityOpt !== 'function'
-          ? mobilityOpt
-          : undefined;
+    if (registry && opts.cluster && mobilityOpt !== false) {
+      const deps: MobilityDeps = {
+        peers: registry,
+        hostId: registry.hostId,
+        store,
+        runtime,
+        logger,
+      };
+      mobility =
+        typeof mobilityOpt === 'function'
+          ? mobilityOpt(deps)
+          : (mobilityOpt ??
+            new ClusterSnapshotMobility({
+              ...deps,
+              secret: opts.cluster.secret,
+              replicas: opts.cluster.snapshotReplicas ?? 0,
+            }));
+    }
+    const ctx: ServiceContext = {
+      store,
+      runtime,
+      network,
+      logger,
+      tasks,
+      settings,
+      quotas,
+      events,
+      staging: files,
+      metrics,
+      volumes,
+      ...(mobility ? { mobility } : {}),
+    };
     const vms = new VmService(ctx);
     const execs = new ExecSessions(vms, { events, logger });
     const snapshots = new SnapshotService(ctx);
@@ -400,7 +430,15 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       registry.start();
       logger.info({ hostId, previousState: before ?? 'new' }, 'cluster: host registered');
     }
-    const recovery = await recover(store, runtime, network, logger);
+    const recovery = await recover(
+      store,
+      runtime,
+      network,
+      logger,
+      mobility && registry
+        ? { holders: (id: string) => mobility!.holders(id), selfId: registry.hostId }
+        : undefined,
+    );
     builds = new BuildService(ctx, files, {
       dataDir: opts.dataDir,
       ...(images ? { images } : {}),
@@ -468,6 +506,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         published,
         ...(images ? { images } : {}),
         proxyAddress: () => proxyAddress,
+        ...(mobility instanceof ClusterSnapshotMobility
+          ? { internalSnapshots: { runtime, mobility } }
+          : {}),
         ...(opts.pricing ? { pricing: opts.pricing } : {}),
       },
       logger,
@@ -488,7 +529,11 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
                   : {}),
               }),
               describeHost: async () => (await registry?.host(registry.hostId)) ?? {},
-              internalRoutes: [clusterInternalRoutes, ...(opts.cluster.internalRoutes ?? [])],
+              internalRoutes: [
+                clusterInternalRoutes,
+                internalSnapshotRoutes,
+                ...(opts.cluster.internalRoutes ?? []),
+              ],
             },
           }
         : {}),
@@ -583,6 +628,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       proxy: proxyAddress,
       ...(images ? { images } : {}),
       ...(registry ? { cluster: registry } : {}),
+      ...(mobility ? { mobility } : {}),
       close() {
         closing ??= (async () => {
           shuttingDown = true;
@@ -596,6 +642,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
           ]);
           files?.close();
           await builds?.close();
+          await closeMobility();
           if (!(await tasks.drain(graceMs))) {
             logger.warn({ pending: tasks.size }, 'shutting down with VM operations in flight');
           }
@@ -612,6 +659,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       async kill() {
         shuttingDown = true;
         void registry?.stop();
+        void closeMobility();
         void ttl?.stop();
         files?.close();
         void storageListener?.close();
@@ -626,6 +674,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   } catch (err) {
     unsubscribe?.();
     await registry?.stop();
+    await closeMobility();
     await ttl?.stop();
     files?.close();
     await storageListener?.close();

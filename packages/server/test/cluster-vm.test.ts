@@ -1,10 +1,13 @@
 /**
  * Three real hosts on this machine: three `fastvm-server serve` processes (QEMU runtime, VM
- * networking each on its own bridge and subnet), each in its own network namespace (`mh-a`,
- * `mh-b`, `mh-c`) reached through veth pairs on a test bridge (`mhbr0`, 10.251.0.0/24), sharing
- * one scratch PostgreSQL database. Launch through each host, a VM operation through a host that
- * does not own the VM, a restore of a snapshot taken on A asked of C, fork 6, the cross-host
- * quota race, kill -9 of a host's server and its QEMUs, its return, drain.
+ * networking each on its own bridge and subnet), each in its own network namespace (`mi-a`,
+ * `mi-b`, `mi-c`) reached through veth pairs on a test bridge (`mibr0`, 10.253.0.0/24), sharing
+ * one scratch PostgreSQL database, with snapshot mobility and one replica per snapshot
+ * (`FASTVM_SNAPSHOT_REPLICAS=1`). Launch through each host, a VM operation through a host that
+ * does not own the VM, a snapshot taken on A replicated to one peer and restored on the third
+ * (which pulls it), fork 6 dealt out over the hosts (the one without the snapshot pulls it), the
+ * cross-host quota race, kill -9 of a host's server and its QEMUs, its return, drain, and a
+ * snapshot restored from its replica after its taking host was killed (-9) and declared lost.
  *
  * Skips (saying why) without root, `ip netns`, PostgreSQL or the guest cache.
  */
@@ -22,7 +25,7 @@ const MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/
 const SECRET = 'cluster-vm-test-secret-0123456789';
 const KEY = 'fvm_cluster_vm_test_bootstrap_key_0000001';
 const TIMEOUT_MS = 4000;
-const BRIDGE = 'mhbr0';
+const BRIDGE = 'mibr0';
 const NAMES = ['a', 'b', 'c'] as const;
 
 function sh(cmd: string, args: string[]): string {
@@ -68,16 +71,16 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
   function netUp(): void {
     netDown();
     sh('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
-    sh('ip', ['addr', 'add', '10.251.0.1/24', 'dev', BRIDGE]);
+    sh('ip', ['addr', 'add', '10.253.0.1/24', 'dev', BRIDGE]);
     sh('ip', ['link', 'set', BRIDGE, 'up']);
     NAMES.forEach((n, i) => {
-      const ns = `mh-${n}`;
+      const ns = `mi-${n}`;
       sh('ip', ['netns', 'add', ns]);
-      sh('ip', ['link', 'add', `mh-${n}-h`, 'type', 'veth', 'peer', 'name', `mh-${n}-n`]);
-      sh('ip', ['link', 'set', `mh-${n}-n`, 'netns', ns]);
-      sh('ip', ['link', 'set', `mh-${n}-h`, 'master', BRIDGE, 'up']);
-      sh('ip', ['-n', ns, 'addr', 'add', `10.251.0.${11 + i}/24`, 'dev', `mh-${n}-n`]);
-      sh('ip', ['-n', ns, 'link', 'set', `mh-${n}-n`, 'up']);
+      sh('ip', ['link', 'add', `mi-${n}-h`, 'type', 'veth', 'peer', 'name', `mi-${n}-n`]);
+      sh('ip', ['link', 'set', `mi-${n}-n`, 'netns', ns]);
+      sh('ip', ['link', 'set', `mi-${n}-h`, 'master', BRIDGE, 'up']);
+      sh('ip', ['-n', ns, 'addr', 'add', `10.253.0.${11 + i}/24`, 'dev', `mi-${n}-n`]);
+      sh('ip', ['-n', ns, 'link', 'set', `mi-${n}-n`, 'up']);
       sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
     });
   }
@@ -85,12 +88,12 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
   function netDown(): void {
     for (const n of NAMES) {
       try {
-        sh('ip', ['netns', 'del', `mh-${n}`]);
+        sh('ip', ['netns', 'del', `mi-${n}`]);
       } catch {
         /* not there */
       }
       try {
-        sh('ip', ['link', 'del', `mh-${n}-h`]);
+        sh('ip', ['link', 'del', `mi-${n}-h`]);
       } catch {
         /* gone with the namespace */
       }
@@ -110,7 +113,7 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
       [
         'netns',
         'exec',
-        `mh-${h.name}`,
+        `mi-${h.name}`,
         process.execPath,
         '--import',
         'tsx',
@@ -135,14 +138,15 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
           FASTVM_ADVERTISE_URL: `http://${h.ip}:8080`,
           FASTVM_HEARTBEAT_MS: '500',
           FASTVM_HOST_TIMEOUT_MS: String(TIMEOUT_MS),
+          FASTVM_SNAPSHOT_REPLICAS: '1',
           FASTVM_BOOTSTRAP_KEY: KEY,
           FASTVM_POOL: '0',
           FASTVM_SSH_PORT: 'off',
           FASTVM_PROXY_PORT: '0',
           FASTVM_PRUNE: 'off',
-          FASTVM_BRIDGE: `mhvm-${h.name}`,
-          FASTVM_IPV4_SUBNET: `10.252.${i}.0/24`,
-          FASTVM_IPV6_PREFIX: `fd00:6d68:${i}::/64`,
+          FASTVM_BRIDGE: `mivm-${h.name}`,
+          FASTVM_IPV4_SUBNET: `10.254.${i}.0/24`,
+          FASTVM_IPV6_PREFIX: `fd00:6d69:${i}::/64`,
         },
         stdio: ['ignore', out, out],
       },
@@ -174,6 +178,31 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
       .filter((h) => fs.existsSync(path.join(h.dataDir, 'runtime', 'vms', vmId, 'vm.json')))
       .map((h) => h.id);
 
+  /** Whether the host's runtime holds the snapshot (an import is renamed into place whole). */
+  const holds = (h: Host, snapshotId: string): boolean =>
+    fs.existsSync(path.join(h.dataDir, 'runtime', 'snapshots', snapshotId));
+  /** The VM of the first test that runs on the host. */
+  const vmOn = (hostId: string): string =>
+    Object.values(vms).find((id) => runsOn(id)[0] === hostId)!;
+  /** The one host besides `taker` that holds the snapshot, once replication has copied it. */
+  async function replicaOf(snapshotId: string, taker: Host): Promise<Host> {
+    // Replication retries a pull that failed (a loaded holder still digesting the snapshot).
+    const deadline = Date.now() + 300_000;
+    for (;;) {
+      const copies = hosts.filter((h) => h !== taker && holds(h, snapshotId));
+      if (copies.length > 0) {
+        expect(copies).toHaveLength(1); // FASTVM_SNAPSHOT_REPLICAS=1
+        return copies[0]!;
+      }
+      if (Date.now() > deadline) throw new Error(`no replica of ${snapshotId} appeared`);
+      await sleep(300);
+    }
+  }
+  function cli(...args: string[]): Promise<number> {
+    const io = { out: () => {}, err: (l: string) => console.warn(l) };
+    return runCli([...args, '--database-url', db.url], io);
+  }
+
   /** QEMU pids of a host (from its VMs' records). */
   function qemuPids(h: Host): number[] {
     const dir = path.join(h.dataDir, 'runtime', 'vms');
@@ -198,10 +227,10 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
     netUp();
     for (const [i, name] of NAMES.entries()) {
       const dataDir = await makeDataDir();
-      const ip = `10.251.0.${11 + i}`;
+      const ip = `10.253.0.${11 + i}`;
       hosts.push({
         name,
-        id: `mh-${name}`,
+        id: `mi-${name}`,
         ip,
         dataDir,
         api: new TestClient(`http://${ip}:8080`, KEY),
@@ -213,8 +242,9 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
   }, 400_000);
 
   afterAll(async () => {
-    for (const h of hosts) {
-      // Delete what is left, so that no VM outlives the test.
+    const running = (h: Host) => h.child?.exitCode === null && h.child.signalCode === null;
+    for (const h of hosts.filter(running)) {
+      // Delete what is left (through a host still running), so that no VM outlives the test.
       const list = await h.api.get('/v1/vms').catch(() => undefined);
       for (const vm of (list?.body ?? []) as { id: string }[]) {
         await h.api.del(`/v1/vms/${vm.id}`).catch(() => {});
@@ -222,8 +252,8 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
       break;
     }
     for (const h of hosts) {
-      if (h.child && h.child.exitCode === null) {
-        h.child.kill('SIGTERM');
+      if (running(h)) {
+        h.child!.kill('SIGTERM');
         await new Promise((r) => h.child!.once('exit', r));
       }
       for (const pid of qemuPids(h)) {
@@ -283,34 +313,73 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
     expect(out).toBe('line1\nline2\nline3\n');
   }, 120_000);
 
-  it('restores on the taking host a snapshot asked of another (no mobility), and forks 6 there', async () => {
-    const vmId = vms.a!;
-    const taker = runsOn(vmId)[0]!;
-    const asked = hosts.filter((h) => h.id !== taker);
-    await asked[0]!.api.post(`/v1/vms/${vmId}/exec`, {
-      command: ['sh', '-c', 'echo marker > /root/m'],
+  let s1 = '';
+
+  it('a snapshot taken on A is replicated to one peer and restored on the third, which pulls it', async () => {
+    const a = host('a');
+    const vmId = vmOn(a.id);
+    expect(vmId).toBeDefined();
+    // Written through another host (forwarded to A).
+    const put = await host('b').api.post(`/v1/vms/${vmId}/exec`, {
+      command: ['sh', '-c', 'echo marker > /root/m; sync'],
     });
-    const snap = await asked[1]!.api.post('/v1/snapshots', { vmId, name: 'snap-a' });
+    expect(put.status, put.text).toBe(200);
+    const snap = await host('c').api.post('/v1/snapshots', { vmId, name: 'snap-a' });
     expect(snap.status, snap.text).toBe(201);
-    const restored = await asked[1]!.api.post('/v1/vms', { snapshotId: snap.body.id });
-    expect(restored.status, restored.text).toBe(201);
-    expect(runsOn(restored.body.id)).toEqual([taker]);
-    const cat = await asked[1]!.api.post(`/v1/vms/${restored.body.id}/exec`, {
-      command: ['cat', '/root/m'],
-    });
-    expect(cat.body.stdout).toBe('marker\n');
-    const fork = await asked[0]!.api.post(`/v1/snapshots/${snap.body.id}/fork`, { count: 6 });
+    s1 = snap.body.id;
+    expect(holds(a, s1)).toBe(true);
+    const replica = await replicaOf(s1, a);
+    const third = hosts.find((h) => h !== a && h !== replica)!;
+    expect(holds(third, s1)).toBe(false);
+    // The holders drained, placement has the third host only: it pulls the snapshot.
+    expect(await cli('hosts', 'drain', a.id)).toBe(0);
+    expect(await cli('hosts', 'drain', replica.id)).toBe(0);
+    try {
+      const restored = await replica.api.post('/v1/vms', { snapshotId: s1 });
+      expect(restored.status, restored.text).toBe(201);
+      expect(restored.headers['x-fastvm-host']).toBe(third.id);
+      expect(runsOn(restored.body.id)).toEqual([third.id]);
+      expect(holds(third, s1)).toBe(true);
+      const cat = await a.api.post(`/v1/vms/${restored.body.id}/exec`, {
+        command: ['cat', '/root/m'],
+      });
+      expect(cat.body.stdout).toBe('marker\n');
+      expect((await a.api.del(`/v1/vms/${restored.body.id}`)).status).toBeLessThan(300);
+    } finally {
+      expect(await cli('hosts', 'undrain', a.id)).toBe(0);
+      expect(await cli('hosts', 'undrain', replica.id)).toBe(0);
+    }
+  }, 400_000);
+
+  it('fork 6 is dealt out over the hosts; the host without the snapshot pulls it', async () => {
+    const a = host('a');
+    const vmId = vmOn(a.id);
+    const snap = await host('b').api.post('/v1/snapshots', { vmId, name: 'snap-fork' });
+    expect(snap.status, snap.text).toBe(201);
+    const id = snap.body.id as string;
+    const replica = await replicaOf(id, a);
+    const third = hosts.find((h) => h !== a && h !== replica)!;
+    expect(holds(third, id)).toBe(false);
+    const fork = await third.api.post(`/v1/snapshots/${id}/fork`, { count: 6 });
     expect(fork.status, fork.text).toBe(201);
-    const forks = (fork.body.vms ?? fork.body) as { id: string }[];
+    const forks = (fork.body.vms ?? fork.body) as { id: string; status: string }[];
     expect(forks).toHaveLength(6);
-    // Without snapshot mobility every fork runs where the snapshot is (the integrator turns
-    // this into a spread once hosts can pull it).
-    for (const vm of forks) expect(runsOn(vm.id)).toEqual([taker]);
-    for (const vm of [...forks, restored.body as { id: string }]) {
-      const del = await asked[0]!.api.del(`/v1/vms/${vm.id}`);
+    const where = forks.map((vm) => runsOn(vm.id));
+    for (const w of where) expect(w).toHaveLength(1);
+    const used = new Set(where.map((w) => w[0]!));
+    // Dealt out: every host got a share (each has room for several c1m2), the third by a pull.
+    expect([...used].sort()).toEqual(hosts.map((h) => h.id).sort());
+    expect(holds(third, id)).toBe(true);
+    for (const h of hosts) {
+      const vm = forks[where.findIndex((w) => w[0] === h.id)]!;
+      const cat = await a.api.post(`/v1/vms/${vm.id}/exec`, { command: ['cat', '/root/m'] });
+      expect(cat.body.stdout, `${vm.id} on ${h.id}`).toBe('marker\n');
+    }
+    for (const vm of forks) {
+      const del = await host('c').api.del(`/v1/vms/${vm.id}`);
       expect(del.status).toBeLessThan(300);
     }
-  }, 300_000);
+  }, 400_000);
 
   it('admits exactly the quota for concurrent launches through two hosts', async () => {
     const io = {
@@ -322,11 +391,11 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
         this.lines.push(l);
       },
     };
-    expect(await runCli(['orgs', 'create', 'mh-race', '--database-url', db.url], io)).toBe(0);
+    expect(await runCli(['orgs', 'create', 'mi-race', '--database-url', db.url], io)).toBe(0);
     const key = /api key \(shown once\): (\S+)/.exec(io.lines.join('\n'))![1]!;
     expect(
       await runCli(
-        ['quotas', 'set', '--org', 'mh-race', '--vcpu', '2', '--database-url', db.url],
+        ['quotas', 'set', '--org', 'mi-race', '--vcpu', '2', '--database-url', db.url],
         io,
       ),
     ).toBe(0);
@@ -384,7 +453,7 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
       },
     };
     expect(await runCli(['hosts', 'ls', '--database-url', db.url], io)).toBe(0);
-    expect(io.lines.join('\n')).toMatch(/mh-b\tactive/);
+    expect(io.lines.join('\n')).toMatch(/mi-b\tactive/);
   }, 300_000);
 
   it('drain: new launches avoid the drained host', async () => {
@@ -397,7 +466,7 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
         this.lines.push(l);
       },
     };
-    expect(await runCli(['hosts', 'drain', 'mh-c', '--database-url', db.url], io)).toBe(0);
+    expect(await runCli(['hosts', 'drain', 'mi-c', '--database-url', db.url], io)).toBe(0);
     const placed: string[] = [];
     for (let i = 0; i < 2; i++) {
       const r = await host('c').api.post('/v1/vms', { machineType: 'c1m2', name: `drain-${i}` });
@@ -405,7 +474,41 @@ describe.skipIf(Boolean(why))(`three real hosts${why ? ` — skipped: ${why}` : 
       placed.push(runsOn(r.body.id)[0]!);
       await host('c').api.del(`/v1/vms/${r.body.id}`);
     }
-    expect(placed).not.toContain('mh-c');
-    expect(await runCli(['hosts', 'undrain', 'mh-c', '--database-url', db.url], io)).toBe(0);
+    expect(placed).not.toContain('mi-c');
+    expect(await runCli(['hosts', 'undrain', 'mi-c', '--database-url', db.url], io)).toBe(0);
   }, 240_000);
+
+  it('a snapshot outlives the kill -9 of its taking host: restored from its replica', async () => {
+    const a = host('a');
+    const vmId = vmOn(a.id);
+    const snap = await host('b').api.post('/v1/snapshots', { vmId, name: 'snap-survives' });
+    expect(snap.status, snap.text).toBe(201);
+    const id = snap.body.id as string;
+    const replica = await replicaOf(id, a);
+    const third = hosts.find((h) => h !== a && h !== replica)!;
+    const pids = qemuPids(a);
+    a.child!.kill('SIGKILL');
+    for (const pid of pids) process.kill(pid, 'SIGKILL');
+    await new Promise((r) => (a.child!.exitCode !== null ? r(null) : a.child!.once('exit', r)));
+    // A declared lost (its VM errors), the snapshot stays ready.
+    const deadline = Date.now() + TIMEOUT_MS + 15_000;
+    let vm = (await third.api.get(`/v1/vms/${vmId}`)).body;
+    while (vm.status !== 'error' && Date.now() < deadline) {
+      await sleep(300);
+      vm = (await third.api.get(`/v1/vms/${vmId}`)).body;
+    }
+    expect(vm.status).toBe('error');
+    expect((await third.api.get(`/v1/snapshots/${id}`)).body.status).toBe('ready');
+    const restored = await third.api.post('/v1/vms', { snapshotId: id });
+    expect(restored.status, restored.text).toBe(201);
+    const ran = runsOn(restored.body.id);
+    expect(ran).toHaveLength(1);
+    expect([replica.id, third.id]).toContain(ran[0]);
+    expect(holds(host(ran[0]!.slice(3)), id)).toBe(true);
+    const cat = await third.api.post(`/v1/vms/${restored.body.id}/exec`, {
+      command: ['cat', '/root/m'],
+    });
+    expect(cat.body.stdout).toBe('marker\n');
+    expect((await third.api.del(`/v1/vms/${restored.body.id}`)).status).toBeLessThan(300);
+  }, 450_000);
 });

@@ -96,6 +96,7 @@ describe('cluster settings', () => {
         FASTVM_ADVERTISE_URL: 'http://10.0.0.2:8080/',
         FASTVM_HEARTBEAT_MS: '1000',
         FASTVM_HOST_TIMEOUT_MS: '5000',
+        FASTVM_SNAPSHOT_REPLICAS: '2',
       }),
     ).toEqual({
       secret: SECRET,
@@ -103,7 +104,12 @@ describe('cluster settings', () => {
       advertiseUrl: 'http://10.0.0.2:8080',
       heartbeatMs: 1000,
       hostTimeoutMs: 5000,
+      snapshotReplicas: 2,
     });
+    expect(clusterFromEnv({ FASTVM_CLUSTER_SECRET: SECRET })?.snapshotReplicas).toBe(0);
+    expect(() =>
+      clusterFromEnv({ FASTVM_CLUSTER_SECRET: SECRET, FASTVM_SNAPSHOT_REPLICAS: '17' }),
+    ).toThrow(/FASTVM_SNAPSHOT_REPLICAS/);
     expect(() => clusterFromEnv({ FASTVM_CLUSTER_SECRET: 'short' })).toThrow(/16 characters/);
     expect(() => clusterFromEnv({ FASTVM_CLUSTER_SECRET: SECRET, FASTVM_HOST_ID: 'A_b' })).toThrow(
       /FASTVM_HOST_ID/,
@@ -199,7 +205,14 @@ describe.skipIf(!scratch.db)(
           cpuOvercommit: 1,
           memAvailableMiB: () => 1_000_000,
         },
-        cluster: { secret: SECRET, hostId: id, heartbeatMs: 200, hostTimeoutMs: TIMEOUT_MS },
+        // Mobility off: this suite pins the placement of restores on the taking host.
+        cluster: {
+          secret: SECRET,
+          hostId: id,
+          heartbeatMs: 200,
+          hostTimeoutMs: TIMEOUT_MS,
+          mobility: false,
+        },
       });
       return { id, dataDir, runtime, server, api: new TestClient(server.url, KEY) };
     }
@@ -236,7 +249,7 @@ describe.skipIf(!scratch.db)(
         noAuth: true,
         headers: { [CLUSTER_TOKEN_HEADER]: 'nope' },
       });
-      expect(wrong.status).toBe(401);
+      expect(wrong.status).toBe(403);
       const ok = await a.api.get('/internal/v1/host', {
         noAuth: true,
         headers: { [CLUSTER_TOKEN_HEADER]: SECRET },

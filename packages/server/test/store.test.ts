@@ -267,6 +267,24 @@ describe.each(DIALECTS)('store on %s', (_name, databaseUrl) => {
     expect((await store.getVm(orgId, vm.id))?.status).toBe(VM_INITIAL_STATUS);
   });
 
+  it('snapshot holders: idempotent add, newest first, remove one or all', async () => {
+    const snap = randomUUID();
+    await store.addSnapshotHolder(snap, 'host-a');
+    await new Promise((r) => setTimeout(r, 5));
+    await store.addSnapshotHolder(snap, 'host-b');
+    await store.addSnapshotHolder(snap, 'host-b'); // again: one row, fresher
+    expect((await store.listSnapshotHolders(snap)).map((h) => h.hostId)).toEqual([
+      'host-b',
+      'host-a',
+    ]);
+    expect(await store.listSnapshotHolders(randomUUID())).toEqual([]);
+    await store.removeSnapshotHolder(snap, 'host-b');
+    expect((await store.listSnapshotHolders(snap)).map((h) => h.hostId)).toEqual(['host-a']);
+    await store.addSnapshotHolder(snap, 'host-c');
+    await store.removeSnapshotHolder(snap);
+    expect(await store.listSnapshotHolders(snap)).toEqual([]);
+  });
+
   it('changes a snapshot status only along its transition table', async () => {
     const vm = vmRow(orgId);
     const snap = snapshotRow(orgId, vm.id);

@@ -23,11 +23,12 @@ export function requireClusterToken(
 ): (request: FastifyRequest, reply: FastifyReply) => Promise<void> {
   if (secret.length === 0) throw new Error('the cluster secret must not be empty');
   return async (request) => {
-    if (!clusterTokenMatches(secret, request.headers[CLUSTER_TOKEN_HEADER])) {
-      throw new ApiError(
-        'unauthorized',
-        `internal route: missing or wrong ${CLUSTER_TOKEN_HEADER}`,
-      );
+    const presented = request.headers[CLUSTER_TOKEN_HEADER];
+    if (presented === undefined) {
+      throw new ApiError('unauthorized', `internal route: missing ${CLUSTER_TOKEN_HEADER}`);
+    }
+    if (!clusterTokenMatches(secret, presented)) {
+      throw new ApiError('forbidden', 'internal route: wrong cluster token');
     }
   };
 }

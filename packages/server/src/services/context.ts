@@ -3,6 +3,7 @@
  * @module
  */
 import type { Runtime } from '@fastvm/runtime';
+import type { SnapshotMobility } from '../cluster/seams.js';
 import type { Logger } from 'pino';
 import type { Store } from '../store/index.js';
 import type { NetworkManager } from './network.js';
@@ -45,4 +46,9 @@ export interface ServiceContext {
   volumes?: VolumeService;
   /** File-transfer staging; a deleted VM's objects are dropped (see `files.ts`). */
   staging?: { dropVm(vmId: string): Promise<void> };
+  /**
+   * Multi-host snapshot mobility (cluster mode only): restores and forks pull a snapshot this
+   * host lacks; ready snapshots are recorded (and replicated); deletes remove every copy.
+   */
+  mobility?: SnapshotMobility;
 }

@@ -12,6 +12,7 @@
  * @module
  */
 import type { Runtime } from '@fastvm/runtime';
+import type { SnapshotMobility } from '../cluster/seams.js';
 import type { Logger } from 'pino';
 import { effectiveFirewall, nowIso, type VmStatus } from '../domain/index.js';
 import type { Store } from '../store/index.js';
@@ -34,6 +35,8 @@ export async function recover(
   runtime: Runtime,
   network: NetworkManager,
   logger: Logger,
+  /** Multi-host: this host's copies (a snapshot missing here but held elsewhere is fine). */
+  mobility?: Pick<SnapshotMobility, 'holders'> & { readonly selfId: string },
 ): Promise<RecoveryReport> {
   const report: RecoveryReport = {
     adopted: [],
@@ -134,7 +137,15 @@ export async function recover(
 
   for (const snap of await store.listSnapshotsByStatus(['ready'])) {
     if (snap.deletedAt !== null) continue;
-    if (!(await runtime.hasSnapshot(snap.id))) {
+    if (await runtime.hasSnapshot(snap.id)) {
+      // A crash between `ready` and the holder row: listed again, so other hosts find it.
+      if (mobility) await store.addSnapshotHolder(snap.id, mobility.selfId);
+    } else {
+      if (mobility) {
+        // Not (or no longer) here: restorable while another host holds a copy.
+        await store.removeSnapshotHolder(snap.id, mobility.selfId);
+        if ((await mobility.holders(snap.id)).length > 0) continue;
+      }
       await store.transitionSnapshot(
         snap.id,
         { from: 'ready', to: 'error' },

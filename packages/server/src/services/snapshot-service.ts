@@ -77,6 +77,12 @@ export class SnapshotService {
       try {
         const info = await runtime.snapshot(vm.id, snap.id);
         const ready = await store.transitionSnapshot(snap.id, { from: 'creating', to: 'ready' });
+        // Multi-host: this host holds it (and copies go to others, with replication on).
+        await this.ctx.mobility
+          ?.recordLocal(snap.id)
+          .catch((err: unknown) =>
+            logger.warn({ err, snapshotId: snap.id }, 'recording the snapshot holder failed'),
+          );
         this.ctx.metrics?.observe('snapshot', started, true);
         logger.info(
           { vmId: vm.id, snapshotId: snap.id, ms: Date.now() - started, pauseMs: info.pauseMs },
@@ -161,6 +167,8 @@ export class SnapshotService {
     if (!hidden) return { id: snap.id };
     try {
       await runtime.deleteSnapshot(snap.id);
+      // Multi-host: every other host's copy goes too.
+      await this.ctx.mobility?.forget(snap.id);
       await store.transitionSnapshot(snap.id, { from: 'deleting', to: 'deleted' });
     } catch (err) {
       logger.warn(

@@ -303,6 +303,8 @@ export class VmService {
       const common = { id: vm.id, hostname: hostnameFor(vm.name, vm.id), network: nic };
       const started = Date.now();
       if (vm.sourceSnapshotId) {
+        // Multi-host: the snapshot's files come from a host that holds them first.
+        await this.ctx.mobility?.ensureLocal(vm.sourceSnapshotId);
         await runtime.restore({ ...common, snapshotId: vm.sourceSnapshotId });
       } else {
         await runtime.launch({ ...common, machine: vm.machine, diskGiB: vm.diskGiB });

@@ -13,6 +13,7 @@ export type {
   QuotaOverrides,
   VmPatch,
   VmTransitionPatch,
+  SnapshotHolder,
   SnapshotPatch,
   SnapshotTransitionPatch,
 } from './store.js';

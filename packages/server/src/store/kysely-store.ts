@@ -53,6 +53,7 @@ import type {
 import type {
   OrgTx,
   QuotaOverrides,
+  SnapshotHolder,
   SnapshotPatch,
   SnapshotTransitionPatch,
   Store,
@@ -823,6 +824,37 @@ export class KyselyStore implements Store {
       .where('snapshot_id', '=', snapshotId)
       .executeTakeFirst();
     return row !== undefined;
+  }
+
+  async addSnapshotHolder(snapshotId: string, hostId: string): Promise<void> {
+    const verifiedAt = new Date().toISOString();
+    await this.db
+      .insertInto('snapshot_holders')
+      .values({ snapshot_id: snapshotId, host_id: hostId, verified_at: verifiedAt })
+      .onConflict((oc) =>
+        oc.columns(['snapshot_id', 'host_id']).doUpdateSet({ verified_at: verifiedAt }),
+      )
+      .execute();
+  }
+
+  async listSnapshotHolders(snapshotId: string): Promise<SnapshotHolder[]> {
+    const rows = await this.db
+      .selectFrom('snapshot_holders')
+      .selectAll()
+      .where('snapshot_id', '=', snapshotId)
+      .orderBy('verified_at', 'desc')
+      .execute();
+    return rows.map((r) => ({
+      snapshotId: r.snapshot_id,
+      hostId: r.host_id,
+      verifiedAt: r.verified_at,
+    }));
+  }
+
+  async removeSnapshotHolder(snapshotId: string, hostId?: string): Promise<void> {
+    let q = this.db.deleteFrom('snapshot_holders').where('snapshot_id', '=', snapshotId);
+    if (hostId !== undefined) q = q.where('host_id', '=', hostId);
+    await q.execute();
   }
 }
 

@@ -264,6 +264,25 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0010_snapshot_holders': {
+    // Multi-host snapshot mobility: the hosts that hold a verified copy of a snapshot's files.
+    // No foreign keys: a host row (0009_hosts) may go while its copies are still listed, and a
+    // copy is recorded by the host that made it, whoever's snapshot it is.
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('snapshot_holders')
+        .addColumn('snapshot_id', 'text', (c) => c.notNull())
+        .addColumn('host_id', 'text', (c) => c.notNull())
+        .addColumn('verified_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('snapshot_holders_pk', ['snapshot_id', 'host_id'])
+        .execute();
+      await db.schema
+        .createIndex('snapshot_holders_host')
+        .on('snapshot_holders')
+        .column('host_id')
+        .execute();
+    },
+  },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 

@@ -166,6 +166,13 @@ export interface HostsTable {
   started_at: Date | string;
 }
 
+/** Which hosts hold a verified copy of a snapshot's files (migration 0010, multi-host). */
+export interface SnapshotHoldersTable {
+  snapshot_id: string;
+  host_id: string;
+  verified_at: string;
+}
+
 /** All tables, for `Kysely<Database>`. */
 export interface Database {
   orgs: OrgsTable;
@@ -178,4 +185,5 @@ export interface Database {
   builds: BuildsTable;
   build_cache: BuildCacheTable;
   hosts: HostsTable;
+  snapshot_holders: SnapshotHoldersTable;
 }

@@ -250,4 +250,21 @@ export interface Store {
   listBuildCacheEntries(orgId: string): Promise<BuildCacheEntry[]>;
   /** Whether any org's cache entry holds this snapshot. */
   isBuildCacheSnapshot(snapshotId: string): Promise<boolean>;
+
+  /**
+   * Multi-host (migration 0010): records that a host holds a complete, verified copy of a
+   * snapshot's files (`cluster/snapshot-mobility.ts`); idempotent, refreshes `verifiedAt`.
+   */
+  addSnapshotHolder(snapshotId: string, hostId: string): Promise<void>;
+  /** The hosts holding a snapshot, most recently verified first. */
+  listSnapshotHolders(snapshotId: string): Promise<SnapshotHolder[]>;
+  /** Forgets one host's copy, or (no `hostId`) every copy. */
+  removeSnapshotHolder(snapshotId: string, hostId?: string): Promise<void>;
+}
+
+/** A host holding a copy of a snapshot (`Store.addSnapshotHolder`). */
+export interface SnapshotHolder {
+  readonly snapshotId: string;
+  readonly hostId: string;
+  readonly verifiedAt: string;
 }

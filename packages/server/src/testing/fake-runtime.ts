@@ -12,6 +12,8 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebStream } from 'node:stream/web';
 import {
   MACHINES,
   type AdoptResult,
@@ -25,7 +27,11 @@ import {
   type RestoreOptions,
   type Runtime,
   type SnapshotDigests,
+  type SnapshotFileFetch,
+  type SnapshotImportResult,
   type SnapshotInfo,
+  type SnapshotManifest,
+  type SnapshotManifestFile,
   type VmInfo,
   type VolumeAttachRequest,
 } from '@fastvm/runtime';
@@ -331,6 +337,85 @@ export class FakeRuntime implements Runtime {
 
   async hasSnapshot(snapshotId: string): Promise<boolean> {
     return this.snapshots.has(snapshotId);
+  }
+
+  // Snapshot mobility: a snapshot is one file on the wire (`snapshot.json`: its record), with a
+  // real SHA-256, so tests of the pull path see real verification.
+
+  async exportSnapshot(snapshotId: string): Promise<SnapshotManifest> {
+    const snap = this.snapshots.get(snapshotId);
+    if (!snap) throw new FakeRuntimeError('snapshot_not_found', `snapshot ${snapshotId} not found`);
+    const body = Buffer.from(JSON.stringify(snap));
+    const file: SnapshotManifestFile = {
+      name: 'snapshot.json',
+      kind: 'state',
+      path: `/fake/snapshots/${snapshotId}/snapshot.json`,
+      bytes: body.length,
+      sha256: createHash('sha256').update(body).digest('hex'),
+    };
+    return {
+      format: 1,
+      snapshotId,
+      machine: snap.machine,
+      imageId: 'fake',
+      accel: 'fake',
+      roots: { dataDir: '/fake', goldenDir: '/fake/golden', rootfs: '/fake/rootfs' },
+      record: { id: snapshotId },
+      files: [file],
+      bytes: file.bytes,
+    };
+  }
+
+  async openSnapshotFile(snapshotId: string, name: string): Promise<Readable> {
+    const snap = this.snapshots.get(snapshotId);
+    if (!snap) throw new FakeRuntimeError('snapshot_not_found', `snapshot ${snapshotId} not found`);
+    if (name !== 'snapshot.json') {
+      throw new FakeRuntimeError('not_found', `snapshot ${snapshotId} has no file ${name}`);
+    }
+    return Readable.from([Buffer.from(JSON.stringify(snap))]);
+  }
+
+  async importSnapshot(
+    manifest: SnapshotManifest,
+    fetch: SnapshotFileFetch,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<SnapshotImportResult> {
+    this.calls.push({ method: 'importSnapshot', args: [manifest.snapshotId] });
+    if (this.snapshots.has(manifest.snapshotId)) {
+      return { files: 0, bytes: 0, skipped: 0, present: true };
+    }
+    const file = manifest.files.find((f) => f.name === 'snapshot.json');
+    if (manifest.format !== 1 || !file) {
+      throw new FakeRuntimeError('invalid_argument', 'bad snapshot manifest');
+    }
+    const src = await fetch(file);
+    const chunks: Buffer[] = [];
+    for await (const c of src instanceof Readable ? src : Readable.fromWeb(src as WebStream)) {
+      opts.signal?.throwIfAborted();
+      chunks.push(Buffer.from(c as Uint8Array));
+    }
+    const body = Buffer.concat(chunks);
+    const sha = createHash('sha256').update(body).digest('hex');
+    if (body.length !== file.bytes || sha !== file.sha256) {
+      throw new FakeRuntimeError(
+        'snapshot_corrupt',
+        `import of snapshot ${manifest.snapshotId}: ${file.name} does not match its digest`,
+      );
+    }
+    const snap = JSON.parse(body.toString()) as SnapshotInfo & {
+      files: Record<string, string>;
+      hostname: string;
+    };
+    if (snap.id !== manifest.snapshotId) {
+      throw new FakeRuntimeError('invalid_argument', 'manifest and snapshot disagree');
+    }
+    this.snapshots.set(snap.id, snap);
+    this.persist();
+    return { files: 1, bytes: body.length, skipped: 0, present: false };
+  }
+
+  async goldenIds(): Promise<string[]> {
+    return [];
   }
 
   /** Made-up but stable digests (a hash of the id per layer), available as soon as it exists. */
