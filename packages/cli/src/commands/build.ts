@@ -65,6 +65,26 @@ export function newBuildCommand(f: Factory, runF: RunF<BuildRunOptions> = buildR
 }
 
 /** Prints events and build output on stderr (stdout keeps the result, for --json). */
+/** Runs `start` with a signal that Ctrl-C aborts (a build or import is cancelled, not left running). */
+export async function cancellableOnSigint<T>(
+  start: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const abort = new AbortController();
+  const onSigint = (): void => abort.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    return await start(abort.signal);
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+  }
+}
+
+/** The snapshot a build or import produced: JSON with `--json`, else a table. */
+export function printResult(o: CommandBase, snap: Snapshot): void {
+  if (o.json) o.io.stdout.write(json(snapshotToJson(snap)));
+  else printSnapshot(o, snap);
+}
+
 export function progressPrinter(o: CommandBase): {
   onEvent: (e: BuildEvent) => void;
   onLog: (d: string) => void;
@@ -89,12 +109,8 @@ export async function buildRun(o: BuildRunOptions): Promise<number> {
     throw new CliError(`${file}: cannot read the Dockerfile`, 2);
   });
   const client = await o.client();
-  const abort = new AbortController();
-  const onSigint = (): void => abort.abort();
-  process.once('SIGINT', onSigint);
-  let snap: Snapshot;
-  try {
-    snap = await client.build({
+  const snap = await cancellableOnSigint((signal) =>
+    client.build({
       dockerfile,
       context: o.dir,
       name: o.name,
@@ -102,13 +118,10 @@ export async function buildRun(o: BuildRunOptions): Promise<number> {
       target: o.target,
       machineType: o.machineType as never,
       diskGiB: o.diskGiB,
-      signal: abort.signal,
+      signal,
       ...progressPrinter(o),
-    });
-  } finally {
-    process.removeListener('SIGINT', onSigint);
-  }
-  if (o.json) o.io.stdout.write(json(snapshotToJson(snap)));
-  else printSnapshot(o, snap);
+    }),
+  );
+  printResult(o, snap);
   return 0;
 }

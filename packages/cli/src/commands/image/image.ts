@@ -1,6 +1,5 @@
 // fastvm image import <ref>: import an image as a snapshot.
 import type { Command } from 'commander';
-import type { Snapshot } from 'fastvm';
 import {
   newCommand,
   newGroup,
@@ -10,9 +9,7 @@ import {
   type RunF,
 } from '../../cmdutil.js';
 import type { Factory } from '../../factory.js';
-import { json, snapshotToJson } from '../../output.js';
-import { printSnapshot } from '../../views.js';
-import { progressPrinter } from '../build.js';
+import { cancellableOnSigint, printResult, progressPrinter } from '../build.js';
 
 export interface ImageImportOptions extends CommandBase {
   ref: string;
@@ -63,24 +60,17 @@ export function newImageImportCommand(
 
 export async function imageImportRun(o: ImageImportOptions): Promise<number> {
   const client = await o.client();
-  const abort = new AbortController();
-  const onSigint = (): void => abort.abort();
-  process.once('SIGINT', onSigint);
-  let snap: Snapshot;
-  try {
-    snap = await client.importImage(o.ref, {
+  const snap = await cancellableOnSigint((signal) =>
+    client.importImage(o.ref, {
       name: o.name,
       registryUsername: o.username,
       registryPassword: o.password,
       machineType: o.machineType as never,
       diskGiB: o.diskGiB,
-      signal: abort.signal,
+      signal,
       ...progressPrinter(o),
-    });
-  } finally {
-    process.removeListener('SIGINT', onSigint);
-  }
-  if (o.json) o.io.stdout.write(json(snapshotToJson(snap)));
-  else printSnapshot(o, snap);
+    }),
+  );
+  printResult(o, snap);
   return 0;
 }
