@@ -13,12 +13,11 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import { defaultCacheDir } from '@fastvm/runtime';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { disposeRuntime, testRuntime } from '../../runtime/test/helpers.js';
 import { startServer, type ServerHandle } from '../src/index.js';
-import { TestClient, makeDataDir, sleep } from './helpers.js';
+import { TestClient, makeDataDir, sleep, zip } from './helpers.js';
 import {
   busyboxLayer,
   haveRegistry,
@@ -31,46 +30,6 @@ import {
 const busybox = busyboxLayer();
 const ready = haveRegistry() && Boolean(busybox);
 const AUTH = { username: 'ix-user', password: 'ix-Pa55-never-echoed' };
-
-/** A ZIP with stored (uncompressed) entries. */
-function zip(files: Record<string, string>): Buffer {
-  const locals: Buffer[] = [];
-  const central: Buffer[] = [];
-  let offset = 0;
-  for (const [name, body] of Object.entries(files)) {
-    const data = Buffer.from(body);
-    const nameBuf = Buffer.from(name);
-    const crc = zlib.crc32(data);
-    const local = Buffer.alloc(30);
-    local.writeUInt32LE(0x04034b50, 0);
-    local.writeUInt16LE(20, 4);
-    local.writeUInt32LE(crc, 14);
-    local.writeUInt32LE(data.length, 18);
-    local.writeUInt32LE(data.length, 22);
-    local.writeUInt16LE(nameBuf.length, 26);
-    locals.push(local, nameBuf, data);
-    const c = Buffer.alloc(46);
-    c.writeUInt32LE(0x02014b50, 0);
-    c.writeUInt16LE(0x031e, 4);
-    c.writeUInt16LE(20, 6);
-    c.writeUInt32LE(crc, 16);
-    c.writeUInt32LE(data.length, 20);
-    c.writeUInt32LE(data.length, 24);
-    c.writeUInt16LE(nameBuf.length, 28);
-    c.writeUInt32LE((0o100644 << 16) >>> 0, 38);
-    c.writeUInt32LE(offset, 42);
-    central.push(c, nameBuf);
-    offset += 30 + nameBuf.length + data.length;
-  }
-  const cd = Buffer.concat(central);
-  const end = Buffer.alloc(22);
-  end.writeUInt32LE(0x06054b50, 0);
-  end.writeUInt16LE(Object.keys(files).length, 8);
-  end.writeUInt16LE(Object.keys(files).length, 10);
-  end.writeUInt32LE(cd.length, 12);
-  end.writeUInt32LE(offset, 16);
-  return Buffer.concat([...locals, cd, end]);
-}
 
 type Body = { status: string; [k: string]: unknown };
 
