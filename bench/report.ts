@@ -86,6 +86,8 @@ const RATIOS: [string, string][] = [
   ['api_h2_server_cpu_per_req', 'api_h1_server_cpu_per_req'],
   ['api_h2load_server_cpu_per_req', 'api_h2_floor_server_cpu_per_req'],
   ['api_h2load_rps', 'api_h2_floor_rps'],
+  ['api_h1load_server_cpu_per_req', 'api_h1_floor_server_cpu_per_req'],
+  ['api_h1load_rps', 'api_h1_floor_rps'],
   ['cli_start', 'node_start'],
   // Networked / FASTVM_NETWORK=off, same run (bench/net.ts, issue 23).
   ['fork10_net', 'fork10_net_off'],
@@ -304,6 +306,18 @@ function targets(
     'API: GET /v1/vms/{id} over 64 HTTP/2 streams ≥ 10,000 req/s (issue 19)',
     `req/s (${under}; bare node:http2 floor ${fmt(s.api_h2_floor_rps?.p50)})`,
     h2rps?.p50,
+    10_000,
+  );
+  le(
+    'API: server CPU per GET /v1/vms/{id} over HTTP/1.1 ≤ 0.1 ms (issue 19)',
+    `server CPU per request (ms, h2load --h1, 64 connections; bare node:http floor ${fmt(s.api_h1_floor_server_cpu_per_req?.p50)})`,
+    s.api_h1load_server_cpu_per_req?.p50,
+    0.1,
+  );
+  ge(
+    'API: GET /v1/vms/{id} over 64 HTTP/1.1 connections ≥ 10,000 req/s (issue 19)',
+    `req/s (h2load --h1; bare node:http floor ${fmt(s.api_h1_floor_rps?.p50)})`,
+    s.api_h1load_rps?.p50,
     10_000,
   );
   const f100 = s.fanout_100_idle;

@@ -193,10 +193,12 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
       const fastify = handler as unknown as RequestHandler;
       const files = opts.services.files as FileService | undefined;
       // Storage URLs stream their bodies to disk, so they bypass Fastify's body parsing.
-      servers = createProtocolServers((req, res) =>
-        files && req.url?.startsWith(STORAGE_PREFIX)
-          ? handleStorage(files, opts.logger, req, res)
-          : fast(req, res, () => fastify(req, res)),
+      servers = createProtocolServers(
+        (req, res) =>
+          files && req.url?.startsWith(STORAGE_PREFIX)
+            ? handleStorage(files, opts.logger, req, res)
+            : fast.request(req, res, () => fastify(req, res)),
+        fast.stream,
       );
       return servers.h1;
     },

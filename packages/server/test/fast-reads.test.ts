@@ -3,6 +3,7 @@
  * full path, and the full path whenever anything is unusual. Also the SQLite store's read cache
  * behind it (a write is seen by the next read).
  */
+import http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   TRANSPORTS,
@@ -107,5 +108,32 @@ describe.each(TRANSPORTS)('fast GET /v1/vms/{id} over %s', (transport) => {
     for (let i = 0; i < 7; i++) await api.get(`/v1/vms/${vm.id}`);
     expect((await count()) - before).toBe(7);
     await api.del(`/v1/vms/${vm.id}`);
+  });
+});
+
+describe('fast GET over HTTP/2 streams', () => {
+  it('survives streams the client resets while they are answered', async () => {
+    const t = await startTestServer();
+    const api = new TestClient(t.url, t.key, 'h2');
+    const session = http2.connect(t.url);
+    try {
+      const vm = (await api.post('/v1/vms', { machineType: 'c1m2' })).body;
+      expect((await api.get(`/v1/vms/${vm.id}`)).status).toBe(200);
+      const resets = Array.from({ length: 50 }, (_, i) => {
+        const req = session.request({ ':path': `/v1/vms/${vm.id}`, 'x-api-key': t.key });
+        req.on('error', () => {});
+        const code =
+          i % 2 ? http2.constants.NGHTTP2_INTERNAL_ERROR : http2.constants.NGHTTP2_CANCEL;
+        return new Promise<void>((resolve) => req.close(code, resolve));
+      });
+      await Promise.all(resets);
+      const after = await api.get(`/v1/vms/${vm.id}`);
+      expect(after.status).toBe(200);
+      expect(after.body.id).toBe(vm.id);
+    } finally {
+      session.close();
+      api.close();
+      await t.cleanup();
+    }
   });
 });

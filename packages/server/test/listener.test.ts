@@ -7,6 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { createProtocolServers } from '../src/http/listener.js';
 import { makeDataDir, startTestServer, type TestServer } from './helpers.js';
 
 /** POSTs over HTTP/1.1 (https with `ca`) and resolves with the JSON reply. */
@@ -330,5 +331,47 @@ describe('TLS listener: HTTP/2 and HTTP/1.1 by ALPN', () => {
   it('upgrades WebSockets over TLS', async () => {
     const closed = await consoleSession(t, { ca: cert });
     expect(closed).toEqual({ code: 1000, reason: '{"type":"exit","exitCode":7}' });
+  });
+});
+
+describe('HTTP/2 stream filter (createProtocolServers)', () => {
+  it('sees every stream before the compatibility layer, which gets only what it passes on', async () => {
+    const seen: string[] = [];
+    const handled: string[] = [];
+    const { h2 } = createProtocolServers(
+      (req, res) => {
+        handled.push(req.url!);
+        res.end('compat');
+      },
+      (stream, headers, next) => {
+        seen.push(headers[':path']!);
+        if (headers[':path'] !== '/fast') return next();
+        stream.respond({ ':status': 200 });
+        stream.end('filter');
+      },
+    );
+    await new Promise<void>((r) => h2.listen(0, '127.0.0.1', r));
+    const { port } = h2.address() as net.AddressInfo;
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const get = (p: string) =>
+      new Promise<string>((resolve, reject) => {
+        const req = session.request({ ':path': p });
+        let text = '';
+        req.on('data', (c: Buffer) => (text += c.toString()));
+        req.on('end', () => resolve(text));
+        req.on('error', reject);
+      });
+    try {
+      expect(await Promise.all([get('/fast'), get('/slow'), get('/fast')])).toEqual([
+        'filter',
+        'compat',
+        'filter',
+      ]);
+      expect(seen.sort()).toEqual(['/fast', '/fast', '/slow']);
+      expect(handled).toEqual(['/slow']);
+    } finally {
+      session.close();
+      await new Promise((r) => h2.close(r));
+    }
   });
 });

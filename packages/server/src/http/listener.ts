@@ -46,14 +46,31 @@ export interface ProtocolServers {
   h2: http2.Http2Server;
 }
 
-/** Creates the HTTP/1.1 and HTTP/2 servers sharing `handler` (used as Fastify's serverFactory). */
-export function createProtocolServers(handler: RequestHandler): ProtocolServers {
+/**
+ * What sees an HTTP/2 stream before Node's compatibility layer makes it a request for `handler`:
+ * it answers on the stream, or calls `next` (the compatibility layer) — never both.
+ */
+export type StreamFilter = (
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
+  next: () => void,
+) => void;
+
+/**
+ * Creates the HTTP/1.1 and HTTP/2 servers sharing `handler` (used as Fastify's serverFactory),
+ * with `streamFilter` ahead of `handler` for HTTP/2.
+ */
+export function createProtocolServers(
+  handler: RequestHandler,
+  streamFilter?: StreamFilter,
+): ProtocolServers {
   // A request without Host is refused by the app, in the API's error shape.
   const h1 = http.createServer(
     { keepAliveTimeout: IDLE_TIMEOUT_MS, requireHostHeader: false },
     handler,
   );
   const h2 = http2.createServer({ settings: { initialWindowSize: H2_STREAM_WINDOW } }, handler);
+  if (streamFilter) filterStreams(h2, streamFilter);
   h2.on('session', (session) => {
     session.setTimeout(IDLE_TIMEOUT_MS, () => session.close());
     const widen = (): void => {
@@ -63,6 +80,21 @@ export function createProtocolServers(handler: RequestHandler): ProtocolServers 
     else widen();
   });
   return { h1, h2 };
+}
+
+/**
+ * Puts `filter` in front of the compatibility layer, which Node installs as the server's one
+ * `'stream'` listener when it is given a request handler. Should a Node version install it
+ * otherwise, the filter is left out (every request then takes the compatibility path).
+ */
+function filterStreams(h2: http2.Http2Server, filter: StreamFilter): void {
+  const compat = h2.listeners('stream');
+  if (compat.length !== 1) return;
+  const [toRequest] = compat as ((...args: unknown[]) => void)[];
+  h2.removeAllListeners('stream');
+  h2.on('stream', function (this: http2.Http2Server, stream, headers, ...rest: unknown[]) {
+    filter(stream, headers, () => toRequest!.call(this, stream, headers, ...rest));
+  });
 }
 
 /** Where and how to listen. */

@@ -41,10 +41,7 @@ export class Metrics {
   readonly #operations: Counter<'operation' | 'outcome'>;
   readonly #durations: Histogram<'operation'>;
   readonly #requests: Counter<'method' | 'route' | 'status'>;
-  readonly #requestSeries = new Map<
-    string,
-    { count: { inc(): void }; duration: { observe(seconds: number): void } }
-  >();
+  readonly #requestSeries = new Map<string, (seconds: number) => void>();
   readonly #requestDurations: Histogram<'method' | 'route'>;
 
   constructor(sources: MetricsSources) {
@@ -143,18 +140,28 @@ export class Metrics {
 
   /** Records one API request (`route`: the route pattern, or `unmatched`). */
   request(method: string, route: string, status: number, seconds: number): void {
+    this.#series(method, route, status)(seconds);
+  }
+
+  /** `request` with its labels bound once, for a caller that records the same series often. */
+  requestRecorder(method: string, route: string, status: number): (seconds: number) => void {
+    return this.#series(method, route, status);
+  }
+
+  #series(method: string, route: string, status: number): (seconds: number) => void {
     // prom-client hashes a label object on every call; its per-label-set children do not.
     const key = `${method} ${route} ${status}`;
-    let series = this.#requestSeries.get(key);
-    if (!series) {
-      series = {
-        count: this.#requests.labels(method, route, String(status)),
-        duration: this.#requestDurations.labels(method, route),
+    let record = this.#requestSeries.get(key);
+    if (!record) {
+      const count = this.#requests.labels(method, route, String(status));
+      const duration = this.#requestDurations.labels(method, route);
+      record = (seconds) => {
+        count.inc();
+        duration.observe(seconds);
       };
-      this.#requestSeries.set(key, series);
+      this.#requestSeries.set(key, record);
     }
-    series.count.inc();
-    series.duration.observe(seconds);
+    return record;
   }
 
   /** The exposition text and its content type. */

@@ -86,8 +86,11 @@ export class KyselyStore implements Store {
   readonly #liveSnapshotById;
   #hostId: string | undefined;
 
-  /** Live VM rows by id, valid while the store's generation stands still (see `ReadCacheOptions`). */
-  readonly #vmRows = new Map<string, VmsRow>();
+  /**
+   * Live VM rows by id, valid while the store's generation stands still (see `ReadCacheOptions`),
+   * with the record made from the row once it was peeked at (`peekVm`).
+   */
+  readonly #vmRows = new Map<string, { row: VmsRow; shared?: Readonly<VmRecord> }>();
   #vmRowsGeneration = -1;
 
   constructor(
@@ -299,19 +302,40 @@ export class KyselyStore implements Store {
       return row && toVm(row);
     }
     // The generation is read before the query: a write after it makes the row stale.
+    const generation = this.#currentVmRows(cache);
+    const hit = this.#vmRows.get(id);
+    if (hit) return hit.row.org_id === orgId ? toVm(hit.row) : undefined;
+    const [row] = await this.#liveVmById(orgId, id);
+    if (row && cache.generation() === generation) {
+      if (this.#vmRows.size >= VM_ROW_CACHE_MAX) this.#vmRows.clear();
+      this.#vmRows.set(id, { row });
+    }
+    return row && toVm(row);
+  }
+
+  /**
+   * The read cache's answer to `getVm`, without a query and without waiting: the record when
+   * the cache holds the VM (shared between callers and frozen: the same object until the VM
+   * changes), `null` when it holds the VM under another org, `undefined` when it cannot say.
+   */
+  peekVm(orgId: string, id: string): Readonly<VmRecord> | null | undefined {
+    const cache = this.readCache;
+    if (!cache) return undefined;
+    this.#currentVmRows(cache);
+    const hit = this.#vmRows.get(id);
+    if (!hit) return undefined;
+    if (hit.row.org_id !== orgId) return null;
+    return (hit.shared ??= Object.freeze(toVm(hit.row)));
+  }
+
+  /** Drops the cached rows if the store was written since they were read; the generation. */
+  #currentVmRows(cache: ReadCacheOptions): number {
     const generation = cache.generation();
     if (generation !== this.#vmRowsGeneration) {
       this.#vmRows.clear();
       this.#vmRowsGeneration = generation;
     }
-    const hit = this.#vmRows.get(id);
-    if (hit) return hit.org_id === orgId ? toVm(hit) : undefined;
-    const [row] = await this.#liveVmById(orgId, id);
-    if (row && cache.generation() === generation) {
-      if (this.#vmRows.size >= VM_ROW_CACHE_MAX) this.#vmRows.clear();
-      this.#vmRows.set(id, row);
-    }
-    return row && toVm(row);
+    return generation;
   }
 
   async findVmsByName(orgId: string, name: string): Promise<VmRecord[]> {

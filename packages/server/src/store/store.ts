@@ -132,6 +132,12 @@ export interface Store {
 
   /** A live (not deleted) VM of the org. */
   getVm(orgId: string, id: string): Promise<VmRecord | undefined>;
+  /**
+   * What `getVm` would answer, when the store knows it without a query (a read cache): the
+   * record (shared and frozen — read it, never change it), `null` for no such live VM of the org,
+   * `undefined` when it cannot say (then ask `getVm`). Stores without a cache leave it out.
+   */
+  peekVm?(orgId: string, id: string): Readonly<VmRecord> | null | undefined;
   findVmsByName(orgId: string, name: string): Promise<VmRecord[]>;
   /** Live VMs of the org, oldest first. */
   listVms(orgId: string): Promise<VmRecord[]>;
