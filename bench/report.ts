@@ -249,6 +249,12 @@ function targets(
     50,
   );
   le(
+    'exec through the SDK adds ≤ 2 ms p50 to the agent exec (issue 19)',
+    `exec_sdk_overhead p50 (ms, per call: SDK time less the runtime's exec time; p50 difference exec_sdk − exec_agent ${fmt(s.exec_sdk && s.exec_agent ? s.exec_sdk.p50 - s.exec_agent.p50 : undefined)})`,
+    s.exec_sdk_overhead?.p50,
+    2,
+  );
+  le(
     '`fastvm --version` starts in ≤ 120 ms (issue #13; node -e 0 took 62 ms there)',
     `cli_start p50 (ms; node_start ${fmt(s.node_start?.p50)}, ratio ${fmt(r['cli_start/node_start'])})`,
     s.cli_start?.p50,

@@ -30,6 +30,7 @@ import { buildOpenApi, type RouteDoc } from './http/openapi.js';
 import { requestIdOf } from './http/request-id.js';
 import type { ImageSource } from './services/image-source.js';
 import { fromDomainError } from './http/error-mapping.js';
+import { fastExec } from './http/fast-exec.js';
 import { fastReads } from './http/fast-reads.js';
 import { jsonSerializerCompiler, zodValidatorCompiler, type ZodTypeProvider } from './http/zod.js';
 import healthRoutes from './routes/health.js';
@@ -184,6 +185,23 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
     // A read is served where it arrives, also in a cluster: named as the forwarding layer does.
     ...(opts.cluster ? { servedBy: opts.cluster.router.selfId } : {}),
   });
+  const execBodyLimit = opts.execBodyLimit ?? 16 * 1024 * 1024;
+  // Execs are forwarded between hosts (`cluster/`), which the fast path does not do.
+  const exec = opts.cluster
+    ? undefined
+    : fastExec({
+        keys,
+        store: opts.services.store,
+        vms: opts.services.vms,
+        logger: opts.logger,
+        bodyLimit: execBodyLimit,
+        metrics: opts.services.metrics,
+        isShuttingDown: opts.isShuttingDown,
+        replay: async ({ url, headers, body }) => {
+          const res = await app.inject({ method: 'POST', url, headers, payload: body });
+          return { status: res.statusCode, headers: res.headers, body: res.rawPayload };
+        },
+      });
   const app = Fastify({
     loggerInstance: opts.logger as FastifyBaseLogger,
     bodyLimit: opts.bodyLimit ?? 1024 * 1024,
@@ -193,12 +211,18 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
       const fastify = handler as unknown as RequestHandler;
       const files = opts.services.files as FileService | undefined;
       // Storage URLs stream their bodies to disk, so they bypass Fastify's body parsing.
+      const toApp: RequestHandler = (req, res) => fast.request(req, res, () => fastify(req, res));
       servers = createProtocolServers(
         (req, res) =>
           files && req.url?.startsWith(STORAGE_PREFIX)
             ? handleStorage(files, opts.logger, req, res)
-            : fast.request(req, res, () => fastify(req, res)),
-        fast.stream,
+            : exec
+              ? exec.request(req, res, () => toApp(req, res))
+              : toApp(req, res),
+        exec
+          ? (stream, headers, next) =>
+              exec.stream(stream, headers, () => fast.stream(stream, headers, next))
+          : fast.stream,
       );
       return servers.h1;
     },
@@ -317,7 +341,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<BuiltApp> {
       ...opts.services,
       execs: opts.services.execs ?? new ExecSessions(opts.services.vms),
     },
-    execBodyLimit: opts.execBodyLimit ?? 16 * 1024 * 1024,
+    execBodyLimit,
   };
   const cluster = opts.cluster;
   if (cluster) {

@@ -192,7 +192,12 @@ export async function listen(servers: ProtocolServers, opts: ListenOptions): Pro
   let front: net.Server;
   if (opts.tls) {
     front = tls.createServer(
-      { cert: opts.tls.cert, key: opts.tls.key, ALPNProtocols: ['h2', 'http/1.1'] },
+      {
+        cert: opts.tls.cert,
+        key: opts.tls.key,
+        ALPNProtocols: ['h2', 'http/1.1'],
+        noDelay: true,
+      },
       (socket: tls.TLSSocket & TrackedSocket) => {
         track(sockets, socket);
         socket[kHttp2] = socket.alpnProtocol === 'h2';
@@ -202,7 +207,8 @@ export async function listen(servers: ProtocolServers, opts: ListenOptions): Pro
     front.on('connection', (socket: net.Socket) => track(raw, socket));
     front.on('tlsClientError', (err) => opts.logger.debug({ err }, 'TLS handshake failed'));
   } else {
-    front = net.createServer((socket) => {
+    // Nagle off, as node:http's own servers have it: an answer leaves when it is written.
+    front = net.createServer({ noDelay: true }, (socket) => {
       track(raw, socket);
       track(sockets, socket);
       sniffProtocol(socket, servers);
