@@ -20,12 +20,26 @@ export function freshIdentity(
   legacyNet = false,
 ): AgentIdentity {
   return {
-    hostname: hostname ?? `vm-${id.slice(0, 8)}`,
+    hostname: hostnameOf(id, hostname),
     machineId: crypto.randomBytes(16).toString('hex'),
     clockNs: BigInt(Date.now()) * 1_000_000n,
     entropy: crypto.randomBytes(64),
     ...(legacyNet ? guestNetIdentity() : {}),
   };
+}
+
+/**
+ * What a VM taken from the warm pool is told: its name and the time. Its machine id and RNG seed
+ * are its own already — set by the IDENTITY of its restore into the pool (`freshIdentity`), which
+ * no other VM had — so the guest has the least to do (no file but its hostname's, no reseed)
+ * before the VM's first command.
+ */
+export function takenIdentity(id: string, hostname: string | undefined): AgentIdentity {
+  return { hostname: hostnameOf(id, hostname), clockNs: BigInt(Date.now()) * 1_000_000n };
+}
+
+function hostnameOf(id: string, hostname: string | undefined): string {
+  return hostname ?? `vm-${id.slice(0, 8)}`;
 }
 
 /**

@@ -12,7 +12,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import { crashPoint } from './crash-points.js';
-import { applyIdentity, freshIdentity, plugTap } from './identity.js';
+import { applyIdentity, takenIdentity, plugTap } from './identity.js';
 import type { LayerStore } from './layers.js';
 import { reniceProcess } from './process.js';
 import type { SnapshotRecord } from './records.js';
@@ -137,7 +137,7 @@ export class WarmPool {
       // The guest's identity, the tap and the record are independent: all at once (the guest
       // keeps its network configuration, so the tap needs nothing from it). The VM is handed
       // over before the guest acknowledges its identity (`LiveVm.settleIdentity`).
-      const identity = applyIdentity(vm.agent, freshIdentity(id, hostname));
+      const identity = applyIdentity(vm.agent, takenIdentity(id, hostname));
       const plugged = network ? plugTap(vm.qmp, network.tap) : undefined;
       identity.catch(() => {});
       plugged?.catch(() => {});

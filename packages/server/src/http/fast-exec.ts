@@ -3,14 +3,15 @@
  * without the framework's per-request work, as `fast-reads.ts` does for `GET /v1/vms/{id}`.
  *
  * Taken only when the headers say it is the plain case: a key whose answer is cached, the id of
- * a VM the store's read cache holds as running for the caller's org, a JSON (or untyped) body,
- * no NDJSON wanted, no `Expect`/`Upgrade`, one host (a cluster forwards execs: `cluster/`), the
- * server not shutting down. Anything else goes on to the app before a byte of the body is read.
+ * a running VM of the caller's org (from the store's read cache, else one lookup), a JSON (or
+ * untyped) body, no NDJSON wanted, no `Expect`/`Upgrade`, one host (a cluster forwards execs:
+ * `cluster/`), the server not shutting down. Anything else goes on to the app before a byte of
+ * the body is read.
  *
  * The body is then read here. One that is not a plain exec — not JSON, refused by the route's
  * schema (`ExecBody`), `detach` — is replayed through the app (`replay`, Fastify's `inject`),
  * which answers exactly as the route does; nothing has run yet. A plain exec runs as the route
- * runs it (`VmService.prepareExec` / `runExec`, killed when the client goes away) and is answered
+ * runs it (`VmService.prepareExecOn` / `runExec`, killed when the client goes away) and is answered
  * with the route's body; its errors get the error handler's answer (`error-mapping.ts`). Each
  * answer is counted in the route's metrics and logged as the framework logs a request. Measured
  * by the bench's `exec_sdk` / `exec_agent` scenarios.
@@ -24,6 +25,7 @@ import type { ApiKeyResolver, AuthContext } from '../auth.js';
 import { ApiError, retryHint } from '../errors.js';
 import { execCommandOf } from '../routes/inputs.js';
 import { ExecBody } from '../schemas.js';
+import type { VmRecord } from '../domain/index.js';
 import type { Metrics } from '../services/metrics.js';
 import type { VmService } from '../services/vm-service.js';
 import type { Store } from '../store/index.js';
@@ -88,7 +90,8 @@ interface Sink {
 /** A request the fast path took: who asks, about which VM, with which id. */
 interface Claim {
   readonly auth: AuthContext;
-  readonly vmId: string;
+  /** The VM as it was read when the request was claimed (running then). */
+  readonly vm: Readonly<VmRecord>;
   readonly url: string;
   readonly requestId: string;
   readonly headers: http.IncomingHttpHeaders;
@@ -98,12 +101,16 @@ interface Claim {
 export function fastExec(opts: FastExecOptions): FastExec {
   const { keys, store, vms, logger, metrics, isShuttingDown, bodyLimit, replay } = opts;
 
-  /** The claim on a request with these headers, or undefined ("not ours": the app answers). */
+  /**
+   * The claim on a request with these headers: now (the VM is in the store's read cache), after
+   * a lookup (it is not: the first exec after a launch), or undefined ("not ours": the app
+   * answers). Nothing of the body is read before it is decided.
+   */
   const claim = (
     method: string | undefined,
     url: string | undefined,
     headers: http.IncomingHttpHeaders,
-  ): Claim | undefined => {
+  ): Claim | Promise<Claim | undefined> | undefined => {
     const match = method === 'POST' ? EXEC_POST.exec(url ?? '') : null;
     if (!match || isShuttingDown?.()) return undefined;
     const type = headers['content-type'];
@@ -112,16 +119,25 @@ export function fastExec(opts: FastExecOptions): FastExec {
     if (headers.expect !== undefined || headers.upgrade !== undefined) return undefined;
     const auth = keys.peek({ headers });
     if (!auth) return undefined;
-    const vm = store.peekVm?.(auth.orgId, match[1]!);
-    if (!vm || vm.status !== 'running') return undefined;
-    return {
-      auth,
-      vmId: match[1]!,
-      url: url!,
-      requestId: requestIdOf(headers),
-      headers,
-      t0: performance.now(),
-    };
+    const vmId = match[1]!;
+    const make = (vm: Readonly<VmRecord> | null | undefined): Claim | undefined =>
+      vm?.status === 'running'
+        ? { auth, vm, url: url!, requestId: requestIdOf(headers), headers, t0: performance.now() }
+        : undefined;
+    const shared = store.peekVm?.(auth.orgId, vmId);
+    if (shared !== undefined) return make(shared);
+    return store.getVm(auth.orgId, vmId).then(make, () => undefined);
+  };
+
+  /** Takes the request when `claimed` says so, else hands it to `next`. */
+  const take = (
+    claimed: Claim | Promise<Claim | undefined> | undefined,
+    serve: (c: Claim) => void,
+    next: () => void,
+  ): void => {
+    if (claimed === undefined) return next();
+    if (!(claimed instanceof Promise)) return serve(claimed);
+    claimed.then((c) => (c ? serve(c) : next()), next);
   };
 
   const done = (c: Claim, status: number): void => {
@@ -189,9 +205,8 @@ export function fastExec(opts: FastExecOptions): FastExec {
     sink.onGone(() => {
       if (running) abort.abort(new Error('client disconnected'));
     });
-    vms
-      .prepareExec(c.auth.orgId, c.vmId, command)
-      .then((prepared) => vms.runExec(prepared, { signal: abort.signal }))
+    Promise.resolve()
+      .then(() => vms.runExec(vms.prepareExecOn(c.vm, command), { signal: abort.signal }))
       .finally(() => (running = false))
       .then(
         (res) => {
@@ -232,41 +247,46 @@ export function fastExec(opts: FastExecOptions): FastExec {
   return {
     request(req, res, next) {
       if (req.httpVersionMajor === 1 && req.headers.host === undefined) return next();
-      const c = claim(req.method, req.url, req.headers);
-      if (!c) return next();
-      const sink: Sink = {
-        open: () => !res.headersSent && !res.destroyed,
-        send(status, headers, body) {
-          res.writeHead(status, {
-            'content-type': CONTENT_TYPE,
-            ...headers,
-            'content-length': Buffer.byteLength(body),
-          });
-          res.end(body);
-        },
-        onGone: (fn) => res.once('close', fn),
-      };
-      read(c, req, sink);
+      take(
+        claim(req.method, req.url, req.headers),
+        (c) =>
+          read(c, req, {
+            open: () => !res.headersSent && !res.destroyed,
+            send(status, headers, body) {
+              res.writeHead(status, {
+                'content-type': CONTENT_TYPE,
+                ...headers,
+                'content-length': Buffer.byteLength(body),
+              });
+              res.end(body);
+            },
+            onGone: (fn) => res.once('close', fn),
+          }),
+        next,
+      );
     },
     stream(stream, headers, next) {
-      const c = claim(headers[':method'], headers[':path'], headers);
-      if (!c) return next();
+      const claimed = claim(headers[':method'], headers[':path'], headers);
       // A reset by the client must not become an 'error' nobody listens to.
-      stream.on('error', ignore);
-      const sink: Sink = {
-        open: () => !stream.destroyed && !stream.closed && !stream.headersSent,
-        send(status, h, body) {
-          stream.respond({
-            ':status': status,
-            'content-type': CONTENT_TYPE,
-            ...h,
-            'content-length': Buffer.byteLength(body),
-          });
-          stream.end(body);
-        },
-        onGone: (fn) => stream.once('close', fn),
-      };
-      read(c, stream, sink);
+      if (claimed !== undefined) stream.on('error', ignore);
+      take(
+        claimed,
+        (c) =>
+          read(c, stream, {
+            open: () => !stream.destroyed && !stream.closed && !stream.headersSent,
+            send(status, h, body) {
+              stream.respond({
+                ':status': status,
+                'content-type': CONTENT_TYPE,
+                ...h,
+                'content-length': Buffer.byteLength(body),
+              });
+              stream.end(body);
+            },
+            onGone: (fn) => stream.once('close', fn),
+          }),
+        next,
+      );
     },
   };
 }

@@ -53,7 +53,7 @@ export interface VmListFilter {
 
 /** A validated exec request bound to a running VM (see `prepareExec`). */
 export interface PreparedExec {
-  vm: VmRecord;
+  vm: Readonly<VmRecord>;
   argv: readonly string[];
   /** The VM's environment variables (the process's environment over the agent's defaults). */
   env: Readonly<EnvVars>;
@@ -435,7 +435,12 @@ export class VmService {
   /** Validates an exec request against a running VM (before any response bytes are sent). */
   async prepareExec(orgId: string, ref: string, command: ExecCommand): Promise<PreparedExec> {
     checkArgv(command.argv);
-    const vm = await this.get(orgId, ref);
+    return this.prepareExecOn(await this.get(orgId, ref), command);
+  }
+
+  /** `prepareExec` for a VM record the caller has just read (it must be running). */
+  prepareExecOn(vm: Readonly<VmRecord>, command: ExecCommand): PreparedExec {
+    checkArgv(command.argv);
     if (vm.status !== 'running') {
       throw new StateConflictError(`VM is ${vm.status}, not running`, { status: vm.status });
     }
