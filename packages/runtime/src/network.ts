@@ -169,7 +169,7 @@ export interface NetworkManagerOptions {
   readonly ipv4Subnet?: string;
   /** Start of every tap name (default `fvt`, or a hash of `bridge`); the rest is random hex. */
   readonly tapPrefix?: string;
-  /** Ports kept ready for the next VMs (default 8). */
+  /** Ports kept ready for the next VMs (default 16). */
   readonly sparePorts?: number;
   /** Host TCP ports VMs may connect to (default none). */
   readonly hostTcpPorts?: readonly number[];
@@ -245,7 +245,8 @@ const LEARNED_TTL_MIN_S = 10;
 const LEARNED_TTL_MAX_S = 24 * 3600;
 /** Names remembered per VM to fill the sets of FQDN rules added later. */
 const LEARNED_NAMES_MAX = 4096;
-const DEFAULT_SPARE_PORTS = 8;
+/** Enough for a fork of 10 with room to spare (a port made on demand costs `ip` and `nft` runs). */
+const DEFAULT_SPARE_PORTS = 16;
 /** Spare ports are made this long after the last hand-out, so that launches have the CPU first. */
 const REFILL_DELAY_MS = 500;
 const IFNAME_MAX = 15;

@@ -136,6 +136,11 @@ export interface QemuArgs {
   readonly serialPath: string;
   /** Tap device for virtio-net; without one the NIC sits on an empty hub. */
   readonly tap?: string;
+  /**
+   * A tap on the NIC's hub from the start (no `tap`): the same devices as a tap plugged in later
+   * (`plugTap`), so whatever a snapshot was taken with restores either way.
+   */
+  readonly hubTap?: string | undefined;
   readonly mac: string;
   readonly incoming: boolean;
   /** QEMU's seccomp sandbox (`-sandbox` value), when confined. */
@@ -169,7 +174,20 @@ export function qemuArgs(a: QemuArgs): string[] {
   // the guest never transmits again, not even after a tap is plugged in.
   const net = a.tap
     ? ['-netdev', `tap,id=n0,ifname=${a.tap},script=no,downscript=no,vhost=off`]
-    : ['-netdev', 'hubport,id=n0,hubid=0', '-netdev', 'hubport,id=sink0,hubid=0'];
+    : [
+        '-netdev',
+        'hubport,id=n0,hubid=0',
+        '-netdev',
+        'hubport,id=sink0,hubid=0',
+        ...(a.hubTap
+          ? [
+              '-netdev',
+              `tap,id=tap0,ifname=${a.hubTap},script=no,downscript=no`,
+              '-netdev',
+              'hubport,id=hp1,hubid=0,netdev=tap0',
+            ]
+          : []),
+      ];
   const args = [
     '-name',
     path.basename(path.dirname(a.qmpPath)),

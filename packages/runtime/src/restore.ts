@@ -70,10 +70,13 @@ export async function restoreVm(
   }
   const spec = MACHINES[snap.machine];
   const dir = layers.vmDir(id);
-  // A network given now is QEMU's tap from the start; a promised one is plugged in later.
+  // A network given now is QEMU's tap from the start; a promised one is plugged into the NIC's
+  // hub: from the start if it is there when QEMU starts (a spare port is: no QMP round trips
+  // while the restore is under way), else later.
   let network: VmNetwork | undefined =
     target.network instanceof Promise ? undefined : target.network;
-  const later = target.network instanceof Promise ? target.network : undefined;
+  let later = target.network instanceof Promise ? target.network : undefined;
+  let hubTap: string | undefined;
   later?.catch(() => {}); // awaited below; a failure before that must not go unhandled
   await fs.mkdir(dir, { recursive: true });
   const top = layers.newPath('disk', '.qcow2');
@@ -84,6 +87,12 @@ export async function restoreVm(
   try {
     await layers.newOverlay(top, snap.disk[0]!, snap.diskGiB);
     phases('overlay');
+    const settled = later && (await settledValue(later));
+    if (settled !== undefined && settled !== PENDING) {
+      later = undefined;
+      network = settled;
+      hubTap = settled?.tap;
+    }
     const memFile = await fs.realpath(snap.memBase);
     const record: VmRecord = {
       id,
@@ -125,7 +134,8 @@ export async function restoreVm(
       qmpPath: path.join(dir, 'qmp.sock'),
       agentPath: path.join(dir, 'agent.sock'),
       serialPath: path.join(dir, 'serial.log'),
-      tap: network?.tap,
+      tap: hubTap ? undefined : network?.tap,
+      hubTap,
       mac: GUEST_NET.mac, // (a restored NIC keeps the snapshot's MAC: it is device state)
       incoming: true,
       sandbox: confine ? SANDBOX : undefined,
@@ -273,4 +283,19 @@ function phaseTimer(): ((name: string) => void) & { summary(): string } {
     last = now;
   };
   return Object.assign(mark, { summary: () => parts.join(', ') + ' ms' });
+}
+
+const PENDING: unique symbol = Symbol('pending');
+
+/**
+ * What `p` resolved with if it has (within one turn of the microtask queue), else `PENDING`; a
+ * rejected `p` counts as pending (its error surfaces where it is awaited).
+ */
+async function settledValue<T>(p: Promise<T>): Promise<T | typeof PENDING> {
+  const pending: Promise<typeof PENDING> = Promise.resolve(PENDING);
+  try {
+    return await Promise.race([p, pending]);
+  } catch {
+    return PENDING;
+  }
 }

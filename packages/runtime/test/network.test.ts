@@ -70,10 +70,19 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
   const ip6 = (vm: string) => publicIpv6(vms.get(vm))!;
   const ip4 = (vm: string) => vms.get(vm)!.ipv4!.split('/')[0]!;
 
-  /** `promised`: hand the runtime a promise of the network, as the server does (tap plugged late). */
+  /**
+   * `promised`: hand the runtime a promise of the network, as the server does, one that is still
+   * pending when QEMU starts (so the tap is plugged in late; one already there is on the NIC's hub
+   * from the start, which the server's networking tests see).
+   */
   async function start(id: string, snapshotId?: string, promised = false): Promise<void> {
     const allocating = nm.allocate(id);
-    const network = promised ? allocating : await allocating;
+    const network = promised
+      ? allocating.then(async (n) => {
+          await sleep(300);
+          return n;
+        })
+      : await allocating;
     if (snapshotId) await rt.restore({ id, snapshotId, network });
     else await rt.launch({ id, machine: 'c1m2', network });
     vms.set(id, await allocating);
