@@ -244,9 +244,10 @@ describe('errors against the server', () => {
     } finally {
       server.runtime.failLaunch = undefined;
     }
-    server.runtime.launchDelayMs = 1_500;
+    // The 202 comes after the server's launchWaitMs; the timeout leaves a loaded host room for it.
+    server.runtime.launchDelayMs = 4_000;
     try {
-      const err = await client.launch({ timeout: 400 }).catch((e: unknown) => e);
+      const err = await client.launch({ timeout: 1_500 }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(VMNotReadyError);
       expect(err).toBeInstanceOf(TimeoutError);
     } finally {
