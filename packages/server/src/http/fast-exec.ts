@@ -24,12 +24,14 @@ import type { Logger } from 'pino';
 import type { ApiKeyResolver, AuthContext } from '../auth.js';
 import { ApiError, retryHint } from '../errors.js';
 import { execCommandOf } from '../routes/inputs.js';
+import { presentExecResult } from '../routes/present.js';
 import { ExecBody } from '../schemas.js';
 import type { VmRecord } from '../domain/index.js';
 import type { Metrics } from '../services/metrics.js';
 import type { VmService } from '../services/vm-service.js';
 import type { Store } from '../store/index.js';
 import { toHttpError } from './error-mapping.js';
+import { endJson, ignore, respondJson } from './raw-response.js';
 import { requestIdOf } from './request-id.js';
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -37,7 +39,6 @@ type Res = http.ServerResponse | http2.Http2ServerResponse;
 
 const EXEC_POST = /^\/v1\/vms\/([A-Za-z0-9-]{1,64})\/exec$/;
 const ROUTE = '/v1/vms/:id/exec';
-const CONTENT_TYPE = 'application/json; charset=utf-8';
 /** Headers of a replayed answer that belong to its connection, not to the answer. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'date']);
 
@@ -211,15 +212,7 @@ export function fastExec(opts: FastExecOptions): FastExec {
       .then(
         (res) => {
           if (!sink.open()) return;
-          const out = JSON.stringify({
-            exitCode: res.exitCode,
-            stdout: res.stdout.toString('utf8'),
-            stderr: res.stderr.toString('utf8'),
-            timedOut: res.timedOut,
-            durationMs: Math.round(res.durationMs),
-            stdoutTruncated: res.stdoutTruncated,
-            stderrTruncated: res.stderrTruncated,
-          });
+          const out = JSON.stringify(presentExecResult(res));
           sink.send(200, { 'x-request-id': c.requestId }, out);
           done(c, 200);
         },
@@ -252,14 +245,7 @@ export function fastExec(opts: FastExecOptions): FastExec {
         (c) =>
           read(c, req, {
             open: () => !res.headersSent && !res.destroyed,
-            send(status, headers, body) {
-              res.writeHead(status, {
-                'content-type': CONTENT_TYPE,
-                ...headers,
-                'content-length': Buffer.byteLength(body),
-              });
-              res.end(body);
-            },
+            send: (status, headers, body) => endJson(res, status, headers, body),
             onGone: (fn) => res.once('close', fn),
           }),
         next,
@@ -274,15 +260,7 @@ export function fastExec(opts: FastExecOptions): FastExec {
         (c) =>
           read(c, stream, {
             open: () => !stream.destroyed && !stream.closed && !stream.headersSent,
-            send(status, h, body) {
-              stream.respond({
-                ':status': status,
-                'content-type': CONTENT_TYPE,
-                ...h,
-                'content-length': Buffer.byteLength(body),
-              });
-              stream.end(body);
-            },
+            send: (status, headers, body) => respondJson(stream, status, headers, body),
             onGone: (fn) => stream.once('close', fn),
           }),
         next,
@@ -290,5 +268,3 @@ export function fastExec(opts: FastExecOptions): FastExec {
     },
   };
 }
-
-function ignore(): void {}

@@ -20,6 +20,7 @@ import { firewallShape } from '../routes/firewall-shape.js';
 import { presentVm } from '../routes/present.js';
 import type { Metrics } from '../services/metrics.js';
 import type { Store } from '../store/index.js';
+import { endJson, ignore, respondJson } from './raw-response.js';
 import { requestIdOf } from './request-id.js';
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -28,7 +29,6 @@ type Res = http.ServerResponse | http2.Http2ServerResponse;
 /** A VM id as the fast path takes it (percent escapes, names and the rest go the full way). */
 const VM_GET = /^\/v1\/vms\/([A-Za-z0-9-]{1,64})$/;
 const ROUTE = '/v1/vms/:id';
-const CONTENT_TYPE = 'application/json; charset=utf-8';
 
 export interface FastReadsOptions {
   readonly keys: ApiKeyResolver;
@@ -59,7 +59,8 @@ interface Answer {
 
 export function fastReads(opts: FastReadsOptions): FastReads {
   const { keys, store, metrics, isShuttingDown, servedBy } = opts;
-  const extra = servedBy === undefined ? {} : { [SERVED_BY_HEADER]: servedBy };
+  const extra: Record<string, string> =
+    servedBy === undefined ? {} : { [SERVED_BY_HEADER]: servedBy };
   const record = metrics?.requestRecorder('GET', ROUTE, 200);
   const count = (t0: number) => record?.((performance.now() - t0) / 1000);
 
@@ -124,15 +125,7 @@ export function fastReads(opts: FastReadsOptions): FastReads {
       if (req.httpVersionMajor === 1 && req.headers.host === undefined) return next();
       settle(
         answer(req.method, req.url, req.headers),
-        ({ body, requestId }) => {
-          res.writeHead(200, {
-            'x-request-id': requestId,
-            'content-type': CONTENT_TYPE,
-            'content-length': Buffer.byteLength(body),
-            ...extra,
-          });
-          res.end(body);
-        },
+        ({ body, requestId }) => endJson(res, 200, { 'x-request-id': requestId, ...extra }, body),
         next,
       );
     },
@@ -144,19 +137,10 @@ export function fastReads(opts: FastReadsOptions): FastReads {
         found,
         ({ body, requestId }) => {
           if (stream.destroyed || stream.closed) return;
-          stream.respond({
-            ':status': 200,
-            'x-request-id': requestId,
-            'content-type': CONTENT_TYPE,
-            'content-length': Buffer.byteLength(body),
-            ...extra,
-          });
-          stream.end(body);
+          respondJson(stream, 200, { 'x-request-id': requestId, ...extra }, body);
         },
         next,
       );
     },
   };
 }
-
-function ignore(): void {}

@@ -16,7 +16,9 @@ import {
   type VolumeAttachment,
 } from '../domain/index.js';
 import type { VolumeView as VolumeServiceView } from '../services/volume-service.js';
+import type { ExecResult } from '@fastvm/runtime';
 import type {
+  ExecResultView,
   LineageNodeView,
   LineageView,
   ServiceView,
@@ -183,5 +185,18 @@ function presentLineageNode(n: LineageNode): LineageNodeView {
     deleted: n.deleted,
     ...(r ? { name: r.name, status: r.status, createdAt: r.createdAt } : {}),
     children: n.children.map(presentLineageNode),
+  };
+}
+
+/** The contract's `ExecResult`: a finished command's answer (JSON exec, fast or full path). */
+export function presentExecResult(res: ExecResult): ExecResultView {
+  return {
+    exitCode: res.exitCode,
+    stdout: res.stdout.toString('utf8'),
+    stderr: res.stderr.toString('utf8'),
+    timedOut: res.timedOut,
+    durationMs: Math.round(res.durationMs),
+    stdoutTruncated: res.stdoutTruncated,
+    stderrTruncated: res.stderrTruncated,
   };
 }

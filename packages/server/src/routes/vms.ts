@@ -22,7 +22,7 @@ import {
 } from '../schemas.js';
 import { execCommandOf, firewallPatchOf, firewallWriteOf, launchRequestOf } from './inputs.js';
 import { presentExecSession, startExecStream } from './execs.js';
-import { metadataFilters, presentVm } from './present.js';
+import { metadataFilters, presentExecResult, presentVm } from './present.js';
 import { firewallShape } from './firewall-shape.js';
 import { writeShape } from '../domain/index.js';
 import { requireAuth, wantsNdjson } from './util.js';
@@ -171,15 +171,7 @@ export default async function vmRoutes(
       const res = await vms
         .runExec(prepared, { signal: abort.signal })
         .finally(() => (running = false));
-      return {
-        exitCode: res.exitCode,
-        stdout: res.stdout.toString('utf8'),
-        stderr: res.stderr.toString('utf8'),
-        timedOut: res.timedOut,
-        durationMs: Math.round(res.durationMs),
-        stdoutTruncated: res.stdoutTruncated,
-        stderrTruncated: res.stderrTruncated,
-      };
+      return presentExecResult(res);
     },
   );
 
