@@ -97,6 +97,10 @@ export class SnapshotDigester {
   readonly #checking = new Map<string, Promise<string>>();
   /** Digest jobs in progress, by snapshot id. */
   readonly #jobs = new Map<string, Promise<void>>();
+  /** Snapshots whose job is to run again when the current one ends (`start`). */
+  readonly #again = new Set<string>();
+  /** Bumped by `forget`: a read that began before it does not fill `#known`. */
+  readonly #epochs = new Map<string, number>();
   /** Wire digests already read, by snapshot id (they never change; `forget` drops one). */
   readonly #known = new Map<string, SnapshotDigests>();
   /** Child processes hashing right now (killed by `close`). */
@@ -108,14 +112,24 @@ export class SnapshotDigester {
     private readonly log: (msg: string) => void,
   ) {}
 
-  /** Starts the digest job of a snapshot just taken (after its flatten); no-op if one runs. */
+  /**
+   * Starts the digest job of a snapshot (just taken, or its memory just consolidated). While one
+   * runs it is run once more after it: that one may have read the record before the change.
+   */
   start(snapshotId: string): void {
-    if (this.#closed || this.#jobs.has(snapshotId)) return;
+    if (this.#closed) return;
+    if (this.#jobs.has(snapshotId)) {
+      this.#again.add(snapshotId);
+      return;
+    }
     const job = this.#compute(snapshotId)
       .catch((err: unknown) => {
         if (!this.#closed) this.log(`runtime: digests of ${snapshotId} failed: ${String(err)}`);
       })
-      .finally(() => this.#jobs.delete(snapshotId));
+      .finally(() => {
+        this.#jobs.delete(snapshotId);
+        if (this.#again.delete(snapshotId)) this.start(snapshotId);
+      });
     this.#jobs.set(snapshotId, job);
   }
 
@@ -132,27 +146,30 @@ export class SnapshotDigester {
     })();
   }
 
-  /** The digest job of a snapshot, if one runs (tests and benches wait for it). */
-  pending(snapshotId: string): Promise<void> | undefined {
-    return this.#jobs.get(snapshotId);
+  /** Settles when the snapshot has no digest job running (tests, benches and exports wait). */
+  async pending(snapshotId: string): Promise<void> {
+    // A job's end may start the next one (`start`): wait for that too.
+    for (let job = this.#jobs.get(snapshotId); job; job = this.#jobs.get(snapshotId)) await job;
   }
 
   /** The wire form of a snapshot's digests, once computed. */
   async get(snapshotId: string): Promise<SnapshotDigests | undefined> {
     const known = this.#known.get(snapshotId);
     if (known) return known;
+    const epoch = this.#epochs.get(snapshotId);
     const snap = await this.layers.readSnapshot(snapshotId);
     // None while a layer's current file has no digest yet (just taken, or just flattened).
     if (!snap?.digests || staleLayers(snap).length > 0) return undefined;
     const out: Record<string, string> = {};
     for (const [layer, d] of Object.entries(snap.digests.layers)) out[layer] = `sha256:${d.sha256}`;
-    this.#known.set(snapshotId, out);
+    if (this.#epochs.get(snapshotId) === epoch) this.#known.set(snapshotId, out);
     return out;
   }
 
   /** A deleted snapshot's digests are no longer served. */
   forget(snapshotId: string): void {
     this.#known.delete(snapshotId);
+    this.#epochs.set(snapshotId, (this.#epochs.get(snapshotId) ?? 0) + 1);
   }
 
   /**
@@ -269,9 +286,6 @@ export class SnapshotDigester {
       this.#verified.set(after, hashed[i]!.sha256);
     }
     const inherited = await this.#inherited(inheritedLayers(snap, this.layers.dataDir));
-    // Written over the record as it is now; a flatten or a delete meanwhile wins.
-    const current = await this.layers.readSnapshot(snapshotId);
-    if (!current || current.digests?.computedAt !== snap.digests?.computedAt) return;
     const record: DigestRecord = {
       algorithm: 'sha256',
       computedAt: new Date().toISOString(),
@@ -280,8 +294,14 @@ export class SnapshotDigester {
     };
     const files = (r: SnapshotRecord) =>
       JSON.stringify([ownedLayers(r), inheritedLayers(r, this.layers.dataDir)]);
-    if (files(current) !== files(snap)) return;
-    await this.layers.writeSnapshot({ ...current, digests: record });
+    // Written over the record as it is now; a flatten or a delete meanwhile wins (the flatten
+    // starts this job again for its new file).
+    const written = await this.layers.updateSnapshot(snapshotId, (current) =>
+      current.digests?.computedAt === snap.digests?.computedAt && files(current) === files(snap)
+        ? { ...current, digests: record }
+        : undefined,
+    );
+    if (!written) return;
     const bytes = Object.values(layers).reduce((n, d) => n + d.bytes, 0);
     this.log(
       `runtime: digests of ${snapshotId}: ${bytes >> 20} MiB in ${(performance.now() - t0).toFixed(0)} ms`,

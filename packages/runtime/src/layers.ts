@@ -60,6 +60,8 @@ export class LayerStore {
   readonly #pins = new Map<string, number>();
   /** Background flattens and merges of snapshot memory (`consolidate`), by snapshot id. */
   readonly #flattening = new Map<string, Promise<void>>();
+  /** The last queued record update of each snapshot (`updateSnapshot`). */
+  readonly #updates = new Map<string, Promise<void>>();
   /** While a sweep runs, files settled meanwhile stay protected until it ends. */
   #sweeping = false;
   readonly #settledDuringSweep: string[] = [];
@@ -127,8 +129,36 @@ export class LayerStore {
     return readJson<SnapshotRecord>(path.join(this.snapDir(id), 'snapshot.json'));
   }
 
+  /** Writes a new snapshot's record (later changes go through `updateSnapshot`). */
   writeSnapshot(rec: SnapshotRecord): Promise<void> {
     return writeJson(path.join(this.snapDir(rec.id), 'snapshot.json'), rec);
+  }
+
+  /**
+   * Read-modify-write of a snapshot's record, one at a time per snapshot: `change` gets the
+   * record as it is now and returns the new one, or undefined to leave it (it is gone: nothing).
+   * A flatten and a digest job both rewrite the record after seconds of work; each must build on
+   * what the other wrote meanwhile, not on what it read before.
+   */
+  updateSnapshot(
+    id: string,
+    change: (current: SnapshotRecord) => SnapshotRecord | undefined,
+  ): Promise<SnapshotRecord | undefined> {
+    const run = (this.#updates.get(id) ?? Promise.resolve()).then(async () => {
+      const current = await this.readSnapshot(id);
+      const next = current && change(current);
+      if (next) await this.writeSnapshot(next);
+      return next;
+    });
+    const tail = run.then(
+      () => {},
+      () => {},
+    );
+    this.#updates.set(id, tail);
+    void tail.then(() => {
+      if (this.#updates.get(id) === tail) this.#updates.delete(id);
+    });
+    return run;
   }
 
   /** A new layer file path, protected from the sweeper until `settle`. */
@@ -241,22 +271,21 @@ export class LayerStore {
       const current = await this.readSnapshot(snap.id);
       // Deleted or changed meanwhile: the sweeper removes what was made.
       if (!current || snapshotMemFiles(current).join('\n') !== files.join('\n')) return;
-      // Its digests stay: those of the layers kept (device state, disk) still hold, the memory
-      // one names the file replaced and is skipped by checks until the runtime hashes the new
-      // file (re-hashing the kept layers could bless a corruption made meanwhile).
-      const { delta: _d, chain: _c, ...rest } = current;
-      let next: SnapshotRecord;
       if (flatten || one.bytes > this.flattenBytes / 2) {
         flat = this.newPath('mem', '.mem');
         await flattenDeltas(this.memdelta, snap.memBase, [one.path], flat);
         crashPoint('flatten:written');
-        next = { ...rest, memBase: flat };
-      } else {
-        next = { ...rest, delta: one };
       }
-      const again = await this.readSnapshot(snap.id);
-      if (!again || snapshotMemFiles(again).join('\n') !== files.join('\n')) return;
-      await this.writeSnapshot(next);
+      // Built on the record as it is now (the digest job may have written it meanwhile). Its
+      // digests stay: those of the layers kept (device state, disk) still hold, the memory one
+      // names the file replaced and is skipped by checks until the runtime hashes the new file
+      // (re-hashing the kept layers could bless a corruption made meanwhile).
+      const next = await this.updateSnapshot(snap.id, (again) => {
+        if (snapshotMemFiles(again).join('\n') !== files.join('\n')) return undefined;
+        const { delta: _d, chain: _c, ...kept } = again;
+        return flat ? { ...kept, memBase: flat } : { ...kept, delta: one };
+      });
+      if (!next) return;
       await this.onConsolidated?.(snap.id, files, {
         memBase: next.memBase,
         deltas: snapshotDeltas(next),

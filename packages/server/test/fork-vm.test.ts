@@ -112,7 +112,7 @@ describe('fork and lineage (real QEMU VMs)', () => {
     expect(runtime.list()).toEqual([]);
     // A plain restore says the same.
     const one = await api.post('/v1/vms', { snapshotId: snap.id });
-    expect(one.status).toBe(409);
+    expect(one.status, JSON.stringify(one.body)).toBe(409);
     expect(one.body.code).toBe('snapshot_corrupt');
     if (one.body.vmId) await api.del(`/v1/vms/${one.body.vmId}`);
   }, 120_000);
