@@ -191,8 +191,21 @@ describe('dashboard in Chromium (real VMs)', () => {
     );
     await page.type('input[aria-label="Rule 1 ports"]', '8080-8090');
     await page.type('input[aria-label="Rule 1 sources"]', '2001:db8::/32');
+    // Saved, or the API's error (or, after a minute, what the form shows) fails the test.
+    await page.waitForFunction(
+      () =>
+        !document.querySelector<HTMLButtonElement>('#fw-title ~ form button[type=submit]')!
+          .disabled,
+    );
     await page.click('#fw-title ~ form button[type=submit]');
-    await waitText('#fw-title ~ form .ok', 'Saved');
+    await waitOrError(
+      () => document.querySelector('#fw-title ~ form .ok')?.textContent?.includes('Saved') ?? false,
+      '#fw-title ~ form p.error',
+    ).catch(async (err: unknown) => {
+      const form = await page.$eval('#fw-title ~ form', (f) => f.textContent);
+      const log = logLines.filter((l) => l.includes('/firewall')).slice(-5);
+      throw new Error(`${String(err)}; the form: ${form}; the server: ${log.join(' | ')}`);
+    });
     const fw = (await t.api.get(`/v1/vms/${vmId}`)).body.firewall;
     expect(fw).toEqual({
       mode: 'restricted',

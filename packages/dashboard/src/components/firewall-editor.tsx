@@ -11,8 +11,9 @@ export function FirewallEditor(props: { vm: Vm; onSaved: (vm: Vm) => void }) {
   const [error, setError] = useState<unknown>(undefined);
   const [saved, setSaved] = useState(false);
   const problems = rows.map(parseRule).map((r) => (typeof r === 'string' ? r : undefined));
+  // Functional updates: two input events before a render must not undo each other.
   const update = (i: number, patch: Partial<RuleRow>) =>
-    setRows(rows.map((r, j) => (j === i ? { ...r, ...patch } : r)));
+    setRows((now) => now.map((r, j) => (j === i ? { ...r, ...patch } : r)));
   const auto = props.vm.effectiveFirewall.ingress.filter((r) =>
     (r.description ?? '').startsWith('auto:'),
   );
@@ -104,7 +105,7 @@ export function FirewallEditor(props: { vm: Vm; onSaved: (vm: Vm) => void }) {
                     <button
                       type="button"
                       aria-label={`Remove rule ${i + 1}`}
-                      onClick={() => setRows(rows.filter((_, j) => j !== i))}
+                      onClick={() => setRows((now) => now.filter((_, j) => j !== i))}
                     >
                       ✕
                     </button>
@@ -134,7 +135,10 @@ export function FirewallEditor(props: { vm: Vm; onSaved: (vm: Vm) => void }) {
           <button
             type="button"
             onClick={() =>
-              setRows([...rows, { protocol: 'tcp', ports: '', sources: '', description: '' }])
+              setRows((now) => [
+                ...now,
+                { protocol: 'tcp', ports: '', sources: '', description: '' },
+              ])
             }
           >
             Add rule
