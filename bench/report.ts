@@ -83,6 +83,7 @@ const RATIOS: [string, string][] = [
   ['exec_sdk', 'exec_agent'],
   ['exec_py', 'exec_sdk'],
   ['api_h2_rps', 'api_h1_rps'],
+  ['api_launch_host400', 'api_launch_host0'],
   ['api_h2_server_cpu_per_req', 'api_h1_server_cpu_per_req'],
   ['api_h2load_server_cpu_per_req', 'api_h2_floor_server_cpu_per_req'],
   ['api_h2load_rps', 'api_h2_floor_rps'],

@@ -33,6 +33,7 @@ import {
   startVmServer,
   type VmServer,
 } from './net.js';
+import { benchAdmission } from './admission.js';
 import { benchEgress } from './egress.js';
 import { benchImport } from './images.js';
 import { benchCluster } from './cluster.js';
@@ -147,6 +148,7 @@ const N = quick
       apiSeconds: 3,
       h2loadRequests: 30_000,
       roundTrips: 200,
+      admissionLaunches: 60,
       cliStart: 10,
       dashboard: 5,
     }
@@ -170,6 +172,7 @@ const N = quick
       apiSeconds: 10,
       h2loadRequests: 100_000,
       roundTrips: 200,
+      admissionLaunches: 200,
       cliStart: 30,
       dashboard: 15,
     };
@@ -868,6 +871,7 @@ async function groupApi(): Promise<void> {
       `SDK run(vm, "true") → FakeRuntime server (child process), alternating with get; ${rt.sessions} h2c session(s)`,
     );
     rec.note('api_sdk_get', 'SDK get(vm) → FakeRuntime server (child process), same session');
+    await benchAdmission(rec, path.join(dir, 'admission'), N.admissionLaunches);
     const h2 = await loadH2(srv, vmId, 64, N.apiSeconds);
     for (const c of h2.perSecond) rec.add('api_h2_rps', 'req/s', c);
     rec.add('api_h2_server_cpu_per_req', 'ms', h2.serverCpuMsPerReq);

@@ -144,7 +144,7 @@ describe('host capacity settings', () => {
   });
 
   it("refuses what the host's available memory cannot hold now, whatever the paper count says", async () => {
-    const store = { listVmsByStatus: async () => [] } as never;
+    const store = { sumVmResources: async () => ({ memoryMiB: 0, vcpu: 0 }) } as never;
     // The reserve plus 64 MiB: less than one c1m2's share (2048 / 16 = 128 MiB).
     let available = 1024 + 64;
     const host = new HostCapacity(store, {

@@ -154,6 +154,40 @@ describe.each(DIALECTS)('store on %s', (_name, databaseUrl) => {
     });
   });
 
+  it("sums the host's VM memory and vCPUs by status in one row, as listing them would", async () => {
+    const holds: VmStatus[] = ['provisioning', 'running', 'paused'];
+    const runs: VmStatus[] = ['provisioning', 'running'];
+    const byListing = async () => {
+      const vms = await store.listVmsByStatus(holds);
+      return {
+        memoryMiB: vms.reduce((n, vm) => n + vm.memoryMiB, 0),
+        vcpu: vms.filter((vm) => runs.includes(vm.status)).reduce((n, vm) => n + vm.cpu, 0),
+      };
+    };
+    const before = await store.sumVmResources(holds, runs);
+    expect(before).toEqual(await byListing());
+    const org = (await createOrg(store, `host-${randomUUID()}`)).id;
+    const rows = {
+      running: vmRow(org, { cpu: 2, memoryMiB: 4096 }),
+      paused: vmRow(org, { cpu: 4, memoryMiB: 8192 }),
+      provisioning: vmRow(org, { cpu: 1, memoryMiB: 1024 }),
+      error: vmRow(org, { cpu: 8, memoryMiB: 16384 }),
+    };
+    await store.withOrgLock(org, async (tx) => {
+      for (const vm of Object.values(rows)) await tx.insertVm(vm);
+    });
+    await walk(store, rows.running.id, ['running']);
+    await walk(store, rows.paused.id, ['running', 'pausing', 'paused']);
+    await walk(store, rows.error.id, ['error']);
+    const after = await store.sumVmResources(holds, runs);
+    expect(after).toEqual({
+      memoryMiB: before.memoryMiB + 4096 + 8192 + 1024,
+      vcpu: before.vcpu + 2 + 1,
+    });
+    expect(after).toEqual(await byListing());
+    expect(await store.sumVmResources([], [])).toEqual({ memoryMiB: 0, vcpu: 0 });
+  });
+
   it('serialises concurrent reservations under the org lock', async () => {
     const org = (await createOrg(store, `lock-${randomUUID()}`)).id;
     const limit = 5;

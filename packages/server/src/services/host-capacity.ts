@@ -75,6 +75,9 @@ const HOLDS_MEMORY: readonly VmStatus[] = [
   'resuming',
 ];
 
+/** A paused VM gives its vCPUs back (as in the quota). */
+const HOLDS_VCPUS: readonly VmStatus[] = HOLDS_MEMORY.filter((s) => s !== 'paused');
+
 /** A field of /proc/meminfo in MiB, or undefined where there is none. */
 function meminfoMiB(field: string): number | undefined {
   try {
@@ -130,13 +133,7 @@ export class HostCapacity {
 
   /** What the VMs on this host hold now, against the limits. */
   async usage(): Promise<HostUsage> {
-    const vms = await this.store.listVmsByStatus(HOLDS_MEMORY);
-    let memoryMiB = 0;
-    let vcpu = 0;
-    for (const vm of vms) {
-      memoryMiB += vm.memoryMiB;
-      if (vm.status !== 'paused') vcpu += vm.cpu;
-    }
+    const { memoryMiB, vcpu } = await this.store.sumVmResources(HOLDS_MEMORY, HOLDS_VCPUS);
     return {
       memoryMiB: { used: memoryMiB, limit: this.memoryLimitMiB },
       vcpu: { used: vcpu, limit: this.vcpuLimit },

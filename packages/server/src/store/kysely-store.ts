@@ -389,6 +389,41 @@ export class KyselyStore implements Store {
     return rows.map(toVm);
   }
 
+  async sumVmResources(
+    memoryStatuses: readonly VmStatus[],
+    cpuStatuses: readonly VmStatus[],
+  ): Promise<{ memoryMiB: number; vcpu: number }> {
+    const statuses = [...new Set([...memoryStatuses, ...cpuStatuses])];
+    if (statuses.length === 0) return { memoryMiB: 0, vcpu: 0 };
+    let q = this.db
+      .selectFrom('vms')
+      .select((eb) => {
+        const sumOf = (list: readonly VmStatus[], column: 'memory_mib' | 'cpu') =>
+          eb.fn.coalesce(
+            eb.fn.sum<number>(
+              list.length
+                ? eb
+                    .case()
+                    .when('status', 'in', [...list])
+                    .then(eb.ref(column))
+                    .else(0)
+                    .end()
+                : eb.lit(0),
+            ),
+            eb.lit(0),
+          );
+        return [
+          sumOf(memoryStatuses, 'memory_mib').as('memory'),
+          sumOf(cpuStatuses, 'cpu').as('cpu'),
+        ];
+      })
+      .where('status', 'in', statuses);
+    if (this.#hostId) q = q.where('host_id', '=', this.#hostId);
+    const row = await q.executeTakeFirstOrThrow();
+    // PostgreSQL returns SUM as a bigint string.
+    return { memoryMiB: Number(row.memory), vcpu: Number(row.cpu) };
+  }
+
   async findLiveVm(id: string): Promise<VmRecord | undefined> {
     const row = await this.db
       .selectFrom('vms')

@@ -159,6 +159,15 @@ export interface Store {
   updateVm(id: string, patch: VmPatch, onlyIf?: readonly VmStatus[]): Promise<VmRecord | undefined>;
   /** VMs of every org in the given states (startup recovery); only this host's when bound. */
   listVmsByStatus(statuses: readonly VmStatus[]): Promise<VmRecord[]>;
+  /**
+   * Host admission's sums over every org's VMs (only this host's when bound): the memory of the
+   * VMs in `memoryStatuses` and the vCPUs of those in `cpuStatuses`. One aggregate row, however
+   * many VMs there are.
+   */
+  sumVmResources(
+    memoryStatuses: readonly VmStatus[],
+    cpuStatuses: readonly VmStatus[],
+  ): Promise<{ memoryMiB: number; vcpu: number }>;
   /** A live (not deleted) VM of any org by id (the service proxy's lookup). */
   findLiveVm(id: string): Promise<VmRecord | undefined>;
   /**
