@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -368,6 +369,54 @@ child_exec(const struct agent *a, const struct exec_spec *s, int in_fd, int out_
 		   strerror(errno));
 }
 
+/*
+ * Starts the command the way posix_spawn() does: the child shares the agent's memory
+ * (CLONE_VM) on a stack of its own and the agent waits (CLONE_VFORK) until it has called
+ * execve() or exited. fork() copied the agent's page tables and then took a copy-on-write fault
+ * for every page either side wrote; under TCG that was ~3 ms of each command (a guest fork alone
+ * measured 2.9 ms, fork + exec of /bin/true 8.2 ms).
+ *
+ * Sharing memory has three rules, kept here: the child runs with every signal blocked until
+ * child_reset_signals() has set every disposition to the default (no agent handler can run in
+ * it); what the child writes in shared memory (`environ`, errno) is put back by the agent after;
+ * and the child only makes system calls and writes on its own stack before execve() or _exit().
+ */
+struct spawn_args {
+	const struct agent *a;
+	const struct exec_spec *s;
+	int in_fd, out_fd, err_fd, status_fd;
+};
+
+/* One command starts at a time (the agent waits for each), so one stack serves every child. */
+static char spawn_stack[64 * 1024] __attribute__((aligned(16)));
+
+static int spawn_child(void *arg)
+{
+	const struct spawn_args *c = arg;
+
+	child_exec(c->a, c->s, c->in_fd, c->out_fd, c->err_fd, c->status_fd);
+}
+
+static pid_t spawn(const struct agent *a, const struct exec_spec *s, int in_fd, int out_fd,
+		   int err_fd, int status_fd)
+{
+	struct spawn_args c = {a, s, in_fd, out_fd, err_fd, status_fd};
+	char **env = environ;
+	sigset_t all, old;
+	pid_t pid;
+	int saved;
+
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, &old);
+	pid = clone(spawn_child, spawn_stack + sizeof(spawn_stack), CLONE_VM | CLONE_VFORK | SIGCHLD,
+		    &c);
+	saved = errno;
+	environ = env;
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	errno = saved;
+	return pid;
+}
+
 /* ---- I/O ---- */
 
 static void close_fd(int *fd)
@@ -561,14 +610,10 @@ void exec_start(struct agent *a, uint32_t id, const uint8_t *payload, uint32_t l
 	}
 
 	r->start_ns = now_ns();
-	pid = fork();
+	pid = s.pty ? spawn(a, &s, slave, slave, slave, st[1])
+		    : spawn(a, &s, in[0], out[1], err[1], st[1]);
 	if (pid < 0)
 		goto fail;
-	if (pid == 0) {
-		if (s.pty)
-			child_exec(a, &s, slave, slave, slave, st[1]);
-		child_exec(a, &s, in[0], out[1], err[1], st[1]);
-	}
 
 	close(st[1]);
 	r->id = id;

@@ -443,6 +443,22 @@ describe('AgentClient with the agent in --unix mode', () => {
     expect(r.stdout.toString()).toBe('256\n');
   });
 
+  it('starts commands with no signal ignored or blocked, and a PATH of their own', async () => {
+    // /proc/self/status of the command itself (exec replaces sh): the agent ignores SIGPIPE and
+    // blocks the signals it reads from its signalfd; the command inherits neither.
+    const r = await client.exec({
+      argv: ['sh', '-c', 'exec grep -E "^Sig(Ign|Blk)" /proc/self/status'],
+    });
+    expect(r.stdout.toString()).toBe('SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n');
+    // A command's PATH is its own: the next command without one gets the default PATH.
+    const odd = await client.exec({ argv: ['sh', '-c', 'true'], env: { PATH: '/nonexistent' } });
+    expect(odd.exitCode).toBe(127);
+    const after = await client.exec({ argv: ['sh', '-c', 'echo "$PATH"'] });
+    expect(after.stdout.toString()).toBe(
+      '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n',
+    );
+  });
+
   it('passes only stdin, stdout and stderr to the command', async () => {
     const r = await client.exec({ argv: ['sh', '-c', 'ls /proc/self/fd'] });
     // 0-2, plus the descriptor ls uses to read the directory.
