@@ -67,11 +67,18 @@ describe('guest (real QEMU VM)', () => {
     expect(start.code).toBe(0);
     const pid = start.out.trim();
     expect(pid).toMatch(/^\d+$/);
+    // Alive after the request ended; `nohup` becomes `sleep` once it has exec'd (it may not
+    // have yet when the request returns), so wait up to 5 s for that.
     const check = text(
-      await run(['sh', '-c', `kill -0 ${pid} && cat /proc/${pid}/cmdline | tr "\\0" " "`]),
+      await run([
+        'sh',
+        '-c',
+        `for i in $(seq 50); do c=$(tr "\\0" " " < /proc/${pid}/cmdline); ` +
+          `[ "$c" = "sleep 300 " ] && break; sleep 0.1; done; kill -0 ${pid} && echo "$c"`,
+      ]),
     );
     expect(check.code).toBe(0);
-    expect(check.out).toBe('sleep 300 ');
+    expect(check.out).toBe('sleep 300 \n');
     // A background job holding the output pipe does not hold up the request either.
     const t0 = Date.now();
     const held = text(await run(['sh', '-c', 'sleep 300 & echo started']));
