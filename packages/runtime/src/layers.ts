@@ -21,6 +21,7 @@ import { crashPoint } from './crash-points.js';
 import { flattenDeltas, mergeDeltas } from './memory.js';
 import {
   ID_RE,
+  inTurn,
   readJson,
   snapshotDeltas,
   snapshotMemFiles,
@@ -144,21 +145,12 @@ export class LayerStore {
     id: string,
     change: (current: SnapshotRecord) => SnapshotRecord | undefined,
   ): Promise<SnapshotRecord | undefined> {
-    const run = (this.#updates.get(id) ?? Promise.resolve()).then(async () => {
+    return inTurn(this.#updates, id, async () => {
       const current = await this.readSnapshot(id);
       const next = current && change(current);
       if (next) await this.writeSnapshot(next);
       return next;
     });
-    const tail = run.then(
-      () => {},
-      () => {},
-    );
-    this.#updates.set(id, tail);
-    void tail.then(() => {
-      if (this.#updates.get(id) === tail) this.#updates.delete(id);
-    });
-    return run;
   }
 
   /** A new layer file path, protected from the sweeper until `settle`. */

@@ -164,6 +164,28 @@ export async function readJson<T>(file: string): Promise<T | undefined> {
   }
 }
 
+/**
+ * Runs `fn` after everything queued under `key` in `queues` has settled (whatever its outcome), so
+ * the calls for one key run one at a time in call order; the key's entry goes once its queue is
+ * empty.
+ */
+export function inTurn<T>(
+  queues: Map<string, Promise<void>>,
+  key: string,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const run = (queues.get(key) ?? Promise.resolve()).then(fn);
+  const tail = run.then(
+    () => {},
+    () => {},
+  );
+  queues.set(key, tail);
+  void tail.then(() => {
+    if (queues.get(key) === tail) queues.delete(key);
+  });
+  return run;
+}
+
 let tmpCounter = 0;
 /** Writes to one file in call order: a later write never lands before an earlier one. */
 const writes = new Map<string, Promise<void>>();
@@ -175,15 +197,8 @@ const writes = new Map<string, Promise<void>>();
 export function writeJson(file: string, value: unknown): Promise<void> {
   const text = JSON.stringify(value, null, 2);
   const tmp = `${file}.${process.pid}.${++tmpCounter}.tmp`;
-  const prev = writes.get(file) ?? Promise.resolve();
-  const next = prev.then(async () => {
+  return inTurn(writes, file, async () => {
     await fs.writeFile(tmp, text);
     await fs.rename(tmp, file);
   });
-  const tail = next.catch(() => {});
-  writes.set(file, tail);
-  void tail.then(() => {
-    if (writes.get(file) === tail) writes.delete(file);
-  });
-  return next;
 }
