@@ -99,8 +99,8 @@ export class SnapshotDigester {
   readonly #jobs = new Map<string, Promise<void>>();
   /** Snapshots whose job is to run again when the current one ends (`start`). */
   readonly #again = new Set<string>();
-  /** Bumped by `forget`: a read that began before it does not fill `#known`. */
-  readonly #epochs = new Map<string, number>();
+  /** Bumped by `forget`: a read that began before one does not fill `#known`. */
+  #epoch = 0;
   /** Wire digests already read, by snapshot id (they never change; `forget` drops one). */
   readonly #known = new Map<string, SnapshotDigests>();
   /** Child processes hashing right now (killed by `close`). */
@@ -156,20 +156,20 @@ export class SnapshotDigester {
   async get(snapshotId: string): Promise<SnapshotDigests | undefined> {
     const known = this.#known.get(snapshotId);
     if (known) return known;
-    const epoch = this.#epochs.get(snapshotId);
+    const epoch = this.#epoch;
     const snap = await this.layers.readSnapshot(snapshotId);
     // None while a layer's current file has no digest yet (just taken, or just flattened).
     if (!snap?.digests || staleLayers(snap).length > 0) return undefined;
     const out: Record<string, string> = {};
     for (const [layer, d] of Object.entries(snap.digests.layers)) out[layer] = `sha256:${d.sha256}`;
-    if (this.#epochs.get(snapshotId) === epoch) this.#known.set(snapshotId, out);
+    if (this.#epoch === epoch) this.#known.set(snapshotId, out);
     return out;
   }
 
   /** A deleted snapshot's digests are no longer served. */
   forget(snapshotId: string): void {
     this.#known.delete(snapshotId);
-    this.#epochs.set(snapshotId, (this.#epochs.get(snapshotId) ?? 0) + 1);
+    this.#epoch++;
   }
 
   /**
