@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startServer } from '@fastvm/server';
-import { FakeRuntime } from '@fastvm/server/testing';
+import { FakeRuntime, vmRecord } from '@fastvm/server/testing';
 import { FastVM } from 'fastvm';
 import type { Recorder } from './stats.js';
 import { now } from './sys.js';
@@ -64,41 +64,22 @@ export async function benchAdmission(rec: Recorder, dir: string, launches: numbe
   }
 }
 
-/** Live (`running`-holding) VM rows of `orgId` until it has `count`, straight into the store. */
+/** `count` VM rows of `orgId` in `provisioning` (they hold memory and vCPUs), straight into the store. */
 async function insertVms(
   store: Awaited<ReturnType<typeof startServer>>['store'],
   orgId: string,
   count: number,
 ): Promise<void> {
-  const at = new Date().toISOString();
   await store.withOrgLock(orgId, async (tx) => {
     for (let i = 0; i < count; i++) {
-      await tx.insertVm({
-        id: randomUUID(),
-        orgId,
-        name: `fill-${i}`,
-        machine: 'c1m2',
-        cpu: 1,
-        memoryMiB: 2048,
-        diskGiB: 10,
-        status: 'provisioning',
-        error: null,
-        sourceSnapshotId: null,
-        sourceName: '',
-        firewall: { mode: 'restricted', ingress: [] },
-        metadata: { team: 'bench' },
-        envVars: { BENCH: '1' },
-        publicIpv6: null,
-        createdAt: at,
-        updatedAt: at,
-        deletedAt: null,
-        ttl: null,
-        expiresAtMs: null,
-        ttlRemainingMs: null,
-        pausedAt: null,
-        services: [],
-        volumes: [],
-      });
+      await tx.insertVm(
+        vmRecord({
+          orgId,
+          name: `fill-${i}`,
+          metadata: { team: 'bench' },
+          envVars: { BENCH: '1' },
+        }),
+      );
     }
   });
 }

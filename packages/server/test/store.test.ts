@@ -14,6 +14,7 @@ import {
 } from '../src/domain/index.js';
 import { normalizeName } from '../src/services/names.js';
 import { MIGRATION_NAMES, openStore, type Store } from '../src/store/index.js';
+import { vmRecord } from '../src/testing/index.js';
 import { makeDataDir } from './helpers.js';
 
 /**
@@ -32,27 +33,7 @@ if (DIALECTS.length === 1) {
 }
 
 function vmRow(orgId: string, over: Partial<VmRecord> = {}): VmRecord {
-  const now = new Date().toISOString();
-  return {
-    id: randomUUID(),
-    orgId,
-    name: 'vm',
-    machine: 'c1m2',
-    cpu: 1,
-    memoryMiB: 2048,
-    diskGiB: 10,
-    status: 'provisioning',
-    error: null,
-    sourceSnapshotId: null,
-    sourceName: '',
-    firewall: { mode: 'restricted', ingress: [] },
-    metadata: {},
-    publicIpv6: null,
-    createdAt: now,
-    updatedAt: now,
-    deletedAt: null,
-    ...over,
-  };
+  return vmRecord({ orgId, ...over });
 }
 
 function snapshotRow(orgId: string, vmId: string, over: Partial<SnapshotRecord> = {}) {

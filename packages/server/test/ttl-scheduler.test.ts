@@ -7,29 +7,10 @@ import { describe, expect, it } from 'vitest';
 import type { VmRecord } from '../src/domain/index.js';
 import { TtlScheduler } from '../src/services/ttl.js';
 import { VmEvents } from '../src/services/vm-events.js';
+import { vmRecord } from '../src/testing/index.js';
 
 function vm(over: Partial<VmRecord>): VmRecord {
-  const now = new Date().toISOString();
-  return {
-    id: 'vm-1',
-    orgId: 'org-1',
-    name: 'vm',
-    machine: 'c1m2',
-    cpu: 1,
-    memoryMiB: 2048,
-    diskGiB: 10,
-    status: 'running',
-    error: null,
-    sourceSnapshotId: null,
-    sourceName: '',
-    firewall: { mode: 'restricted', ingress: [] },
-    metadata: {},
-    publicIpv6: null,
-    createdAt: now,
-    updatedAt: now,
-    deletedAt: null,
-    ...over,
-  };
+  return vmRecord({ id: 'vm-1', orgId: 'org-1', status: 'running', ...over });
 }
 
 describe('TtlScheduler and VmEvents', () => {

@@ -4,4 +4,5 @@
  */
 export { FakeRuntime, FakeRuntimeError } from './fake-runtime.js';
 export { FakePty } from './fake-pty.js';
+export { vmRecord } from './records.js';
 export type { FakeCall, FakeFailure, FakeRuntimeOptions } from './fake-runtime.js';
