@@ -149,10 +149,11 @@ agent=$cache/agent/$agent_hash/fastvm-agent
 image=$cache/image/$image_hash/rootfs.ext4
 memshim=$cache/native/$shim_hash/fastvm-memshim.so
 memdelta=$cache/native/$shim_hash/fastvm-memdelta
+tapfd=$cache/native/$shim_hash/fastvm-tapfd
 manifest=$cache/guest.json
 
-if [ -f "$kernel" ] && [ -f "$image" ] && [ -f "$agent" ] && [ -f "$memshim" ] && [ -f "$manifest" ] &&
-  grep -q "$memshim" "$manifest" &&
+if [ -f "$kernel" ] && [ -f "$image" ] && [ -f "$agent" ] && [ -f "$memshim" ] && [ -f "$tapfd" ] &&
+  [ -f "$manifest" ] && grep -q "$memshim" "$manifest" && grep -q "$tapfd" "$manifest" &&
   grep -q "\"imageId\": \"$kernel_hash-$image_hash\"" "$manifest"; then
   [ "$quiet" -eq 1 ] || echo "setup: guest image $kernel_hash-$image_hash is cached in $cache"
   exit 0
@@ -168,13 +169,16 @@ if [ ! -f "$agent" ]; then
   cp "$repo/agent/build/fastvm-agent" "$agent.tmp" && mv "$agent.tmp" "$agent"
 else echo "setup: [1/5] guest agent (cached)"; fi
 
-if [ ! -f "$memshim" ] || [ ! -f "$memdelta" ]; then
-  echo "setup: [2/5] host helpers (memshim, memdelta)"
+if [ ! -f "$memshim" ] || [ ! -f "$memdelta" ] || [ ! -f "$tapfd" ]; then
+  echo "setup: [2/5] host helpers (memshim, memdelta, tapfd)"
   mkdir -p "$(dirname "$memshim")"
   gcc -shared -fPIC -O2 -Wall -Wextra -Werror -pthread -o "$memshim.tmp" "$repo/packages/runtime/native/memshim.c"
   gcc -O2 -Wall -Wextra -Werror -o "$memdelta.tmp" "$repo/packages/runtime/native/memdelta.c"
+  # Static: QEMU's LD_PRELOAD (the memshim) must not load into it.
+  gcc -static -O2 -Wall -Wextra -Werror -o "$tapfd.tmp" "$repo/packages/runtime/native/tapfd.c"
   mv "$memshim.tmp" "$memshim"
   mv "$memdelta.tmp" "$memdelta"
+  mv "$tapfd.tmp" "$tapfd"
 else echo "setup: [2/5] host helpers (cached)"; fi
 
 if [ ! -f "$base" ]; then
@@ -205,6 +209,7 @@ cat > "$manifest.tmp" <<JSON
   "agent": "$agent",
   "memshim": "$memshim",
   "memdelta": "$memdelta",
+  "tapfd": "$tapfd",
   "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
 JSON

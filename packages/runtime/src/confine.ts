@@ -225,10 +225,3 @@ export function lookupUser(name = QEMU_USER): Identity | undefined {
     return undefined;
   }
 }
-
-/** `ip tuntap add` arguments that make a tap usable by a confined QEMU (none when off). */
-export function tapOwnerArgs(): string[] {
-  if (process.env.FASTVM_CONFINE === 'off' || process.getuid?.() !== 0) return [];
-  const u = ensureUser();
-  return ['user', String(u.uid), 'group', String(u.gid)];
-}

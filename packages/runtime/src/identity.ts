@@ -1,13 +1,12 @@
 /**
  * What makes a VM (launched, restored or taken from the warm pool) itself and not its source:
- * the IDENTITY the agent applies (hostname, machine-id, clock, RNG seed), and plugging its NIC
- * into its tap when it started without one. The guest's network configuration is not part of it:
+ * the IDENTITY the agent applies (hostname, machine-id, clock, RNG seed); its tap is plugged in by
+ * `tap-handover.ts`. The guest's network configuration is not part of it:
  * every guest keeps the one of `guest-net.ts`, and the host translates (see `network.ts`).
  * @module
  */
 import crypto from 'node:crypto';
 import type { AgentClient, AgentIdentity, AgentRequestOptions } from './agent-client.js';
-import type { QmpClient } from './qmp.js';
 import { guestNetIdentity } from './guest-net.js';
 
 /**
@@ -71,29 +70,4 @@ export async function syncClock(agent: AgentClient, opts: AgentRequestOptions = 
     await agent.setIdentity({ clockNs: BigInt(Date.now()) * 1_000_000n }, opts);
     if (performance.now() - t0 <= CLOCK_ROUND_TRIP_MS) return;
   }
-}
-
-/**
- * Connects a tap to the NIC of a VM started with its NIC on QEMU hub 0 (no `tap` at start). Both
- * commands are sent at once: QMP runs a monitor's commands in order, so the hub port is added
- * after the tap (one round trip to QEMU's main loop instead of two, on the launch path). When
- * the tap fails, its error is the one reported (the hub port then fails for want of it).
- */
-export async function plugTap(qmp: QmpClient, tap: string): Promise<void> {
-  const tapAdded = qmp.execute('netdev_add', {
-    type: 'tap',
-    id: 'tap0',
-    ifname: tap,
-    script: 'no',
-    downscript: 'no',
-  });
-  const portAdded = qmp.execute('netdev_add', {
-    type: 'hubport',
-    id: 'hp1',
-    hubid: 0,
-    netdev: 'tap0',
-  });
-  portAdded.catch(() => {});
-  await tapAdded;
-  await portAdded;
 }

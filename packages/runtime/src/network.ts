@@ -43,7 +43,6 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { tapOwnerArgs } from './confine.js';
 import { fqdnMatches, fqdnPatternProblem, normalizeName } from './fqdn.js';
 import { GUEST_NET } from './guest-net.js';
 import type { VmNetwork } from './types.js';
@@ -1006,18 +1005,15 @@ table inet ${t} {
         .then((out) => JSON.parse(out) as unknown[])
         .catch(() => []);
       if (links.length === 0) {
-        await run('ip', ['tuntap', 'add', 'dev', p.tap, 'mode', 'tap', ...tapOwnerArgs()]);
+        await run('ip', ['tuntap', 'add', 'dev', p.tap, 'mode', 'tap']);
       }
       await ipBatch(setup, false, nice);
     };
     if (opts.fresh) {
-      // Owned by QEMU's user when QEMU is confined: it attaches to its tap itself (confine.ts).
-      const owner = tapOwnerArgs().join(' ');
-      await ipBatch(
-        [`tuntap add dev ${p.tap} mode tap ${owner}`.trim(), ...setup],
-        false,
-        nice,
-      ).catch(ensureThenSetup);
+      // Root's: a confined QEMU gets its tap's descriptor from the server (tap-handover.ts).
+      await ipBatch([`tuntap add dev ${p.tap} mode tap`, ...setup], false, nice).catch(
+        ensureThenSetup,
+      );
     } else {
       await ensureThenSetup();
     }

@@ -12,7 +12,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import { crashPoint } from './crash-points.js';
-import { applyIdentity, takenIdentity, plugTap } from './identity.js';
+import { applyIdentity, takenIdentity } from './identity.js';
 import type { LayerStore } from './layers.js';
 import { reniceProcess } from './process.js';
 import type { SnapshotRecord } from './records.js';
@@ -30,6 +30,8 @@ export interface PoolHooks {
   restore(golden: SnapshotRecord, id: string): Promise<LiveVm>;
   /** Stops a VM that is not registered and removes its dir. */
   discard(vm: LiveVm): Promise<void>;
+  /** Plugs `tap` into the NIC's hub of a waiting VM (tap-handover.ts). */
+  plug(vm: LiveVm, tap: string): Promise<void>;
 }
 
 export class WarmPool {
@@ -138,9 +140,7 @@ export class WarmPool {
       // keeps its network configuration, so the tap needs nothing from it). The VM is handed
       // over before the guest acknowledges its identity (`LiveVm.settleIdentity`).
       const identity = applyIdentity(vm.agent, takenIdentity(id, hostname));
-      const plugged = network ? plugTap(vm.qmp, network.tap) : undefined;
       identity.catch(() => {});
-      plugged?.catch(() => {});
       try {
         reniceProcess(vm.record.pid, 0);
         const dir = this.layers.vmDir(id);
@@ -149,6 +149,8 @@ export class WarmPool {
         vm.record.qemuName = poolName;
         vm.record.id = id;
         vm.dir = dir;
+        // After the rename: the tap may go in through a socket in the VM's dir.
+        const plugged = network ? this.hooks.plug(vm, network.tap) : undefined;
         if (network) vm.record.network = network;
         vm.record.createdAt = new Date().toISOString();
         await Promise.all([this.layers.writeVm(dir, vm.record), plugged]);

@@ -15,7 +15,8 @@ import { RuntimeError } from './types.js';
  * Starts QEMU detached with its output in `<dir>/qemu.log` and no pipes to us, so the VM outlives
  * a restart of the server and is re-adopted. QEMU is started directly: a wrapper (nice, env, ...)
  * would load the LD_PRELOAD memshim and take its settings, and QEMU would then map guest RAM
- * shared. With `as` it runs as that user (confinement; libuv drops supplementary groups).
+ * shared. The one exception, `fastvm-tapfd exec` (tap-handover.ts), is static: LD_PRELOAD does
+ * not reach it. With `as` it runs as that user (confinement; libuv drops supplementary groups).
  */
 export async function spawnQemu(
   binary: string,

@@ -21,6 +21,8 @@ export interface GuestImage {
   readonly agent: string;
   readonly memshim: string;
   readonly memdelta: string;
+  /** Opens taps for a confined QEMU (`tap-handover.ts`); absent in manifests from before it. */
+  readonly tapfd?: string | undefined;
 }
 
 export function defaultCacheDir(): string {
@@ -66,7 +68,10 @@ function ownHelpers(image: GuestImage, cacheDir: string): GuestImage {
     const built = path.join(cacheDir, 'native', hash.digest('hex').slice(0, 16));
     const memshim = path.join(built, 'fastvm-memshim.so');
     const memdelta = path.join(built, 'fastvm-memdelta');
-    if (fs.existsSync(memshim) && fs.existsSync(memdelta)) return { ...image, memshim, memdelta };
+    const tapfd = path.join(built, 'fastvm-tapfd');
+    if (fs.existsSync(memshim) && fs.existsSync(memdelta)) {
+      return { ...image, memshim, memdelta, tapfd: fs.existsSync(tapfd) ? tapfd : undefined };
+    }
   } catch {
     /* not a source checkout */
   }
@@ -141,6 +146,13 @@ export interface QemuArgs {
    * (`plugTap`), so whatever a snapshot was taken with restores either way.
    */
   readonly hubTap?: string | undefined;
+  /**
+   * The tap (`tap` or `hubTap`) is open on this descriptor, handed over by `fastvm-tapfd`
+   * (`tap-handover.ts`): QEMU takes it instead of opening the device by name.
+   */
+  readonly tapFd?: number | undefined;
+  /** A second QMP monitor, for `fastvm-tapfd plug` (`tap-handover.ts`). */
+  readonly plugQmpPath?: string | undefined;
   readonly mac: string;
   readonly incoming: boolean;
   /** QEMU's seccomp sandbox (`-sandbox` value), when confined. */
@@ -172,8 +184,10 @@ export function qemuArgs(a: QemuArgs): string[] {
   // also gets a port with no peer, which takes every frame and drops it: a hub whose other ports
   // cannot receive queues the NIC's frames, and virtio-net then waits for that queue forever, so
   // the guest never transmits again, not even after a tap is plugged in.
+  const opened = (name: string) =>
+    a.tapFd !== undefined ? `fd=${a.tapFd}` : `ifname=${name},script=no,downscript=no`;
   const net = a.tap
-    ? ['-netdev', `tap,id=n0,ifname=${a.tap},script=no,downscript=no,vhost=off`]
+    ? ['-netdev', `tap,id=n0,${opened(a.tap)},vhost=off`]
     : [
         '-netdev',
         'hubport,id=n0,hubid=0',
@@ -182,7 +196,7 @@ export function qemuArgs(a: QemuArgs): string[] {
         ...(a.hubTap
           ? [
               '-netdev',
-              `tap,id=tap0,ifname=${a.hubTap},script=no,downscript=no`,
+              `tap,id=tap0,${opened(a.hubTap)}`,
               '-netdev',
               'hubport,id=hp1,hubid=0,netdev=tap0',
             ]
@@ -238,6 +252,7 @@ export function qemuArgs(a: QemuArgs): string[] {
     a.cmdline,
   ];
   if (a.scsi) args.push('-device', 'virtio-scsi-device,id=scsi0');
+  if (a.plugQmpPath) args.push('-qmp', `unix:${a.plugQmpPath},server=on,wait=off`);
   if (a.incoming) args.push('-incoming', 'defer');
   if (a.sandbox) args.push('-sandbox', a.sandbox);
   return args;

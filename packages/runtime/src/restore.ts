@@ -12,7 +12,15 @@ import type { Confinement } from './confine.js';
 import { SANDBOX } from './confine.js';
 import { crashPoint } from './crash-points.js';
 import { GUEST_NET, GUEST_NET_VERSION, pinGatewayMac } from './guest-net.js';
-import { applyIdentity, freshIdentity, plugTap } from './identity.js';
+import { applyIdentity, freshIdentity } from './identity.js';
+import {
+  execWithTap,
+  PLUG_SOCKET,
+  plugTap,
+  TAP_FD,
+  type TapHandover,
+  type TapPlugger,
+} from './tap-handover.js';
 import type { LayerStore } from './layers.js';
 import { applyDeltas, findRamMapping } from './memory.js';
 import { isMigrationEnd, stateUri } from './migration.js';
@@ -36,6 +44,8 @@ export interface RestoreContext {
   readonly log: (msg: string) => void;
   /** QEMU's user, sandbox and cgroup (undefined: QEMU runs as the server, unconfined). */
   readonly confine?: Confinement | undefined;
+  /** Hands taps to a confined QEMU (absent: QEMU opens its tap by name). */
+  readonly plugger?: TapPlugger | undefined;
 }
 
 export interface RestoreTarget {
@@ -124,6 +134,13 @@ export async function restoreVm(
       confine.readable(memFile);
       await confine.grant(dir, top);
     }
+    // Confined, QEMU gets its tap by descriptor from the helper (tap-handover.ts).
+    const handover: TapHandover | undefined =
+      confine && ctx.plugger && image.tapfd
+        ? { helper: image.tapfd, user: confine.user }
+        : undefined;
+    const startTap = hubTap ?? network?.tap;
+    const viaHelper = handover !== undefined && startTap !== undefined;
     const args = qemuArgs({
       accel,
       machine: spec,
@@ -136,15 +153,20 @@ export async function restoreVm(
       serialPath: path.join(dir, 'serial.log'),
       tap: hubTap ? undefined : network?.tap,
       hubTap,
+      tapFd: viaHelper ? TAP_FD : undefined,
+      plugQmpPath: handover ? path.join(dir, PLUG_SOCKET) : undefined,
       mac: GUEST_NET.mac, // (a restored NIC keeps the snapshot's MAC: it is device state)
       incoming: true,
       sandbox: confine ? SANDBOX : undefined,
       scsi: snap.scsi ?? false,
     });
+    const cmd = viaHelper
+      ? execWithTap(handover, startTap, qemuBinary(accel), args)
+      : { binary: qemuBinary(accel), args };
     pid = await spawnQemu(
-      qemuBinary(accel),
+      cmd.binary,
       dir,
-      args,
+      cmd.args,
       {
         LD_PRELOAD: image.memshim,
         FASTVM_MEMSHIM_PATH: memFile,
@@ -153,7 +175,8 @@ export async function restoreVm(
         ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
         ...(confine ? { FASTVM_MEMSHIM_NODUMP: '1' } : {}),
       },
-      confine?.spawnAs,
+      // The helper drops to QEMU's user itself, after opening the tap.
+      viaHelper ? undefined : confine?.spawnAs,
     );
     // Into its cgroup while QMP starts; before the guest's memory is touched (delta, migration).
     const placed = confine?.place(pid, snap.machine);
@@ -225,7 +248,7 @@ export async function restoreVm(
     if (later) {
       network = await later;
       if (network) {
-        await plugTap(qmp, network.tap);
+        await plugTap(qmp, dir, network.tap, ctx.plugger);
         record.network = network;
         await layers.writeVm(dir, record);
       }

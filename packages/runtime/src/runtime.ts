@@ -74,6 +74,7 @@ import {
   type VmInfo,
   type VolumeAttachRequest,
 } from './types.js';
+import { plugTap, TapPlugger } from './tap-handover.js';
 import { LiveVm } from './vm-state.js';
 import type { Readable } from 'node:stream';
 import { attachVolume, attachedVolumes, detachVolume, growVolume } from './volumes.js';
@@ -142,6 +143,8 @@ export class QemuRuntime implements Runtime {
   #pool!: WarmPool;
   #digests!: SnapshotDigester;
   #confine: Confinement | undefined;
+  /** Hands taps to confined QEMUs by descriptor (tap-handover.ts); undefined when unconfined. */
+  #plugger: TapPlugger | undefined;
   /** Volume files being opened by a confined QEMU (`#openForQemu`), by path. */
   readonly #opening = new Map<string, Promise<void>>();
   readonly #vms = new Map<string, LiveVm>();
@@ -235,6 +238,7 @@ export class QemuRuntime implements Runtime {
         golden: (m) => this.#goldens.get(m),
         restore: (golden, id) => this.#restore(golden, { id, pooled: true }),
         discard: (vm) => this.#discard(vm),
+        plug: (vm, tap) => plugTap(vm.qmp, vm.dir, tap, this.#plugger),
       },
       this.#log,
     );
@@ -261,7 +265,13 @@ export class QemuRuntime implements Runtime {
       );
       return;
     }
+    // It cannot open a tap: the helper hands it the descriptor (tap-handover.ts).
+    if (!this.#image.tapfd) {
+      this.#log('runtime: QEMU runs unconfined: no fastvm-tapfd in the cache; run `npm run setup`');
+      return;
+    }
     this.#confine = c;
+    this.#plugger = new TapPlugger(this.#image.tapfd);
     // QEMU opens the image, the goldens and the layers by path: every directory on the way must
     // be searchable (not listable) by its user.
     c.searchable(
@@ -724,6 +734,7 @@ export class QemuRuntime implements Runtime {
     }
     this.#vms.clear();
     await this.#layers.gc();
+    this.#plugger?.close();
     await this.#unlock();
   }
 
@@ -734,6 +745,7 @@ export class QemuRuntime implements Runtime {
     await this.#layers.drainFlattens();
     await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id)));
     await this.#layers.gc();
+    this.#plugger?.close();
     await this.#unlock();
   }
 
@@ -868,6 +880,7 @@ export class QemuRuntime implements Runtime {
       qemu: this.#qemu,
       log: this.#log,
       confine: this.#confine,
+      plugger: this.#plugger,
     };
     return restoreVm(ctx, snap, target);
   }

@@ -3,7 +3,7 @@
  * nftables firewall, isolation and anti-spoofing. A network namespace, routed by the host,
  * stands in for the internet; nothing else is ever sent traffic.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -41,6 +41,26 @@ function linkLocalOf(mac: string): string {
   b[0]! ^= 2;
   const hex = (x: number, y: number) => ((x << 8) | y).toString(16);
   return `fe80::${hex(b[0]!, b[1]!)}:${hex(b[2]!, 0xff)}:${hex(0xfe, b[3]!)}:${hex(b[4]!, b[5]!)}`;
+}
+
+/** Taps a process holds open: the `iff:` line the kernel shows for a tun descriptor. */
+function tapsHeldBy(pid: number): string[] {
+  const taps: string[] = [];
+  for (const fd of fs.readdirSync(`/proc/${pid}/fdinfo`)) {
+    const m = /^iff:\s*(\S+)$/m.exec(fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+    if (m) taps.push(m[1]!);
+  }
+  return taps;
+}
+
+/** Attaches to tap `name` as uid:gid (TUNSETIFF, IFF_TAP | IFF_NO_PI); null when it could. */
+function attachAs(name: string, uid: number, gid: number): string | null {
+  const script =
+    'import fcntl, os, struct, sys\n' +
+    'fd = os.open("/dev/net/tun", os.O_RDWR)\n' +
+    'fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", sys.argv[1].encode(), 0x1002))\n';
+  const r = spawnSync('/usr/bin/python3', ['-c', script, name], { uid, gid, encoding: 'utf8' });
+  return r.status === 0 ? null : r.stderr.trim().split('\n').pop()!;
 }
 
 const TAG = crypto.randomBytes(2).toString('hex');
@@ -369,6 +389,13 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
       await rt.snapshot(ids[1]!, snap);
       await start(ids[3]!, snap); // tap at QEMU start
       for (const id of ids) {
+        // Confined, QEMU was handed its tap's descriptor (tap-handover.ts): it holds it open and
+        // never named it; all three ways (plugged into a pool VM, plugged late, at start).
+        if (rt.confinement) {
+          const pid = rt.get(id)!.pid;
+          expect(tapsHeldBy(pid), id).toEqual([vms.get(id)!.tap]);
+          expect(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'), id).not.toContain('ifname=');
+        }
         await nm.applyFirewall(id, { mode: 'open', ingress: [] });
         // Out: the internet (IPv6, NATed IPv4) and the gateway's host listener (both families).
         const targets = [
@@ -401,6 +428,21 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
       await nm.setHostTcpPorts([]);
       for (const id of ids) if (vms.has(id)) await stop(id);
       await rt.deleteSnapshot(snap).catch(() => {});
+    }
+  });
+
+  it("taps are root's: QEMU's user cannot attach to one, root can", async (ctx) => {
+    const user = rt.confinement?.user;
+    if (!user) return ctx.skip();
+    const id = `${PREFIX}-tapowner`;
+    const { tap } = await nm.allocate(id); // a tap no QEMU holds
+    try {
+      expect(attachAs(tap, user.uid, user.gid)).toMatch(
+        /Operation not permitted|Permission denied/,
+      );
+      expect(attachAs(tap, 0, 0)).toBeNull();
+    } finally {
+      await nm.release(id);
     }
   });
 

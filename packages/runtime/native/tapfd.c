@@ -1,0 +1,332 @@
+/*
+ * fastvm-tapfd: opens a VM's tap device for its confined QEMU and hands QEMU the descriptor.
+ *
+ * A confined QEMU runs as an unprivileged user and cannot open /dev/net/tun where that is
+ * root-only; nor should it be able to attach to taps at all. The server (root) runs this helper:
+ *
+ *   fastvm-tapfd exec UID GID TAP -- QEMU ARGS...
+ *     opens TAP as descriptor 3, drops to UID:GID with no supplementary groups and executes QEMU,
+ *     which takes the tap with `-netdev tap,fd=3`.
+ *
+ *   fastvm-tapfd plug SOCKET TAP NETDEV HUB PORT
+ *     opens TAP and plugs it into a running QEMU through the QMP monitor listening on SOCKET:
+ *     `getfd` (the descriptor travels with it, SCM_RIGHTS), `netdev_add` of a tap netdev NETDEV on
+ *     that descriptor, then `netdev_add` of hubport PORT joining NETDEV to hub HUB. A descriptor
+ *     named with `getfd` belongs to the monitor that received it, hence a monitor of our own.
+ *
+ *   fastvm-tapfd serve
+ *     plugs for as long as standard input is open, each in a child of its own, so that a plug
+ *     costs the server no process start (a fork of the server takes milliseconds): a request is
+ *     the line "ID<TAB>plug<TAB>SOCKET<TAB>TAP<TAB>NETDEV<TAB>HUB<TAB>PORT"; its answer, in one
+ *     write to standard output, "ID ok" or "ID error MESSAGE".
+ *
+ * The tap is opened as QEMU opens one itself (IFF_TAP | IFF_NO_PI, plus IFF_VNET_HDR when the
+ * kernel has it), so the NIC and its migration state are the same either way. Static, so that the
+ * LD_PRELOAD meant for QEMU (the memshim) is not loaded into it. Errors: one line on stderr, exit 1.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define TAP_FD 3
+#define QMP_TIMEOUT_S 10
+
+/* Set in a child of `serve`: failures are answered on standard output under this id. */
+static const char *reply_id;
+
+static void answer(const char *what, const char *msg)
+{
+	char line[1200];
+	int n = snprintf(line, sizeof(line), "%s %s%s%s\n", reply_id, what, msg ? " " : "",
+			 msg ? msg : "");
+
+	if (n > (int)sizeof(line) - 1) {
+		n = (int)sizeof(line) - 1;
+		line[n - 1] = '\n';
+	}
+	if (write(STDOUT_FILENO, line, (size_t)n) < 0) /* one write: answers never interleave */
+		_exit(2);
+}
+
+static void die(const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (reply_id) {
+		answer("error", msg);
+		_exit(1);
+	}
+	fprintf(stderr, "fastvm-tapfd: %s\n", msg);
+	exit(1);
+}
+
+static int open_tap(const char *name)
+{
+	struct ifreq ifr;
+	unsigned int features = 0;
+	char sys[64];
+	int fd;
+
+	if (strlen(name) >= IFNAMSIZ)
+		die("%s: name too long", name);
+	/* Only a tap the server made: TUNSETIFF would create a missing one. */
+	snprintf(sys, sizeof(sys), "/sys/class/net/%s", name);
+	if (access(sys, F_OK) != 0)
+		die("%s: no such device", name);
+	fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		die("/dev/net/tun: %s", strerror(errno));
+	memset(&ifr, 0, sizeof(ifr));
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+	if (ioctl(fd, TUNGETFEATURES, &features) == 0 && (features & IFF_VNET_HDR))
+		ifr.ifr_flags |= IFF_VNET_HDR;
+	memcpy(ifr.ifr_name, name, strlen(name));
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0)
+		die("%s: TUNSETIFF: %s", name, strerror(errno));
+	return fd;
+}
+
+static unsigned long number(const char *s, const char *what)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || end == s || *end)
+		die("bad %s: %s", what, s);
+	return v;
+}
+
+static int run_exec(int argc, char **argv)
+{
+	uid_t uid;
+	gid_t gid;
+	int fd;
+
+	if (argc < 7 || strcmp(argv[5], "--") != 0)
+		die("usage: fastvm-tapfd exec UID GID TAP -- QEMU ARGS...");
+	uid = (uid_t)number(argv[2], "uid");
+	gid = (gid_t)number(argv[3], "gid");
+	fd = open_tap(argv[4]);
+	if (fd != TAP_FD) {
+		if (dup2(fd, TAP_FD) < 0) /* the copy is not close-on-exec */
+			die("dup2: %s", strerror(errno));
+		close(fd);
+	} else if (fcntl(fd, F_SETFD, 0) < 0) {
+		die("fcntl: %s", strerror(errno));
+	}
+	if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+		die("dropping to %u:%u: %s", (unsigned)uid, (unsigned)gid, strerror(errno));
+	if (uid != 0 && setuid(0) == 0)
+		die("could not drop root");
+	execvp(argv[6], argv + 6);
+	die("%s: %s", argv[6], strerror(errno));
+	return 1;
+}
+
+/* ---- QMP ---- */
+
+static char inbuf[1 << 16];
+static size_t inlen;
+
+/* The next line from QEMU (without its CR LF), read into inbuf; returns its length. */
+static size_t read_line(int sock, size_t *consumed)
+{
+	for (;;) {
+		char *nl = memchr(inbuf, '\n', inlen);
+		ssize_t n;
+
+		if (nl) {
+			size_t len = (size_t)(nl - inbuf);
+
+			*consumed = len + 1;
+			if (len > 0 && inbuf[len - 1] == '\r')
+				len--;
+			inbuf[len] = '\0';
+			return len;
+		}
+		if (inlen == sizeof(inbuf) - 1)
+			die("QMP: line too long");
+		n = read(sock, inbuf + inlen, sizeof(inbuf) - 1 - inlen);
+		if (n == 0)
+			die("QMP: connection closed");
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			die("QMP: read: %s", strerror(errno == EAGAIN ? ETIMEDOUT : errno));
+		}
+		inlen += (size_t)n;
+	}
+}
+
+static void drop_line(size_t consumed)
+{
+	memmove(inbuf, inbuf + consumed, inlen - consumed);
+	inlen -= consumed;
+}
+
+/* Waits for the answer to the command just sent (events are skipped); dies on an error. */
+static void await_return(int sock, const char *what)
+{
+	for (;;) {
+		size_t consumed;
+
+		read_line(sock, &consumed);
+		if (strncmp(inbuf, "{\"return\"", 9) == 0) {
+			drop_line(consumed);
+			return;
+		}
+		if (strncmp(inbuf, "{\"error\"", 8) == 0)
+			die("QMP %s: %s", what, inbuf);
+		drop_line(consumed); /* an event */
+	}
+}
+
+/* Sends one command, with `fd` attached when it is not -1. */
+static void send_cmd(int sock, const char *cmd, int fd)
+{
+	struct iovec iov = { .iov_base = (void *)cmd, .iov_len = strlen(cmd) };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} ctl;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (fd >= 0) {
+		struct cmsghdr *c;
+
+		memset(&ctl, 0, sizeof(ctl));
+		msg.msg_control = ctl.buf;
+		msg.msg_controllen = sizeof(ctl.buf);
+		c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
+		if (errno != EINTR)
+			die("QMP: send: %s", strerror(errno));
+	}
+}
+
+/* Names passed into JSON: netdev ids and the like, never anything to escape. */
+static const char *plain(const char *s, const char *what)
+{
+	for (const char *p = s; *p; p++)
+		if (!(*p == '-' || *p == '_' || *p == '.' || (*p >= '0' && *p <= '9') ||
+		      (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
+			die("bad %s: %s", what, s);
+	return s;
+}
+
+static int run_plug(int argc, char **argv)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct timeval tv = { .tv_sec = QMP_TIMEOUT_S };
+	const char *netdev, *port;
+	unsigned long hub;
+	char cmd[512];
+	size_t consumed;
+	int sock, fd;
+
+	if (argc != 7)
+		die("usage: fastvm-tapfd plug SOCKET TAP NETDEV HUB PORT");
+	netdev = plain(argv[4], "netdev id");
+	hub = number(argv[5], "hub id");
+	port = plain(argv[6], "port id");
+	if (strlen(argv[2]) >= sizeof(addr.sun_path))
+		die("%s: path too long", argv[2]);
+	fd = open_tap(plain(argv[3], "tap"));
+	memcpy(addr.sun_path, argv[2], strlen(argv[2]));
+	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		die("socket: %s", strerror(errno));
+	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (connect(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		die("%s: %s", argv[2], strerror(errno));
+	read_line(sock, &consumed); /* the greeting */
+	drop_line(consumed);
+	send_cmd(sock, "{\"execute\":\"qmp_capabilities\"}\n", -1);
+	await_return(sock, "qmp_capabilities");
+	send_cmd(sock, "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"tapfd\"}}\n", fd);
+	await_return(sock, "getfd");
+	/* Both go out at once; QEMU runs them in order. */
+	snprintf(cmd, sizeof(cmd),
+		 "{\"execute\":\"netdev_add\",\"arguments\":{\"type\":\"tap\",\"id\":\"%s\",\"fd\":\"tapfd\"}}\n"
+		 "{\"execute\":\"netdev_add\",\"arguments\":{\"type\":\"hubport\",\"id\":\"%s\",\"hubid\":%lu,\"netdev\":\"%s\"}}\n",
+		 netdev, port, hub, netdev);
+	send_cmd(sock, cmd, -1);
+	await_return(sock, "netdev_add tap");
+	await_return(sock, "netdev_add hubport");
+	return 0;
+}
+
+static int run_serve(void)
+{
+	static char line[8192];
+	struct sigaction sa = { .sa_handler = SIG_IGN, .sa_flags = SA_NOCLDWAIT };
+
+	sigaction(SIGCHLD, &sa, NULL); /* children are reaped by the kernel */
+	while (fgets(line, sizeof(line), stdin)) {
+		char *argv[9] = { "fastvm-tapfd" };
+		char *save = NULL, *id;
+		int argc = 1;
+		pid_t pid;
+
+		line[strcspn(line, "\n")] = '\0';
+		id = strtok_r(line, "\t", &save);
+		if (!id)
+			continue;
+		for (char *f; argc < 8 && (f = strtok_r(NULL, "\t", &save));)
+			argv[argc++] = f;
+		argv[argc] = NULL;
+		fflush(stdout);
+		pid = fork();
+		if (pid == 0) {
+			reply_id = id;
+			if (argc < 2 || strcmp(argv[1], "plug") != 0)
+				die("unknown request");
+			run_plug(argc, argv);
+			answer("ok", NULL);
+			_exit(0);
+		}
+		if (pid < 0) {
+			reply_id = id;
+			answer("error", strerror(errno));
+			reply_id = NULL;
+		}
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "exec") == 0)
+		return run_exec(argc, argv);
+	if (argc > 1 && strcmp(argv[1], "plug") == 0)
+		return run_plug(argc, argv);
+	if (argc == 2 && strcmp(argv[1], "serve") == 0)
+		return run_serve();
+	die("usage: fastvm-tapfd exec UID GID TAP -- QEMU ARGS... | plug SOCKET TAP NETDEV HUB PORT | serve");
+	return 1;
+}
