@@ -244,7 +244,7 @@ static int run_plug(int argc, char **argv)
 	struct timeval tv = { .tv_sec = QMP_TIMEOUT_S };
 	const char *netdev, *port;
 	unsigned long hub;
-	char cmd[512];
+	char cmd[768];
 	size_t consumed;
 	int sock, fd;
 
@@ -264,18 +264,22 @@ static int run_plug(int argc, char **argv)
 	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (connect(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0)
 		die("%s: %s", argv[2], strerror(errno));
-	read_line(sock, &consumed); /* the greeting */
-	drop_line(consumed);
-	send_cmd(sock, "{\"execute\":\"qmp_capabilities\"}\n", -1);
-	await_return(sock, "qmp_capabilities");
-	send_cmd(sock, "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"tapfd\"}}\n", fd);
-	await_return(sock, "getfd");
-	/* Both go out at once; QEMU runs them in order. */
+	/*
+	 * All four at once, the descriptor with them: one round trip. QEMU queues a monitor's
+	 * requests and runs them in order, the first (qmp_capabilities) before the others are
+	 * looked at; the descriptor waits on the monitor for `getfd`.
+	 */
 	snprintf(cmd, sizeof(cmd),
+		 "{\"execute\":\"qmp_capabilities\"}\n"
+		 "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"tapfd\"}}\n"
 		 "{\"execute\":\"netdev_add\",\"arguments\":{\"type\":\"tap\",\"id\":\"%s\",\"fd\":\"tapfd\"}}\n"
 		 "{\"execute\":\"netdev_add\",\"arguments\":{\"type\":\"hubport\",\"id\":\"%s\",\"hubid\":%lu,\"netdev\":\"%s\"}}\n",
 		 netdev, port, hub, netdev);
-	send_cmd(sock, cmd, -1);
+	send_cmd(sock, cmd, fd);
+	read_line(sock, &consumed); /* the greeting */
+	drop_line(consumed);
+	await_return(sock, "qmp_capabilities");
+	await_return(sock, "getfd");
 	await_return(sock, "netdev_add tap");
 	await_return(sock, "netdev_add hubport");
 	return 0;
