@@ -373,6 +373,8 @@ export class NetworkManager {
   readonly #fwQueues = new Map<string, Promise<unknown>>();
   /** Free ports whose devices and tables exist (created by this process or checked by it). */
   readonly #ready = new Set<string>();
+  /** Taps of ports this process reserved for pool VMs (`reserve`). */
+  readonly #reserved = new Set<string>();
   /** The policy each port's firewall chain holds now (a key), to skip no-op applies. */
   readonly #installed = new Map<string, string>();
   #refilling: Promise<void> | undefined;
@@ -517,6 +519,34 @@ export class NetworkManager {
       }
       return this.#toVmNetwork(port);
     });
+  }
+
+  /**
+   * A port for warm-pool VM `name`, which waits with it plugged in; a launch from the pool then
+   * takes it along (`rebind`), with no host work. `reconcile` keeps what this process reserved.
+   */
+  reserve(name: string): Promise<VmNetwork> {
+    const allocated = this.allocate(name);
+    const spare = this.#portOf(name); // a spare is handed out at once: reserved in this tick
+    if (spare) this.#reserved.add(spare.tap);
+    return allocated.then((n) => {
+      this.#reserved.add(n.tap);
+      return n;
+    });
+  }
+
+  /**
+   * Gives the port of `from` (a pool VM's, `reserve`) to VM `to`, with no host work; undefined
+   * when `from` has none or `to` has one already.
+   */
+  rebind(from: string, to: string): VmNetwork | undefined {
+    this.#requireAvailable();
+    const p = this.#portOf(from);
+    if (!p || this.#portOf(to)) return undefined;
+    p.vmId = to;
+    this.#reserved.delete(p.tap);
+    this.#save(); // recorded before the VM uses it
+    return this.#toVmNetwork(p);
   }
 
   /**
@@ -665,6 +695,7 @@ export class NetworkManager {
       for (const p of Object.values(this.#state.ports)) {
         if (p.vmId && live.has(p.vmId)) continue;
         if (!p.vmId && this.#ready.has(p.tap)) continue; // a spare this process made
+        if (this.#reserved.has(p.tap)) continue; // a pool VM's, reserved by this process
         try {
           await this.#removePort(p);
         } catch (err) {
@@ -1029,6 +1060,7 @@ table inet ${t} {
   }
 
   async #removePort(p: Port): Promise<void> {
+    this.#reserved.delete(p.tap);
     this.#installed.delete(p.tap);
     this.#policies.delete(p.tap);
     this.#learned.delete(p.tap);

@@ -16,7 +16,7 @@ import { applyIdentity, takenIdentity } from './identity.js';
 import type { LayerStore } from './layers.js';
 import { reniceProcess } from './process.js';
 import type { SnapshotRecord } from './records.js';
-import { type MachineType, type NetworkOption } from './types.js';
+import { type MachineType, type NetworkClaim, type NetworkOption } from './types.js';
 import type { LiveVm } from './vm-state.js';
 
 /** A pooled VM runs these after its restore (the server runs string commands with `sh -c`). */
@@ -117,18 +117,20 @@ export class WarmPool {
   }
 
   /**
-   * A waiting VM made into VM `id` (tap plugged in, dir renamed, reniced, new identity), or
-   * undefined when none is ready. The VM comes back `running`, not yet registered.
+   * A waiting VM made into VM `id` (dir renamed, reniced, new identity; its network: the port it
+   * waited with, or a tap plugged in now), or undefined when none is ready. The VM comes back
+   * `running`, not yet registered. A claim (`NetworkClaim`) is called here, with the name of the
+   * pool VM when that has a port; when the network it gives is not the VM's own port, a VM with
+   * one cannot take it (its NIC's hub has a tap) and is discarded.
    */
   async take(
     machine: MachineType,
     id: string,
     hostname: string | undefined,
-    networkOption: NetworkOption | undefined,
+    networkOption: NetworkOption | NetworkClaim | undefined,
   ): Promise<LiveVm | undefined> {
     const list = this.#waiting.get(machine);
     if (!list?.length) return undefined;
-    const network = await networkOption;
     for (let vm = list.shift(); vm; vm = list.shift()) {
       if (vm.state !== 'pooled') {
         await this.#discard(vm);
@@ -136,6 +138,14 @@ export class WarmPool {
       }
       const t0 = performance.now();
       const poolName = vm.id;
+      const own = vm.record.network;
+      const network = await (typeof networkOption === 'function'
+        ? networkOption(own ? poolName : undefined)
+        : networkOption);
+      if (own && network?.tap !== own.tap) {
+        await this.#discard(vm);
+        continue;
+      }
       // The guest's identity, the tap and the record are independent: all at once (the guest
       // keeps its network configuration, so the tap needs nothing from it). The VM is handed
       // over before the guest acknowledges its identity (`LiveVm.settleIdentity`).
@@ -150,7 +160,7 @@ export class WarmPool {
         vm.record.id = id;
         vm.dir = dir;
         // After the rename: the tap may go in through a socket in the VM's dir.
-        const plugged = network ? this.hooks.plug(vm, network.tap) : undefined;
+        const plugged = network && !own ? this.hooks.plug(vm, network.tap) : undefined;
         if (network) vm.record.network = network;
         vm.record.createdAt = new Date().toISOString();
         await Promise.all([this.layers.writeVm(dir, vm.record), plugged]);

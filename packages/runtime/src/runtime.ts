@@ -59,6 +59,9 @@ import {
   type LaunchOptions,
   MACHINES,
   type MachineType,
+  type NetworkClaim,
+  type NetworkOption,
+  type PoolNetwork,
   type ProcessRequest,
   type ProcessSession,
   type PtyRequest,
@@ -72,6 +75,7 @@ import {
   type SnapshotInfo,
   type SnapshotManifest,
   type VmInfo,
+  type VmNetwork,
   type VolumeAttachRequest,
 } from './types.js';
 import { plugTap, TapPlugger } from './tap-handover.js';
@@ -145,6 +149,8 @@ export class QemuRuntime implements Runtime {
   #confine: Confinement | undefined;
   /** Hands taps to confined QEMUs by descriptor (tap-handover.ts); undefined when unconfined. */
   #plugger: TapPlugger | undefined;
+  /** Ports for pool VMs (`setPoolNetwork`). */
+  #poolNetwork: PoolNetwork | undefined;
   /** Volume files being opened by a confined QEMU (`#openForQemu`), by path. */
   readonly #opening = new Map<string, Promise<void>>();
   readonly #vms = new Map<string, LiveVm>();
@@ -236,8 +242,23 @@ export class QemuRuntime implements Runtime {
       this.#layers,
       {
         golden: (m) => this.#goldens.get(m),
-        restore: (golden, id) => this.#restore(golden, { id, pooled: true }),
-        discard: (vm) => this.#discard(vm),
+        // With a port of its own when the host's networking gives one (`setPoolNetwork`).
+        restore: (golden, id) =>
+          this.#restore(golden, {
+            id,
+            pooled: true,
+            network: this.#poolNetwork?.reserve(id).catch((err: unknown) => {
+              this.#log(`runtime: no port for pooled VM ${id}: ${String(err)}`);
+              return undefined;
+            }),
+          }),
+        discard: async (vm) => {
+          await this.#discard(vm);
+          // Its port, unless a launch took it along (then released with that VM).
+          if (vm.record.network) {
+            await this.#poolNetwork?.release(vm.record.qemuName ?? vm.id).catch(() => {});
+          }
+        },
         plug: (vm, tap) => plugTap(vm.qmp, vm.dir, tap, this.#plugger),
       },
       this.#log,
@@ -363,15 +384,17 @@ export class QemuRuntime implements Runtime {
     let vm: LiveVm;
     try {
       // The warm pool holds VMs of the platform's image only: a base image restores its golden.
+      // A claim is called once: by the pool, or here for a restore.
+      const claim = typeof opts.network === 'function' ? once(opts.network) : undefined;
       const pooled = base
         ? undefined
-        : await this.#pool.take(opts.machine, opts.id, opts.hostname, opts.network);
+        : await this.#pool.take(opts.machine, opts.id, opts.hostname, claim ?? opts.network);
       vm =
         pooled ??
         (await this.#restore(golden, {
           id: opts.id,
           hostname: opts.hostname,
-          network: opts.network,
+          network: claim ? claim(undefined) : (opts.network as NetworkOption | undefined),
         }));
       this.#register(vm);
     } finally {
@@ -380,6 +403,10 @@ export class QemuRuntime implements Runtime {
     if (!base) this.#pool.fill(opts.machine);
     if (diskGiB > golden.diskGiB) await vm.serially(() => growDisk(this.#layers, vm, diskGiB));
     return this.#info(vm);
+  }
+
+  setPoolNetwork(pool: PoolNetwork | undefined): void {
+    this.#poolNetwork = pool;
   }
 
   /** A confined QEMU opens a base image's file (the end of a disk chain) by path. */
@@ -980,4 +1007,10 @@ export class QemuRuntime implements Runtime {
       ...(vm.record.baseImage ? { baseImage: vm.record.baseImage } : {}),
     };
   }
+}
+
+/** `claim` called at most once: later calls get the first call's answer. */
+function once(claim: NetworkClaim): NetworkClaim {
+  let first: Promise<VmNetwork | undefined> | undefined;
+  return (pooledFrom) => (first ??= claim(pooledFrom));
 }

@@ -47,6 +47,23 @@ export interface VmNetwork {
 export type NetworkOption = VmNetwork | Promise<VmNetwork | undefined>;
 
 /**
+ * A launch's network, claimed by the runtime once it knows where the VM comes from: a warm-pool
+ * VM waits with a port of its own plugged in (`PoolNetwork`), reserved under the pool VM's name
+ * (`pooledFrom`), and the launched VM gets that very port; otherwise (`undefined`) any port.
+ * Called at most once.
+ */
+export type NetworkClaim = (pooledFrom: string | undefined) => Promise<VmNetwork | undefined>;
+
+/**
+ * Ports for warm-pool VMs, from the host's networking: a pool VM is restored with its tap, so a
+ * launch from the pool plugs nothing in (`NetworkClaim`). Released when the pool VM is discarded.
+ */
+export interface PoolNetwork {
+  reserve(name: string): Promise<VmNetwork | undefined>;
+  release(name: string): Promise<void>;
+}
+
+/**
  * A root filesystem other than the platform's guest image (an imported OCI image): an ext4 file
  * with the guest agent and what the guest needs added. Launching from one cold-boots it (or
  * restores its own cached golden); the VM's disk is a copy-on-write layer over the file, which
@@ -65,7 +82,7 @@ export interface LaunchOptions {
   readonly machine: MachineType;
   readonly diskGiB?: number;
   readonly hostname?: string;
-  readonly network?: NetworkOption;
+  readonly network?: NetworkOption | NetworkClaim;
   /** Boot this root filesystem instead of the platform's guest image. */
   readonly baseImage?: BaseImage;
 }
@@ -333,6 +350,11 @@ export interface AdoptResult {
 export interface Runtime extends Partial<SnapshotMobilitySupport> {
   /** Start a fresh VM (restored from the machine type's golden snapshot). */
   launch(opts: LaunchOptions): Promise<VmInfo>;
+  /**
+   * Where warm-pool VMs get ports (the host's networking, once it is up); undefined: they wait
+   * without one and a launch plugs its tap in. Optional: a runtime without a pool ignores it.
+   */
+  setPoolNetwork?(pool: PoolNetwork | undefined): void;
   /** Start a new VM from a snapshot; any number may run concurrently. */
   restore(opts: RestoreOptions): Promise<VmInfo>;
   /** Snapshot a running VM; it keeps running afterwards. */

@@ -108,6 +108,17 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
     vms.set(id, await allocating);
   }
 
+  /** A launch that lets the runtime claim its network, as the server does (`NetworkClaim`). */
+  async function launchClaiming(id: string): Promise<void> {
+    await rt.launch({
+      id,
+      machine: 'c1m2',
+      network: async (pooledFrom) =>
+        (pooledFrom ? nm.rebind(pooledFrom, id) : undefined) ?? nm.allocate(id),
+    });
+    vms.set(id, nm.get(id)!);
+  }
+
   async function stop(id: string): Promise<void> {
     await rt.destroy(id);
     await nm.release(id);
@@ -364,7 +375,7 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
     }
   });
 
-  it('every way a VM starts carries traffic both ways: refilled pool, cold launch, restore', async () => {
+  it('every way a VM starts carries traffic both ways: pool (tap plugged in, or its own port), cold launch, restore', async () => {
     // A pooled VM used to wait on an empty QEMU hub: the first frame its guest sent there was
     // queued forever and its NIC never transmitted again, even after the tap was plugged in.
     const waitPool = async () => {
@@ -372,22 +383,36 @@ describe.skipIf(SKIP)(`VM networking (real QEMU VMs)${SKIP ? ` — skipped: ${SK
       expect(rt.poolReady('c1m2')).toBe(1);
     };
     const launched = (id: string) => logs.some((m) => m.includes(`launched ${id} from the pool`));
-    const ids = [`${PREFIX}-p1`, `${PREFIX}-p2`, `${PREFIX}-cold`, `${PREFIX}-fork`];
+    const ids = [
+      `${PREFIX}-p1`,
+      `${PREFIX}-p2`,
+      `${PREFIX}-cold`,
+      `${PREFIX}-fork`,
+      `${PREFIX}-p3`,
+    ];
     const snap = `${PREFIX}-psnap`;
     await nm.setHostTcpPorts([hostPort]);
     try {
       await waitPool();
-      await start(ids[0]!); // a VM the pool refilled after A was taken
+      // Pool VMs made from now on wait with a port of their own (the one waiting has none).
+      rt.setPoolNetwork({ reserve: (n) => nm.reserve(n), release: (n) => nm.release(n) });
+      await start(ids[0]!); // a VM the pool refilled after A was taken: its tap plugged in now
       await waitPool();
-      await start(ids[1]!); // from the pool
+      await start(ids[1]!); // from the pool, given a port of the launch's: it is discarded
       await start(ids[2]!, undefined, true); // cold: the pool is still refilling
       expect([launched(ids[0]!), launched(ids[1]!), launched(ids[2]!)]).toEqual([
         true,
-        true,
+        false,
         false,
       ]);
-      await rt.snapshot(ids[1]!, snap);
+      await rt.snapshot(ids[0]!, snap);
       await start(ids[3]!, snap); // tap at QEMU start
+      await waitPool();
+      await launchClaiming(ids[4]!); // from the pool, taking its port along: nothing plugged
+      expect(launched(ids[4]!)).toBe(true);
+      const cmdline = (id: string) => fs.readFileSync(`/proc/${rt.get(id)!.pid}/cmdline`, 'utf8');
+      expect(cmdline(ids[4]!)).toContain('tap,id=tap0'); // on the hub since the VM was restored
+      expect(cmdline(ids[0]!)).not.toContain('tap,id=tap0');
       for (const id of ids) {
         // Confined, QEMU was handed its tap's descriptor (tap-handover.ts): it holds it open and
         // never named it; all three ways (plugged into a pool VM, plugged late, at start).
@@ -531,6 +556,7 @@ describe.skipIf(SKIP)(`host network state (no VMs)${SKIP ? ` — skipped: ${SKIP
     const first = await NetworkManager.create({ ...opts, sparePorts: 0 });
     const live = await first.allocate('live');
     const dead = await first.allocate('dead');
+    const deadPool = await first.reserve('pool-dead'); // a pool VM's port, of a run that crashed
     await first.applyFirewall('live', restricted(8080));
     expect(live.tap).not.toBe(dead.tap);
     expect(live.ipv6).not.toBe(dead.ipv6);
@@ -544,8 +570,18 @@ describe.skipIf(SKIP)(`host network state (no VMs)${SKIP ? ` — skipped: ${SKIP
     const second = await NetworkManager.create({ ...opts, sparePorts: 2 });
     expect(second.ipv6Prefix).toBe(first.ipv6Prefix); // the generated prefix is kept
     expect(second.get('live')).toEqual(live);
+    // Reserved by this run for a pool VM (reconcile may run while the pool fills): kept.
+    const pool = await second.reserve('pool-live');
     const r = await second.reconcile(['live']);
-    expect(r.released).toEqual(['dead']);
+    expect(r.released.sort()).toEqual(['dead', 'pool-dead']);
+    expect(second.get('pool-live')).toEqual(pool);
+    expect(second.get('pool-dead')).toBeUndefined();
+    expect(deadPool.tap).not.toBe(pool.tap);
+    // A launch from that pool VM takes its port along, as is; only once.
+    expect(second.rebind('pool-live', 'launched')).toEqual(pool);
+    expect(second.get('launched')).toEqual(pool);
+    expect(second.get('pool-live')).toBeUndefined();
+    expect(second.rebind('pool-live', 'other')).toBeUndefined();
     expect(r.removedTaps).toEqual([stray]);
     expect(r.removedTables).toEqual([`fastvm_${bridge}_${stray}`]);
     const links = await sh('ip', ['-br', 'link']);

@@ -439,6 +439,9 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         ? { holders: (id: string) => mobility!.holders(id), selfId: registry.hostId }
         : undefined,
     );
+    // After the network's reconcile (which frees ports no live VM has): pool VMs get ports of
+    // their own from now on, plugged in while they wait.
+    if (network.pool) runtime.setPoolNetwork?.(network.pool);
     builds = new BuildService(ctx, files, {
       dataDir: opts.dataDir,
       ...(images ? { images } : {}),

@@ -24,7 +24,12 @@
  * @module
  */
 import path from 'node:path';
-import { BridgeInUseError, NetworkManager as HostNetwork, publicIpv6 } from '@fastvm/runtime';
+import {
+  BridgeInUseError,
+  NetworkManager as HostNetwork,
+  type PoolNetwork,
+  publicIpv6,
+} from '@fastvm/runtime';
 import type { Logger } from 'pino';
 import type { FirewallPolicy } from '../domain/index.js';
 import { DnsForwarder, hostResolvers, upstreamsFromEnv, type Upstream } from './dns-forwarder.js';
@@ -121,8 +126,19 @@ export class HostNetworkManager implements NetworkManager {
     await this.host.setHostTcpPorts([...this.hostPorts]);
   }
 
-  async attach(vmId: string, firewall: FirewallPolicy): Promise<VmNetworkAttachment> {
-    const network = await this.host.allocate(vmId);
+  readonly pool: PoolNetwork = {
+    reserve: (name) => this.host.reserve(name),
+    release: (name) => this.host.release(name),
+  };
+
+  async attach(
+    vmId: string,
+    firewall: FirewallPolicy,
+    pooledFrom?: string,
+  ): Promise<VmNetworkAttachment> {
+    const network =
+      (pooledFrom !== undefined ? this.host.rebind(pooledFrom, vmId) : undefined) ??
+      (await this.host.allocate(vmId));
     try {
       // Before the VM runs, so it is never reachable under a policy it was not given. Applies
       // are queued per VM in call order, so a later change is never overtaken by this one.

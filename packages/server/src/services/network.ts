@@ -4,7 +4,7 @@
  * without public networking and report `publicIpv6: null`.
  * @module
  */
-import type { VmNetwork } from '@fastvm/runtime';
+import type { PoolNetwork, VmNetwork } from '@fastvm/runtime';
 import type { FirewallPolicy } from '../domain/index.js';
 
 /** What a network manager hands the runtime for one VM. */
@@ -20,8 +20,14 @@ export interface VmNetworkAttachment {
  * failure paths may call `release` for VMs that never had networking.
  */
 export interface NetworkManager {
-  /** Allocates networking for a VM about to boot (before `Runtime.launch/restore`). */
-  attach(vmId: string, firewall: FirewallPolicy): Promise<VmNetworkAttachment>;
+  /**
+   * Allocates networking for a VM about to boot (before `Runtime.launch/restore`, or when the
+   * runtime claims it). `pooledFrom`: the warm-pool VM the launch is made from, whose port
+   * (`pool`) the VM takes along.
+   */
+  attach(vmId: string, firewall: FirewallPolicy, pooledFrom?: string): Promise<VmNetworkAttachment>;
+  /** Ports for the runtime's warm-pool VMs (`Runtime.setPoolNetwork`); absent without networking. */
+  readonly pool?: PoolNetwork;
   /** Applies a changed policy to a live VM; called after the new policy is stored. */
   onFirewallChange(vmId: string, policy: FirewallPolicy): Promise<void>;
   /** Frees what `attach` allocated (VM deleted, failed or lost). Idempotent. */

@@ -30,6 +30,7 @@ import {
 import type { VmPatch } from '../store/index.js';
 import type { ServiceContext } from './context.js';
 import { hostnameFor, normalizeName } from './names.js';
+import type { VmNetworkAttachment } from './network.js';
 import { restoreServices, type ServiceRestore } from './published-services.js';
 import { resolveSnapshot, resolveVm } from './resolve.js';
 import { describeError, fromRuntimeError } from './runtime-errors.js';
@@ -294,22 +295,30 @@ export class VmService {
     const operation = vm.sourceSnapshotId ? 'restore' : 'launch';
     const t0 = Date.now();
     // The host side of networking (tap, nftables) is set up while QEMU starts: the runtime plugs
-    // the tap in when it is ready, before the guest gets its identity and runs.
+    // the tap in when it is ready, before the guest gets its identity and runs. A launch lets the
+    // runtime claim it: a warm-pool VM waits with a port plugged in, which the VM takes along.
     // The effective policy: a restore's services are registered before it boots.
-    const attaching = network.attach(vm.id, effectiveFirewall(vm.firewall, vm.services));
+    const firewall = effectiveFirewall(vm.firewall, vm.services);
+    let attaching: Promise<VmNetworkAttachment> | undefined;
+    const attach = (pooledFrom?: string) =>
+      (attaching ??= network.attach(vm.id, firewall, pooledFrom));
+    const nic = (pooledFrom?: string) => {
+      const n = attach(pooledFrom).then((a) => a.network);
+      n.catch(() => {}); // a failure surfaces from `await attach()` below (or the runtime)
+      return n;
+    };
     try {
-      const nic = attaching.then((a) => a.network);
-      nic.catch(() => {}); // a failure surfaces from `await attaching` below (or the runtime)
-      const common = { id: vm.id, hostname: hostnameFor(vm.name, vm.id), network: nic };
+      const common = { id: vm.id, hostname: hostnameFor(vm.name, vm.id) };
       const started = Date.now();
       if (vm.sourceSnapshotId) {
+        const restoreNic = nic();
         // Multi-host: the snapshot's files come from a host that holds them first.
         await this.ctx.mobility?.ensureLocal(vm.sourceSnapshotId);
-        await runtime.restore({ ...common, snapshotId: vm.sourceSnapshotId });
+        await runtime.restore({ ...common, network: restoreNic, snapshotId: vm.sourceSnapshotId });
       } else {
-        await runtime.launch({ ...common, machine: vm.machine, diskGiB: vm.diskGiB });
+        await runtime.launch({ ...common, network: nic, machine: vm.machine, diskGiB: vm.diskGiB });
       }
-      const net = await attaching;
+      const net = await attach();
       // A TTL counts running time: it starts now (and a PATCH made meanwhile is kept).
       const current = await store.getVm(vm.orgId, vm.id);
       const ttl = current ? current.ttl : vm.ttl;
@@ -339,7 +348,7 @@ export class VmService {
         .catch((e: unknown) => log.error({ err: e }, 'recording launch failure failed'));
       if (failed) this.ctx.events.changed(failed);
       await runtime.destroy(vm.id).catch(() => {});
-      await attaching.catch(() => {}); // release what it allocated, not race it
+      await attaching?.catch(() => {}); // release what it allocated, not race it
       await network.release(vm.id).catch(() => {});
       throw fromRuntimeError(err, 'launch', { vmId: vm.id });
     }
