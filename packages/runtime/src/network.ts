@@ -246,8 +246,14 @@ const LEARNED_TTL_MAX_S = 24 * 3600;
 const LEARNED_NAMES_MAX = 4096;
 /** Enough for a fork of 10 with room to spare (a port made on demand costs `ip` and `nft` runs). */
 const DEFAULT_SPARE_PORTS = 16;
-/** Spare ports are made this long after the last hand-out, so that launches have the CPU first. */
+/**
+ * Spare ports are made once hand-outs have stopped for `REFILL_IDLE_MS`: they come in bursts (a
+ * fork of 10), whose VMs want the CPU right then, and making a port costs two process starts
+ * (each a fork of the server) and `ip`/`nft` work. With fewer than `SPARE_LOW` left, sooner.
+ */
+const REFILL_IDLE_MS = 3000;
 const REFILL_DELAY_MS = 500;
+const SPARE_LOW = 4;
 const IFNAME_MAX = 15;
 const CMD_TIMEOUT_MS = 15_000;
 /** Owner records of bridges (a tmpfs: gone at reboot, like the bridges). */
@@ -379,6 +385,8 @@ export class NetworkManager {
   readonly #installed = new Map<string, string>();
   #refilling: Promise<void> | undefined;
   #refillTimer: NodeJS.Timeout | undefined;
+  /** When a spare port was last handed out (`performance.now()`). */
+  #lastHandOut = -Infinity;
   #closed = false;
   /** This manager's hold on the bridge (see "Ownership" in the module comment). */
   #claim: Claim | undefined;
@@ -503,6 +511,7 @@ export class NetworkManager {
       const port = this.#state.ports[tap]!;
       port.vmId = vmId;
       this.#save(); // recorded before the VM uses it
+      this.#lastHandOut = performance.now();
       this.#scheduleRefill();
       return Promise.resolve(this.#toVmNetwork(port));
     }
@@ -1074,21 +1083,29 @@ table inet ${t} {
     if (still) throw new Error(`could not remove tap ${p.tap}`);
   }
 
-  /** Makes spare ports in the background (at a low CPU priority) until `sparePorts` are ready. */
-  #scheduleRefill(delayMs = REFILL_DELAY_MS): void {
-    if (this.#closed || !this.available || this.#spare <= 0 || this.#refillTimer) return;
-    if (this.#refilling) return; // it loops until full
+  /**
+   * Makes spare ports in the background (at a low CPU priority) until `sparePorts` are ready,
+   * once hand-outs have paused (`REFILL_IDLE_MS`; see there). A hand-out during a refill pauses it.
+   */
+  #scheduleRefill(delayMs?: number): void {
+    if (this.#closed || !this.available || this.#spare <= 0 || this.#refilling) return;
+    if (this.#refillTimer) clearTimeout(this.#refillTimer);
+    const delay = delayMs ?? (this.#ready.size < SPARE_LOW ? REFILL_DELAY_MS : REFILL_IDLE_MS);
     this.#refillTimer = setTimeout(() => {
       this.#refillTimer = undefined;
-      this.#refilling = this.#refill().finally(() => {
+      this.#refilling = this.#refill().then((paused) => {
         this.#refilling = undefined;
+        if (paused) this.#scheduleRefill();
       });
-    }, delayMs);
+    }, delay);
     this.#refillTimer.unref();
   }
 
-  async #refill(): Promise<void> {
+  /** Makes spare ports; true when it stopped for hand-outs (see `#scheduleRefill`). */
+  async #refill(): Promise<boolean> {
     while (!this.#closed && this.#ready.size < this.#spare) {
+      const busy = performance.now() - this.#lastHandOut < REFILL_IDLE_MS;
+      if (busy && this.#ready.size >= SPARE_LOW) return true;
       try {
         await this.#exclusive(async () => {
           if (this.#closed) return;
@@ -1105,9 +1122,10 @@ table inet ${t} {
         });
       } catch (err) {
         this.#log(`network: making a spare port failed: ${errText(err)}`);
-        return;
+        return false;
       }
     }
+    return false;
   }
 
   #stopRefill(): void {
