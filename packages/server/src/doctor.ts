@@ -239,13 +239,17 @@ function imageChecks(cacheDir: string): Check[] {
   }
   const out: Check[] = [];
   const confinable = fs.readFileSync(image.memshim).includes('FASTVM_MEMSHIM_NODUMP');
+  // A confined QEMU gets its tap from this helper (runtime tap-handover.ts).
+  const tapfd = image.tapfd !== undefined && fs.existsSync(image.tapfd);
   out.push(
-    confinable
+    confinable && tapfd
       ? { name: 'guest image', status: 'ok', detail: `${image.imageId} in ${cacheDir}` }
       : {
           name: 'guest image',
           status: 'warn',
-          detail: `${image.memshim} predates confinement: QEMU would run unconfined`,
+          detail: confinable
+            ? 'no fastvm-tapfd in the cache: QEMU would run unconfined'
+            : `${image.memshim} predates confinement: QEMU would run unconfined`,
           fix: 'npm run setup',
         },
   );
