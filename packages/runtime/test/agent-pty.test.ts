@@ -73,6 +73,15 @@ function alive(pid: number): boolean {
   }
 }
 
+/** The process's command name, '' once it is gone. */
+function comm(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
 beforeAll(async () => {
   if (!process.env.FASTVM_AGENT_BIN) {
     execFileSync('make', ['-s', '-C', path.join(repo, 'agent')], { stdio: 'inherit' });
@@ -146,7 +155,13 @@ describe('AgentClient.spawn with a pty', () => {
     const mark = screen.text.length;
     sh.write('sleep 300 & echo "job=$!"\n');
     const job = Number((await screen.waitFor(/job=(\d+)\r\n.*PROMPT\$ /s, mark))[1]);
-    expect(alive(job)).toBe(true);
+    // bash prints the job's pid right after its fork; until the child has executed `sleep` it
+    // still runs bash's own hangup handler, and a hangup then is lost when it executes.
+    const execDeadline = Date.now() + 3000;
+    while (comm(job) !== 'sleep' && Date.now() < execDeadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(comm(job)).toBe('sleep');
     sh.close();
     const exit = await sh.exited;
     expect({ exitCode: exit.exitCode, signal: exit.signal }).toEqual({ exitCode: 129, signal: 1 });
