@@ -90,10 +90,16 @@ describe('confinement (real QEMU VM)', () => {
     const limit = LIMIT_MIB * 2 ** 20;
     if (cg.version === 2) {
       expect(leafFile(leaves, 'cpu.max')).toBe('25000 100000');
+      if (leaves.some((l) => fs.existsSync(path.join(l, 'cpu.max.burst')))) {
+        expect(leafFile(leaves, 'cpu.max.burst')).toBe('25000');
+      }
       expect(leafFile(leaves, 'memory.max')).toBe(String(limit));
     } else {
       expect(leafFile(leaves, 'cpu.cfs_quota_us')).toBe('25000');
       expect(leafFile(leaves, 'cpu.cfs_period_us')).toBe('100000');
+      if (leaves.some((l) => fs.existsSync(path.join(l, 'cpu.cfs_burst_us')))) {
+        expect(leafFile(leaves, 'cpu.cfs_burst_us')).toBe('25000');
+      }
       expect(leafFile(leaves, 'memory.limit_in_bytes')).toBe(String(limit));
     }
     expect(leafFile(leaves, 'pids.max')).toBe('128');
