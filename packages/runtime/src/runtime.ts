@@ -243,15 +243,19 @@ export class QemuRuntime implements Runtime {
       {
         golden: (m) => this.#goldens.get(m),
         // With a port of its own when the host's networking gives one (`setPoolNetwork`).
-        restore: (golden, id) =>
-          this.#restore(golden, {
-            id,
-            pooled: true,
-            network: this.#poolNetwork?.reserve(id).catch((err: unknown) => {
-              this.#log(`runtime: no port for pooled VM ${id}: ${String(err)}`);
-              return undefined;
-            }),
-          }),
+        restore: async (golden, id) => {
+          const pool = this.#poolNetwork;
+          const network = pool?.reserve(id).catch((err: unknown) => {
+            this.#log(`runtime: no port for pooled VM ${id}: ${String(err)}`);
+            return undefined;
+          });
+          try {
+            return await this.#restore(golden, { id, pooled: true, network });
+          } catch (err) {
+            if (pool) await pool.release(id).catch(() => {});
+            throw err;
+          }
+        },
         discard: async (vm) => {
           await this.#discard(vm);
           // Its port, unless a launch took it along (then released with that VM).
