@@ -425,20 +425,32 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         if (q.body.usage[k] !== n)
           flag('quotaMismatches', `${k}: usage ${q.body.usage[k]} != ${n}`);
       }
-      // (A VM handed out by the warm pool keeps its QEMU's pool-… name: match by pid.)
-      const qemus = qemuProcesses(runtimeDir);
+      // (A VM handed out by the warm pool keeps its QEMU's pool-… name: match by pid.) The warm
+      // pool refills meanwhile: a pool VM's QEMU runs a moment before its record names its pid,
+      // and a discarded one a moment after its record is gone. Only what persists is a finding.
       const pidOf = (id: string) => vmRecordPid(path.join(runtimeDir, 'vms', id));
-      const held = new Set<number>();
-      for (const v of holding) {
-        const pid = pidOf(v.id);
-        if (pid === undefined || !qemus.has(pid)) {
-          flag('quotaMismatches', `VM ${v.name} is ${v.status} but has no QEMU`);
-        } else held.add(pid);
+      const mismatches = () => {
+        const qemus = qemuProcesses(runtimeDir);
+        const found: string[] = [];
+        const held = new Set<number>();
+        for (const v of holding) {
+          const pid = pidOf(v.id);
+          if (pid === undefined || !qemus.has(pid)) {
+            found.push(`VM ${v.name} is ${v.status} but has no QEMU`);
+          } else held.add(pid);
+        }
+        for (const [pid, name] of qemus) {
+          const waiting = name.startsWith('pool-') && pidOf(name) === pid;
+          if (!held.has(pid) && !waiting) found.push(`QEMU ${pid} (${name}) has no VM`);
+        }
+        return found;
+      };
+      let found = mismatches();
+      for (let i = 0; i < 4 && found.length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 500));
+        found = mismatches();
       }
-      for (const [pid, name] of qemus) {
-        const waiting = name.startsWith('pool-') && pidOf(name) === pid;
-        if (!held.has(pid) && !waiting) flag('quotaMismatches', `QEMU ${pid} (${name}) has no VM`);
-      }
+      for (const what of found) flag('quotaMismatches', what);
     } catch (err) {
       flag('stuck', `quota check failed: ${String(err)}`);
     }
