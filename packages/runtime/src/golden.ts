@@ -17,7 +17,7 @@ import { AgentClient } from './agent-client.js';
 import { GUEST_NET, GUEST_NET_VERSION, guestNetIdentity, pinGatewayMac } from './guest-net.js';
 import { qemuImgCreate } from './layers.js';
 import { migrateToFile, stateUri } from './migration.js';
-import { spawnQemu, stopProcess, waitExit } from './process.js';
+import { alive, spawnQemu, stopProcess, waitExit } from './process.js';
 import { type Accel, type GuestImage, hostTscKhz, probeKvm, qemuArgs, qemuBinary } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { helperNeighArgvs } from './base-image.js';
@@ -131,7 +131,10 @@ export class GoldenCache {
         scsi: true,
       });
       pid = await spawnQemu(qemuBinary(accel), work, args, {});
-      qmp = await QmpClient.connect(path.join(work, 'qmp.sock'), { timeoutMs: 10_000 });
+      qmp = await QmpClient.connect(path.join(work, 'qmp.sock'), {
+        timeoutMs: 10_000,
+        alive: () => alive(pid),
+      });
       agent = await AgentClient.connect(path.join(work, 'agent.sock'), { timeoutMs: 120_000 });
       // The network configuration every VM keeps (guest-net.ts): set once, here.
       await agent.setIdentity(guestNetIdentity());

@@ -68,14 +68,24 @@ export class QmpClient extends EventEmitter<QmpEvents> {
    */
   static async connect(
     path: string,
-    opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+    opts: {
+      timeoutMs?: number;
+      signal?: AbortSignal;
+      /** Whether the QEMU is still there: a QEMU that exited fails the wait at once. */
+      alive?: () => boolean;
+    } = {},
   ): Promise<QmpClient> {
     const client = new QmpClient();
-    await client.#connect(path, opts.timeoutMs ?? 10_000, opts.signal);
+    await client.#connect(path, opts.timeoutMs ?? 10_000, opts.signal, opts.alive);
     return client;
   }
 
-  async #connect(path: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  async #connect(
+    path: string,
+    timeoutMs: number,
+    signal?: AbortSignal,
+    alive?: () => boolean,
+  ): Promise<void> {
     this.#state = 'connecting';
     const deadline = Date.now() + timeoutMs;
     let delay = 1;
@@ -86,9 +96,11 @@ export class QmpClient extends EventEmitter<QmpEvents> {
         break;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) {
+        const gone = alive !== undefined && !alive();
+        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || gone || Date.now() > deadline) {
           this.#state = 'closed';
-          throw new QmpConnectionError(`cannot connect to QMP at ${path}: ${code}`, {
+          const why = gone ? 'QEMU exited' : String(code);
+          throw new QmpConnectionError(`cannot connect to QMP at ${path}: ${why}`, {
             cause: err,
           });
         }

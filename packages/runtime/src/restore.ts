@@ -24,7 +24,7 @@ import {
 import type { LayerStore } from './layers.js';
 import { applyDeltas, findRamMapping } from './memory.js';
 import { isMigrationEnd, stateUri } from './migration.js';
-import { spawnQemu, stopProcess } from './process.js';
+import { alive, spawnQemu, stopProcess } from './process.js';
 import { type Accel, type GuestImage, qemuArgs, qemuBinary } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { type SnapshotRecord, type VmRecord, snapshotDeltas } from './records.js';
@@ -185,7 +185,10 @@ export async function restoreVm(
     record.pid = pid;
     await layers.writeVm(dir, record);
     phases('spawn');
-    qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 });
+    qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'), {
+      timeoutMs: 10_000,
+      alive: () => alive(pid),
+    });
     // QEMU has opened and bound all it needs: the files go back to root while the delta is
     // applied, and must be before the guest runs (the incoming migration below).
     const sealed = confine && Promise.all([confine.sealVmDir(dir), confine.seal(0o600, top)]);
