@@ -10,6 +10,12 @@ import { fileURLToPath } from 'node:url';
 import type { MachineSpec } from './types.js';
 import { RuntimeError } from './types.js';
 
+/**
+ * The hub a NIC without a tap of its own sits on, and the ids of the tap netdev and its hub
+ * port: on the command line (a spare port at start) or plugged later (tap-handover.ts).
+ */
+export const HUB_NET = { hub: 0, tap: 'tap0', port: 'hp1' } as const;
+
 export type Accel = 'kvm' | 'tcg';
 
 /** What `guest/setup.sh` built: the files every VM boots from. */
@@ -180,7 +186,7 @@ export function qemuArgs(a: QemuArgs): string[] {
           '-cpu',
           'max',
         ];
-  // Without a tap the NIC sits on hub 0, where a tap is plugged in later (`netdev_add`). The hub
+  // Without a tap the NIC sits on hub HUB_NET.hub, where a tap is plugged in later (`netdev_add`). The hub
   // also gets a port with no peer, which takes every frame and drops it: a hub whose other ports
   // cannot receive queues the NIC's frames, and virtio-net then waits for that queue forever, so
   // the guest never transmits again, not even after a tap is plugged in.
@@ -190,15 +196,15 @@ export function qemuArgs(a: QemuArgs): string[] {
     ? ['-netdev', `tap,id=n0,${opened(a.tap)},vhost=off`]
     : [
         '-netdev',
-        'hubport,id=n0,hubid=0',
+        `hubport,id=n0,hubid=${HUB_NET.hub}`,
         '-netdev',
-        'hubport,id=sink0,hubid=0',
+        `hubport,id=sink0,hubid=${HUB_NET.hub}`,
         ...(a.hubTap
           ? [
               '-netdev',
-              `tap,id=tap0,${opened(a.hubTap)}`,
+              `tap,id=${HUB_NET.tap},${opened(a.hubTap)}`,
               '-netdev',
-              'hubport,id=hp1,hubid=0,netdev=tap0',
+              `hubport,id=${HUB_NET.port},hubid=${HUB_NET.hub},netdev=${HUB_NET.tap}`,
             ]
           : []),
       ];

@@ -17,16 +17,14 @@ import fs from 'node:fs';
 import type { Socket } from 'node:net';
 import path from 'node:path';
 import type { Identity } from './confine.js';
+import { HUB_NET } from './qemu.js';
 import type { QmpClient } from './qmp.js';
 
 /** QEMU's second monitor, in its VM dir: only `fastvm-tapfd plug` talks to it. */
 export const PLUG_SOCKET = 'plug.sock';
 /** The descriptor a tap is handed over on at start. */
 export const TAP_FD = 3;
-/** The hub the NIC sits on without a tap (qemu.ts), and the ids a plugged tap's netdevs get. */
-const HUB = 0;
-const TAP_NETDEV = 'tap0';
-const HUB_PORT = 'hp1';
+const { hub: HUB, tap: TAP_NETDEV, port: HUB_PORT } = HUB_NET;
 const HELPER_TIMEOUT_MS = 10_000;
 
 /** How a confined QEMU gets its taps: the helper, and the user QEMU runs as. */
