@@ -13,14 +13,8 @@ import { SANDBOX } from './confine.js';
 import { crashPoint } from './crash-points.js';
 import { GUEST_NET, GUEST_NET_VERSION, pinGatewayMac } from './guest-net.js';
 import { applyIdentity, freshIdentity } from './identity.js';
-import {
-  execWithTap,
-  PLUG_SOCKET,
-  plugTap,
-  TAP_FD,
-  type TapHandover,
-  type TapPlugger,
-} from './tap-handover.js';
+import type { TapfdHelper } from './helper.js';
+import { PLUG_SOCKET, plugTap, TAP_FD } from './tap-handover.js';
 import type { LayerStore } from './layers.js';
 import { applyDeltas, findRamMapping } from './memory.js';
 import { isMigrationEnd, stateUri } from './migration.js';
@@ -44,8 +38,11 @@ export interface RestoreContext {
   readonly log: (msg: string) => void;
   /** QEMU's user, sandbox and cgroup (undefined: QEMU runs as the server, unconfined). */
   readonly confine?: Confinement | undefined;
-  /** Hands taps to a confined QEMU (absent: QEMU opens its tap by name). */
-  readonly plugger?: TapPlugger | undefined;
+  /**
+   * Starts a confined QEMU and hands it its taps (absent: the runtime starts QEMU itself, which
+   * opens its tap by name).
+   */
+  readonly helper?: TapfdHelper | undefined;
 }
 
 export interface RestoreTarget {
@@ -134,13 +131,9 @@ export async function restoreVm(
       confine.readable(memFile);
       await confine.grant(dir, top);
     }
-    // Confined, QEMU gets its tap by descriptor from the helper (tap-handover.ts).
-    const handover: TapHandover | undefined =
-      confine && ctx.plugger && image.tapfd
-        ? { helper: image.tapfd, user: confine.user }
-        : undefined;
+    // Confined, the helper starts QEMU (helper.ts), with its tap as a descriptor (tap-handover.ts).
+    const helper = confine ? ctx.helper : undefined;
     const startTap = hubTap ?? network?.tap;
-    const viaHelper = handover !== undefined && startTap !== undefined;
     const args = qemuArgs({
       accel,
       machine: spec,
@@ -153,31 +146,31 @@ export async function restoreVm(
       serialPath: path.join(dir, 'serial.log'),
       tap: hubTap ? undefined : network?.tap,
       hubTap,
-      tapFd: viaHelper ? TAP_FD : undefined,
-      plugQmpPath: handover ? path.join(dir, PLUG_SOCKET) : undefined,
+      tapFd: helper && startTap !== undefined ? TAP_FD : undefined,
+      plugQmpPath: helper ? path.join(dir, PLUG_SOCKET) : undefined,
       mac: GUEST_NET.mac, // (a restored NIC keeps the snapshot's MAC: it is device state)
       incoming: true,
       sandbox: confine ? SANDBOX : undefined,
       scsi: snap.scsi ?? false,
     });
-    const cmd = viaHelper
-      ? execWithTap(handover, startTap, qemuBinary(accel), args)
-      : { binary: qemuBinary(accel), args };
-    pid = await spawnQemu(
-      cmd.binary,
-      dir,
-      cmd.args,
-      {
-        LD_PRELOAD: image.memshim,
-        FASTVM_MEMSHIM_PATH: memFile,
-        FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
-        // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
-        ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
-        ...(confine ? { FASTVM_MEMSHIM_NODUMP: '1' } : {}),
-      },
-      // The helper drops to QEMU's user itself, after opening the tap.
-      viaHelper ? undefined : confine?.spawnAs,
-    );
+    const qemuEnv = {
+      LD_PRELOAD: image.memshim,
+      FASTVM_MEMSHIM_PATH: memFile,
+      FASTVM_MEMSHIM_CTL: path.join(dir, 'memshim.sock'),
+      // A pool fill yields the CPU to running VMs; launch() renices it (which needs root).
+      ...(pooled && process.getuid?.() === 0 ? { FASTVM_MEMSHIM_NICE: String(POOL_NICE) } : {}),
+      ...(confine ? { FASTVM_MEMSHIM_NODUMP: '1' } : {}),
+    };
+    pid = helper
+      ? await helper.spawn({
+          binary: qemuBinary(accel),
+          args,
+          env: { ...process.env, ...qemuEnv },
+          log: path.join(dir, 'qemu.log'),
+          user: confine?.user,
+          tap: startTap,
+        })
+      : await spawnQemu(qemuBinary(accel), dir, args, qemuEnv, confine?.spawnAs);
     // Into its cgroup while QMP starts; before the guest's memory is touched (delta, migration).
     const placed = confine?.place(pid, snap.machine);
     placed?.catch(() => {}); // awaited below
@@ -251,7 +244,7 @@ export async function restoreVm(
     if (later) {
       network = await later;
       if (network) {
-        await plugTap(qmp, dir, network.tap, ctx.plugger);
+        await plugTap(qmp, dir, network.tap, ctx.helper);
         record.network = network;
         await layers.writeVm(dir, record);
       }

@@ -78,7 +78,8 @@ import {
   type VmNetwork,
   type VolumeAttachRequest,
 } from './types.js';
-import { plugTap, TapPlugger } from './tap-handover.js';
+import { TapfdHelper } from './helper.js';
+import { plugTap } from './tap-handover.js';
 import { LiveVm } from './vm-state.js';
 import type { Readable } from 'node:stream';
 import { attachVolume, attachedVolumes, detachVolume, growVolume } from './volumes.js';
@@ -147,8 +148,8 @@ export class QemuRuntime implements Runtime {
   #pool!: WarmPool;
   #digests!: SnapshotDigester;
   #confine: Confinement | undefined;
-  /** Hands taps to confined QEMUs by descriptor (tap-handover.ts); undefined when unconfined. */
-  #plugger: TapPlugger | undefined;
+  /** Starts confined QEMUs and hands them taps (helper.ts); undefined when unconfined. */
+  #helper: TapfdHelper | undefined;
   /** Ports for pool VMs (`setPoolNetwork`). */
   #poolNetwork: PoolNetwork | undefined;
   /** Volume files being opened by a confined QEMU (`#openForQemu`), by path. */
@@ -263,7 +264,7 @@ export class QemuRuntime implements Runtime {
             await this.#poolNetwork?.release(vm.record.qemuName ?? vm.id).catch(() => {});
           }
         },
-        plug: (vm, tap) => plugTap(vm.qmp, vm.dir, tap, this.#plugger),
+        plug: (vm, tap) => plugTap(vm.qmp, vm.dir, tap, this.#helper),
       },
       this.#log,
     );
@@ -290,13 +291,13 @@ export class QemuRuntime implements Runtime {
       );
       return;
     }
-    // It cannot open a tap: the helper hands it the descriptor (tap-handover.ts).
+    // It cannot open a tap: the helper starts it with the descriptor (helper.ts, tap-handover.ts).
     if (!this.#image.tapfd) {
       this.#log('runtime: QEMU runs unconfined: no fastvm-tapfd in the cache; run `npm run setup`');
       return;
     }
     this.#confine = c;
-    this.#plugger = new TapPlugger(this.#image.tapfd);
+    this.#helper = new TapfdHelper(this.#image.tapfd);
     // QEMU opens the image, the goldens and the layers by path: every directory on the way must
     // be searchable (not listable) by its user.
     c.searchable(
@@ -765,7 +766,7 @@ export class QemuRuntime implements Runtime {
     }
     this.#vms.clear();
     await this.#layers.gc();
-    this.#plugger?.close();
+    this.#helper?.close();
     await this.#unlock();
   }
 
@@ -776,7 +777,7 @@ export class QemuRuntime implements Runtime {
     await this.#layers.drainFlattens();
     await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id)));
     await this.#layers.gc();
-    this.#plugger?.close();
+    this.#helper?.close();
     await this.#unlock();
   }
 
@@ -911,7 +912,7 @@ export class QemuRuntime implements Runtime {
       qemu: this.#qemu,
       log: this.#log,
       confine: this.#confine,
-      plugger: this.#plugger,
+      helper: this.#helper,
     };
     return restoreVm(ctx, snap, target);
   }

@@ -78,6 +78,19 @@ describe('confinement (real QEMU VM)', () => {
     expect(fs.statSync(`/proc/${pid}/mem`).uid).toBe(0);
   });
 
+  it('the helper started QEMU (no fork of the server): its child, in a session of its own', () => {
+    // /proc/PID/stat: pid (comm) state ppid pgrp session ...
+    const stat = (p: number) =>
+      fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    const [, ppid, , session] = stat(pid);
+    expect(fs.readFileSync(`/proc/${ppid}/comm`, 'utf8').trim()).toBe('fastvm-tapfd');
+    expect(Number(session)).toBe(pid);
+    expect(fs.readlinkSync(`/proc/${pid}/fd/0`)).toBe('/dev/null');
+    expect(fs.readlinkSync(`/proc/${pid}/fd/1`)).toMatch(/\/qemu\.log$/);
+    // The helper ignores SIGCHLD (the kernel reaps its children); QEMU must not inherit that.
+    expect(BigInt(`0x${status(pid).SigIgn}`) & (1n << 16n)).toBe(0n);
+  });
+
   it('QEMU is in its own cgroup leaf with the limits of its machine type', () => {
     const cg = conf.cgroups!;
     expect(cg).toBeDefined();
