@@ -27,6 +27,10 @@
  *                                               descriptor 3, as UID:GID (or "-": as root);
  *                                               answered "ID ok PID" once it has executed. Its
  *                                               parent is this helper, which reaps it.
+ *       ID run ARGV...                          runs ARGV (as root, empty environment, stdin
+ *                                               /dev/null) and answers when it has exited: "ID ok"
+ *                                               for status 0, else "ID error" with the end of
+ *                                               what it wrote (e.g. fastvm-memdelta apply).
  *
  * The tap is opened as QEMU opens one itself (IFF_TAP | IFF_NO_PI, plus IFF_VNET_HDR when the
  * kernel has it), so the NIC and its migration state are the same either way. Static, so that the
@@ -47,6 +51,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define TAP_FD 3
@@ -409,6 +414,73 @@ out:
 	reply_id = NULL;
 }
 
+/*
+ * A `run` request, in a child of `serve` (which reaps its children itself, so this one waits
+ * for its own): runs ARGV with its output in a pipe and answers with the verdict.
+ */
+static void serve_run(char **argv)
+{
+	char out[900], msg[1000];
+	size_t got = 0;
+	int p[2], status = 0;
+	ssize_t r;
+	pid_t pid;
+
+	signal(SIGCHLD, SIG_DFL);
+	if (!argv[0])
+		die("run: no command");
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die("pipe: %s", strerror(errno));
+	pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+		if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(p[1], STDOUT_FILENO) < 0 ||
+		    dup2(p[1], STDERR_FILENO) < 0)
+			_exit(126);
+		execv(argv[0], argv);
+		fprintf(stderr, "%s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(p[1]);
+	/* Keeps the end of what it wrote (the error is last). */
+	for (;;) {
+		char chunk[512];
+
+		r = read(p[0], chunk, sizeof(chunk));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		if (got + (size_t)r > sizeof(out) - 1) { /* (chunk is smaller than out) */
+			size_t drop = got + (size_t)r - (sizeof(out) - 1);
+
+			memmove(out, out + drop, got - drop);
+			got -= drop;
+		}
+		memcpy(out + got, chunk, (size_t)r);
+		got += (size_t)r;
+	}
+	close(p[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	out[got] = '\0';
+	for (size_t i = 0; i < got; i++) /* one line */
+		if (out[i] == '\n' || out[i] == '\t')
+			out[i] = ' ';
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		answer("ok", NULL);
+		return;
+	}
+	if (WIFEXITED(status))
+		snprintf(msg, sizeof(msg), "exit %d: %s", WEXITSTATUS(status), out);
+	else
+		snprintf(msg, sizeof(msg), "signal %d: %s", WTERMSIG(status), out);
+	answer("error", msg);
+}
+
 static int run_serve(void)
 {
 	char *line = NULL;
@@ -433,6 +505,37 @@ static int run_serve(void)
 		id = strtok_r(line, "\t", &save);
 		if (!id)
 			continue;
+		if (save && strncmp(save, "run\t", 4) == 0) {
+			char **f = NULL;
+			int n = 0, cap = 0;
+			char *rest = save + 4, *field;
+
+			fflush(stdout);
+			pid = fork();
+			if (pid == 0) {
+				reply_id = id;
+				while ((field = strsep(&rest, "\t"))) {
+					if (n + 1 >= cap) {
+						cap = cap ? cap * 2 : 16;
+						f = realloc(f, (size_t)cap * sizeof(*f));
+						if (!f)
+							die("out of memory");
+					}
+					f[n++] = field;
+				}
+				if (!f)
+					die("run: no command");
+				f[n] = NULL;
+				serve_run(f);
+				_exit(0);
+			}
+			if (pid < 0) {
+				reply_id = id;
+				answer("error", strerror(errno));
+				reply_id = NULL;
+			}
+			continue;
+		}
 		for (char *f; argc < 8 && (f = strtok_r(NULL, "\t", &save));)
 			argv[argc++] = f;
 		argv[argc] = NULL;

@@ -5,7 +5,8 @@
  * waits (measured: 3 ms at 44 MiB of memory, 7 ms at 245 MiB, 19 ms at 1 GiB):
  * - `spawn`: starts a confined QEMU (new session, its log, its user, its tap as descriptor 3);
  *   the helper is its parent and reaps it;
- * - `plug`: hands a tap to a running QEMU over its plug monitor (tap-handover.ts).
+ * - `plug`: hands a tap to a running QEMU over its plug monitor (tap-handover.ts);
+ * - `run`: runs a tool to its end (`fastvm-memdelta apply` at each restore with deltas).
  * Requests run concurrently. A helper that exits fails what it had in hand and is started again
  * by the next request; the QEMUs it started run on (they are detached, as adoption expects).
  * @module
@@ -60,6 +61,14 @@ export class TapfdHelper {
     const pid = Number(await this.#request(fields, `start of ${s.binary}`));
     if (!Number.isInteger(pid) || pid <= 0) throw new Error(`fastvm-tapfd: bad pid ${pid}`);
     return pid;
+  }
+
+  /**
+   * Runs `argv` (an absolute path first; as root, empty environment) to its end; rejects with
+   * the end of its output unless it exits 0.
+   */
+  async run(argv: readonly string[]): Promise<void> {
+    await this.#request(['run', ...argv], argv[0] ?? 'run');
   }
 
   /** Plugs `tap` into a QEMU through its monitor at `socket` (the ids: qemu.ts `HUB_NET`). */

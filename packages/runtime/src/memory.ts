@@ -65,9 +65,13 @@ export async function applyDeltas(
   pid: number,
   map: RamMapping,
   deltas: readonly string[],
+  /** Runs the tool instead of a process started from here (helper.ts `run`). */
+  runner?: { run(argv: readonly string[]): Promise<void> },
 ): Promise<void> {
   if (deltas.length === 0) return;
-  await execFileP(tool, ['apply', String(pid), String(map.start), ...deltas]);
+  const args = ['apply', String(pid), String(map.start), ...deltas];
+  if (runner) await runner.run([tool, ...args]);
+  else await execFileP(tool, args);
 }
 
 /** Build a standalone base file: `base` (holes kept) with the deltas written over it in order. */

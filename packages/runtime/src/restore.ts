@@ -206,6 +206,7 @@ export async function restoreVm(
         pid,
         map,
         deltas.map((d) => d.path),
+        helper,
       );
       phases('delta');
     }
