@@ -78,6 +78,9 @@ function ownHelpers(image: GuestImage, cacheDir: string): GuestImage {
     if (fs.existsSync(memshim) && fs.existsSync(memdelta)) {
       return { ...image, memshim, memdelta, tapfd: fs.existsSync(tapfd) ? tapfd : undefined };
     }
+    // Another checkout's helper may not speak this runtime's requests (helper.ts): without one
+    // of its own, QEMU runs unconfined (the runtime says so) until setup builds it.
+    return { ...image, tapfd: undefined };
   } catch {
     /* not a source checkout */
   }
