@@ -313,6 +313,35 @@ static int run_plug(int argc, char **argv)
 }
 
 /*
+ * Splits a request's remaining fields at tabs, empty ones kept: a NULL-terminated array of
+ * pointers into `rest` (its length in *n), or NULL when out of memory.
+ */
+static char **split_fields(char *rest, int *n)
+{
+	char **f = NULL, **grown, *field;
+	int cap = 0;
+
+	*n = 0;
+	while ((field = strsep(&rest, "\t"))) {
+		if (*n + 1 >= cap) {
+			cap = cap ? cap * 2 : 64;
+			grown = realloc(f, (size_t)cap * sizeof(*f));
+			if (!grown) {
+				free(f);
+				return NULL;
+			}
+			f = grown;
+		}
+		f[(*n)++] = field;
+	}
+	if (!f)
+		f = calloc(1, sizeof(*f));
+	else
+		f[*n] = NULL;
+	return f;
+}
+
+/*
  * The child of a `spawn` request (f: its fields after "spawn"; n of them): sets itself up and
  * executes ARGV. Every failure goes to `fail` (close-on-exec: the helper reads EOF on success).
  */
@@ -360,22 +389,18 @@ static void spawn_child(char **f, int n, int fail)
 /* A `spawn` request: starts the child and answers with its pid once it has executed. */
 static void serve_spawn(const char *id, char *rest)
 {
-	char **f = NULL, *field, msg[1024], pidstr[24];
-	int n = 0, cap = 0, p[2];
+	char **f, msg[1024], pidstr[24];
+	int n, p[2];
 	ssize_t got, r;
 	pid_t pid;
 
 	reply_id = id;
-	while ((field = strsep(&rest, "\t"))) { /* (strsep keeps empty fields) */
-		if (n + 1 >= cap) {
-			cap = cap ? cap * 2 : 64;
-			f = realloc(f, (size_t)cap * sizeof(*f));
-			if (!f)
-				die("out of memory");
-		}
-		f[n++] = field;
+	f = split_fields(rest, &n);
+	if (!f) {
+		answer("error", "out of memory");
+		reply_id = NULL;
+		return;
 	}
-	f[n] = NULL;
 	if (pipe2(p, O_CLOEXEC) < 0) {
 		answer("error", strerror(errno));
 		goto out;
@@ -506,26 +531,16 @@ static int run_serve(void)
 		if (!id)
 			continue;
 		if (save && strncmp(save, "run\t", 4) == 0) {
-			char **f = NULL;
-			int n = 0, cap = 0;
-			char *rest = save + 4, *field;
-
 			fflush(stdout);
 			pid = fork();
 			if (pid == 0) {
+				int n;
+				char **f;
+
 				reply_id = id;
-				while ((field = strsep(&rest, "\t"))) {
-					if (n + 1 >= cap) {
-						cap = cap ? cap * 2 : 16;
-						f = realloc(f, (size_t)cap * sizeof(*f));
-						if (!f)
-							die("out of memory");
-					}
-					f[n++] = field;
-				}
+				f = split_fields(save + 4, &n);
 				if (!f)
-					die("run: no command");
-				f[n] = NULL;
+					die("out of memory");
 				serve_run(f);
 				_exit(0);
 			}
