@@ -313,32 +313,31 @@ static int run_plug(int argc, char **argv)
 }
 
 /*
- * Splits a request's remaining fields at tabs, empty ones kept: a NULL-terminated array of
- * pointers into `rest` (its length in *n), or NULL when out of memory.
+ * A request's fields after its id, split at tabs (empty ones kept), as the command line of the
+ * same mode would have them: "fastvm-tapfd", the verb, its fields, NULL. Pointers into `rest`;
+ * NULL when out of memory.
  */
-static char **split_fields(char *rest, int *n)
+static char **split_request(char *rest, int *argc)
 {
-	char **f = NULL, **grown, *field;
+	char **argv = NULL, **grown, *field;
 	int cap = 0;
 
-	*n = 0;
+	*argc = 1;
 	while ((field = strsep(&rest, "\t"))) {
-		if (*n + 1 >= cap) {
+		if (*argc + 1 >= cap) {
 			cap = cap ? cap * 2 : 64;
-			grown = realloc(f, (size_t)cap * sizeof(*f));
+			grown = realloc(argv, (size_t)cap * sizeof(*argv));
 			if (!grown) {
-				free(f);
+				free(argv);
 				return NULL;
 			}
-			f = grown;
+			argv = grown;
 		}
-		f[(*n)++] = field;
+		argv[(*argc)++] = field;
 	}
-	if (!f)
-		f = calloc(1, sizeof(*f));
-	else
-		f[*n] = NULL;
-	return f;
+	argv[0] = "fastvm-tapfd";
+	argv[*argc] = NULL;
+	return argv;
 }
 
 /*
@@ -386,21 +385,15 @@ static void spawn_child(char **f, int n, int fail)
 	die("%s: %s", f[5 + nenv], strerror(errno));
 }
 
-/* A `spawn` request: starts the child and answers with its pid once it has executed. */
-static void serve_spawn(const char *id, char *rest)
+/* A `spawn` request (f: its n fields): starts the child; answers with its pid once executed. */
+static void serve_spawn(const char *id, char **f, int n)
 {
-	char **f, msg[1024], pidstr[24];
-	int n, p[2];
+	char msg[1024], pidstr[24];
+	int p[2];
 	ssize_t got, r;
 	pid_t pid;
 
 	reply_id = id;
-	f = split_fields(rest, &n);
-	if (!f) {
-		answer("error", "out of memory");
-		reply_id = NULL;
-		return;
-	}
 	if (pipe2(p, O_CLOEXEC) < 0) {
 		answer("error", strerror(errno));
 		goto out;
@@ -435,7 +428,6 @@ static void serve_spawn(const char *id, char *rest)
 		answer("ok", pidstr);
 	}
 out:
-	free(f);
 	reply_id = NULL;
 }
 
@@ -514,54 +506,39 @@ static int run_serve(void)
 
 	sigaction(SIGCHLD, &sa, NULL); /* children are reaped by the kernel */
 	while (getline(&line, &size, stdin) > 0) {
-		char *argv[9] = { "fastvm-tapfd" };
-		char *save = NULL, *id;
-		int argc = 1;
+		char **argv, *rest = line, *id;
+		int argc;
 		pid_t pid;
 
 		line[strcspn(line, "\n")] = '\0';
-		if (strchr(line, '\t') && strncmp(strchr(line, '\t'), "\tspawn\t", 7) == 0) {
-			char *rest = strchr(line, '\t');
-
-			*rest = '\0';
-			serve_spawn(line, rest + 7);
+		if (!*line)
+			continue;
+		id = strsep(&rest, "\t");
+		argv = split_request(rest ? rest : (char *)"", &argc);
+		if (!argv) {
+			reply_id = id;
+			answer("error", "out of memory");
+			reply_id = NULL;
 			continue;
 		}
-		id = strtok_r(line, "\t", &save);
-		if (!id)
-			continue;
-		if (save && strncmp(save, "run\t", 4) == 0) {
-			fflush(stdout);
-			pid = fork();
-			if (pid == 0) {
-				int n;
-				char **f;
-
-				reply_id = id;
-				f = split_fields(save + 4, &n);
-				if (!f)
-					die("out of memory");
-				serve_run(f);
-				_exit(0);
-			}
-			if (pid < 0) {
-				reply_id = id;
-				answer("error", strerror(errno));
-				reply_id = NULL;
-			}
+		if (strcmp(argv[1], "spawn") == 0) {
+			/* Not in a child: the helper is the parent of what it starts, and reaps it. */
+			serve_spawn(id, argv + 2, argc - 2);
+			free(argv);
 			continue;
 		}
-		for (char *f; argc < 8 && (f = strtok_r(NULL, "\t", &save));)
-			argv[argc++] = f;
-		argv[argc] = NULL;
 		fflush(stdout);
 		pid = fork();
 		if (pid == 0) {
 			reply_id = id;
-			if (argc < 2 || strcmp(argv[1], "plug") != 0)
+			if (strcmp(argv[1], "run") == 0) {
+				serve_run(argv + 2);
+			} else if (strcmp(argv[1], "plug") == 0) {
+				run_plug(argc, argv);
+				answer("ok", NULL);
+			} else {
 				die("unknown request");
-			run_plug(argc, argv);
-			answer("ok", NULL);
+			}
 			_exit(0);
 		}
 		if (pid < 0) {
@@ -569,7 +546,9 @@ static int run_serve(void)
 			answer("error", strerror(errno));
 			reply_id = NULL;
 		}
+		free(argv);
 	}
+	free(line);
 	return 0;
 }
 

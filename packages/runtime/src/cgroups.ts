@@ -43,14 +43,17 @@ export interface Cgroups {
 
 const PERIOD_US = 100_000;
 
+/** CPU time per period, in µs (`cpu.max`'s quota, `cpu.cfs_quota_us`). */
+const quotaUs = (l: CgroupLimits): number => Math.round(l.cpus * PERIOD_US);
+
 /**
- * CPU time a VM that was below its limit may spend on top of it in one period (the kernel's
- * `burst`: unused quota carried over, at most this much). A VM's load comes in bursts: a restore
- * runs QEMU's main thread (device state, QMP) next to the vCPU translating the first command,
- * and a strict quota throttled that for a few ms. The average stays at `cpus`: the carried-over
- * time was not used before. One period's quota; `undefined` on kernels without the knob.
+ * The kernel's CPU `burst`: unused quota a VM that was below its limit carries over and may spend
+ * on top of it in one period, here one period's quota (where the kernel has the knob). A VM's
+ * load comes in bursts: a restore runs QEMU's main thread (device state, QMP) next to the vCPU
+ * translating the first command, and a strict quota throttled that for a few ms. The average
+ * stays at `cpus`: the carried-over time was not used before.
  */
-const burstUs = (l: CgroupLimits): number => Math.round(l.cpus * PERIOD_US);
+const burstUs = quotaUs;
 const ROOT = '/sys/fs/cgroup';
 
 interface Mount {
@@ -149,7 +152,7 @@ class V2 implements Cgroups {
     const leaf = path.join(this.slice, `vm-${pid}`);
     await fsp.mkdir(leaf, { recursive: true });
     await Promise.all([
-      put(path.join(leaf, 'cpu.max'), `${Math.round(l.cpus * PERIOD_US)} ${PERIOD_US}`),
+      put(path.join(leaf, 'cpu.max'), `${quotaUs(l)} ${PERIOD_US}`),
       tryPut(path.join(leaf, 'cpu.max.burst'), burstUs(l)),
       put(path.join(leaf, 'memory.max'), l.memoryBytes),
       tryPut(path.join(leaf, 'memory.swap.max'), 0),
@@ -181,7 +184,7 @@ class V1 implements Cgroups {
         await fsp.mkdir(leaf, { recursive: true });
         if (ctrl === 'cpu') {
           await put(path.join(leaf, 'cpu.cfs_period_us'), PERIOD_US);
-          await put(path.join(leaf, 'cpu.cfs_quota_us'), Math.round(l.cpus * PERIOD_US));
+          await put(path.join(leaf, 'cpu.cfs_quota_us'), quotaUs(l));
           await tryPut(path.join(leaf, 'cpu.cfs_burst_us'), burstUs(l));
         } else if (ctrl === 'memory') {
           await put(path.join(leaf, 'memory.limit_in_bytes'), l.memoryBytes);

@@ -71,14 +71,17 @@ export class TapfdHelper {
     await this.#request(['run', ...argv], argv[0] ?? 'run');
   }
 
-  /** Plugs `tap` into a QEMU through its monitor at `socket` (the ids: qemu.ts `HUB_NET`). */
+  /**
+   * Plugs `tap` into a QEMU through its monitor at `socket`: a tap netdev `ids.tap` joined to hub
+   * `ids.hub` by hub port `ids.port` (qemu.ts `HUB_NET`).
+   */
   async plug(
     socket: string,
     tap: string,
-    ids: { netdev: string; hub: number; port: string },
+    ids: { readonly hub: number; readonly tap: string; readonly port: string },
   ): Promise<void> {
     await this.#request(
-      ['plug', socket, tap, ids.netdev, String(ids.hub), ids.port],
+      ['plug', socket, tap, ids.tap, String(ids.hub), ids.port],
       `tap handover of ${tap}`,
     );
   }

@@ -35,7 +35,7 @@ export async function plugTap(
 ): Promise<void> {
   const socket = path.join(dir, PLUG_SOCKET);
   if (helper && fs.existsSync(socket)) {
-    await helper.plug(socket, tap, { netdev: TAP_NETDEV, hub: HUB, port: HUB_PORT });
+    await helper.plug(socket, tap, HUB_NET);
     return;
   }
   // Both at once: QMP runs a monitor's commands in order, so the hub port is added after the tap
